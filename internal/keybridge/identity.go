@@ -1,0 +1,105 @@
+package keybridge
+
+import (
+	"net/mail"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// SlugPattern is the shape of org slugs and provider names.
+var SlugPattern = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
+
+// Org is an organisation: it owns providers, projects, members, audit
+// events and usage.
+type Org struct {
+	ID        string    `json:"id"`
+	Slug      string    `json:"slug"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Validate checks the slug and name.
+func (o *Org) Validate() error {
+	v := Validation{}
+	if !SlugPattern.MatchString(o.Slug) || len(o.Slug) > 63 {
+		v.Add("slug", "must match ^[a-z0-9]+(-[a-z0-9]+)*$ and be at most 63 characters")
+	}
+	if strings.TrimSpace(o.Name) == "" || len(o.Name) > 200 {
+		v.Add("name", "must be 1 to 200 characters")
+	}
+	return v.Err()
+}
+
+// User is a person. PasswordHash is an argon2id PHC string, empty when the
+// user has no password (yet).
+type User struct {
+	ID           string    `json:"id"`
+	Email        string    `json:"email"`
+	Name         string    `json:"name"`
+	PasswordHash string    `json:"-"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+// NormalizeEmail lowercases and trims an address, the form users are
+// stored and looked up by.
+func NormalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+
+// ValidateEmail checks that s is a bare address.
+func ValidateEmail(s string) error {
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Address != s || len(s) > 254 {
+		return FieldError("email", "must be a valid email address")
+	}
+	return nil
+}
+
+// Membership places a user in an org with a role.
+type Membership struct {
+	OrgID     string    `json:"org_id"`
+	UserID    string    `json:"user_id"`
+	Role      Role      `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Member is a membership joined with its user, as the member list shows it.
+type Member struct {
+	Membership
+	Email string `json:"email"`
+	Name  string `json:"name"`
+	// Invited is true while the user has not accepted an invitation yet.
+	Invited bool `json:"invited"`
+	// Credentials names, per provider ID, whether the member has a personal
+	// credential for it (SPEC §6); filled by the API layer.
+	Credentials map[string]bool `json:"credentials,omitempty"`
+}
+
+// Invitation lets a new member set a password once. Only the SHA-256 of its
+// token is stored.
+type Invitation struct {
+	ID         string
+	OrgID      string
+	UserID     string
+	TokenHash  []byte
+	ExpiresAt  time.Time
+	AcceptedAt *time.Time
+	CreatedAt  time.Time
+}
+
+// InvitationTTL is how long an invitation stays valid.
+const InvitationTTL = 7 * 24 * time.Hour
+
+// Session is a web UI login. Only the SHA-256 of its token is stored.
+type Session struct {
+	ID        string
+	UserID    string
+	TokenHash []byte
+	CSRFToken string
+	ExpiresAt time.Time
+	CreatedAt time.Time
+	IP        string
+	UserAgent string
+}

@@ -1,0 +1,72 @@
+package keybridge
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Secret holds a plaintext secret (a provider key, a password, a token) in
+// a type that refuses to print itself: fmt, encoding/json and slog all see
+// "[redacted]". Reveal is the one way to the value, so every use is greppable.
+type Secret struct{ v string }
+
+// NewSecret wraps s.
+func NewSecret(s string) Secret { return Secret{v: s} }
+
+// Reveal returns the plaintext.
+func (s Secret) Reveal() string { return s.v }
+
+// IsZero reports whether the secret is empty.
+func (s Secret) IsZero() bool { return s.v == "" }
+
+const redacted = "[redacted]"
+
+// String implements fmt.Stringer.
+func (s Secret) String() string { return redacted }
+
+// GoString implements fmt.GoStringer, for %#v.
+func (s Secret) GoString() string { return redacted }
+
+// MarshalJSON implements json.Marshaler.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+
+// MarshalText implements encoding.TextMarshaler.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+
+// LogValue implements slog.LogValuer.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// Redacted is the text that stands in for a secret in output and audit diffs.
+const Redacted = redacted
+
+// DataKey is one version of the key ring's data keys, wrapped (encrypted)
+// by the master key. Only internal/secrets unwraps it.
+type DataKey struct {
+	Version   int
+	Wrapped   []byte
+	Primary   bool
+	CreatedAt time.Time
+}
+
+// SealedRef names one encrypted value at rest, for the key ring's rewrap and
+// status: the table and column it lives in, its row, and the data key
+// version that sealed it.
+type SealedRef struct {
+	Table      string
+	Column     string
+	RowID      string
+	Version    int
+	Ciphertext []byte
+}
+
+// AssociatedData is what a sealed value is bound to: its table, column and
+// row, so a ciphertext copied elsewhere does not open.
+func (r SealedRef) AssociatedData() []byte {
+	return AssociatedData(r.Table, r.Column, r.RowID)
+}
+
+// AssociatedData builds the associated data for a value in table.column of
+// row id.
+func AssociatedData(table, column, id string) []byte {
+	return []byte("keybridge:" + table + "." + column + ":" + id)
+}

@@ -1,0 +1,65 @@
+package sqlstore
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/keybridge/keybridge/internal/store"
+)
+
+// Publish implements store.Notifier. Subscribers in this process hear of
+// inv once the transaction commits (at once outside one); other processes
+// hear through the dialect's Notify, which PostgreSQL also delivers at commit.
+func (s *Store) Publish(ctx context.Context, inv store.Invalidation) error {
+	if s.tx == nil {
+		return s.write(ctx, func(tx *Store) error { return tx.Publish(ctx, inv) })
+	}
+	if n := s.db.Dialect.Notify; n != nil {
+		payload, err := json.Marshal(inv)
+		if err != nil {
+			return err
+		}
+		if err := n(ctx, s.tx, string(payload)); err != nil {
+			return err
+		}
+	}
+	*s.afterCommit = append(*s.afterCommit, func() { s.db.deliver(inv) })
+	return nil
+}
+
+// Subscribe implements store.Notifier.
+func (s *Store) Subscribe(ctx context.Context, fn func(store.Invalidation)) error {
+	s.db.subsMu.Lock()
+	id := s.db.nextSub
+	s.db.nextSub++
+	s.db.subs[id] = fn
+	s.db.subsMu.Unlock()
+	defer func() {
+		s.db.subsMu.Lock()
+		delete(s.db.subs, id)
+		s.db.subsMu.Unlock()
+	}()
+	if s.db.Dialect.Listen == nil {
+		<-ctx.Done()
+		return nil
+	}
+	return s.db.Dialect.Listen(ctx, func(payload string) {
+		var inv store.Invalidation
+		if json.Unmarshal([]byte(payload), &inv) == nil {
+			fn(inv)
+		}
+	}, func() { fn(store.Invalidation{Kind: store.InvalidateAll}) })
+}
+
+// deliver hands inv to this process's subscribers.
+func (db *DB) deliver(inv store.Invalidation) {
+	db.subsMu.Lock()
+	fns := make([]func(store.Invalidation), 0, len(db.subs))
+	for _, fn := range db.subs {
+		fns = append(fns, fn)
+	}
+	db.subsMu.Unlock()
+	for _, fn := range fns {
+		fn(inv)
+	}
+}

@@ -1,0 +1,209 @@
+// Package sqlstore implements store.Store once, over database/sql, for both
+// engines. The drivers (store/sqlite, store/postgres) open the connections,
+// own the migrations and supply a Dialect for the few places where SQLite
+// and PostgreSQL really differ: placeholders, time columns, unique
+// violations, row locks and notifications.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
+)
+
+// Dialect is what differs between engines.
+type Dialect struct {
+	// Name is "sqlite" or "postgres".
+	Name string
+	// Numbered turns ? placeholders into $1, $2, ... (PostgreSQL).
+	Numbered bool
+	// UniqueViolation reports whether err is a unique-constraint violation.
+	UniqueViolation func(err error) bool
+	// ForUpdate is appended to SELECTs that lock rows (" FOR UPDATE" in
+	// PostgreSQL; empty in SQLite, whose single writer serializes).
+	ForUpdate string
+	// Notify publishes a payload inside tx (PostgreSQL: pg_notify, which
+	// delivers on commit). Nil when notifications stay in-process.
+	Notify func(ctx context.Context, tx *sql.Tx, payload string) error
+	// Listen delivers notifications from other processes until ctx ends,
+	// calling gap after any interruption. Nil when there are none.
+	Listen func(ctx context.Context, deliver func(payload string), gap func()) error
+}
+
+// DB is an opened database: a writer and a reader pool (the same pool in
+// PostgreSQL; one connection and a read pool in SQLite).
+type DB struct {
+	Write   *sql.DB
+	Read    *sql.DB
+	Dialect Dialect
+
+	rebound sync.Map // query string -> rebound query string
+	subsMu  sync.Mutex
+	subs    map[int]func(store.Invalidation)
+	nextSub int
+}
+
+// Store is store.Store over a DB, either outside a transaction or inside one.
+type Store struct {
+	db *DB
+	tx *sql.Tx
+	// now is fixed for the life of a transaction.
+	now time.Time
+	// afterCommit runs once the transaction commits.
+	afterCommit *[]func()
+}
+
+// New returns a Store over db.
+func New(db *DB) *Store {
+	db.subs = map[int]func(store.Invalidation){}
+	return &Store{db: db}
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Now returns the transaction's time, or the current time outside one.
+// Times are kept to the microsecond, the precision both engines store.
+func (s *Store) Now() time.Time {
+	if s.tx != nil {
+		return s.now
+	}
+	return time.Now().UTC().Truncate(time.Microsecond)
+}
+
+// InTx implements store.Store.
+func (s *Store) InTx(ctx context.Context, fn func(tx store.Store) error) error {
+	if s.tx != nil {
+		return fn(s)
+	}
+	tx, err := s.db.Write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	var after []func()
+	txs := &Store{db: s.db, tx: tx, now: time.Now().UTC().Truncate(time.Microsecond), afterCommit: &after}
+	if err := fn(txs); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	for _, f := range after {
+		f()
+	}
+	return nil
+}
+
+// Ping implements store.Store.
+func (s *Store) Ping(ctx context.Context) error { return s.db.Write.PingContext(ctx) }
+
+// Close implements store.Store.
+func (s *Store) Close() error {
+	err := s.db.Write.Close()
+	if s.db.Read != s.db.Write {
+		err = errors.Join(err, s.db.Read.Close())
+	}
+	return err
+}
+
+// DialectName returns the engine's name.
+func (s *Store) DialectName() string { return s.db.Dialect.Name }
+
+// newID returns a UUIDv7, so IDs sort by creation.
+func newID() string { return uuid.Must(uuid.NewV7()).String() }
+
+// q rewrites placeholders for the engine, caching the result.
+func (s *Store) q(query string) string {
+	if !s.db.Dialect.Numbered {
+		return query
+	}
+	if v, ok := s.db.rebound.Load(query); ok {
+		return v.(string)
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	out := b.String()
+	s.db.rebound.Store(query, out)
+	return out
+}
+
+// exec runs a statement in the transaction, or on the writer.
+func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if s.tx != nil {
+		return s.tx.ExecContext(ctx, s.q(query), args...)
+	}
+	return s.db.Write.ExecContext(ctx, s.q(query), args...)
+}
+
+// query runs a read in the transaction, or on the read pool.
+func (s *Store) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if s.tx != nil {
+		return s.tx.QueryContext(ctx, s.q(query), args...)
+	}
+	return s.db.Read.QueryContext(ctx, s.q(query), args...)
+}
+
+// queryRow runs a one-row read in the transaction, or on the read pool.
+func (s *Store) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if s.tx != nil {
+		return s.tx.QueryRowContext(ctx, s.q(query), args...)
+	}
+	return s.db.Read.QueryRowContext(ctx, s.q(query), args...)
+}
+
+// write runs fn in a transaction: it joins the current one or opens its
+// own, so a method that writes several rows is atomic either way.
+func (s *Store) write(ctx context.Context, fn func(s *Store) error) error {
+	return s.InTx(ctx, func(tx store.Store) error { return fn(tx.(*Store)) })
+}
+
+// notFound turns sql.ErrNoRows into a not_found error about what.
+func notFound(err error, what string) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return keybridge.Errorf(keybridge.ENotFound, "%s not found", what)
+	}
+	return err
+}
+
+// conflict turns a unique violation into a conflict error with msg.
+func (s *Store) conflict(err error, msg string) error {
+	if err != nil && s.db.Dialect.UniqueViolation(err) {
+		return keybridge.Errorf(keybridge.EConflict, "%s", msg)
+	}
+	return err
+}
+
+// mustAffect returns a not_found error about what when res touched no row.
+func mustAffect(res sql.Result, err error, what string) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return keybridge.Errorf(keybridge.ENotFound, "%s not found", what)
+	}
+	return nil
+}
+
+// errStub is returned by areas not built yet.
+var errStub = errors.New("not implemented")
