@@ -1,0 +1,72 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// statuses maps each error code to its one HTTP status (SPEC §1).
+var statuses = map[string]int{
+	keybridge.EInvalid:         http.StatusBadRequest,
+	keybridge.EUnauthenticated: http.StatusUnauthorized,
+	keybridge.EForbidden:       http.StatusForbidden,
+	keybridge.ENotFound:        http.StatusNotFound,
+	keybridge.EConflict:        http.StatusConflict,
+	keybridge.ETooLarge:        http.StatusRequestEntityTooLarge,
+	keybridge.ERateLimited:     http.StatusTooManyRequests,
+	keybridge.EInternal:        http.StatusInternalServerError,
+	keybridge.EBadGateway:      http.StatusBadGateway,
+	keybridge.EUnavailable:     http.StatusServiceUnavailable,
+}
+
+// Status returns the HTTP status for an error code.
+func Status(code string) int {
+	if s, ok := statuses[code]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string            `json:"code"`
+	Message string            `json:"message"`
+	Fields  map[string]string `json:"fields,omitempty"`
+}
+
+// WriteError answers with err in the one error shape. Errors that are not
+// a *keybridge.Error become 500 "internal error" and are logged with the
+// request id; their text never reaches the client.
+func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	code := keybridge.ErrorCode(err)
+	body := errorBody{Error: errorDetail{Code: code, Message: keybridge.ErrorMessage(err)}}
+	var e *keybridge.Error
+	if errors.As(err, &e) {
+		body.Error.Fields = e.Fields
+		if e.RetryAfterSeconds > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfterSeconds))
+		}
+	}
+	if code == keybridge.EInternal {
+		log.ErrorContext(r.Context(), "internal error", "err", err, "method", r.Method, "path", r.URL.Path,
+			"request_id", keybridge.RequestInfoFromContext(r.Context()).RequestID)
+	}
+	writeJSON(w, Status(code), body)
+}
+
+// writeJSON answers with v as JSON.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}

@@ -1,0 +1,88 @@
+package httpapi
+
+import (
+	"crypto/subtle"
+	"net"
+	"net/http"
+	"runtime/debug"
+
+	"github.com/google/uuid"
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// withRequestInfo gives every request an id (echoed as X-Request-Id) and
+// puts what the audit log records of it in the context.
+func (s *Server) withRequestInfo(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := uuid.Must(uuid.NewV7()).String()
+		w.Header().Set("X-Request-Id", id)
+		ip, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			ip = r.RemoteAddr
+		}
+		ctx := keybridge.NewContextWithRequestInfo(r.Context(), keybridge.RequestInfo{
+			IP: ip, UserAgent: r.UserAgent(), RequestID: id,
+		})
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// withRecover turns a panic into a 500. The panic's value is not logged:
+// it could hold anything, secrets included; the stack says where it was.
+func (s *Server) withRecover(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.ErrorContext(r.Context(), "panic serving request", "method", r.Method, "path", r.URL.Path,
+					"request_id", keybridge.RequestInfoFromContext(r.Context()).RequestID, "stack", string(debug.Stack()))
+				WriteError(w, r, s.log, keybridge.Errorf(keybridge.EInternal, "internal error"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authed requires a caller: a platform key or a session. A session sending
+// an unsafe method must also send its CSRF token as X-CSRF-Token.
+func (s *Server) authed(fn handlerFunc) http.Handler {
+	return s.h(func(w http.ResponseWriter, r *http.Request) error {
+		p, err := s.auth.Authenticate(r)
+		if err != nil {
+			return err
+		}
+		if p.SessionCSRF != "" && !safeMethod(r.Method) {
+			got := r.Header.Get("X-CSRF-Token")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(p.SessionCSRF)) != 1 {
+				return keybridge.Errorf(keybridge.EForbidden, "missing or wrong X-CSRF-Token header")
+			}
+		}
+		return fn(w, r.WithContext(keybridge.NewContextWithPrincipal(r.Context(), p)))
+	})
+}
+
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
+}
+
+// principal returns the caller authed put in the context.
+func principal(r *http.Request) *keybridge.Principal {
+	return keybridge.PrincipalFromContext(r.Context())
+}
+
+// org resolves the {org} path value (id or slug) and checks the caller may
+// use perm there: 404 when it cannot see the org, 403 when it can but
+// lacks perm. It returns the org and the caller's role in it.
+func (s *Server) org(r *http.Request, perm keybridge.Permission) (*keybridge.Org, keybridge.Role, error) {
+	org, err := s.store.Org(r.Context(), r.PathValue("org"))
+	if err != nil {
+		return nil, "", err
+	}
+	role, err := s.auth.Authorize(r.Context(), principal(r), org, perm)
+	if err != nil {
+		return nil, "", err
+	}
+	return org, role, nil
+}

@@ -1,0 +1,57 @@
+// Package httpapi is Keybridge's management API: the whole surface is in
+// routes.go, one file per resource holds its handlers, and every handler
+// returns an error that takes one path to the client (errors.go).
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/keybridge/keybridge/internal/auth"
+	"github.com/keybridge/keybridge/internal/secrets"
+	"github.com/keybridge/keybridge/internal/store"
+)
+
+// Config is what the API needs.
+type Config struct {
+	Store  store.Store
+	Ring   *secrets.Ring
+	Auth   *auth.Service
+	Logger *slog.Logger
+	// PublicURL is how users reach this server (for setup and invite
+	// links), e.g. http://127.0.0.1:8080.
+	PublicURL string
+	// Version is the build's version string.
+	Version string
+	// Gateway, when set, serves /gateway/.
+	Gateway http.Handler
+	// Metrics, when set, serves /metrics.
+	Metrics http.Handler
+	// Ready reports whether the database and key ring are ready.
+	Ready func(r *http.Request) error
+}
+
+// Server is the HTTP API.
+type Server struct {
+	cfg     Config
+	store   store.Store
+	ring    *secrets.Ring
+	auth    *auth.Service
+	log     *slog.Logger
+	handler http.Handler
+}
+
+// New returns the API's handler with every route and middleware in place.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, store: cfg.Store, ring: cfg.Ring, auth: cfg.Auth, log: cfg.Logger}
+	mux := http.NewServeMux()
+	s.routes(mux)
+	s.handler = s.withRequestInfo(s.withRecover(mux))
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
