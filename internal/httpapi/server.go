@@ -10,6 +10,7 @@ import (
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/secrets"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/upstream"
 )
 
 // Config is what the API needs.
@@ -23,6 +24,8 @@ type Config struct {
 	PublicURL string
 	// Version is the build's version string.
 	Version string
+	// Upstream calls providers for credential tests and live usage.
+	Upstream *upstream.Client
 	// Gateway, when set, serves /gateway/.
 	Gateway http.Handler
 	// Metrics, when set, serves /metrics.
