@@ -304,6 +304,9 @@ const (
 	// InvalidateAll: notifications may have been lost (a reconnect); drop
 	// every cached entry.
 	InvalidateAll InvalidationKind = "all"
+	// InvalidateKeyRing: the key ring changed (a rotation or a new master
+	// key wrap), so every process reloads its data keys. ID is empty.
+	InvalidateKeyRing InvalidationKind = "keyring"
 )
 
 // Invalidation tells caches that a credential changed.
