@@ -7,6 +7,13 @@ import (
 	"github.com/keybridge/keybridge/internal/store"
 )
 
+// envelope is an invalidation on the wire, tagged with the process that
+// sent it.
+type envelope struct {
+	store.Invalidation
+	Origin string `json:"o"`
+}
+
 // Publish implements store.Notifier. Subscribers in this process hear of
 // inv once the transaction commits (at once outside one); other processes
 // hear through the dialect's Notify, which PostgreSQL also delivers at commit.
@@ -15,7 +22,7 @@ func (s *Store) Publish(ctx context.Context, inv store.Invalidation) error {
 		return s.write(ctx, func(tx *Store) error { return tx.Publish(ctx, inv) })
 	}
 	if n := s.db.Dialect.Notify; n != nil {
-		payload, err := json.Marshal(inv)
+		payload, err := json.Marshal(envelope{Invalidation: inv, Origin: s.db.origin})
 		if err != nil {
 			return err
 		}
@@ -44,10 +51,16 @@ func (s *Store) Subscribe(ctx context.Context, fn func(store.Invalidation)) erro
 		return nil
 	}
 	return s.db.Dialect.Listen(ctx, func(payload string) {
-		var inv store.Invalidation
-		if json.Unmarshal([]byte(payload), &inv) == nil {
-			fn(inv)
+		var env envelope
+		if json.Unmarshal([]byte(payload), &env) != nil {
+			return
 		}
+		// This process's own invalidations reached fn at commit, through
+		// deliver; the echo from the database would tell it twice.
+		if env.Origin == s.db.origin {
+			return
+		}
+		fn(env.Invalidation)
 	}, func() { fn(store.Invalidation{Kind: store.InvalidateAll}) })
 }
 

@@ -8,6 +8,8 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -47,6 +49,9 @@ type DB struct {
 	Dialect Dialect
 
 	rebound sync.Map // query string -> rebound query string
+	// origin tags this process's notifications, so its own subscribers,
+	// told at commit, skip the copy that comes back through Listen.
+	origin  string
 	subsMu  sync.Mutex
 	subs    map[int]func(store.Invalidation)
 	nextSub int
@@ -65,6 +70,7 @@ type Store struct {
 // New returns a Store over db.
 func New(db *DB) *Store {
 	db.subs = map[int]func(store.Invalidation){}
+	db.origin = newID()
 	return &Store{db: db}
 }
 
@@ -114,6 +120,10 @@ func (s *Store) Close() error {
 	}
 	return err
 }
+
+// DB returns the database under s, for driver tests and maintenance
+// tools that must look at the connections themselves.
+func (s *Store) DB() *DB { return s.db }
 
 // DialectName returns the engine's name.
 func (s *Store) DialectName() string { return s.db.Dialect.Name }
@@ -203,6 +213,56 @@ func mustAffect(res sql.Result, err error, what string) error {
 		return keybridge.Errorf(keybridge.ENotFound, "%s not found", what)
 	}
 	return nil
+}
+
+// limitOf returns the page size p asks for: DefaultLimit when unset, at
+// most MaxLimit.
+func limitOf(p store.Page) int {
+	switch {
+	case p.Limit <= 0:
+		return store.DefaultLimit
+	case p.Limit > store.MaxLimit:
+		return store.MaxLimit
+	}
+	return p.Limit
+}
+
+// encodeCursor turns the sort key of a page's last row into an opaque
+// cursor: lists page by keyset (WHERE key > last), so rows inserted or
+// deleted between pages neither repeat nor go missing.
+func encodeCursor(key ...string) string {
+	b, _ := json.Marshal(key)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// decodeCursor returns the n-part sort key packed in cursor, or nil for the
+// first page. A cursor this store did not make is an invalid_argument error
+// on "cursor".
+func decodeCursor(cursor string, n int) ([]string, error) {
+	if cursor == "" {
+		return nil, nil
+	}
+	var key []string
+	b, err := base64.RawURLEncoding.DecodeString(cursor)
+	if err == nil {
+		err = json.Unmarshal(b, &key)
+	}
+	if err != nil || len(key) != n {
+		return nil, keybridge.FieldError("cursor", "is not a cursor from a previous page")
+	}
+	return key, nil
+}
+
+// trimPage cuts rows, fetched with LIMIT limit+1 so that one row more than
+// the page says whether another page follows, down to limit. It returns the
+// cursor of the next page, made of the last kept row's key, or "" on the
+// last page.
+func trimPage[T any](rows []T, limit int, key func(*T) []string) ([]T, string) {
+	if len(rows) <= limit {
+		return rows, ""
+	}
+	rows = rows[:limit]
+	return rows, encodeCursor(key(&rows[limit-1])...)
 }
 
 // errStub is returned by areas not built yet.

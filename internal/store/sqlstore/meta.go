@@ -1,0 +1,23 @@
+package sqlstore
+
+import "context"
+
+// GetMeta implements store.Meta.
+func (s *Store) GetMeta(ctx context.Context, key string) (string, error) {
+	var v string
+	err := s.queryRow(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	return v, notFound(err, "meta key")
+}
+
+// SetMeta implements store.Meta.
+func (s *Store) SetMeta(ctx context.Context, key, value string) error {
+	_, err := s.exec(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+	return err
+}
+
+// DeleteMeta implements store.Meta.
+func (s *Store) DeleteMeta(ctx context.Context, key string) error {
+	_, err := s.exec(ctx, `DELETE FROM meta WHERE key = ?`, key)
+	return err
+}
