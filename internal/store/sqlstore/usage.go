@@ -1,0 +1,344 @@
+package sqlstore
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// Usage is kept twice: the raw rows (one per gateway request) and, in the
+// same transaction, per-org totals per group-by dimension per hour and per
+// UTC day (usage_rollup). A query over [since, until) reads whole days from
+// the daily totals, the whole hours around them from the hourly totals, and
+// only the partial hours at both ends from the raw rows, so its cost
+// follows the number of groups and days, not the number of requests: a
+// 30-day group-by over a million requests reads a few thousand rows.
+
+const (
+	usageDay = 24 * time.Hour
+	// usageInsertChunk rows go in one INSERT: 19 parameters a row stays
+	// far below both engines' limit on parameters per statement.
+	usageInsertChunk = 500
+	// usageRollupChunk rollup rows go in one upsert (11 parameters a row).
+	usageRollupChunk = 500
+	// usageDeleteChunk rows are deleted per transaction, so retention
+	// never holds SQLite's single writer for long.
+	usageDeleteChunk = 5000
+)
+
+// usageDims lists the group-by dimensions with the SQL expression that
+// gives a raw row's group key. A request made with an AI key has no
+// platform key, so api_key groups by whichever key made the request.
+var usageDims = []struct {
+	by  keybridge.UsageGroupBy
+	sql string
+}{
+	{keybridge.GroupByProvider, "provider_id"},
+	{keybridge.GroupByModel, "model"},
+	{keybridge.GroupByUser, "user_id"},
+	{keybridge.GroupByProject, "project_id"},
+	{keybridge.GroupByAPIKey, "CASE WHEN api_key_id <> '' THEN api_key_id ELSE ai_key_id END"},
+}
+
+// usageGroupKey is the Go twin of the SQL expressions in usageDims.
+func usageGroupKey(u *keybridge.Usage, by keybridge.UsageGroupBy) string {
+	switch by {
+	case keybridge.GroupByProvider:
+		return u.ProviderID
+	case keybridge.GroupByModel:
+		return u.Model
+	case keybridge.GroupByUser:
+		return u.UserID
+	case keybridge.GroupByProject:
+		return u.ProjectID
+	case keybridge.GroupByAPIKey:
+		if u.APIKeyID != "" {
+			return u.APIKeyID
+		}
+		return u.AIKeyID
+	}
+	return ""
+}
+
+// usageRollupKey names one row of usage_rollup.
+type usageRollupKey struct {
+	org    string
+	dim    keybridge.UsageGroupBy
+	period string // "h" or "d"
+	bucket time.Time
+	key    string
+}
+
+func compareUsageRollupKeys(a, b usageRollupKey) int {
+	return cmp.Or(cmp.Compare(a.org, b.org), cmp.Compare(a.dim, b.dim), cmp.Compare(a.period, b.period),
+		a.bucket.Compare(b.bucket), cmp.Compare(a.key, b.key))
+}
+
+// InsertUsage implements store.UsageStore. Rows without an ID get one and
+// rows without a time get the transaction's. The raw rows and the rollup
+// totals are written in one transaction, so a query never sees one without
+// the other.
+func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	return s.write(ctx, func(tx *Store) error {
+		rollup := map[usageRollupKey]*keybridge.UsageGroup{}
+		for i := range batch {
+			u := &batch[i]
+			if u.ID == "" {
+				u.ID = newID()
+			}
+			if u.Time.IsZero() {
+				u.Time = tx.Now()
+			}
+			t := u.Time.UTC().Truncate(time.Microsecond)
+			for _, d := range usageDims {
+				for _, b := range []struct {
+					period string
+					bucket time.Time
+				}{{"h", t.Truncate(time.Hour)}, {"d", t.Truncate(usageDay)}} {
+					k := usageRollupKey{u.OrgID, d.by, b.period, b.bucket, usageGroupKey(u, d.by)}
+					g := rollup[k]
+					if g == nil {
+						g = &keybridge.UsageGroup{}
+						rollup[k] = g
+					}
+					addUsage(g, u)
+				}
+			}
+		}
+		for chunk := range slices.Chunk(batch, usageInsertChunk) {
+			if err := tx.insertUsageRows(ctx, chunk); err != nil {
+				return fmt.Errorf("insert usage: %w", err)
+			}
+		}
+		// Upserts in key order: two replicas flushing at once take the
+		// rollup rows' locks in the same order and cannot deadlock.
+		keys := slices.SortedFunc(maps.Keys(rollup), compareUsageRollupKeys)
+		for chunk := range slices.Chunk(keys, usageRollupChunk) {
+			if err := tx.upsertUsageRollup(ctx, chunk, rollup); err != nil {
+				return fmt.Errorf("update usage rollup: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// addUsage adds one request to a group's totals.
+func addUsage(g *keybridge.UsageGroup, u *keybridge.Usage) {
+	g.Requests++
+	if u.Status >= 400 {
+		g.Errors++
+	}
+	g.InputTokens += u.InputTokens
+	g.OutputTokens += u.OutputTokens
+	g.CacheReadTokens += u.CacheReadTokens
+	g.CacheWriteTokens += u.CacheWriteTokens
+}
+
+func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage) error {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO usage (id, time, org_id, project_id, user_id, api_key_id, ai_key_id, provider_id, provider_key_id,
+		model, status, stream, latency_ms, upstream_latency_ms, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers) VALUES `)
+	args := make([]any, 0, len(rows)*19)
+	for i := range rows {
+		u := &rows[i]
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		args = append(args, u.ID, s.ts(u.Time), u.OrgID, u.ProjectID, u.UserID, u.APIKeyID, u.AIKeyID, u.ProviderID, u.ProviderKeyID,
+			u.Model, u.Status, u.Stream, u.LatencyMS, u.UpstreamLatencyMS, u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens, u.Failovers)
+	}
+	_, err := s.exec(ctx, b.String(), args...)
+	return err
+}
+
+func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, totals map[usageRollupKey]*keybridge.UsageGroup) error {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO usage_rollup (org_id, dim, period, bucket, key, requests, errors, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) VALUES `)
+	args := make([]any, 0, len(keys)*11)
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		g := totals[k]
+		args = append(args, k.org, string(k.dim), k.period, s.ts(k.bucket), k.key,
+			g.Requests, g.Errors, g.InputTokens, g.OutputTokens, g.CacheReadTokens, g.CacheWriteTokens)
+	}
+	b.WriteString(` ON CONFLICT (org_id, dim, period, bucket, key) DO UPDATE SET
+		requests = usage_rollup.requests + excluded.requests,
+		errors = usage_rollup.errors + excluded.errors,
+		input_tokens = usage_rollup.input_tokens + excluded.input_tokens,
+		output_tokens = usage_rollup.output_tokens + excluded.output_tokens,
+		cache_read_tokens = usage_rollup.cache_read_tokens + excluded.cache_read_tokens,
+		cache_write_tokens = usage_rollup.cache_write_tokens + excluded.cache_write_tokens`)
+	_, err := s.exec(ctx, b.String(), args...)
+	return err
+}
+
+// usageSpan is a half-open time range [from, to).
+type usageSpan struct{ from, to time.Time }
+
+func (r usageSpan) empty() bool { return !r.from.Before(r.to) }
+
+// usagePlan splits [since, until) into whole UTC days, whole hours and
+// partial hours, the three sources a query reads.
+type usagePlan struct {
+	days  usageSpan
+	hours [2]usageSpan
+	raw   [2]usageSpan
+}
+
+// ceilTrunc rounds t up to a multiple of d.
+func ceilTrunc(t time.Time, d time.Duration) time.Time {
+	f := t.Truncate(d)
+	if f.Equal(t) {
+		return f
+	}
+	return f.Add(d)
+}
+
+func planUsage(since, until time.Time) usagePlan {
+	var p usagePlan
+	hs, he := ceilTrunc(since, time.Hour), until.Truncate(time.Hour)
+	if !hs.Before(he) {
+		p.raw[0] = usageSpan{since, until}
+		return p
+	}
+	p.raw = [2]usageSpan{{since, hs}, {he, until}}
+	ds, de := ceilTrunc(hs, usageDay), he.Truncate(usageDay)
+	if !ds.Before(de) {
+		p.hours[0] = usageSpan{hs, he}
+		return p
+	}
+	p.hours = [2]usageSpan{{hs, ds}, {de, he}}
+	p.days = usageSpan{ds, de}
+	return p
+}
+
+// QueryUsage implements store.UsageStore. A zero Until means now and a zero
+// Since means 30 days before Until. Groups come most requests first, then
+// by key; the key is "" for requests without that dimension (a request
+// made with an AI key has no user, one made with a platform key no project).
+// EInvalid for an unknown GroupBy.
+func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybridge.UsageGroup, error) {
+	expr := ""
+	for _, d := range usageDims {
+		if d.by == q.GroupBy {
+			expr = d.sql
+		}
+	}
+	if expr == "" {
+		return nil, keybridge.FieldError("group_by", "must be provider, model, user, project or api_key")
+	}
+	until := q.Until
+	if until.IsZero() {
+		until = s.Now()
+	}
+	since := q.Since
+	if since.IsZero() {
+		since = until.Add(-30 * usageDay)
+	}
+	since, until = since.UTC().Truncate(time.Microsecond), until.UTC().Truncate(time.Microsecond)
+	if !since.Before(until) {
+		return []keybridge.UsageGroup{}, nil
+	}
+	p := planUsage(since, until)
+
+	const sums = `requests, errors, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens`
+	var arms []string
+	var args []any
+	rollupArm := func(period string, r usageSpan) {
+		if r.empty() {
+			return
+		}
+		arms = append(arms, `SELECT key, `+sums+` FROM usage_rollup WHERE org_id = ? AND dim = ? AND period = ? AND bucket >= ? AND bucket < ?`)
+		args = append(args, q.OrgID, string(q.GroupBy), period, s.ts(r.from), s.ts(r.to))
+	}
+	rawArm := func(r usageSpan) {
+		if r.empty() {
+			return
+		}
+		arms = append(arms, `SELECT `+expr+` AS key, 1, CASE WHEN status >= 400 THEN 1 ELSE 0 END,
+			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens FROM usage WHERE org_id = ? AND time >= ? AND time < ?`)
+		args = append(args, q.OrgID, s.ts(r.from), s.ts(r.to))
+	}
+	rollupArm("d", p.days)
+	for _, r := range p.hours {
+		rollupArm("h", r)
+	}
+	for _, r := range p.raw {
+		rawArm(r)
+	}
+	// CAST: PostgreSQL sums BIGINTs into NUMERIC.
+	query := `SELECT key, CAST(SUM(requests) AS BIGINT), CAST(SUM(errors) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT),
+		CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT)
+		FROM (` + strings.Join(arms, " UNION ALL ") + `) t GROUP BY key`
+	rows, err := s.query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("query usage: %w", err)
+	}
+	defer rows.Close()
+	out := []keybridge.UsageGroup{}
+	for rows.Next() {
+		var g keybridge.UsageGroup
+		if err := rows.Scan(&g.Key, &g.Requests, &g.Errors, &g.InputTokens, &g.OutputTokens, &g.CacheReadTokens, &g.CacheWriteTokens); err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// Sorted here rather than in SQL: byte order of keys is the same on
+	// both engines, whatever collation the database uses.
+	slices.SortFunc(out, func(a, b keybridge.UsageGroup) int {
+		return cmp.Or(cmp.Compare(b.Requests, a.Requests), strings.Compare(a.Key, b.Key))
+	})
+	return out, nil
+}
+
+// DeleteUsageBefore implements store.UsageStore. t is rounded down to the
+// start of its UTC day, so that the raw rows and the hourly and daily
+// totals always cover the same span and every query stays exact; usage is
+// therefore kept up to a day longer than asked. The raw rows go in chunks,
+// each its own transaction (outside a caller's), so a large purge never
+// holds the writer for long. It returns how many raw rows went.
+func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, error) {
+	cut := s.ts(t.UTC().Truncate(usageDay))
+	var total int64
+	for {
+		var n int64
+		err := s.write(ctx, func(tx *Store) error {
+			res, err := tx.exec(ctx, `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE time < ? LIMIT ?)`, cut, usageDeleteChunk)
+			if err != nil {
+				return err
+			}
+			n, err = res.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("delete usage: %w", err)
+		}
+		total += n
+		if n < usageDeleteChunk {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+	}
+	if _, err := s.exec(ctx, `DELETE FROM usage_rollup WHERE bucket < ?`, cut); err != nil {
+		return total, fmt.Errorf("delete usage rollup: %w", err)
+	}
+	return total, nil
+}
