@@ -1,0 +1,312 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
+)
+
+func testIdentity(t *testing.T, newStore Factory) {
+	ctx := context.Background()
+
+	t.Run("Orgs", func(t *testing.T) {
+		st := newStore(t)
+		if n, err := st.CountOrgs(ctx); err != nil || n != 0 {
+			t.Fatalf("CountOrgs(empty) = %d, %v; want 0", n, err)
+		}
+		acme := baseOrg(t, st, "acme")
+		if acme.ID == "" || acme.CreatedAt.IsZero() || !acme.UpdatedAt.Equal(acme.CreatedAt) {
+			t.Fatalf("CreateOrg set ID %q, times %v, %v; want an ID and equal times", acme.ID, acme.CreatedAt, acme.UpdatedAt)
+		}
+		for _, key := range []string{acme.ID, "acme"} {
+			got, err := st.Org(ctx, key)
+			if err != nil {
+				t.Fatalf("Org(%q) = %v", key, err)
+			}
+			if *got != *acme {
+				t.Errorf("Org(%q) = %+v, want %+v", key, *got, *acme)
+			}
+		}
+		err := st.CreateOrg(ctx, &keybridge.Org{Slug: "acme", Name: "again"})
+		baseCode(t, "CreateOrg(used slug)", err, keybridge.EConflict)
+		_, err = st.Org(ctx, "nope")
+		baseCode(t, "Org(missing)", err, keybridge.ENotFound)
+
+		// A slug may have the shape of an ID; the ID still finds its own org.
+		lookalike := baseOrg(t, st, acme.ID)
+		if got, err := st.Org(ctx, acme.ID); err != nil || got.ID != acme.ID {
+			t.Errorf("Org(%q) with a look-alike slug = %+v, %v; want org %s", acme.ID, got, err, acme.ID)
+		}
+		if n, err := st.CountOrgs(ctx); err != nil || n != 2 {
+			t.Errorf("CountOrgs = %d, %v; want 2", n, err)
+		}
+
+		acme.Slug, acme.Name = "acme-corp", "Acme Corp"
+		if err := st.UpdateOrg(ctx, acme); err != nil {
+			t.Fatalf("UpdateOrg = %v", err)
+		}
+		if got, err := st.Org(ctx, "acme-corp"); err != nil || got.Name != "Acme Corp" || !got.UpdatedAt.Equal(acme.UpdatedAt) {
+			t.Errorf("Org after UpdateOrg = %+v, %v; want name Acme Corp, updated_at %v", got, err, acme.UpdatedAt)
+		}
+		_, err = st.Org(ctx, "acme")
+		baseCode(t, "Org(old slug)", err, keybridge.ENotFound)
+		lookalike.Slug = "acme-corp"
+		baseCode(t, "UpdateOrg(used slug)", st.UpdateOrg(ctx, lookalike), keybridge.EConflict)
+		baseCode(t, "UpdateOrg(missing)", st.UpdateOrg(ctx, &keybridge.Org{ID: "nope", Slug: "x", Name: "x"}), keybridge.ENotFound)
+	})
+
+	t.Run("DeleteOrg", func(t *testing.T) {
+		st := newStore(t)
+		ch := baseSubscribe(t, st, st)
+		org := baseOrg(t, st, "doomed")
+		keep := baseOrg(t, st, "kept")
+		u := baseUser(t, st, "a@example.com")
+		baseMember(t, st, org.ID, u.ID, keybridge.RoleOwner)
+		baseMember(t, st, keep.ID, u.ID, keybridge.RoleMember)
+		k := baseAPIKey(t, st, org.ID, u.ID, "k")
+		kept := baseAPIKey(t, st, keep.ID, u.ID, "kept")
+
+		if err := st.DeleteOrg(ctx, org.ID); err != nil {
+			t.Fatalf("DeleteOrg = %v", err)
+		}
+		baseExpect(t, "DeleteOrg", ch, store.Invalidation{Kind: store.InvalidateAll})
+		_, err := st.Org(ctx, org.ID)
+		baseCode(t, "Org(deleted)", err, keybridge.ENotFound)
+		_, err = st.Membership(ctx, org.ID, u.ID)
+		baseCode(t, "Membership(deleted org)", err, keybridge.ENotFound)
+		_, err = st.APIKey(ctx, k.ID)
+		baseCode(t, "APIKey(deleted org)", err, keybridge.ENotFound)
+		if _, err := st.APIKey(ctx, kept.ID); err != nil {
+			t.Errorf("APIKey(other org's key) = %v, want it kept", err)
+		}
+		if _, err := st.User(ctx, u.ID); err != nil {
+			t.Errorf("User after DeleteOrg = %v, want the user kept", err)
+		}
+		baseCode(t, "DeleteOrg(again)", st.DeleteOrg(ctx, org.ID), keybridge.ENotFound)
+	})
+
+	t.Run("Users", func(t *testing.T) {
+		st := newStore(t)
+		u := baseUser(t, st, "  Alice@Example.COM ")
+		if u.Email != "alice@example.com" || u.ID == "" {
+			t.Fatalf("CreateUser stored email %q, ID %q; want alice@example.com and an ID", u.Email, u.ID)
+		}
+		for _, email := range []string{"alice@example.com", "ALICE@example.com"} {
+			got, err := st.UserByEmail(ctx, email)
+			if err != nil || *got != *u {
+				t.Errorf("UserByEmail(%q) = %+v, %v; want %+v", email, got, err, *u)
+			}
+		}
+		err := st.CreateUser(ctx, &keybridge.User{Email: "ALICE@example.com", Name: "again"})
+		baseCode(t, "CreateUser(used email)", err, keybridge.EConflict)
+		_, err = st.User(ctx, "nope")
+		baseCode(t, "User(missing)", err, keybridge.ENotFound)
+		_, err = st.UserByEmail(ctx, "bob@example.com")
+		baseCode(t, "UserByEmail(missing)", err, keybridge.ENotFound)
+
+		u.Name, u.PasswordHash = "Alice", "$argon2id$v=19$m=65536,t=1,p=4$c2FsdA$aGFzaA"
+		if err := st.UpdateUser(ctx, u); err != nil {
+			t.Fatalf("UpdateUser = %v", err)
+		}
+		if got, err := st.User(ctx, u.ID); err != nil || *got != *u {
+			t.Errorf("User after UpdateUser = %+v, %v; want %+v", got, err, *u)
+		}
+		baseCode(t, "UpdateUser(missing)", st.UpdateUser(ctx, &keybridge.User{ID: "nope"}), keybridge.ENotFound)
+	})
+
+	t.Run("Memberships", func(t *testing.T) {
+		st := newStore(t)
+		ch := baseSubscribe(t, st, st)
+		org := baseOrg(t, st, "acme")
+		other := baseOrg(t, st, "other")
+		owner := baseUser(t, st, "owner@example.com")
+		owner.PasswordHash = "set"
+		if err := st.UpdateUser(ctx, owner); err != nil {
+			t.Fatal(err)
+		}
+		invited := baseUser(t, st, "invited@example.com")
+		baseMember(t, st, org.ID, owner.ID, keybridge.RoleOwner)
+		baseMember(t, st, org.ID, invited.ID, keybridge.RoleMember)
+		baseMember(t, st, other.ID, owner.ID, keybridge.RoleAdmin)
+
+		err := st.CreateMembership(ctx, &keybridge.Membership{OrgID: org.ID, UserID: owner.ID, Role: keybridge.RoleAdmin})
+		baseCode(t, "CreateMembership(twice)", err, keybridge.EConflict)
+
+		m, err := st.Membership(ctx, org.ID, owner.ID)
+		if err != nil || m.Role != keybridge.RoleOwner || m.CreatedAt.IsZero() {
+			t.Errorf("Membership = %+v, %v; want role owner", m, err)
+		}
+		_, err = st.Membership(ctx, other.ID, invited.ID)
+		baseCode(t, "Membership(of another org)", err, keybridge.ENotFound)
+
+		got, err := st.Member(ctx, org.ID, invited.ID)
+		if err != nil || got.Email != "invited@example.com" || !got.Invited || got.Role != keybridge.RoleMember {
+			t.Errorf("Member(invited) = %+v, %v; want invited member invited@example.com", got, err)
+		}
+		got, err = st.Member(ctx, org.ID, owner.ID)
+		if err != nil || got.Invited || got.Name != owner.Name {
+			t.Errorf("Member(owner) = %+v, %v; want not invited, name %q", got, err, owner.Name)
+		}
+		_, err = st.Member(ctx, other.ID, invited.ID)
+		baseCode(t, "Member(of another org)", err, keybridge.ENotFound)
+
+		orgs, err := st.OrgsForUser(ctx, owner.ID)
+		if err != nil {
+			t.Fatalf("OrgsForUser = %v", err)
+		}
+		var gotOrgs []string
+		for _, om := range orgs {
+			gotOrgs = append(gotOrgs, om.Org.Slug+":"+string(om.Role))
+		}
+		if want := []string{"acme:owner", "other:admin"}; !slices.Equal(gotOrgs, want) {
+			t.Errorf("OrgsForUser = %v, want %v", gotOrgs, want)
+		}
+
+		if n, err := st.CountOwners(ctx, org.ID); err != nil || n != 1 {
+			t.Errorf("CountOwners = %d, %v; want 1", n, err)
+		}
+		if err := st.UpdateMembership(ctx, &keybridge.Membership{OrgID: org.ID, UserID: invited.ID, Role: keybridge.RoleOwner}); err != nil {
+			t.Fatalf("UpdateMembership = %v", err)
+		}
+		baseExpect(t, "UpdateMembership", ch, store.Invalidation{Kind: store.InvalidateUser, ID: invited.ID})
+		if n, err := st.CountOwners(ctx, org.ID); err != nil || n != 2 {
+			t.Errorf("CountOwners after promotion = %d, %v; want 2", n, err)
+		}
+		if m, err := st.Membership(ctx, org.ID, invited.ID); err != nil || m.Role != keybridge.RoleOwner {
+			t.Errorf("Membership after UpdateMembership = %+v, %v; want owner", m, err)
+		}
+		err = st.UpdateMembership(ctx, &keybridge.Membership{OrgID: other.ID, UserID: invited.ID, Role: keybridge.RoleOwner})
+		baseCode(t, "UpdateMembership(not a member)", err, keybridge.ENotFound)
+
+		if err := st.DeleteMembership(ctx, org.ID, invited.ID); err != nil {
+			t.Fatalf("DeleteMembership = %v", err)
+		}
+		baseExpect(t, "DeleteMembership", ch, store.Invalidation{Kind: store.InvalidateUser, ID: invited.ID})
+		baseCode(t, "DeleteMembership(again)", st.DeleteMembership(ctx, org.ID, invited.ID), keybridge.ENotFound)
+		// The failed calls published nothing.
+		baseMarker(t, "failed membership changes", st, ch)
+	})
+
+	t.Run("MembersPaging", func(t *testing.T) {
+		st := newStore(t)
+		org := baseOrg(t, st, "acme")
+		other := baseOrg(t, st, "other")
+		var want []string
+		for _, name := range []string{"erin", "alice", "dave", "carol", "bob"} {
+			u := baseUser(t, st, name+"@example.com")
+			baseMember(t, st, org.ID, u.ID, keybridge.RoleMember)
+			want = append(want, u.Email)
+		}
+		baseMember(t, st, other.ID, baseUser(t, st, "zed@example.com").ID, keybridge.RoleMember)
+		slices.Sort(want)
+
+		for _, limit := range []int{0, 1, 2, 5, 6} {
+			var got []string
+			page := store.Page{Limit: limit}
+			for pages := 0; ; pages++ {
+				if pages > 10 {
+					t.Fatalf("limit %d: paging does not end", limit)
+				}
+				ms, next, err := st.Members(ctx, org.ID, page)
+				if err != nil {
+					t.Fatalf("Members(limit %d) = %v", limit, err)
+				}
+				if limit > 0 && len(ms) > limit {
+					t.Errorf("Members(limit %d) returned %d", limit, len(ms))
+				}
+				for _, m := range ms {
+					got = append(got, m.Email)
+				}
+				if next == "" {
+					break
+				}
+				page.Cursor = next
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("Members pages with limit %d = %v, want %v", limit, got, want)
+			}
+		}
+		ms, next, err := st.Members(ctx, org.ID, store.Page{Limit: 5})
+		if err != nil || len(ms) != 5 || next != "" {
+			t.Errorf("Members(limit = count) = %d members, next %q, %v; want 5 and no next page", len(ms), next, err)
+		}
+		_, _, err = st.Members(ctx, org.ID, store.Page{Cursor: "not a cursor"})
+		baseCode(t, "Members(bad cursor)", err, keybridge.EInvalid)
+	})
+
+	t.Run("Invitations", func(t *testing.T) {
+		st := newStore(t)
+		org := baseOrg(t, st, "acme")
+		u := baseUser(t, st, "new@example.com")
+		inv := &keybridge.Invitation{OrgID: org.ID, UserID: u.ID, TokenHash: baseHash("invite"), ExpiresAt: baseTime}
+		if err := st.CreateInvitation(ctx, inv); err != nil {
+			t.Fatalf("CreateInvitation = %v", err)
+		}
+		got, err := st.InvitationByHash(ctx, baseHash("invite"))
+		if err != nil {
+			t.Fatalf("InvitationByHash = %v", err)
+		}
+		// Times come back to the microsecond, in UTC.
+		if want := baseTime.Truncate(time.Microsecond); !got.ExpiresAt.Equal(want) || got.ExpiresAt.Location() != time.UTC ||
+			got.ID != inv.ID || got.AcceptedAt != nil || !got.CreatedAt.Equal(inv.CreatedAt) {
+			t.Errorf("InvitationByHash = %+v, want %+v with expiry %v", got, inv, want)
+		}
+		_, err = st.InvitationByHash(ctx, baseHash("other"))
+		baseCode(t, "InvitationByHash(unknown)", err, keybridge.ENotFound)
+
+		if err := st.AcceptInvitation(ctx, inv.ID); err != nil {
+			t.Fatalf("AcceptInvitation = %v", err)
+		}
+		baseCode(t, "AcceptInvitation(again)", st.AcceptInvitation(ctx, inv.ID), keybridge.ENotFound)
+		if got, err := st.InvitationByHash(ctx, baseHash("invite")); err != nil || got.AcceptedAt == nil {
+			t.Errorf("InvitationByHash after accept = %+v, %v; want accepted_at set", got, err)
+		}
+
+		expired := &keybridge.Invitation{OrgID: org.ID, UserID: u.ID, TokenHash: baseHash("expired"), ExpiresAt: time.Now().Add(-time.Minute)}
+		if err := st.CreateInvitation(ctx, expired); err != nil {
+			t.Fatal(err)
+		}
+		baseCode(t, "AcceptInvitation(expired)", st.AcceptInvitation(ctx, expired.ID), keybridge.ENotFound)
+		baseCode(t, "AcceptInvitation(missing)", st.AcceptInvitation(ctx, "nope"), keybridge.ENotFound)
+	})
+
+	t.Run("Sessions", func(t *testing.T) {
+		st := newStore(t)
+		u := baseUser(t, st, "a@example.com")
+		sess := &keybridge.Session{UserID: u.ID, TokenHash: baseHash("session"), CSRFToken: "csrf",
+			ExpiresAt: baseTime, IP: "192.0.2.1", UserAgent: "test"}
+		if err := st.CreateSession(ctx, sess); err != nil {
+			t.Fatalf("CreateSession = %v", err)
+		}
+		got, err := st.SessionByHash(ctx, baseHash("session"))
+		if err != nil {
+			t.Fatalf("SessionByHash = %v", err)
+		}
+		want := *sess
+		want.ExpiresAt = baseTime.Truncate(time.Microsecond)
+		if fmt.Sprint(*got) != fmt.Sprint(want) {
+			t.Errorf("SessionByHash = %+v, want %+v", *got, want)
+		}
+		err = st.CreateSession(ctx, &keybridge.Session{UserID: u.ID, TokenHash: baseHash("session"), ExpiresAt: baseTime})
+		baseCode(t, "CreateSession(used hash)", err, keybridge.EConflict)
+
+		old := &keybridge.Session{UserID: u.ID, TokenHash: baseHash("old"), ExpiresAt: time.Now().Add(-time.Second)}
+		if err := st.CreateSession(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		_, err = st.SessionByHash(ctx, baseHash("old"))
+		baseCode(t, "SessionByHash(expired)", err, keybridge.ENotFound)
+
+		if err := st.DeleteSession(ctx, sess.ID); err != nil {
+			t.Fatalf("DeleteSession = %v", err)
+		}
+		_, err = st.SessionByHash(ctx, baseHash("session"))
+		baseCode(t, "SessionByHash(deleted)", err, keybridge.ENotFound)
+		baseCode(t, "DeleteSession(missing)", st.DeleteSession(ctx, sess.ID), "")
+	})
+}
