@@ -1,6 +1,7 @@
 package keybridge
 
 import (
+	"encoding/json"
 	"log/slog"
 	"time"
 )
@@ -35,6 +36,21 @@ func (s Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 
 // LogValue implements slog.LogValuer.
 func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// UnmarshalJSON implements json.Unmarshaler, so request bodies can carry a
+// secret straight into a Secret: it reads a JSON string (null leaves it
+// empty). Anything else is an invalid_argument error.
+func (s *Secret) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	var v string
+	if err := json.Unmarshal(b, &v); err != nil {
+		return Errorf(EInvalid, "a secret must be a JSON string")
+	}
+	s.v = v
+	return nil
+}
 
 // Redacted is the text that stands in for a secret in output and audit diffs.
 const Redacted = redacted
