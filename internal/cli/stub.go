@@ -11,4 +11,3 @@ var errStub = errors.New("not implemented")
 func serve(ctx context.Context, env *Env) error   { return errStub }
 func setup(ctx context.Context, env *Env) error   { return errStub }
 func migrate(ctx context.Context, env *Env) error { return errStub }
-func keyring(ctx context.Context, env *Env) error { return errStub }
