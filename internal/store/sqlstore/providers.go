@@ -1,0 +1,230 @@
+package sqlstore
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
+)
+
+func init() {
+	registerSealed("providers", "id", "settings", "settings_version")
+	registerSealed("provider_keys", "id", "api_key", "api_key_version")
+}
+
+// sealedVersionOf reads the data key version a sealed value records (the
+// key ring writes a format byte, then the version as a big-endian uint32),
+// so each sealed column's <column>_version is filled without opening it.
+// An empty or foreign value gets version 0, which a rewrap then visits.
+func sealedVersionOf(ciphertext []byte) int {
+	if len(ciphertext) < 5 || ciphertext[0] != 1 {
+		return 0
+	}
+	return int(binary.BigEndian.Uint32(ciphertext[1:5]))
+}
+
+const providerColumns = `p.id, p.org_id, p.name, p.display_name, p.type, p.base_url, p.enabled, p.key_source,
+	p.settings, p.created_at, p.updated_at,
+	(SELECT COUNT(*) FROM provider_keys k WHERE k.provider_id = p.id)`
+
+func scanProvider(sc interface{ Scan(...any) error }) (*keybridge.Provider, error) {
+	var p keybridge.Provider
+	var typ, keySource string
+	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.DisplayName, &typ, &p.BaseURL, &p.Enabled, &keySource,
+		&p.SettingsSealed, timeCol{&p.CreatedAt}, timeCol{&p.UpdatedAt}, &p.KeyCount)
+	if err != nil {
+		return nil, err
+	}
+	p.Type, p.KeySource = keybridge.ProviderType(typ), keybridge.KeySource(keySource)
+	return &p, nil
+}
+
+// CreateProvider implements store.Providers. It keeps p.ID when the caller
+// set one (the settings are sealed bound to the ID, so the ID comes first).
+func (s *Store) CreateProvider(ctx context.Context, p *keybridge.Provider) error {
+	if p.ID == "" {
+		p.ID = newID()
+	}
+	now := s.Now()
+	p.CreatedAt, p.UpdatedAt, p.KeyCount = now, now, 0
+	_, err := s.exec(ctx, `INSERT INTO providers (id, org_id, name, display_name, type, base_url, enabled, key_source,
+		settings, settings_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		p.ID, p.OrgID, p.Name, p.DisplayName, string(p.Type), p.BaseURL, p.Enabled, string(p.KeySource),
+		p.SettingsSealed, sealedVersionOf(p.SettingsSealed), s.ts(now), s.ts(now))
+	return s.conflict(err, fmt.Sprintf("a provider named %q already exists in this org", p.Name))
+}
+
+// Provider implements store.Providers. An ID match wins over a name match.
+func (s *Store) Provider(ctx context.Context, orgID, idOrName string) (*keybridge.Provider, error) {
+	p, err := scanProvider(s.queryRow(ctx, `SELECT `+providerColumns+` FROM providers p
+		WHERE p.org_id = ? AND (p.id = ? OR p.name = ?)
+		ORDER BY CASE WHEN p.id = ? THEN 0 ELSE 1 END LIMIT 1`, orgID, idOrName, idOrName, idOrName))
+	if err != nil {
+		return nil, notFound(err, fmt.Sprintf("provider %q", idOrName))
+	}
+	return p, nil
+}
+
+// ListProviders implements store.Providers. It pages by name.
+func (s *Store) ListProviders(ctx context.Context, orgID string, page store.Page) ([]keybridge.Provider, string, error) {
+	limit := limitOf(page)
+	after, err := decodeCursor(page.Cursor, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	last := ""
+	if after != nil {
+		last = after[0]
+	}
+	rows, err := s.query(ctx, `SELECT `+providerColumns+` FROM providers p
+		WHERE p.org_id = ? AND p.name > ? ORDER BY p.name LIMIT ?`, orgID, last, limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var out []keybridge.Provider
+	for rows.Next() {
+		p, err := scanProvider(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, *p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	out, next := trimPage(out, limit, func(p *keybridge.Provider) []string { return []string{p.Name} })
+	return out, next, nil
+}
+
+// UpdateProvider implements store.Providers. The type never changes.
+func (s *Store) UpdateProvider(ctx context.Context, p *keybridge.Provider) error {
+	now := s.Now()
+	res, err := s.exec(ctx, `UPDATE providers SET name = ?, display_name = ?, base_url = ?, enabled = ?, key_source = ?,
+		settings = ?, settings_version = ?, updated_at = ? WHERE id = ? AND org_id = ?`,
+		p.Name, p.DisplayName, p.BaseURL, p.Enabled, string(p.KeySource),
+		p.SettingsSealed, sealedVersionOf(p.SettingsSealed), s.ts(now), p.ID, p.OrgID)
+	if err := mustAffect(res, s.conflict(err, fmt.Sprintf("a provider named %q already exists in this org", p.Name)), "provider"); err != nil {
+		return err
+	}
+	p.UpdatedAt = now
+	return nil
+}
+
+// DeleteProvider implements store.Providers. Its keys and the personal
+// credentials for it go with it (ON DELETE CASCADE).
+func (s *Store) DeleteProvider(ctx context.Context, orgID, id string) error {
+	res, err := s.exec(ctx, `DELETE FROM providers WHERE id = ? AND org_id = ?`, id, orgID)
+	return mustAffect(res, err, "provider")
+}
+
+const providerKeyColumns = `id, provider_id, name, hint, priority, enabled, api_key, fingerprint,
+	created_at, updated_at, last_used_at, cooldown_until`
+
+func scanProviderKey(sc interface{ Scan(...any) error }) (*keybridge.ProviderKey, error) {
+	var k keybridge.ProviderKey
+	err := sc.Scan(&k.ID, &k.ProviderID, &k.Name, &k.Hint, &k.Priority, &k.Enabled, &k.Sealed, &k.Fingerprint,
+		timeCol{&k.CreatedAt}, timeCol{&k.UpdatedAt}, nullTimeCol{&k.LastUsedAt}, nullTimeCol{&k.CooldownUntil})
+	if err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
+
+// CreateProviderKey implements store.Providers. It keeps k.ID when set (the
+// key is sealed bound to it). It locks the provider's row so that
+// concurrent creates cannot pass keybridge.MaxProviderKeys together, and
+// returns EConflict when the provider already holds that many, EConflict
+// for a fingerprint already on the provider, and ENotFound for a missing
+// provider.
+func (s *Store) CreateProviderKey(ctx context.Context, k *keybridge.ProviderKey) error {
+	return s.write(ctx, func(s *Store) error {
+		var id string
+		err := s.queryRow(ctx, `SELECT id FROM providers WHERE id = ?`+s.db.Dialect.ForUpdate, k.ProviderID).Scan(&id)
+		if err != nil {
+			return notFound(err, "provider")
+		}
+		var n int
+		if err := s.queryRow(ctx, `SELECT COUNT(*) FROM provider_keys WHERE provider_id = ?`, k.ProviderID).Scan(&n); err != nil {
+			return err
+		}
+		if n >= keybridge.MaxProviderKeys {
+			return keybridge.Errorf(keybridge.EConflict, "a provider holds at most %d keys; delete one first", keybridge.MaxProviderKeys)
+		}
+		if k.ID == "" {
+			k.ID = newID()
+		}
+		now := s.Now()
+		k.CreatedAt, k.UpdatedAt = now, now
+		_, err = s.exec(ctx, `INSERT INTO provider_keys (id, provider_id, name, hint, priority, enabled, api_key, api_key_version,
+			fingerprint, created_at, updated_at, last_used_at, cooldown_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			k.ID, k.ProviderID, k.Name, k.Hint, k.Priority, k.Enabled, k.Sealed, sealedVersionOf(k.Sealed),
+			k.Fingerprint, s.ts(now), s.ts(now), s.tsNull(k.LastUsedAt), s.tsNull(k.CooldownUntil))
+		return s.conflict(err, "this key is already stored for the provider")
+	})
+}
+
+// ProviderKey implements store.Providers.
+func (s *Store) ProviderKey(ctx context.Context, providerID, id string) (*keybridge.ProviderKey, error) {
+	k, err := scanProviderKey(s.queryRow(ctx, `SELECT `+providerKeyColumns+` FROM provider_keys WHERE id = ? AND provider_id = ?`, id, providerID))
+	if err != nil {
+		return nil, notFound(err, "key")
+	}
+	return k, nil
+}
+
+// ProviderKeys implements store.Providers.
+func (s *Store) ProviderKeys(ctx context.Context, providerID string) ([]keybridge.ProviderKey, error) {
+	rows, err := s.query(ctx, `SELECT `+providerKeyColumns+` FROM provider_keys WHERE provider_id = ? ORDER BY priority, id`, providerID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []keybridge.ProviderKey
+	for rows.Next() {
+		k, err := scanProviderKey(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *k)
+	}
+	return out, rows.Err()
+}
+
+// UpdateProviderKey implements store.Providers.
+func (s *Store) UpdateProviderKey(ctx context.Context, k *keybridge.ProviderKey) error {
+	now := s.Now()
+	res, err := s.exec(ctx, `UPDATE provider_keys SET name = ?, priority = ?, enabled = ?, cooldown_until = ?, updated_at = ?
+		WHERE id = ? AND provider_id = ?`, k.Name, k.Priority, k.Enabled, s.tsNull(k.CooldownUntil), s.ts(now), k.ID, k.ProviderID)
+	if err := mustAffect(res, err, "key"); err != nil {
+		return err
+	}
+	k.UpdatedAt = now
+	return nil
+}
+
+// DeleteProviderKey implements store.Providers.
+func (s *Store) DeleteProviderKey(ctx context.Context, providerID, id string) error {
+	res, err := s.exec(ctx, `DELETE FROM provider_keys WHERE id = ? AND provider_id = ?`, id, providerID)
+	return mustAffect(res, err, "key")
+}
+
+// TouchProviderKeys implements store.Providers. A time never moves
+// backwards, so batches flushed out of order do no harm.
+func (s *Store) TouchProviderKeys(ctx context.Context, lastUsed map[string]time.Time) error {
+	if len(lastUsed) == 0 {
+		return nil
+	}
+	return s.write(ctx, func(s *Store) error {
+		for id, t := range lastUsed {
+			if _, err := s.exec(ctx, `UPDATE provider_keys SET last_used_at = ?
+				WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, s.ts(t), id, s.ts(t)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
