@@ -139,3 +139,33 @@ func newList[T any](items []T, next string) list[T] {
 	}
 	return list[T]{Items: items, NextCursor: next}
 }
+
+// optional is a PATCH field that tells "omitted" (Set false) from "sent",
+// and "sent as null" (Null true) from a value.
+type optional[T any] struct {
+	Set  bool
+	Null bool
+	V    T
+}
+
+// UnmarshalJSON implements json.Unmarshaler; it runs only for fields
+// present in the body.
+func (o *optional[T]) UnmarshalJSON(b []byte) error {
+	o.Set = true
+	if string(b) == "null" {
+		o.Null = true
+		return nil
+	}
+	return json.Unmarshal(b, &o.V)
+}
+
+// diff records a field's change for the audit log when it changed.
+func diff[T comparable](changes map[string]keybridge.Change, field string, old, new T) {
+	if old != new {
+		changes[field] = keybridge.Change{Old: old, New: new}
+	}
+}
+
+// errNotBuilt answers routes whose handlers are still stubs (stub_*.go);
+// remove it with the last stub.
+var errNotBuilt = keybridge.Errorf(keybridge.EUnavailable, "not built yet")

@@ -6,6 +6,9 @@ package httpapi
 import (
 	"log/slog"
 	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/secrets"
@@ -30,18 +33,27 @@ type Config struct {
 	Gateway http.Handler
 	// Metrics, when set, serves /metrics.
 	Metrics http.Handler
+	// Registerer, when set, receives the API's request metrics (count and
+	// latency by route pattern and status); serve exposes the same
+	// registry as Metrics.
+	Registerer prometheus.Registerer
+	// UI, when set, serves the web UI's pages (/, /setup, /invite).
+	UI http.Handler
 	// Ready reports whether the database and key ring are ready.
 	Ready func(r *http.Request) error
 }
 
 // Server is the HTTP API.
 type Server struct {
-	cfg     Config
-	store   store.Store
-	ring    *secrets.Ring
-	auth    *auth.Service
-	log     *slog.Logger
-	handler http.Handler
+	cfg         Config
+	store       store.Store
+	ring        *secrets.Ring
+	auth        *auth.Service
+	log         *slog.Logger
+	handler     http.Handler
+	httpMetrics *httpMetrics
+	// leakLimit rate-limits POST /api/v1/leaked-keys per client IP.
+	leakLimit *ipLimiter
 }
 
 // New returns the API's handler with every route and middleware in place.
@@ -49,10 +61,16 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, store: cfg.Store, ring: cfg.Ring, auth: cfg.Auth, log: cfg.Logger}
+	s := &Server{cfg: cfg, store: cfg.Store, ring: cfg.Ring, auth: cfg.Auth, log: cfg.Logger,
+		leakLimit: newIPLimiter(leakReportsPerMinute, time.Minute)}
+	if cfg.Registerer != nil {
+		s.httpMetrics = newHTTPMetrics(cfg.Registerer)
+	}
 	mux := http.NewServeMux()
 	s.routes(mux)
-	s.handler = s.withRequestInfo(s.withRecover(mux))
+	// withObserve sits right above the mux and below every r.WithContext,
+	// so it sees the route pattern the mux sets on the request.
+	s.handler = s.withRequestInfo(s.withObserve(s.withRecover(mux)))
 	return s
 }
 
