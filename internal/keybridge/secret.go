@@ -2,6 +2,7 @@ package keybridge
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -9,16 +10,25 @@ import (
 // Secret holds a plaintext secret (a provider key, a password, a token) in
 // a type that refuses to print itself: fmt, encoding/json and slog all see
 // "[redacted]". Reveal is the one way to the value, so every use is greppable.
-type Secret struct{ v string }
+//
+// The value sits behind a pointer because fmt cannot call methods on a
+// Secret in an unexported field: it prints such fields by reflection, and
+// a pointer there prints as an address, never as what it points to.
+type Secret struct{ v *string }
 
 // NewSecret wraps s.
-func NewSecret(s string) Secret { return Secret{v: s} }
+func NewSecret(s string) Secret { return Secret{v: &s} }
 
 // Reveal returns the plaintext.
-func (s Secret) Reveal() string { return s.v }
+func (s Secret) Reveal() string {
+	if s.v == nil {
+		return ""
+	}
+	return *s.v
+}
 
 // IsZero reports whether the secret is empty.
-func (s Secret) IsZero() bool { return s.v == "" }
+func (s Secret) IsZero() bool { return s.Reveal() == "" }
 
 const redacted = "[redacted]"
 
@@ -27,6 +37,10 @@ func (s Secret) String() string { return redacted }
 
 // GoString implements fmt.GoStringer, for %#v.
 func (s Secret) GoString() string { return redacted }
+
+// Format implements fmt.Formatter, so that every verb, %d and %x
+// included, prints [redacted] rather than the fields.
+func (s Secret) Format(f fmt.State, verb rune) { f.Write([]byte(redacted)) }
 
 // MarshalJSON implements json.Marshaler.
 func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
@@ -48,7 +62,7 @@ func (s *Secret) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &v); err != nil {
 		return Errorf(EInvalid, "a secret must be a JSON string")
 	}
-	s.v = v
+	s.v = &v
 	return nil
 }
 
