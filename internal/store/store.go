@@ -279,6 +279,28 @@ type Audit interface {
 	// the chain verifiable from the oldest remaining event. It returns how
 	// many it removed.
 	DeleteAuditEventsBefore(ctx context.Context, orgID string, t time.Time) (int, error)
+	// AuditBounds returns where orgID's stored chain must start and end;
+	// zero bounds for an org with no events.
+	AuditBounds(ctx context.Context, orgID string) (AuditBounds, error)
+}
+
+// AuditBounds pins both ends of an org's chain, so a verifier notices
+// events removed from either end, not only altered or missing ones in the
+// middle. Walking AuditChain, the first event must have Seq AnchorSeq+1 and
+// PrevHash AnchorHash; each next one Seq one more and PrevHash the Hash
+// before it; every Hash must equal ComputeHash(PrevHash); and the last
+// event must have HeadSeq and HeadHash. No events at all is valid only
+// when HeadSeq equals AnchorSeq (retention removed everything). Read the
+// bounds before walking: events past HeadSeq were appended since, and the
+// walk stops at HeadSeq.
+type AuditBounds struct {
+	// AnchorSeq and AnchorHash are the Seq and Hash of the newest event
+	// DeleteAuditEventsBefore removed (0 and empty before any was).
+	AnchorSeq  int64
+	AnchorHash []byte
+	// HeadSeq and HeadHash are those of the newest event appended.
+	HeadSeq  int64
+	HeadHash []byte
 }
 
 // UsageStore stores gateway usage.

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"testing"
 	"time"
@@ -146,3 +147,5 @@ func baseMarker(t testing.TB, what string, st store.Store, ch <-chan store.Inval
 	}
 	baseExpect(t, what, ch, marker)
 }
+
+func base64URL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

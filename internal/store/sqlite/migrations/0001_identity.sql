@@ -42,6 +42,9 @@ CREATE TABLE invitations (
 	created_at  INTEGER NOT NULL
 );
 
+CREATE INDEX invitations_org ON invitations (org_id);
+CREATE INDEX invitations_user ON invitations (user_id);
+
 CREATE TABLE sessions (
 	id         TEXT PRIMARY KEY,
 	user_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
@@ -52,6 +55,8 @@ CREATE TABLE sessions (
 	expires_at INTEGER NOT NULL,
 	created_at INTEGER NOT NULL
 );
+
+CREATE INDEX sessions_user ON sessions (user_id);
 
 CREATE TABLE api_keys (
 	id             TEXT PRIMARY KEY,
@@ -84,6 +89,8 @@ CREATE TABLE data_keys (
 	is_primary INTEGER NOT NULL,
 	created_at INTEGER NOT NULL
 );
+-- At most one primary data key: the one new values are sealed with.
+CREATE UNIQUE INDEX data_keys_primary ON data_keys (is_primary) WHERE is_primary = 1;
 
 -- The audit log: a hash chain per org. org_id is '' for events that belong
 -- to no org (a failed login of an unknown address).
@@ -107,12 +114,16 @@ CREATE TABLE audit_events (
 	hash          BLOB NOT NULL,
 	UNIQUE (org_id, seq)
 );
-CREATE INDEX audit_events_org_time ON audit_events (org_id, id);
+-- Lists run newest first by (time, id); retention finds its cut by time.
+CREATE INDEX audit_events_org_time ON audit_events (org_id, time, id);
 
 -- The head of each org's chain, locked while appending so appends of one
--- org are serialized.
+-- org are serialized. anchor_seq and anchor_hash are the last event that
+-- retention removed: the oldest remaining event must link to it.
 CREATE TABLE audit_heads (
-	org_id TEXT PRIMARY KEY,
-	seq    INTEGER NOT NULL,
-	hash   BLOB NOT NULL
+	org_id      TEXT PRIMARY KEY,
+	seq         INTEGER NOT NULL,
+	hash        BLOB NOT NULL,
+	anchor_seq  INTEGER NOT NULL,
+	anchor_hash BLOB NOT NULL
 );
