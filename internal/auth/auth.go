@@ -6,19 +6,28 @@ package auth
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/keybridge/keybridge/internal/apikey"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/redis/go-redis/v9"
 )
 
 // SessionCookie is the name of the web UI's session cookie.
 const SessionCookie = "keybridge_session"
 
-// Options configures a Service.
+// Options configures a Service. Zero fields take the defaults named.
 type Options struct {
 	Logger *slog.Logger
 	// TouchInterval is how often batched last_used_at times are written
@@ -26,71 +35,619 @@ type Options struct {
 	TouchInterval time.Duration
 	// SessionTTL is how long a login lasts (default 12 h).
 	SessionTTL time.Duration
+
+	// Redis, when set, keeps the failed-login counters there, so that
+	// every replica counts the same failures. Without it they are kept in
+	// this process.
+	Redis *redis.Client
+	// LoginAccountLimit and LoginIPLimit are how many failed logins an
+	// account and an IP address may have in LoginWindow before further
+	// attempts are refused with rate_limited (defaults 5, 30, 15 min).
+	LoginAccountLimit int
+	LoginIPLimit      int
+	LoginWindow       time.Duration
+
+	// CacheSize bounds, roughly, how many verified keys are cached
+	// (default 1,048,576); past it a random entry makes room.
+	CacheSize int
+	// CacheTTL is how long a cached key is trusted without news of it
+	// (default 1 min). Changes reach the cache at once through the store's
+	// invalidations; the TTL only bounds the harm of one that was lost.
+	CacheTTL time.Duration
+	// NegativeTTL is how long a token the store does not know is
+	// remembered as unknown (default 5 s), and NegativeCacheSize how many
+	// such tokens are remembered (default 10,000; negative: none).
+	NegativeTTL       time.Duration
+	NegativeCacheSize int
+	// ListenGrace is how long Run waits for the store to say it is
+	// listening (an InvalidateAll) before it turns the cache on anyway
+	// (default 2 s). Until then every verification reads the store.
+	ListenGrace time.Duration
 }
 
+const (
+	defaultTouchInterval = 30 * time.Second
+	defaultSessionTTL    = 12 * time.Hour
+	defaultCacheSize     = 1 << 20
+	defaultCacheTTL      = time.Minute
+	defaultNegativeTTL   = 5 * time.Second
+	defaultNegativeSize  = 10_000
+	defaultListenGrace   = 2 * time.Second
+
+	// clockTick is how often Run advances the coarse clock, and
+	// clockSlack how far behind it may fall before a hit stops trusting
+	// it: a hit within clockSlack of its entry's deadline reads the
+	// precise clock instead.
+	clockTick  = 100 * time.Millisecond
+	clockSlack = int64(2 * time.Second)
+)
+
 // Service authenticates and authorizes callers.
+//
+// Platform keys and AI key secrets are verified from an in-memory cache
+// while Run is running; without Run the cache is off and every
+// verification reads the store.
 type Service struct {
 	store store.Store
 	opts  Options
+	log   *slog.Logger
+
+	cache *cache
+	// epoch is the origin of the cache's clock; time.Since(epoch) reads
+	// only the monotonic clock, half the cost of time.Now.
+	epoch time.Time
+	// clock is the coarse cache clock, nanoseconds since epoch, advanced
+	// by Run every clockTick: reading it costs an atomic load, where even
+	// time.Since costs a quarter of the hit path's budget.
+	clock   atomic.Int64
+	running atomic.Bool
+	misses  atomic.Uint64
+
+	limiter limiter
+
+	flushMu    sync.Mutex
+	pendingAPI map[string]time.Time // last uses not yet written (a failed flush)
+	pendingAI  map[string]time.Time
 }
 
 // New returns a Service over st. Call Run to start its background work.
-func New(st store.Store, opts Options) *Service { return &Service{store: st, opts: opts} }
+func New(st store.Store, opts Options) *Service {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	setDefault(&opts.TouchInterval, defaultTouchInterval)
+	setDefault(&opts.SessionTTL, defaultSessionTTL)
+	setDefault(&opts.CacheSize, defaultCacheSize)
+	setDefault(&opts.CacheTTL, defaultCacheTTL)
+	setDefault(&opts.NegativeTTL, defaultNegativeTTL)
+	setDefault(&opts.NegativeCacheSize, defaultNegativeSize)
+	setDefault(&opts.ListenGrace, defaultListenGrace)
+	setDefault(&opts.LoginAccountLimit, defaultAccountLimit)
+	setDefault(&opts.LoginIPLimit, defaultIPLimit)
+	setDefault(&opts.LoginWindow, defaultLoginWindow)
+	s := &Service{
+		store:      st,
+		opts:       opts,
+		log:        opts.Logger,
+		cache:      newCache(opts.CacheSize, opts.NegativeCacheSize),
+		epoch:      time.Now(),
+		pendingAPI: map[string]time.Time{},
+		pendingAI:  map[string]time.Time{},
+	}
+	mem := newMemLimiter(opts.LoginWindow)
+	s.limiter = mem
+	if opts.Redis != nil {
+		s.limiter = &redisLimiter{rdb: opts.Redis, window: opts.LoginWindow, fallback: mem, log: opts.Logger}
+	}
+	return s
+}
 
-var errStub = errors.New("not implemented")
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	}
+}
+
+// Errors of verification. Every refusal of a credential gives the same
+// message: a caller must not learn whether a key is unknown, suspended,
+// revoked or expired. They are shared values, so a hit that fails does not
+// allocate; callers must not change them.
+var (
+	errBadAPIKey     = keybridge.Errorf(keybridge.EUnauthenticated, "invalid API key")
+	errBadAISecret   = keybridge.Errorf(keybridge.EUnauthenticated, "invalid AI key secret")
+	errBadSession    = keybridge.Errorf(keybridge.EUnauthenticated, "invalid or expired session")
+	errNoCredentials = keybridge.Errorf(keybridge.EUnauthenticated, "missing credentials")
+	errBadAuthHeader = keybridge.Errorf(keybridge.EUnauthenticated, `the Authorization header must be "Bearer <API key>"`)
+)
+
+// now returns the precise cache clock: nanoseconds since s.epoch.
+func (s *Service) now() int64 { return int64(time.Since(s.epoch)) }
+
+// at turns a wall-clock time into the cache clock.
+func (s *Service) at(t time.Time) int64 { return int64(t.Sub(s.epoch)) }
 
 // Run subscribes to invalidations and flushes last_used_at batches until
-// ctx ends, then flushes once more.
-func (s *Service) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+// ctx ends, then flushes once more. The cache is on only while Run runs,
+// and only once the subscription is in place: the store says so with an
+// InvalidateAll, or ListenGrace passes.
+func (s *Service) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("auth: Run is already running")
+	}
+	defer s.running.Store(false)
+	s.clock.Store(s.now())
+	s.cache.setAccepting(true)
+	// The first login of an unknown address would otherwise pay for
+	// making the dummy hash too, and stand out by its time.
+	go dummyHash()
 
-// Flush writes pending last_used_at times now.
-func (s *Service) Flush(ctx context.Context) error { return errStub }
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	subDone := make(chan error, 1)
+	go func() { subDone <- s.store.Subscribe(subCtx, s.invalidate) }()
+
+	clock := time.NewTicker(clockTick)
+	defer clock.Stop()
+	flush := time.NewTicker(s.opts.TouchInterval)
+	defer flush.Stop()
+	grace := time.NewTimer(s.opts.ListenGrace)
+	defer grace.Stop()
+
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-clock.C:
+			s.clock.Store(s.now())
+		case <-grace.C:
+			s.cache.goLive()
+		case <-flush.C:
+			if err := s.Flush(ctx); err != nil {
+				s.log.WarnContext(ctx, "write last used times of keys", "err", err)
+			}
+		case err := <-subDone:
+			subDone = nil
+			if ctx.Err() == nil {
+				// No more news of changes: nothing cached may be trusted.
+				if err == nil {
+					err = errors.New("subscription ended")
+				}
+				runErr = fmt.Errorf("subscribe to invalidations: %w", err)
+				break loop
+			}
+		}
+	}
+	cancel()
+	if subDone != nil {
+		<-subDone
+	}
+	s.cache.setAccepting(false)
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer fcancel()
+	if err := s.Flush(fctx); err != nil {
+		runErr = errors.Join(runErr, err)
+	}
+	return runErr
+}
+
+// invalidate applies one invalidation from the store. It runs in the
+// goroutine that committed the change (this process) or in the store's
+// listener (other processes), so it only takes locks, briefly.
+func (s *Service) invalidate(inv store.Invalidation) {
+	switch inv.Kind {
+	case store.InvalidateAPIKey:
+		s.cache.dropID(kindAPIKey, inv.ID)
+	case store.InvalidateAIKey:
+		s.cache.dropID(kindAIKey, inv.ID)
+	case store.InvalidateUser:
+		s.cache.dropUser(inv.ID)
+	case store.InvalidateKeyRing:
+		// The key ring protects provider secrets, not caller credentials.
+	case store.InvalidateAll:
+		s.cache.clear(true)
+	default:
+		// A kind this version does not know may still concern a key.
+		s.cache.clear(false)
+	}
+}
+
+// Flush writes pending last_used_at times now, in one batch per table.
+// Times that could not be written are kept for the next flush.
+func (s *Service) Flush(ctx context.Context) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	wall := s.epoch.Round(0)
+	s.cache.drainDirty(func(e *entry, sec int64) {
+		if sec == 0 {
+			return
+		}
+		t := wall.Add(time.Duration(sec-1) * time.Second).UTC()
+		pending := s.pendingAPI
+		if e.kind == kindAIKey {
+			pending = s.pendingAI
+		}
+		if old, ok := pending[e.id]; !ok || t.After(old) {
+			pending[e.id] = t
+		}
+	})
+	var errs []error
+	if len(s.pendingAPI) > 0 {
+		if err := s.store.TouchAPIKeys(ctx, s.pendingAPI); err != nil {
+			errs = append(errs, fmt.Errorf("touch API keys: %w", err))
+		} else {
+			s.pendingAPI = map[string]time.Time{}
+		}
+	}
+	if len(s.pendingAI) > 0 {
+		if err := s.store.TouchAIKeys(ctx, s.pendingAI); err != nil {
+			errs = append(errs, fmt.Errorf("touch AI keys: %w", err))
+		} else {
+			s.pendingAI = map[string]time.Time{}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CacheStats describes the credential cache, for metrics and tests.
+type CacheStats struct {
+	// Live is true while verified keys are being cached.
+	Live bool
+	// Entries counts cached keys (refused ones included) and
+	// NegativeEntries the tokens remembered as unknown.
+	Entries         int
+	NegativeEntries int
+	// Hits and Misses count verifications answered from the cache and
+	// from the store since New.
+	Hits   uint64
+	Misses uint64
+}
+
+// CacheStats returns the cache's current figures.
+func (s *Service) CacheStats() CacheStats {
+	entries, hits := s.cache.stats()
+	return CacheStats{
+		Live:            s.cache.isLive(),
+		Entries:         entries,
+		NegativeEntries: s.cache.neg.len(),
+		Hits:            hits,
+		Misses:          s.misses.Load(),
+	}
+}
 
 // VerifyAPIKey returns the principal of a platform key, or unauthenticated.
+//
+// The principal is a snapshot shared by every request using the key until
+// the key or its owner's role changes: callers must not modify it.
+// Verification is constant time in what matters: the token is compared
+// only as its SHA-256, so timing tells nothing about a valid token.
 func (s *Service) VerifyAPIKey(ctx context.Context, token string) (*keybridge.Principal, error) {
-	return nil, errStub
+	if !apikey.Valid(token, apikey.PlatformPrefix) {
+		return nil, errBadAPIKey
+	}
+	h := apikey.Hash(token)
+	if p, ok := s.cached(&h, kindAPIKey); ok {
+		if p == nil {
+			return nil, errBadAPIKey
+		}
+		return p, nil
+	}
+	return s.verifySlow(ctx, h, kindAPIKey)
 }
 
-// VerifyAISecret returns the principal of an AI key secret, or unauthenticated.
+// VerifyAISecret returns the principal of an AI key secret, or
+// unauthenticated. Like VerifyAPIKey's, the principal is shared and must
+// not be modified.
 func (s *Service) VerifyAISecret(ctx context.Context, token string) (*keybridge.Principal, error) {
-	return nil, errStub
+	if !apikey.Valid(token, apikey.AISecretPrefix) {
+		return nil, errBadAISecret
+	}
+	h := apikey.Hash(token)
+	if p, ok := s.cached(&h, kindAIKey); ok {
+		if p == nil {
+			return nil, errBadAISecret
+		}
+		return p, nil
+	}
+	return s.verifySlow(ctx, h, kindAIKey)
 }
 
-// VerifySession returns the principal of a session cookie value, or unauthenticated.
+// cached answers from the cache when it can do so on the coarse clock:
+// ok is false when the entry is missing or near its deadline.
+func (s *Service) cached(h *[32]byte, kind credKind) (p *keybridge.Principal, ok bool) {
+	e, sh := s.cache.get(h)
+	if e == nil || e.kind != kind {
+		return nil, false
+	}
+	now := s.clock.Load()
+	if now >= e.fastUntil {
+		return nil, false
+	}
+	sh.hits.Add(1)
+	if e.p != nil {
+		s.cache.touch(e, now)
+	}
+	return e.p, true
+}
+
+func refusal(kind credKind) error {
+	if kind == kindAIKey {
+		return errBadAISecret
+	}
+	return errBadAPIKey
+}
+
+// verifySlow is the rest of verification: the precise clock for entries
+// near their deadline, then the negative cache, then the store. h is
+// passed by value so that the hit path's copy stays on its stack.
+func (s *Service) verifySlow(ctx context.Context, h [32]byte, kind credKind) (*keybridge.Principal, error) {
+	now := s.now()
+	if e, sh := s.cache.get(&h); e != nil && e.kind == kind && now < e.deadline {
+		sh.hits.Add(1)
+		if e.p == nil {
+			return nil, refusal(kind)
+		}
+		s.cache.touch(e, now)
+		return e.p, nil
+	}
+	if s.cache.neg.has(&h, now) {
+		return nil, refusal(kind)
+	}
+	s.misses.Add(1)
+	gen := s.cache.gen.Load()
+	var e *entry
+	var err error
+	if kind == kindAIKey {
+		e, err = s.loadAIKey(ctx, h, now)
+	} else {
+		e, err = s.loadAPIKey(ctx, h, now)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		s.cache.neg.add(&h, now+int64(s.opts.NegativeTTL))
+		return nil, refusal(kind)
+	}
+	e.fastUntil = e.deadline - clockSlack
+	if e.deadline > now {
+		s.cache.put(e, gen)
+	}
+	if e.p == nil {
+		return nil, refusal(kind)
+	}
+	s.cache.touch(e, now)
+	return e.p, nil
+}
+
+// loadAPIKey reads a platform key, its owner and the owner's role from the
+// store. It returns nil for an unknown hash, and an entry with a nil
+// principal for a key that exists but is refused.
+func (s *Service) loadAPIKey(ctx context.Context, h [32]byte, now int64) (*entry, error) {
+	k, err := s.store.APIKeyByHash(ctx, h[:])
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up API key: %w", err)
+	}
+	e := &entry{hash: h, kind: kindAPIKey, id: k.ID, userID: k.UserID, deadline: now + int64(s.opts.CacheTTL)}
+	if !k.Usable(time.Now()) {
+		// Refused until the key changes, which invalidates it.
+		return e, nil
+	}
+	m, err := s.store.Membership(ctx, k.OrgID, k.UserID)
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		// The owner left the org. Re-adding a member publishes nothing,
+		// so this refusal is remembered only briefly.
+		e.deadline = now + int64(s.opts.NegativeTTL)
+		return e, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up key owner's membership: %w", err)
+	}
+	u, err := s.store.User(ctx, k.UserID)
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		e.deadline = now + int64(s.opts.NegativeTTL)
+		return e, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up key owner: %w", err)
+	}
+	if k.ExpiresAt != nil {
+		e.deadline = min(e.deadline, s.at(*k.ExpiresAt))
+	}
+	if k.GraceUntil != nil {
+		e.deadline = min(e.deadline, s.at(*k.GraceUntil))
+	}
+	e.p = &keybridge.Principal{
+		Type:        keybridge.ActorAPIKey,
+		UserID:      k.UserID,
+		Email:       u.Email,
+		KeyID:       k.ID,
+		OrgID:       k.OrgID,
+		Permissions: k.Permissions & m.Role.Permissions(),
+		Role:        m.Role,
+		Limits:      k.Limits,
+	}
+	return e, nil
+}
+
+// loadAIKey reads an AI key by its secret's hash; nil when the store has no
+// undeleted key with it.
+func (s *Service) loadAIKey(ctx context.Context, h [32]byte, now int64) (*entry, error) {
+	k, err := s.store.AIKeyBySecretHash(ctx, h[:])
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up AI key: %w", err)
+	}
+	e := &entry{hash: h, kind: kindAIKey, id: k.ID, deadline: now + int64(s.opts.CacheTTL)}
+	if k.DeletedAt != nil {
+		return e, nil
+	}
+	e.p = &keybridge.Principal{
+		Type:        keybridge.ActorAIKey,
+		KeyID:       k.ID,
+		OrgID:       k.OrgID,
+		ProjectID:   k.ProjectID,
+		AIType:      k.AIType,
+		Permissions: keybridge.PermGatewayInvoke,
+		Limits:      k.Limits,
+	}
+	return e, nil
+}
+
+// sessionTokenLen is the length of a session token: 32 random bytes in
+// unpadded base64url.
+const sessionTokenLen = 43
+
+// VerifySession returns the principal of a session cookie value, or
+// unauthenticated. Sessions are not cached: they serve the web UI, not the
+// gateway, and a logout must end them on every replica at once.
 func (s *Service) VerifySession(ctx context.Context, token string) (*keybridge.Principal, error) {
-	return nil, errStub
+	if len(token) != sessionTokenLen {
+		return nil, errBadSession
+	}
+	h := sha256.Sum256([]byte(token))
+	sess, err := s.store.SessionByHash(ctx, h[:])
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil, errBadSession
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up session: %w", err)
+	}
+	if !time.Now().Before(sess.ExpiresAt) {
+		return nil, errBadSession
+	}
+	u, err := s.store.User(ctx, sess.UserID)
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil, errBadSession
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up session user: %w", err)
+	}
+	return &keybridge.Principal{
+		Type:        keybridge.ActorUser,
+		UserID:      u.ID,
+		Email:       u.Email,
+		KeyID:       sess.ID,
+		Permissions: keybridge.AllPermissions,
+		SessionCSRF: sess.CSRFToken,
+	}, nil
 }
 
 // Authenticate reads the management API's credentials from r: a bearer
 // platform key, or the session cookie. It returns unauthenticated when
-// there are none or they are not valid.
-func (s *Service) Authenticate(r *http.Request) (*keybridge.Principal, error) { return nil, errStub }
+// there are none or they are not valid. An Authorization header, when
+// present, is the credential: a bad one is not excused by a cookie.
+func (s *Service) Authenticate(r *http.Request) (*keybridge.Principal, error) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		const scheme = "Bearer "
+		if len(h) <= len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+			return nil, errBadAuthHeader
+		}
+		return s.VerifyAPIKey(r.Context(), strings.TrimSpace(h[len(scheme):]))
+	}
+	if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+		return s.VerifySession(r.Context(), c.Value)
+	}
+	return nil, errNoCredentials
+}
 
 // Authorize checks that p may use perm in org: not_found when p cannot see
 // the org at all, permission_denied when it can but lacks perm. It returns
-// the caller's role in the org.
+// the caller's role in the org (empty for an AI key, which has none).
+//
+// A key's permissions were already intersected with its owner's current
+// role when it was verified (a role change invalidates the cached key); a
+// session's role is read here, per org.
 func (s *Service) Authorize(ctx context.Context, p *keybridge.Principal, org *keybridge.Org, perm keybridge.Permission) (keybridge.Role, error) {
-	return "", errStub
+	if p == nil {
+		return "", errNoCredentials
+	}
+	if org == nil {
+		return "", errors.New("authorize: no org")
+	}
+	switch p.Type {
+	case keybridge.ActorAPIKey, keybridge.ActorAIKey:
+		if p.OrgID != org.ID {
+			return "", orgNotFound(org)
+		}
+		if !p.Permissions.Has(perm) {
+			return "", keybridge.Errorf(keybridge.EForbidden, "this key lacks the %s permission", perm)
+		}
+		return p.Role, nil
+	case keybridge.ActorUser:
+		m, err := s.store.Membership(ctx, org.ID, p.UserID)
+		if keybridge.IsCode(err, keybridge.ENotFound) {
+			return "", orgNotFound(org)
+		}
+		if err != nil {
+			return "", fmt.Errorf("look up membership: %w", err)
+		}
+		if !m.Role.Permissions().Has(perm) {
+			return "", keybridge.Errorf(keybridge.EForbidden, "the %s role lacks the %s permission", m.Role, perm)
+		}
+		return m.Role, nil
+	}
+	return "", errNoCredentials
 }
 
-// Login checks email and password (rate limited per account and per IP),
-// creates a session and returns it with its token.
-func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybridge.User, *keybridge.Session, string, error) {
-	return nil, nil, "", errStub
+// orgNotFound is the answer for an org the caller may not see, worded as
+// the store words a missing one, so the two cannot be told apart.
+func orgNotFound(org *keybridge.Org) error {
+	return keybridge.Errorf(keybridge.ENotFound, "org %q not found", org.Slug)
 }
 
 // StartSession creates a session for a user who just proved who they are
 // (accept-invite, setup) and returns it with its token.
 func (s *Service) StartSession(ctx context.Context, u *keybridge.User, ip, userAgent string) (*keybridge.Session, string, error) {
-	return nil, "", errStub
+	return s.startSession(ctx, s.store, u, ip, userAgent)
 }
 
-// Logout ends the session with this token.
-func (s *Service) Logout(ctx context.Context, token string) error { return errStub }
+func (s *Service) startSession(ctx context.Context, st store.Store, u *keybridge.User, ip, userAgent string) (*keybridge.Session, string, error) {
+	token := randomToken()
+	h := sha256.Sum256([]byte(token))
+	sess := &keybridge.Session{
+		UserID:    u.ID,
+		TokenHash: h[:],
+		CSRFToken: randomToken(),
+		ExpiresAt: st.Now().Add(s.opts.SessionTTL),
+		IP:        ip,
+		UserAgent: userAgent,
+	}
+	if err := st.CreateSession(ctx, sess); err != nil {
+		return nil, "", fmt.Errorf("create session: %w", err)
+	}
+	return sess, token, nil
+}
 
-// HashPassword returns the argon2id PHC string of password.
-func HashPassword(password string) (string, error) { return "", errStub }
+// randomToken returns 32 bytes from crypto/rand in unpadded base64url.
+func randomToken() string {
+	var b [32]byte
+	rand.Read(b[:]) // never fails (crypto/rand crashes the program instead)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
 
-// CheckPassword reports whether password matches the argon2id hash, in
-// constant time.
-func CheckPassword(hash, password string) bool { return false }
+// Logout ends the session with this token. An unknown or expired token is
+// not an error: the session is over either way.
+func (s *Service) Logout(ctx context.Context, token string) error {
+	if len(token) != sessionTokenLen {
+		return nil
+	}
+	h := sha256.Sum256([]byte(token))
+	sess, err := s.store.SessionByHash(ctx, h[:])
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up session: %w", err)
+	}
+	if err := s.store.DeleteSession(ctx, sess.ID); err != nil {
+		return fmt.Errorf("delete session: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,355 @@
+package auth
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// The credential cache sits on the request path of every gateway call, so
+// a hit must cost no more than a shard read lock and a map lookup, must not
+// allocate, and must not slow down as the cache grows: a map sharded by the
+// first byte of the token's SHA-256 (uniformly spread, so no further
+// hashing is needed to pick a shard), each shard under its own RWMutex.
+// Everything that changes the cache (loads, evictions, invalidations) is
+// rare next to hits, so it is serialized by one mutex that also guards the
+// indexes by key and by user.
+
+const shardCount = 256
+
+// credKind says which table a cached credential came from.
+type credKind uint8
+
+const (
+	kindAPIKey credKind = iota + 1
+	kindAIKey
+)
+
+// entry is one verified (or refused) credential.
+type entry struct {
+	hash   [32]byte
+	kind   credKind
+	id     string
+	userID string // platform keys only: the owner whose role is part of the answer
+	// p is the shared, read-only answer; nil when the credential exists but
+	// is refused (suspended, revoked, expired, or its owner left the org).
+	p *keybridge.Principal
+	// deadline is when the entry stops being trusted, in nanoseconds of the
+	// Service's clock: the key's expiry or grace end, or the cache TTL.
+	// fastUntil is deadline less the coarse clock's worst lag: before it a
+	// hit may trust the coarse clock; after it, it reads the precise one.
+	deadline  int64
+	fastUntil int64
+
+	// lastUsed is the second of the last use on the Service's clock, plus
+	// one (zero: not used since loaded). dirty says the entry sits on the
+	// cache's dirty stack, waiting for the next flush; nextDirty links it.
+	lastUsed  atomic.Int64
+	dirty     atomic.Bool
+	nextDirty atomic.Pointer[entry]
+}
+
+type shard struct {
+	mu sync.RWMutex
+	m  map[[32]byte]*entry
+	// hits lives beside mu, whose cache line a read lock writes anyway.
+	hits atomic.Uint64
+	_    [128 - 24 - 8 - 8]byte // keep neighbouring shards off each other's cache lines
+}
+
+type idKey struct {
+	kind credKind
+	id   string
+}
+
+type cache struct {
+	shards      [shardCount]shard
+	perShardMax int
+
+	// mu serializes every change and guards the fields below it.
+	mu sync.Mutex
+	// gen counts invalidations. A load notes it before reading the store
+	// and is kept only if no invalidation came in between, so a change that
+	// commits while a load is in flight can never leave a stale entry.
+	gen atomic.Uint64
+	// accepting is true while Run listens; live once it is sure to hear
+	// every change, and only then are loads kept.
+	accepting bool
+	live      bool
+	byID      map[idKey]*entry
+	byUser    map[string]map[*entry]struct{}
+
+	// dirty is a lock-free stack of entries used since the last flush,
+	// linked through entry.nextDirty. Pushes happen at most once per entry
+	// per flush; the flusher takes the whole stack at once.
+	dirty atomic.Pointer[entry]
+
+	neg negCache
+}
+
+func newCache(size, negSize int) *cache {
+	c := &cache{
+		// A quarter of headroom per shard: shards fill unevenly, and
+		// evicting from a shard that is merely luckier than the average
+		// would throw away live keys long before the cache is full.
+		perShardMax: (size+shardCount-1)/shardCount + (size+4*shardCount-1)/(4*shardCount),
+		byID:        map[idKey]*entry{},
+		byUser:      map[string]map[*entry]struct{}{},
+		neg:         negCache{max: negSize, m: map[[32]byte]int64{}},
+	}
+	for i := range c.shards {
+		c.shards[i].m = map[[32]byte]*entry{}
+	}
+	return c
+}
+
+// get returns the entry for hash, or nil. It is the hit path.
+func (c *cache) get(h *[32]byte) (*entry, *shard) {
+	sh := &c.shards[h[0]]
+	sh.mu.RLock()
+	e := sh.m[*h]
+	sh.mu.RUnlock()
+	return e, sh
+}
+
+// touch records that e was used at now (the Service's clock) without a
+// write to the store and without allocating.
+func (c *cache) touch(e *entry, now int64) {
+	sec := now/1e9 + 1
+	if e.lastUsed.Load() == sec {
+		return
+	}
+	e.lastUsed.Store(sec)
+	if e.dirty.Load() || !e.dirty.CompareAndSwap(false, true) {
+		return
+	}
+	for {
+		head := c.dirty.Load()
+		e.nextDirty.Store(head)
+		if c.dirty.CompareAndSwap(head, e) {
+			return
+		}
+	}
+}
+
+// drainDirty calls fn for every entry used since the last drain, with the
+// second of its last use (see entry.lastUsed).
+func (c *cache) drainDirty(fn func(e *entry, sec int64)) {
+	for e := c.dirty.Swap(nil); e != nil; {
+		next := e.nextDirty.Load()
+		// Unlink before clearing dirty: once dirty is false a new use may
+		// push e again and set nextDirty itself.
+		e.nextDirty.Store(nil)
+		e.dirty.Store(false)
+		fn(e, e.lastUsed.Load())
+		e = next
+	}
+}
+
+// put stores e if the cache is live and no invalidation arrived since gen
+// was read. It reports whether it stored e.
+func (c *cache) put(e *entry, gen uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.live || c.gen.Load() != gen {
+		return false
+	}
+	sh := &c.shards[e.hash[0]]
+	sh.mu.Lock()
+	old := sh.m[e.hash]
+	var victim *entry
+	if old == nil && len(sh.m) >= c.perShardMax {
+		// Map iteration starts at a random place: a random victim, in
+		// constant time, with no recency bookkeeping on the hit path.
+		for _, v := range sh.m {
+			victim = v
+			break
+		}
+		delete(sh.m, victim.hash)
+	}
+	sh.m[e.hash] = e
+	sh.mu.Unlock()
+	if old != nil {
+		c.unindex(old)
+	}
+	if victim != nil {
+		c.unindex(victim)
+	}
+	c.index(e)
+	return true
+}
+
+// index and unindex keep byID and byUser; c.mu is held.
+func (c *cache) index(e *entry) {
+	if prev := c.byID[idKey{e.kind, e.id}]; prev != nil && prev != e {
+		// The same key under another hash cannot happen (a key has one
+		// hash), but if it did, the older entry must not outlive its index.
+		c.remove(prev)
+	}
+	c.byID[idKey{e.kind, e.id}] = e
+	if e.userID != "" {
+		set := c.byUser[e.userID]
+		if set == nil {
+			set = map[*entry]struct{}{}
+			c.byUser[e.userID] = set
+		}
+		set[e] = struct{}{}
+	}
+}
+
+func (c *cache) unindex(e *entry) {
+	if c.byID[idKey{e.kind, e.id}] == e {
+		delete(c.byID, idKey{e.kind, e.id})
+	}
+	if set := c.byUser[e.userID]; set != nil {
+		delete(set, e)
+		if len(set) == 0 {
+			delete(c.byUser, e.userID)
+		}
+	}
+}
+
+// remove drops e from its shard and the indexes; c.mu is held.
+func (c *cache) remove(e *entry) {
+	sh := &c.shards[e.hash[0]]
+	sh.mu.Lock()
+	if sh.m[e.hash] == e {
+		delete(sh.m, e.hash)
+	}
+	sh.mu.Unlock()
+	c.unindex(e)
+}
+
+// dropID drops the credential with this ID.
+func (c *cache) dropID(kind credKind, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen.Add(1)
+	if e := c.byID[idKey{kind, id}]; e != nil {
+		c.remove(e)
+	}
+}
+
+// dropUser drops every platform key of a user.
+func (c *cache) dropUser(userID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen.Add(1)
+	for e := range c.byUser[userID] {
+		c.remove(e)
+	}
+}
+
+// clear drops everything. With goLive the cache also becomes live: the
+// subscription has just said that it hears every change from now on.
+func (c *cache) clear(goLive bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clearLocked()
+	if goLive && c.accepting {
+		c.live = true
+	}
+}
+
+func (c *cache) clearLocked() {
+	c.gen.Add(1)
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		// A fresh map, not clear(): a cleared map keeps its memory.
+		sh.m = map[[32]byte]*entry{}
+		sh.mu.Unlock()
+	}
+	c.byID = map[idKey]*entry{}
+	c.byUser = map[string]map[*entry]struct{}{}
+	c.neg.clear()
+}
+
+// setAccepting is called as Run starts (true) and ends (false). Ending
+// drops everything: without a subscription nothing may be trusted.
+func (c *cache) setAccepting(on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.accepting = on
+	if !on {
+		c.live = false
+		c.clearLocked()
+	}
+}
+
+// goLive makes the cache live if Run is listening.
+func (c *cache) goLive() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.accepting {
+		c.live = true
+	}
+}
+
+func (c *cache) isLive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live
+}
+
+func (c *cache) stats() (entries int, hits uint64) {
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.RLock()
+		entries += len(sh.m)
+		sh.mu.RUnlock()
+		hits += sh.hits.Load()
+	}
+	return entries, hits
+}
+
+// negCache remembers, briefly, hashes the store does not know, so a client
+// retrying a dead token does not cost a lookup each time. It is bounded:
+// tokens with a valid checksum are cheap to make, and must not grow memory.
+type negCache struct {
+	mu  sync.Mutex
+	max int // zero or less: off
+	m   map[[32]byte]int64
+}
+
+func (n *negCache) has(h *[32]byte, now int64) bool {
+	if n.max <= 0 {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	until, ok := n.m[*h]
+	if ok && now >= until {
+		delete(n.m, *h)
+		return false
+	}
+	return ok
+}
+
+func (n *negCache) add(h *[32]byte, until int64) {
+	if n.max <= 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.m[*h]; !ok && len(n.m) >= n.max {
+		for k := range n.m {
+			delete(n.m, k)
+			break
+		}
+	}
+	n.m[*h] = until
+}
+
+func (n *negCache) clear() {
+	n.mu.Lock()
+	n.m = map[[32]byte]int64{}
+	n.mu.Unlock()
+}
+
+func (n *negCache) len() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.m)
+}
