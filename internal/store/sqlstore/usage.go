@@ -268,7 +268,7 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 		if r.empty() {
 			return
 		}
-		arms = append(arms, `SELECT `+expr+` AS key, 1, CASE WHEN status >= 400 THEN 1 ELSE 0 END,
+		arms = append(arms, `SELECT `+expr+` AS key, 1 AS requests, CASE WHEN status >= 400 THEN 1 ELSE 0 END AS errors,
 			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens FROM usage WHERE org_id = ? AND time >= ? AND time < ?`)
 		args = append(args, q.OrgID, s.ts(r.from), s.ts(r.to))
 	}

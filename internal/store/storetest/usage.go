@@ -1,0 +1,273 @@
+package storetest
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
+)
+
+// Helpers of the usage suite, prefixed "usage".
+
+// usageGroupBys lists every dimension of SPEC §7.
+var usageGroupBys = []keybridge.UsageGroupBy{
+	keybridge.GroupByProvider, keybridge.GroupByModel, keybridge.GroupByUser,
+	keybridge.GroupByProject, keybridge.GroupByAPIKey,
+}
+
+// usageKeyOf is the group key a row falls in: the reference the store is
+// checked against. A request made with an AI key counts under that key
+// for api_key.
+func usageKeyOf(u *keybridge.Usage, by keybridge.UsageGroupBy) string {
+	switch by {
+	case keybridge.GroupByProvider:
+		return u.ProviderID
+	case keybridge.GroupByModel:
+		return u.Model
+	case keybridge.GroupByUser:
+		return u.UserID
+	case keybridge.GroupByProject:
+		return u.ProjectID
+	case keybridge.GroupByAPIKey:
+		return cmp.Or(u.APIKeyID, u.AIKeyID)
+	}
+	panic("unknown group by " + by)
+}
+
+// usageExpect aggregates rows the slow, obvious way.
+func usageExpect(rows []keybridge.Usage, q keybridge.UsageQuery) []keybridge.UsageGroup {
+	groups := map[string]*keybridge.UsageGroup{}
+	for i := range rows {
+		u := &rows[i]
+		if u.OrgID != q.OrgID || u.Time.Before(q.Since) || !u.Time.Before(q.Until) {
+			continue
+		}
+		k := usageKeyOf(u, q.GroupBy)
+		g := groups[k]
+		if g == nil {
+			g = &keybridge.UsageGroup{Key: k}
+			groups[k] = g
+		}
+		g.Requests++
+		if u.Status >= 400 {
+			g.Errors++
+		}
+		g.InputTokens += u.InputTokens
+		g.OutputTokens += u.OutputTokens
+		g.CacheReadTokens += u.CacheReadTokens
+		g.CacheWriteTokens += u.CacheWriteTokens
+	}
+	out := []keybridge.UsageGroup{}
+	for _, g := range groups {
+		out = append(out, *g)
+	}
+	usageSort(out)
+	return out
+}
+
+// usageSort is the order QueryUsage answers in: most requests first, then
+// by key.
+func usageSort(gs []keybridge.UsageGroup) {
+	slices.SortFunc(gs, func(a, b keybridge.UsageGroup) int {
+		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.Key, b.Key))
+	})
+}
+
+// usageRows makes n requests of org spread over [from, from+span), with
+// fixed randomness: several providers, models, users, projects, platform
+// keys and AI keys, some failed.
+func usageRows(r *rand.Rand, org string, n int, from time.Time, span time.Duration) []keybridge.Usage {
+	rows := make([]keybridge.Usage, n)
+	for i := range rows {
+		u := keybridge.Usage{
+			Time:             from.Add(time.Duration(r.Int64N(int64(span)))).Truncate(time.Microsecond),
+			OrgID:            org,
+			ProviderID:       fmt.Sprint("prov-", r.IntN(3)),
+			ProviderKeyID:    fmt.Sprint("upkey-", r.IntN(4)),
+			Model:            fmt.Sprint("model-", r.IntN(5)),
+			Status:           []int{200, 200, 200, 201, 400, 429, 500, 502}[r.IntN(8)],
+			Stream:           r.IntN(2) == 0,
+			LatencyMS:        r.Float64() * 900,
+			InputTokens:      r.Int64N(5000),
+			OutputTokens:     r.Int64N(2000),
+			CacheReadTokens:  r.Int64N(300),
+			CacheWriteTokens: r.Int64N(100),
+			Failovers:        r.IntN(3),
+		}
+		u.UpstreamLatencyMS = u.LatencyMS * 0.9
+		if r.IntN(3) == 0 {
+			u.AIKeyID = fmt.Sprint("aikey-", r.IntN(4))
+			u.ProjectID = fmt.Sprint("proj-", r.IntN(3))
+		} else {
+			u.APIKeyID = fmt.Sprint("apikey-", r.IntN(6))
+			u.UserID = fmt.Sprint("user-", r.IntN(4))
+		}
+		rows[i] = u
+	}
+	return rows
+}
+
+func usageCheck(t *testing.T, st store.Store, rows []keybridge.Usage, q keybridge.UsageQuery) {
+	t.Helper()
+	got, err := st.QueryUsage(context.Background(), q)
+	if err != nil {
+		t.Fatalf("QueryUsage(%s, %v..%v) = %v", q.GroupBy, q.Since, q.Until, err)
+	}
+	want := usageExpect(rows, q)
+	if !slices.Equal(got, want) {
+		t.Errorf("QueryUsage(%s, %v..%v) =\n%+v\nwant\n%+v", q.GroupBy, q.Since, q.Until, got, want)
+	}
+}
+
+func testUsage(t *testing.T, newStore Factory) {
+	ctx := context.Background()
+
+	t.Run("QueryMatchesRows", func(t *testing.T) {
+		st := newStore(t)
+		r := rand.New(rand.NewPCG(1, 2))
+		// A week around several day boundaries, inserted in batches of
+		// uneven size, plus another org whose rows must never count.
+		start := time.Date(2031, 3, 1, 5, 17, 0, 0, time.UTC)
+		rows := usageRows(r, "org-a", 3000, start, 7*24*time.Hour)
+		rows = append(rows, usageRows(r, "org-b", 500, start, 7*24*time.Hour)...)
+		// Rows right on hour and day boundaries, where ranges split.
+		edge := time.Date(2031, 3, 3, 0, 0, 0, 0, time.UTC)
+		for _, d := range []time.Duration{-time.Microsecond, 0, time.Microsecond, time.Hour, time.Hour - time.Microsecond} {
+			u := rows[0]
+			u.ID, u.Time = "", edge.Add(d)
+			rows = append(rows, u)
+		}
+		for chunk := range slices.Chunk(rows, 777) {
+			if err := st.InsertUsage(ctx, chunk); err != nil {
+				t.Fatalf("InsertUsage = %v", err)
+			}
+		}
+		for i := range rows {
+			if rows[i].ID == "" {
+				t.Fatalf("InsertUsage left row %d without an ID", i)
+			}
+		}
+		ranges := []struct{ since, until time.Time }{
+			{start.Add(-time.Hour), start.Add(8 * 24 * time.Hour)},                 // everything
+			{edge, edge.Add(24 * time.Hour)},                                       // one whole day
+			{edge.Add(-time.Microsecond), edge.Add(time.Hour)},                     // boundaries, inclusive since
+			{edge.Add(time.Microsecond), edge.Add(time.Hour - time.Microsecond)},   // inside one hour
+			{edge.Add(-30 * time.Minute), edge.Add(50*time.Hour + 13*time.Minute)}, // partial hours, hours and days
+			{start.Add(37 * time.Minute), start.Add(5*24*time.Hour + 3*time.Second)},
+			{edge.Add(2 * time.Hour), edge.Add(5 * time.Hour)}, // whole hours only
+		}
+		for _, rg := range ranges {
+			for _, by := range usageGroupBys {
+				usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org-a", GroupBy: by, Since: rg.since, Until: rg.until})
+			}
+		}
+		for i := 0; i < 20; i++ {
+			a := start.Add(time.Duration(r.Int64N(int64(7 * 24 * time.Hour)))).Truncate(time.Microsecond)
+			b := a.Add(time.Duration(r.Int64N(int64(4 * 24 * time.Hour)))).Truncate(time.Microsecond)
+			usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org-b", GroupBy: usageGroupBys[i%len(usageGroupBys)], Since: a, Until: b})
+		}
+		got, err := st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org-none", GroupBy: keybridge.GroupByModel, Since: start, Until: edge})
+		if err != nil || len(got) != 0 {
+			t.Errorf("QueryUsage(org without usage) = %v, %v; want no groups", got, err)
+		}
+	})
+
+	t.Run("Defaults", func(t *testing.T) {
+		st := newStore(t)
+		now := time.Now().UTC()
+		rows := []keybridge.Usage{
+			{OrgID: "org", Time: now.Add(-31 * 24 * time.Hour), Model: "old", Status: 200, InputTokens: 1},
+			{OrgID: "org", Time: now.Add(-29 * 24 * time.Hour), Model: "recent", Status: 500, InputTokens: 2},
+			{OrgID: "org", Time: now.Add(-time.Minute), Model: "recent", Status: 200, OutputTokens: 3},
+			{OrgID: "org", Model: "now", Status: 200}, // no time: the insert's
+		}
+		if err := st.InsertUsage(ctx, rows); err != nil {
+			t.Fatalf("InsertUsage = %v", err)
+		}
+		got, err := st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: keybridge.GroupByModel, Until: now.Add(time.Hour)})
+		if err != nil {
+			t.Fatalf("QueryUsage = %v", err)
+		}
+		want := []keybridge.UsageGroup{
+			{Key: "recent", Requests: 2, Errors: 1, InputTokens: 2, OutputTokens: 3},
+			{Key: "now", Requests: 1},
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("QueryUsage(last 30 days by default) = %+v, want %+v", got, want)
+		}
+		got, err = st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: keybridge.GroupByModel})
+		if err != nil || len(got) == 0 || got[0].Key != "recent" {
+			t.Errorf("QueryUsage(no window) = %+v, %v; want the last 30 days up to now", got, err)
+		}
+		_, err = st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: "colour"})
+		baseCode(t, "QueryUsage(unknown group by)", err, keybridge.EInvalid)
+		if err := st.InsertUsage(ctx, nil); err != nil {
+			t.Errorf("InsertUsage(empty batch) = %v", err)
+		}
+	})
+
+	t.Run("DeleteBefore", func(t *testing.T) {
+		st := newStore(t)
+		r := rand.New(rand.NewPCG(3, 4))
+		start := time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)
+		rows := usageRows(r, "org", 2000, start, 10*24*time.Hour)
+		if err := st.InsertUsage(ctx, rows); err != nil {
+			t.Fatalf("InsertUsage = %v", err)
+		}
+		// The cut is rounded down to its UTC day: rows from the start of
+		// day 4 stay, and so do the daily and hourly totals that hold them.
+		cut := start.Add(4*24*time.Hour + 15*time.Hour)
+		day := start.Add(4 * 24 * time.Hour)
+		var wantGone int64
+		var kept []keybridge.Usage
+		for _, u := range rows {
+			if u.Time.Before(day) {
+				wantGone++
+			} else {
+				kept = append(kept, u)
+			}
+		}
+		n, err := st.DeleteUsageBefore(ctx, cut)
+		if err != nil {
+			t.Fatalf("DeleteUsageBefore = %v", err)
+		}
+		if n != wantGone {
+			t.Errorf("DeleteUsageBefore = %d rows, want %d", n, wantGone)
+		}
+		for _, by := range usageGroupBys {
+			// A window reaching back past the cut sees only what is kept:
+			// the totals went with the rows.
+			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(-24 * time.Hour), Until: start.Add(11 * 24 * time.Hour)})
+			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: day.Add(-90 * time.Minute), Until: day.Add(26 * time.Hour)})
+		}
+		if n, err := st.DeleteUsageBefore(ctx, cut); err != nil || n != 0 {
+			t.Errorf("DeleteUsageBefore(again) = %d, %v; want 0", n, err)
+		}
+	})
+
+	t.Run("RollbackWithTransaction", func(t *testing.T) {
+		st := newStore(t)
+		t0 := time.Date(2031, 2, 1, 10, 0, 0, 0, time.UTC)
+		boom := errors.New("boom")
+		err := st.InTx(ctx, func(tx store.Store) error {
+			if err := tx.InsertUsage(ctx, []keybridge.Usage{{OrgID: "org", Time: t0, Model: "m", Status: 200}}); err != nil {
+				return err
+			}
+			return boom
+		})
+		if !errors.Is(err, boom) {
+			t.Fatalf("InTx = %v, want %v", err, boom)
+		}
+		got, err := st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: keybridge.GroupByModel, Since: t0.Add(-48 * time.Hour), Until: t0.Add(48 * time.Hour)})
+		if err != nil || len(got) != 0 {
+			t.Errorf("QueryUsage after a rolled-back insert = %+v, %v; want nothing, neither rows nor totals", got, err)
+		}
+	})
+}
