@@ -344,5 +344,8 @@ type Notifier interface {
 	Publish(ctx context.Context, inv Invalidation) error
 	// Subscribe calls fn for every invalidation until ctx ends. After any
 	// gap in delivery (a lost connection) it sends InvalidateAll first.
+	// It should also send InvalidateAll once it first hears every change
+	// (its LISTEN is in place): a cache that sees it knows that from then
+	// on it misses nothing, and stays off until it does.
 	Subscribe(ctx context.Context, fn func(Invalidation)) error
 }
