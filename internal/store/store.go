@@ -282,6 +282,10 @@ type Audit interface {
 	// AuditBounds returns where orgID's stored chain must start and end;
 	// zero bounds for an org with no events.
 	AuditBounds(ctx context.Context, orgID string) (AuditBounds, error)
+	// AuditOrgs lists the org IDs that have a chain, in ID order: deleted
+	// orgs (their events outlive them) and the no-org chain "" included,
+	// so retention reaches every event.
+	AuditOrgs(ctx context.Context) ([]string, error)
 }
 
 // AuditBounds pins both ends of an org's chain, so a verifier notices

@@ -252,6 +252,30 @@ func testUsage(t *testing.T, newStore Factory) {
 		}
 	})
 
+	// AuditOrgs is how retention finds every audit chain to trim.
+	t.Run("RetentionAuditOrgs", func(t *testing.T) {
+		st := newStore(t)
+		got, err := st.AuditOrgs(ctx)
+		if err != nil || len(got) != 0 {
+			t.Errorf("AuditOrgs(empty store) = %v, %v; want none", got, err)
+		}
+		for _, org := range []string{"org-b", "", "org-a", "org-b"} {
+			e := &keybridge.AuditEvent{OrgID: org, Time: baseTime, Action: "test.event",
+				Actor: keybridge.Actor{Type: keybridge.ActorSystem, ID: "system"}, Resource: keybridge.Resource{Type: "test", ID: "1"}}
+			if err := st.AppendAuditEvent(ctx, e); err != nil {
+				t.Fatalf("AppendAuditEvent = %v", err)
+			}
+		}
+		if _, err := st.DeleteAuditEventsBefore(ctx, "org-a", baseTime.Add(time.Hour)); err != nil {
+			t.Fatalf("DeleteAuditEventsBefore = %v", err)
+		}
+		got, err = st.AuditOrgs(ctx)
+		// org-a lost every event but keeps its chain: its anchor matters.
+		if want := []string{"", "org-a", "org-b"}; err != nil || !slices.Equal(got, want) {
+			t.Errorf("AuditOrgs = %q, %v; want %q", got, err, want)
+		}
+	})
+
 	t.Run("RollbackWithTransaction", func(t *testing.T) {
 		st := newStore(t)
 		t0 := time.Date(2031, 2, 1, 10, 0, 0, 0, time.UTC)
