@@ -81,17 +81,12 @@ func uniqueViolation(err error) bool {
 }
 
 // listen holds a dedicated connection on LISTEN channel, reconnecting after
-// failures; every reconnect is a gap in which notifications may have been
-// missed, so gap is called once the new LISTEN is in place.
+// failures. Until a LISTEN is in place, notifications may be missed: the
+// time before the first one, and every reconnect. So gap is called each
+// time one is in place, the first time included.
 func listen(ctx context.Context, cfg *pgx.ConnConfig, channel string, deliver func(string), gap func()) error {
-	first := true
 	for ctx.Err() == nil {
-		err := listenOnce(ctx, cfg, channel, deliver, func() {
-			if !first {
-				gap()
-			}
-			first = false
-		})
+		err := listenOnce(ctx, cfg, channel, deliver, gap)
 		if ctx.Err() != nil {
 			break
 		}

@@ -73,7 +73,7 @@ func TestSealedRegistry(t *testing.T) {
 			}
 			for _, r := range []vaultRow{
 				{"v1", "s-a", 1, []byte("o-a"), 2},
-				{"v2", "s-b", 2, nil, 0},     // other is NULL: no secret there
+				{"v2", "s-b", 2, nil, 0},      // other is NULL: no secret there
 				{"v3", "s-c", 1, []byte{}, 0}, // other is empty: no secret either
 				{"v4", "s-d", 3, []byte("o-d"), 1},
 			} {

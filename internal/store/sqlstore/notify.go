@@ -34,7 +34,9 @@ func (s *Store) Publish(ctx context.Context, inv store.Invalidation) error {
 	return nil
 }
 
-// Subscribe implements store.Notifier.
+// Subscribe implements store.Notifier. fn hears InvalidateAll whenever it
+// starts hearing everything: at once when invalidations stay in this
+// process, else each time the dialect's Listen is in place.
 func (s *Store) Subscribe(ctx context.Context, fn func(store.Invalidation)) error {
 	s.db.subsMu.Lock()
 	id := s.db.nextSub
@@ -46,7 +48,9 @@ func (s *Store) Subscribe(ctx context.Context, fn func(store.Invalidation)) erro
 		delete(s.db.subs, id)
 		s.db.subsMu.Unlock()
 	}()
+	all := store.Invalidation{Kind: store.InvalidateAll}
 	if s.db.Dialect.Listen == nil {
+		fn(all)
 		<-ctx.Done()
 		return nil
 	}
@@ -61,7 +65,7 @@ func (s *Store) Subscribe(ctx context.Context, fn func(store.Invalidation)) erro
 			return
 		}
 		fn(env.Invalidation)
-	}, func() { fn(store.Invalidation{Kind: store.InvalidateAll}) })
+	}, func() { fn(all) })
 }
 
 // deliver hands inv to this process's subscribers.

@@ -37,7 +37,8 @@ type Dialect struct {
 	// delivers on commit). Nil when notifications stay in-process.
 	Notify func(ctx context.Context, tx *sql.Tx, payload string) error
 	// Listen delivers notifications from other processes until ctx ends,
-	// calling gap after any interruption. Nil when there are none.
+	// calling gap each time it starts hearing them: once it first listens,
+	// and after any interruption. Nil when there are none.
 	Listen func(ctx context.Context, deliver func(payload string), gap func()) error
 }
 
@@ -264,6 +265,3 @@ func trimPage[T any](rows []T, limit int, key func(*T) []string) ([]T, string) {
 	rows = rows[:limit]
 	return rows, encodeCursor(key(&rows[limit-1])...)
 }
-
-// errStub is returned by areas not built yet.
-var errStub = errors.New("not implemented")

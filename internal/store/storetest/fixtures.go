@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"fmt"
 	"testing"
 	"time"
 
@@ -73,13 +72,10 @@ func baseIsPostgres(st store.Store) bool {
 // microsecond.
 var baseTime = time.Date(2031, 5, 6, 7, 8, 9, 123456789, time.UTC)
 
-// kindReady marks the invalidations baseSubscribe sends to learn that a
-// subscription is live; baseNext skips them.
-const kindReady store.InvalidationKind = "test.ready"
-
 // baseSubscribe subscribes to sub until t ends, and returns once the
-// subscription hears what pub publishes (pub may be sub, or another
-// replica).
+// subscription announces (with InvalidateAll, as Subscribe promises) that
+// it hears every change from then on. It then checks the promise: a marker
+// pub publishes (pub may be sub, or another replica) is the next thing heard.
 func baseSubscribe(t testing.TB, sub, pub store.Store) <-chan store.Invalidation {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -90,37 +86,26 @@ func baseSubscribe(t testing.TB, sub, pub store.Store) <-chan store.Invalidation
 		sub.Subscribe(ctx, func(inv store.Invalidation) { ch <- inv })
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; time.Now().Before(deadline); i++ {
-		if err := pub.Publish(context.Background(), store.Invalidation{Kind: kindReady, ID: fmt.Sprint(i)}); err != nil {
-			t.Fatalf("Publish = %v", err)
+	select {
+	case inv := <-ch:
+		if inv.Kind != store.InvalidateAll {
+			t.Fatalf("Subscribe first heard %+v, want the InvalidateAll that says it listens", inv)
 		}
-		select {
-		case inv := <-ch:
-			if inv.Kind == kindReady {
-				return ch
-			}
-			t.Fatalf("subscription heard %+v before anything was published", inv)
-		case <-time.After(20 * time.Millisecond):
-		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Subscribe did not announce within 10s that it listens")
 	}
-	t.Fatal("subscription heard nothing for 10s")
-	return nil
+	baseMarker(t, "subscription announced", pub, ch)
+	return ch
 }
 
-// baseNext returns the next invalidation on ch that is not a readiness
-// marker, or false when none comes within wait.
+// baseNext returns the next invalidation on ch, or false when none comes
+// within wait.
 func baseNext(ch <-chan store.Invalidation, wait time.Duration) (store.Invalidation, bool) {
-	timeout := time.After(wait)
-	for {
-		select {
-		case inv := <-ch:
-			if inv.Kind != kindReady {
-				return inv, true
-			}
-		case <-timeout:
-			return store.Invalidation{}, false
-		}
+	select {
+	case inv := <-ch:
+		return inv, true
+	case <-time.After(wait):
+		return store.Invalidation{}, false
 	}
 }
 
