@@ -1,0 +1,153 @@
+package retention_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/audit"
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/retention"
+	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/storetest"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func appendAt(t *testing.T, st store.Store, org string, at time.Time, action string) {
+	t.Helper()
+	e := &keybridge.AuditEvent{OrgID: org, Time: at, Action: action,
+		Actor: keybridge.Actor{Type: keybridge.ActorSystem, ID: "system"}, Resource: keybridge.Resource{Type: "thing", ID: "1"}}
+	if err := st.AppendAuditEvent(context.Background(), e); err != nil {
+		t.Fatalf("AppendAuditEvent = %v", err)
+	}
+}
+
+func usageCount(t *testing.T, st store.Store, org string) int64 {
+	t.Helper()
+	groups, err := st.QueryUsage(context.Background(), keybridge.UsageQuery{OrgID: org, GroupBy: keybridge.GroupByModel,
+		Since: time.Now().Add(-400 * 24 * time.Hour), Until: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatalf("QueryUsage = %v", err)
+	}
+	var n int64
+	for _, g := range groups {
+		n += g.Requests
+	}
+	return n
+}
+
+func TestOnce(t *testing.T) {
+	ctx := context.Background()
+	day := 24 * time.Hour
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			for _, tc := range []struct {
+				name        string
+				opts        retention.Options
+				wantUsage   int64 // rows kept of 3
+				wantTrimmed int   // audit events removed of org "a"
+			}{
+				{"defaults keep 90 days of usage and every event", retention.Options{}, 2, 0},
+				{"usage kept 10 days, events 30", retention.Options{Usage: 10 * day, Audit: 30 * day}, 1, 2},
+				{"usage kept forever", retention.Options{Usage: -1}, 3, 0},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					st := eng.New(t)
+					now := time.Now()
+					if err := st.InsertUsage(ctx, []keybridge.Usage{
+						{OrgID: "a", Time: now.Add(-200 * day), Model: "m", Status: 200},
+						{OrgID: "a", Time: now.Add(-20 * day), Model: "m", Status: 200},
+						{OrgID: "a", Time: now.Add(-time.Hour), Model: "m", Status: 200},
+					}); err != nil {
+						t.Fatalf("InsertUsage = %v", err)
+					}
+					appendAt(t, st, "a", now.Add(-100*day), "old.one")
+					appendAt(t, st, "a", now.Add(-40*day), "old.two")
+					appendAt(t, st, "a", now.Add(-time.Hour), "recent")
+					appendAt(t, st, "b", now.Add(-time.Hour), "recent")
+					logs := &lockedBuffer{}
+					tc.opts.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+
+					rep, err := retention.Once(ctx, st, tc.opts)
+					if err != nil {
+						t.Fatalf("Once = %v", err)
+					}
+					if got := usageCount(t, st, "a"); got != tc.wantUsage {
+						t.Errorf("usage rows kept = %d, want %d", got, tc.wantUsage)
+					}
+					if got := rep.AuditEvents["a"]; got != tc.wantTrimmed {
+						t.Errorf("report: %d audit events removed of org a, want %d", got, tc.wantTrimmed)
+					}
+					if _, ok := rep.AuditEvents["b"]; ok {
+						t.Errorf("report: events of org b removed, want none")
+					}
+					for _, org := range []string{"a", "b"} {
+						if res, err := audit.Verify(ctx, st, org); err != nil || !res.OK {
+							t.Errorf("Verify(%s) after retention = %+v, %v; want ok", org, res, err)
+						}
+					}
+					events, _, err := st.ListAuditEvents(ctx, store.AuditFilter{OrgID: "a", Action: retention.ActionTrim}, store.Page{})
+					if err != nil {
+						t.Fatalf("ListAuditEvents = %v", err)
+					}
+					if tc.wantTrimmed == 0 {
+						if len(events) != 0 {
+							t.Errorf("trim events = %d, want none when nothing was removed", len(events))
+						}
+						return
+					}
+					// Never silently: the removal is an event of its own and a
+					// log line.
+					if len(events) != 1 {
+						t.Fatalf("trim events = %d, want 1", len(events))
+					}
+					e := events[0]
+					if e.Actor.Type != keybridge.ActorSystem || e.Changes["removed_events"].New != json.Number("2") {
+						t.Errorf("trim event = %+v, want the system removing 2 events", e)
+					}
+					if !strings.Contains(logs.String(), "removed audit events past retention") {
+						t.Errorf("log %q does not mention the removed audit events", logs.String())
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestRunStopsWithContext(t *testing.T) {
+	st := storetest.SQLite(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- retention.Run(ctx, st, retention.Options{Every: time.Millisecond}) }()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil once the context ends", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+}
