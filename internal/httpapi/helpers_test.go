@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -46,6 +47,14 @@ import (
 	"github.com/keybridge/keybridge/internal/store/storetest"
 	"github.com/keybridge/keybridge/internal/upstream"
 )
+
+// TestMain makes password hashing cheap: argon2id at its production cost
+// (64 MiB) would dominate every test that creates a user. Tests in this
+// package must not declare their own TestMain; add set-up here.
+func TestMain(m *testing.M) {
+	auth.PasswordParams = auth.Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}
+	os.Exit(m.Run())
+}
 
 // env is one running API and the org it was set up with.
 type env struct {
@@ -75,6 +84,9 @@ type envOptions struct {
 	// PublicURL are filled in; set its other fields (Gateway, Metrics,
 	// Registerer, UI...) to test them.
 	Config httpapi.Config
+	// Empty leaves the store without any org (for setup tests): Org,
+	// Owner and OwnerKey stay nil.
+	Empty bool
 }
 
 // forEachEngine runs fn in a subtest per store engine, each with a fresh env.
@@ -136,6 +148,9 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 		<-done
 	})
 
+	if opts.Empty {
+		return e
+	}
 	e.OwnerPassword = "owner-password-" + hex.EncodeToString(randomBytes(t, 8))
 	e.Org, e.Owner, e.OwnerKey = e.newOrg("acme", "admin@acme.test", e.OwnerPassword)
 	return e

@@ -477,7 +477,12 @@ func (s *Server) me(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := meResponse{User: u, Orgs: []meOrg{}}
 	if p.Type == keybridge.ActorAPIKey {
-		out.APIKey = &meKey{ID: p.KeyID, OrgID: p.OrgID, Permissions: p.Permissions}
+		k, err := s.store.APIKey(r.Context(), p.KeyID)
+		if err != nil {
+			return err
+		}
+		// p.Permissions are already cut down to the owner's role.
+		out.APIKey = &meKey{ID: k.ID, OrgID: k.OrgID, Permissions: k.Permissions, EffectivePermissions: p.Permissions}
 	}
 	for _, om := range oms {
 		perms := om.Role.Permissions()
@@ -487,7 +492,6 @@ func (s *Server) me(w http.ResponseWriter, r *http.Request) error {
 				continue
 			}
 			perms &= p.Permissions
-			out.APIKey.EffectivePermissions = perms
 		}
 		out.Orgs = append(out.Orgs, meOrg{ID: om.Org.ID, Slug: om.Org.Slug, Name: om.Org.Name, Role: om.Role, Permissions: perms})
 	}

@@ -1,0 +1,252 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keybridge/keybridge/internal/auth"
+	"github.com/keybridge/keybridge/internal/httpapi"
+	"github.com/keybridge/keybridge/internal/retention"
+	"github.com/keybridge/keybridge/internal/upstream"
+	"github.com/keybridge/keybridge/internal/web"
+)
+
+// serveConfig is serve's own configuration, beside the storage flags.
+type serveConfig struct {
+	storage         storageConfig
+	listen          string
+	publicURL       string
+	egressDeny      string
+	usageRetention  time.Duration
+	auditRetention  time.Duration
+	shutdownTimeout time.Duration
+}
+
+func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) error {
+	c.storage.register(fs, getenv)
+	fs.StringVar(&c.listen, "listen", envOr(getenv, "KEYBRIDGE_LISTEN", "127.0.0.1:8080"), "address to listen on, host:port (KEYBRIDGE_LISTEN)")
+	fs.StringVar(&c.publicURL, "public-url", getenv("KEYBRIDGE_PUBLIC_URL"), "how users reach this server, for setup and invitation links; default http://<listen address> (KEYBRIDGE_PUBLIC_URL)")
+	fs.StringVar(&c.egressDeny, "egress-deny", getenv("KEYBRIDGE_EGRESS_DENY"), "comma-separated CIDRs providers may not be reached at, besides link-local and metadata addresses (KEYBRIDGE_EGRESS_DENY)")
+	var err error
+	durations := []struct {
+		p         *time.Duration
+		name, env string
+		def       time.Duration
+		usage     string
+	}{
+		{&c.usageRetention, "usage-retention", "KEYBRIDGE_USAGE_RETENTION", 2160 * time.Hour, "how long gateway usage records are kept (KEYBRIDGE_USAGE_RETENTION)"},
+		{&c.auditRetention, "audit-retention", "KEYBRIDGE_AUDIT_RETENTION", 0, "how long audit events are kept; 0 keeps them forever (KEYBRIDGE_AUDIT_RETENTION)"},
+		{&c.shutdownTimeout, "shutdown-timeout", "KEYBRIDGE_SHUTDOWN_TIMEOUT", 30 * time.Second, "how long a shutdown waits for in-flight requests and streams (KEYBRIDGE_SHUTDOWN_TIMEOUT)"},
+	}
+	for _, d := range durations {
+		def := d.def
+		if v := getenv(d.env); v != "" {
+			if def, err = time.ParseDuration(v); err != nil {
+				return fmt.Errorf("%w: %s: %v", errUsage, d.env, err)
+			}
+		}
+		fs.DurationVar(d.p, d.name, def, d.usage)
+	}
+	return nil
+}
+
+// denyCIDRs parses --egress-deny.
+func (c *serveConfig) denyCIDRs() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(c.egressDeny, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --egress-deny: %q is not a CIDR such as 10.0.0.0/8", errUsage, s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// parseFlags parses a subcommand's flags: -h prints them and succeeds, a
+// mistake is a usage error, and stray arguments are refused.
+func parseFlags(fs *flag.FlagSet, args []string) (help bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return false, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	return false, nil
+}
+
+// serve runs the API, the web UI and the background jobs until ctx ends,
+// then drains in-flight requests and flushes what is batched.
+func serve(ctx context.Context, env *Env) error {
+	fs := flag.NewFlagSet("keybridge serve", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	var cfg serveConfig
+	if err := cfg.register(fs, env.Getenv); err != nil {
+		return err
+	}
+	if help, err := parseFlags(fs, env.Args); help || err != nil {
+		return err
+	}
+	deny, err := cfg.denyCIDRs()
+	if err != nil {
+		return err
+	}
+	log, err := cfg.storage.logger(env.Stderr)
+	if err != nil {
+		return err
+	}
+
+	st, err := cfg.storage.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ring, err := cfg.storage.openRing(ctx, st, true, log, env.Stderr)
+	if err != nil {
+		return err
+	}
+	authOpts := auth.Options{Logger: log}
+	if cfg.storage.RedisURL != "" {
+		opt, err := redis.ParseURL(cfg.storage.RedisURL)
+		if err != nil {
+			return fmt.Errorf("%w: --redis-url: %v", errUsage, err)
+		}
+		authOpts.Redis = redis.NewClient(opt)
+		defer authOpts.Redis.Close()
+	}
+	authSvc := auth.New(st, authOpts)
+
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	publicURL := strings.TrimRight(cfg.publicURL, "/")
+	if publicURL == "" {
+		publicURL = "http://" + displayAddr(ln.Addr())
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	api := httpapi.New(httpapi.Config{
+		Store: st, Ring: ring, Auth: authSvc, Logger: log,
+		PublicURL: publicURL, Version: Version,
+		Upstream:   upstream.New(upstream.Options{DenyCIDRs: deny}),
+		Registerer: reg,
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		UI:         web.Handler(),
+		Ready: func(r *http.Request) error {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			if err := st.Ping(ctx); err != nil {
+				return fmt.Errorf("database: %w", err)
+			}
+			if ring.Primary() == 0 {
+				return errors.New("key ring has no primary key")
+			}
+			return nil
+		},
+	})
+
+	// Background work lives until the server has drained: auth's last
+	// batch of last_used_at times is flushed after the last request.
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+	var bg sync.WaitGroup
+	for name, run := range map[string]func(context.Context) error{
+		"auth":     authSvc.Run,
+		"key ring": ring.Run,
+		"retention": func(ctx context.Context) error {
+			return retention.Run(ctx, st, retention.Options{Usage: cfg.usageRetention, Audit: cfg.auditRetention, Logger: log})
+		},
+	} {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			if err := run(bgCtx); err != nil && bgCtx.Err() == nil {
+				log.Error("background job stopped", "job", name, "err", err)
+			}
+		}()
+	}
+
+	token, err := httpapi.NewSetupToken(ctx, st)
+	if err != nil {
+		stopBackground()
+		bg.Wait()
+		return fmt.Errorf("prepare setup: %w", err)
+	}
+	if token != "" {
+		// The one place the token appears: stdout, for whoever started
+		// the server. Logs only say that setup is pending.
+		fmt.Fprintf(env.Stdout, "Keybridge has no org yet. Open this link once to create it and its owner:\n\n    %s/setup?token=%s\n\n", publicURL, token)
+		log.Info("setup pending: open the setup link printed on stdout")
+	}
+
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String(), "public_url", publicURL, "version", Version)
+
+	select {
+	case err = <-served:
+		// The listener failed on its own.
+	case <-ctx.Done():
+		log.Info("shutting down: draining in-flight requests", "timeout", cfg.shutdownTimeout.String())
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+		err = srv.Shutdown(sctx)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("shutdown timed out; closing the remaining connections")
+			err = srv.Close()
+		}
+		if e := <-served; !errors.Is(e, http.ErrServerClosed) {
+			err = errors.Join(err, e)
+		}
+	}
+	stopBackground()
+	bg.Wait()
+	if ferr := authSvc.Flush(context.WithoutCancel(ctx)); ferr != nil {
+		log.Warn("flush last-used times", "err", ferr)
+	}
+	log.Info("stopped")
+	return err
+}
+
+// displayAddr turns a listener's address into one a browser can open: a
+// wildcard host (0.0.0.0, ::) becomes localhost.
+func displayAddr(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ap.Addr().IsUnspecified() {
+		return net.JoinHostPort("localhost", fmt.Sprint(ap.Port()))
+	}
+	return ap.String()
+}
