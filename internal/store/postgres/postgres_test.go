@@ -7,3 +7,5 @@ import (
 )
 
 func TestConformance(t *testing.T) { storetest.Run(t, storetest.Postgres) }
+
+func BenchmarkAPIKeyByHash(b *testing.B) { storetest.BenchmarkAPIKeyByHash(b, storetest.Postgres) }
