@@ -77,23 +77,9 @@ func seedSecrets(t testing.TB, st store.Store, r *secrets.Ring, n int) []sealedR
 // version and opens it.
 func checkSecrets(t *testing.T, st store.Store, r *secrets.Ring, rows []sealedRow, wantVersion int) {
 	t.Helper()
-	ctx := context.Background()
+	stored := storedSecrets(t, st)
 	for _, row := range rows {
-		var ct []byte
-		switch row.ref.Table {
-		case "providers":
-			p, err := st.Provider(ctx, orgOf(t, st), row.ref.RowID)
-			if err != nil {
-				t.Fatalf("Provider: %v", err)
-			}
-			ct = p.SettingsSealed
-		default:
-			k, err := providerKey(ctx, st, row.ref.RowID)
-			if err != nil {
-				t.Fatalf("ProviderKey: %v", err)
-			}
-			ct = k.Sealed
-		}
+		ct := stored[row.ref.Table+"/"+row.ref.RowID]
 		if v, _ := r.Version(ct); v != wantVersion {
 			t.Errorf("%s.%s %s is under version %d, want %d", row.ref.Table, row.ref.Column, row.ref.RowID, v, wantVersion)
 		}
@@ -104,30 +90,36 @@ func checkSecrets(t *testing.T, st store.Store, r *secrets.Ring, rows []sealedRo
 	}
 }
 
+// storedSecrets returns the sealed values of org acme, keyed by
+// "table/rowID".
+func storedSecrets(t *testing.T, st store.Store) map[string][]byte {
+	t.Helper()
+	ctx := context.Background()
+	ps, _, err := st.ListProviders(ctx, orgOf(t, st), store.Page{Limit: store.MaxLimit})
+	if err != nil {
+		t.Fatalf("ListProviders: %v", err)
+	}
+	out := map[string][]byte{}
+	for _, p := range ps {
+		out["providers/"+p.ID] = p.SettingsSealed
+		keys, err := st.ProviderKeys(ctx, p.ID)
+		if err != nil {
+			t.Fatalf("ProviderKeys: %v", err)
+		}
+		for _, k := range keys {
+			out["provider_keys/"+k.ID] = k.Sealed
+		}
+	}
+	return out
+}
+
 func orgOf(t *testing.T, st store.Store) string {
+	t.Helper()
 	o, err := st.Org(context.Background(), "acme")
 	if err != nil {
 		t.Fatalf("Org: %v", err)
 	}
 	return o.ID
-}
-
-// providerKey finds an upstream key by its ID alone, through its provider.
-func providerKey(ctx context.Context, st store.Store, id string) (*keybridge.ProviderKey, error) {
-	o, err := st.Org(ctx, "acme")
-	if err != nil {
-		return nil, err
-	}
-	ps, _, err := st.ListProviders(ctx, o.ID, store.Page{Limit: store.MaxLimit})
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range ps {
-		if k, err := st.ProviderKey(ctx, p.ID, id); err == nil {
-			return k, nil
-		}
-	}
-	return nil, errors.New("no such provider key")
 }
 
 func statusOf(t *testing.T, r *secrets.Ring) map[int]int {
@@ -144,8 +136,13 @@ func statusOf(t *testing.T, r *secrets.Ring) map[int]int {
 }
 
 func TestRewrap(t *testing.T) {
+	for _, e := range storetest.Engines() {
+		t.Run(e.Name, func(t *testing.T) { testRewrap(t, e.New(t)) })
+	}
+}
+
+func testRewrap(t *testing.T, st store.Store) {
 	ctx := context.Background()
-	st := storetest.SQLite(t)
 	r := openRing(t, st, masterKey(1))
 	rows := seedSecrets(t, st, r, 120) // 240 values: three batches
 	if got, want := statusOf(t, r), map[int]int{1: 240}; !reflect.DeepEqual(got, want) {
