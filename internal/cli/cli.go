@@ -33,7 +33,7 @@ var commands = []command{
 	{"serve", "run the API, gateway and web UI", serve},
 	{"setup", "create the first org, its owner and an owner API key", setup},
 	{"migrate", "apply database migrations and exit", migrate},
-	{"keyring", "show, rotate or rewrap the data key ring (status|rotate|rewrap)", keyring},
+	{"keyring", "show, rotate or rewrap the data key ring (status|rotate|rewrap|change-master)", keyring},
 	{"version", "print the version", version},
 }
 
