@@ -69,3 +69,27 @@ func TestPragmas(t *testing.T) {
 		t.Errorf("a write on the read pool succeeded, want it refused")
 	}
 }
+
+// TestReopen: opening a migrated database again applies nothing and works,
+// but a database migrated by a newer release is refused rather than run by
+// code that does not know its schema.
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "keybridge.db")
+	for i := range 2 {
+		st, err := sqlite.Open(ctx, path)
+		if err != nil {
+			t.Fatalf("Open #%d = %v", i+1, err)
+		}
+		if i == 1 {
+			if _, err := st.DB().Write.ExecContext(ctx, `INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_future.sql')`); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st.Close()
+	}
+	if st, err := sqlite.Open(ctx, path); err == nil {
+		st.Close()
+		t.Fatalf("Open of a database from a newer release = nil error, want a refusal")
+	}
+}

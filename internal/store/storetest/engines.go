@@ -80,6 +80,14 @@ func SharedPostgres(t testing.TB) (first store.Store, open func() store.Store) {
 	return open(), open
 }
 
+// PostgresURL returns the URL of a fresh, empty schema (not migrated),
+// dropped when t ends, for tests of opening and migrating. It skips t when
+// KEYBRIDGE_TEST_POSTGRES_URL is unset.
+func PostgresURL(t testing.TB) string {
+	t.Helper()
+	return postgresSchema(t)
+}
+
 // postgresSchema creates a schema kbtest_<random> dropped when t ends, and
 // returns a URL whose search_path selects it. The driver names its
 // notification channel after the current schema, so tests running side by
