@@ -59,10 +59,6 @@ type Options struct {
 	// such tokens are remembered (default 10,000; negative: none).
 	NegativeTTL       time.Duration
 	NegativeCacheSize int
-	// ListenGrace is how long Run waits for the store to say it is
-	// listening (an InvalidateAll) before it turns the cache on anyway
-	// (default 2 s). Until then every verification reads the store.
-	ListenGrace time.Duration
 }
 
 const (
@@ -72,7 +68,6 @@ const (
 	defaultCacheTTL      = time.Minute
 	defaultNegativeTTL   = 5 * time.Second
 	defaultNegativeSize  = 10_000
-	defaultListenGrace   = 2 * time.Second
 
 	// clockTick is how often Run advances the coarse clock, and
 	// clockSlack how far behind it may fall before a hit stops trusting
@@ -85,8 +80,9 @@ const (
 // Service authenticates and authorizes callers.
 //
 // Platform keys and AI key secrets are verified from an in-memory cache
-// while Run is running; without Run the cache is off and every
-// verification reads the store.
+// while Run is running, from the moment the store's subscription says it
+// hears every change (its first InvalidateAll); before that, and without
+// Run, the cache is off and every verification reads the store.
 type Service struct {
 	store store.Store
 	opts  Options
@@ -121,7 +117,6 @@ func New(st store.Store, opts Options) *Service {
 	setDefault(&opts.CacheTTL, defaultCacheTTL)
 	setDefault(&opts.NegativeTTL, defaultNegativeTTL)
 	setDefault(&opts.NegativeCacheSize, defaultNegativeSize)
-	setDefault(&opts.ListenGrace, defaultListenGrace)
 	setDefault(&opts.LoginAccountLimit, defaultAccountLimit)
 	setDefault(&opts.LoginIPLimit, defaultIPLimit)
 	setDefault(&opts.LoginWindow, defaultLoginWindow)
@@ -168,8 +163,9 @@ func (s *Service) at(t time.Time) int64 { return int64(t.Sub(s.epoch)) }
 
 // Run subscribes to invalidations and flushes last_used_at batches until
 // ctx ends, then flushes once more. The cache is on only while Run runs,
-// and only once the subscription is in place: the store says so with an
-// InvalidateAll, or ListenGrace passes.
+// and only once the subscription is in place, which the store announces
+// with an InvalidateAll: a cache that could miss a revocation must not
+// answer. Run returns early, with an error, if the subscription ends.
 func (s *Service) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("auth: Run is already running")
@@ -190,8 +186,6 @@ func (s *Service) Run(ctx context.Context) error {
 	defer clock.Stop()
 	flush := time.NewTicker(s.opts.TouchInterval)
 	defer flush.Stop()
-	grace := time.NewTimer(s.opts.ListenGrace)
-	defer grace.Stop()
 
 	var runErr error
 loop:
@@ -201,8 +195,6 @@ loop:
 			break loop
 		case <-clock.C:
 			s.clock.Store(s.now())
-		case <-grace.C:
-			s.cache.goLive()
 		case <-flush.C:
 			if err := s.Flush(ctx); err != nil {
 				s.log.WarnContext(ctx, "write last used times of keys", "err", err)

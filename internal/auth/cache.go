@@ -278,15 +278,6 @@ func (c *cache) setAccepting(on bool) {
 	}
 }
 
-// goLive makes the cache live if Run is listening.
-func (c *cache) goLive() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.accepting {
-		c.live = true
-	}
-}
-
 func (c *cache) isLive() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -1,0 +1,192 @@
+package auth_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/auth"
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store/storetest"
+)
+
+// Two replicas share one PostgreSQL schema: a change made through one
+// reaches the other's cache within a second (SPEC §3).
+func TestInvalidationAcrossReplicas(t *testing.T) {
+	ctx := context.Background()
+	first, open := storetest.SharedPostgres(t)
+	second := open()
+	f := newFixture(t, first)
+	member := f.addUser(t, "member@acme.test", "")
+	f.join(t, f.org, member, keybridge.RoleAdmin)
+
+	// Replica B caches only once its LISTEN is in place.
+	b := startService(t, second, fastOptions())
+
+	// within polls until check passes on replica B, failing after 1 s.
+	within := func(what string, check func() bool) {
+		t.Helper()
+		start := time.Now()
+		for !check() {
+			if time.Since(start) > time.Second {
+				t.Fatalf("%s: replica B still disagrees after 1 s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Logf("%s reached replica B in %v", what, time.Since(start).Round(time.Millisecond))
+	}
+	cached := func(tok string) {
+		t.Helper()
+		before := b.CacheStats().Hits
+		for range 3 {
+			if _, err := b.VerifyAPIKey(ctx, tok); err != nil {
+				t.Fatalf("VerifyAPIKey on replica B: %v", err)
+			}
+		}
+		if b.CacheStats().Hits == before {
+			t.Fatal("replica B did not answer from its cache")
+		}
+	}
+
+	t.Run("suspend", func(t *testing.T) {
+		tok, k := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+		cached(tok)
+		f.update(t, k, func(k *keybridge.APIKey) { k.Status = keybridge.KeySuspended })
+		within("suspension", func() bool {
+			_, err := b.VerifyAPIKey(ctx, tok)
+			return keybridge.IsCode(err, keybridge.EUnauthenticated)
+		})
+	})
+	t.Run("demotion", func(t *testing.T) {
+		tok, _ := f.newKey(t, member, keybridge.AllPermissions, nil)
+		cached(tok)
+		f.setRole(t, member, keybridge.RoleMember)
+		within("demotion", func() bool {
+			p, err := b.VerifyAPIKey(ctx, tok)
+			return err == nil && p.Role == keybridge.RoleMember && !p.Permissions.Has(keybridge.PermProvidersWrite)
+		})
+	})
+	t.Run("AI key delete", func(t *testing.T) {
+		secret, k := f.newAIKey(t, keybridge.AIOpenAI)
+		for range 2 {
+			if _, err := b.VerifyAISecret(ctx, secret); err != nil {
+				t.Fatalf("VerifyAISecret on replica B: %v", err)
+			}
+		}
+		if err := first.DeleteAIKey(ctx, k.ProjectID, k.ID); err != nil {
+			t.Fatalf("DeleteAIKey: %v", err)
+		}
+		within("AI key deletion", func() bool {
+			_, err := b.VerifyAISecret(ctx, secret)
+			return keybridge.IsCode(err, keybridge.EUnauthenticated)
+		})
+	})
+}
+
+// Uses are written in one batch per flush, never one write per request.
+func TestLastUsedBatching(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			ctx := context.Background()
+			cs := &countingStore{Store: eng.New(t)}
+			f := newFixture(t, cs)
+			s := auth.New(cs, fastOptions())
+			stop := runService(t, s)
+			defer stop()
+			waitLive(t, s)
+			tok1, k1 := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+			tok2, k2 := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+			secret, ai := f.newAIKey(t, keybridge.AIOpenAI)
+
+			start := time.Now()
+			for i := range 100 {
+				tok := tok1
+				if i%4 == 0 {
+					tok = tok2
+				}
+				if _, err := s.VerifyAPIKey(ctx, tok); err != nil {
+					t.Fatalf("VerifyAPIKey: %v", err)
+				}
+			}
+			if _, err := s.VerifyAISecret(ctx, secret); err != nil {
+				t.Fatalf("VerifyAISecret: %v", err)
+			}
+			if got := len(cs.touchBatches()); got != 0 {
+				t.Fatalf("%d last-used writes before Flush, want 0", got)
+			}
+			lastUsed := func(k *keybridge.APIKey) *time.Time {
+				t.Helper()
+				got, err := cs.APIKey(ctx, k.ID)
+				if err != nil {
+					t.Fatalf("APIKey: %v", err)
+				}
+				return got.LastUsedAt
+			}
+			if lu := lastUsed(k1); lu != nil {
+				t.Fatalf("last_used_at before Flush = %v, want none", lu)
+			}
+
+			if err := s.Flush(ctx); err != nil {
+				t.Fatalf("Flush: %v", err)
+			}
+			end := time.Now()
+			batches := cs.touchBatches()
+			if len(batches) != 1 || len(batches[0]) != 2 {
+				t.Fatalf("Flush wrote %d batches (%v), want one batch of both keys", len(batches), batches)
+			}
+			for _, k := range []*keybridge.APIKey{k1, k2} {
+				lu := lastUsed(k)
+				if lu == nil || lu.Before(start.Add(-time.Second)) || lu.After(end) {
+					t.Errorf("last_used_at of %s = %v, want between %v and %v", k.ID, lu, start.Add(-time.Second), end)
+				}
+			}
+			got, err := cs.AIKey(ctx, ai.ProjectID, ai.ID)
+			if err != nil {
+				t.Fatalf("AIKey: %v", err)
+			}
+			if got.LastUsedAt == nil {
+				t.Error("AI key last_used_at after Flush = nil, want set")
+			}
+
+			if err := s.Flush(ctx); err != nil {
+				t.Fatalf("Flush: %v", err)
+			}
+			if got := len(cs.touchBatches()); got != 1 {
+				t.Errorf("a Flush with no new use wrote; %d batches, want 1", got)
+			}
+
+			// Run writes what is pending when it stops.
+			tok3, k3 := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+			if _, err := s.VerifyAPIKey(ctx, tok3); err != nil {
+				t.Fatalf("VerifyAPIKey: %v", err)
+			}
+			if err := stop(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if lastUsed(k3) == nil {
+				t.Error("last_used_at after Run stopped = nil, want set")
+			}
+		})
+	}
+}
+
+// The flusher runs by itself every TouchInterval.
+func TestLastUsedFlushedPeriodically(t *testing.T) {
+	ctx := context.Background()
+	cs := &countingStore{Store: storetest.SQLite(t)}
+	f := newFixture(t, cs)
+	opts := fastOptions()
+	opts.TouchInterval = 20 * time.Millisecond
+	s := startService(t, cs, opts)
+	tok, _ := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+	if _, err := s.VerifyAPIKey(ctx, tok); err != nil {
+		t.Fatalf("VerifyAPIKey: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(cs.touchBatches()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no last-used batch written within 5 s at a 20 ms interval")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
