@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -190,6 +191,51 @@ func testIdentity(t *testing.T, newStore Factory) {
 		baseCode(t, "DeleteMembership(again)", st.DeleteMembership(ctx, org.ID, invited.ID), keybridge.ENotFound)
 		// The failed calls published nothing.
 		baseMarker(t, "failed membership changes", st, ch)
+	})
+
+	// Two owners demote each other at once: one must be refused, on
+	// PostgreSQL by CountOwners' row locks, on SQLite by its one writer.
+	t.Run("LastOwnerRace", func(t *testing.T) {
+		st := newStore(t)
+		org := baseOrg(t, st, "acme")
+		a, b := baseUser(t, st, "a@example.com"), baseUser(t, st, "b@example.com")
+		baseMember(t, st, org.ID, a.ID, keybridge.RoleOwner)
+		baseMember(t, st, org.ID, b.ID, keybridge.RoleOwner)
+		errLast := errors.New("last owner")
+		// demote runs the API's last-owner check: count the owners, then
+		// demote when another owner remains.
+		demote := func(userID string, counted chan<- struct{}, hold time.Duration) error {
+			return st.InTx(ctx, func(tx store.Store) error {
+				n, err := tx.CountOwners(ctx, org.ID)
+				if err != nil {
+					return err
+				}
+				if counted != nil {
+					close(counted)
+				}
+				time.Sleep(hold)
+				if n < 2 {
+					return errLast
+				}
+				return tx.UpdateMembership(ctx, &keybridge.Membership{OrgID: org.ID, UserID: userID, Role: keybridge.RoleAdmin})
+			})
+		}
+		// The first demotion counts, then holds its transaction open while
+		// the second one counts.
+		counted := make(chan struct{})
+		first := make(chan error, 1)
+		go func() { first <- demote(a.ID, counted, 200*time.Millisecond) }()
+		<-counted
+		second := demote(b.ID, nil, 0)
+		if err := <-first; err != nil {
+			t.Fatalf("first demotion = %v", err)
+		}
+		if !errors.Is(second, errLast) {
+			t.Errorf("second demotion = %v, want it to see the last owner", second)
+		}
+		if n, err := st.CountOwners(ctx, org.ID); err != nil || n != 1 {
+			t.Errorf("owners after two concurrent demotions = %d, %v; want 1", n, err)
+		}
 	})
 
 	t.Run("MembersPaging", func(t *testing.T) {
