@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 
@@ -12,6 +13,10 @@ import (
 // allocate, and must not slow down as the cache grows: a map sharded by the
 // first byte of the token's SHA-256 (uniformly spread, so no further
 // hashing is needed to pick a shard), each shard under its own RWMutex.
+// Within a shard the map is keyed by 8 more bytes of the hash, a uint64,
+// which Go's maps look up on their fast path; the entry then holds the
+// whole hash, compared before it is trusted. Two keys sharing those 64
+// bits would only take turns in the cache.
 // Everything that changes the cache (loads, evictions, invalidations) is
 // rare next to hits, so it is serialized by one mutex that also guards the
 // indexes by key and by user.
@@ -52,7 +57,7 @@ type entry struct {
 
 type shard struct {
 	mu sync.RWMutex
-	m  map[[32]byte]*entry
+	m  map[uint64]*entry
 	// hits lives beside mu, whose cache line a read lock writes anyway.
 	hits atomic.Uint64
 	_    [128 - 24 - 8 - 8]byte // keep neighbouring shards off each other's cache lines
@@ -99,17 +104,26 @@ func newCache(size, negSize int) *cache {
 		neg:         negCache{max: negSize, m: map[[32]byte]int64{}},
 	}
 	for i := range c.shards {
-		c.shards[i].m = map[[32]byte]*entry{}
+		c.shards[i].m = map[uint64]*entry{}
 	}
 	return c
 }
 
+// slot is where a hash lives: its shard and its key there.
+func slot(h *[32]byte) (shard int, key uint64) {
+	return int(h[0]), binary.LittleEndian.Uint64(h[8:16])
+}
+
 // get returns the entry for hash, or nil. It is the hit path.
 func (c *cache) get(h *[32]byte) (*entry, *shard) {
-	sh := &c.shards[h[0]]
+	i, key := slot(h)
+	sh := &c.shards[i]
 	sh.mu.RLock()
-	e := sh.m[*h]
+	e := sh.m[key]
 	sh.mu.RUnlock()
+	if e != nil && e.hash != *h {
+		return nil, sh
+	}
 	return e, sh
 }
 
@@ -155,20 +169,21 @@ func (c *cache) put(e *entry, gen uint64) bool {
 	if !c.live || c.gen.Load() != gen {
 		return false
 	}
-	sh := &c.shards[e.hash[0]]
+	i, key := slot(&e.hash)
+	sh := &c.shards[i]
 	sh.mu.Lock()
-	old := sh.m[e.hash]
+	old := sh.m[key]
 	var victim *entry
 	if old == nil && len(sh.m) >= c.perShardMax {
 		// Map iteration starts at a random place: a random victim, in
 		// constant time, with no recency bookkeeping on the hit path.
-		for _, v := range sh.m {
+		for k, v := range sh.m {
 			victim = v
+			delete(sh.m, k)
 			break
 		}
-		delete(sh.m, victim.hash)
 	}
-	sh.m[e.hash] = e
+	sh.m[key] = e
 	sh.mu.Unlock()
 	if old != nil {
 		c.unindex(old)
@@ -212,10 +227,11 @@ func (c *cache) unindex(e *entry) {
 
 // remove drops e from its shard and the indexes; c.mu is held.
 func (c *cache) remove(e *entry) {
-	sh := &c.shards[e.hash[0]]
+	i, key := slot(&e.hash)
+	sh := &c.shards[i]
 	sh.mu.Lock()
-	if sh.m[e.hash] == e {
-		delete(sh.m, e.hash)
+	if sh.m[key] == e {
+		delete(sh.m, key)
 	}
 	sh.mu.Unlock()
 	c.unindex(e)
@@ -258,7 +274,7 @@ func (c *cache) clearLocked() {
 		sh := &c.shards[i]
 		sh.mu.Lock()
 		// A fresh map, not clear(): a cleared map keeps its memory.
-		sh.m = map[[32]byte]*entry{}
+		sh.m = map[uint64]*entry{}
 		sh.mu.Unlock()
 	}
 	c.byID = map[idKey]*entry{}
