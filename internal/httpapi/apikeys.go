@@ -574,6 +574,9 @@ func (s *Server) leakedKeys(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeInto(w, r, &reports); err != nil {
 		return err
 	}
+	if reports == nil {
+		return keybridge.Errorf(keybridge.EInvalid, "request body must be a JSON array of reports")
+	}
 	if len(reports) > maxLeakReports {
 		return keybridge.Errorf(keybridge.ETooLarge, "at most %d reports per request", maxLeakReports)
 	}

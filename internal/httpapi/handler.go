@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
@@ -20,11 +22,40 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 // h adapts a handlerFunc to http.Handler.
 func (s *Server) h(fn handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := checkText(r); err != nil {
+			WriteError(w, r, s.log, err)
+			return
+		}
 		if err := fn(w, r); err != nil {
 			WriteError(w, r, s.log, err)
 		}
 	})
 }
+
+// checkText refuses a path or query holding a NUL byte or invalid UTF-8
+// before any handler passes it to the database: PostgreSQL rejects both in
+// text values, which would surface as a 500. No ID, slug or name of ours
+// holds either, so a path with them names nothing (404).
+func checkText(r *http.Request) error {
+	if !cleanText(r.URL.Path) {
+		return keybridge.Errorf(keybridge.ENotFound, "no such path")
+	}
+	if !cleanText(r.URL.RawQuery) {
+		return keybridge.Errorf(keybridge.EInvalid, "the query string holds a NUL byte or invalid UTF-8")
+	}
+	if q := r.URL.RawQuery; q != "" && strings.Contains(q, "%") {
+		for k, vs := range r.URL.Query() {
+			for _, v := range append(vs, k) {
+				if !cleanText(v) {
+					return keybridge.Errorf(keybridge.EInvalid, "the query string holds a NUL byte or invalid UTF-8")
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func cleanText(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
 
 // maxBody caps management API request bodies (SPEC §1).
 const maxBody = 1 << 20
@@ -64,7 +95,44 @@ func decodeInto(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		return keybridge.Errorf(keybridge.EInvalid, "request body must hold one JSON value")
 	}
+	if holdsNUL(reflect.ValueOf(v), 0) {
+		// PostgreSQL refuses NUL in text; no name or secret of ours has one.
+		return keybridge.Errorf(keybridge.EInvalid, "strings in the request body must not hold NUL characters")
+	}
 	return nil
+}
+
+// holdsNUL reports whether any string reachable from v holds a NUL byte.
+func holdsNUL(v reflect.Value, depth int) bool {
+	if depth > 32 {
+		return false
+	}
+	switch v.Kind() {
+	case reflect.String:
+		return strings.IndexByte(v.String(), 0) >= 0
+	case reflect.Pointer, reflect.Interface:
+		return !v.IsNil() && holdsNUL(v.Elem(), depth+1)
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if holdsNUL(v.Field(i), depth+1) {
+				return true
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			if holdsNUL(v.Index(i), depth+1) {
+				return true
+			}
+		}
+	case reflect.Map:
+		iter := v.MapRange()
+		for iter.Next() {
+			if holdsNUL(iter.Key(), depth+1) || holdsNUL(iter.Value(), depth+1) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // decodeError turns a JSON decoding failure into a client error.
@@ -165,3 +233,7 @@ func diff[T comparable](changes map[string]keybridge.Change, field string, old, 
 		changes[field] = keybridge.Change{Old: old, New: new}
 	}
 }
+
+// errNotBuilt answers routes whose handlers are still stubs (stub_*.go);
+// remove it with the last stub.
+var errNotBuilt = keybridge.Errorf(keybridge.EUnavailable, "not built yet")

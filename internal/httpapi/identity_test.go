@@ -1,0 +1,309 @@
+package httpapi_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/auth"
+	"github.com/keybridge/keybridge/internal/httpapi"
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/storetest"
+)
+
+// meJSON is GET /users/me.
+type meJSON struct {
+	User struct {
+		ID    string `json:"id"`
+		Email string `json:"email"`
+		Name  string `json:"name"`
+	} `json:"user"`
+	Orgs []struct {
+		ID          string   `json:"id"`
+		Slug        string   `json:"slug"`
+		Role        string   `json:"role"`
+		Permissions []string `json:"permissions"`
+	} `json:"orgs"`
+	APIKey *struct {
+		ID          string   `json:"id"`
+		OrgID       string   `json:"org_id"`
+		Permissions []string `json:"permissions"`
+		Effective   []string `json:"effective_permissions"`
+	} `json:"api_key"`
+}
+
+// checkSessionCookie checks the attributes SPEC §2 asks of the cookie.
+func checkSessionCookie(t *testing.T, resp *http.Response, wantSecure bool) {
+	t.Helper()
+	for _, c := range resp.Cookies() {
+		if c.Name != auth.SessionCookie {
+			continue
+		}
+		if !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Secure != wantSecure || c.Path != "/" {
+			t.Errorf("session cookie HttpOnly=%v SameSite=%v Secure=%v Path=%q; want HttpOnly, Lax, Secure=%v, /",
+				c.HttpOnly, c.SameSite, c.Secure, c.Path, wantSecure)
+		}
+		return
+	}
+	t.Errorf("no %s cookie set", auth.SessionCookie)
+}
+
+func TestSetup(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			e := newEnvWith(t, eng.New(t), envOptions{Empty: true})
+			ctx := context.Background()
+			body := map[string]string{"org": "acme", "email": "Admin@Acme.test", "name": "Ada", "password": "correct horse battery"}
+
+			// Before any token exists, setup is not there.
+			body["token"] = "anything"
+			resp, raw := e.do("POST", "/api/v1/setup", "", body)
+			wantError(t, resp, raw, keybridge.ENotFound)
+
+			token, err := httpapi.NewSetupToken(ctx, e.Store)
+			if err != nil || len(token) < 32 {
+				t.Fatalf("NewSetupToken = %q, %v; want a long token", token, err)
+			}
+			resp, raw = e.do("POST", "/api/v1/setup", "", body)
+			wantError(t, resp, raw, keybridge.ENotFound)
+
+			body["token"] = token
+			for field, bad := range map[string]string{"org": "Not A Slug", "email": "nope", "password": "short"} {
+				b := map[string]string{}
+				for k, v := range body {
+					b[k] = v
+				}
+				b[field] = bad
+				resp, raw = e.do("POST", "/api/v1/setup", "", b)
+				if got := wantError(t, resp, raw, keybridge.EInvalid); got.Error.Fields[field] == "" {
+					t.Errorf("setup with bad %s: error names fields %v", field, got.Error.Fields)
+				}
+			}
+
+			resp, raw = e.do("POST", "/api/v1/setup", "", body)
+			wantStatus(t, resp, raw, http.StatusCreated)
+			checkSessionCookie(t, resp, false)
+			s := e.sessionFrom(resp, raw)
+			resp, raw = s.do("GET", "/api/v1/users/me", nil)
+			wantStatus(t, resp, raw, http.StatusOK)
+			me := decodeAs[meJSON](t, raw)
+			if me.User.Email != "admin@acme.test" || me.User.Name != "Ada" || len(me.Orgs) != 1 || me.Orgs[0].Slug != "acme" || me.Orgs[0].Role != "owner" || me.APIKey != nil {
+				t.Errorf("after setup, /users/me = %s", raw)
+			}
+			if got := e.auditActions(me.Orgs[0].ID); !slices.Equal(got, []string{"setup"}) {
+				t.Errorf("audit actions = %v, want [setup]", got)
+			}
+
+			// Once done, setup answers 404, with the old token too.
+			resp, raw = e.do("POST", "/api/v1/setup", "", body)
+			wantError(t, resp, raw, keybridge.ENotFound)
+			if token, err := httpapi.NewSetupToken(ctx, e.Store); err != nil || token != "" {
+				t.Errorf("NewSetupToken after setup = %q, %v; want none", token, err)
+			}
+			// The owner can log in with the password.
+			e.login("admin@acme.test", "correct horse battery")
+		})
+	}
+}
+
+func TestSetupFunction(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		res, err := httpapi.Setup(ctx, e.Store, httpapi.SetupInput{Org: "beta", Email: "boss@beta.test", WithKey: true})
+		if err != nil {
+			t.Fatalf("Setup: %v", err)
+		}
+		if res.User.Name != "boss" || res.Key == nil || res.Key.Permissions != keybridge.AllPermissions {
+			t.Errorf("Setup = user %+v key %+v; want name boss and a key with every permission", res.User, res.Key)
+		}
+		if !e.works(res.KeyToken) {
+			t.Error("the setup key does not work")
+		}
+		for _, in := range []httpapi.SetupInput{
+			{Org: "beta", Email: "other@beta.test"},
+			{Org: "gamma", Email: "boss@beta.test"},
+		} {
+			if _, err := httpapi.Setup(ctx, e.Store, in); !keybridge.IsCode(err, keybridge.EConflict) {
+				t.Errorf("Setup(%+v) = %v, want conflict", in, err)
+			}
+		}
+		if _, err := httpapi.Setup(ctx, e.Store, httpapi.SetupInput{Org: "Bad Slug", Email: "x@y.test"}); !keybridge.IsCode(err, keybridge.EInvalid) {
+			t.Errorf("Setup with a bad slug = %v, want invalid_argument", err)
+		}
+	})
+}
+
+func TestLoginLogout(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		for name, body := range map[string]map[string]string{
+			"wrong password": {"email": e.Owner.Email, "password": "wrong password!"},
+			"unknown email":  {"email": "nobody@acme.test", "password": e.OwnerPassword},
+		} {
+			resp, raw := e.do("POST", "/api/v1/auth/login", "", body)
+			if resp.StatusCode != 401 {
+				t.Errorf("%s: status %d, want 401", name, resp.StatusCode)
+			}
+			wantError(t, resp, raw, keybridge.EUnauthenticated)
+			if len(resp.Cookies()) != 0 {
+				t.Errorf("%s: a failed login set a cookie", name)
+			}
+		}
+		resp, raw := e.do("POST", "/api/v1/auth/login", "", map[string]string{"email": e.Owner.Email})
+		wantError(t, resp, raw, keybridge.EInvalid)
+
+		resp, raw = e.do("POST", "/api/v1/auth/login", "", map[string]string{"email": strings.ToUpper(e.Owner.Email), "password": e.OwnerPassword})
+		wantStatus(t, resp, raw, http.StatusOK)
+		checkSessionCookie(t, resp, false)
+		s := e.sessionFrom(resp, raw)
+		if strings.Contains(string(s.User), "password") {
+			t.Errorf("login answer shows a password field: %s", s.User)
+		}
+		resp, raw = s.do("GET", "/api/v1/users/me", nil)
+		wantStatus(t, resp, raw, http.StatusOK)
+
+		resp, raw = s.do("POST", "/api/v1/auth/logout", nil)
+		wantStatus(t, resp, raw, http.StatusNoContent)
+		cleared := false
+		for _, c := range resp.Cookies() {
+			cleared = cleared || (c.Name == auth.SessionCookie && c.MaxAge < 0)
+		}
+		if !cleared {
+			t.Error("logout did not clear the cookie")
+		}
+		resp, raw = s.do("GET", "/api/v1/users/me", nil)
+		wantError(t, resp, raw, keybridge.EUnauthenticated)
+		// Logging out with no session is fine too.
+		resp, raw = e.do("POST", "/api/v1/auth/logout", "", nil)
+		wantStatus(t, resp, raw, http.StatusNoContent)
+
+		// Over TLS the cookie is Secure.
+		tlsSrv := httptest.NewTLSServer(e.API)
+		defer tlsSrv.Close()
+		req, _ := http.NewRequest("POST", tlsSrv.URL+"/api/v1/auth/login", strings.NewReader(`{"email":"`+e.Owner.Email+`","password":"`+e.OwnerPassword+`"}`))
+		tresp, err := tlsSrv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tresp.Body.Close()
+		checkSessionCookie(t, tresp, true)
+
+		// Failed logins are rate limited.
+		limited := false
+		for i := 0; i < 10 && !limited; i++ {
+			resp, raw = e.do("POST", "/api/v1/auth/login", "", map[string]string{"email": e.Owner.Email, "password": "guess " + time.Now().String()})
+			if resp.StatusCode == http.StatusTooManyRequests {
+				wantError(t, resp, raw, keybridge.ERateLimited)
+				limited = true
+			}
+		}
+		if !limited {
+			t.Error("10 failed logins for one account were never rate limited")
+		}
+	})
+}
+
+func TestAcceptInvite(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		resp, raw := e.do("POST", "/api/v1/orgs/"+e.Org.Slug+"/members", e.OwnerKey, map[string]string{"email": "New@Acme.test", "name": "Newt", "role": "member"})
+		wantStatus(t, resp, raw, http.StatusCreated)
+		inv := decodeAs[struct {
+			UserID string `json:"user_id"`
+			Email  string `json:"email"`
+			Role   string `json:"role"`
+			Token  string `json:"invite_token"`
+			URL    string `json:"invite_url"`
+		}](t, raw)
+		if inv.Email != "new@acme.test" || inv.Role != "member" || inv.Token == "" || inv.URL != e.Server.URL+"/invite?token="+inv.Token {
+			t.Fatalf("POST members = %s", raw)
+		}
+		resp, raw = e.do("GET", "/api/v1/orgs/"+e.Org.Slug+"/members", e.OwnerKey, nil)
+		wantStatus(t, resp, raw, http.StatusOK)
+		if !strings.Contains(string(raw), `"invited":true`) {
+			t.Errorf("member list does not show the invitation: %s", raw)
+		}
+
+		resp, raw = e.do("POST", "/api/v1/auth/accept-invite", "", map[string]string{"token": inv.Token + "x", "password": "a good password"})
+		wantError(t, resp, raw, keybridge.ENotFound)
+		resp, raw = e.do("POST", "/api/v1/auth/accept-invite", "", map[string]string{"token": inv.Token, "password": "short"})
+		wantError(t, resp, raw, keybridge.EInvalid)
+		resp, raw = e.do("POST", "/api/v1/auth/accept-invite", "", map[string]string{"token": inv.Token, "password": "a good password", "name": "Newton"})
+		wantStatus(t, resp, raw, http.StatusOK)
+		checkSessionCookie(t, resp, false)
+		s := e.sessionFrom(resp, raw)
+		resp, raw = s.do("GET", "/api/v1/users/me", nil)
+		wantStatus(t, resp, raw, http.StatusOK)
+		if me := decodeAs[meJSON](t, raw); me.User.Name != "Newton" || len(me.Orgs) != 1 || me.Orgs[0].Role != "member" {
+			t.Errorf("after accepting, /users/me = %s", raw)
+		}
+		// Single use.
+		resp, raw = e.do("POST", "/api/v1/auth/accept-invite", "", map[string]string{"token": inv.Token, "password": "another password"})
+		wantError(t, resp, raw, keybridge.ENotFound)
+		e.login("new@acme.test", "a good password")
+		if got := e.auditActions(e.Org.ID); !slices.Contains(got, "member.accept_invite") || !slices.Contains(got, "member.create") {
+			t.Errorf("audit actions = %v, want member.create and member.accept_invite", got)
+		}
+
+		// An expired invitation does not work.
+		u := &keybridge.User{Email: "late@acme.test", Name: "Late"}
+		token := "expired-invitation-token"
+		h := sha256.Sum256([]byte(token))
+		err := e.Store.InTx(ctx, func(tx store.Store) error {
+			if err := tx.CreateUser(ctx, u); err != nil {
+				return err
+			}
+			return tx.CreateInvitation(ctx, &keybridge.Invitation{OrgID: e.Org.ID, UserID: u.ID, TokenHash: h[:], ExpiresAt: time.Now().Add(-time.Minute)})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, raw = e.do("POST", "/api/v1/auth/accept-invite", "", map[string]string{"token": token, "password": "a good password"})
+		wantError(t, resp, raw, keybridge.ENotFound)
+
+		// Someone who already has an account gets no invitation: it would
+		// let this org's admin set the password of another org's user.
+		other := e.otherOrg()
+		otherUserID, _ := e.addMemberTo(other.Org, keybridge.RoleMember)
+		for _, email := range []string{e.userEmail(otherUserID), other.Owner.Email} {
+			resp, raw = e.do("POST", "/api/v1/orgs/"+e.Org.Slug+"/members", e.OwnerKey, map[string]string{"email": email, "role": "member"})
+			wantStatus(t, resp, raw, http.StatusCreated)
+			if strings.Contains(string(raw), `"invite_token":"`) && !strings.Contains(string(raw), `"invite_token":""`) {
+				t.Errorf("adding existing user %s issued an invitation: %s", email, raw)
+			}
+		}
+	})
+}
+
+func TestMe(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		memberID, memberKey := e.addMember(keybridge.RoleMember)
+		other := e.otherOrg()
+		// The member also belongs to the other org, which its key must not show.
+		err := e.Store.CreateMembership(context.Background(), &keybridge.Membership{OrgID: other.Org.ID, UserID: memberID, Role: keybridge.RoleAdmin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, raw := e.do("GET", "/api/v1/users/me", memberKey, nil)
+		wantStatus(t, resp, raw, http.StatusOK)
+		me := decodeAs[meJSON](t, raw)
+		wantPerms := keybridge.RoleMember.Permissions().Names()
+		if me.User.ID != memberID || len(me.Orgs) != 1 || me.Orgs[0].ID != e.Org.ID || me.Orgs[0].Role != "member" ||
+			!slices.Equal(me.Orgs[0].Permissions, wantPerms) || me.APIKey == nil || me.APIKey.OrgID != e.Org.ID ||
+			!slices.Equal(me.APIKey.Effective, wantPerms) {
+			t.Errorf("member key's /users/me = %s", raw)
+		}
+		s := e.login(e.userEmail(memberID), memberPassword)
+		resp, raw = s.do("GET", "/api/v1/users/me", nil)
+		wantStatus(t, resp, raw, http.StatusOK)
+		me = decodeAs[meJSON](t, raw)
+		if len(me.Orgs) != 2 || me.APIKey != nil {
+			t.Errorf("session's /users/me = %s, want both orgs and no api_key", raw)
+		}
+	})
+}
