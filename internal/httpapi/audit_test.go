@@ -1,0 +1,393 @@
+package httpapi_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store/sqlstore"
+)
+
+// Tests of the audit log (SPEC §8) and the usage query (SPEC §7).
+
+// pjRawDB is the database under a test's store, for changing it behind
+// Keybridge's back as someone with access to the database could.
+type pjRawDB struct {
+	db       *sql.DB
+	postgres bool
+}
+
+func pjRaw(t *testing.T, e *env) pjRawDB {
+	t.Helper()
+	s, ok := e.Store.(*sqlstore.Store)
+	if !ok {
+		t.Fatalf("store is %T, want *sqlstore.Store", e.Store)
+	}
+	return pjRawDB{db: s.DB().Write, postgres: s.DialectName() == "postgres"}
+}
+
+func (r pjRawDB) exec(t *testing.T, query string, args ...any) {
+	t.Helper()
+	if r.postgres {
+		for i := 1; strings.Contains(query, "?"); i++ {
+			query = strings.Replace(query, "?", "$"+strconv.Itoa(i), 1)
+		}
+	}
+	res, err := r.db.Exec(query, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		t.Fatalf("%s %v: touched no row", query, args)
+	}
+}
+
+type auEvent struct {
+	ID        string                      `json:"id"`
+	Seq       int64                       `json:"seq"`
+	Time      time.Time                   `json:"time"`
+	OrgID     string                      `json:"org_id"`
+	Actor     keybridge.Actor             `json:"actor"`
+	Action    string                      `json:"action"`
+	Resource  keybridge.Resource          `json:"resource"`
+	IP        string                      `json:"ip"`
+	UserAgent string                      `json:"user_agent"`
+	RequestID string                      `json:"request_id"`
+	Changes   map[string]keybridge.Change `json:"changes"`
+}
+
+type auVerify struct {
+	OK            bool  `json:"ok"`
+	Events        int64 `json:"events"`
+	FirstBadEvent *struct {
+		ID  string `json:"id"`
+		Seq int64  `json:"seq"`
+	} `json:"first_bad_event"`
+	Reason string `json:"reason"`
+}
+
+func auPath(org *keybridge.Org, rest string) string { return "/api/v1/orgs/" + org.Slug + rest }
+
+func (e *env) auList(query string) pjList[auEvent] {
+	e.t.Helper()
+	resp, body := e.do("GET", auPath(e.Org, "/audit-events"+query), e.OwnerKey, nil)
+	wantStatus(e.t, resp, body, http.StatusOK)
+	return decodeAs[pjList[auEvent]](e.t, body)
+}
+
+func (e *env) auVerify() auVerify {
+	e.t.Helper()
+	resp, body := e.do("GET", auPath(e.Org, "/audit-events/verify"), e.OwnerKey, nil)
+	wantStatus(e.t, resp, body, http.StatusOK)
+	var v auVerify
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		e.t.Fatalf("verify answer %s: %v", body, err)
+	}
+	return v
+}
+
+func TestAuditEvents(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		_, adminKey := e.addMember(keybridge.RoleAdmin)
+		_, memberKey := e.addMember(keybridge.RoleMember)
+		other := e.otherOrg()
+		before := time.Now().UTC().Add(-time.Second)
+		web := e.pjCreate(e.Org, adminKey, "web")
+		resp, body := e.send("PATCH", pjPath(e.Org, "/"+web.ID), map[string]any{"description": "new words"}, func(r *http.Request) {
+			r.Header.Set("Authorization", "Bearer "+e.OwnerKey)
+			r.Header.Set("User-Agent", "audit-test/1")
+		})
+		wantStatus(t, resp, body, http.StatusOK)
+		requestID := resp.Header.Get("X-Request-Id")
+		e.pjCreate(e.Org, e.OwnerKey, "api")
+		e.pjCreate(other.Org, other.OwnerKey, "theirs")
+
+		all := e.auList("")
+		if len(all.Items) < 3 {
+			t.Fatalf("events = %+v, want at least 3", all.Items)
+		}
+		for i := 1; i < len(all.Items); i++ {
+			if all.Items[i].Time.After(all.Items[i-1].Time) {
+				t.Errorf("events are not newest first: %v before %v", all.Items[i-1].Time, all.Items[i].Time)
+			}
+		}
+		var update *auEvent
+		for i, ev := range all.Items {
+			if ev.OrgID != e.Org.ID {
+				t.Errorf("event of org %s in this org's log", ev.OrgID)
+			}
+			if ev.Action == "project.update" {
+				update = &all.Items[i]
+			}
+		}
+		if update == nil {
+			t.Fatalf("no project.update event in %+v", all.Items)
+		}
+		if update.Actor.Type != keybridge.ActorAPIKey || update.Actor.Email != e.Owner.Email || update.Resource != (keybridge.Resource{Type: "project", ID: web.ID, Name: "web"}) ||
+			update.UserAgent != "audit-test/1" || update.RequestID != requestID || update.IP == "" || update.Seq == 0 {
+			t.Errorf("update event = %+v", update)
+		}
+		if c := update.Changes["description"]; c.Old != "the web service" || c.New != "new words" || len(update.Changes) != 1 {
+			t.Errorf("update changes = %v, want only the description", update.Changes)
+		}
+
+		for _, tc := range []struct {
+			query string
+			want  func(auEvent) bool
+		}{
+			{"?action=project.create", func(ev auEvent) bool { return ev.Action == "project.create" }},
+			{"?resource_type=project&resource_id=" + web.ID, func(ev auEvent) bool { return ev.Resource.ID == web.ID }},
+			{"?actor=" + url.QueryEscape(e.Owner.Email), func(ev auEvent) bool { return ev.Actor.Email == e.Owner.Email }},
+			{"?since=" + before.Format(time.RFC3339Nano) + "&until=" + url.QueryEscape(time.Now().Add(time.Hour).Format(time.RFC3339)), func(ev auEvent) bool { return !ev.Time.Before(before) }},
+		} {
+			got := e.auList(tc.query)
+			if len(got.Items) == 0 {
+				t.Errorf("%s: no events", tc.query)
+			}
+			for _, ev := range got.Items {
+				if !tc.want(ev) {
+					t.Errorf("%s: event %+v does not match", tc.query, ev)
+				}
+			}
+		}
+		if got := e.auList("?until=" + before.Format(time.RFC3339Nano) + "&action=project.update"); len(got.Items) != 0 {
+			t.Errorf("until before every change: %d events, want none", len(got.Items))
+		}
+
+		// Cursor pagination walks the same events.
+		var paged []string
+		cursor := ""
+		for i := 0; i < 50; i++ {
+			page := e.auList("?limit=2&cursor=" + url.QueryEscape(cursor))
+			for _, ev := range page.Items {
+				paged = append(paged, ev.ID)
+			}
+			if cursor = page.NextCursor; cursor == "" {
+				break
+			}
+		}
+		var ids []string
+		for _, ev := range all.Items {
+			ids = append(ids, ev.ID)
+		}
+		if !slices.Equal(paged, ids) {
+			t.Errorf("paged ids = %v, want %v", paged, ids)
+		}
+
+		for _, tc := range []struct {
+			name, path, key string
+			code, field     string
+		}{
+			{"members may not read the log", "/audit-events", memberKey, keybridge.EForbidden, ""},
+			{"members may not verify it", "/audit-events/verify", memberKey, keybridge.EForbidden, ""},
+			{"no credentials", "/audit-events", "", keybridge.EUnauthenticated, ""},
+			{"another org's caller", "/audit-events", other.OwnerKey, keybridge.ENotFound, ""},
+			{"another org's caller verifying", "/audit-events/verify", other.OwnerKey, keybridge.ENotFound, ""},
+			{"a bad since", "/audit-events?since=yesterday", adminKey, keybridge.EInvalid, "since"},
+			{"a date without time", "/audit-events?until=2026-01-02", adminKey, keybridge.EInvalid, "until"},
+			{"until before since", "/audit-events?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "until"},
+			{"a bad cursor", "/audit-events?cursor=nope", adminKey, keybridge.EInvalid, "cursor"},
+			{"a bad limit", "/audit-events?limit=501", adminKey, keybridge.EInvalid, "limit"},
+		} {
+			resp, body := e.do("GET", auPath(e.Org, tc.path), tc.key, nil)
+			got := wantError(t, resp, body, tc.code)
+			if _, ok := got.Error.Fields[tc.field]; tc.field != "" && !ok {
+				t.Errorf("case %q: fields %v, want one for %q", tc.name, got.Error.Fields, tc.field)
+			}
+		}
+		resp, body = e.do("GET", auPath(e.Org, "/audit-events/verify"), adminKey, nil)
+		wantStatus(t, resp, body, http.StatusOK)
+	})
+}
+
+// TestAuditVerifyFindsTampering changes the stored log with plain SQL, as
+// someone with the database could, and expects verify to name the event.
+func TestAuditVerifyFindsTampering(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		for _, n := range []string{"one", "two", "three", "four", "five"} {
+			e.pjCreate(e.Org, e.OwnerKey, n)
+		}
+		got := e.auVerify()
+		if !got.OK || got.Events < 5 || got.FirstBadEvent != nil || got.Reason != "" {
+			t.Fatalf("verify of an untouched log = %+v, want ok with every event", got)
+		}
+		total := got.Events
+		events := e.auList("?action=project.create")
+		slices.Reverse(events.Items) // oldest first
+		raw := pjRaw(t, e)
+
+		// An altered field.
+		victim := events.Items[1]
+		raw.exec(t, `UPDATE audit_events SET resource_name = 'innocent' WHERE id = ?`, victim.ID)
+		got = e.auVerify()
+		if got.OK || got.FirstBadEvent == nil || got.FirstBadEvent.ID != victim.ID || got.FirstBadEvent.Seq != victim.Seq || got.Reason == "" {
+			t.Errorf("verify after UPDATE of event %d = %+v, want it named", victim.Seq, got)
+		}
+		if got.Events != victim.Seq-1 {
+			t.Errorf("verify counted %d good events, want %d before the altered one", got.Events, victim.Seq-1)
+		}
+		raw.exec(t, `UPDATE audit_events SET resource_name = ? WHERE id = ?`, victim.Resource.Name, victim.ID)
+		if got := e.auVerify(); !got.OK || got.Events != total {
+			t.Fatalf("verify after restoring the field = %+v, want ok", got)
+		}
+
+		// A removed event.
+		victim = events.Items[3]
+		raw.exec(t, `DELETE FROM audit_events WHERE id = ?`, victim.ID)
+		got = e.auVerify()
+		if got.OK || got.FirstBadEvent == nil || got.FirstBadEvent.Seq != victim.Seq || !strings.Contains(got.Reason, "removed") {
+			t.Errorf("verify after DELETE of event %d = %+v, want it named as removed", victim.Seq, got)
+		}
+	})
+}
+
+// TestAuditWriteFailureRollsBack makes every audit write fail: the change
+// must not happen, and the caller gets a bare 500.
+func TestAuditWriteFailureRollsBack(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		web := e.pjCreate(e.Org, e.OwnerKey, "web")
+		raw := pjRaw(t, e)
+		stmts := []string{`CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit store refuses writes'); END`}
+		if raw.postgres {
+			stmts = []string{
+				`CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit store refuses writes'; END $$`,
+				`CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()`,
+			}
+		}
+		for _, s := range stmts {
+			if _, err := raw.db.Exec(s); err != nil {
+				t.Fatalf("%s: %v", s, err)
+			}
+		}
+		for _, tc := range []struct {
+			method, path string
+			body         any
+		}{
+			{"POST", pjPath(e.Org, ""), map[string]any{"name": "never"}},
+			{"PATCH", pjPath(e.Org, "/"+web.ID), map[string]any{"name": "renamed"}},
+			{"DELETE", pjPath(e.Org, "/"+web.ID), nil},
+			{"POST", pjPath(e.Org, "/"+web.ID+"/ai-keys"), map[string]any{"name": "k", "ai_type": "OPENAI"}},
+		} {
+			resp, body := e.do(tc.method, tc.path, e.OwnerKey, tc.body)
+			got := wantError(t, resp, body, keybridge.EInternal)
+			if got.Error.Message != "internal error" || strings.Contains(string(body), "refuses") || strings.Contains(string(body), "audit") {
+				t.Errorf("%s %s answered %s, want a bare internal error", tc.method, tc.path, body)
+			}
+			if id := resp.Header.Get("X-Request-Id"); !strings.Contains(e.logs(), id) {
+				t.Errorf("%s %s: the log has no line with request id %s", tc.method, tc.path, id)
+			}
+		}
+		resp, body := e.do("GET", pjPath(e.Org, ""), e.OwnerKey, nil)
+		wantStatus(t, resp, body, http.StatusOK)
+		list := decodeAs[pjList[pjProject]](t, body)
+		if len(list.Items) != 1 || list.Items[0].Name != "web" {
+			t.Errorf("projects = %+v, want only web, unchanged: every change rolled back with its event", list.Items)
+		}
+		resp, body = e.do("GET", pjPath(e.Org, "/"+web.ID+"/ai-keys?include_deleted=true"), e.OwnerKey, nil)
+		wantStatus(t, resp, body, http.StatusOK)
+		if got := decodeAs[pjList[pjAIKey]](t, body); len(got.Items) != 0 {
+			t.Errorf("AI keys = %+v, want none", got.Items)
+		}
+	})
+}
+
+type auUsage struct {
+	GroupBy string                 `json:"group_by"`
+	Since   time.Time              `json:"since"`
+	Until   time.Time              `json:"until"`
+	Items   []keybridge.UsageGroup `json:"items"`
+}
+
+func TestUsage(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		_, memberKey := e.addMember(keybridge.RoleMember)
+		_, adminKey := e.addMember(keybridge.RoleAdmin)
+		other := e.otherOrg()
+		now := time.Now().UTC()
+		rows := []keybridge.Usage{
+			{OrgID: e.Org.ID, Time: now.Add(-time.Hour), ProviderID: "p1", Model: "gpt", UserID: "u1", APIKeyID: "k1", Status: 200, InputTokens: 10, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1},
+			{OrgID: e.Org.ID, Time: now.Add(-2 * time.Hour), ProviderID: "p1", Model: "gpt", ProjectID: "proj", AIKeyID: "ai1", Status: 429, InputTokens: 7},
+			{OrgID: e.Org.ID, Time: now.Add(-3 * time.Hour), ProviderID: "p2", Model: "claude", UserID: "u1", APIKeyID: "k1", Status: 200, OutputTokens: 9},
+			{OrgID: e.Org.ID, Time: now.Add(-40 * 24 * time.Hour), ProviderID: "p3", Model: "old", Status: 200},
+			{OrgID: other.Org.ID, Time: now.Add(-time.Hour), ProviderID: "p1", Model: "gpt", Status: 200, InputTokens: 1000},
+		}
+		if err := e.Store.InsertUsage(context.Background(), rows); err != nil {
+			t.Fatalf("InsertUsage = %v", err)
+		}
+		get := func(query string) auUsage {
+			t.Helper()
+			resp, body := e.do("GET", auPath(e.Org, "/usage"+query), adminKey, nil)
+			wantStatus(t, resp, body, http.StatusOK)
+			return decodeAs[auUsage](t, body)
+		}
+		for _, tc := range []struct {
+			query string
+			want  []keybridge.UsageGroup
+		}{
+			{"", []keybridge.UsageGroup{ // provider, last 30 days
+				{Key: "p1", Requests: 2, Errors: 1, InputTokens: 17, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1},
+				{Key: "p2", Requests: 1, OutputTokens: 9},
+			}},
+			{"?group_by=model", []keybridge.UsageGroup{
+				{Key: "gpt", Requests: 2, Errors: 1, InputTokens: 17, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1},
+				{Key: "claude", Requests: 1, OutputTokens: 9},
+			}},
+			{"?group_by=user", []keybridge.UsageGroup{
+				{Key: "u1", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1},
+				{Key: "", Requests: 1, Errors: 1, InputTokens: 7},
+			}},
+			{"?group_by=project", []keybridge.UsageGroup{
+				{Key: "", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1},
+				{Key: "proj", Requests: 1, Errors: 1, InputTokens: 7},
+			}},
+			{"?group_by=api_key", []keybridge.UsageGroup{
+				{Key: "k1", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1},
+				{Key: "ai1", Requests: 1, Errors: 1, InputTokens: 7},
+			}},
+			{"?group_by=model&since=" + now.Add(-50*24*time.Hour).Format(time.RFC3339) + "&until=" + now.Add(-150*time.Minute).Format(time.RFC3339Nano), []keybridge.UsageGroup{
+				{Key: "claude", Requests: 1, OutputTokens: 9},
+				{Key: "old", Requests: 1},
+			}},
+		} {
+			got := get(tc.query)
+			if !slices.Equal(got.Items, tc.want) {
+				t.Errorf("usage%s = %+v, want %+v", tc.query, got.Items, tc.want)
+			}
+		}
+		if got := get(""); got.GroupBy != "provider" || got.Until.Sub(got.Since) != 30*24*time.Hour || got.Until.Before(now) {
+			t.Errorf("usage defaults = group_by %q, %v..%v; want provider over the last 30 days", got.GroupBy, got.Since, got.Until)
+		}
+		if got := get("?since=2020-01-01T00:00:00Z&until=2020-02-01T00:00:00Z"); got.Items == nil || len(got.Items) != 0 {
+			t.Errorf("usage of an empty window = %+v, want an empty items array", got)
+		}
+
+		for _, tc := range []struct {
+			name, query, key string
+			code, field      string
+		}{
+			{"a bad group_by", "?group_by=colour", adminKey, keybridge.EInvalid, "group_by"},
+			{"a bad since", "?since=last-week", adminKey, keybridge.EInvalid, "since"},
+			{"until before since", "?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "until"},
+			{"since after the default until", "?since=2999-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "since"},
+			{"members may not read usage", "", memberKey, keybridge.EForbidden, ""},
+			{"no credentials", "", "", keybridge.EUnauthenticated, ""},
+			{"another org's caller", "", other.OwnerKey, keybridge.ENotFound, ""},
+		} {
+			resp, body := e.do("GET", auPath(e.Org, "/usage"+tc.query), tc.key, nil)
+			got := wantError(t, resp, body, tc.code)
+			if _, ok := got.Error.Fields[tc.field]; tc.field != "" && !ok {
+				t.Errorf("case %q: fields %v, want one for %q", tc.name, got.Error.Fields, tc.field)
+			}
+		}
+	})
+}
