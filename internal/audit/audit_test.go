@@ -195,6 +195,22 @@ func TestVerify(t *testing.T) {
 					raw.exec(t, `UPDATE audit_events SET action = ?, hash = ? WHERE id = ?`, e.Action, e.ComputeHash(e.PrevHash), e.ID)
 					return audit.BadEvent{ID: ev[4].ID, Seq: 5}
 				}, 4},
+				{"hash recomputed in the middle", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
+					e := *ev[2]
+					e.Resource.Name = "innocent"
+					raw.exec(t, `UPDATE audit_events SET resource_name = ?, hash = ? WHERE id = ?`, e.Resource.Name, e.ComputeHash(e.PrevHash), e.ID)
+					return audit.BadEvent{ID: ev[2].ID, Seq: 3}
+				}, 2},
+				{"prev hash rewritten", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
+					raw.exec(t, `UPDATE audit_events SET prev_hash = ? WHERE id = ?`, ev[0].Hash, ev[2].ID)
+					return audit.BadEvent{ID: ev[2].ID, Seq: 3}
+				}, 2},
+				{"first event's link rewritten", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
+					e := *ev[0]
+					e.PrevHash = []byte("not the start of a chain")
+					raw.exec(t, `UPDATE audit_events SET prev_hash = ?, hash = ? WHERE id = ?`, e.PrevHash, e.ComputeHash(e.PrevHash), e.ID)
+					return audit.BadEvent{ID: ev[0].ID, Seq: 1}
+				}, 0},
 				{"event forged past the head", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
 					raw.exec(t, `INSERT INTO audit_events (id, org_id, seq, time, actor_type, actor_id, action, resource_type, resource_id, prev_hash, hash)
 						SELECT 'forged', org_id, 6, time, actor_type, actor_id, action, resource_type, resource_id, hash, hash FROM audit_events WHERE id = ?`, ev[4].ID)

@@ -95,6 +95,11 @@ func verifyOnce(ctx context.Context, st store.Audit, orgID string, b store.Audit
 			return bad("", seq+1, "event %d was removed: the chain jumps from %d to %d (%s)", seq+1, seq, e.Seq, e.ID)
 		case !bytes.Equal(e.PrevHash, prev) && seq == b.AnchorSeq && b.AnchorSeq > 0:
 			return bad(e.ID, e.Seq, "event %d does not link to the last event retention removed: altered, or older events were removed", e.Seq)
+		case !bytes.Equal(e.PrevHash, prev) && seq > b.AnchorSeq && bytes.Equal(e.ComputeHash(e.PrevHash), e.Hash):
+			// This event still hashes with the link it recorded, so the
+			// one before it changed, its hash recomputed to match.
+			res.Events--
+			return bad(lastID, seq, "event %d was altered and its hash recomputed: event %d no longer links to it", seq, e.Seq)
 		case !bytes.Equal(e.PrevHash, prev):
 			return bad(e.ID, e.Seq, "event %d does not link to the event before it: altered", e.Seq)
 		case !bytes.Equal(e.ComputeHash(e.PrevHash), e.Hash):
