@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -155,11 +156,17 @@ type server struct {
 // stops it when t ends.
 func startServe(t *testing.T, dir string, extra ...string) *server {
 	t.Helper()
+	return startServeEnv(t, noEnv, append([]string{"--listen", "127.0.0.1:0", "--data-dir", dir}, extra...)...)
+}
+
+// startServeEnv runs serve with the given environment and flags.
+func startServeEnv(t *testing.T, getenv func(string) string, flags ...string) *server {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
 	done := make(chan error, 1)
-	args := append([]string{"keybridge", "serve", "--listen", "127.0.0.1:0", "--data-dir", dir}, extra...)
-	go func() { done <- cli.Run(ctx, args, noEnv, strings.NewReader(""), s.stdout, s.stderr) }()
+	args := append([]string{"keybridge", "serve"}, flags...)
+	go func() { done <- cli.Run(ctx, args, getenv, strings.NewReader(""), s.stdout, s.stderr) }()
 	var once sync.Once
 	var stopErr error
 	s.stop = func() error {
@@ -424,4 +431,39 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestServeFromEnvironment configures serve only through KEYBRIDGE_*
+// variables, as a container would.
+func TestServeFromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	srv := startServeEnv(t, envOf(map[string]string{
+		"KEYBRIDGE_LISTEN":          "127.0.0.1:0",
+		"KEYBRIDGE_DATA_DIR":        dir,
+		"KEYBRIDGE_PUBLIC_URL":      "https://keybridge.example.test/",
+		"KEYBRIDGE_MASTER_KEY":      key,
+		"KEYBRIDGE_LOG_LEVEL":       "debug",
+		"KEYBRIDGE_EGRESS_DENY":     "10.0.0.0/8, 192.168.0.0/16",
+		"KEYBRIDGE_USAGE_RETENTION": "720h",
+	}))
+	if !strings.Contains(srv.stdout.String(), "https://keybridge.example.test/setup?token=") {
+		t.Errorf("the setup link does not use KEYBRIDGE_PUBLIC_URL:\n%s", srv.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "keybridge.db")); err != nil {
+		t.Errorf("KEYBRIDGE_DATA_DIR was not used: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "master.key")); err == nil {
+		t.Error("a master key file was generated although KEYBRIDGE_MASTER_KEY was set")
+	}
+	if strings.Contains(srv.stderr.String(), key) {
+		t.Error("the master key is in the log")
+	}
+
+	var stdout, stderr bytes.Buffer
+	err := cli.Run(context.Background(), []string{"keybridge", "serve"}, envOf(map[string]string{"KEYBRIDGE_AUDIT_RETENTION": "forever"}),
+		strings.NewReader(""), &stdout, &stderr)
+	if cli.ExitCode(err) != 2 {
+		t.Errorf("a bad KEYBRIDGE_AUDIT_RETENTION = %v, want a usage error", err)
+	}
 }
