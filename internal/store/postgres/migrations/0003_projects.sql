@@ -66,6 +66,9 @@ CREATE INDEX usage_time ON usage (time);
 -- Per-org totals per group-by dimension, per hour (period 'h') and per UTC
 -- day (period 'd'), kept in the transaction that inserts the raw rows. A
 -- 30-day query reads about 30 daily rows per group instead of every request.
+-- Each batch adds to the rows of its hour and day: free room in every page
+-- lets PostgreSQL update them in place (HOT) instead of leaving a dead
+-- version and a new index entry behind each time.
 CREATE TABLE usage_rollup (
 	org_id             TEXT NOT NULL,
 	dim                TEXT NOT NULL,
@@ -79,4 +82,4 @@ CREATE TABLE usage_rollup (
 	cache_read_tokens  BIGINT NOT NULL,
 	cache_write_tokens BIGINT NOT NULL,
 	PRIMARY KEY (org_id, dim, period, bucket, key)
-);
+) WITH (fillfactor = 70);
