@@ -233,7 +233,3 @@ func diff[T comparable](changes map[string]keybridge.Change, field string, old, 
 		changes[field] = keybridge.Change{Old: old, New: new}
 	}
 }
-
-// errNotBuilt answers routes whose handlers are still stubs (stub_*.go);
-// remove it with the last stub.
-var errNotBuilt = keybridge.Errorf(keybridge.EUnavailable, "not built yet")
