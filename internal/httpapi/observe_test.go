@@ -3,7 +3,10 @@ package httpapi_test
 import (
 	"bufio"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -117,4 +120,31 @@ func TestOpsEndpoints(t *testing.T) {
 	// Metrics are off in this env.
 	resp, raw = e.do("GET", "/metrics", "", nil)
 	wantError(t, resp, raw, keybridge.ENotFound)
+}
+
+// BenchmarkRequestOverhead measures what every request pays for the
+// request id, the JSON log line and the metrics ("bare": logs discarded
+// unformatted, no metrics):
+//
+//	go test ./internal/httpapi -run '^$' -bench RequestOverhead -benchmem
+func BenchmarkRequestOverhead(b *testing.B) {
+	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	for _, c := range []struct {
+		name string
+		cfg  func() httpapi.Config
+	}{
+		{"bare", func() httpapi.Config { return httpapi.Config{} }},
+		{"log", func() httpapi.Config { return httpapi.Config{Logger: logger} }},
+		{"log+metrics", func() httpapi.Config { return httpapi.Config{Logger: logger, Registerer: prometheus.NewRegistry()} }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			srv := httpapi.New(c.cfg())
+			// A 404 under /api/: logged at info, with a small body.
+			req := httptest.NewRequest("GET", "/api/v1/nothing", nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				srv.ServeHTTP(httptest.NewRecorder(), req)
+			}
+		})
+	}
 }
