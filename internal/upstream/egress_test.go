@@ -6,6 +6,9 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,6 +60,20 @@ func TestGuardCheck(t *testing.T) {
 // records, on a loopback UDP port, until the test ends.
 func fakeDNS(t *testing.T, ip [4]byte) string {
 	t.Helper()
+	addr, _ := recordingDNS(t, ip)
+	return addr
+}
+
+// recordingDNS is fakeDNS that also tells which names were asked for.
+func recordingDNS(t *testing.T, ip [4]byte) (addr string, asked func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var names []string
+	asked = func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(names)
+	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +99,15 @@ func fakeDNS(t *testing.T, ip [4]byte) string {
 				continue
 			}
 			qtype := binary.BigEndian.Uint16(q[i+1 : i+3])
+			var name []string
+			for j := 12; j < i; j += int(q[j]) + 1 {
+				name = append(name, string(q[j+1:j+1+int(q[j])]))
+			}
+			mu.Lock()
+			if !slices.Contains(names, strings.Join(name, ".")) {
+				names = append(names, strings.Join(name, "."))
+			}
+			mu.Unlock()
 			question := q[12 : i+5]
 			resp := make([]byte, 12, 64)
 			copy(resp, q[:2])                            // ID
@@ -96,7 +122,7 @@ func fakeDNS(t *testing.T, ip [4]byte) string {
 			pc.WriteTo(resp, from)
 		}
 	}()
-	return pc.LocalAddr().String()
+	return pc.LocalAddr().String(), asked
 }
 
 func resolverAt(addr string) *net.Resolver {

@@ -231,3 +231,33 @@ func TestCachedProbe(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeDefaultEndpoints checks where each type goes when it names no
+// base URL, without leaving the machine: a fake resolver records the name
+// asked for and points it at loopback, where nothing listens on 443.
+func TestProbeDefaultEndpoints(t *testing.T) {
+	for _, c := range []struct {
+		typ      keybridge.ProviderType
+		settings keybridge.ProviderSettings
+		host     string
+	}{
+		{keybridge.ProviderOpenAI, keybridge.ProviderSettings{}, "api.openai.com"},
+		{keybridge.ProviderAnthropic, keybridge.ProviderSettings{}, "api.anthropic.com"},
+		{keybridge.ProviderGoogle, keybridge.ProviderSettings{}, "generativelanguage.googleapis.com"},
+		// The model list is on Bedrock's control plane, not the runtime.
+		{keybridge.ProviderBedrock, keybridge.ProviderSettings{Region: "eu-north-1",
+			AccessKey: keybridge.NewSecret("AKIAEXAMPLE"), AccessKeySecret: keybridge.NewSecret("s")}, "bedrock.eu-north-1.amazonaws.com"},
+	} {
+		t.Run(string(c.typ), func(t *testing.T) {
+			addr, asked := recordingDNS(t, [4]byte{127, 0, 0, 1})
+			client := upstream.New(upstream.Options{Resolver: resolverAt(addr), Timeout: 2 * time.Second})
+			res := client.Probe(context.Background(), upstream.Target{Type: c.typ, APIKey: keybridge.NewSecret(testKey), Settings: c.settings})
+			if res.Reachable {
+				t.Errorf("Probe reached something on 127.0.0.1:443: %+v", res)
+			}
+			if names := asked(); !slices.Contains(names, c.host) {
+				t.Errorf("Probe resolved %v, want %s", names, c.host)
+			}
+		})
+	}
+}
