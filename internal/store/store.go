@@ -186,8 +186,10 @@ type Providers interface {
 	// DeleteProvider deletes a provider with its keys and credentials. ENotFound.
 	DeleteProvider(ctx context.Context, orgID, id string) error
 
-	// CreateProviderKey inserts k, setting ID and times. EConflict on a
-	// used fingerprint in the provider.
+	// CreateProviderKey inserts k, setting ID (when empty) and times.
+	// EConflict on a used fingerprint in the provider, or when the
+	// provider already holds keybridge.MaxProviderKeys keys; ENotFound for
+	// a missing provider.
 	CreateProviderKey(ctx context.Context, k *keybridge.ProviderKey) error
 	// ProviderKey finds a key of providerID. ENotFound, also for a key of another provider.
 	ProviderKey(ctx context.Context, providerID, id string) (*keybridge.ProviderKey, error)
