@@ -81,7 +81,7 @@ type env struct {
 // envOptions tunes newEnvWith; the zero value is what newEnv uses.
 type envOptions struct {
 	// Config is passed to httpapi.New after Store, Ring, Auth, Logger and
-	// PublicURL are filled in; set its other fields (Gateway, Metrics,
+	// (when empty) PublicURL are filled in; set its other fields (Gateway, Metrics,
 	// Registerer, UI...) to test them.
 	Config httpapi.Config
 	// Empty leaves the store without any org (for setup tests): Org,
@@ -138,7 +138,9 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	// The unstarted server already listens, so its address can go into
 	// PublicURL (invite links) before the handler is built.
 	e.Server = httptest.NewUnstartedServer(nil)
-	cfg.PublicURL = "http://" + e.Server.Listener.Addr().String()
+	if cfg.PublicURL == "" {
+		cfg.PublicURL = "http://" + e.Server.Listener.Addr().String()
+	}
 	e.API = httpapi.New(cfg)
 	e.Server.Config.Handler = e.API
 	e.Server.Start()

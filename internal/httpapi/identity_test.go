@@ -193,6 +193,12 @@ func TestLoginLogout(t *testing.T) {
 		tresp.Body.Close()
 		checkSessionCookie(t, tresp, true)
 
+		// Behind a proxy that ends TLS, the public URL says https.
+		proxied := newEnvWith(t, storetest.SQLite(t), envOptions{Config: httpapi.Config{PublicURL: "https://keybridge.example.test"}})
+		resp, raw = proxied.do("POST", "/api/v1/auth/login", "", map[string]string{"email": proxied.Owner.Email, "password": proxied.OwnerPassword})
+		wantStatus(t, resp, raw, http.StatusOK)
+		checkSessionCookie(t, resp, true)
+
 		// Failed logins are rate limited.
 		limited := false
 		for i := 0; i < 10 && !limited; i++ {

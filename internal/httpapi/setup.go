@@ -295,7 +295,7 @@ func (s *Server) startSession(w http.ResponseWriter, r *http.Request, u *keybrid
 	if err != nil {
 		return err
 	}
-	setSessionCookie(w, r, token, sess.ExpiresAt)
+	s.setSessionCookie(w, r, token, sess.ExpiresAt)
 	writeJSON(w, status, loginResponse{User: u, CSRFToken: sess.CSRFToken, Org: org})
 	return nil
 }
@@ -303,11 +303,18 @@ func (s *Server) startSession(w http.ResponseWriter, r *http.Request, u *keybrid
 // setSessionCookie sets the web UI's session cookie: HttpOnly so scripts
 // cannot read it, SameSite=Lax so other sites cannot send it with unsafe
 // requests, and Secure whenever the request came over TLS.
-func setSessionCookie(w http.ResponseWriter, r *http.Request, token string, expires time.Time) {
+func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, token string, expires time.Time) {
 	http.SetCookie(w, &http.Cookie{
 		Name: auth.SessionCookie, Value: token, Path: "/",
-		Expires: expires, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil,
+		Expires: expires, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: s.secureCookies(r),
 	})
+}
+
+// secureCookies reports whether cookies must be Secure: the request came
+// over TLS, or users reach the server by https (TLS ended at a proxy in
+// front of it).
+func (s *Server) secureCookies(r *http.Request) bool {
+	return r.TLS != nil || strings.HasPrefix(s.cfg.PublicURL, "https://")
 }
 
 type loginRequest struct {
@@ -339,7 +346,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	setSessionCookie(w, r, token, sess.ExpiresAt)
+	s.setSessionCookie(w, r, token, sess.ExpiresAt)
 	writeJSON(w, http.StatusOK, loginResponse{User: u, CSRFToken: sess.CSRFToken})
 	return nil
 }
@@ -355,7 +362,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) error {
 	}
 	http.SetCookie(w, &http.Cookie{
 		Name: auth.SessionCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: s.secureCookies(r),
 	})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
