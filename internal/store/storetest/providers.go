@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -271,6 +272,41 @@ func testProviders(t *testing.T, newStore Factory) {
 		}
 		extra := &keybridge.ProviderKey{ProviderID: p.ID, Hint: "...", Sealed: provSealed(1, "z"), Fingerprint: []byte("extra")}
 		provCode(t, "CreateProviderKey(17th)", st.CreateProviderKey(ctx, extra), keybridge.EConflict)
+	})
+
+	t.Run("SixteenUnderConcurrency", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		p := provProvider(t, st, org.ID, "openai")
+		const tries = 24
+		errs := make(chan error, tries)
+		var wg sync.WaitGroup
+		for i := range tries {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- st.CreateProviderKey(ctx, &keybridge.ProviderKey{ProviderID: p.ID, Hint: "...",
+					Sealed: provSealed(1, "k"), Fingerprint: []byte(fmt.Sprint("concurrent-", i))})
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		created := 0
+		for err := range errs {
+			switch {
+			case err == nil:
+				created++
+			case !keybridge.IsCode(err, keybridge.EConflict):
+				t.Errorf("concurrent CreateProviderKey = %v, want nil or conflict", err)
+			}
+		}
+		keys, err := st.ProviderKeys(ctx, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if created != keybridge.MaxProviderKeys || len(keys) != keybridge.MaxProviderKeys {
+			t.Errorf("%d concurrent creates: %d succeeded, %d stored; want %d", tries, created, len(keys), keybridge.MaxProviderKeys)
+		}
 	})
 
 	t.Run("TouchNeverGoesBack", func(t *testing.T) {
