@@ -4,9 +4,11 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
 )
 
 type orgJSON struct {
@@ -223,6 +225,53 @@ func TestMembers(t *testing.T) {
 		want := []string{"member.delete", "member.update", "member.update", "member.create", "member.create"}
 		if got := e.auditActions(e.Org.ID); !slices.Equal(got, want) {
 			t.Errorf("audit actions = %v, want %v", got, want)
+		}
+	})
+}
+
+// TestLastOwnerUnderConcurrency has two owners demote each other at the same
+// time, again and again: whatever the interleaving, the org keeps an owner.
+func TestLastOwnerUnderConcurrency(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		base := "/api/v1/orgs/" + e.Org.Slug + "/members/"
+		for round := 0; round < 5; round++ {
+			otherID, otherKey := e.addMember(keybridge.RoleOwner)
+			var wg sync.WaitGroup
+			statuses := make([]int, 2)
+			for i, c := range []struct{ key, target string }{{e.OwnerKey, otherID}, {otherKey, e.Owner.ID}} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					resp, _ := e.do("PATCH", base+c.target, c.key, map[string]string{"role": "admin"})
+					statuses[i] = resp.StatusCode
+				}()
+			}
+			wg.Wait()
+			n, err := e.Store.CountOwners(ctx, e.Org.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 {
+				t.Fatalf("round %d: statuses %v left %d owners, want 1", round, statuses, n)
+			}
+			// Put the first owner back in charge for the next round.
+			m, err := e.Store.Membership(ctx, e.Org.ID, e.Owner.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Role != keybridge.RoleOwner {
+				m.Role = keybridge.RoleOwner
+				if err := e.Store.UpdateMembership(ctx, m); err != nil {
+					t.Fatal(err)
+				}
+				if err := e.Store.DeleteMembership(ctx, e.Org.ID, otherID); err != nil {
+					t.Fatal(err)
+				}
+				if err := e.Store.Publish(ctx, store.Invalidation{Kind: store.InvalidateAll}); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	})
 }
