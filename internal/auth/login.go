@@ -248,7 +248,9 @@ func (l *memLimiter) fail(_ context.Context, keys []limitKey) {
 	}
 }
 
-// evict makes room: expired windows first, else an arbitrary one.
+// evict makes room: expired windows first, then arbitrary ones, down to
+// nine tenths of the bound so that the sweep is not repeated on every
+// failure of a flood.
 func (l *memLimiter) evict(now time.Time) {
 	for k, w := range l.m {
 		if !now.Before(w.until) {
@@ -256,7 +258,7 @@ func (l *memLimiter) evict(now time.Time) {
 		}
 	}
 	for k := range l.m {
-		if len(l.m) < maxWindows {
+		if len(l.m) < maxWindows*9/10 {
 			break
 		}
 		delete(l.m, k)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
@@ -188,5 +189,56 @@ func TestLastUsedFlushedPeriodically(t *testing.T) {
 			t.Fatal("no last-used batch written within 5 s at a 20 ms interval")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A flush of very many keys is cut into transactions of at most 1,000, so
+// it never holds the database's writer for long.
+func TestLastUsedLargeFlushIsBatched(t *testing.T) {
+	ctx := context.Background()
+	cs := &countingStore{Store: storetest.SQLite(t)}
+	f := newFixture(t, cs)
+	s := startService(t, cs, fastOptions())
+	var keys []*keybridge.APIKey
+	var toks []string
+	err := cs.InTx(ctx, func(tx store.Store) error {
+		for range 2500 {
+			tok, k := keyFor(t, f.org, f.owner, keybridge.AllPermissions)
+			if err := tx.CreateAPIKey(ctx, k); err != nil {
+				return err
+			}
+			keys, toks = append(keys, k), append(toks, tok)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("create keys: %v", err)
+	}
+	for _, tok := range toks {
+		if _, err := s.VerifyAPIKey(ctx, tok); err != nil {
+			t.Fatalf("VerifyAPIKey: %v", err)
+		}
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	written := map[string]bool{}
+	batches := cs.touchBatches()
+	for _, b := range batches {
+		if len(b) > 1000 {
+			t.Errorf("a batch of %d keys, want at most 1000", len(b))
+		}
+		for id := range b {
+			written[id] = true
+		}
+	}
+	if len(batches) != 3 || len(written) != len(keys) {
+		t.Errorf("Flush wrote %d keys in %d batches, want %d in 3", len(written), len(batches), len(keys))
+	}
+	for _, k := range []*keybridge.APIKey{keys[0], keys[len(keys)-1]} {
+		got, err := cs.APIKey(ctx, k.ID)
+		if err != nil || got.LastUsedAt == nil {
+			t.Errorf("last_used_at of %s = %v (%v), want set", k.ID, got, err)
+		}
 	}
 }

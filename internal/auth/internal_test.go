@@ -1,8 +1,11 @@
 package auth
 
 import (
+	"context"
+	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
@@ -87,5 +90,20 @@ func TestCacheDirtyStack(t *testing.T) {
 	c.drainDirty(func(e *entry, sec int64) { got = append(got, sec) })
 	if len(got) != 1 || got[0] != 501 {
 		t.Errorf("drain after one new use = %v, want [501]", got)
+	}
+}
+
+// The in-process limiter's memory is bounded however many addresses fail.
+func TestMemLimiterBound(t *testing.T) {
+	l := newMemLimiter(time.Minute)
+	for i := range maxWindows + 1000 {
+		l.fail(context.Background(), []limitKey{{name: strconv.Itoa(i), limit: 1}})
+	}
+	if got := len(l.m); got > maxWindows {
+		t.Errorf("limiter holds %d windows, want at most %d", got, maxWindows)
+	}
+	// The newest failure is still counted.
+	if d := l.wait(context.Background(), []limitKey{{name: strconv.Itoa(maxWindows + 999), limit: 1}}); d <= 0 {
+		t.Errorf("wait after the newest failure = %v, want a wait", d)
 	}
 }
