@@ -130,10 +130,13 @@ func (c *cache) get(h *[32]byte) (*entry, *shard) {
 // touch records that e was used at now (the Service's clock) without a
 // write to the store and without allocating.
 func (c *cache) touch(e *entry, now int64) {
-	sec := now/1e9 + 1
-	if e.lastUsed.Load() == sec {
-		return
+	if sec := now/1e9 + 1; e.lastUsed.Load() != sec {
+		c.markUsed(e, sec)
 	}
+}
+
+// markUsed is touch past its check: sec (see entry.lastUsed) is new.
+func (c *cache) markUsed(e *entry, sec int64) {
 	e.lastUsed.Store(sec)
 	if e.dirty.Load() || !e.dirty.CompareAndSwap(false, true) {
 		return
