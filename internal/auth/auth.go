@@ -162,7 +162,7 @@ func (s *Service) now() int64 { return int64(time.Since(s.epoch)) }
 func (s *Service) at(t time.Time) int64 { return int64(t.Sub(s.epoch)) }
 
 // Run subscribes to invalidations and flushes last_used_at batches until
-// ctx ends, then flushes once more. The cache is on only while Run runs,
+// ctx ends, then flushes once more. Uses of keys are recorded while it runs. The cache is on only while Run runs,
 // and only once the subscription is in place, which the store announces
 // with an InvalidateAll: a cache that could miss a revocation must not
 // answer. Run returns early, with an error, if the subscription ends.
@@ -458,7 +458,10 @@ func (s *Service) verifySlow(ctx context.Context, h [32]byte, kind credKind) (*k
 	if e.p == nil {
 		return nil, refusal(kind)
 	}
-	s.cache.touch(e, now)
+	if s.running.Load() {
+		// Without Run nothing would ever flush the use.
+		s.cache.touch(e, now)
+	}
 	return e.p, nil
 }
 
