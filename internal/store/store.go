@@ -177,7 +177,9 @@ type KeyRing interface {
 type Providers interface {
 	// CreateProvider inserts p, setting ID and times. EConflict on a used name in the org.
 	CreateProvider(ctx context.Context, p *keybridge.Provider) error
-	// Provider finds a provider of orgID by ID or name. ENotFound.
+	// Provider finds a provider of orgID by ID or name. ENotFound. Inside
+	// InTx it locks the row until the transaction ends, so a
+	// read-modify-write of a provider is serialized.
 	Provider(ctx context.Context, orgID, idOrName string) (*keybridge.Provider, error)
 	// ListProviders lists an org's providers sorted by name.
 	ListProviders(ctx context.Context, orgID string, page Page) ([]keybridge.Provider, string, error)

@@ -58,10 +58,18 @@ func (s *Store) CreateProvider(ctx context.Context, p *keybridge.Provider) error
 }
 
 // Provider implements store.Providers. An ID match wins over a name match.
+// Inside a transaction the row is locked until commit (PostgreSQL; SQLite
+// has one writer anyway), because every caller there reads to change: the
+// settings are sealed whole, so two PATCHes rotating different secrets
+// must merge one after the other or one rotation is lost.
 func (s *Store) Provider(ctx context.Context, orgID, idOrName string) (*keybridge.Provider, error) {
+	lock := ""
+	if s.tx != nil {
+		lock = s.db.Dialect.ForUpdate
+	}
 	p, err := scanProvider(s.queryRow(ctx, `SELECT `+providerColumns+` FROM providers p
 		WHERE p.org_id = ? AND (p.id = ? OR p.name = ?)
-		ORDER BY CASE WHEN p.id = ? THEN 0 ELSE 1 END LIMIT 1`, orgID, idOrName, idOrName, idOrName))
+		ORDER BY CASE WHEN p.id = ? THEN 0 ELSE 1 END LIMIT 1`+lock, orgID, idOrName, idOrName, idOrName))
 	if err != nil {
 		return nil, notFound(err, fmt.Sprintf("provider %q", idOrName))
 	}
