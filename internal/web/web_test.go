@@ -1,0 +1,60 @@
+package web_test
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/keybridge/keybridge/internal/web"
+)
+
+func TestPages(t *testing.T) {
+	h := web.Handler()
+	for _, c := range []struct {
+		path, contentType, contains string
+		status                      int
+	}{
+		{"/", "text/html", `id="login-form"`, 200},
+		{"/setup?token=abc", "text/html", `id="setup-form"`, 200},
+		{"/invite?token=abc", "text/html", `id="invite-form"`, 200},
+		{"/ui/app.js", "text/javascript", "/api/v1/setup", 200},
+		{"/ui/style.css", "text/css", "body", 200},
+		{"/ui/missing.js", "", "", 404},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", c.path, nil))
+		if rec.Code != c.status {
+			t.Errorf("GET %s = %d, want %d", c.path, rec.Code, c.status)
+			continue
+		}
+		if c.status != 200 {
+			continue
+		}
+		if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, c.contentType) {
+			t.Errorf("GET %s: Content-Type = %q, want %s", c.path, ct, c.contentType)
+		}
+		if !strings.Contains(rec.Body.String(), c.contains) {
+			t.Errorf("GET %s: body lacks %q", c.path, c.contains)
+		}
+		// Tokens ride in page URLs: they must not leak by Referer or cache,
+		// and no script but ours may run.
+		for header, want := range map[string]string{
+			"Referrer-Policy":        "no-referrer",
+			"X-Content-Type-Options": "nosniff",
+			"X-Frame-Options":        "DENY",
+		} {
+			if got := rec.Header().Get(header); got != want {
+				t.Errorf("GET %s: %s = %q, want %q", c.path, header, got, want)
+			}
+		}
+		if csp := rec.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe-inline") {
+			t.Errorf("GET %s: Content-Security-Policy = %q", c.path, csp)
+		}
+		if strings.HasSuffix(c.contentType, "html") && rec.Header().Get("Cache-Control") != "no-store" {
+			t.Errorf("GET %s: Cache-Control = %q, want no-store", c.path, rec.Header().Get("Cache-Control"))
+		}
+		if strings.Contains(rec.Body.String(), "<script>") {
+			t.Errorf("GET %s: inline script, which the policy blocks", c.path)
+		}
+	}
+}
