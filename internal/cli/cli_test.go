@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -358,7 +360,8 @@ func TestServeEndToEnd(t *testing.T) {
 }
 
 // TestServeDrainsInFlight checks a graceful shutdown: a request under way
-// when the stop comes is answered, not cut.
+// when the stop comes is answered, not cut. The request's body is sent in
+// two halves around the stop, so it is certainly in flight.
 func TestServeDrainsInFlight(t *testing.T) {
 	dir := t.TempDir()
 	srv := startServe(t, dir)
@@ -366,29 +369,36 @@ func TestServeDrainsInFlight(t *testing.T) {
 	if m == nil {
 		t.Fatal("no setup link")
 	}
-	// Setup hashes a password at full cost: long enough to be in flight.
-	type result struct {
-		status int
-		err    error
+	body, _ := json.Marshal(map[string]string{"token": m[2], "org": "acme", "email": "a@acme.test", "password": "drain me please"})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	got := make(chan result, 1)
-	go func() {
-		b, _ := json.Marshal(map[string]string{"token": m[2], "org": "acme", "email": "a@acme.test", "password": "drain me please"})
-		resp, err := http.Post(srv.url+"/api/v1/setup", "application/json", bytes.NewReader(b))
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		resp.Body.Close()
-		got <- result{status: resp.StatusCode}
-	}()
-	time.Sleep(20 * time.Millisecond)
-	if err := srv.stop(); err != nil {
-		t.Fatalf("serve: %v", err)
+	defer conn.Close()
+	half := len(body) / 2
+	fmt.Fprintf(conn, "POST /api/v1/setup HTTP/1.1\r\nHost: keybridge\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body[:half])
+	time.Sleep(100 * time.Millisecond) // the server reads the headers: the connection is active
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.stop() }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("serve stopped (%v) with a request in flight", err)
+	case <-time.After(200 * time.Millisecond):
 	}
-	r := <-got
-	if r.err != nil || r.status != 201 {
-		t.Errorf("the in-flight setup got %d, %v; want 201", r.status, r.err)
+	if _, err := conn.Write(body[half:]); err != nil {
+		t.Fatalf("the in-flight request was cut: %v", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("the in-flight request got no answer: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Errorf("the in-flight setup got %d, want 201", resp.StatusCode)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("serve: %v", err)
 	}
 }
 
