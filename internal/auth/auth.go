@@ -29,6 +29,8 @@ const SessionCookie = "keybridge_session"
 
 // Options configures a Service. Zero fields take the defaults named.
 type Options struct {
+	// Logger receives warnings: a flush that failed, Redis unreachable.
+	// Nil discards them.
 	Logger *slog.Logger
 	// TouchInterval is how often batched last_used_at times are written
 	// (default 30 s; SPEC allows up to a minute of lag).

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
@@ -105,5 +106,28 @@ func TestMemLimiterBound(t *testing.T) {
 	// The newest failure is still counted.
 	if d := l.wait(context.Background(), []limitKey{{name: strconv.Itoa(maxWindows + 999), limit: 1}}); d <= 0 {
 		t.Errorf("wait after the newest failure = %v, want a wait", d)
+	}
+}
+
+// What a hit reads sits in the first cache line of an entry, and entries
+// start on a line.
+func TestEntryLayout(t *testing.T) {
+	if size := unsafe.Sizeof(shard{}); size != 128 {
+		t.Errorf("shard is %d bytes, want 128 (two cache lines of its own)", size)
+	}
+	var e entry
+	if size := unsafe.Sizeof(e); size != 128 {
+		t.Errorf("entry is %d bytes, want 128 (a size class aligned to cache lines)", size)
+	}
+	for name, end := range map[string]uintptr{
+		"hash":      unsafe.Offsetof(e.hash) + unsafe.Sizeof(e.hash),
+		"fastUntil": unsafe.Offsetof(e.fastUntil) + unsafe.Sizeof(e.fastUntil),
+		"p":         unsafe.Offsetof(e.p) + unsafe.Sizeof(e.p),
+		"lastUsed":  unsafe.Offsetof(e.lastUsed) + unsafe.Sizeof(e.lastUsed),
+		"kind":      unsafe.Offsetof(e.kind) + unsafe.Sizeof(e.kind),
+	} {
+		if end > 64 {
+			t.Errorf("entry.%s ends at byte %d, want within the first 64", name, end)
+		}
 	}
 }

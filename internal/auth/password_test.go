@@ -130,3 +130,20 @@ func TestCheckPasswordComparesInConstantTime(t *testing.T) {
 		t.Error("CheckPassword does not call subtle.ConstantTimeCompare")
 	}
 }
+
+// What one password check costs with the parameters the package ships.
+func BenchmarkCheckPasswordProduction(b *testing.B) {
+	saved := auth.PasswordParams
+	auth.PasswordParams = productionParams
+	defer func() { auth.PasswordParams = saved }()
+	h, err := auth.HashPassword("correct horse battery staple")
+	if err != nil {
+		b.Fatalf("HashPassword: %v", err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !auth.CheckPassword(h, "correct horse battery staple") {
+			b.Fatal("CheckPassword = false, want true")
+		}
+	}
+}
