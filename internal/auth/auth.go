@@ -395,10 +395,8 @@ func (s *Service) VerifyAISecret(ctx context.Context, token string) (*keybridge.
 func (s *Service) cached(h *[32]byte, kind credKind) (p *keybridge.Principal, ok bool) {
 	i, key := slot(h)
 	sh := &s.cache.shards[i]
-	sh.mu.RLock()
-	e := sh.m[key]
-	sh.mu.RUnlock()
-	if e == nil || e.hash != *h || e.kind != kind {
+	e := sh.t.Load().find(h, key)
+	if e == nil || e.kind != kind {
 		return nil, false
 	}
 	now := s.clock.Load()

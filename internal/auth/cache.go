@@ -2,6 +2,7 @@ package auth
 
 import (
 	"encoding/binary"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 
@@ -9,17 +10,20 @@ import (
 )
 
 // The credential cache sits on the request path of every gateway call, so
-// a hit must cost no more than a shard read lock and a map lookup, must not
-// allocate, and must not slow down as the cache grows: a map sharded by the
+// a hit must cost little more than the SHA-256 before it, must not
+// allocate, and must not slow down as the cache grows. It is sharded by the
 // first byte of the token's SHA-256 (uniformly spread, so no further
-// hashing is needed to pick a shard), each shard under its own RWMutex.
-// Within a shard the map is keyed by 8 more bytes of the hash, a uint64,
-// which Go's maps look up on their fast path; the entry then holds the
-// whole hash, compared before it is trusted. Two keys sharing those 64
-// bits would only take turns in the cache.
+// hashing is needed), and each shard is an open-addressing table of atomic
+// pointers indexed by 8 more bytes of the hash: a hit takes no lock and
+// writes nothing shared but a counter, so readers on several cores do not
+// pass a lock's cache line between them. The entry holds the whole hash,
+// compared before it is trusted.
+//
 // Everything that changes the cache (loads, evictions, invalidations) is
 // rare next to hits, so it is serialized by one mutex that also guards the
-// indexes by key and by user.
+// indexes by key and by user. A writer changes a table's slots one atomic
+// store at a time, and replaces a table that fills up (with live entries
+// or with the tombstones of removed ones) by a fresh copy.
 
 const shardCount = 256
 
@@ -60,12 +64,43 @@ type entry struct {
 	_        [16]byte
 }
 
+// table is one shard's slots; len(slots) is a power of two. A slot holds
+// nil (free: a probe ends there), tombstone, or an entry.
+type table struct {
+	slots []atomic.Pointer[entry]
+	mask  uint64
+}
+
+// tombstone fills the slot of a removed entry: a probe must go on past it.
+var tombstone = new(entry)
+
+func newTable(size int) *table {
+	return &table{slots: make([]atomic.Pointer[entry], size), mask: uint64(size - 1)}
+}
+
+// find returns the entry for h, probing from key. It is the hit path.
+func (t *table) find(h *[32]byte, key uint64) *entry {
+	for i := key & t.mask; ; i = (i + 1) & t.mask {
+		e := t.slots[i].Load()
+		if e == nil {
+			return nil
+		}
+		if e.hash == *h && e != tombstone {
+			return e
+		}
+	}
+}
+
 type shard struct {
-	mu sync.RWMutex
-	m  map[uint64]*entry
-	// hits lives beside mu, whose cache line a read lock writes anyway.
+	t atomic.Pointer[table]
+	// live and dead count the slots holding entries and tombstones; the
+	// cache's mu guards them.
+	live, dead int
+	_          [64 - 8 - 16]byte
+	// hits sits on its own cache line: it is the one thing a hit writes,
+	// and t's line should stay shared among the cores that read it.
 	hits atomic.Uint64
-	_    [128 - 24 - 8 - 8]byte // keep neighbouring shards off each other's cache lines
+	_    [64 - 8]byte
 }
 
 type idKey struct {
@@ -109,27 +144,25 @@ func newCache(size, negSize int) *cache {
 		neg:         negCache{max: negSize, m: map[[32]byte]int64{}},
 	}
 	for i := range c.shards {
-		c.shards[i].m = map[uint64]*entry{}
+		c.shards[i].t.Store(newTable(minTable))
 	}
 	return c
 }
 
-// slot is where a hash lives: its shard and its key there.
+// minTable is the smallest table: with a million keys a shard holds about
+// four thousand, with a few dozen a handful.
+const minTable = 8
+
+// slot is where a hash lives: its shard and where its probe starts.
 func slot(h *[32]byte) (shard int, key uint64) {
 	return int(h[0]), binary.LittleEndian.Uint64(h[8:16])
 }
 
-// get returns the entry for hash, or nil. It is the hit path.
+// get returns the entry for hash, or nil.
 func (c *cache) get(h *[32]byte) (*entry, *shard) {
 	i, key := slot(h)
 	sh := &c.shards[i]
-	sh.mu.RLock()
-	e := sh.m[key]
-	sh.mu.RUnlock()
-	if e != nil && e.hash != *h {
-		return nil, sh
-	}
-	return e, sh
+	return sh.t.Load().find(h, key), sh
 }
 
 // touch records that e was used at now (the Service's clock) without a
@@ -179,28 +212,101 @@ func (c *cache) put(e *entry, gen uint64) bool {
 	}
 	i, key := slot(&e.hash)
 	sh := &c.shards[i]
-	sh.mu.Lock()
-	old := sh.m[key]
-	var victim *entry
-	if old == nil && len(sh.m) >= c.perShardMax {
-		// Map iteration starts at a random place: a random victim, in
-		// constant time, with no recency bookkeeping on the hit path.
-		for k, v := range sh.m {
-			victim = v
-			delete(sh.m, k)
+	t := sh.t.Load()
+	// Where e goes: the slot of the same hash, else the first tombstone
+	// or free slot on its probe.
+	at, old := -1, (*entry)(nil)
+	for j := key & t.mask; ; j = (j + 1) & t.mask {
+		cur := t.slots[j].Load()
+		if cur == nil {
+			if at < 0 {
+				at = int(j)
+			}
+			break
+		}
+		if cur == tombstone {
+			if at < 0 {
+				at = int(j)
+			}
+			continue
+		}
+		if cur.hash == e.hash {
+			at, old = int(j), cur
 			break
 		}
 	}
-	sh.m[key] = e
-	sh.mu.Unlock()
 	if old != nil {
+		t.slots[at].Store(e)
 		c.unindex(old)
+		c.index(e)
+		return true
 	}
-	if victim != nil {
-		c.unindex(victim)
+	if sh.live >= c.perShardMax {
+		c.remove(c.victim(sh))
+		t = sh.t.Load()
+		at = -1
 	}
+	if (sh.live+sh.dead+1)*4 > len(t.slots)*3 {
+		// Full of entries or tombstones: a fresh table with room to grow.
+		t = c.rebuild(sh, max(minTable, nextPow2((sh.live+1)*2)))
+		at = -1
+	}
+	if at < 0 {
+		for j := key & t.mask; ; j = (j + 1) & t.mask {
+			if cur := t.slots[j].Load(); cur == nil || cur == tombstone {
+				at = int(j)
+				break
+			}
+		}
+	}
+	if t.slots[at].Load() == tombstone {
+		sh.dead--
+	}
+	t.slots[at].Store(e)
+	sh.live++
 	c.index(e)
 	return true
+}
+
+// victim picks a random entry of sh: random replacement needs no recency
+// bookkeeping on the hit path.
+func (c *cache) victim(sh *shard) *entry {
+	t := sh.t.Load()
+	for j := rand.Uint64() & t.mask; ; j = (j + 1) & t.mask {
+		if e := t.slots[j].Load(); e != nil && e != tombstone {
+			return e
+		}
+	}
+}
+
+// rebuild replaces sh's table by one of size slots holding its live
+// entries, and returns it. Readers still probing the old table see it as
+// it was, which is what they would have seen a moment earlier.
+func (c *cache) rebuild(sh *shard, size int) *table {
+	old, t := sh.t.Load(), newTable(size)
+	for i := range old.slots {
+		e := old.slots[i].Load()
+		if e == nil || e == tombstone {
+			continue
+		}
+		_, key := slot(&e.hash)
+		j := key & t.mask
+		for t.slots[j].Load() != nil {
+			j = (j + 1) & t.mask
+		}
+		t.slots[j].Store(e)
+	}
+	sh.t.Store(t)
+	sh.dead = 0
+	return t
+}
+
+func nextPow2(n int) int {
+	p := 1
+	for p < n {
+		p <<= 1
+	}
+	return p
 }
 
 // index and unindex keep byID and byUser; c.mu is held.
@@ -237,11 +343,19 @@ func (c *cache) unindex(e *entry) {
 func (c *cache) remove(e *entry) {
 	i, key := slot(&e.hash)
 	sh := &c.shards[i]
-	sh.mu.Lock()
-	if sh.m[key] == e {
-		delete(sh.m, key)
+	t := sh.t.Load()
+	for j := key & t.mask; ; j = (j + 1) & t.mask {
+		cur := t.slots[j].Load()
+		if cur == nil {
+			break
+		}
+		if cur == e {
+			t.slots[j].Store(tombstone)
+			sh.live--
+			sh.dead++
+			break
+		}
 	}
-	sh.mu.Unlock()
 	c.unindex(e)
 }
 
@@ -280,10 +394,8 @@ func (c *cache) clearLocked() {
 	c.gen.Add(1)
 	for i := range c.shards {
 		sh := &c.shards[i]
-		sh.mu.Lock()
-		// A fresh map, not clear(): a cleared map keeps its memory.
-		sh.m = map[uint64]*entry{}
-		sh.mu.Unlock()
+		sh.t.Store(newTable(minTable))
+		sh.live, sh.dead = 0, 0
 	}
 	c.byID = map[idKey]*entry{}
 	c.byUser = map[string]map[*entry]struct{}{}
@@ -309,12 +421,11 @@ func (c *cache) isLive() bool {
 }
 
 func (c *cache) stats() (entries int, hits uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for i := range c.shards {
-		sh := &c.shards[i]
-		sh.mu.RLock()
-		entries += len(sh.m)
-		sh.mu.RUnlock()
-		hits += sh.hits.Load()
+		entries += c.shards[i].live
+		hits += c.shards[i].hits.Load()
 	}
 	return entries, hits
 }

@@ -11,42 +11,64 @@ import (
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
 
-// Two hashes that share the bytes a shard slot is made of (no real pair is
-// known; they are built here) take turns in the cache: neither is ever
-// answered with the other's entry.
-func TestCacheSlotCollision(t *testing.T) {
-	c := newCache(1000, 10)
+// Hashes that start their probe at the same slot (no real pair is known;
+// these are built) are both kept, each answered with its own entry, through
+// removals and through the rebuilds that growth and tombstones cause.
+func TestCacheProbing(t *testing.T) {
+	c := newCache(1<<20, 10)
 	c.setAccepting(true)
 	c.clear(true)
-	var a, b [32]byte
-	a[31], b[31] = 1, 2 // same shard byte and slot key, different hashes
-	ea := &entry{hash: a, kind: kindAPIKey, id: "a", userID: "u", p: &keybridge.Principal{KeyID: "a"}}
-	eb := &entry{hash: b, kind: kindAPIKey, id: "b", userID: "u", p: &keybridge.Principal{KeyID: "b"}}
+	const n = 100
+	hashes := make([][32]byte, n)
+	entries := make([]*entry, n)
+	for i := range hashes {
+		hashes[i][31], hashes[i][30] = byte(i), 1 // same shard, same probe start
+		entries[i] = &entry{hash: hashes[i], kind: kindAPIKey, id: strconv.Itoa(i), userID: "u" + strconv.Itoa(i%2),
+			p: &keybridge.Principal{KeyID: strconv.Itoa(i)}}
+		if !c.put(entries[i], c.gen.Load()) {
+			t.Fatalf("put(%d) = false, want true", i)
+		}
+	}
+	check := func(when string, present func(i int) bool) {
+		t.Helper()
+		for i := range hashes {
+			got, _ := c.get(&hashes[i])
+			switch {
+			case present(i) && got != entries[i]:
+				t.Errorf("%s: get(%d) = %v, want its entry", when, i, got)
+			case !present(i) && got != nil:
+				t.Errorf("%s: get(%d) = entry %s, want none", when, i, got.id)
+			}
+		}
+		var missing [32]byte
+		missing[31], missing[30] = 200, 1
+		if got, _ := c.get(&missing); got != nil {
+			t.Errorf("%s: get(unknown) = entry %s, want none", when, got.id)
+		}
+	}
+	check("after puts", func(int) bool { return true })
 
-	if !c.put(ea, c.gen.Load()) {
-		t.Fatal("put(a) = false, want true")
+	// Replacing an entry keeps one copy.
+	again := &entry{hash: hashes[7], kind: kindAPIKey, id: "7", userID: "u1"}
+	c.put(again, c.gen.Load())
+	entries[7] = again
+	if got, _ := c.stats(); got != n {
+		t.Errorf("entries after replacing one = %d, want %d", got, n)
 	}
-	if got, _ := c.get(&b); got != nil {
-		t.Fatalf("get(b) with only a stored = %s, want nil", got.id)
+
+	c.dropUser("u0") // every even entry
+	check("after dropping even ones", func(i int) bool { return i%2 == 1 })
+	for i := 1; i < n; i += 4 {
+		c.dropID(kindAPIKey, strconv.Itoa(i))
 	}
-	if !c.put(eb, c.gen.Load()) {
-		t.Fatal("put(b) = false, want true")
+	check("after dropping some odd ones", func(i int) bool { return i%4 == 3 })
+	// Refill: tombstones are reused or rebuilt away.
+	for i := 0; i < n; i += 2 {
+		c.put(entries[i], c.gen.Load())
 	}
-	if got, _ := c.get(&a); got != nil {
-		t.Errorf("get(a) after b took the slot = %s, want nil", got.id)
-	}
-	if got, _ := c.get(&b); got != eb {
-		t.Errorf("get(b) = %v, want b's entry", got)
-	}
-	if _, ok := c.byID[idKey{kindAPIKey, "a"}]; ok {
-		t.Error("a is still indexed after losing its slot")
-	}
-	if n := len(c.byUser["u"]); n != 1 {
-		t.Errorf("user index holds %d entries, want 1", n)
-	}
-	c.dropUser("u")
-	if got, _ := c.get(&b); got != nil {
-		t.Error("b still cached after dropUser")
+	check("after refilling even ones", func(i int) bool { return i%2 == 0 || i%4 == 3 })
+	if got, _ := c.stats(); got != n/2+n/4 {
+		t.Errorf("entries = %d, want %d", got, n/2+n/4)
 	}
 }
 
@@ -129,5 +151,50 @@ func TestEntryLayout(t *testing.T) {
 		if end > 64 {
 			t.Errorf("entry.%s ends at byte %d, want within the first 64", name, end)
 		}
+	}
+}
+
+// Readers that take no lock see, while writers insert, replace, remove,
+// rebuild and clear, either nothing or the entry of the hash they asked for.
+func TestCacheConcurrentReaders(t *testing.T) {
+	c := newCache(64*shardCount, 10) // small shards: evictions and rebuilds
+	c.setAccepting(true)
+	c.clear(true)
+	const n = 2000
+	hashes := make([][32]byte, n)
+	for i := range hashes {
+		hashes[i][0] = byte(i % 4) // a few shards, so they fill
+		hashes[i][8], hashes[i][9], hashes[i][31] = byte(i), byte(i>>8), 7
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for r := range 3 {
+		wg.Go(func() {
+			for i := r; ; i = (i + 7) % n {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if e, _ := c.get(&hashes[i]); e != nil && e.hash != hashes[i] {
+					t.Errorf("get(%d) returned the entry of another hash", i)
+					return
+				}
+			}
+		})
+	}
+	for round := range 20 {
+		for i := range hashes {
+			c.put(&entry{hash: hashes[i], kind: kindAPIKey, id: strconv.Itoa(i), userID: "u" + strconv.Itoa(i%3)}, c.gen.Load())
+		}
+		c.dropUser("u" + strconv.Itoa(round%3))
+		if round%5 == 4 {
+			c.clear(true)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if entries, _ := c.stats(); entries > 4*c.perShardMax {
+		t.Errorf("entries = %d, want at most %d (4 shards of %d)", entries, 4*c.perShardMax, c.perShardMax)
 	}
 }
