@@ -65,27 +65,46 @@ type entry struct {
 }
 
 // table is one shard's slots; len(slots) is a power of two. A slot holds
-// nil (free: a probe ends there), tombstone, or an entry.
+// nil (free: a probe ends there), tombstone, or an entry, with the probe
+// key of its hash beside it so that a probe passes other entries without
+// reading them: with a million keys each read is a trip to memory.
 type table struct {
-	slots []atomic.Pointer[entry]
+	slots []tableSlot
 	mask  uint64
+}
+
+// tableSlot's two words are stored one after the other, not together, so
+// a reader may see a key that does not go with the entry. It then passes
+// the slot and at worst misses an entry that is there, which sends the
+// caller to the store: never a wrong answer, since the entry's whole hash
+// is compared.
+type tableSlot struct {
+	key atomic.Uint64
+	e   atomic.Pointer[entry]
+}
+
+// set stores e with its key; readers see the key first.
+func (s *tableSlot) set(key uint64, e *entry) {
+	s.key.Store(key)
+	s.e.Store(e)
 }
 
 // tombstone fills the slot of a removed entry: a probe must go on past it.
 var tombstone = new(entry)
 
 func newTable(size int) *table {
-	return &table{slots: make([]atomic.Pointer[entry], size), mask: uint64(size - 1)}
+	return &table{slots: make([]tableSlot, size), mask: uint64(size - 1)}
 }
 
 // find returns the entry for h, probing from key. It is the hit path.
 func (t *table) find(h *[32]byte, key uint64) *entry {
 	for i := key & t.mask; ; i = (i + 1) & t.mask {
-		e := t.slots[i].Load()
+		s := &t.slots[i]
+		e := s.e.Load()
 		if e == nil {
 			return nil
 		}
-		if e.hash == *h && e != tombstone {
+		if s.key.Load() == key && e.hash == *h && e != tombstone {
 			return e
 		}
 	}
@@ -217,7 +236,7 @@ func (c *cache) put(e *entry, gen uint64) bool {
 	// or free slot on its probe.
 	at, old := -1, (*entry)(nil)
 	for j := key & t.mask; ; j = (j + 1) & t.mask {
-		cur := t.slots[j].Load()
+		cur := t.slots[j].e.Load()
 		if cur == nil {
 			if at < 0 {
 				at = int(j)
@@ -236,7 +255,7 @@ func (c *cache) put(e *entry, gen uint64) bool {
 		}
 	}
 	if old != nil {
-		t.slots[at].Store(e)
+		t.slots[at].e.Store(e)
 		c.unindex(old)
 		c.index(e)
 		return true
@@ -253,16 +272,16 @@ func (c *cache) put(e *entry, gen uint64) bool {
 	}
 	if at < 0 {
 		for j := key & t.mask; ; j = (j + 1) & t.mask {
-			if cur := t.slots[j].Load(); cur == nil || cur == tombstone {
+			if cur := t.slots[j].e.Load(); cur == nil || cur == tombstone {
 				at = int(j)
 				break
 			}
 		}
 	}
-	if t.slots[at].Load() == tombstone {
+	if t.slots[at].e.Load() == tombstone {
 		sh.dead--
 	}
-	t.slots[at].Store(e)
+	t.slots[at].set(key, e)
 	sh.live++
 	c.index(e)
 	return true
@@ -273,7 +292,7 @@ func (c *cache) put(e *entry, gen uint64) bool {
 func (c *cache) victim(sh *shard) *entry {
 	t := sh.t.Load()
 	for j := rand.Uint64() & t.mask; ; j = (j + 1) & t.mask {
-		if e := t.slots[j].Load(); e != nil && e != tombstone {
+		if e := t.slots[j].e.Load(); e != nil && e != tombstone {
 			return e
 		}
 	}
@@ -285,16 +304,16 @@ func (c *cache) victim(sh *shard) *entry {
 func (c *cache) rebuild(sh *shard, size int) *table {
 	old, t := sh.t.Load(), newTable(size)
 	for i := range old.slots {
-		e := old.slots[i].Load()
+		e := old.slots[i].e.Load()
 		if e == nil || e == tombstone {
 			continue
 		}
 		_, key := slot(&e.hash)
 		j := key & t.mask
-		for t.slots[j].Load() != nil {
+		for t.slots[j].e.Load() != nil {
 			j = (j + 1) & t.mask
 		}
-		t.slots[j].Store(e)
+		t.slots[j].set(key, e)
 	}
 	sh.t.Store(t)
 	sh.dead = 0
@@ -345,12 +364,12 @@ func (c *cache) remove(e *entry) {
 	sh := &c.shards[i]
 	t := sh.t.Load()
 	for j := key & t.mask; ; j = (j + 1) & t.mask {
-		cur := t.slots[j].Load()
+		cur := t.slots[j].e.Load()
 		if cur == nil {
 			break
 		}
 		if cur == e {
-			t.slots[j].Store(tombstone)
+			t.slots[j].e.Store(tombstone)
 			sh.live--
 			sh.dead++
 			break
