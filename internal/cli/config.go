@@ -39,6 +39,16 @@ func (c *storageConfig) register(fs *flag.FlagSet, getenv func(string) string) {
 	c.MasterKey = getenv("KEYBRIDGE_MASTER_KEY")
 }
 
+// storageFlags returns a flag set named name, writing its help to env's
+// stderr, with the storage flags already registered.
+func storageFlags(env *Env, name string) (*flag.FlagSet, *storageConfig) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	cfg := &storageConfig{}
+	cfg.register(fs, env.Getenv)
+	return fs, cfg
+}
+
 func envOr(getenv func(string) string, key, def string) string {
 	if v := getenv(key); v != "" {
 		return v

@@ -50,10 +50,7 @@ func keyring(ctx context.Context, env *Env) error {
 		return fmt.Errorf("%w: unknown keyring command %q", errUsage, sub)
 	}
 
-	fs := flag.NewFlagSet("keybridge keyring "+sub, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	var cfg storageConfig
-	cfg.register(fs, env.Getenv)
+	fs, cfg := storageFlags(env, "keybridge keyring "+sub)
 	asJSON := false
 	newKeyFile := ""
 	switch sub {
@@ -125,7 +122,7 @@ func keyring(ctx context.Context, env *Env) error {
 		fmt.Fprintf(env.Stdout, "Re-encrypted %d secrets; every stored secret is now under data key version %d.\n", n, ring.Primary())
 		return nil
 	default: // change-master
-		return keyringChangeMaster(ctx, env, &cfg, ring, newKey)
+		return keyringChangeMaster(ctx, env, cfg, ring, newKey)
 	}
 }
 

@@ -2,17 +2,13 @@ package cli
 
 import (
 	"context"
-	"flag"
 )
 
 // migrate runs "keybridge migrate": it applies the database migrations and
 // exits, for deployments that migrate before starting replicas (serve
 // migrates on start as well, under a lock).
 func migrate(ctx context.Context, env *Env) error {
-	fs := flag.NewFlagSet("keybridge migrate", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	var cfg storageConfig
-	cfg.register(fs, env.Getenv)
+	fs, cfg := storageFlags(env, "keybridge migrate")
 	if help, err := parseFlags(fs, env.Args); help || err != nil {
 		return err
 	}

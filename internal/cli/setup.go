@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -16,10 +15,7 @@ import (
 // API key with every permission against the configured database, with no
 // server running, and prints the key once.
 func setup(ctx context.Context, env *Env) error {
-	fs := flag.NewFlagSet("keybridge setup", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	var cfg storageConfig
-	cfg.register(fs, env.Getenv)
+	fs, cfg := storageFlags(env, "keybridge setup")
 	org := fs.String("org", "", "the org's slug, e.g. acme (required)")
 	email := fs.String("email", "", "the owner's email (required)")
 	name := fs.String("name", "", "the owner's name (default: the part of the email before the @)")
