@@ -3,10 +3,12 @@ package httpapi_test
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -109,6 +111,48 @@ func TestSetup(t *testing.T) {
 			// The owner can log in with the password.
 			e.login("admin@acme.test", "correct horse battery")
 		})
+	}
+}
+
+// TestSetupRace: setups racing with the one valid token, each for a
+// different org and owner, end with exactly one org.
+func TestSetupRace(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) { testSetupRace(t, newEnvWith(t, eng.New(t), envOptions{Empty: true})) })
+	}
+}
+
+func testSetupRace(t *testing.T, e *env) {
+	token, err := httpapi.NewSetupToken(context.Background(), e.Store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const racers = 6
+	codes := make([]int, racers)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range racers {
+		wg.Go(func() {
+			<-start
+			resp, _ := e.do("POST", "/api/v1/setup", "", map[string]string{"token": token,
+				"org": fmt.Sprintf("org-%d", i), "email": fmt.Sprintf("owner%d@acme.test", i), "name": "Owner", "password": "correct horse battery"})
+			codes[i] = resp.StatusCode
+		})
+	}
+	close(start)
+	wg.Wait()
+	created := 0
+	for _, c := range codes {
+		switch c {
+		case http.StatusCreated:
+			created++
+		case http.StatusNotFound:
+		default:
+			t.Errorf("racing setup answered %d, want 201 or 404", c)
+		}
+	}
+	if n, err := e.Store.CountOrgs(context.Background()); err != nil || n != 1 || created != 1 {
+		t.Errorf("after %d racing setups: %d answered 201 and %d orgs exist (%v); want exactly 1 and 1", racers, created, n, err)
 	}
 }
 

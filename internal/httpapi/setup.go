@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -253,8 +254,21 @@ func (s *Server) setup(w http.ResponseWriter, r *http.Request) error {
 	}
 	var res *SetupResult
 	err = s.store.InTx(r.Context(), func(tx store.Store) error {
-		if err := s.checkSetupToken(r.Context(), tx, in.Token); err != nil {
+		// Taking the token is the transaction's first write: of two setups
+		// racing with the same token, the second waits here and then finds
+		// it gone. A failure below rolls the take back.
+		want, err := tx.TakeMeta(r.Context(), setupTokenMeta)
+		if keybridge.IsCode(err, keybridge.ENotFound) {
+			return errNoSetup
+		}
+		if err != nil {
 			return err
+		}
+		if subtle.ConstantTimeCompare([]byte(tokenHash(in.Token)), []byte(want)) != 1 {
+			return errNoSetup
+		}
+		if n, err := tx.CountOrgs(r.Context()); err != nil || n > 0 {
+			return cmp.Or(err, error(errNoSetup))
 		}
 		res, err = createOwnerOrg(r.Context(), tx, si, hash)
 		return err

@@ -63,6 +63,10 @@ type Meta interface {
 	SetMeta(ctx context.Context, key, value string) error
 	// DeleteMeta removes key; a missing key is not an error.
 	DeleteMeta(ctx context.Context, key string) error
+	// TakeMeta removes key and returns the value it had, or ENotFound. Of
+	// several transactions taking the same key at once exactly one gets
+	// it, which makes one-time tokens single-use.
+	TakeMeta(ctx context.Context, key string) (string, error)
 }
 
 // Identity stores orgs, users, memberships, invitations and sessions.

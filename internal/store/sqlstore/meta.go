@@ -21,3 +21,14 @@ func (s *Store) DeleteMeta(ctx context.Context, key string) error {
 	_, err := s.exec(ctx, `DELETE FROM meta WHERE key = ?`, key)
 	return err
 }
+
+// TakeMeta implements store.Meta. DELETE ... RETURNING takes the row lock in
+// PostgreSQL, so a concurrent taker waits and then finds nothing; SQLite's
+// single writer serializes the same way.
+func (s *Store) TakeMeta(ctx context.Context, key string) (string, error) {
+	var v string
+	err := s.write(ctx, func(tx *Store) error {
+		return tx.tx.QueryRowContext(ctx, tx.q(`DELETE FROM meta WHERE key = ? RETURNING value`), key).Scan(&v)
+	})
+	return v, notFound(err, "meta key")
+}

@@ -18,6 +18,7 @@ func Run(t *testing.T, newStore Factory) {
 		run  func(*testing.T, Factory)
 	}{
 		{"Meta", testMeta},
+		{"TakeMeta", testTakeMeta},
 		{"Identity", testIdentity},
 		{"APIKeys", testAPIKeys},
 		{"KeyRing", testKeyRing},
