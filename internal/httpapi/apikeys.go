@@ -77,22 +77,24 @@ func validateExpiry(v keybridge.Validation, t time.Time) {
 }
 
 // keyOrg resolves the org a new key is for: the one named, else the key's
-// own org for a key, else the user's only org.
-func (s *Server) keyOrg(ctx context.Context, p *keybridge.Principal, name string) (*keybridge.Org, error) {
+// own org for a key, else the user's only org, and the caller's role there.
+func (s *Server) keyOrg(ctx context.Context, p *keybridge.Principal, name string) (*keybridge.Org, keybridge.Role, error) {
 	if name == "" {
-		if p.Type == keybridge.ActorAPIKey {
-			return s.store.Org(ctx, p.OrgID)
+		switch p.Type {
+		case keybridge.ActorAPIKey:
+			name = p.OrgID
+		default:
+			oms, err := s.store.OrgsForUser(ctx, p.UserID)
+			if err != nil {
+				return nil, "", err
+			}
+			if len(oms) != 1 {
+				return nil, "", keybridge.FieldError("org", "is required when you belong to more than one org (or none)")
+			}
+			name = oms[0].Org.ID
 		}
-		oms, err := s.store.OrgsForUser(ctx, p.UserID)
-		if err != nil {
-			return nil, err
-		}
-		if len(oms) != 1 {
-			return nil, keybridge.FieldError("org", "is required when you belong to more than one org (or none)")
-		}
-		return &oms[0].Org, nil
 	}
-	return s.store.Org(ctx, name)
+	return s.orgByRef(ctx, name, 0)
 }
 
 // grantable returns what the caller may put on a key in org: its role's
@@ -127,11 +129,7 @@ func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	org, err := s.keyOrg(ctx, p, in.Org)
-	if err != nil {
-		return err
-	}
-	role, err := s.auth.Authorize(ctx, p, org, 0)
+	org, role, err := s.keyOrg(ctx, p, in.Org)
 	if err != nil {
 		return err
 	}

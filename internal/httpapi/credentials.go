@@ -115,11 +115,8 @@ func (s *Server) createCredential(w http.ResponseWriter, r *http.Request) error 
 	}
 	// The org and the provider must be ones the caller can see: anything
 	// else is 404, whether it exists or not.
-	org, err := s.store.Org(ctx, in.Org)
+	org, _, err := s.orgByRef(ctx, in.Org, keybridge.PermProvidersRead)
 	if err != nil {
-		return err
-	}
-	if _, err := s.auth.Authorize(ctx, p, org, keybridge.PermProvidersRead); err != nil {
 		return err
 	}
 	prov, err := s.store.Provider(ctx, org.ID, in.Provider)

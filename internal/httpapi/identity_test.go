@@ -357,3 +357,41 @@ func TestMe(t *testing.T) {
 		}
 	})
 }
+
+// TestHiddenOrgAnswersLikeMissing: an org the caller may not see answers
+// exactly like one that does not exist, message included, wherever the org
+// is named — in the path or in the body.
+func TestHiddenOrgAnswersLikeMissing(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		other := e.otherOrg()
+		requests := []struct {
+			method, path string
+			body         func(ref string) any
+		}{
+			{"GET", "/api/v1/orgs/%s", nil},
+			{"GET", "/api/v1/orgs/%s/providers", nil},
+			{"GET", "/api/v1/orgs/%s/members", nil},
+			{"POST", "/api/v1/api-keys", func(ref string) any {
+				return map[string]any{"org": ref, "name": "k", "permissions": []string{"providers:read"}}
+			}},
+			{"POST", "/api/v1/users/me/credentials", func(ref string) any {
+				return map[string]any{"org": ref, "provider": "openai", "api_key": "sk-hidden-org-test"}
+			}},
+		}
+		for _, req := range requests {
+			for _, ref := range []string{other.Org.Slug, other.Org.ID, "no-such-org", "01a20000-0000-7000-8000-000000000000"} {
+				path, body := req.path, any(nil)
+				if req.body != nil {
+					body = req.body(ref)
+				} else {
+					path = fmt.Sprintf(req.path, ref)
+				}
+				resp, raw := e.do(req.method, path, e.OwnerKey, body)
+				got := wantError(t, resp, raw, keybridge.ENotFound)
+				if want := fmt.Sprintf("org %q not found", ref); got.Error.Message != want {
+					t.Errorf("%s %s naming %s: message %q, want %q", req.method, req.path, ref, got.Error.Message, want)
+				}
+			}
+		}
+	})
+}

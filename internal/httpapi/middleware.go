@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/subtle"
 	"net"
 	"net/http"
@@ -76,13 +77,22 @@ func principal(r *http.Request) *keybridge.Principal {
 // use perm there: 404 when it cannot see the org, 403 when it can but
 // lacks perm. It returns the org and the caller's role in it.
 func (s *Server) org(r *http.Request, perm keybridge.Permission) (*keybridge.Org, keybridge.Role, error) {
-	org, err := s.store.Org(r.Context(), r.PathValue("org"))
-	if err != nil {
-		return nil, "", err
+	return s.orgByRef(r.Context(), r.PathValue("org"), perm)
+}
+
+// orgByRef is org for an org named anywhere (path or body) by id or slug.
+func (s *Server) orgByRef(ctx context.Context, ref string, perm keybridge.Permission) (*keybridge.Org, keybridge.Role, error) {
+	org, err := s.store.Org(ctx, ref)
+	if err == nil {
+		var role keybridge.Role
+		if role, err = s.auth.Authorize(ctx, keybridge.PrincipalFromContext(ctx), org, perm); err == nil {
+			return org, role, nil
+		}
 	}
-	role, err := s.auth.Authorize(r.Context(), principal(r), org, perm)
-	if err != nil {
-		return nil, "", err
+	// A missing org and one the caller may not see answer alike, word for
+	// word: a different message would tell that the org exists.
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil, "", keybridge.Errorf(keybridge.ENotFound, "org %q not found", ref)
 	}
-	return org, role, nil
+	return nil, "", err
 }
