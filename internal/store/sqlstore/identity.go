@@ -144,9 +144,16 @@ func (s *Store) UpdateUser(ctx context.Context, u *keybridge.User) error {
 func (s *Store) CreateMembership(ctx context.Context, m *keybridge.Membership) error {
 	now := s.Now()
 	m.CreatedAt, m.UpdatedAt = now, now
-	_, err := s.exec(ctx, `INSERT INTO memberships (org_id, user_id, role, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
-		m.OrgID, m.UserID, string(m.Role), s.ts(now), s.ts(now))
-	return s.conflict(err, "the user is already a member of the org")
+	return s.write(ctx, func(tx *Store) error {
+		_, err := tx.exec(ctx, `INSERT INTO memberships (org_id, user_id, role, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
+			m.OrgID, m.UserID, string(m.Role), tx.ts(now), tx.ts(now))
+		if err != nil {
+			return tx.conflict(err, "the user is already a member of the org")
+		}
+		// A member added back gets their keys back at once: caches may
+		// hold them as refused.
+		return tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateUser, ID: m.UserID})
+	})
 }
 
 // Membership implements store.Identity.

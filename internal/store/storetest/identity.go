@@ -63,7 +63,6 @@ func testIdentity(t *testing.T, newStore Factory) {
 
 	t.Run("DeleteOrg", func(t *testing.T) {
 		st := newStore(t)
-		ch := baseSubscribe(t, st, st)
 		org := baseOrg(t, st, "doomed")
 		keep := baseOrg(t, st, "kept")
 		u := baseUser(t, st, "a@example.com")
@@ -71,6 +70,7 @@ func testIdentity(t *testing.T, newStore Factory) {
 		baseMember(t, st, keep.ID, u.ID, keybridge.RoleMember)
 		k := baseAPIKey(t, st, org.ID, u.ID, "k")
 		kept := baseAPIKey(t, st, keep.ID, u.ID, "kept")
+		ch := baseSubscribe(t, st, st)
 
 		if err := st.DeleteOrg(ctx, org.ID); err != nil {
 			t.Fatalf("DeleteOrg = %v", err)
@@ -134,6 +134,11 @@ func testIdentity(t *testing.T, newStore Factory) {
 		baseMember(t, st, org.ID, owner.ID, keybridge.RoleOwner)
 		baseMember(t, st, org.ID, invited.ID, keybridge.RoleMember)
 		baseMember(t, st, other.ID, owner.ID, keybridge.RoleAdmin)
+		// Joining publishes too: a member added back must not stay refused
+		// by a cache that remembers them as gone.
+		for _, id := range []string{owner.ID, invited.ID, owner.ID} {
+			baseExpect(t, "CreateMembership", ch, store.Invalidation{Kind: store.InvalidateUser, ID: id})
+		}
 
 		err := st.CreateMembership(ctx, &keybridge.Membership{OrgID: org.ID, UserID: owner.ID, Role: keybridge.RoleAdmin})
 		baseCode(t, "CreateMembership(twice)", err, keybridge.EConflict)
