@@ -1,10 +1,10 @@
 // Package retention removes usage rows and audit events past their
-// configured age. Usage goes quietly (it is accounting data, kept 90 days
-// unless configured otherwise). Audit events are kept forever unless an
-// admin sets a retention, and even then never vanish unnoticed: each
-// removal is logged and recorded as an audit event of its own, in the
-// transaction that removes them, and the chain stays verifiable from the
-// anchor the store keeps.
+// configured age, and expired sessions. Usage goes quietly (it is
+// accounting data, kept 90 days unless configured otherwise). Audit events
+// are kept forever unless an admin sets a retention, and even then never
+// vanish unnoticed: each removal is logged and recorded as an audit event of
+// its own, in the transaction that removes them, and the chain stays
+// verifiable from the anchor the store keeps.
 package retention
 
 import (
@@ -75,6 +75,8 @@ func Run(ctx context.Context, st store.Store, opts Options) error {
 // Report is what one pass removed.
 type Report struct {
 	UsageRows int64
+	// Sessions counts removed expired sessions.
+	Sessions int64
 	// AuditEvents counts removed events per org ID.
 	AuditEvents map[string]int
 }
@@ -97,6 +99,13 @@ func Once(ctx context.Context, st store.Store, opts Options) (Report, error) {
 		if n > 0 {
 			opts.Logger.InfoContext(ctx, "removed usage rows past retention", "rows", n, "before", before)
 		}
+	}
+	// Expired sessions no longer authenticate (SessionByHash skips them);
+	// removing them keeps the table from growing with every login.
+	n, err := st.DeleteExpiredSessions(ctx, now)
+	rep.Sessions = n
+	if err != nil {
+		errs = append(errs, fmt.Errorf("sessions: %w", err))
 	}
 	if opts.Audit > 0 {
 		orgs, err := st.AuditOrgs(ctx)

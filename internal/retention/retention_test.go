@@ -3,6 +3,7 @@ package retention_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"log/slog"
 	"strings"
@@ -149,5 +150,32 @@ func TestRunStopsWithContext(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended")
+	}
+}
+
+func TestOnceRemovesExpiredSessions(t *testing.T) {
+	ctx := context.Background()
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			st := eng.New(t)
+			u := &keybridge.User{Email: "a@example.com", Name: "A"}
+			if err := st.CreateUser(ctx, u); err != nil {
+				t.Fatal(err)
+			}
+			for name, exp := range map[string]time.Time{"expired": time.Now().Add(-time.Minute), "live": time.Now().Add(time.Hour)} {
+				h := sha256.Sum256([]byte(name))
+				if err := st.CreateSession(ctx, &keybridge.Session{UserID: u.ID, TokenHash: h[:], CSRFToken: name, ExpiresAt: exp}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rep, err := retention.Once(ctx, st, retention.Options{})
+			if err != nil || rep.Sessions != 1 {
+				t.Fatalf("Once = %+v, %v; want 1 session removed", rep, err)
+			}
+			live := sha256.Sum256([]byte("live"))
+			if _, err := st.SessionByHash(ctx, live[:]); err != nil {
+				t.Errorf("the live session is gone after a retention pass: %v", err)
+			}
+		})
 	}
 }

@@ -123,6 +123,9 @@ type Identity interface {
 	SessionByHash(ctx context.Context, hash []byte) (*keybridge.Session, error)
 	// DeleteSession removes a session; a missing one is not an error.
 	DeleteSession(ctx context.Context, id string) error
+	// DeleteExpiredSessions removes sessions that expired at or before t
+	// and returns how many went.
+	DeleteExpiredSessions(ctx context.Context, t time.Time) (int64, error)
 }
 
 // OrgMembership is an org together with the caller's role in it.

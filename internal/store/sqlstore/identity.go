@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
@@ -325,4 +326,13 @@ func (s *Store) SessionByHash(ctx context.Context, hash []byte) (*keybridge.Sess
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	_, err := s.exec(ctx, `DELETE FROM sessions WHERE id = ?`, id)
 	return err
+}
+
+// DeleteExpiredSessions implements store.Identity.
+func (s *Store) DeleteExpiredSessions(ctx context.Context, t time.Time) (int64, error) {
+	res, err := s.exec(ctx, `DELETE FROM sessions WHERE expires_at <= ?`, s.ts(t))
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }

@@ -352,6 +352,13 @@ func testIdentity(t *testing.T, newStore Factory) {
 		}
 		_, err = st.SessionByHash(ctx, baseHash("old"))
 		baseCode(t, "SessionByHash(expired)", err, keybridge.ENotFound)
+		// Cleaning up removes the expired session and keeps the live one.
+		if n, err := st.DeleteExpiredSessions(ctx, time.Now()); err != nil || n != 1 {
+			t.Errorf("DeleteExpiredSessions = %d, %v; want 1", n, err)
+		}
+		if n, err := st.DeleteExpiredSessions(ctx, time.Now()); err != nil || n != 0 {
+			t.Errorf("DeleteExpiredSessions(again) = %d, %v; want 0", n, err)
+		}
 
 		if err := st.DeleteSession(ctx, sess.ID); err != nil {
 			t.Fatalf("DeleteSession = %v", err)
