@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -221,13 +223,16 @@ func (s *Store) DeleteProviderKey(ctx context.Context, providerID, id string) er
 }
 
 // TouchProviderKeys implements store.Providers. A time never moves
-// backwards, so batches flushed out of order do no harm.
+// backwards, so batches flushed out of order do no harm. Keys are written
+// in ID order so that two replicas flushing at once take row locks in the
+// same order and cannot deadlock.
 func (s *Store) TouchProviderKeys(ctx context.Context, lastUsed map[string]time.Time) error {
 	if len(lastUsed) == 0 {
 		return nil
 	}
 	return s.write(ctx, func(s *Store) error {
-		for id, t := range lastUsed {
+		for _, id := range slices.Sorted(maps.Keys(lastUsed)) {
+			t := lastUsed[id]
 			if _, err := s.exec(ctx, `UPDATE provider_keys SET last_used_at = ?
 				WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, s.ts(t), id, s.ts(t)); err != nil {
 				return err

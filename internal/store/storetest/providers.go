@@ -328,6 +328,44 @@ func testProviders(t *testing.T, newStore Factory) {
 		}
 	})
 
+	// Replicas flush "last used" for the same keys at once; each batch must
+	// take the rows' locks in one order, or two batches deadlock and one
+	// fails.
+	t.Run("ConcurrentTouches", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		p := provProvider(t, st, org.ID, "openai")
+		var ids []string
+		for i := range keybridge.MaxProviderKeys {
+			ids = append(ids, provKey(t, st, p.ID, fmt.Sprintf("k%02d", i), i).ID)
+		}
+		base := time.Now().UTC().Truncate(time.Microsecond)
+		const flushers, rounds = 4, 15
+		var wg sync.WaitGroup
+		errs := make(chan error, flushers*rounds)
+		for f := range flushers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for r := range rounds {
+					batch := map[string]time.Time{}
+					for _, id := range ids {
+						batch[id] = base.Add(time.Duration(r*flushers+f) * time.Millisecond)
+					}
+					if err := st.TouchProviderKeys(ctx, batch); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("concurrent TouchProviderKeys = %v", err)
+		}
+	})
+
 	t.Run("DeleteCascades", func(t *testing.T) {
 		st := newStore(t)
 		org := provOrg(t, st, "acme")
