@@ -120,14 +120,14 @@ func TestCacheDirtyStack(t *testing.T) {
 func TestMemLimiterBound(t *testing.T) {
 	l := newMemLimiter(time.Minute)
 	for i := range maxWindows + 1000 {
-		l.fail(context.Background(), []limitKey{{name: strconv.Itoa(i), limit: 1}})
+		l.acquire(context.Background(), []limitKey{{name: strconv.Itoa(i), limit: 1}})
 	}
 	if got := len(l.m); got > maxWindows {
 		t.Errorf("limiter holds %d windows, want at most %d", got, maxWindows)
 	}
 	// The newest failure is still counted.
-	if d := l.wait(context.Background(), []limitKey{{name: strconv.Itoa(maxWindows + 999), limit: 1}}); d <= 0 {
-		t.Errorf("wait after the newest failure = %v, want a wait", d)
+	if d := l.acquire(context.Background(), []limitKey{{name: strconv.Itoa(maxWindows + 999), limit: 1}}); d <= 0 {
+		t.Errorf("acquire after the newest failure = %v, want a wait", d)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -42,6 +41,9 @@ var errBadLogin = keybridge.Errorf(keybridge.EUnauthenticated, "invalid email or
 // failures every attempt is refused with rate_limited, the right password
 // too, until the window passes; a success clears the account's count (not
 // the IP's: one valid account must not buy more guesses at others).
+// An attempt counts as a failure from its start until its password proves
+// right, so guesses sent all at once cannot pass the check together before
+// the first of them is counted.
 func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybridge.User, *keybridge.Session, string, error) {
 	email = keybridge.NormalizeEmail(email)
 	info := keybridge.RequestInfoFromContext(ctx)
@@ -56,7 +58,7 @@ func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybr
 	if ip != "" {
 		keys = append(keys, limitKey{name: "ip:" + ipBucket(ip), limit: s.opts.LoginIPLimit})
 	}
-	if wait := s.limiter.wait(ctx, keys); wait > 0 {
+	if wait := s.limiter.acquire(ctx, keys); wait > 0 {
 		return nil, nil, "", &keybridge.Error{
 			Code:              keybridge.ERateLimited,
 			Message:           "too many failed logins; try again later",
@@ -66,6 +68,8 @@ func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybr
 
 	u, err := s.store.UserByEmail(ctx, email)
 	if err != nil && !keybridge.IsCode(err, keybridge.ENotFound) {
+		// Nothing was guessed: the attempt is not a failure.
+		s.limiter.release(ctx, keys)
 		return nil, nil, "", fmt.Errorf("look up user: %w", err)
 	}
 	if err != nil {
@@ -78,13 +82,14 @@ func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybr
 		CheckPassword(dummyHash(), password)
 	}
 	if !ok {
-		s.limiter.fail(ctx, keys)
+		// acquire already counted the failure.
 		if err := s.auditFailedLogin(ctx, u, email); err != nil {
 			return nil, nil, "", err
 		}
 		return nil, nil, "", errBadLogin
 	}
 	s.limiter.reset(ctx, keys[0])
+	s.limiter.release(ctx, keys[1:])
 
 	var sess *keybridge.Session
 	var token string
@@ -190,11 +195,15 @@ type limitKey struct {
 // limiter counts failed logins per key over a fixed window that starts at
 // the first failure.
 type limiter interface {
-	// wait returns how long until every key is below its limit; zero
-	// when a login may be tried now.
-	wait(ctx context.Context, keys []limitKey) time.Duration
-	// fail counts one failure against each key.
-	fail(ctx context.Context, keys []limitKey)
+	// acquire counts an attempt against each key, as a failure until
+	// release takes it back, and returns zero: checking and counting are
+	// one step, so concurrent attempts cannot all see a count below the
+	// limit. When some key is already at its limit it counts nothing and
+	// returns how long until every key is below it.
+	acquire(ctx context.Context, keys []limitKey) time.Duration
+	// release takes back an attempt acquire counted against each key,
+	// for an attempt that turned out not to be a failure.
+	release(ctx context.Context, keys []limitKey)
 	// reset forgets key's failures.
 	reset(ctx context.Context, key limitKey)
 }
@@ -218,7 +227,7 @@ func newMemLimiter(window time.Duration) *memLimiter {
 	return &memLimiter{window: window, m: map[string]*failWindow{}}
 }
 
-func (l *memLimiter) wait(_ context.Context, keys []limitKey) time.Duration {
+func (l *memLimiter) acquire(_ context.Context, keys []limitKey) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
@@ -228,13 +237,9 @@ func (l *memLimiter) wait(_ context.Context, keys []limitKey) time.Duration {
 			d = max(d, w.until.Sub(now))
 		}
 	}
-	return d
-}
-
-func (l *memLimiter) fail(_ context.Context, keys []limitKey) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
+	if d > 0 {
+		return d
+	}
 	for _, k := range keys {
 		w := l.m[k.name]
 		if w != nil && now.Before(w.until) {
@@ -245,6 +250,20 @@ func (l *memLimiter) fail(_ context.Context, keys []limitKey) {
 			l.evict(now)
 		}
 		l.m[k.name] = &failWindow{count: 1, until: now.Add(l.window)}
+	}
+	return 0
+}
+
+func (l *memLimiter) release(_ context.Context, keys []limitKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	for _, k := range keys {
+		if w := l.m[k.name]; w != nil {
+			if w.count--; w.count <= 0 || !now.Before(w.until) {
+				delete(l.m, k.name)
+			}
+		}
 	}
 }
 
@@ -283,46 +302,67 @@ type redisLimiter struct {
 
 const redisPrefix = "keybridge:login_failures:"
 
-// failScript counts a failure and starts the window on the first one, in
-// one step, so a crash between the two cannot leave a counter that never
-// expires.
-var failScript = redis.NewScript(`
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n`)
+// acquireScript is memLimiter.acquire in Redis, in one step: it returns
+// the milliseconds until every key (KEYS, limits in ARGV[2...]) is below
+// its limit, or counts an attempt against each and returns 0. A window
+// starts with its first count, in the same step, so a crash cannot leave
+// a counter that never expires.
+var acquireScript = redis.NewScript(`
+local wait = 0
+for i, k in ipairs(KEYS) do
+  local n = tonumber(redis.call('GET', k) or '0')
+  if n >= tonumber(ARGV[i + 1]) then
+    local ttl = redis.call('PTTL', k)
+    if ttl < 0 then
+      ttl = tonumber(ARGV[1])
+      redis.call('PEXPIRE', k, ttl)
+    end
+    if ttl > wait then wait = ttl end
+  end
+end
+if wait > 0 then return wait end
+for _, k in ipairs(KEYS) do
+  if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ARGV[1]) end
+end
+return 0`)
 
-func (l *redisLimiter) wait(ctx context.Context, keys []limitKey) time.Duration {
-	pipe := l.rdb.Pipeline()
-	counts := make([]*redis.StringCmd, len(keys))
-	ttls := make([]*redis.DurationCmd, len(keys))
+// releaseScript takes back one count from each key that still exists.
+var releaseScript = redis.NewScript(`
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 and redis.call('DECR', k) <= 0 then
+    redis.call('DEL', k)
+  end
+end
+return 0`)
+
+func (l *redisLimiter) acquire(ctx context.Context, keys []limitKey) time.Duration {
+	names := make([]string, len(keys))
+	args := make([]any, 1, len(keys)+1)
+	args[0] = l.window.Milliseconds()
 	for i, k := range keys {
-		counts[i] = pipe.Get(ctx, redisPrefix+k.name)
-		ttls[i] = pipe.PTTL(ctx, redisPrefix+k.name)
+		names[i] = redisPrefix + k.name
+		args = append(args, k.limit)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		l.log.WarnContext(ctx, "read failed-login counters from redis; using this process's", "err", err)
-		return l.fallback.wait(ctx, keys)
+	ms, err := acquireScript.Run(ctx, l.rdb, names, args...).Int64()
+	if err != nil {
+		l.log.WarnContext(ctx, "count login attempt in redis; counting in this process", "err", err)
+		return l.fallback.acquire(ctx, keys)
 	}
-	var d time.Duration
-	for i, k := range keys {
-		n, err := counts[i].Int()
-		if err != nil || n < k.limit {
-			continue
-		}
-		if ttl := ttls[i].Val(); ttl > 0 {
-			d = max(d, ttl)
-		}
-	}
-	return d
+	return time.Duration(ms) * time.Millisecond
 }
 
-func (l *redisLimiter) fail(ctx context.Context, keys []limitKey) {
-	for _, k := range keys {
-		if err := failScript.Run(ctx, l.rdb, []string{redisPrefix + k.name}, l.window.Milliseconds()).Err(); err != nil {
-			l.log.WarnContext(ctx, "count failed login in redis; counting in this process", "err", err)
-			l.fallback.fail(ctx, []limitKey{k})
-		}
+func (l *redisLimiter) release(ctx context.Context, keys []limitKey) {
+	if len(keys) == 0 {
+		return
 	}
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = redisPrefix + k.name
+	}
+	if err := releaseScript.Run(ctx, l.rdb, names).Err(); err != nil {
+		l.log.WarnContext(ctx, "take back login attempt in redis", "err", err)
+	}
+	l.fallback.release(ctx, keys)
 }
 
 func (l *redisLimiter) reset(ctx context.Context, key limitKey) {

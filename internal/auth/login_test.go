@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/keybridge/keybridge/internal/auth"
@@ -218,6 +220,30 @@ func TestLoginRateLimits(t *testing.T) {
 				wantLimited("31st login from the IP, right password", login(f.owner.Email, ownerPassword, ip))
 				if err := login(f.owner.Email, ownerPassword, randomIP()); err != nil {
 					t.Errorf("login from another IP: %v", err)
+				}
+			})
+			t.Run("concurrent guesses", func(t *testing.T) {
+				// A costlier hash keeps every guess in flight long enough
+				// that all of them start before the first one fails.
+				saved := auth.PasswordParams
+				auth.PasswordParams = auth.Argon2Params{Memory: 8 * 1024, Time: 2, Threads: 1, SaltLen: 16, KeyLen: 32}
+				u := f.addUser(t, randomEmail(), "right")
+				auth.PasswordParams = saved
+				const n = 20
+				var checked atomic.Int32
+				var wg sync.WaitGroup
+				for range n {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if err := login(u.Email, "wrong", randomIP()); keybridge.IsCode(err, keybridge.EUnauthenticated) {
+							checked.Add(1)
+						}
+					}()
+				}
+				wg.Wait()
+				if got := checked.Load(); got > 5 {
+					t.Errorf("%d of %d wrong passwords sent at once were checked, want at most 5 (the account's limit)", got, n)
 				}
 			})
 			t.Run("IPv6 counts per /64", func(t *testing.T) {
