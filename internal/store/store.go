@@ -161,7 +161,9 @@ type APIKeys interface {
 
 // KeyRing stores the wrapped data keys and finds the sealed values they protect.
 type KeyRing interface {
-	// DataKeys lists every data key, oldest version first.
+	// DataKeys lists every data key, oldest version first. Inside InTx it
+	// locks the ring until the transaction ends, so changes of the ring
+	// that read it first (rotation, master key change) run one at a time.
 	DataKeys(ctx context.Context) ([]keybridge.DataKey, error)
 	// CreateDataKey inserts a data key; when k.Primary it becomes the only
 	// primary. EConflict on a used version.

@@ -57,8 +57,20 @@ func (c sealedColumn) holdsSecret() string {
 	return c.column + ` IS NOT NULL AND LENGTH(` + c.column + `) > 0`
 }
 
-// DataKeys implements store.KeyRing.
+// DataKeys implements store.KeyRing. Inside a transaction it first locks
+// every data key row until the transaction ends (PostgreSQL; SQLite's
+// single writer serializes anyway), because callers there read the ring to
+// change it: a rotation and a master key change running at once would
+// otherwise leave a new key wrapped under the old master beside keys
+// re-wrapped under the new one, and no master key would open the ring.
+// The read comes after the lock, in a statement of its own, so that it
+// sees what the transaction it waited for added.
 func (s *Store) DataKeys(ctx context.Context) ([]keybridge.DataKey, error) {
+	if s.tx != nil && s.db.Dialect.ForUpdate != "" {
+		if _, err := s.exec(ctx, `SELECT version FROM data_keys ORDER BY version`+s.db.Dialect.ForUpdate); err != nil {
+			return nil, fmt.Errorf("lock key ring: %w", err)
+		}
+	}
 	rows, err := s.query(ctx, `SELECT version, wrapped, is_primary, created_at FROM data_keys ORDER BY version`)
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
@@ -77,6 +78,52 @@ func testKeyRing(t *testing.T, newStore Factory) {
 	}
 	baseCode(t, "UpdateDataKeyWrap(missing)", st.UpdateDataKeyWrap(ctx, 9, []byte("x")), keybridge.ENotFound)
 	baseMarker(t, "failed key ring writes", st, ch)
+
+	testKeyRingSerialized(t, newStore)
+}
+
+// testKeyRingSerialized checks that changes of the ring, which read it
+// with DataKeys inside a transaction and then write, run one after the
+// other: a rotation racing a master key change must not leave a data key
+// wrapped under the old master beside keys wrapped under the new one.
+func testKeyRingSerialized(t *testing.T, newStore Factory) {
+	ctx := context.Background()
+	st := newStore(t)
+	if err := st.CreateDataKey(ctx, &keybridge.DataKey{Version: 1, Wrapped: []byte("w1"), Primary: true}); err != nil {
+		t.Fatalf("CreateDataKey(1) = %v", err)
+	}
+	read := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- st.InTx(ctx, func(tx store.Store) error {
+			if _, err := tx.DataKeys(ctx); err != nil {
+				return err
+			}
+			close(read)
+			time.Sleep(300 * time.Millisecond)
+			return tx.CreateDataKey(ctx, &keybridge.DataKey{Version: 2, Wrapped: []byte("w2"), Primary: true})
+		})
+	}()
+	select {
+	case <-read:
+	case err := <-done:
+		t.Fatalf("first ring change = %v", err)
+	}
+	var got []keybridge.DataKey
+	err := st.InTx(ctx, func(tx store.Store) error {
+		var err error
+		got, err = tx.DataKeys(ctx)
+		return err
+	})
+	if err := <-done; err != nil {
+		t.Fatalf("first ring change = %v", err)
+	}
+	if err != nil {
+		t.Fatalf("DataKeys in a second transaction = %v", err)
+	}
+	if len(got) != 2 {
+		t.Errorf("DataKeys in a transaction beside one changing the ring = %d keys, want 2: it did not wait for the change", len(got))
+	}
 }
 
 func equalKeys[T comparable](a, b []T) bool {
