@@ -114,3 +114,28 @@ func TestBadPaths(t *testing.T) {
 		wantError(t, resp, raw, keybridge.EInvalid)
 	})
 }
+
+// TestPastedKeyNotPrintableASCII sends provider and personal keys holding
+// characters no provider key has (a mangled paste): each is a 400 naming
+// api_key on every engine, never a 500 from a hint cut inside a character.
+func TestPastedKeyNotPrintableASCII(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		prov := e.addProvider(map[string]any{"name": "oa", "type": "openai"})
+		for _, key := range []string{
+			"a" + strings.Repeat("é", 23), // the hint's first 4 bytes end inside "é"
+			"sk-" + strings.Repeat("é", 5),
+			"sk-abc\u0001defghijklmnopqrstuvwxyz",
+			"sk-abcdefghijklmnop\u201cqrstuvwxyz\u201d",
+		} {
+			resp, raw := e.do("POST", e.providersPath("/"+prov.ID+"/keys"), e.OwnerKey, map[string]any{"api_key": key})
+			if got := wantError(t, resp, raw, keybridge.EInvalid); got.Error.Fields["api_key"] == "" {
+				t.Errorf("POST keys with %q: fields = %v, want api_key", key, got.Error.Fields)
+			}
+			resp, raw = e.do("POST", "/api/v1/users/me/credentials", e.OwnerKey,
+				map[string]any{"org": e.Org.Slug, "provider": prov.ID, "api_key": key})
+			if got := wantError(t, resp, raw, keybridge.EInvalid); got.Error.Fields["api_key"] == "" {
+				t.Errorf("POST credentials with %q: fields = %v, want api_key", key, got.Error.Fields)
+			}
+		}
+	})
+}

@@ -525,7 +525,10 @@ func (in *createProviderKeyRequest) Validate() error {
 	return v.Err()
 }
 
-// validateSecret checks a pasted key: present, not blank, one line.
+// validateSecret checks a pasted key: present, not blank, one line, and
+// printable ASCII as every provider's keys are. Anything else is a mangled
+// paste (smart quotes, a stray control character), and would also cut the
+// hint inside a character.
 func validateSecret(v keybridge.Validation, field string, s keybridge.Secret) {
 	switch key := s.Reveal(); {
 	case key == "":
@@ -534,7 +537,18 @@ func validateSecret(v keybridge.Validation, field string, s keybridge.Secret) {
 		v.Add(field, "must be at most 4096 characters")
 	case strings.ContainsAny(key, "\r\n\t "):
 		v.Add(field, "must not contain whitespace")
+	case !printableASCII(key):
+		v.Add(field, "must hold only printable ASCII characters, as provider keys do")
 	}
+}
+
+func printableASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) createProviderKey(w http.ResponseWriter, r *http.Request) error {
