@@ -138,8 +138,22 @@ func decodeMasterKey(s, from string) ([]byte, error) {
 }
 
 // openRing opens the key ring of st with the configured master key.
+//
+// A master key is generated only for a database with no key ring yet: a
+// new key could not open an existing ring, and a file holding it would
+// stand where the real key must be put back.
 func (c *storageConfig) openRing(ctx context.Context, st store.Store, create bool, log *slog.Logger, notice io.Writer) (*secrets.Ring, error) {
+	if create {
+		keys, err := st.DataKeys(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read key ring: %w", err)
+		}
+		create = len(keys) == 0
+	}
 	key, err := c.masterKey(create, notice)
+	if errors.Is(err, fs.ErrNotExist) && c.MasterKeyFile == "" {
+		return nil, fmt.Errorf("no master key in %s, but the database holds a key ring sealed by one: put that key back there, or set KEYBRIDGE_MASTER_KEY or --master-key-file to it", c.DataDir)
+	}
 	if err != nil {
 		return nil, err
 	}

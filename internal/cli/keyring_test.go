@@ -270,3 +270,26 @@ func TestKeyringOutputHasNoKey(t *testing.T) {
 		}
 	}
 }
+
+// TestServeKeepsRingWithoutMasterKey: serve generates a master key only for
+// a database with no key ring yet. When master.key is gone from a data dir
+// whose database holds a ring, a new key could not open it: serve refuses
+// to start and leaves the data dir as it was, so the real key can be put
+// back.
+func TestServeKeepsRingWithoutMasterKey(t *testing.T) {
+	dir, _ := keyringDir(t)
+	path := filepath.Join(dir, "master.key")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := runCLI(t, nil, "serve", "--listen", "127.0.0.1:0", "--data-dir", dir)
+	if err == nil {
+		t.Fatal("serve without the master key of an existing ring = nil, want an error")
+	}
+	if !strings.Contains(err.Error(), "master") {
+		t.Errorf("serve = %v, want an error that names the missing master key", err)
+	}
+	if _, statErr := os.Stat(path); !errors.Is(statErr, os.ErrNotExist) {
+		t.Errorf("serve created %s for a database that already has a key ring (stat: %v)", path, statErr)
+	}
+}
