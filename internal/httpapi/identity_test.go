@@ -395,3 +395,47 @@ func TestHiddenOrgAnswersLikeMissing(t *testing.T) {
 		}
 	})
 }
+
+// TestInviteVoidOnceRemoved checks that an invitation is void once its
+// member is removed from the org, even after being added back: otherwise
+// an admin who kept the link could set the password of a user who has
+// since joined another org, and sign in there as them.
+func TestInviteVoidOnceRemoved(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		type invite struct {
+			UserID string `json:"user_id"`
+			Token  string `json:"invite_token"`
+		}
+		addMember := func(org, key string) invite {
+			t.Helper()
+			resp, raw := e.do("POST", "/api/v1/orgs/"+org+"/members", key, map[string]string{"email": "drifter@x.test", "role": "member"})
+			wantStatus(t, resp, raw, http.StatusCreated)
+			return decodeAs[invite](t, raw)
+		}
+		accept := func(token string) (*http.Response, []byte) {
+			return e.do("POST", "/api/v1/auth/accept-invite", "", map[string]string{"token": token, "password": "a good password"})
+		}
+		kept := addMember(e.Org.Slug, e.OwnerKey)
+		resp, raw := e.do("DELETE", "/api/v1/orgs/"+e.Org.Slug+"/members/"+kept.UserID, e.OwnerKey, nil)
+		wantStatus(t, resp, raw, http.StatusNoContent)
+
+		// Removed: the kept link no longer works.
+		resp, raw = accept(kept.Token)
+		wantError(t, resp, raw, keybridge.ENotFound)
+
+		// Another org invites the same person; then the first adds them
+		// back (no new invitation: they belong to another org now).
+		other := e.otherOrg()
+		theirs := addMember(other.Org.Slug, other.OwnerKey)
+		if theirs.Token == "" {
+			t.Fatal("the other org's invitation has no token")
+		}
+		addMember(e.Org.Slug, e.OwnerKey)
+		resp, raw = accept(kept.Token)
+		wantError(t, resp, raw, keybridge.ENotFound)
+
+		// The person's own invitation still works.
+		resp, raw = accept(theirs.Token)
+		wantStatus(t, resp, raw, http.StatusOK)
+	})
+}

@@ -439,6 +439,17 @@ func (s *Server) acceptInvite(w http.ResponseWriter, r *http.Request) error {
 			}
 			return err
 		}
+		// An invitation is for the membership it was issued with: once
+		// the member is removed, or removed and added back, it is void.
+		// Otherwise whoever kept the link could set the password of a
+		// user who has since joined another org.
+		m, err := tx.Member(ctx, inv.OrgID, inv.UserID)
+		if keybridge.IsCode(err, keybridge.ENotFound) || (err == nil && m.CreatedAt.After(inv.CreatedAt)) {
+			return errNoInvitation
+		}
+		if err != nil {
+			return err
+		}
 		if u, err = tx.User(ctx, inv.UserID); err != nil {
 			return err
 		}
