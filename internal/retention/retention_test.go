@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -175,6 +176,55 @@ func TestOnceRemovesExpiredSessions(t *testing.T) {
 			live := sha256.Sum256([]byte("live"))
 			if _, err := st.SessionByHash(ctx, live[:]); err != nil {
 				t.Errorf("the live session is gone after a retention pass: %v", err)
+			}
+		})
+	}
+}
+
+// Two replicas may trim one org's chain at the same moment. The second one
+// waits for the first, and the event it records must name the part of the
+// chain it removed itself, not what was there before the first trim.
+func TestOnceRecordsWhatItRemovedBesideAnotherTrim(t *testing.T) {
+	ctx := context.Background()
+	day := 24 * time.Hour
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			st := eng.New(t)
+			now := time.Now()
+			for _, age := range []time.Duration{100 * day, 100 * day, 100 * day, 50 * day, 50 * day, 0} {
+				appendAt(t, st, "a", now.Add(-age), "thing.update") // seq 1..6
+			}
+			trimmed := make(chan struct{})
+			done := make(chan error, 1)
+			go func() {
+				done <- st.InTx(ctx, func(tx store.Store) error {
+					if n, err := tx.DeleteAuditEventsBefore(ctx, "a", now.Add(-75*day)); err != nil || n != 3 {
+						t.Errorf("first trim removed %d, %v; want 3", n, err)
+					}
+					close(trimmed)
+					time.Sleep(300 * time.Millisecond)
+					return nil
+				})
+			}()
+			select {
+			case <-trimmed:
+			case err := <-done:
+				t.Fatalf("first trim = %v", err)
+			}
+			rep, err := retention.Once(ctx, st, retention.Options{Audit: 30 * day})
+			if err := <-done; err != nil {
+				t.Fatalf("first trim = %v", err)
+			}
+			if err != nil || rep.AuditEvents["a"] != 2 {
+				t.Fatalf("Once = %+v, %v; want 2 events of org a removed", rep, err)
+			}
+			events, _, err := st.ListAuditEvents(ctx, store.AuditFilter{OrgID: "a", Action: retention.ActionTrim}, store.Page{})
+			if err != nil || len(events) != 1 {
+				t.Fatalf("trim events = %d, %v; want 1", len(events), err)
+			}
+			got := events[0].Changes["first_seq"]
+			if fmt.Sprint(got.Old) != "4" || fmt.Sprint(got.New) != "6" {
+				t.Errorf("trim event first_seq = %v -> %v, want 4 -> 6", got.Old, got.New)
 			}
 		})
 	}

@@ -293,7 +293,8 @@ type Audit interface {
 	// many it removed.
 	DeleteAuditEventsBefore(ctx context.Context, orgID string, t time.Time) (int, error)
 	// AuditBounds returns where orgID's stored chain must start and end;
-	// zero bounds for an org with no events.
+	// zero bounds for an org with no events. Inside InTx it locks the
+	// chain until the transaction ends, as AppendAuditEvent does.
 	AuditBounds(ctx context.Context, orgID string) (AuditBounds, error)
 	// AuditOrgs lists the org IDs that have a chain, in ID order: deleted
 	// orgs (their events outlive them) and the no-org chain "" included,

@@ -82,9 +82,17 @@ func (s *Store) auditHead(ctx context.Context, orgID, suffix string) (store.Audi
 	return b, err
 }
 
-// AuditBounds implements store.Audit.
+// AuditBounds implements store.Audit. Inside a transaction it locks the
+// chain's head like an append does (PostgreSQL; SQLite's single writer
+// serializes anyway): a caller there reads the bounds to change the chain,
+// and a retention pass of another replica trimming the same chain must
+// finish before it reads, or it records bounds that no longer hold.
 func (s *Store) AuditBounds(ctx context.Context, orgID string) (store.AuditBounds, error) {
-	b, err := s.auditHead(ctx, orgID, "")
+	lock := ""
+	if s.tx != nil {
+		lock = s.db.Dialect.ForUpdate
+	}
+	b, err := s.auditHead(ctx, orgID, lock)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.AuditBounds{}, nil
 	}
