@@ -16,7 +16,8 @@ import (
 )
 
 // Page asks for one page of a list. Cursor is opaque: the NextCursor of the
-// previous page, or empty for the first.
+// previous page, or empty for the first; any other cursor makes the list
+// method return EInvalid.
 type Page struct {
 	Limit  int
 	Cursor string
@@ -114,7 +115,8 @@ type Identity interface {
 	// InvitationByHash finds an invitation by the SHA-256 of its token. ENotFound.
 	InvitationByHash(ctx context.Context, hash []byte) (*keybridge.Invitation, error)
 	// AcceptInvitation marks an unaccepted invitation accepted at the
-	// transaction's time. ENotFound when it was already accepted.
+	// transaction's time. ENotFound when it was already accepted or has
+	// expired.
 	AcceptInvitation(ctx context.Context, id string) error
 
 	// CreateSession inserts s, setting ID and CreatedAt.
@@ -248,7 +250,9 @@ type Projects interface {
 	// invalidated. ENotFound.
 	DeleteProject(ctx context.Context, orgID, id string) error
 
-	// CreateAIKey inserts k, setting ID and times. EConflict on a used key or hash.
+	// CreateAIKey inserts k, setting ID and times. ENotFound unless
+	// k.ProjectID is an undeleted project of k.OrgID; EConflict on a used
+	// key or hash.
 	CreateAIKey(ctx context.Context, k *keybridge.AIKey) error
 	// AIKey finds an AI key of projectID, deleted or not. ENotFound.
 	AIKey(ctx context.Context, projectID, id string) (*keybridge.AIKey, error)
@@ -256,7 +260,8 @@ type Projects interface {
 	AIKeyBySecretHash(ctx context.Context, hash []byte) (*keybridge.AIKey, error)
 	// ListAIKeys lists a project's AI keys newest first.
 	ListAIKeys(ctx context.Context, projectID string, includeDeleted bool, page Page) ([]keybridge.AIKey, string, error)
-	// UpdateAIKey writes name and limits. ENotFound.
+	// UpdateAIKey writes name and limits and publishes an invalidation for
+	// it. ENotFound, also for a deleted key.
 	UpdateAIKey(ctx context.Context, k *keybridge.AIKey) error
 	// DeleteAIKey soft-deletes a key at the transaction's time and
 	// publishes an invalidation. ENotFound, also when already deleted.
@@ -325,7 +330,7 @@ type AuditBounds struct {
 type UsageStore interface {
 	// InsertUsage writes a batch of usage records.
 	InsertUsage(ctx context.Context, batch []keybridge.Usage) error
-	// QueryUsage aggregates usage per q.
+	// QueryUsage aggregates usage per q. EInvalid for an unknown GroupBy.
 	QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybridge.UsageGroup, error)
 	// DeleteUsageBefore removes usage older than t and returns how many rows went.
 	DeleteUsageBefore(ctx context.Context, t time.Time) (int64, error)
