@@ -91,11 +91,7 @@ func projectFields(p *keybridge.Project) map[string]any {
 }
 
 func (s *Server) getProject(w http.ResponseWriter, r *http.Request) error {
-	org, _, err := s.org(r, keybridge.PermProjectsRead)
-	if err != nil {
-		return err
-	}
-	p, err := s.store.Project(r.Context(), org.ID, r.PathValue("projectID"))
+	_, p, err := s.project(r, keybridge.PermProjectsRead)
 	if err != nil {
 		return err
 	}
@@ -117,7 +113,7 @@ func (in *updateProjectRequest) Validate() error {
 
 func (s *Server) updateProject(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	org, _, err := s.org(r, keybridge.PermProjectsWrite)
+	org, p, err := s.project(r, keybridge.PermProjectsWrite)
 	if err != nil {
 		return err
 	}
@@ -125,10 +121,9 @@ func (s *Server) updateProject(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	var p *keybridge.Project
 	err = s.store.InTx(ctx, func(tx store.Store) error {
 		var err error
-		if p, err = tx.Project(ctx, org.ID, r.PathValue("projectID")); err != nil {
+		if p, err = tx.Project(ctx, org.ID, p.ID); err != nil {
 			return err
 		}
 		before := projectFields(p)
@@ -159,12 +154,12 @@ func (s *Server) updateProject(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) deleteProject(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	org, _, err := s.org(r, keybridge.PermProjectsWrite)
+	org, p, err := s.project(r, keybridge.PermProjectsWrite)
 	if err != nil {
 		return err
 	}
 	err = s.store.InTx(ctx, func(tx store.Store) error {
-		p, err := tx.Project(ctx, org.ID, r.PathValue("projectID"))
+		p, err := tx.Project(ctx, org.ID, p.ID)
 		if err != nil {
 			return err
 		}
@@ -212,17 +207,17 @@ func allAIKeys(ctx context.Context, st store.Store, projectID string) ([]keybrid
 	}
 }
 
-// project resolves the {org} and {projectID} path values for perm.
+// project resolves the {org} and {projectID} path values for a caller who
+// needs perm: 404 when the caller cannot see the org or there is no such
+// project, and only then 403 when it can see the project (every member
+// can) but lacks perm.
 func (s *Server) project(r *http.Request, perm keybridge.Permission) (*keybridge.Org, *keybridge.Project, error) {
-	org, _, err := s.org(r, perm)
-	if err != nil {
-		return nil, nil, err
-	}
-	p, err := s.store.Project(r.Context(), org.ID, r.PathValue("projectID"))
-	if err != nil {
-		return nil, nil, err
-	}
-	return org, p, nil
+	var p *keybridge.Project
+	org, err := s.orgChild(r, keybridge.PermProjectsRead, perm, func(org *keybridge.Org) (err error) {
+		p, err = s.store.Project(r.Context(), org.ID, r.PathValue("projectID"))
+		return err
+	})
+	return org, p, err
 }
 
 func (s *Server) listAIKeys(w http.ResponseWriter, r *http.Request) error {

@@ -440,3 +440,43 @@ func pjDump(t *testing.T, e *env) string {
 	}
 	return b.String()
 }
+
+// TestProjectsHiddenBeforeForbidden checks the order of the answers to a
+// member who may read projects but not write them: what does not exist in
+// the org (a project of another org, an unknown AI key) is 404, as for an
+// admin; only what the member can see is 403.
+func TestProjectsHiddenBeforeForbidden(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		_, memberKey := e.addMember(keybridge.RoleMember)
+		other := e.otherOrg()
+		web := e.pjCreate(e.Org, e.OwnerKey, "web")
+		foreign := e.pjCreate(other.Org, other.OwnerKey, "theirs")
+		unknown := "01900000-0000-7000-8000-000000000000"
+		for _, tc := range []struct {
+			method, path string
+			body         any
+			code         string
+		}{
+			{"PATCH", pjPath(e.Org, "/"+foreign.ID), map[string]any{"name": "x"}, keybridge.ENotFound},
+			{"DELETE", pjPath(e.Org, "/"+foreign.ID), nil, keybridge.ENotFound},
+			{"DELETE", pjPath(e.Org, "/"+unknown), nil, keybridge.ENotFound},
+			{"POST", pjPath(e.Org, "/"+foreign.ID+"/ai-keys"), map[string]any{"name": "x", "ai_type": "OPENAI"}, keybridge.ENotFound},
+			{"DELETE", pjPath(e.Org, "/"+unknown+"/ai-keys/"+unknown), nil, keybridge.ENotFound},
+			{"PATCH", pjPath(e.Org, "/"+web.ID), map[string]any{"name": "x"}, keybridge.EForbidden},
+			{"DELETE", pjPath(e.Org, "/"+web.ID), nil, keybridge.EForbidden},
+			{"POST", pjPath(e.Org, "/"+web.ID+"/ai-keys"), map[string]any{"name": "x", "ai_type": "OPENAI"}, keybridge.EForbidden},
+		} {
+			resp, body := e.do(tc.method, tc.path, memberKey, tc.body)
+			if resp.StatusCode != httpStatus(tc.code) {
+				t.Errorf("member %s %s = %d %s, want %s", tc.method, tc.path, resp.StatusCode, body, tc.code)
+			}
+		}
+	})
+}
+
+func httpStatus(code string) int {
+	if code == keybridge.ENotFound {
+		return http.StatusNotFound
+	}
+	return http.StatusForbidden
+}

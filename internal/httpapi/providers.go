@@ -106,20 +106,12 @@ func (s *Server) viewProvider(p *keybridge.Provider) (providerView, error) {
 // and only then 403 when it can see the provider (every member can) but
 // lacks perm.
 func (s *Server) providerFor(r *http.Request, perm keybridge.Permission) (*keybridge.Org, *keybridge.Provider, error) {
-	org, _, err := s.org(r, keybridge.PermProvidersRead)
-	if err != nil {
-		return nil, nil, err
-	}
-	p, err := s.store.Provider(r.Context(), org.ID, r.PathValue("provider"))
-	if err != nil {
-		return nil, nil, err
-	}
-	if perm != keybridge.PermProvidersRead {
-		if _, err := s.auth.Authorize(r.Context(), principal(r), org, perm); err != nil {
-			return nil, nil, err
-		}
-	}
-	return org, p, nil
+	var p *keybridge.Provider
+	org, err := s.orgChild(r, keybridge.PermProvidersRead, perm, func(org *keybridge.Org) (err error) {
+		p, err = s.store.Provider(r.Context(), org.ID, r.PathValue("provider"))
+		return err
+	})
+	return org, p, err
 }
 
 // providerFields is what the audit log records of a provider's own
