@@ -191,6 +191,33 @@ func normalizeBaseURL(v keybridge.Validation, raw string) string {
 	return u
 }
 
+// validateProviderType checks the type sent to create or test a provider.
+func validateProviderType(v keybridge.Validation, t keybridge.ProviderType) {
+	switch {
+	case t == "":
+		v.Add("type", "is required")
+	case !t.Valid():
+		v.Add("type", "must be one of openai, anthropic, bedrock, google, azure-openai, openai-compatible")
+	}
+}
+
+// newSettings builds the settings of a new provider (or one under test)
+// from what was sent: the patch over the type's defaults, validated, and
+// the base URL sent, else the type's default (400 when it has none).
+func newSettings(t keybridge.ProviderType, patch keybridge.SettingsPatch, baseURL string) (keybridge.ProviderSettings, string, error) {
+	set := keybridge.ProviderSettings{}.Apply(patch)
+	set.Defaults(t)
+	if err := set.Validate(t); err != nil {
+		return set, "", err
+	}
+	if baseURL == "" {
+		if baseURL = keybridge.DefaultBaseURL(t, set.Region); baseURL == "" {
+			return set, "", keybridge.FieldError("base_url", "is required for "+string(t)+" providers")
+		}
+	}
+	return set, baseURL, nil
+}
+
 func validKeySource(k keybridge.KeySource) bool {
 	return k == keybridge.KeySourceOrg || k == keybridge.KeySourceUser || k == keybridge.KeySourceUserOrOrg
 }
@@ -244,12 +271,7 @@ func (in *createProviderRequest) Validate() error {
 	validateProviderName(v, in.Name)
 	in.DisplayName = strings.TrimSpace(in.DisplayName)
 	validateDisplayName(v, in.DisplayName)
-	switch {
-	case in.Type == "":
-		v.Add("type", "is required")
-	case !in.Type.Valid():
-		v.Add("type", "must be one of openai, anthropic, bedrock, google, azure-openai, openai-compatible")
-	}
+	validateProviderType(v, in.Type)
 	if in.KeySource != "" && !validKeySource(in.KeySource) {
 		v.Add("key_source", "must be org, user or user_or_org")
 	}
@@ -274,13 +296,12 @@ func (s *Server) createProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	set := keybridge.ProviderSettings{}.Apply(in.settings)
-	set.Defaults(in.Type)
-	if err := set.Validate(in.Type); err != nil {
+	set, baseURL, err := newSettings(in.Type, in.settings, in.BaseURL)
+	if err != nil {
 		return err
 	}
 	p := &keybridge.Provider{ID: newRowID(), OrgID: org.ID, Name: in.Name, DisplayName: in.DisplayName, Type: in.Type,
-		BaseURL: in.BaseURL, Enabled: true, KeySource: keybridge.KeySourceOrg}
+		BaseURL: baseURL, Enabled: true, KeySource: keybridge.KeySourceOrg}
 	if p.DisplayName == "" {
 		p.DisplayName = p.Name
 	}
@@ -289,11 +310,6 @@ func (s *Server) createProvider(w http.ResponseWriter, r *http.Request) error {
 	}
 	if in.KeySource != "" {
 		p.KeySource = in.KeySource
-	}
-	if p.BaseURL == "" {
-		if p.BaseURL = keybridge.DefaultBaseURL(p.Type, set.Region); p.BaseURL == "" {
-			return keybridge.FieldError("base_url", "is required for "+string(p.Type)+" providers")
-		}
 	}
 	if p.SettingsSealed, err = s.sealSettings(p.ID, &set); err != nil {
 		return err
@@ -709,12 +725,7 @@ type testProviderRequest struct {
 
 func (in *testProviderRequest) Validate() error {
 	v := keybridge.Validation{}
-	switch {
-	case in.Type == "":
-		v.Add("type", "is required")
-	case !in.Type.Valid():
-		v.Add("type", "must be one of openai, anthropic, bedrock, google, azure-openai, openai-compatible")
-	}
+	validateProviderType(v, in.Type)
 	if in.BaseURL != "" {
 		in.BaseURL = normalizeBaseURL(v, in.BaseURL)
 	}
@@ -744,16 +755,9 @@ func (s *Server) testProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	set := keybridge.ProviderSettings{}.Apply(in.settings)
-	set.Defaults(in.Type)
-	if err := set.Validate(in.Type); err != nil {
+	set, base, err := newSettings(in.Type, in.settings, in.BaseURL)
+	if err != nil {
 		return err
-	}
-	base := in.BaseURL
-	if base == "" {
-		if base = keybridge.DefaultBaseURL(in.Type, set.Region); base == "" {
-			return keybridge.FieldError("base_url", "is required for "+string(in.Type)+" providers")
-		}
 	}
 	res := s.upstreamClient().Probe(r.Context(), upstream.Target{Type: in.Type, BaseURL: base, APIKey: in.APIKey, Settings: set})
 	writeJSON(w, http.StatusOK, res)
