@@ -511,6 +511,9 @@ func (s *Server) rotateAPIKey(w http.ResponseWriter, r *http.Request) error {
 			return keybridge.Errorf(keybridge.EConflict, "only an active key can be rotated; this one is %s", old.Status)
 		case old.GraceUntil != nil:
 			return keybridge.Errorf(keybridge.EConflict, "the key was already rotated; rotate its successor")
+		case old.ExpiresAt != nil && !old.ExpiresAt.After(tx.Now()):
+			// The successor would carry the same expiry, dead at birth.
+			return keybridge.Errorf(keybridge.EConflict, "the key has expired; create a new key")
 		}
 		// The successor may not carry more than the caller may grant now
 		// (a demoted owner's rotation must not keep the old power).

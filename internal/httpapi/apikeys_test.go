@@ -540,3 +540,24 @@ func TestSessionCSRF(t *testing.T) {
 		wantStatus(t, resp, raw, http.StatusOK)
 	})
 }
+
+// TestRotateExpiredKey checks that an expired key cannot be rotated: its
+// successor would carry the same expiry and be born dead, while the
+// answer said 201 with a fresh plaintext.
+func TestRotateExpiredKey(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		k := e.newKey(e.OwnerKey, map[string]any{"permissions": []string{"gateway:invoke"}})
+		stored, err := e.Store.APIKey(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		past := time.Now().Add(-time.Minute).UTC()
+		stored.ExpiresAt = &past
+		if err := e.Store.UpdateAPIKey(ctx, stored); err != nil {
+			t.Fatal(err)
+		}
+		resp, raw := e.do("POST", "/api/v1/api-keys/"+k.ID+"/rotate", e.OwnerKey, map[string]int{"grace_period_seconds": 0})
+		wantError(t, resp, raw, keybridge.EConflict)
+	})
+}
