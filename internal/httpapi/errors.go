@@ -70,3 +70,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(v)
 }
+
+// taken turns the store's conflict on a unique column into the 409 that
+// names the request's field; any other error passes through.
+func taken(err error, field, message string) error {
+	if keybridge.IsCode(err, keybridge.EConflict) {
+		return &keybridge.Error{Code: keybridge.EConflict, Message: message, Fields: map[string]string{field: "already exists"}}
+	}
+	return err
+}

@@ -18,6 +18,11 @@ type orgResponse struct {
 	Role keybridge.Role `json:"role"`
 }
 
+// orgSlugTaken is the 409 for a slug another org has.
+func orgSlugTaken(err error) error {
+	return taken(err, "slug", "an org with this slug already exists")
+}
+
 func orgResource(o *keybridge.Org) keybridge.Resource {
 	return keybridge.Resource{Type: "org", ID: o.ID, Name: o.Slug}
 }
@@ -74,11 +79,7 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) error {
 	org := &keybridge.Org{Slug: in.Slug, Name: strings.TrimSpace(in.Name)}
 	err = s.store.InTx(ctx, func(tx store.Store) error {
 		if err := tx.CreateOrg(ctx, org); err != nil {
-			if keybridge.IsCode(err, keybridge.EConflict) {
-				return &keybridge.Error{Code: keybridge.EConflict, Message: "an org with this slug already exists",
-					Fields: map[string]string{"slug": "already exists"}}
-			}
-			return err
+			return orgSlugTaken(err)
 		}
 		if err := tx.CreateMembership(ctx, &keybridge.Membership{OrgID: org.ID, UserID: p.UserID, Role: keybridge.RoleOwner}); err != nil {
 			return err
@@ -140,11 +141,7 @@ func (s *Server) updateOrg(w http.ResponseWriter, r *http.Request) error {
 	if len(changes) > 0 {
 		err = s.store.InTx(ctx, func(tx store.Store) error {
 			if err := tx.UpdateOrg(ctx, &next); err != nil {
-				if keybridge.IsCode(err, keybridge.EConflict) {
-					return &keybridge.Error{Code: keybridge.EConflict, Message: "an org with this slug already exists",
-						Fields: map[string]string{"slug": "already exists"}}
-				}
-				return err
+				return orgSlugTaken(err)
 			}
 			return audit.Record(ctx, tx, org.ID, "org.update", orgResource(&next), changes)
 		})

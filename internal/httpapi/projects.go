@@ -25,11 +25,7 @@ func aiKeyResource(k *keybridge.AIKey) keybridge.Resource {
 
 // projectNameTaken is the 409 for a name already used in the org.
 func projectNameTaken(err error) error {
-	if keybridge.IsCode(err, keybridge.EConflict) {
-		return &keybridge.Error{Code: keybridge.EConflict, Message: "a project with this name already exists in the org",
-			Fields: map[string]string{"name": "already exists"}}
-	}
-	return err
+	return taken(err, "name", "a project with this name already exists in the org")
 }
 
 func (s *Server) listProjects(w http.ResponseWriter, r *http.Request) error {

@@ -149,11 +149,7 @@ func providerChanges(before, after *keybridge.Provider, setBefore, setAfter *key
 
 // providerNameTaken is the 409 for a name already used in the org.
 func providerNameTaken(err error) error {
-	if keybridge.IsCode(err, keybridge.EConflict) {
-		return &keybridge.Error{Code: keybridge.EConflict, Message: "a provider with this name already exists in the org",
-			Fields: map[string]string{"name": "already exists"}}
-	}
-	return err
+	return taken(err, "name", "a provider with this name already exists in the org")
 }
 
 var uuidShape = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)

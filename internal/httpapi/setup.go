@@ -155,18 +155,10 @@ func createOwnerOrg(ctx context.Context, tx store.Store, in SetupInput, password
 		User: &keybridge.User{Email: in.Email, Name: in.Name, PasswordHash: passwordHash},
 	}
 	if err := tx.CreateOrg(ctx, res.Org); err != nil {
-		if keybridge.IsCode(err, keybridge.EConflict) {
-			return nil, &keybridge.Error{Code: keybridge.EConflict, Message: "an org with slug " + in.Org + " already exists",
-				Fields: map[string]string{"org": "already exists"}}
-		}
-		return nil, err
+		return nil, taken(err, "org", "an org with slug "+in.Org+" already exists")
 	}
 	if err := tx.CreateUser(ctx, res.User); err != nil {
-		if keybridge.IsCode(err, keybridge.EConflict) {
-			return nil, &keybridge.Error{Code: keybridge.EConflict, Message: "a user with email " + in.Email + " already exists",
-				Fields: map[string]string{"email": "already exists"}}
-		}
-		return nil, err
+		return nil, taken(err, "email", "a user with email "+in.Email+" already exists")
 	}
 	if err := tx.CreateMembership(ctx, &keybridge.Membership{OrgID: res.Org.ID, UserID: res.User.ID, Role: keybridge.RoleOwner}); err != nil {
 		return nil, err
