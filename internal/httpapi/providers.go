@@ -101,6 +101,16 @@ func (s *Server) viewProvider(p *keybridge.Provider) (providerView, error) {
 		CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}, nil
 }
 
+// writeProvider answers with p as responses show it.
+func (s *Server) writeProvider(w http.ResponseWriter, status int, p *keybridge.Provider) error {
+	v, err := s.viewProvider(p)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, status, v)
+	return nil
+}
+
 // providerFor resolves {org} and {provider} for a caller who needs perm on
 // it: 404 when the caller cannot see the org or there is no such provider,
 // and only then 403 when it can see the provider (every member can) but
@@ -319,12 +329,7 @@ func (s *Server) createProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	v, err := s.viewProvider(p)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusCreated, v)
-	return nil
+	return s.writeProvider(w, http.StatusCreated, p)
 }
 
 func (s *Server) getProvider(w http.ResponseWriter, r *http.Request) error {
@@ -332,12 +337,7 @@ func (s *Server) getProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	v, err := s.viewProvider(p)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, v)
-	return nil
+	return s.writeProvider(w, http.StatusOK, p)
 }
 
 type updateProviderRequest struct {
@@ -450,12 +450,7 @@ func (s *Server) updateProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	v, err := s.viewProvider(p)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, v)
-	return nil
+	return s.writeProvider(w, http.StatusOK, p)
 }
 
 func (s *Server) deleteProvider(w http.ResponseWriter, r *http.Request) error {
