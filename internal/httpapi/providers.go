@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -162,10 +161,7 @@ func providerNameTaken(err error) error {
 	return taken(err, "name", "a provider with this name already exists in the org")
 }
 
-var uuidShape = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-// validateProviderName is keybridge.ValidateProviderName plus one rule of
-// ours: a name shaped like an ID would make {idOrName} ambiguous.
+// validateProviderName records keybridge.ValidateProviderName's verdict in v.
 func validateProviderName(v keybridge.Validation, name string) {
 	if name == "" {
 		v.Add("name", "is required")
@@ -176,10 +172,6 @@ func validateProviderName(v keybridge.Validation, name string) {
 		if errors.As(err, &e) {
 			v.Add("name", e.Fields["name"])
 		}
-		return
-	}
-	if uuidShape.MatchString(name) {
-		v.Add("name", "must not look like an ID")
 	}
 }
 

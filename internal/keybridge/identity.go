@@ -10,6 +10,13 @@ import (
 // SlugPattern is the shape of org slugs and provider names.
 var SlugPattern = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
 
+var idShape = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// LooksLikeID reports whether s has the shape of an ID. Org slugs and
+// provider names may not: paths take an ID or a name in one place, the ID
+// wins, and such a name could never be reached.
+func LooksLikeID(s string) bool { return idShape.MatchString(s) }
+
 // Org is an organisation: it owns providers, projects, members, audit
 // events and usage.
 type Org struct {
@@ -25,6 +32,9 @@ func (o *Org) Validate() error {
 	v := Validation{}
 	if !SlugPattern.MatchString(o.Slug) || len(o.Slug) > 63 {
 		v.Add("slug", "must match ^[a-z0-9]+(-[a-z0-9]+)*$ and be at most 63 characters")
+	}
+	if LooksLikeID(o.Slug) {
+		v.Add("slug", "must not look like an ID")
 	}
 	if strings.TrimSpace(o.Name) == "" || len(o.Name) > 200 {
 		v.Add("name", "must be 1 to 200 characters")

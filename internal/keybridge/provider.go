@@ -67,6 +67,9 @@ func ValidateProviderName(name string) error {
 	if slices.Contains(ReservedProviderNames, name) {
 		return FieldError("name", "is reserved")
 	}
+	if LooksLikeID(name) {
+		return FieldError("name", "must not look like an ID")
+	}
 	return nil
 }
 
