@@ -85,6 +85,8 @@ func (c *storageConfig) openStore(ctx context.Context) (store.Store, error) {
 // saying so loudly on log.
 func (c *storageConfig) masterKey(create bool, log io.Writer) ([]byte, error) {
 	switch {
+	case c.MasterKey != "" && c.MasterKeyFile != "":
+		return nil, fmt.Errorf("%w: give the master key by KEYBRIDGE_MASTER_KEY or --master-key-file, not both", errUsage)
 	case c.MasterKey != "":
 		return decodeMasterKey(c.MasterKey, "KEYBRIDGE_MASTER_KEY")
 	case c.MasterKeyFile != "":
@@ -135,6 +137,18 @@ func decodeMasterKey(s, from string) ([]byte, error) {
 		return nil, fmt.Errorf("master key from %s must be 32 bytes in base64 (generate one with: openssl rand -base64 32)", from)
 	}
 	return key, nil
+}
+
+// checkMasterKey reads the master key, when one is given or already
+// generated, and reports what is wrong with it, so that a command can
+// refuse before it opens (and so migrates) the database. A generated key
+// that does not exist yet is not an error: openRing decides about it.
+func (c *storageConfig) checkMasterKey() error {
+	_, err := c.masterKey(false, io.Discard)
+	if errors.Is(err, fs.ErrNotExist) && c.MasterKey == "" && c.MasterKeyFile == "" {
+		return nil
+	}
+	return err
 }
 
 // openRing opens the key ring of st with the configured master key.

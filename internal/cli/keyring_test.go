@@ -6,10 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/cli"
 	"github.com/keybridge/keybridge/internal/secrets"
@@ -291,5 +293,41 @@ func TestServeKeepsRingWithoutMasterKey(t *testing.T) {
 	}
 	if _, statErr := os.Stat(path); !errors.Is(statErr, os.ErrNotExist) {
 		t.Errorf("serve created %s for a database that already has a key ring (stat: %v)", path, statErr)
+	}
+}
+
+// TestServeRefusesBadMasterKeyFirst: a master key that is given but cannot
+// be used (malformed, a missing file, two of them) refuses serve before the
+// database is opened, so nothing is created or migrated.
+func TestServeRefusesBadMasterKeyFirst(t *testing.T) {
+	key, _ := secrets.NewMasterKey()
+	good := base64.StdEncoding.EncodeToString(key)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		exit int
+	}{
+		{"malformed", map[string]string{"KEYBRIDGE_MASTER_KEY": "not a key"}, nil, 1},
+		{"missing file", nil, []string{"--master-key-file", filepath.Join(t.TempDir(), "absent.key")}, 1},
+		{"both sources", map[string]string{"KEYBRIDGE_MASTER_KEY": good}, []string{"--master-key-file", filepath.Join(t.TempDir(), "other.key")}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dir}, tc.args...)
+			// A serve that wrongly starts is stopped rather than left running.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := cli.Run(ctx, append([]string{"keybridge"}, args...), func(k string) string { return tc.env[k] },
+				strings.NewReader(""), io.Discard, io.Discard)
+			if err == nil || cli.ExitCode(err) != tc.exit {
+				t.Fatalf("serve = %v (exit %d), want an error with exit %d", err, cli.ExitCode(err), tc.exit)
+			}
+			for _, name := range []string{"master.key", "keybridge.db"} {
+				if _, statErr := os.Stat(filepath.Join(dir, name)); !errors.Is(statErr, os.ErrNotExist) {
+					t.Errorf("serve created %s (stat: %v)", name, statErr)
+				}
+			}
+		})
 	}
 }

@@ -115,6 +115,9 @@ func serve(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.storage.checkMasterKey(); err != nil {
+		return err
+	}
 
 	st, err := cfg.storage.openStore(ctx)
 	if err != nil {
