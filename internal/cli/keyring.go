@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -59,14 +58,8 @@ func keyring(ctx context.Context, env *Env) error {
 	case "change-master":
 		fs.StringVar(&newKeyFile, "new-master-key-file", "", "file holding the new base64 master key (or set KEYBRIDGE_NEW_MASTER_KEY)")
 	}
-	if err := fs.Parse(env.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	if help, err := parseFlags(fs, env.Args[1:]); help || err != nil {
+		return err
 	}
 	var newKey []byte
 	if sub == "change-master" {
