@@ -14,6 +14,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts a graceful drain; restoring the default
+	// handlers lets a second one end the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	if err := cli.Run(ctx, os.Args, os.Getenv, os.Stdin, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "keybridge:", err)
 		os.Exit(cli.ExitCode(err))
