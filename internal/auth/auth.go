@@ -483,8 +483,9 @@ func (s *Service) loadAPIKey(ctx context.Context, h [32]byte, now int64) (*entry
 	}
 	m, err := s.store.Membership(ctx, k.OrgID, k.UserID)
 	if keybridge.IsCode(err, keybridge.ENotFound) {
-		// The owner left the org. Re-adding a member publishes nothing,
-		// so this refusal is remembered only briefly.
+		// The owner left the org. Re-adding them publishes an
+		// invalidation that drops this refusal; it is also remembered
+		// only briefly, so a lost notice cannot lock them out for long.
 		e.deadline = now + int64(s.opts.NegativeTTL)
 		return e, nil
 	}
