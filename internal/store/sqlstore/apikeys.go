@@ -81,20 +81,8 @@ func (s *Store) ListAPIKeys(ctx context.Context, f store.APIKeyFilter, page stor
 		where += ` AND id < ?`
 		args = append(args, before[0])
 	}
-	rows, err := s.query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys `+where+` ORDER BY id DESC LIMIT ?`, append(args, limit+1)...)
+	out, err := queryAll(ctx, s, scanAPIKey, `SELECT `+apiKeyColumns+` FROM api_keys `+where+` ORDER BY id DESC LIMIT ?`, append(args, limit+1)...)
 	if err != nil {
-		return nil, "", err
-	}
-	defer rows.Close()
-	var out []keybridge.APIKey
-	for rows.Next() {
-		k, err := scanAPIKey(rows)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, *k)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, "", err
 	}
 	out, next := trimPage(out, limit, func(k *keybridge.APIKey) []string { return []string{k.ID} })

@@ -182,21 +182,9 @@ func (s *Store) ListAuditEvents(ctx context.Context, f store.AuditFilter, page s
 		t := s.ts(time.UnixMicro(micros))
 		add(`(time < ? OR (time = ? AND id < ?))`, t, t, before[1])
 	}
-	rows, err := s.query(ctx, `SELECT `+auditColumns+` FROM audit_events `+where+
+	out, err := queryAll(ctx, s, scanAuditEvent, `SELECT `+auditColumns+` FROM audit_events `+where+
 		` ORDER BY time DESC, id DESC LIMIT ?`, append(args, limit+1)...)
 	if err != nil {
-		return nil, "", err
-	}
-	defer rows.Close()
-	var out []keybridge.AuditEvent
-	for rows.Next() {
-		e, err := scanAuditEvent(rows)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, *e)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, "", err
 	}
 	out, next := trimPage(out, limit, func(e *keybridge.AuditEvent) []string {

@@ -12,7 +12,7 @@ func init() {
 
 const credentialColumns = `id, user_id, org_id, provider_id, hint, api_key, fingerprint, created_at, updated_at, last_used_at`
 
-func scanCredential(sc interface{ Scan(...any) error }) (*keybridge.Credential, error) {
+func scanCredential(sc rowScanner) (*keybridge.Credential, error) {
 	var c keybridge.Credential
 	err := sc.Scan(&c.ID, &c.UserID, &c.OrgID, &c.ProviderID, &c.Hint, &c.Sealed, &c.Fingerprint,
 		timeCol{&c.CreatedAt}, timeCol{&c.UpdatedAt}, nullTimeCol{&c.LastUsedAt})
@@ -58,20 +58,7 @@ func (s *Store) CredentialFor(ctx context.Context, userID, providerID string) (*
 // ListCredentials implements store.Credentials. IDs are UUIDv7, so
 // ordering by ID is ordering by creation.
 func (s *Store) ListCredentials(ctx context.Context, userID string) ([]keybridge.Credential, error) {
-	rows, err := s.query(ctx, `SELECT `+credentialColumns+` FROM user_credentials WHERE user_id = ? ORDER BY id DESC`, userID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []keybridge.Credential
-	for rows.Next() {
-		c, err := scanCredential(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *c)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s, scanCredential, `SELECT `+credentialColumns+` FROM user_credentials WHERE user_id = ? ORDER BY id DESC`, userID)
 }
 
 // CredentialProviders implements store.Credentials. Only current members

@@ -9,9 +9,6 @@ import (
 	"github.com/keybridge/keybridge/internal/store"
 )
 
-// rowScanner is a *sql.Row or *sql.Rows.
-type rowScanner interface{ Scan(...any) error }
-
 // CreateOrg implements store.Identity. It keeps o.ID when the caller set one.
 func (s *Store) CreateOrg(ctx context.Context, o *keybridge.Org) error {
 	if o.ID == "" {
@@ -194,21 +191,9 @@ func (s *Store) Members(ctx context.Context, orgID string, page store.Page) ([]k
 	if after != nil {
 		last = after[0]
 	}
-	rows, err := s.query(ctx, `SELECT `+memberColumns+` FROM memberships m JOIN users u ON u.id = m.user_id
+	out, err := queryAll(ctx, s, scanMember, `SELECT `+memberColumns+` FROM memberships m JOIN users u ON u.id = m.user_id
 		WHERE m.org_id = ? AND u.email > ? ORDER BY u.email LIMIT ?`, orgID, last, limit+1)
 	if err != nil {
-		return nil, "", err
-	}
-	defer rows.Close()
-	var out []keybridge.Member
-	for rows.Next() {
-		m, err := scanMember(rows)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, *m)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, "", err
 	}
 	out, next := trimPage(out, limit, func(m *keybridge.Member) []string { return []string{m.Email} })

@@ -17,7 +17,7 @@ import (
 
 const projectColumns = `id, org_id, name, description, created_at, updated_at`
 
-func scanProject(sc interface{ Scan(...any) error }) (*keybridge.Project, error) {
+func scanProject(sc rowScanner) (*keybridge.Project, error) {
 	var p keybridge.Project
 	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.Description, timeCol{&p.CreatedAt}, timeCol{&p.UpdatedAt})
 	if err != nil {
@@ -67,20 +67,8 @@ func (s *Store) ListProjects(ctx context.Context, orgID string, page store.Page)
 	}
 	query += ` ORDER BY name LIMIT ?`
 	args = append(args, limit+1)
-	rows, err := s.query(ctx, query, args...)
+	out, err := queryAll(ctx, s, scanProject, query, args...)
 	if err != nil {
-		return nil, "", err
-	}
-	defer rows.Close()
-	var out []keybridge.Project
-	for rows.Next() {
-		p, err := scanProject(rows)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, *p)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, "", err
 	}
 	out, next := trimPage(out, limit, func(p *keybridge.Project) []string { return []string{p.Name} })
@@ -150,7 +138,7 @@ const aiKeyColumns = `k.id, k.project_id, k.org_id, k.name, k.ai_type, k.key, k.
 	k.rate_limit_rpm, k.rate_limit_tpm, k.token_budget, k.budget_period,
 	k.created_by, k.created_at, k.last_used_at, k.deleted_at`
 
-func scanAIKey(sc interface{ Scan(...any) error }) (*keybridge.AIKey, error) {
+func scanAIKey(sc rowScanner) (*keybridge.AIKey, error) {
 	var k keybridge.AIKey
 	var budget string
 	err := sc.Scan(&k.ID, &k.ProjectID, &k.OrgID, &k.Name, &k.AIType, &k.Key, &k.SecretHash,
@@ -230,20 +218,8 @@ func (s *Store) ListAIKeys(ctx context.Context, projectID string, includeDeleted
 	}
 	query += ` ORDER BY k.id DESC LIMIT ?`
 	args = append(args, limit+1)
-	rows, err := s.query(ctx, query, args...)
+	out, err := queryAll(ctx, s, scanAIKey, query, args...)
 	if err != nil {
-		return nil, "", err
-	}
-	defer rows.Close()
-	var out []keybridge.AIKey
-	for rows.Next() {
-		k, err := scanAIKey(rows)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, *k)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, "", err
 	}
 	out, next := trimPage(out, limit, func(k *keybridge.AIKey) []string { return []string{k.ID} })

@@ -32,7 +32,7 @@ const providerColumns = `p.id, p.org_id, p.name, p.display_name, p.type, p.base_
 	p.settings, p.created_at, p.updated_at,
 	(SELECT COUNT(*) FROM provider_keys k WHERE k.provider_id = p.id)`
 
-func scanProvider(sc interface{ Scan(...any) error }) (*keybridge.Provider, error) {
+func scanProvider(sc rowScanner) (*keybridge.Provider, error) {
 	var p keybridge.Provider
 	var typ, keySource string
 	err := sc.Scan(&p.ID, &p.OrgID, &p.Name, &p.DisplayName, &typ, &p.BaseURL, &p.Enabled, &keySource,
@@ -89,21 +89,9 @@ func (s *Store) ListProviders(ctx context.Context, orgID string, page store.Page
 	if after != nil {
 		last = after[0]
 	}
-	rows, err := s.query(ctx, `SELECT `+providerColumns+` FROM providers p
+	out, err := queryAll(ctx, s, scanProvider, `SELECT `+providerColumns+` FROM providers p
 		WHERE p.org_id = ? AND p.name > ? ORDER BY p.name LIMIT ?`, orgID, last, limit+1)
 	if err != nil {
-		return nil, "", err
-	}
-	defer rows.Close()
-	var out []keybridge.Provider
-	for rows.Next() {
-		p, err := scanProvider(rows)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, *p)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, "", err
 	}
 	out, next := trimPage(out, limit, func(p *keybridge.Provider) []string { return []string{p.Name} })
@@ -134,7 +122,7 @@ func (s *Store) DeleteProvider(ctx context.Context, orgID, id string) error {
 const providerKeyColumns = `id, provider_id, name, hint, priority, enabled, api_key, fingerprint,
 	created_at, updated_at, last_used_at, cooldown_until`
 
-func scanProviderKey(sc interface{ Scan(...any) error }) (*keybridge.ProviderKey, error) {
+func scanProviderKey(sc rowScanner) (*keybridge.ProviderKey, error) {
 	var k keybridge.ProviderKey
 	err := sc.Scan(&k.ID, &k.ProviderID, &k.Name, &k.Hint, &k.Priority, &k.Enabled, &k.Sealed, &k.Fingerprint,
 		timeCol{&k.CreatedAt}, timeCol{&k.UpdatedAt}, nullTimeCol{&k.LastUsedAt}, nullTimeCol{&k.CooldownUntil})
@@ -188,20 +176,7 @@ func (s *Store) ProviderKey(ctx context.Context, providerID, id string) (*keybri
 
 // ProviderKeys implements store.Providers.
 func (s *Store) ProviderKeys(ctx context.Context, providerID string) ([]keybridge.ProviderKey, error) {
-	rows, err := s.query(ctx, `SELECT `+providerKeyColumns+` FROM provider_keys WHERE provider_id = ? ORDER BY priority, id`, providerID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []keybridge.ProviderKey
-	for rows.Next() {
-		k, err := scanProviderKey(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *k)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s, scanProviderKey, `SELECT `+providerKeyColumns+` FROM provider_keys WHERE provider_id = ? ORDER BY priority, id`, providerID)
 }
 
 // UpdateProviderKey implements store.Providers.

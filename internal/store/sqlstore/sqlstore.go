@@ -265,3 +265,24 @@ func trimPage[T any](rows []T, limit int, key func(*T) []string) ([]T, string) {
 	rows = rows[:limit]
 	return rows, encodeCursor(key(&rows[limit-1])...)
 }
+
+// rowScanner is a *sql.Row or *sql.Rows, what every scanX function reads.
+type rowScanner interface{ Scan(...any) error }
+
+// queryAll runs a read and scans every row into a T with scan.
+func queryAll[T any](ctx context.Context, s *Store, scan func(rowScanner) (*T, error), query string, args ...any) ([]T, error) {
+	rows, err := s.query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *v)
+	}
+	return out, rows.Err()
+}
