@@ -2,11 +2,9 @@ package audit_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +12,6 @@ import (
 	"github.com/keybridge/keybridge/internal/audit"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
-	"github.com/keybridge/keybridge/internal/store/sqlstore"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
@@ -91,38 +88,6 @@ func TestRedactHandBuiltChanges(t *testing.T) {
 	}
 }
 
-// rawDB is the database under a test store, for changing it behind the
-// store's back the way someone with access to the files would.
-type rawDB struct {
-	db       *sql.DB
-	postgres bool
-}
-
-func rawOf(t *testing.T, st store.Store) rawDB {
-	t.Helper()
-	s, ok := st.(*sqlstore.Store)
-	if !ok {
-		t.Fatalf("store is %T, want *sqlstore.Store", st)
-	}
-	return rawDB{db: s.DB().Write, postgres: s.DialectName() == "postgres"}
-}
-
-func (r rawDB) exec(t *testing.T, query string, args ...any) {
-	t.Helper()
-	if r.postgres {
-		for i := 1; strings.Contains(query, "?"); i++ {
-			query = strings.Replace(query, "?", "$"+strconv.Itoa(i), 1)
-		}
-	}
-	res, err := r.db.Exec(query, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		t.Fatalf("%s %v: touched no row", query, args)
-	}
-}
-
 // chain appends n events to org through Record, as the API does, and
 // returns them in chain order.
 func chain(t *testing.T, st store.Store, org string, n int) []*keybridge.AuditEvent {
@@ -152,7 +117,7 @@ func TestVerify(t *testing.T) {
 	for _, eng := range storetest.Engines() {
 		t.Run(eng.Name, func(t *testing.T) {
 			st := eng.New(t)
-			raw := rawOf(t, st)
+			raw := storetest.RawOf(t, st)
 			for _, tc := range []struct {
 				name string
 				// tamper changes the stored chain of org (five events)
@@ -164,55 +129,55 @@ func TestVerify(t *testing.T) {
 					return audit.BadEvent{}
 				}, 5},
 				{"field updated", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `UPDATE audit_events SET actor_email = 'someone-else@example.com' WHERE id = ?`, ev[2].ID)
+					raw.Exec(t, `UPDATE audit_events SET actor_email = 'someone-else@example.com' WHERE id = ?`, ev[2].ID)
 					return audit.BadEvent{ID: ev[2].ID, Seq: 3}
 				}, 2},
 				{"changes updated", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `UPDATE audit_events SET changes = '{}' WHERE id = ?`, ev[1].ID)
+					raw.Exec(t, `UPDATE audit_events SET changes = '{}' WHERE id = ?`, ev[1].ID)
 					return audit.BadEvent{ID: ev[1].ID, Seq: 2}
 				}, 1},
 				{"middle row deleted", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[2].ID)
+					raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[2].ID)
 					return audit.BadEvent{Seq: 3}
 				}, 2},
 				{"newest row deleted", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[4].ID)
+					raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[4].ID)
 					return audit.BadEvent{Seq: 5}
 				}, 4},
 				{"oldest row deleted", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[0].ID)
+					raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[0].ID)
 					return audit.BadEvent{Seq: 1}
 				}, 0},
 				{"two rows swapped", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `UPDATE audit_events SET seq = -1 WHERE id = ?`, ev[1].ID)
-					raw.exec(t, `UPDATE audit_events SET seq = 2 WHERE id = ?`, ev[2].ID)
-					raw.exec(t, `UPDATE audit_events SET seq = 3 WHERE id = ?`, ev[1].ID)
+					raw.Exec(t, `UPDATE audit_events SET seq = -1 WHERE id = ?`, ev[1].ID)
+					raw.Exec(t, `UPDATE audit_events SET seq = 2 WHERE id = ?`, ev[2].ID)
+					raw.Exec(t, `UPDATE audit_events SET seq = 3 WHERE id = ?`, ev[1].ID)
 					return audit.BadEvent{ID: ev[2].ID, Seq: 2}
 				}, 1},
 				{"hash rewritten to match the altered content", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
 					e := *ev[4]
 					e.Action = "project.delete"
-					raw.exec(t, `UPDATE audit_events SET action = ?, hash = ? WHERE id = ?`, e.Action, e.ComputeHash(e.PrevHash), e.ID)
+					raw.Exec(t, `UPDATE audit_events SET action = ?, hash = ? WHERE id = ?`, e.Action, e.ComputeHash(e.PrevHash), e.ID)
 					return audit.BadEvent{ID: ev[4].ID, Seq: 5}
 				}, 4},
 				{"hash recomputed in the middle", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
 					e := *ev[2]
 					e.Resource.Name = "innocent"
-					raw.exec(t, `UPDATE audit_events SET resource_name = ?, hash = ? WHERE id = ?`, e.Resource.Name, e.ComputeHash(e.PrevHash), e.ID)
+					raw.Exec(t, `UPDATE audit_events SET resource_name = ?, hash = ? WHERE id = ?`, e.Resource.Name, e.ComputeHash(e.PrevHash), e.ID)
 					return audit.BadEvent{ID: ev[2].ID, Seq: 3}
 				}, 2},
 				{"prev hash rewritten", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `UPDATE audit_events SET prev_hash = ? WHERE id = ?`, ev[0].Hash, ev[2].ID)
+					raw.Exec(t, `UPDATE audit_events SET prev_hash = ? WHERE id = ?`, ev[0].Hash, ev[2].ID)
 					return audit.BadEvent{ID: ev[2].ID, Seq: 3}
 				}, 2},
 				{"first event's link rewritten", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
 					e := *ev[0]
 					e.PrevHash = []byte("not the start of a chain")
-					raw.exec(t, `UPDATE audit_events SET prev_hash = ?, hash = ? WHERE id = ?`, e.PrevHash, e.ComputeHash(e.PrevHash), e.ID)
+					raw.Exec(t, `UPDATE audit_events SET prev_hash = ?, hash = ? WHERE id = ?`, e.PrevHash, e.ComputeHash(e.PrevHash), e.ID)
 					return audit.BadEvent{ID: ev[0].ID, Seq: 1}
 				}, 0},
 				{"event forged past the head", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
-					raw.exec(t, `INSERT INTO audit_events (id, org_id, seq, time, actor_type, actor_id, action, resource_type, resource_id, prev_hash, hash)
+					raw.Exec(t, `INSERT INTO audit_events (id, org_id, seq, time, actor_type, actor_id, action, resource_type, resource_id, prev_hash, hash)
 						SELECT 'forged', org_id, 6, time, actor_type, actor_id, action, resource_type, resource_id, hash, hash FROM audit_events WHERE id = ?`, ev[4].ID)
 					return audit.BadEvent{ID: "forged", Seq: 6}
 				}, 5},
@@ -248,7 +213,7 @@ func TestVerifyAfterRetention(t *testing.T) {
 	for _, eng := range storetest.Engines() {
 		t.Run(eng.Name, func(t *testing.T) {
 			st := eng.New(t)
-			raw := rawOf(t, st)
+			raw := storetest.RawOf(t, st)
 			// Three events from two days ago, then three of now.
 			old := time.Now().Add(-48 * time.Hour)
 			for i := range 3 {
@@ -269,7 +234,7 @@ func TestVerifyAfterRetention(t *testing.T) {
 				t.Errorf("Verify after retention = %+v, %v; want ok with 3 events", got, err)
 			}
 			// Removing the oldest remaining event is not retention.
-			raw.exec(t, `DELETE FROM audit_events WHERE org_id = 'org' AND seq = 4`)
+			raw.Exec(t, `DELETE FROM audit_events WHERE org_id = 'org' AND seq = 4`)
 			got, err = audit.Verify(ctx, st, "org")
 			if err != nil || got.OK || got.FirstBadEvent == nil || got.FirstBadEvent.Seq != 4 {
 				t.Errorf("Verify after deleting the oldest kept event = %+v, %v; want event 4 named", got, err)
@@ -283,12 +248,12 @@ func TestRecordFailureRollsBack(t *testing.T) {
 	for _, eng := range storetest.Engines() {
 		t.Run(eng.Name, func(t *testing.T) {
 			st := eng.New(t)
-			raw := rawOf(t, st)
+			raw := storetest.RawOf(t, st)
 			org := &keybridge.Org{Slug: "acme", Name: "Acme"}
 			if err := st.CreateOrg(ctx, org); err != nil {
 				t.Fatalf("CreateOrg = %v", err)
 			}
-			refuseAuditWrites(t, raw)
+			raw.RefuseAuditWrites(t)
 			err := st.InTx(ctx, func(tx store.Store) error {
 				p := &keybridge.Project{OrgID: org.ID, Name: "web"}
 				if err := tx.CreateProject(ctx, p); err != nil {
@@ -309,22 +274,6 @@ func TestRecordFailureRollsBack(t *testing.T) {
 
 // refuseAuditWrites installs a trigger that makes every insert into
 // audit_events fail.
-func refuseAuditWrites(t *testing.T, r rawDB) {
-	t.Helper()
-	stmts := []string{`CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit writes refused'); END`}
-	if r.postgres {
-		stmts = []string{
-			`CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit writes refused'; END $$`,
-			`CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()`,
-		}
-	}
-	for _, s := range stmts {
-		if _, err := r.db.Exec(s); err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
-	}
-}
-
 func TestRecordActorAndRequest(t *testing.T) {
 	ctx := context.Background()
 	st := storetest.SQLite(t)

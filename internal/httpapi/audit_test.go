@@ -2,53 +2,19 @@ package httpapi_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
-	"github.com/keybridge/keybridge/internal/store/sqlstore"
+	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
 // Tests of the audit log (SPEC §8) and the usage query (SPEC §7).
-
-// pjRawDB is the database under a test's store, for changing it behind
-// Keybridge's back as someone with access to the database could.
-type pjRawDB struct {
-	db       *sql.DB
-	postgres bool
-}
-
-func pjRaw(t *testing.T, e *env) pjRawDB {
-	t.Helper()
-	s, ok := e.Store.(*sqlstore.Store)
-	if !ok {
-		t.Fatalf("store is %T, want *sqlstore.Store", e.Store)
-	}
-	return pjRawDB{db: s.DB().Write, postgres: s.DialectName() == "postgres"}
-}
-
-func (r pjRawDB) exec(t *testing.T, query string, args ...any) {
-	t.Helper()
-	if r.postgres {
-		for i := 1; strings.Contains(query, "?"); i++ {
-			query = strings.Replace(query, "?", "$"+strconv.Itoa(i), 1)
-		}
-	}
-	res, err := r.db.Exec(query, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		t.Fatalf("%s %v: touched no row", query, args)
-	}
-}
 
 type auEvent struct {
 	ID        string                      `json:"id"`
@@ -224,11 +190,11 @@ func TestAuditVerifyFindsTampering(t *testing.T) {
 		total := got.Events
 		events := e.auList("?action=project.create")
 		slices.Reverse(events.Items) // oldest first
-		raw := pjRaw(t, e)
+		raw := storetest.RawOf(t, e.Store)
 
 		// An altered field.
 		victim := events.Items[1]
-		raw.exec(t, `UPDATE audit_events SET resource_name = 'innocent' WHERE id = ?`, victim.ID)
+		raw.Exec(t, `UPDATE audit_events SET resource_name = 'innocent' WHERE id = ?`, victim.ID)
 		got = e.auVerify()
 		if got.OK || got.FirstBadEvent == nil || got.FirstBadEvent.ID != victim.ID || got.FirstBadEvent.Seq != victim.Seq || got.Reason == "" {
 			t.Errorf("verify after UPDATE of event %d = %+v, want it named", victim.Seq, got)
@@ -236,14 +202,14 @@ func TestAuditVerifyFindsTampering(t *testing.T) {
 		if got.Events != victim.Seq-1 {
 			t.Errorf("verify counted %d good events, want %d before the altered one", got.Events, victim.Seq-1)
 		}
-		raw.exec(t, `UPDATE audit_events SET resource_name = ? WHERE id = ?`, victim.Resource.Name, victim.ID)
+		raw.Exec(t, `UPDATE audit_events SET resource_name = ? WHERE id = ?`, victim.Resource.Name, victim.ID)
 		if got := e.auVerify(); !got.OK || got.Events != total {
 			t.Fatalf("verify after restoring the field = %+v, want ok", got)
 		}
 
 		// A removed event.
 		victim = events.Items[3]
-		raw.exec(t, `DELETE FROM audit_events WHERE id = ?`, victim.ID)
+		raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, victim.ID)
 		got = e.auVerify()
 		if got.OK || got.FirstBadEvent == nil || got.FirstBadEvent.Seq != victim.Seq || !strings.Contains(got.Reason, "removed") {
 			t.Errorf("verify after DELETE of event %d = %+v, want it named as removed", victim.Seq, got)
@@ -256,19 +222,7 @@ func TestAuditVerifyFindsTampering(t *testing.T) {
 func TestAuditWriteFailureRollsBack(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *env) {
 		web := e.pjCreate(e.Org, e.OwnerKey, "web")
-		raw := pjRaw(t, e)
-		stmts := []string{`CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit store refuses writes'); END`}
-		if raw.postgres {
-			stmts = []string{
-				`CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit store refuses writes'; END $$`,
-				`CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()`,
-			}
-		}
-		for _, s := range stmts {
-			if _, err := raw.db.Exec(s); err != nil {
-				t.Fatalf("%s: %v", s, err)
-			}
-		}
+		storetest.RawOf(t, e.Store).RefuseAuditWrites(t)
 		for _, tc := range []struct {
 			method, path string
 			body         any

@@ -15,6 +15,7 @@ import (
 	"github.com/keybridge/keybridge/internal/apikey"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
 // Tests of projects and AI keys (SPEC §5). Helpers are prefixed "pj".
@@ -399,11 +400,11 @@ func TestAIKeySecretAtRest(t *testing.T) {
 // pjDump returns what the test's database holds, as text.
 func pjDump(t *testing.T, e *env) string {
 	t.Helper()
-	db := pjRaw(t, e)
+	db := storetest.RawOf(t, e.Store)
 	var b strings.Builder
 	if e.Engine == "sqlite" {
 		var path string
-		if err := db.db.QueryRow(`SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&path); err != nil {
+		if err := db.DB.QueryRow(`SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&path); err != nil {
 			t.Fatalf("find the SQLite file: %v", err)
 		}
 		for _, f := range []string{path, path + "-wal", path + "-shm"} {
@@ -415,7 +416,7 @@ func pjDump(t *testing.T, e *env) string {
 		}
 		return b.String()
 	}
-	rows, err := db.db.Query(`SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()`)
+	rows, err := db.DB.Query(`SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()`)
 	if err != nil {
 		t.Fatalf("list tables: %v", err)
 	}
@@ -427,7 +428,7 @@ func pjDump(t *testing.T, e *env) string {
 	}
 	rows.Close()
 	for _, table := range tables {
-		rows, err := db.db.Query(`SELECT t::text FROM ` + table + ` t`)
+		rows, err := db.DB.Query(`SELECT t::text FROM ` + table + ` t`)
 		if err != nil {
 			t.Fatalf("dump %s: %v", table, err)
 		}
