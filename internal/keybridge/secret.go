@@ -100,3 +100,28 @@ func (r SealedRef) AssociatedData() []byte {
 func AssociatedData(table, column, id string) []byte {
 	return []byte("keybridge:" + table + "." + column + ":" + id)
 }
+
+// SealedColumn names a column whose values are sealed by the key ring. It is
+// the one place each binding is spelled: whoever seals, opens or rewraps a
+// value of the column binds it through the column's AD, and the store
+// registers the same table and column for rewrap.
+type SealedColumn struct {
+	Table  string
+	Column string
+}
+
+// The sealed columns.
+var (
+	// SealedProviderSettings holds a provider's whole settings object.
+	SealedProviderSettings = SealedColumn{Table: "providers", Column: "settings"}
+	// SealedProviderKey holds an upstream key of a provider.
+	SealedProviderKey = SealedColumn{Table: "provider_keys", Column: "api_key"}
+	// SealedCredential holds a user's personal provider key.
+	SealedCredential = SealedColumn{Table: "user_credentials", Column: "api_key"}
+	// SealedAIKeySecret holds the secret of an AWS AI key, which verifying
+	// a SigV4 signature needs in the clear (SPEC §5).
+	SealedAIKeySecret = SealedColumn{Table: "ai_keys", Column: "secret_sealed"}
+)
+
+// AD is the associated data of the column's value in row id.
+func (c SealedColumn) AD(id string) []byte { return AssociatedData(c.Table, c.Column, id) }
