@@ -352,12 +352,25 @@ const (
 	// InvalidateKeyRing: the key ring changed (a rotation or a new master
 	// key wrap), so every process reloads its data keys. ID is empty.
 	InvalidateKeyRing InvalidationKind = "keyring"
+	// InvalidateProvider: a provider was created, changed or deleted. ID
+	// is the provider's, Org its org's: the gateway re-reads the org's
+	// routes (a new provider may take a name that was unknown until now).
+	InvalidateProvider InvalidationKind = "provider"
+	// InvalidateProviderKey: an upstream key was added, changed or
+	// removed. ID is the key's, Org the provider's org.
+	InvalidateProviderKey InvalidationKind = "provider_key"
+	// InvalidateCredential: a personal credential was added, changed or
+	// removed. ID is the user's, Org the credential's org.
+	InvalidateCredential InvalidationKind = "credential"
 )
 
 // Invalidation tells caches that a credential changed.
 type Invalidation struct {
 	Kind InvalidationKind `json:"k"`
 	ID   string           `json:"id"`
+	// Org is the org the changed object belongs to, for the kinds whose
+	// caches are kept per org; empty for the others.
+	Org string `json:"org,omitempty"`
 }
 
 // Notifier spreads invalidations to every process sharing the database.
