@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keybridge/keybridge/internal/auth"
+	"github.com/keybridge/keybridge/internal/gateway"
 	"github.com/keybridge/keybridge/internal/httpapi"
 	"github.com/keybridge/keybridge/internal/retention"
 	"github.com/keybridge/keybridge/internal/upstream"
@@ -34,6 +36,10 @@ type serveConfig struct {
 	usageRetention  time.Duration
 	auditRetention  time.Duration
 	shutdownTimeout time.Duration
+
+	gatewayMaxBody       int64
+	gatewayHeaderTimeout time.Duration
+	gatewayIdleTimeout   time.Duration
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) error {
@@ -51,6 +57,8 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 		{&c.usageRetention, "usage-retention", "KEYBRIDGE_USAGE_RETENTION", 2160 * time.Hour, "how long gateway usage records are kept (KEYBRIDGE_USAGE_RETENTION)"},
 		{&c.auditRetention, "audit-retention", "KEYBRIDGE_AUDIT_RETENTION", 0, "how long audit events are kept; 0 keeps them forever (KEYBRIDGE_AUDIT_RETENTION)"},
 		{&c.shutdownTimeout, "shutdown-timeout", "KEYBRIDGE_SHUTDOWN_TIMEOUT", 30 * time.Second, "how long a shutdown waits for in-flight requests and streams (KEYBRIDGE_SHUTDOWN_TIMEOUT)"},
+		{&c.gatewayHeaderTimeout, "gateway-header-timeout", "KEYBRIDGE_GATEWAY_HEADER_TIMEOUT", gateway.DefaultHeaderTimeout, "how long the gateway waits for a provider's response headers (KEYBRIDGE_GATEWAY_HEADER_TIMEOUT)"},
+		{&c.gatewayIdleTimeout, "gateway-idle-timeout", "KEYBRIDGE_GATEWAY_IDLE_TIMEOUT", gateway.DefaultIdleTimeout, "how long a streamed answer may stay silent before the gateway ends it (KEYBRIDGE_GATEWAY_IDLE_TIMEOUT)"},
 	}
 	for _, d := range durations {
 		def := d.def
@@ -61,6 +69,13 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 		}
 		fs.DurationVar(d.p, d.name, def, d.usage)
 	}
+	maxBody := int64(gateway.DefaultMaxBody)
+	if v := getenv("KEYBRIDGE_GATEWAY_MAX_BODY"); v != "" {
+		if maxBody, err = strconv.ParseInt(v, 10, 64); err != nil || maxBody <= 0 {
+			return fmt.Errorf("%w: KEYBRIDGE_GATEWAY_MAX_BODY: want a positive number of bytes", errUsage)
+		}
+	}
+	fs.Int64Var(&c.gatewayMaxBody, "gateway-max-body", maxBody, "largest request body the gateway takes, in bytes; it is held for failover (KEYBRIDGE_GATEWAY_MAX_BODY)")
 	return nil
 }
 
@@ -151,10 +166,19 @@ func serve(ctx context.Context, env *Env) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.gatewayMaxBody <= 0 {
+		return fmt.Errorf("%w: --gateway-max-body must be positive", errUsage)
+	}
+	up := upstream.New(upstream.Options{DenyCIDRs: deny})
+	gw := gateway.New(gateway.Options{
+		Store: st, Ring: ring, Auth: authSvc, Logger: log, Registerer: reg,
+		Guard: up.Guard(), Resolver: up.Resolver(),
+		MaxBody: cfg.gatewayMaxBody, HeaderTimeout: cfg.gatewayHeaderTimeout, IdleTimeout: cfg.gatewayIdleTimeout,
+	})
 	api := httpapi.New(httpapi.Config{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log,
 		PublicURL: publicURL, Version: Version,
-		Upstream:   upstream.New(upstream.Options{DenyCIDRs: deny}),
+		Upstream:   up,
 		Registerer: reg,
 		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		UI:         web.Handler(),
@@ -178,6 +202,7 @@ func serve(ctx context.Context, env *Env) error {
 	var bg sync.WaitGroup
 	for name, run := range map[string]func(context.Context) error{
 		"auth":     authSvc.Run,
+		"gateway":  gw.Run,
 		"key ring": ring.Run,
 		"retention": func(ctx context.Context) error {
 			return retention.Run(ctx, st, retention.Options{Usage: cfg.usageRetention, Audit: cfg.auditRetention, Logger: log})
@@ -205,8 +230,14 @@ func serve(ctx context.Context, env *Env) error {
 		log.Info("setup pending: open the setup link printed on stdout")
 	}
 
+	// HTTP/1.1, and HTTP/2 without TLS (prior knowledge) for clients that
+	// speak it; TLS, where wanted, ends in front of Keybridge.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
-		Handler:           api,
+		Handler:           gw.Beside(api),
+		Protocols:         &protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -81,7 +81,7 @@ type env struct {
 // envOptions tunes newEnvWith; the zero value is what newEnv uses.
 type envOptions struct {
 	// Config is passed to httpapi.New after Store, Ring, Auth, Logger and
-	// (when empty) PublicURL are filled in; set its other fields (Gateway, Metrics,
+	// (when empty) PublicURL are filled in; set its other fields (Metrics,
 	// Registerer, UI...) to test them.
 	Config httpapi.Config
 	// Empty leaves the store without any org (for setup tests): Org,

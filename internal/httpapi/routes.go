@@ -80,11 +80,9 @@ func (s *Server) routes(mux *http.ServeMux) {
 	// Anything else under the API is a JSON 404, not the mux's text page.
 	mux.Handle("/api/", s.h(notFoundRoute))
 
-	// The gateway (SPEC §7) and the web UI (SPEC §10), when configured.
-	// They are not part of the management API's OpenAPI document.
-	if s.cfg.Gateway != nil {
-		mux.Handle("/gateway/", s.cfg.Gateway)
-	}
+	// The web UI (SPEC §10), when configured. It is not part of the
+	// management API's OpenAPI document. The gateway is mounted beside
+	// this server, not behind it (cli's serve).
 	if s.cfg.UI != nil {
 		for _, pattern := range []string{"GET /{$}", "GET /setup", "GET /invite", "GET /ui/"} {
 			mux.Handle(pattern, s.cfg.UI)

@@ -29,8 +29,6 @@ type Config struct {
 	Version string
 	// Upstream calls providers for credential tests and live usage.
 	Upstream *upstream.Client
-	// Gateway, when set, serves /gateway/.
-	Gateway http.Handler
 	// Metrics, when set, serves /metrics.
 	Metrics http.Handler
 	// Registerer, when set, receives the API's request metrics (count and

@@ -1,0 +1,89 @@
+package gateway
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// The places a caller may put its Keybridge key (SPEC §7.2), every one of
+// which is removed before forwarding: Authorization (Bearer, or a SigV4
+// signature), x-api-key, api-key, x-goog-api-key and the key query
+// parameter.
+const (
+	hdrAuthorization = "Authorization"
+	hdrXAPIKey       = "X-Api-Key"
+	hdrAPIKey        = "Api-Key"
+	hdrGoogAPIKey    = "X-Goog-Api-Key"
+)
+
+// sigV4Scheme starts the Authorization header of an AWS-signed request.
+const sigV4Scheme = "AWS4-HMAC-SHA256 "
+
+// callerToken finds the caller's credential: a bearer-style token, or
+// sigv4 when the request is AWS-signed. The first place that holds one
+// wins, in the order of SPEC §7.2.
+func callerToken(r *http.Request, queryKey string) (token string, sigv4 bool) {
+	if a := r.Header.Get(hdrAuthorization); a != "" {
+		if len(a) > len(sigV4Scheme) && strings.EqualFold(a[:len(sigV4Scheme)], sigV4Scheme) {
+			return "", true
+		}
+		const bearer = "Bearer "
+		if len(a) > len(bearer) && strings.EqualFold(a[:len(bearer)], bearer) {
+			return strings.TrimSpace(a[len(bearer):]), false
+		}
+		return strings.TrimSpace(a), false
+	}
+	for _, h := range [...]string{hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey} {
+		if v := r.Header.Get(h); v != "" {
+			return strings.TrimSpace(v), false
+		}
+	}
+	return queryKey, false
+}
+
+// splitKeyParam removes the key parameter from a raw query, keeping every
+// other byte as sent, and returns its unescaped value.
+func splitKeyParam(raw string) (rest, key string) {
+	if !strings.Contains(raw, "key=") {
+		return raw, ""
+	}
+	var b strings.Builder
+	for part := range strings.SplitSeq(raw, "&") {
+		if v, ok := strings.CutPrefix(part, "key="); ok {
+			if u, err := url.QueryUnescape(v); err == nil && key == "" {
+				key = u
+			}
+			continue
+		}
+		if part == "key" {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(part)
+	}
+	return b.String(), key
+}
+
+// guessStyle picks the error shape for a request refused before its
+// provider is known (no valid key, so no org to look the provider up
+// in): from the credential header and the path the client's SDK uses.
+func guessStyle(r *http.Request, rest string) style {
+	h := r.Header
+	switch {
+	case strings.HasPrefix(rest, "/model/"), strings.HasPrefix(h.Get(hdrAuthorization), "AWS4-"):
+		return keybridge.ProviderBedrock
+	case h.Get("Anthropic-Version") != "", h.Get(hdrXAPIKey) != "", strings.HasPrefix(rest, "/v1/messages"):
+		return keybridge.ProviderAnthropic
+	case h.Get(hdrGoogAPIKey) != "", strings.Contains(rest, ":generateContent"), strings.Contains(rest, ":streamGenerateContent"),
+		strings.HasPrefix(rest, "/v1beta/"):
+		return keybridge.ProviderGoogle
+	case h.Get(hdrAPIKey) != "":
+		return keybridge.ProviderAzureOpenAI
+	}
+	return keybridge.ProviderOpenAI
+}

@@ -1,0 +1,536 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/upstream"
+)
+
+// aLongTimeAgo is a deadline in the past: setting it wakes a blocked read
+// or write at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// forward tries keys in order until one answers (SPEC §7.4), then relays
+// that answer.
+func (x *exchange) forward(keys []*upstreamKey) {
+	g := x.g
+	ctx := x.r.Context()
+	var seen []string
+	rateLimited := false
+	var soonest time.Duration
+	tried := 0
+	for _, k := range keys {
+		now := time.Now()
+		if cd, resting := g.cool.check(k.id, now); resting && k.id != "" {
+			if cd.limited {
+				rateLimited = true
+				if d := cd.until.Sub(now); soonest == 0 || d < soonest {
+					soonest = d
+				}
+			}
+			continue
+		}
+		if tried > 0 {
+			x.failovers++
+			g.m.failovers.Inc()
+		}
+		tried++
+		x.upstreamKey = k.id
+		resp, cn, err := x.send(ctx, k)
+		if err != nil {
+			if ctx.Err() != nil {
+				x.clientGone = true
+				x.status = statusClientClosed
+				return
+			}
+			var egress *upstream.EgressError
+			switch {
+			case errors.As(err, &egress):
+				x.fail(newError(keybridge.EBadGateway, fmt.Sprintf("provider %q cannot be reached: %s", x.rt.provider.Name, egress.Error())))
+				return
+			case isTimeout(err):
+				x.fail(newError(codeGatewayTimeout, fmt.Sprintf("provider %q sent no response headers within %s", x.rt.provider.Name, g.opts.HeaderTimeout)))
+				return
+			}
+			seen = append(seen, "connection error")
+			continue
+		}
+		x.upstreamSeen = resp.StatusCode
+		g.m.upstream(x.rt.provider.Type, resp.StatusCode)
+		if failsOver(resp.StatusCode) {
+			if d, ok := g.cool.fail(k.id, resp.StatusCode, resp.Header, time.Now()); ok {
+				g.m.cooldowns.Inc()
+				if resp.StatusCode == http.StatusTooManyRequests {
+					rateLimited = true
+					if soonest == 0 || d < soonest {
+						soonest = d
+					}
+				}
+			}
+			x.discard(resp, cn)
+			seen = append(seen, strconv.Itoa(resp.StatusCode))
+			continue
+		}
+		g.cool.succeed(k.id)
+		x.relay(resp, cn)
+		return
+	}
+	x.upstreamKey = ""
+	if rateLimited {
+		e := newError(keybridge.ERateLimited, fmt.Sprintf("every upstream key of provider %q is rate limited", x.rt.provider.Name))
+		e.retryAfter = max(1, int((soonest+time.Second-1)/time.Second))
+		x.fail(e)
+		return
+	}
+	what := "every upstream key is resting after being refused"
+	if len(seen) > 0 {
+		what = "every upstream key failed (" + strings.Join(seen, ", ") + ")"
+	}
+	x.fail(newError(keybridge.EBadGateway, fmt.Sprintf("provider %q: %s", x.rt.provider.Name, what)))
+}
+
+// statusClientClosed is what a request whose client went away is
+// recorded with (nginx's 499): no status reached the client.
+const statusClientClosed = 499
+
+// failsOver reports whether an answer moves to the next key.
+func failsOver(status int) bool {
+	return status == http.StatusUnauthorized || status == http.StatusForbidden ||
+		status == http.StatusTooManyRequests || status >= 500
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
+
+// send writes the request with k's credential and reads the answer's
+// head. A reused connection that fails before answering anything was
+// closed by the provider while idle: the request is sent again, once, on
+// a fresh one.
+func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *conn, error) {
+	g := x.g
+	for {
+		cn, reused, err := g.client.get(ctx, x.rt.pool)
+		if err != nil {
+			return nil, nil, err
+		}
+		cn.stop = context.AfterFunc(ctx, func() { cn.nc.SetDeadline(aLongTimeAgo) })
+		sent := time.Now()
+		if err = x.writeRequest(cn.bw, k); err == nil {
+			err = cn.bw.Flush()
+		}
+		if err == nil {
+			cn.nc.SetReadDeadline(sent.Add(g.opts.HeaderTimeout))
+			_, err = cn.br.Peek(1)
+		}
+		if err != nil {
+			x.release(cn, false)
+			if reused && ctx.Err() == nil && !isTimeout(err) {
+				continue
+			}
+			return nil, nil, err
+		}
+		resp, err := readResponse(cn.br, x.r.Method)
+		if err != nil {
+			x.release(cn, false)
+			return nil, nil, err
+		}
+		x.headersAt = time.Now()
+		x.upstreamDur += x.headersAt.Sub(sent)
+		return resp, cn, nil
+	}
+}
+
+// release gives a connection back: to the pool when its answer was read
+// whole and nothing poisoned its deadline, else closed.
+func (x *exchange) release(cn *conn, reuse bool) {
+	if cn.stop != nil && !cn.stop() {
+		reuse = false // the client went away: the deadline is spent
+	}
+	cn.stop = nil
+	if reuse {
+		x.g.client.put(cn)
+		return
+	}
+	cn.nc.Close()
+}
+
+// maxDiscard is how much of a failed answer is read to keep its
+// connection; a longer one closes the connection instead.
+const maxDiscard = 64 << 10
+
+// discard drops an answer that is not passed on (a 401's body may echo
+// the key; a failed-over answer is replaced).
+func (x *exchange) discard(resp *http.Response, cn *conn) {
+	reuse := false
+	if !resp.Close && resp.ContentLength >= 0 && resp.ContentLength <= maxDiscard {
+		cn.nc.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := io.Copy(io.Discard, resp.Body)
+		reuse = err == nil
+	}
+	x.release(cn, reuse)
+}
+
+// writeRequest writes the forwarded request: the provider's base path and
+// the caller's path bytes, the query without key, every header but the
+// caller's credentials and hop-by-hop ones, the upstream credential, and
+// the body as it came.
+func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
+	r, rt := x.r, x.rt
+	body := *x.body
+	query := x.query
+	if rt.provider.Type == keybridge.ProviderAzureOpenAI && !hasParam(query, "api-version") {
+		v := rt.settings.APIVersion
+		if v == "" {
+			v = keybridge.DefaultAzureAPIVersion
+		}
+		if query != "" {
+			query += "&"
+		}
+		query += "api-version=" + url.QueryEscape(v)
+	}
+	path := rt.basePath + x.rest
+	if path == "" {
+		path = "/"
+	}
+	upgrade := isUpgrade(r)
+	if rt.provider.Type == keybridge.ProviderBedrock {
+		h, err := x.signBedrock(path, query, body)
+		if err != nil {
+			return err
+		}
+		writeHead(bw, r.Method, path, query, rt.hostHdr)
+		for name, vv := range h {
+			if name == "Host" || name == "Content-Length" {
+				continue
+			}
+			for _, v := range vv {
+				writeHeader(bw, name, v)
+			}
+		}
+	} else {
+		writeHead(bw, r.Method, path, query, rt.hostHdr)
+		connHdr := r.Header["Connection"]
+		for name, vv := range r.Header {
+			if dropHeader(name, upgrade) || namedIn(connHdr, name) {
+				continue
+			}
+			for _, v := range vv {
+				writeHeader(bw, name, v)
+			}
+		}
+		name, value := credentialHeader(rt.provider.Type, k.secret)
+		writeHeader(bw, name, value)
+	}
+	if upgrade {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
+	}
+	if len(body) > 0 || methodHasBody(r.Method) {
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.Itoa(len(body)))
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	_, err := bw.Write(body)
+	return err
+}
+
+func writeHead(bw *bufio.Writer, method, path, query, host string) {
+	bw.WriteString(method)
+	bw.WriteByte(' ')
+	bw.WriteString(path)
+	if query != "" {
+		bw.WriteByte('?')
+		bw.WriteString(query)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+}
+
+func writeHeader(bw *bufio.Writer, name, value string) {
+	bw.WriteString(name)
+	bw.WriteString(": ")
+	bw.WriteString(value)
+	bw.WriteString("\r\n")
+}
+
+func methodHasBody(m string) bool { return m == "POST" || m == "PUT" || m == "PATCH" }
+
+// dropHeader reports whether a request header (canonical name) stays
+// behind: the caller's credentials, hop-by-hop headers (SPEC §7.2), and
+// those the gateway writes itself.
+func dropHeader(name string, upgrade bool) bool {
+	switch name {
+	case hdrAuthorization, hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey,
+		"Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding",
+		"Host", "Content-Length", "Expect":
+		return true
+	case "Upgrade":
+		return true // written again for a WebSocket
+	}
+	return strings.HasPrefix(name, "Proxy-")
+}
+
+// namedIn reports whether a Connection header names name.
+func namedIn(connection []string, name string) bool {
+	for _, v := range connection {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasParam reports whether a raw query holds parameter name.
+func hasParam(query, name string) bool {
+	for part := range strings.SplitSeq(query, "&") {
+		if part == name || strings.HasPrefix(part, name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// credentialHeader is how a provider type takes its key (SPEC §7.2).
+func credentialHeader(t keybridge.ProviderType, key keybridge.Secret) (string, string) {
+	switch t {
+	case keybridge.ProviderAnthropic:
+		return "X-Api-Key", key.Reveal()
+	case keybridge.ProviderAzureOpenAI:
+		return "Api-Key", key.Reveal()
+	case keybridge.ProviderGoogle:
+		return "X-Goog-Api-Key", key.Reveal()
+	}
+	return "Authorization", "Bearer " + key.Reveal()
+}
+
+// signBedrock returns the headers of a Bedrock request signed afresh
+// with the provider's access key: the caller's own signature, and any
+// session token of theirs, stay behind.
+func (x *exchange) signBedrock(path, query string, body []byte) (http.Header, error) {
+	r, rt := x.r, x.rt
+	h := make(http.Header, len(r.Header)+2)
+	connHdr := r.Header["Connection"]
+	for name, vv := range r.Header {
+		if dropHeader(name, false) || namedIn(connHdr, name) {
+			continue
+		}
+		switch name {
+		case "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-Sha256":
+			continue
+		}
+		h[name] = vv
+	}
+	decoded, err := url.PathUnescape(path)
+	if err != nil {
+		return nil, fmt.Errorf("path is not valid percent-encoding: %w", err)
+	}
+	scheme := "http"
+	if rt.pool.tls {
+		scheme = "https"
+	}
+	req := &http.Request{
+		Method: r.Method,
+		URL:    &url.URL{Scheme: scheme, Host: rt.hostHdr, Path: decoded, RawPath: path, RawQuery: query},
+		Host:   rt.hostHdr,
+		Header: h,
+	}
+	sum := sha256.Sum256(body)
+	if err := signV4(r.Context(), rt.settings, req, hex.EncodeToString(sum[:]), time.Now()); err != nil {
+		return nil, err
+	}
+	return req.Header, nil
+}
+
+// hopResponse lists response headers that never pass (SPEC §7.2).
+func hopResponse(name string) bool {
+	switch name {
+	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length":
+		return true
+	}
+	return strings.HasPrefix(name, "Proxy-")
+}
+
+// bufs are the buffers answers are copied through.
+var bufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// relay passes an answer to the client as it arrives: headers, then the
+// body, each read flushed at once when the answer streams (SPEC §7.5).
+func (x *exchange) relay(resp *http.Response, cn *conn) {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		x.tunnel(resp, cn)
+		return
+	}
+	w := x.w
+	h := w.Header()
+	connHdr := resp.Header["Connection"]
+	for name, vv := range resp.Header {
+		if hopResponse(name) || namedIn(connHdr, name) {
+			continue
+		}
+		h[name] = vv
+	}
+	ct := resp.Header.Get("Content-Type")
+	x.stream = resp.ContentLength < 0 || hasMediaType(ct, "text/event-stream") || hasMediaType(ct, "application/vnd.amazon.eventstream")
+	if x.stream {
+		h.Set("X-Accel-Buffering", "no")
+		g := x.g
+		g.m.streams.Inc()
+		defer g.m.streams.Dec()
+	} else {
+		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+	}
+	x.status = resp.StatusCode
+	x.setTiming()
+	w.WriteHeader(resp.StatusCode)
+	flusher, _ := w.(http.Flusher)
+	if x.stream && flusher != nil {
+		flusher.Flush() // the client learns the stream has begun
+	}
+
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	buf := *bp
+	idle := x.g.opts.IdleTimeout
+	for {
+		cn.nc.SetReadDeadline(time.Now().Add(idle))
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				x.clientGone = true
+				x.status = statusClientClosed
+				x.release(cn, false)
+				return
+			}
+			x.respBytes += int64(n)
+			if x.stream && flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			x.cut(resp, cn, ct, err)
+			return
+		}
+	}
+	x.release(cn, !resp.Close)
+	if flusher != nil {
+		flusher.Flush() // before the log line, not after it
+	}
+}
+
+// cut ends an answer the provider broke off: a client still there gets an
+// error event in the stream's format, then the response is aborted
+// without its proper end, so no client takes it for a finished one.
+func (x *exchange) cut(resp *http.Response, cn *conn, contentType string, err error) {
+	x.release(cn, false)
+	if x.r.Context().Err() != nil {
+		x.clientGone = true
+		x.status = statusClientClosed
+		return
+	}
+	why := "the provider's response was cut short"
+	if isTimeout(err) {
+		why = fmt.Sprintf("the provider sent nothing for %s", x.g.opts.IdleTimeout)
+	}
+	x.errCode = keybridge.EBadGateway
+	if ev := streamError(x.style, contentType, "Keybridge: "+why); ev != nil {
+		x.w.Write(ev)
+		if f, ok := x.w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	x.aborted = true
+}
+
+// setTiming sets Server-Timing (SPEC §7.8) just before the headers go.
+func (x *exchange) setTiming() {
+	total := x.headersAt.Sub(x.start)
+	own := total - x.upstreamDur
+	b := make([]byte, 0, 64)
+	b = append(b, "keybridge;dur="...)
+	b = strconv.AppendFloat(b, float64(own.Microseconds())/1000, 'f', 3, 64)
+	b = append(b, ", upstream;dur="...)
+	b = strconv.AppendFloat(b, float64(x.upstreamDur.Microseconds())/1000, 'f', 3, 64)
+	x.w.Header()["Server-Timing"] = []string{string(b)}
+}
+
+// isUpgrade reports whether r asks for a WebSocket.
+func isUpgrade(r *http.Request) bool {
+	return r.ProtoMajor == 1 && strings.EqualFold(r.Header.Get("Upgrade"), "websocket") &&
+		slices.ContainsFunc(r.Header["Connection"], func(v string) bool { return namedIn([]string{v}, "Upgrade") })
+}
+
+// tunnel completes a WebSocket upgrade (SPEC §7.1): the provider's 101
+// goes to the client, then bytes pass both ways unchanged until either
+// side closes.
+func (x *exchange) tunnel(resp *http.Response, cn *conn) {
+	x.status = resp.StatusCode
+	cn.stop() // the tunnel outlives nothing but its two connections
+	cn.stop = nil
+	cn.nc.SetDeadline(time.Time{})
+	hj, ok := x.w.(http.Hijacker)
+	if !ok {
+		cn.nc.Close()
+		x.fail(newError(keybridge.EInvalid, "this connection cannot be upgraded"))
+		return
+	}
+	client, cbuf, err := hj.Hijack()
+	if err != nil {
+		cn.nc.Close()
+		return
+	}
+	defer client.Close()
+	defer cn.nc.Close()
+	x.hijacked = true
+	x.setTiming()
+	resp.Header.Set("X-Keybridge-Request-Id", x.id)
+	resp.Header["Server-Timing"] = x.w.Header()["Server-Timing"]
+	bw := cbuf.Writer
+	fmt.Fprintf(bw, "HTTP/1.1 101 %s\r\n", http.StatusText(101))
+	resp.Header.Write(bw)
+	bw.WriteString("\r\n")
+	if err := bw.Flush(); err != nil {
+		return
+	}
+	x.g.m.streams.Inc()
+	defer x.g.m.streams.Dec()
+	done := make(chan struct{}, 2)
+	pipe := func(dst net.Conn, src io.Reader) {
+		io.Copy(dst, src)
+		if tc, ok := dst.(interface{ CloseWrite() error }); ok {
+			tc.CloseWrite()
+		} else {
+			dst.Close()
+		}
+		done <- struct{}{}
+	}
+	go pipe(cn.nc, cbuf.Reader)
+	go pipe(client, cn.br)
+	<-done
+	// One side closed: the other has nothing more to say to it.
+	client.SetDeadline(aLongTimeAgo)
+	cn.nc.SetDeadline(aLongTimeAgo)
+	<-done
+}

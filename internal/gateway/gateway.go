@@ -1,0 +1,479 @@
+// Package gateway is Keybridge's hot path (SPEC §7): it takes a request
+// for /gateway/{provider}/{path...} with a Keybridge key, finds the
+// provider and its upstream keys in memory, forwards the request with the
+// real credential, fails over between keys, and streams the answer back
+// as it arrives.
+//
+// A request never touches the database while the caches are warm: the
+// caller's key is verified by auth's cache, and routes (provider, opened
+// settings, opened upstream keys) and personal credentials come from this
+// package's cache, which the store's invalidations keep true on every
+// replica.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keybridge/keybridge/internal/auth"
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/secrets"
+	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/upstream"
+)
+
+// Options configures a Gateway. Zero fields take the defaults named.
+type Options struct {
+	Store store.Store
+	Ring  *secrets.Ring
+	Auth  *auth.Service
+	// Guard checks every address the gateway dials (nil: the default
+	// guard, refusing link-local and metadata addresses), through
+	// Resolver (nil: the system's).
+	Guard    *upstream.Guard
+	Resolver *net.Resolver
+	// TLSConfig is the base TLS configuration for https providers (nil:
+	// the system's roots).
+	TLSConfig *tls.Config
+	// Logger receives one line per request at info (nil: discarded).
+	Logger *slog.Logger
+	// Registerer receives the gateway's metrics (nil: none).
+	Registerer prometheus.Registerer
+
+	// MaxBody caps a request body, which is held to be replayed on
+	// failover (default 32 MiB); larger is 413.
+	MaxBody int64
+	// HeaderTimeout bounds the wait for a provider's response headers
+	// (default 10 minutes: reasoning models think before their first
+	// byte), and IdleTimeout the gap between two reads of a response body
+	// (default 5 minutes).
+	HeaderTimeout time.Duration
+	IdleTimeout   time.Duration
+}
+
+// Defaults of Options (SPEC §7.4).
+const (
+	DefaultMaxBody       = 32 << 20
+	DefaultHeaderTimeout = 10 * time.Minute
+	DefaultIdleTimeout   = 5 * time.Minute
+	connectTimeout       = 10 * time.Second
+)
+
+// Gateway serves /gateway/. It is safe for concurrent use.
+type Gateway struct {
+	opts   Options
+	log    *slog.Logger
+	routes *routes
+	client *client
+	cool   *cooldowns
+	ids    idGen
+	m      *metrics
+
+	bodies sync.Pool // *[]byte request body buffers
+}
+
+// New returns a Gateway. Call Run to turn on its caches.
+func New(opts Options) *Gateway {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Guard == nil {
+		opts.Guard = upstream.NewGuard(nil)
+	}
+	if opts.TLSConfig == nil {
+		opts.TLSConfig = &tls.Config{}
+	}
+	if opts.MaxBody <= 0 {
+		opts.MaxBody = DefaultMaxBody
+	}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	g := &Gateway{
+		opts:   opts,
+		log:    opts.Logger,
+		routes: newRoutes(opts.Store, opts.Ring),
+		client: newClient(opts.Guard.Dialer(opts.Resolver).DialContext, opts.TLSConfig),
+		cool:   newCooldowns(),
+		m:      newMetrics(opts.Registerer),
+	}
+	g.ids.init()
+	return g
+}
+
+// Run keeps the route cache true until ctx ends: it subscribes to the
+// store's invalidations (the cache is on only while it hears them) and
+// writes upstream keys' cooldowns for display. It returns early, with an
+// error, if the subscription ends.
+func (g *Gateway) Run(ctx context.Context) error {
+	defer g.client.closeIdle()
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	subDone := make(chan error, 1)
+	go func() { subDone <- g.opts.Store.Subscribe(subCtx, g.routes.invalidate) }()
+	defer g.routes.stop()
+	for {
+		select {
+		case <-ctx.Done():
+			<-subDone
+			return nil
+		case err := <-subDone:
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err == nil {
+				err = errors.New("subscription ended")
+			}
+			return fmt.Errorf("subscribe to invalidations: %w", err)
+		case ch := <-g.cool.changed:
+			g.writeCooldowns(ctx, ch)
+		}
+	}
+}
+
+// writeCooldowns writes ch and whatever else is waiting, in one call.
+func (g *Gateway) writeCooldowns(ctx context.Context, ch cooldownChange) {
+	batch := map[string]time.Time{ch.keyID: ch.until}
+	for more := true; more; {
+		select {
+		case c := <-g.cool.changed:
+			batch[c.keyID] = c.until
+		default:
+			more = false
+		}
+	}
+	cw, ok := g.opts.Store.(interface {
+		SetProviderKeyCooldowns(context.Context, map[string]time.Time) error
+	})
+	if !ok {
+		return
+	}
+	if err := cw.SetProviderKeyCooldowns(ctx, batch); err != nil && ctx.Err() == nil {
+		g.log.WarnContext(ctx, "write upstream key cooldowns", "err", err)
+	}
+}
+
+// Beside returns the server's one handler: /gateway/ goes straight to
+// the gateway, which has its own request id, log line and metrics and
+// does not pay for the management API's middleware; everything else goes
+// to api. No mux pattern decides this, because a mux would clean the path,
+// and the gateway forwards path bytes as sent.
+func (g *Gateway) Beside(api http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/gateway/") {
+			g.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
+}
+
+// ServeHTTP implements http.Handler for /gateway/{provider}/{path...}.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := exchange{g: g, w: w, r: r, start: time.Now(), id: g.ids.next()}
+	w.Header().Set("X-Keybridge-Request-Id", x.id)
+	g.m.active.Inc()
+	defer g.m.active.Dec()
+	defer x.finish()
+	if !x.parseTarget() {
+		x.fail(newError(keybridge.ENotFound, "no provider in the path: use /gateway/{provider}/..."))
+		return
+	}
+	x.serve()
+}
+
+// exchange is one request passing through the gateway.
+type exchange struct {
+	g     *Gateway
+	w     http.ResponseWriter
+	r     *http.Request
+	start time.Time
+	id    string
+
+	// From the request line: the provider's name, the rest of the path
+	// (raw bytes, from its leading slash) and the query without key.
+	name, rest, query string
+
+	style     style
+	principal *keybridge.Principal
+	rt        *route
+	body      *[]byte
+
+	// What happened, for the log line and metrics.
+	status       int
+	upstreamKey  string
+	upstreamDur  time.Duration
+	headersAt    time.Time
+	failovers    int
+	stream       bool
+	errCode      string
+	clientGone   bool
+	respBytes    int64
+	upstreamSeen int
+	// aborted: the answer must end without its proper end (a cut
+	// stream); hijacked: the connection left net/http (a WebSocket).
+	aborted  bool
+	hijacked bool
+}
+
+// parseTarget splits the request line's target, byte for byte as sent,
+// into provider name, path and query.
+func (x *exchange) parseTarget() bool {
+	target := x.r.RequestURI
+	if !strings.HasPrefix(target, "/gateway/") {
+		// An absolute-form target (http://host/gateway/...) or none.
+		target = x.r.URL.EscapedPath()
+		if x.r.URL.RawQuery != "" {
+			target += "?" + x.r.URL.RawQuery
+		}
+	}
+	target = strings.TrimPrefix(target, "/gateway/")
+	path, query, _ := strings.Cut(target, "?")
+	name, rest, _ := strings.Cut(path, "/")
+	if name == "" {
+		return false
+	}
+	x.name = name
+	if rest != "" || strings.HasSuffix(path, "/") {
+		x.rest = "/" + rest
+	}
+	x.query, _ = splitKeyParam(query)
+	x.style = guessStyle(x.r, x.rest)
+	return true
+}
+
+// serve authenticates, routes and forwards.
+func (x *exchange) serve() {
+	g, r := x.g, x.r
+	_, qkey := splitKeyParam(rawQuery(r))
+	token, sigv4 := callerToken(r, qkey)
+	if sigv4 {
+		// The signature covers the body: read it first.
+		if !x.readBody() {
+			return
+		}
+	}
+	p, err := g.verify(r, token, sigv4, x.body)
+	if err != nil {
+		x.fail(verifyError(err))
+		if keybridge.ErrorCode(err) == keybridge.EInternal {
+			g.log.ErrorContext(r.Context(), "gateway: verify caller", "request_id", x.id, "err", err)
+		}
+		return
+	}
+	x.principal = p
+	if !p.Permissions.Has(keybridge.PermGatewayInvoke) {
+		x.fail(newError(keybridge.EForbidden, "this key lacks the gateway:invoke permission"))
+		return
+	}
+	rt, err := g.routes.route(r.Context(), p.OrgID, x.name)
+	if err != nil {
+		g.log.ErrorContext(r.Context(), "gateway: load route", "request_id", x.id, "err", err)
+		x.fail(newError(keybridge.EInternal, "internal error"))
+		return
+	}
+	if rt == nil {
+		x.style = ""
+		x.fail(newError(keybridge.ENotFound, fmt.Sprintf("provider %q not found", x.name)))
+		return
+	}
+	x.rt, x.style = rt, rt.provider.Type
+	if p.Type == keybridge.ActorAIKey && !p.AIType.Allows(rt.provider.Type) {
+		x.fail(newError(keybridge.EForbidden, fmt.Sprintf("an AI key of type %s cannot reach %s providers", p.AIType, rt.provider.Type)))
+		return
+	}
+	keys, gerr := x.candidates()
+	if gerr != nil {
+		x.fail(gerr)
+		return
+	}
+	if x.body == nil && !x.readBody() {
+		return
+	}
+	x.forward(keys)
+}
+
+// rawQuery is the request's query as sent.
+func rawQuery(r *http.Request) string {
+	if _, q, ok := strings.Cut(r.RequestURI, "?"); ok {
+		return q
+	}
+	return r.URL.RawQuery
+}
+
+// verify finds the caller: a platform key, an AI key secret, or an AWS AI
+// key's SigV4 signature.
+func (g *Gateway) verify(r *http.Request, token string, sigv4 bool, body *[]byte) (*keybridge.Principal, error) {
+	switch {
+	case sigv4:
+		return g.verifySigV4(r, body)
+	case strings.HasPrefix(token, "kb_"):
+		return g.opts.Auth.VerifyAPIKey(r.Context(), token)
+	case strings.HasPrefix(token, "kbs_"):
+		return g.opts.Auth.VerifyAISecret(r.Context(), token)
+	case token == "":
+		return nil, errNoKey
+	}
+	return nil, errNotKeybridgeKey
+}
+
+var (
+	errNoKey = keybridge.Errorf(keybridge.EUnauthenticated,
+		"missing credentials: send a Keybridge key (kb_...) or AI key secret (kbs_...) as Authorization: Bearer, x-api-key, api-key, x-goog-api-key or ?key=")
+	errNotKeybridgeKey = keybridge.Errorf(keybridge.EUnauthenticated,
+		"invalid Keybridge key: the gateway takes a Keybridge key (kb_...) or AI key secret (kbs_...), never a provider's own key")
+)
+
+// verifyError turns a verification failure into the gateway's answer:
+// the refusal itself, or internal for a store that failed.
+func verifyError(err error) *gwError {
+	code := keybridge.ErrorCode(err)
+	if code == keybridge.EInternal {
+		return newError(keybridge.EInternal, "internal error")
+	}
+	return newError(code, keybridge.ErrorMessage(err))
+}
+
+// candidates are the upstream credentials to try, in order, per the
+// provider's key_source (SPEC §7.2).
+func (x *exchange) candidates() ([]*upstreamKey, *gwError) {
+	p, rt := x.principal, x.rt
+	if rt.provider.Type == keybridge.ProviderBedrock {
+		if rt.settings.AccessKey.IsZero() || rt.settings.AccessKeySecret.IsZero() {
+			return nil, newError(keybridge.EUnavailable, fmt.Sprintf("provider %q has no AWS access key in its settings", rt.provider.Name))
+		}
+		return bedrockKeys, nil
+	}
+	personal := func() (*upstreamKey, *gwError) {
+		if p.Type == keybridge.ActorAIKey || p.UserID == "" {
+			return nil, nil
+		}
+		sec, err := x.g.routes.credential(x.r.Context(), p.UserID, rt.provider.ID)
+		if err != nil {
+			x.g.log.ErrorContext(x.r.Context(), "gateway: load personal credential", "request_id", x.id, "err", err)
+			return nil, newError(keybridge.EInternal, "internal error")
+		}
+		if sec == nil {
+			return nil, nil
+		}
+		return &upstreamKey{secret: *sec}, nil
+	}
+	switch rt.provider.KeySource {
+	case keybridge.KeySourceUser:
+		if p.Type == keybridge.ActorAIKey {
+			return nil, newError(keybridge.EForbidden, fmt.Sprintf("provider %q uses each user's personal key; an AI key acts for its project and has none", rt.provider.Name))
+		}
+		k, gerr := personal()
+		if gerr != nil {
+			return nil, gerr
+		}
+		if k == nil {
+			return nil, newError(keybridge.EForbidden, fmt.Sprintf(
+				"provider %q uses your personal key and you have none: add it with POST /api/v1/users/me/credentials {\"org\": ..., \"provider\": %q, \"api_key\": ...}",
+				rt.provider.Name, rt.provider.Name))
+		}
+		return []*upstreamKey{k}, nil
+	case keybridge.KeySourceUserOrOrg:
+		k, gerr := personal()
+		if gerr != nil {
+			return nil, gerr
+		}
+		if k != nil {
+			return []*upstreamKey{k}, nil
+		}
+	}
+	if len(rt.keys) == 0 {
+		return nil, newError(keybridge.EUnavailable, fmt.Sprintf("provider %q has no enabled upstream keys", rt.provider.Name))
+	}
+	return rt.keys, nil
+}
+
+// bedrockKeys stands for a Bedrock provider's one credential, its
+// settings' access key.
+var bedrockKeys = []*upstreamKey{{}}
+
+// readBody reads the request body once into a bounded buffer, so that it
+// can be replayed on failover (SPEC §7.4). It answers 413 itself.
+func (x *exchange) readBody() bool {
+	max := x.g.opts.MaxBody
+	r := x.r
+	if r.ContentLength > max {
+		x.fail(newError(keybridge.ETooLarge, fmt.Sprintf("the request body is over the gateway's limit of %d bytes", max)))
+		return false
+	}
+	bp := x.g.getBody()
+	b := (*bp)[:0]
+	if r.ContentLength > 0 && int64(cap(b)) < r.ContentLength+1 {
+		b = make([]byte, 0, r.ContentLength+1)
+	}
+	lr := io.LimitedReader{R: r.Body, N: max + 1}
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grow
+		}
+		n, err := lr.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			*bp = b
+			x.g.putBody(bp)
+			x.clientGone = r.Context().Err() != nil
+			x.fail(newError(keybridge.EInvalid, "could not read the request body"))
+			return false
+		}
+	}
+	*bp = b
+	if int64(len(b)) > max {
+		x.g.putBody(bp)
+		x.fail(newError(keybridge.ETooLarge, fmt.Sprintf("the request body is over the gateway's limit of %d bytes", max)))
+		return false
+	}
+	x.body = bp
+	return true
+}
+
+func (g *Gateway) getBody() *[]byte {
+	if bp, ok := g.bodies.Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, 0, 4096)
+	return &b
+}
+
+// maxPooledBody keeps huge bodies out of the pool.
+const maxPooledBody = 1 << 20
+
+func (g *Gateway) putBody(bp *[]byte) {
+	if cap(*bp) <= maxPooledBody {
+		*bp = (*bp)[:0]
+		g.bodies.Put(bp)
+	}
+}
+
+// fail answers e unless the client is gone or the answer has begun.
+func (x *exchange) fail(e *gwError) {
+	x.status, x.errCode = e.status, e.code
+	if x.clientGone || x.r.Context().Err() != nil {
+		x.clientGone = true
+		return
+	}
+	x.headersAt = time.Now()
+	x.setTiming()
+	writeError(x.w, x.style, e)
+}
