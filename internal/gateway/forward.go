@@ -136,8 +136,9 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 			err = cn.bw.Flush()
 		}
 		if err == nil {
-			cn.nc.SetReadDeadline(sent.Add(g.opts.HeaderTimeout))
-			_, err = cn.br.Peek(1)
+			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout)); err == nil {
+				_, err = cn.br.Peek(1)
+			}
 		}
 		if err != nil {
 			x.release(cn, false)
@@ -155,6 +156,16 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 		x.upstreamDur += x.headersAt.Sub(sent)
 		return resp, cn, nil
 	}
+}
+
+// setReadDeadline sets cn's read deadline, unless the client is already
+// gone. The watch that send starts poisons the deadline when the client
+// goes; a deadline set after that would undo it, so ctx is checked after
+// the deadline is set: either the check sees the client gone, or the
+// poisoning comes after.
+func setReadDeadline(ctx context.Context, cn *conn, t time.Time) error {
+	cn.nc.SetReadDeadline(t)
+	return ctx.Err()
 }
 
 // release gives a connection back: to the pool when its answer was read
@@ -411,9 +422,13 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	defer bufs.Put(bp)
 	buf := *bp
 	idle := x.g.opts.IdleTimeout
+	ctx := x.r.Context()
 	for {
-		cn.nc.SetReadDeadline(time.Now().Add(idle))
-		n, err := resp.Body.Read(buf)
+		var n int
+		err := setReadDeadline(ctx, cn, time.Now().Add(idle))
+		if err == nil {
+			n, err = resp.Body.Read(buf)
+		}
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				x.clientGone = true

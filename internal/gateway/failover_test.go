@@ -1,0 +1,238 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// keyedUpstream answers per upstream key: behave[key] decides, else 200.
+type keyedUpstream struct {
+	*httptest.Server
+	mu     sync.Mutex
+	behave map[string]func(w http.ResponseWriter, r *http.Request)
+	seen   []string // keys in arrival order
+}
+
+func newKeyedUpstream(t *testing.T) *keyedUpstream {
+	u := &keyedUpstream{behave: map[string]func(http.ResponseWriter, *http.Request){}}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		io.Copy(io.Discard, r.Body)
+		u.mu.Lock()
+		u.seen = append(u.seen, key)
+		f := u.behave[key]
+		u.mu.Unlock()
+		if f != nil {
+			f(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"served_by":%q}`, key)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *keyedUpstream) on(key string, f func(w http.ResponseWriter, r *http.Request)) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.behave[key] = f
+}
+
+func (u *keyedUpstream) keys() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.seen...)
+}
+
+func status(code int, headers ...string) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i+1 < len(headers); i += 2 {
+			w.Header().Set(headers[i], headers[i+1])
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		// Providers echo part of the key in auth failures.
+		fmt.Fprintf(w, `{"error":{"message":"Incorrect API key provided: %s"}}`, r.Header.Get("Authorization"))
+	}
+}
+
+func reset(w http.ResponseWriter, r *http.Request) {
+	c, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+type errorShape struct {
+	Error struct {
+		Message string `json:"message"`
+		Type    string `json:"type"`
+		Code    string `json:"code"`
+	} `json:"error"`
+}
+
+func TestFailover(t *testing.T) {
+	e := newEnv(t)
+	up := newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	k1, k2, k3 := canary(t, "sk-one-"), canary(t, "sk-two-"), canary(t, "sk-three-")
+	id1 := e.addKey("oai", k1, 0)
+	e.addKey("oai", k2, 1)
+	e.addKey("oai", k3, 2)
+	call := func() (*http.Response, []byte) {
+		return e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{"model":"m"}`))
+	}
+	servedBy := func(body []byte) string {
+		var v struct {
+			ServedBy string `json:"served_by"`
+		}
+		json.Unmarshal(body, &v)
+		return v.ServedBy
+	}
+
+	t.Run("each failing status moves on", func(t *testing.T) {
+		for _, code := range []int{500, 502, 503, 529} {
+			up.on(k1, status(code))
+			resp, body := call()
+			if resp.StatusCode != 200 || servedBy(body) != k2 {
+				t.Errorf("k1 answering %d: got %d served by %.12s, want 200 from the second key", code, resp.StatusCode, servedBy(body))
+			}
+		}
+		up.on(k1, reset)
+		resp, body := call()
+		if resp.StatusCode != 200 || servedBy(body) != k2 {
+			t.Errorf("k1 resetting: %d %s", resp.StatusCode, body)
+		}
+		up.on(k1, nil)
+	})
+
+	t.Run("a 400 is the provider's answer", func(t *testing.T) {
+		up.on(k1, status(400))
+		resp, body := call()
+		if resp.StatusCode != 400 || !strings.Contains(string(body), "Incorrect") {
+			t.Errorf("= %d %s, want the upstream's 400", resp.StatusCode, body)
+		}
+		up.on(k1, nil)
+	})
+
+	t.Run("429 cools the key down for Retry-After", func(t *testing.T) {
+		up.on(k1, status(429, "Retry-After", "30"))
+		before := len(up.keys())
+		resp, body := call()
+		if resp.StatusCode != 200 || servedBy(body) != k2 {
+			t.Fatalf("= %d %s", resp.StatusCode, body)
+		}
+		// k1 rests now: the next call goes straight to k2.
+		resp, body = call()
+		if servedBy(body) != k2 {
+			t.Fatalf("second call served by %.12s", servedBy(body))
+		}
+		seen := up.keys()[before:]
+		if len(seen) != 3 || seen[0] != k1 || seen[1] != k2 || seen[2] != k2 {
+			t.Errorf("keys tried = %d, want k1, k2, then k2 alone", len(seen))
+		}
+		// cooldown_until shows on the keys list.
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			out := e.api("GET", "/api/v1/orgs/acme/providers/oai/keys", e.OwnerKey, nil, 200)
+			var until string
+			for _, it := range out["items"].([]any) {
+				if m := it.(map[string]any); m["id"] == id1 && m["cooldown_until"] != nil {
+					until = m["cooldown_until"].(string)
+				}
+			}
+			if until != "" {
+				ts, err := time.Parse(time.RFC3339Nano, until)
+				if err != nil || time.Until(ts) < 20*time.Second || time.Until(ts) > 31*time.Second {
+					t.Errorf("cooldown_until = %s, want about 30 s from now", until)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Skip("cooldown_until not shown (the store cannot write it yet)")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+
+	t.Run("exhausted by 429s answers 429 with the shortest Retry-After", func(t *testing.T) {
+		up.on(k2, status(429, "Retry-After", "7"))
+		up.on(k3, status(429, "retry-after-ms", "2500"))
+		resp, body := call()
+		if resp.StatusCode != 429 {
+			t.Fatalf("= %d %s, want 429", resp.StatusCode, body)
+		}
+		if ra := resp.Header.Get("Retry-After"); ra != "3" {
+			t.Errorf("Retry-After = %q, want 3 (k3's 2.5 s, rounded up)", ra)
+		}
+		if resp.Header.Get("X-Keybridge-Error") != "rate_limited" {
+			t.Errorf("X-Keybridge-Error = %q", resp.Header.Get("X-Keybridge-Error"))
+		}
+		var v errorShape
+		if json.Unmarshal(body, &v) != nil || v.Error.Type != "rate_limit_error" || v.Error.Code != "rate_limited" {
+			t.Errorf("body = %s, want OpenAI's error shape", body)
+		}
+	})
+
+	noCanary(t, k1, e.logs())
+	noCanary(t, k2, e.logs())
+	noCanary(t, k3, e.logs())
+}
+
+func TestExhaustedByRefusalsIs502WithoutTheirBodies(t *testing.T) {
+	e := newEnv(t)
+	up := newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	k1, k2 := canary(t, "sk-"), canary(t, "sk-")
+	e.addKey("oai", k1, 0)
+	e.addKey("oai", k2, 1)
+	up.on(k1, status(401))
+	up.on(k2, status(500))
+	resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	if resp.StatusCode != 502 || resp.Header.Get("X-Keybridge-Error") != "bad_gateway" {
+		t.Fatalf("= %d %s", resp.StatusCode, body)
+	}
+	var v errorShape
+	json.Unmarshal(body, &v)
+	if !strings.Contains(v.Error.Message, "401, 500") || !strings.Contains(v.Error.Message, `"oai"`) {
+		t.Errorf("body = %s, want the provider and the statuses named", body)
+	}
+	// The 401 put k1 to rest for five minutes: now only k2 is tried.
+	before := len(up.keys())
+	up.on(k2, nil)
+	resp, _ = e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	if resp.StatusCode != 200 || len(up.keys()) != before+1 {
+		t.Errorf("= %d after %d upstream calls, want 200 after one", resp.StatusCode, len(up.keys())-before)
+	}
+	noCanary(t, k1, string(body), e.waitLog(2))
+	noCanary(t, k2, string(body), e.logs())
+}
+
+func TestTooLargeIs413BeforeAnythingIsSent(t *testing.T) {
+	e := newEnv(t)
+	up := newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "ant", "type": "anthropic", "base_url": up.URL})
+	e.addKey("ant", canary(t, "sk-ant-"), 0)
+	big := strings.Repeat("x", 32<<20+1)
+	req := e.post("/gateway/ant/v1/messages", e.OwnerKey, big)
+	resp, body := e.do(req)
+	if resp.StatusCode != 413 || !strings.Contains(string(body), `"request_too_large"`) {
+		t.Errorf("= %d %s, want 413 in Anthropic's shape", resp.StatusCode, body)
+	}
+	if n := len(up.keys()); n != 0 {
+		t.Errorf("upstream got %d requests", n)
+	}
+}
