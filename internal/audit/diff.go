@@ -91,6 +91,7 @@ var secretNames = map[string]bool{
 	"password_hash":     true,
 	"secret":            true,
 	"secret_hash":       true,
+	"secret_sealed":     true,
 	"api_key":           true,
 	"token":             true,
 	"hash":              true,

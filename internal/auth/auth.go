@@ -20,6 +20,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/apikey"
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/secrets"
 	"github.com/keybridge/keybridge/internal/store"
 	"github.com/redis/go-redis/v9"
 )
@@ -61,6 +62,10 @@ type Options struct {
 	// such tokens are remembered (default 10,000; negative: none).
 	NegativeTTL       time.Duration
 	NegativeCacheSize int
+
+	// Ring opens the sealed secrets of AWS AI keys, which VerifySigV4
+	// needs; nil refuses every SigV4 request.
+	Ring *secrets.Ring
 }
 
 const (
@@ -248,6 +253,7 @@ func (s *Service) invalidate(inv store.Invalidation) {
 		s.cache.dropID(kindAPIKey, inv.ID)
 	case store.InvalidateAIKey:
 		s.cache.dropID(kindAIKey, inv.ID)
+		s.cache.dropID(kindSigV4, inv.ID)
 	case store.InvalidateUser:
 		s.cache.dropUser(inv.ID)
 	case store.InvalidateKeyRing:
@@ -278,7 +284,7 @@ func (s *Service) Flush(ctx context.Context) error {
 		}
 		t := wall.Add(time.Duration(sec-1) * time.Second).UTC()
 		pending := s.pendingAPI
-		if e.kind == kindAIKey {
+		if e.kind == kindAIKey || e.kind == kindSigV4 {
 			pending = s.pendingAI
 		}
 		if old, ok := pending[e.id]; !ok || t.After(old) {
@@ -533,7 +539,13 @@ func (s *Service) loadAIKey(ctx context.Context, h [32]byte, now int64) (*entry,
 	if k.DeletedAt != nil {
 		return e, nil
 	}
-	e.p = &keybridge.Principal{
+	e.p = aiPrincipal(k)
+	return e, nil
+}
+
+// aiPrincipal is who an AI key acts as, however it proved itself.
+func aiPrincipal(k *keybridge.AIKey) *keybridge.Principal {
+	return &keybridge.Principal{
 		Type:        keybridge.ActorAIKey,
 		KeyID:       k.ID,
 		OrgID:       k.OrgID,
@@ -542,7 +554,6 @@ func (s *Service) loadAIKey(ctx context.Context, h [32]byte, now int64) (*entry,
 		Permissions: keybridge.PermGatewayInvoke,
 		Limits:      k.Limits,
 	}
-	return e, nil
 }
 
 // sessionTokenLen is the length of a session token: 32 random bytes in

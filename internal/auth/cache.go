@@ -33,6 +33,10 @@ type credKind uint8
 const (
 	kindAPIKey credKind = iota + 1
 	kindAIKey
+	// kindSigV4 is an AWS AI key found by its public key, for SigV4: its
+	// entry is keyed by the SHA-256 of the kbk_ key (never equal to that
+	// of a kbs_ secret) and holds the opened secret.
+	kindSigV4
 )
 
 // entry is one verified (or refused) credential. What a hit reads comes
@@ -61,7 +65,9 @@ type entry struct {
 	deadline int64
 	id       string
 	userID   string // platform keys only: the owner whose role is part of the answer
-	_        [16]byte
+	// sig is what checking a signature takes; kindSigV4 entries only.
+	sig *sigV4Cred
+	_   [8]byte
 }
 
 // table is one shard's slots; len(slots) is a power of two. A slot holds

@@ -143,7 +143,7 @@ func serve(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
-	authOpts := auth.Options{Logger: log}
+	authOpts := auth.Options{Logger: log, Ring: ring}
 	if cfg.storage.RedisURL != "" {
 		opt, err := redis.ParseURL(cfg.storage.RedisURL)
 		if err != nil {

@@ -121,7 +121,7 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 		t.Fatalf("open key ring: %v", err)
 	}
 	e.Ring = ring
-	e.Auth = auth.New(st, auth.Options{Logger: logger})
+	e.Auth = auth.New(st, auth.Options{Logger: logger, Ring: ring})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -302,8 +302,16 @@ func (s *Server) createAIKey(w http.ResponseWriter, r *http.Request) error {
 	}
 	hash := apikey.Hash(secret)
 	k := &keybridge.AIKey{
+		ID:        newRowID(),
 		ProjectID: p.ID, OrgID: org.ID, Name: strings.TrimSpace(in.Name), AIType: in.AIType,
 		Key: key, SecretHash: hash[:], Limits: in.Limits, CreatedBy: principal(r).UserID,
+	}
+	if k.AIType == keybridge.AIAWS {
+		// A SigV4 signature is verified with the secret itself; the hash
+		// stays too, for the secret used as a bearer token.
+		if k.SecretSealed, err = s.ring.Seal([]byte(secret), keybridge.SealedAIKeySecret.AD(k.ID)); err != nil {
+			return err
+		}
 	}
 	err = s.store.InTx(ctx, func(tx store.Store) error {
 		if err := tx.CreateAIKey(ctx, k); err != nil {

@@ -481,3 +481,39 @@ func httpStatus(code string) int {
 	}
 	return http.StatusForbidden
 }
+
+// An AWS key's secret is sealed bound to its row, for SigV4; every key's
+// secret, AWS included, stays a bearer token.
+func TestAWSAIKeySealsItsSecret(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		p := e.pjCreate(e.Org, e.OwnerKey, "bedrock")
+		aws := e.pjAIKey(e.Org, e.OwnerKey, p.ID, map[string]any{"name": "sdk", "ai_type": "AWS"})
+		other := e.pjAIKey(e.Org, e.OwnerKey, p.ID, map[string]any{"name": "openai", "ai_type": "OPENAI"})
+
+		k, err := e.Store.AIKeyByKey(ctx, aws.Key)
+		if err != nil {
+			t.Fatalf("AIKeyByKey(AWS key) = %v", err)
+		}
+		if k.ID != aws.ID || len(k.SecretSealed) == 0 {
+			t.Fatalf("stored AWS key %s has %d bytes of sealed secret, want key %s with some", k.ID, len(k.SecretSealed), aws.ID)
+		}
+		if strings.Contains(string(k.SecretSealed), aws.Secret) {
+			t.Errorf("the sealed secret holds the plaintext")
+		}
+		plain, err := e.Ring.Open(k.SecretSealed, keybridge.SealedAIKeySecret.AD(k.ID))
+		if err != nil || string(plain) != aws.Secret {
+			t.Errorf("Open(sealed secret) = %v; want the secret the create answer showed", err)
+		}
+		if _, err := e.Ring.Open(k.SecretSealed, keybridge.SealedAIKeySecret.AD(other.ID)); err == nil {
+			t.Errorf("the sealed secret opens bound to another row")
+		}
+		o, err := e.Store.AIKeyByKey(ctx, other.Key)
+		if err != nil || len(o.SecretSealed) != 0 {
+			t.Errorf("AIKeyByKey(OPENAI key) = %d bytes of sealed secret, %v; want none", len(o.SecretSealed), err)
+		}
+		if !e.pjVerifies(aws.Secret, true) || !e.pjVerifies(other.Secret, true) {
+			t.Errorf("the AWS and OPENAI secrets must both work as bearer tokens")
+		}
+	})
+}

@@ -61,7 +61,9 @@ func (t AIType) Allows(pt ProviderType) bool {
 }
 
 // AIKey is a project-scoped key + secret pair. Key is a public identifier;
-// only the SHA-256 of the secret is stored.
+// the SHA-256 of the secret is stored, and for AWS keys the secret itself,
+// sealed by the key ring (SealedAIKeySecret), because verifying a SigV4
+// signature needs it.
 type AIKey struct {
 	ID         string `json:"id"`
 	ProjectID  string `json:"project_id"`
@@ -70,6 +72,9 @@ type AIKey struct {
 	AIType     AIType `json:"ai_type"`
 	Key        string `json:"key"`
 	SecretHash []byte `json:"-"`
+	// SecretSealed is the sealed secret of an AWS key; empty for other
+	// types and for AWS keys made before secrets were sealed.
+	SecretSealed []byte `json:"-"`
 	Limits
 	CreatedBy  string     `json:"created_by"`
 	CreatedAt  time.Time  `json:"created_at"`

@@ -250,14 +250,17 @@ type Projects interface {
 	// invalidated. ENotFound.
 	DeleteProject(ctx context.Context, orgID, id string) error
 
-	// CreateAIKey inserts k, setting ID and times. ENotFound unless
-	// k.ProjectID is an undeleted project of k.OrgID; EConflict on a used
-	// key or hash.
+	// CreateAIKey inserts k, setting times, and ID unless set (an AWS
+	// key's sealed secret is bound to it). ENotFound unless k.ProjectID is
+	// an undeleted project of k.OrgID; EConflict on a used key or hash.
 	CreateAIKey(ctx context.Context, k *keybridge.AIKey) error
 	// AIKey finds an AI key of projectID, deleted or not. ENotFound.
 	AIKey(ctx context.Context, projectID, id string) (*keybridge.AIKey, error)
 	// AIKeyBySecretHash finds an undeleted AI key by the SHA-256 of its secret. ENotFound.
 	AIKeyBySecretHash(ctx context.Context, hash []byte) (*keybridge.AIKey, error)
+	// AIKeyByKey finds an undeleted AI key by its public key (kbk_...),
+	// for SigV4, which names the key and proves the secret. ENotFound.
+	AIKeyByKey(ctx context.Context, key string) (*keybridge.AIKey, error)
 	// ListAIKeys lists a project's AI keys newest first.
 	ListAIKeys(ctx context.Context, projectID string, includeDeleted bool, page Page) ([]keybridge.AIKey, string, error)
 	// UpdateAIKey writes name and limits and publishes an invalidation for

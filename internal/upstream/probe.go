@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
 
@@ -89,18 +87,14 @@ func newProbeRequest(ctx context.Context, t Target) (*http.Request, error) {
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""
 	q := u.Query()
-	key := strings.TrimSpace(t.APIKey.Reveal())
+	cred := Credential{Type: t.Type, Key: keybridge.NewSecret(strings.TrimSpace(t.APIKey.Reveal())), Settings: t.Settings}
 	header := http.Header{}
 	switch t.Type {
 	case keybridge.ProviderOpenAI, keybridge.ProviderOpenAICompatible:
 		u.Path += "/models"
-		if key != "" {
-			header.Set("Authorization", "Bearer "+key)
-		}
 	case keybridge.ProviderAnthropic:
 		u.Path = withVersion(u.Path, "/v1") + "/models"
 		q.Set("limit", "1000")
-		header.Set("x-api-key", key)
 		header.Set("anthropic-version", AnthropicVersion)
 	case keybridge.ProviderGoogle:
 		if !strings.HasSuffix(u.Path, "/v1") {
@@ -108,7 +102,6 @@ func newProbeRequest(ctx context.Context, t Target) (*http.Request, error) {
 		}
 		u.Path += "/models"
 		q.Set("pageSize", "1000")
-		header.Set("x-goog-api-key", key)
 	case keybridge.ProviderAzureOpenAI:
 		// https://RESOURCE.openai.azure.com[/openai[/v1]]: the v1 API
 		// lists models without an api-version; the dated API under
@@ -124,9 +117,8 @@ func newProbeRequest(ctx context.Context, t Target) (*http.Request, error) {
 			}
 			q.Set("api-version", v)
 		}
-		header.Set("api-key", key)
 	case keybridge.ProviderBedrock:
-		return newBedrockRequest(ctx, t, u)
+		return newBedrockRequest(ctx, cred, u)
 	default:
 		return nil, fmt.Errorf("unknown provider type %q", t.Type)
 	}
@@ -138,6 +130,7 @@ func newProbeRequest(ctx context.Context, t Target) (*http.Request, error) {
 	for k, v := range header {
 		req.Header[k] = v
 	}
+	cred.SetHeader(req.Header)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "keybridge")
 	return req, nil
@@ -159,13 +152,13 @@ var emptyPayloadHash = func() string { h := sha256.Sum256(nil); return hex.Encod
 // default base URL is the runtime endpoint (bedrock-runtime.REGION); the
 // model list lives on the control plane (bedrock.REGION), so the probe
 // goes there. A custom base URL (a proxy) gets /foundation-models appended.
-func newBedrockRequest(ctx context.Context, t Target, u *url.URL) (*http.Request, error) {
-	region := t.Settings.Region
+func newBedrockRequest(ctx context.Context, cred Credential, u *url.URL) (*http.Request, error) {
+	region := cred.Settings.Region
 	if region == "" {
-		return nil, errors.New("bedrock providers need settings.region")
+		return nil, errBedrockRegion
 	}
-	if t.Settings.AccessKey.IsZero() || t.Settings.AccessKeySecret.IsZero() {
-		return nil, errors.New("bedrock providers authenticate with settings.access_key and settings.access_key_secret; neither may be empty")
+	if cred.Settings.AccessKey.IsZero() || cred.Settings.AccessKeySecret.IsZero() {
+		return nil, errBedrockKeys
 	}
 	if u.Host == "bedrock-runtime."+region+".amazonaws.com" && u.Path == "" {
 		u.Host = "bedrock." + region + ".amazonaws.com"
@@ -176,12 +169,7 @@ func newBedrockRequest(ctx context.Context, t Target, u *url.URL) (*http.Request
 		return nil, errors.New("base_url must be an absolute http or https URL")
 	}
 	req.Header.Set("Accept", "application/json")
-	creds := aws.Credentials{
-		AccessKeyID:     t.Settings.AccessKey.Reveal(),
-		SecretAccessKey: t.Settings.AccessKeySecret.Reveal(),
-		Source:          "keybridge provider settings",
-	}
-	if err := v4.NewSigner().SignHTTP(ctx, creds, req, emptyPayloadHash, "bedrock", region, time.Now().UTC()); err != nil {
+	if err := cred.SignBedrock(ctx, req, emptyPayloadHash, time.Now().UTC()); err != nil {
 		return nil, errors.New("could not sign the bedrock request")
 	}
 	return req, nil

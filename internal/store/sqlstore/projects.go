@@ -134,14 +134,18 @@ func (s *Store) DeleteProject(ctx context.Context, orgID, id string) error {
 	})
 }
 
-const aiKeyColumns = `k.id, k.project_id, k.org_id, k.name, k.ai_type, k.key, k.secret_hash,
+func init() {
+	registerSealed(keybridge.SealedAIKeySecret.Table, "id", keybridge.SealedAIKeySecret.Column, "secret_version")
+}
+
+const aiKeyColumns = `k.id, k.project_id, k.org_id, k.name, k.ai_type, k.key, k.secret_hash, k.secret_sealed,
 	k.rate_limit_rpm, k.rate_limit_tpm, k.token_budget, k.budget_period,
 	k.created_by, k.created_at, k.last_used_at, k.deleted_at`
 
 func scanAIKey(sc rowScanner) (*keybridge.AIKey, error) {
 	var k keybridge.AIKey
 	var budget string
-	err := sc.Scan(&k.ID, &k.ProjectID, &k.OrgID, &k.Name, &k.AIType, &k.Key, &k.SecretHash,
+	err := sc.Scan(&k.ID, &k.ProjectID, &k.OrgID, &k.Name, &k.AIType, &k.Key, &k.SecretHash, &k.SecretSealed,
 		&k.RateLimitRPM, &k.RateLimitTPM, &k.TokenBudget, &budget,
 		&k.CreatedBy, timeCol{&k.CreatedAt}, nullTimeCol{&k.LastUsedAt}, nullTimeCol{&k.DeletedAt})
 	if err != nil {
@@ -153,7 +157,8 @@ func scanAIKey(sc rowScanner) (*keybridge.AIKey, error) {
 
 // CreateAIKey implements store.Projects. k.ProjectID must be an undeleted
 // project of k.OrgID (ENotFound otherwise); EConflict on a used key or
-// secret hash.
+// secret hash. It keeps k.ID when set (an AWS key's secret is sealed bound
+// to it).
 func (s *Store) CreateAIKey(ctx context.Context, k *keybridge.AIKey) error {
 	return s.write(ctx, func(tx *Store) error {
 		// Lock the project row so a concurrent DeleteProject either sees
@@ -165,11 +170,18 @@ func (s *Store) CreateAIKey(ctx context.Context, k *keybridge.AIKey) error {
 			return notFound(err, "project")
 		}
 		now := tx.Now()
-		id := newID()
-		_, err = tx.exec(ctx, `INSERT INTO ai_keys (id, project_id, org_id, name, ai_type, key, secret_hash,
+		id := k.ID
+		if id == "" {
+			id = newID()
+		}
+		var sealed any // NULL, not an empty blob, when there is no secret
+		if len(k.SecretSealed) > 0 {
+			sealed = k.SecretSealed
+		}
+		_, err = tx.exec(ctx, `INSERT INTO ai_keys (id, project_id, org_id, name, ai_type, key, secret_hash, secret_sealed, secret_version,
 			rate_limit_rpm, rate_limit_tpm, token_budget, budget_period, created_by, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			id, k.ProjectID, k.OrgID, k.Name, string(k.AIType), k.Key, k.SecretHash,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			id, k.ProjectID, k.OrgID, k.Name, string(k.AIType), k.Key, k.SecretHash, sealed, sealedVersionOf(k.SecretSealed),
 			k.RateLimitRPM, k.RateLimitTPM, k.TokenBudget, string(k.BudgetPeriod), k.CreatedBy, tx.ts(now), tx.ts(now))
 		if err != nil {
 			return tx.conflict(err, "an AI key with this key or secret already exists")
@@ -193,6 +205,17 @@ func (s *Store) AIKey(ctx context.Context, projectID, id string) (*keybridge.AIK
 func (s *Store) AIKeyBySecretHash(ctx context.Context, hash []byte) (*keybridge.AIKey, error) {
 	k, err := scanAIKey(s.queryRow(ctx, `SELECT `+aiKeyColumns+` FROM ai_keys k JOIN projects p ON p.id = k.project_id
 		WHERE k.secret_hash = ? AND k.deleted_at IS NULL AND p.deleted_at IS NULL`, hash))
+	if err != nil {
+		return nil, notFound(err, "AI key")
+	}
+	return k, nil
+}
+
+// AIKeyByKey implements store.Projects. Like AIKeyBySecretHash, a key
+// whose project is deleted is not found.
+func (s *Store) AIKeyByKey(ctx context.Context, key string) (*keybridge.AIKey, error) {
+	k, err := scanAIKey(s.queryRow(ctx, `SELECT `+aiKeyColumns+` FROM ai_keys k JOIN projects p ON p.id = k.project_id
+		WHERE k.key = ? AND k.deleted_at IS NULL AND p.deleted_at IS NULL`, key))
 	if err != nil {
 		return nil, notFound(err, "AI key")
 	}

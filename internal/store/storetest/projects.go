@@ -246,6 +246,65 @@ func testProjects(t *testing.T, newStore Factory) {
 		}
 	})
 
+	t.Run("AWSKeySecret", func(t *testing.T) {
+		st := newStore(t)
+		org := baseOrg(t, st, "acme")
+		p := projProject(t, st, org.ID, "web")
+		plain := projAIKey(t, st, p, "bearer only") // no sealed secret: skipped by the ring
+		// A ciphertext as the key ring writes one: format 1, version 7.
+		sealed := []byte{1, 0, 0, 0, 7, 'c', 'i', 'p', 'h', 'e', 'r'}
+		k := &keybridge.AIKey{ID: "0190a5a8-0000-7000-8000-00000000a005", ProjectID: p.ID, OrgID: org.ID, Name: "aws",
+			AIType: keybridge.AIAWS, Key: "kbk_aws", SecretHash: baseHash("secret aws"), SecretSealed: sealed}
+		if err := st.CreateAIKey(ctx, k); err != nil {
+			t.Fatalf("CreateAIKey(AWS) = %v", err)
+		}
+		if k.ID != "0190a5a8-0000-7000-8000-00000000a005" {
+			t.Errorf("CreateAIKey replaced the ID it was given by %q", k.ID)
+		}
+		got, err := st.AIKeyByKey(ctx, "kbk_aws")
+		if err != nil || got.ID != k.ID || got.AIType != keybridge.AIAWS || !slices.Equal(got.SecretSealed, sealed) || !slices.Equal(got.SecretHash, k.SecretHash) {
+			t.Errorf("AIKeyByKey = %+v, %v; want key %s with its sealed secret and hash", got, err, k.ID)
+		}
+		if got, err := st.AIKeyBySecretHash(ctx, baseHash("secret aws")); err != nil || got.ID != k.ID {
+			t.Errorf("AIKeyBySecretHash(AWS key) = %+v, %v; want key %s: its secret is also a bearer token", got, err, k.ID)
+		}
+		if got, err := st.AIKeyByKey(ctx, plain.Key); err != nil || got.ID != plain.ID || len(got.SecretSealed) != 0 {
+			t.Errorf("AIKeyByKey(key without sealed secret) = %+v, %v; want key %s with none", got, err, plain.ID)
+		}
+		_, err = st.AIKeyByKey(ctx, "kbk_unknown")
+		baseCode(t, "AIKeyByKey(unknown)", err, keybridge.ENotFound)
+		_, err = st.AIKeyByKey(ctx, "secret aws")
+		baseCode(t, "AIKeyByKey(a secret)", err, keybridge.ENotFound)
+
+		counts, err := st.SealedCounts(ctx)
+		if err != nil || counts[7] != 1 {
+			t.Errorf("SealedCounts = %v, %v; want one value of version 7", counts, err)
+		}
+		refs, err := st.SealedNotVersion(ctx, 8, 100)
+		if err != nil || len(refs) != 1 || refs[0].Table != keybridge.SealedAIKeySecret.Table ||
+			refs[0].Column != keybridge.SealedAIKeySecret.Column || refs[0].RowID != k.ID || refs[0].Version != 7 {
+			t.Fatalf("SealedNotVersion(8) = %+v, %v; want the AWS key's secret alone", refs, err)
+		}
+		resealed := []byte{1, 0, 0, 0, 8, 'n', 'e', 'w'}
+		if ok, err := st.ReplaceSealed(ctx, refs[0], 8, resealed); !ok || err != nil {
+			t.Fatalf("ReplaceSealed = %v, %v; want replaced", ok, err)
+		}
+		if got, _ := st.AIKeyByKey(ctx, "kbk_aws"); got == nil || !slices.Equal(got.SecretSealed, resealed) {
+			t.Errorf("after ReplaceSealed, AIKeyByKey = %+v; want the new ciphertext", got)
+		}
+
+		if err := st.DeleteAIKey(ctx, p.ID, k.ID); err != nil {
+			t.Fatalf("DeleteAIKey = %v", err)
+		}
+		_, err = st.AIKeyByKey(ctx, "kbk_aws")
+		baseCode(t, "AIKeyByKey(deleted)", err, keybridge.ENotFound)
+		if err := st.DeleteProject(ctx, org.ID, p.ID); err != nil {
+			t.Fatalf("DeleteProject = %v", err)
+		}
+		_, err = st.AIKeyByKey(ctx, plain.Key)
+		baseCode(t, "AIKeyByKey(key of deleted project)", err, keybridge.ENotFound)
+	})
+
 	t.Run("ListAIKeys", func(t *testing.T) {
 		st := newStore(t)
 		org := baseOrg(t, st, "acme")
