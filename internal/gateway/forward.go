@@ -222,12 +222,13 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 	}
 	upgrade := isUpgrade(r)
 	if rt.provider.Type == keybridge.ProviderBedrock {
-		h, err := x.signBedrock(path, query, body)
+		req, err := x.signBedrock(path, query, body)
 		if err != nil {
 			return err
 		}
-		writeHead(bw, r.Method, path, query, rt.hostHdr)
-		for name, vv := range h {
+		// The signer put the query in canonical order: send it so.
+		writeHead(bw, r.Method, req.URL.RawPath, req.URL.RawQuery, rt.hostHdr)
+		for name, vv := range req.Header {
 			if name == "Host" || name == "Content-Length" {
 				continue
 			}
@@ -246,8 +247,9 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 				writeHeader(bw, name, v)
 			}
 		}
-		name, value := credentialHeader(rt.provider.Type, k.secret)
-		writeHeader(bw, name, value)
+		if name, value := (upstream.Credential{Type: rt.provider.Type, Key: k.secret}).Header(); name != "" {
+			writeHeader(bw, name, value)
+		}
 	}
 	if upgrade {
 		bw.WriteString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
@@ -321,23 +323,11 @@ func hasParam(query, name string) bool {
 	return false
 }
 
-// credentialHeader is how a provider type takes its key (SPEC §7.2).
-func credentialHeader(t keybridge.ProviderType, key keybridge.Secret) (string, string) {
-	switch t {
-	case keybridge.ProviderAnthropic:
-		return "X-Api-Key", key.Reveal()
-	case keybridge.ProviderAzureOpenAI:
-		return "Api-Key", key.Reveal()
-	case keybridge.ProviderGoogle:
-		return "X-Goog-Api-Key", key.Reveal()
-	}
-	return "Authorization", "Bearer " + key.Reveal()
-}
-
-// signBedrock returns the headers of a Bedrock request signed afresh
-// with the provider's access key: the caller's own signature, and any
-// session token of theirs, stay behind.
-func (x *exchange) signBedrock(path, query string, body []byte) (http.Header, error) {
+// signBedrock returns a Bedrock request signed afresh with the provider's
+// access key: the caller's own signature, and any session token of
+// theirs, stay behind. Its URL's RawPath and RawQuery and its headers are
+// what to send.
+func (x *exchange) signBedrock(path, query string, body []byte) (*http.Request, error) {
 	r, rt := x.r, x.rt
 	h := make(http.Header, len(r.Header)+2)
 	connHdr := r.Header["Connection"]
@@ -351,25 +341,23 @@ func (x *exchange) signBedrock(path, query string, body []byte) (http.Header, er
 		}
 		h[name] = vv
 	}
-	decoded, err := url.PathUnescape(path)
-	if err != nil {
-		return nil, fmt.Errorf("path is not valid percent-encoding: %w", err)
-	}
 	scheme := "http"
 	if rt.pool.tls {
 		scheme = "https"
 	}
 	req := &http.Request{
 		Method: r.Method,
-		URL:    &url.URL{Scheme: scheme, Host: rt.hostHdr, Path: decoded, RawPath: path, RawQuery: query},
+		URL:    &url.URL{Scheme: scheme, Host: rt.hostHdr, RawPath: path, RawQuery: query},
 		Host:   rt.hostHdr,
 		Header: h,
 	}
 	sum := sha256.Sum256(body)
-	if err := signV4(r.Context(), rt.settings, req, hex.EncodeToString(sum[:]), time.Now()); err != nil {
+	err := upstream.Credential{Type: keybridge.ProviderBedrock, Settings: rt.settings}.
+		SignBedrock(r.Context(), req, hex.EncodeToString(sum[:]), time.Now())
+	if err != nil {
 		return nil, err
 	}
-	return req.Header, nil
+	return req, nil
 }
 
 // hopResponse lists response headers that never pass (SPEC §7.2).

@@ -74,7 +74,7 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 		t.Fatalf("open key ring: %v", err)
 	}
 	e.Ring = ring
-	e.Auth = auth.New(st, auth.Options{Logger: logger})
+	e.Auth = auth.New(st, auth.Options{Logger: logger, Ring: ring})
 	gopts := opts.Gateway
 	gopts.Store, gopts.Ring, gopts.Auth, gopts.Logger = st, ring, e.Auth, logger
 	e.Gateway = gateway.New(gopts)

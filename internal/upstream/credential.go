@@ -23,30 +23,39 @@ type Credential struct {
 	Settings keybridge.ProviderSettings
 }
 
-// SetHeader sets the credential the provider's way on h: Authorization:
-// Bearer for openai and openai-compatible, x-api-key for anthropic,
-// api-key for azure-openai, x-goog-api-key for google. An empty key sets
-// nothing (an openai-compatible server on the local network may need
-// none). For bedrock it does nothing: bedrock requests are signed, by
-// SignBedrock, once everything else about them is final.
+// SetHeader sets the credential the provider's way on h (see Header). An
+// empty key sets nothing (an openai-compatible server on the local network
+// may need none). For bedrock it does nothing: bedrock requests are
+// signed, by SignBedrock, once everything else about them is final.
 //
 // It replaces the header's values rather than adding to them, so a value
 // left over from the caller cannot travel beside it.
 func (c Credential) SetHeader(h http.Header) {
+	if name, value := c.Header(); name != "" {
+		h[name] = []string{value}
+	}
+}
+
+// Header returns the header that carries the credential, in canonical
+// form, and its value: Authorization: Bearer for openai and
+// openai-compatible, x-api-key for anthropic, api-key for azure-openai,
+// x-goog-api-key for google. It returns "" for bedrock and for an empty key.
+func (c Credential) Header() (name, value string) {
 	key := c.Key.Reveal()
 	if key == "" {
-		return
+		return "", ""
 	}
 	switch c.Type {
 	case keybridge.ProviderOpenAI, keybridge.ProviderOpenAICompatible:
-		h["Authorization"] = []string{"Bearer " + key}
+		return "Authorization", "Bearer " + key
 	case keybridge.ProviderAnthropic:
-		h["X-Api-Key"] = []string{key}
+		return "X-Api-Key", key
 	case keybridge.ProviderAzureOpenAI:
-		h["Api-Key"] = []string{key}
+		return "Api-Key", key
 	case keybridge.ProviderGoogle:
-		h["X-Goog-Api-Key"] = []string{key}
+		return "X-Goog-Api-Key", key
 	}
+	return "", ""
 }
 
 // BedrockService is the SigV4 signing name of Bedrock's runtime and
