@@ -126,7 +126,9 @@ func serve(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
-	log, err := cfg.storage.logger(env.Stderr)
+	logOut := newLogWriter(env.Stderr)
+	defer logOut.Close()
+	log, err := cfg.storage.logger(logOut)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,80 @@
+package gateway_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// BenchmarkProxyJSON is one whole proxied request over loopback: a raw
+// keep-alive HTTP/1.1 client, the gateway, and a net/http upstream, all in
+// this process. It is for profiles (-cpuprofile); bench/ measures the
+// real binary against a relay and ReverseProxy.
+func BenchmarkProxyJSON(b *testing.B) {
+	e := newEnv(b)
+	answer := strings.Repeat("x", 400)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, answer)
+	}))
+	defer up.Close()
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	e.addKey("oai", "sk-bench-0123456789abcdef", 0)
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}`
+	req := fmt.Sprintf("POST /gateway/oai/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		strings.TrimPrefix(e.URL, "http://"), e.OwnerKey, len(body), body)
+
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for pb.Next() {
+			if _, err := io.WriteString(c, req); err != nil {
+				b.Error(err)
+				return
+			}
+			if err := readAnswer(br); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// readAnswer reads one Content-Length answer.
+func readAnswer(br *bufio.Reader) error {
+	n := -1
+	status := ""
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if status == "" {
+			status = line
+			continue
+		}
+		if line == "\r\n" {
+			break
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "Content-Length") {
+			n, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if !strings.Contains(status, " 200 ") {
+		return fmt.Errorf("status %q", status)
+	}
+	_, err := br.Discard(n)
+	return err
+}
