@@ -245,24 +245,34 @@ func serve(ctx context.Context, env *Env) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	front := gw.Front(ln)
+	served := make(chan error, 2)
+	go func() { served <- front.Serve() }()
+	go func() { served <- srv.Serve(front.Listener()) }()
 	log.Info("listening", "addr", ln.Addr().String(), "public_url", publicURL, "version", Version)
 
 	select {
 	case err = <-served:
-		// The listener failed on its own.
+		// A listener failed on its own.
+		front.Shutdown(context.Background())
+		srv.Close()
 	case <-ctx.Done():
 		log.Info("shutting down: draining in-flight requests", "timeout", cfg.shutdownTimeout.String())
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+		var wg sync.WaitGroup
+		var ferr error
+		wg.Go(func() { ferr = front.Shutdown(sctx) })
 		err = srv.Shutdown(sctx)
+		wg.Wait()
 		cancel()
-		if errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(ferr, context.DeadlineExceeded) {
 			log.Warn("shutdown timed out; closing the remaining connections")
 			err = srv.Close()
 		}
-		if e := <-served; !errors.Is(e, http.ErrServerClosed) {
-			err = errors.Join(err, e)
+		for range 2 {
+			if e := <-served; e != nil && !errors.Is(e, http.ErrServerClosed) {
+				err = errors.Join(err, e)
+			}
 		}
 	}
 	stopBackground()

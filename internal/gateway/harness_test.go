@@ -16,7 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -46,7 +46,6 @@ type env struct {
 	Ring    *secrets.Ring
 	Auth    *auth.Service
 	Gateway *gateway.Gateway
-	Server  *httptest.Server
 	URL     string
 
 	Org      *keybridge.Org
@@ -90,10 +89,22 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	}
 	api := httpapi.New(httpapi.Config{Store: st, Ring: ring, Auth: e.Auth, Logger: logger,
 		Upstream: upstream.New(upstream.Options{Timeout: 5 * time.Second}), PublicURL: "http://keybridge.test"})
-	e.Server = httptest.NewServer(e.Gateway.Beside(api))
-	e.URL = e.Server.URL
+	// Served as serve serves it: Front takes the gateway's connections,
+	// net/http the rest.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := e.Gateway.Front(ln)
+	srv := &http.Server{Handler: e.Gateway.Beside(api)}
+	go front.Serve()
+	go srv.Serve(front.Listener())
+	e.URL = "http://" + ln.Addr().String()
 	t.Cleanup(func() {
-		e.Server.Close()
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		front.Shutdown(sctx)
+		srv.Shutdown(sctx)
 		cancel()
 		wg.Wait()
 	})
