@@ -324,7 +324,7 @@ func TestProviderSecretSettings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.AssociatedData("providers", "settings", p.ID))
+			plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.SealedProviderSettings.AD(p.ID))
 			if err != nil {
 				t.Fatalf("open stored settings: %v", err)
 			}
@@ -511,10 +511,10 @@ func TestProviderKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if plain, err := e.Ring.Open(stored.Sealed, keybridge.AssociatedData("provider_keys", "api_key", k0.ID)); err != nil || string(plain) != "sk-proj-abcdefghijklmnopqrstuvwxyz0123" {
+		if plain, err := e.Ring.Open(stored.Sealed, keybridge.SealedProviderKey.AD(k0.ID)); err != nil || string(plain) != "sk-proj-abcdefghijklmnopqrstuvwxyz0123" {
 			t.Errorf("stored key opens to %q, %v; want the key", plain, err)
 		}
-		if _, err := e.Ring.Open(stored.Sealed, keybridge.AssociatedData("provider_keys", "api_key", listed.Items[1].ID)); err == nil {
+		if _, err := e.Ring.Open(stored.Sealed, keybridge.SealedProviderKey.AD(listed.Items[1].ID)); err == nil {
 			t.Errorf("a key's ciphertext opened as another row's")
 		}
 
@@ -663,7 +663,7 @@ func TestProviderConcurrentSecretRotation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.AssociatedData("providers", "settings", p.ID))
+		plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.SealedProviderSettings.AD(p.ID))
 		if err != nil {
 			t.Fatal(err)
 		}

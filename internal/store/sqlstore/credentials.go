@@ -7,7 +7,7 @@ import (
 )
 
 func init() {
-	registerSealed("user_credentials", "id", "api_key", "api_key_version")
+	registerSealed(keybridge.SealedCredential, "id", "api_key_version")
 }
 
 const credentialColumns = `id, user_id, org_id, provider_id, hint, api_key, fingerprint, created_at, updated_at, last_used_at`

@@ -13,8 +13,8 @@ import (
 )
 
 func init() {
-	registerSealed("providers", "id", "settings", "settings_version")
-	registerSealed("provider_keys", "id", "api_key", "api_key_version")
+	registerSealed(keybridge.SealedProviderSettings, "id", "settings_version")
+	registerSealed(keybridge.SealedProviderKey, "id", "api_key_version")
 }
 
 // sealedVersionOf reads the data key version a sealed value records (the
