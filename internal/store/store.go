@@ -184,9 +184,14 @@ type KeyRing interface {
 	ReplaceSealed(ctx context.Context, ref keybridge.SealedRef, version int, ciphertext []byte) (bool, error)
 }
 
-// Providers stores providers and their upstream keys.
+// Providers stores providers and their upstream keys. Every change of a
+// provider publishes InvalidateProvider, and every change of an upstream
+// key InvalidateProviderKey, in the transaction of the change; only the
+// runtime state the gateway keeps itself (last use, cooldowns) is written
+// without one.
 type Providers interface {
-	// CreateProvider inserts p, setting ID and times. EConflict on a used name in the org.
+	// CreateProvider inserts p, setting ID (when empty) and times, and
+	// publishes InvalidateProvider. EConflict on a used name in the org.
 	CreateProvider(ctx context.Context, p *keybridge.Provider) error
 	// Provider finds a provider of orgID by ID or name. ENotFound. Inside
 	// InTx it locks the row until the transaction ends, so a
@@ -194,12 +199,15 @@ type Providers interface {
 	Provider(ctx context.Context, orgID, idOrName string) (*keybridge.Provider, error)
 	// ListProviders lists an org's providers sorted by name.
 	ListProviders(ctx context.Context, orgID string, page Page) ([]keybridge.Provider, string, error)
-	// UpdateProvider writes every mutable field of p. ENotFound, EConflict.
+	// UpdateProvider writes every mutable field of p and publishes
+	// InvalidateProvider. ENotFound, EConflict.
 	UpdateProvider(ctx context.Context, p *keybridge.Provider) error
-	// DeleteProvider deletes a provider with its keys and credentials. ENotFound.
+	// DeleteProvider deletes a provider with its keys and credentials and
+	// publishes InvalidateProvider, which stands for them too. ENotFound.
 	DeleteProvider(ctx context.Context, orgID, id string) error
 
-	// CreateProviderKey inserts k, setting ID (when empty) and times.
+	// CreateProviderKey inserts k, setting ID (when empty) and times, and
+	// publishes InvalidateProviderKey with the provider's org.
 	// EConflict on a used fingerprint in the provider, or when the
 	// provider already holds keybridge.MaxProviderKeys keys; ENotFound for
 	// a missing provider.
@@ -208,18 +216,23 @@ type Providers interface {
 	ProviderKey(ctx context.Context, providerID, id string) (*keybridge.ProviderKey, error)
 	// ProviderKeys lists a provider's keys by priority, then creation.
 	ProviderKeys(ctx context.Context, providerID string) ([]keybridge.ProviderKey, error)
-	// UpdateProviderKey writes name, priority, enabled and cooldown_until. ENotFound.
+	// UpdateProviderKey writes name, priority, enabled and cooldown_until,
+	// and publishes InvalidateProviderKey. ENotFound.
 	UpdateProviderKey(ctx context.Context, k *keybridge.ProviderKey) error
-	// DeleteProviderKey deletes a key of providerID. ENotFound.
+	// DeleteProviderKey deletes a key of providerID and publishes
+	// InvalidateProviderKey. ENotFound.
 	DeleteProviderKey(ctx context.Context, providerID, id string) error
 	// TouchProviderKeys sets last_used_at for many upstream keys at once.
 	TouchProviderKeys(ctx context.Context, lastUsed map[string]time.Time) error
 }
 
-// Credentials stores users' personal provider keys.
+// Credentials stores users' personal provider keys. Every change publishes
+// InvalidateCredential (the user's ID, the credential's org) in the
+// transaction of the change.
 type Credentials interface {
-	// CreateCredential inserts c, setting ID and times. EConflict when the
-	// user already has one for the provider.
+	// CreateCredential inserts c, setting ID (when empty) and times, and
+	// publishes InvalidateCredential. EConflict when the user already has
+	// one for the provider.
 	CreateCredential(ctx context.Context, c *keybridge.Credential) error
 	// Credential finds userID's credential by ID. ENotFound, also for another user's.
 	Credential(ctx context.Context, userID, id string) (*keybridge.Credential, error)
@@ -230,9 +243,11 @@ type Credentials interface {
 	// CredentialProviders returns, per user of orgID, the provider IDs they
 	// hold personal credentials for (for the member list).
 	CredentialProviders(ctx context.Context, orgID string) (map[string][]string, error)
-	// UpdateCredential writes the sealed key, fingerprint and hint. ENotFound.
+	// UpdateCredential writes the sealed key, fingerprint and hint, and
+	// publishes InvalidateCredential. ENotFound.
 	UpdateCredential(ctx context.Context, c *keybridge.Credential) error
-	// DeleteCredential deletes userID's credential. ENotFound.
+	// DeleteCredential deletes userID's credential and publishes
+	// InvalidateCredential. ENotFound.
 	DeleteCredential(ctx context.Context, userID, id string) error
 }
 

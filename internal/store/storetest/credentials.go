@@ -96,6 +96,39 @@ func testCredentials(t *testing.T, newStore Factory) {
 		provCredential(t, st, ada, openai, "again")
 	})
 
+	t.Run("Invalidations", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		ada := provUser(t, st, "ada@acme.test")
+		bob := provUser(t, st, "bob@acme.test")
+		openai := provProvider(t, st, org.ID, "openai")
+		ch := baseSubscribe(t, st, st)
+		want := store.Invalidation{Kind: store.InvalidateCredential, ID: ada.ID, Org: org.ID}
+
+		c := provCredential(t, st, ada, openai, "one")
+		baseExpect(t, "CreateCredential", ch, want)
+		c.Sealed, c.Fingerprint, c.Hint = provSealed(1, "two"), []byte("two"), "...two"
+		// The org published is the stored one, not what the caller says.
+		c.OrgID = ""
+		if err := st.UpdateCredential(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "UpdateCredential", ch, want)
+
+		dup := &keybridge.Credential{UserID: ada.ID, OrgID: org.ID, ProviderID: openai.ID, Hint: "...", Sealed: provSealed(1, "x"), Fingerprint: []byte("x")}
+		provCode(t, "CreateCredential(second for the provider)", st.CreateCredential(ctx, dup), keybridge.EConflict)
+		stolen := *c
+		stolen.UserID = bob.ID
+		provCode(t, "UpdateCredential(as another user)", st.UpdateCredential(ctx, &stolen), keybridge.ENotFound)
+		provCode(t, "DeleteCredential(as another user)", st.DeleteCredential(ctx, bob.ID, c.ID), keybridge.ENotFound)
+		baseMarker(t, "failed credential changes", st, ch)
+
+		if err := st.DeleteCredential(ctx, ada.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "DeleteCredential", ch, want)
+	})
+
 	t.Run("CredentialProviders", func(t *testing.T) {
 		st := newStore(t)
 		org := provOrg(t, st, "acme")

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -390,6 +391,76 @@ func testProviders(t *testing.T, newStore Factory) {
 		provCode(t, "DeleteProvider(again)", st.DeleteProvider(ctx, org.ID, p.ID), keybridge.ENotFound)
 		// The name is free again.
 		provProvider(t, st, org.ID, "openai")
+	})
+
+	// The gateway's routing cache hears of every change the store makes,
+	// from the store itself, in the transaction of the change: a handler
+	// cannot forget to tell it, and a change rolled back tells nothing.
+	t.Run("Invalidations", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		other := provOrg(t, st, "other")
+		ch := baseSubscribe(t, st, st)
+		provInv := func(p *keybridge.Provider) store.Invalidation {
+			return store.Invalidation{Kind: store.InvalidateProvider, ID: p.ID, Org: p.OrgID}
+		}
+		keyInv := func(k *keybridge.ProviderKey) store.Invalidation {
+			return store.Invalidation{Kind: store.InvalidateProviderKey, ID: k.ID, Org: org.ID}
+		}
+
+		p := provProvider(t, st, org.ID, "openai")
+		baseExpect(t, "CreateProvider", ch, provInv(p))
+		p.DisplayName = "OpenAI"
+		if err := st.UpdateProvider(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "UpdateProvider", ch, provInv(p))
+		k := provKey(t, st, p.ID, "k", 0)
+		baseExpect(t, "CreateProviderKey", ch, keyInv(k))
+		k.Enabled = false
+		if err := st.UpdateProviderKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "UpdateProviderKey", ch, keyInv(k))
+		if err := st.DeleteProviderKey(ctx, p.ID, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "DeleteProviderKey", ch, keyInv(k))
+		if err := st.DeleteProvider(ctx, org.ID, p.ID); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "DeleteProvider", ch, provInv(p))
+
+		// Failed changes publish nothing.
+		q := provProvider(t, st, org.ID, "q")
+		baseExpect(t, "CreateProvider(q)", ch, provInv(q))
+		dup := &keybridge.Provider{OrgID: org.ID, Name: "q", DisplayName: "q", Type: keybridge.ProviderOpenAI, KeySource: keybridge.KeySourceOrg, SettingsSealed: provSealed(1, "y")}
+		provCode(t, "CreateProvider(duplicate)", st.CreateProvider(ctx, dup), keybridge.EConflict)
+		moved := *q
+		moved.OrgID = other.ID
+		provCode(t, "UpdateProvider(other org)", st.UpdateProvider(ctx, &moved), keybridge.ENotFound)
+		provCode(t, "DeleteProvider(other org)", st.DeleteProvider(ctx, other.ID, q.ID), keybridge.ENotFound)
+		qk := provKey(t, st, q.ID, "qk", 0)
+		baseExpect(t, "CreateProviderKey(qk)", ch, keyInv(qk))
+		again := &keybridge.ProviderKey{ProviderID: q.ID, Hint: "...", Sealed: provSealed(1, "z"), Fingerprint: qk.Fingerprint}
+		provCode(t, "CreateProviderKey(same fingerprint)", st.CreateProviderKey(ctx, again), keybridge.EConflict)
+		wrong := *qk
+		wrong.ProviderID = p.ID
+		provCode(t, "UpdateProviderKey(other provider)", st.UpdateProviderKey(ctx, &wrong), keybridge.ENotFound)
+		provCode(t, "DeleteProviderKey(other provider)", st.DeleteProviderKey(ctx, p.ID, qk.ID), keybridge.ENotFound)
+		baseMarker(t, "failed changes", st, ch)
+
+		// In a transaction that rolls back, neither the change nor its
+		// invalidation happens.
+		fail := errors.New("rolled back")
+		err := st.InTx(ctx, func(tx store.Store) error {
+			provProvider(t, tx, org.ID, "gone")
+			return fail
+		})
+		if !errors.Is(err, fail) {
+			t.Fatalf("InTx = %v, want %v", err, fail)
+		}
+		baseMarker(t, "rolled back", st, ch)
 	})
 
 	t.Run("SealedColumns", func(t *testing.T) {
