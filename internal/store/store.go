@@ -70,7 +70,9 @@ type Meta interface {
 	TakeMeta(ctx context.Context, key string) (string, error)
 }
 
-// Identity stores orgs, users, memberships, invitations and sessions.
+// Identity stores orgs, users, memberships, invitations and sessions. The
+// methods that change what a user's keys may do publish the invalidation
+// themselves, in the transaction of the change; callers publish nothing.
 type Identity interface {
 	// CreateOrg inserts o, setting ID and times. EConflict on a used slug.
 	CreateOrg(ctx context.Context, o *keybridge.Org) error
@@ -78,7 +80,9 @@ type Identity interface {
 	Org(ctx context.Context, idOrSlug string) (*keybridge.Org, error)
 	// UpdateOrg writes o's name and slug. ENotFound, EConflict.
 	UpdateOrg(ctx context.Context, o *keybridge.Org) error
-	// DeleteOrg deletes an org and everything it owns. ENotFound.
+	// DeleteOrg deletes an org and everything it owns, and publishes
+	// InvalidateAll: any cached key, provider or credential may have been
+	// the org's. ENotFound.
 	DeleteOrg(ctx context.Context, id string) error
 	// CountOrgs counts every org; zero means setup has not run.
 	CountOrgs(ctx context.Context) (int, error)
@@ -94,7 +98,8 @@ type Identity interface {
 	// UpdateUser writes u's name and password hash. ENotFound.
 	UpdateUser(ctx context.Context, u *keybridge.User) error
 
-	// CreateMembership inserts m. EConflict when the user is already a member.
+	// CreateMembership inserts m and publishes InvalidateUser for the
+	// user. EConflict when the user is already a member.
 	CreateMembership(ctx context.Context, m *keybridge.Membership) error
 	// Membership finds userID's membership of orgID. ENotFound.
 	Membership(ctx context.Context, orgID, userID string) (*keybridge.Membership, error)
@@ -102,9 +107,11 @@ type Identity interface {
 	Members(ctx context.Context, orgID string, page Page) ([]keybridge.Member, string, error)
 	// Member returns one member of orgID. ENotFound.
 	Member(ctx context.Context, orgID, userID string) (*keybridge.Member, error)
-	// UpdateMembership writes m's role. ENotFound.
+	// UpdateMembership writes m's role and publishes InvalidateUser for
+	// the user. ENotFound.
 	UpdateMembership(ctx context.Context, m *keybridge.Membership) error
-	// DeleteMembership removes userID from orgID. ENotFound.
+	// DeleteMembership removes userID from orgID and publishes
+	// InvalidateUser for them. ENotFound.
 	DeleteMembership(ctx context.Context, orgID, userID string) error
 	// CountOwners counts an org's owners, locking them in PostgreSQL so
 	// two concurrent demotions cannot both pass the last-owner check.
@@ -168,10 +175,11 @@ type KeyRing interface {
 	// that read it first (rotation, master key change) run one at a time.
 	DataKeys(ctx context.Context) ([]keybridge.DataKey, error)
 	// CreateDataKey inserts a data key; when k.Primary it becomes the only
-	// primary. EConflict on a used version.
+	// primary. It publishes InvalidateKeyRing. EConflict on a used version.
 	CreateDataKey(ctx context.Context, k *keybridge.DataKey) error
 	// UpdateDataKeyWrap replaces the wrapped form of a data key (a master
-	// key change re-wraps only the ring). ENotFound.
+	// key change re-wraps only the ring) and publishes InvalidateKeyRing.
+	// ENotFound.
 	UpdateDataKeyWrap(ctx context.Context, version int, wrapped []byte) error
 	// SealedCounts counts the sealed values per data key version.
 	SealedCounts(ctx context.Context) (map[int]int, error)
