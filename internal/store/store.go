@@ -399,7 +399,8 @@ type Invalidation struct {
 // Notifier spreads invalidations to every process sharing the database.
 type Notifier interface {
 	// Publish sends inv to every subscriber, this process included. Inside
-	// a transaction it is delivered only after commit.
+	// a transaction it is delivered only after commit, and once however
+	// often the transaction publishes it.
 	Publish(ctx context.Context, inv Invalidation) error
 	// Subscribe calls fn for every invalidation until ctx ends. After any
 	// gap in delivery (a lost connection) it sends InvalidateAll first.

@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"encoding/json"
+	"slices"
 
 	"github.com/keybridge/keybridge/internal/store"
 )
@@ -17,9 +18,15 @@ type envelope struct {
 // Publish implements store.Notifier. Subscribers in this process hear of
 // inv once the transaction commits (at once outside one); other processes
 // hear through the dialect's Notify, which PostgreSQL also delivers at commit.
+// An invalidation the transaction already published is not sent again:
+// a change of many rows (a master key re-wrapping every data key) tells
+// each cache once.
 func (s *Store) Publish(ctx context.Context, inv store.Invalidation) error {
 	if s.tx == nil {
 		return s.write(ctx, func(tx *Store) error { return tx.Publish(ctx, inv) })
+	}
+	if slices.Contains(*s.published, inv) {
+		return nil
 	}
 	if n := s.db.Dialect.Notify; n != nil {
 		payload, err := json.Marshal(envelope{Invalidation: inv, Origin: s.db.origin})
@@ -30,7 +37,7 @@ func (s *Store) Publish(ctx context.Context, inv store.Invalidation) error {
 			return err
 		}
 	}
-	*s.afterCommit = append(*s.afterCommit, func() { s.db.deliver(inv) })
+	*s.published = append(*s.published, inv)
 	return nil
 }
 

@@ -64,8 +64,9 @@ type Store struct {
 	tx *sql.Tx
 	// now is fixed for the life of a transaction.
 	now time.Time
-	// afterCommit runs once the transaction commits.
-	afterCommit *[]func()
+	// published holds the invalidations the transaction publishes, each
+	// once, for this process's subscribers to hear at commit.
+	published *[]store.Invalidation
 }
 
 // New returns a Store over db.
@@ -96,16 +97,16 @@ func (s *Store) InTx(ctx context.Context, fn func(tx store.Store) error) error {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
-	var after []func()
-	txs := &Store{db: s.db, tx: tx, now: time.Now().UTC().Truncate(time.Microsecond), afterCommit: &after}
+	var published []store.Invalidation
+	txs := &Store{db: s.db, tx: tx, now: time.Now().UTC().Truncate(time.Microsecond), published: &published}
 	if err := fn(txs); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
-	for _, f := range after {
-		f()
+	for _, inv := range published {
+		s.db.deliver(inv)
 	}
 	return nil
 }

@@ -49,6 +49,27 @@ func testNotifier(t *testing.T, newStore Factory) {
 		baseMarker(t, "after commit, once", st, ch)
 	})
 
+	t.Run("OncePerTx", func(t *testing.T) {
+		st := newStore(t)
+		ch := baseSubscribe(t, st, st)
+		a := store.Invalidation{Kind: store.InvalidateKeyRing}
+		b := store.Invalidation{Kind: store.InvalidateUser, ID: "u-1"}
+		err := st.InTx(ctx, func(tx store.Store) error {
+			for _, inv := range []store.Invalidation{a, b, a, b, a} {
+				if err := tx.Publish(ctx, inv); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("InTx = %v", err)
+		}
+		baseExpect(t, "first of the transaction", ch, a)
+		baseExpect(t, "second of the transaction", ch, b)
+		baseMarker(t, "each once", st, ch)
+	})
+
 	t.Run("RollbackWritesAndTellsNothing", func(t *testing.T) {
 		st := newStore(t)
 		ch := baseSubscribe(t, st, st)
