@@ -224,14 +224,23 @@ type Providers interface {
 	ProviderKey(ctx context.Context, providerID, id string) (*keybridge.ProviderKey, error)
 	// ProviderKeys lists a provider's keys by priority, then creation.
 	ProviderKeys(ctx context.Context, providerID string) ([]keybridge.ProviderKey, error)
-	// UpdateProviderKey writes name, priority, enabled and cooldown_until,
-	// and publishes InvalidateProviderKey. ENotFound.
+	// UpdateProviderKey writes name, priority and enabled, and publishes
+	// InvalidateProviderKey. It leaves last_used_at and cooldown_until as
+	// they are (the gateway's to write) and sets k's to the stored ones.
+	// ENotFound.
 	UpdateProviderKey(ctx context.Context, k *keybridge.ProviderKey) error
 	// DeleteProviderKey deletes a key of providerID and publishes
 	// InvalidateProviderKey. ENotFound.
 	DeleteProviderKey(ctx context.Context, providerID, id string) error
-	// TouchProviderKeys sets last_used_at for many upstream keys at once.
+	// TouchProviderKeys sets last_used_at for many upstream keys at once;
+	// it never moves a time backwards. It publishes nothing.
 	TouchProviderKeys(ctx context.Context, lastUsed map[string]time.Time) error
+	// SetProviderKeyCooldowns sets cooldown_until for many upstream keys at
+	// once, clearing it where the time is zero, and touches nothing else
+	// of them: not a concurrent admin edit, not updated_at. It publishes
+	// nothing, since the gateway that sets cooldowns keeps them itself and
+	// stores them for display. Unknown IDs are skipped.
+	SetProviderKeyCooldowns(ctx context.Context, until map[string]time.Time) error
 }
 
 // Credentials stores users' personal provider keys. Every change publishes

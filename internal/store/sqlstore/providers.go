@@ -215,15 +215,21 @@ func (s *Store) ProviderKeys(ctx context.Context, providerID string) ([]keybridg
 	return queryAll(ctx, s, scanProviderKey, `SELECT `+providerKeyColumns+` FROM provider_keys WHERE provider_id = ? ORDER BY priority, id`, providerID)
 }
 
-// UpdateProviderKey implements store.Providers.
+// UpdateProviderKey implements store.Providers. It leaves the gateway's
+// runtime state alone, last_used_at and cooldown_until, and reads them back
+// into k: an admin's edit read the key before writing it, and writing what
+// it read would undo a cooldown set in between.
 func (s *Store) UpdateProviderKey(ctx context.Context, k *keybridge.ProviderKey) error {
 	return s.write(ctx, func(s *Store) error {
 		now := s.Now()
-		res, err := s.exec(ctx, `UPDATE provider_keys SET name = ?, priority = ?, enabled = ?, cooldown_until = ?, updated_at = ?
-			WHERE id = ? AND provider_id = ?`, k.Name, k.Priority, k.Enabled, s.tsNull(k.CooldownUntil), s.ts(now), k.ID, k.ProviderID)
-		if err := mustAffect(res, err, "key"); err != nil {
-			return err
+		var lastUsed, cooldown *time.Time
+		err := s.queryRow(ctx, `UPDATE provider_keys SET name = ?, priority = ?, enabled = ?, updated_at = ?
+			WHERE id = ? AND provider_id = ? RETURNING last_used_at, cooldown_until`,
+			k.Name, k.Priority, k.Enabled, s.ts(now), k.ID, k.ProviderID).Scan(nullTimeCol{&lastUsed}, nullTimeCol{&cooldown})
+		if err != nil {
+			return notFound(err, "key")
 		}
+		k.LastUsedAt, k.CooldownUntil = lastUsed, cooldown
 		orgID, err := s.providerOrg(ctx, k.ProviderID)
 		if err != nil {
 			return err
@@ -261,6 +267,29 @@ func (s *Store) TouchProviderKeys(ctx context.Context, lastUsed map[string]time.
 			t := lastUsed[id]
 			if _, err := s.exec(ctx, `UPDATE provider_keys SET last_used_at = ?
 				WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, s.ts(t), id, s.ts(t)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// SetProviderKeyCooldowns implements store.Providers. It writes
+// cooldown_until alone, so it neither undoes nor is undone by an admin's
+// edit of the same keys, and publishes nothing: the gateway keeps cooldowns
+// in memory and stores them for display. Keys go in ID order, as in
+// TouchProviderKeys, so concurrent batches cannot deadlock.
+func (s *Store) SetProviderKeyCooldowns(ctx context.Context, until map[string]time.Time) error {
+	if len(until) == 0 {
+		return nil
+	}
+	return s.write(ctx, func(s *Store) error {
+		for _, id := range slices.Sorted(maps.Keys(until)) {
+			var t *time.Time
+			if u := until[id]; !u.IsZero() {
+				t = &u
+			}
+			if _, err := s.exec(ctx, `UPDATE provider_keys SET cooldown_until = ? WHERE id = ?`, s.tsNull(t), id); err != nil {
 				return err
 			}
 		}
