@@ -266,6 +266,10 @@ type Credentials interface {
 	// DeleteCredential deletes userID's credential and publishes
 	// InvalidateCredential. ENotFound.
 	DeleteCredential(ctx context.Context, userID, id string) error
+	// TouchCredentials sets last_used_at for many credentials at once; it
+	// never moves a time backwards. It publishes nothing. Unknown IDs are
+	// skipped.
+	TouchCredentials(ctx context.Context, lastUsed map[string]time.Time) error
 }
 
 // Projects stores projects and their AI keys.

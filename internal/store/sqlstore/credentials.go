@@ -2,6 +2,9 @@ package sqlstore
 
 import (
 	"context"
+	"maps"
+	"slices"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
@@ -119,5 +122,24 @@ func (s *Store) DeleteCredential(ctx context.Context, userID, id string) error {
 			return notFound(err, "credential")
 		}
 		return s.publishCredential(ctx, orgID, userID)
+	})
+}
+
+// TouchCredentials implements store.Credentials, as TouchProviderKeys does
+// for upstream keys: a time never moves backwards, and rows are written in
+// ID order so that concurrent batches cannot deadlock.
+func (s *Store) TouchCredentials(ctx context.Context, lastUsed map[string]time.Time) error {
+	if len(lastUsed) == 0 {
+		return nil
+	}
+	return s.write(ctx, func(s *Store) error {
+		for _, id := range slices.Sorted(maps.Keys(lastUsed)) {
+			t := lastUsed[id]
+			if _, err := s.exec(ctx, `UPDATE user_credentials SET last_used_at = ?
+				WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, s.ts(t), id, s.ts(t)); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
