@@ -419,6 +419,9 @@ type Notifier interface {
 	// gap in delivery (a lost connection) it sends InvalidateAll first.
 	// It should also send InvalidateAll once it first hears every change
 	// (its LISTEN is in place): a cache that sees it knows that from then
-	// on it misses nothing, and stays off until it does.
+	// on it misses nothing, and stays off until it does. Nothing reaches
+	// fn before that first InvalidateAll, and calls of fn do not overlap.
+	// fn must return quickly and must not publish: subscribers of a
+	// process may share one delivery goroutine.
 	Subscribe(ctx context.Context, fn func(Invalidation)) error
 }
