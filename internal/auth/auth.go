@@ -258,6 +258,10 @@ func (s *Service) invalidate(inv store.Invalidation) {
 		s.cache.dropUser(inv.ID)
 	case store.InvalidateKeyRing:
 		// The key ring protects provider secrets, not caller credentials.
+	case store.InvalidateProvider, store.InvalidateProviderKey, store.InvalidateCredential:
+		// Where the gateway sends a request, not who may send it: the
+		// routing cache hears these. Clearing here, as for an unknown kind,
+		// would empty this cache at every provider edit.
 	case store.InvalidateAll:
 		s.cache.clear(true)
 	default:

@@ -275,6 +275,42 @@ func TestInvalidateAllClearsCache(t *testing.T) {
 	}
 }
 
+// Provider, upstream key and credential changes concern where requests go,
+// not who sends them: they leave the caller cache alone.
+func TestRoutingInvalidationsKeepCache(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, storetest.SQLite(t))
+	s := startService(t, f.st, fastOptions())
+	tok, _ := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+	if _, err := s.VerifyAPIKey(ctx, tok); err != nil {
+		t.Fatalf("VerifyAPIKey: %v", err)
+	}
+	// Each change below publishes its invalidation, which this process's
+	// subscribers hear before the change returns.
+	p := &keybridge.Provider{OrgID: f.org.ID, Name: "openai", DisplayName: "OpenAI", Type: keybridge.ProviderOpenAI,
+		BaseURL: "https://api.openai.com/v1", Enabled: true, KeySource: keybridge.KeySourceUserOrOrg, SettingsSealed: []byte("sealed")}
+	if err := f.st.CreateProvider(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.CreateProviderKey(ctx, &keybridge.ProviderKey{ProviderID: p.ID, Hint: "...", Sealed: []byte("sealed"), Fingerprint: []byte("fp")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.CreateCredential(ctx, &keybridge.Credential{UserID: f.owner.ID, OrgID: f.org.ID, ProviderID: p.ID,
+		Hint: "...", Sealed: []byte("sealed"), Fingerprint: []byte("fp")}); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.CacheStats(); st.Entries != 1 || !st.Live {
+		t.Errorf("CacheStats after provider, key and credential changes = %+v, want 1 entry, live", st)
+	}
+	// A kind this version does not know still clears it.
+	if err := f.st.Publish(ctx, store.Invalidation{Kind: "unknown"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CacheStats().Entries; got != 0 {
+		t.Errorf("Entries after an unknown invalidation = %d, want 0", got)
+	}
+}
+
 // Without Run nothing is cached: every verification reads the store, so
 // no change can be missed.
 func TestNoCacheWithoutRun(t *testing.T) {

@@ -56,7 +56,7 @@ func visibleTo(p *keybridge.Principal, c *keybridge.Credential) bool {
 // sets its fingerprint and hint.
 func (s *Server) sealCredential(c *keybridge.Credential, key keybridge.Secret) error {
 	secret := []byte(key.Reveal())
-	sealed, err := s.ring.Seal(secret, keybridge.AssociatedData("user_credentials", "api_key", c.ID))
+	sealed, err := s.ring.Seal(secret, keybridge.SealedCredential.AD(c.ID))
 	if err != nil {
 		return err
 	}

@@ -126,7 +126,7 @@ func TestCredentials(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if plain, err := e.Ring.Open(stored.Sealed, keybridge.AssociatedData("user_credentials", "api_key", mine.ID)); err != nil || string(plain) != "sk-personal-openai-rotated-00000005" {
+		if plain, err := e.Ring.Open(stored.Sealed, keybridge.SealedCredential.AD(mine.ID)); err != nil || string(plain) != "sk-personal-openai-rotated-00000005" {
 			t.Errorf("stored credential opens to %q, %v; want the rotated key", plain, err)
 		}
 

@@ -76,6 +76,9 @@ type env struct {
 	OwnerKey string
 
 	logBuf *syncBuffer
+	// Stop ends the server and the services behind it, for tests that
+	// close the store before they end; it runs when t ends otherwise.
+	Stop func()
 }
 
 // envOptions tunes newEnvWith; the zero value is what newEnv uses.
@@ -144,11 +147,12 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	e.API = httpapi.New(cfg)
 	e.Server.Config.Handler = e.API
 	e.Server.Start()
-	t.Cleanup(func() {
+	e.Stop = sync.OnceFunc(func() {
 		e.Server.Close()
 		cancel()
 		<-done
 	})
+	t.Cleanup(e.Stop)
 
 	if opts.Empty {
 		return e

@@ -84,9 +84,6 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) error {
 		if err := tx.CreateMembership(ctx, &keybridge.Membership{OrgID: org.ID, UserID: p.UserID, Role: keybridge.RoleOwner}); err != nil {
 			return err
 		}
-		if err := tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateUser, ID: p.UserID}); err != nil {
-			return err
-		}
 		return audit.Record(ctx, tx, org.ID, "org.create", orgResource(org), map[string]keybridge.Change{
 			"slug": {Old: nil, New: org.Slug}, "name": {Old: nil, New: org.Name},
 		})
@@ -170,12 +167,7 @@ func (s *Server) deleteOrg(w http.ResponseWriter, r *http.Request) error {
 		}); err != nil {
 			return err
 		}
-		if err := tx.DeleteOrg(ctx, org.ID); err != nil {
-			return err
-		}
-		// Every key of every member of the org is gone: drop all cached
-		// credentials rather than list them first. Deleting an org is rare.
-		return tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateAll})
+		return tx.DeleteOrg(ctx, org.ID)
 	})
 	if err != nil {
 		return err
@@ -289,9 +281,6 @@ func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 				return err
 			}
 		}
-		if err := tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateUser, ID: u.ID}); err != nil {
-			return err
-		}
 		return audit.Record(ctx, tx, org.ID, "member.create", memberResource(u.ID, u.Email), map[string]keybridge.Change{
 			"role": {Old: nil, New: in.Role}, "invited": {Old: nil, New: invite},
 		})
@@ -384,10 +373,6 @@ func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) error {
 		if err := tx.UpdateMembership(ctx, &m.Membership); err != nil {
 			return err
 		}
-		// The user's keys must lose (or gain) the role's power at once.
-		if err := tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateUser, ID: m.UserID}); err != nil {
-			return err
-		}
 		return audit.Record(ctx, tx, org.ID, "member.update", memberResource(m.UserID, m.Email), map[string]keybridge.Change{
 			"role": {Old: old, New: m.Role},
 		})
@@ -436,9 +421,6 @@ func (s *Server) deleteMember(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		if err := tx.DeleteMembership(ctx, org.ID, m.UserID); err != nil {
-			return err
-		}
-		if err := tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateUser, ID: m.UserID}); err != nil {
 			return err
 		}
 		return audit.Record(ctx, tx, org.ID, "member.delete", memberResource(m.UserID, m.Email), map[string]keybridge.Change{

@@ -73,7 +73,7 @@ func newRowID() string { return uuid.Must(uuid.NewV7()).String() }
 
 // sealSettings seals a provider's whole settings object, bound to its row.
 func (s *Server) sealSettings(providerID string, set *keybridge.ProviderSettings) ([]byte, error) {
-	return s.ring.Seal(set.MarshalSealed(), keybridge.AssociatedData("providers", "settings", providerID))
+	return s.ring.Seal(set.MarshalSealed(), keybridge.SealedProviderSettings.AD(providerID))
 }
 
 // openSettings opens a provider's settings. Only the server ever holds
@@ -83,7 +83,7 @@ func (s *Server) openSettings(p *keybridge.Provider) (keybridge.ProviderSettings
 	if len(p.SettingsSealed) == 0 {
 		return set, nil
 	}
-	plain, err := s.ring.Open(p.SettingsSealed, keybridge.AssociatedData("providers", "settings", p.ID))
+	plain, err := s.ring.Open(p.SettingsSealed, keybridge.SealedProviderSettings.AD(p.ID))
 	if err != nil {
 		return set, err
 	}
@@ -558,7 +558,7 @@ func (s *Server) createProviderKey(w http.ResponseWriter, r *http.Request) error
 	secret := []byte(in.APIKey.Reveal())
 	k := &keybridge.ProviderKey{ID: newRowID(), ProviderID: p.ID, Name: in.Name, Hint: keybridge.Hint(in.APIKey.Reveal()), Enabled: true,
 		Fingerprint: s.ring.Fingerprint("provider_key"+p.ID, secret)}
-	if k.Sealed, err = s.ring.Seal(secret, keybridge.AssociatedData("provider_keys", "api_key", k.ID)); err != nil {
+	if k.Sealed, err = s.ring.Seal(secret, keybridge.SealedProviderKey.AD(k.ID)); err != nil {
 		return err
 	}
 	err = s.store.InTx(ctx, func(tx store.Store) error {
@@ -790,7 +790,7 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 	for i := range keys {
 		k := &keys[i]
 		items[i].KeyID = k.ID
-		plain, err := s.ring.Open(k.Sealed, keybridge.AssociatedData("provider_keys", "api_key", k.ID))
+		plain, err := s.ring.Open(k.Sealed, keybridge.SealedProviderKey.AD(k.ID))
 		if err != nil {
 			s.log.ErrorContext(ctx, "open provider key", "err", err, "key_id", k.ID,
 				"request_id", keybridge.RequestInfoFromContext(ctx).RequestID)

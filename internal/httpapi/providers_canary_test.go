@@ -193,7 +193,9 @@ func TestProviderSecretsCanary(t *testing.T) {
 		}
 	}
 
-	// After a checkpoint everything is in the main file; look again.
+	// After a checkpoint everything is in the main file; look again. The
+	// services go first: they end when the store closes under them.
+	e.Stop()
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}

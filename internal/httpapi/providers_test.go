@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
@@ -324,7 +325,7 @@ func TestProviderSecretSettings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.AssociatedData("providers", "settings", p.ID))
+			plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.SealedProviderSettings.AD(p.ID))
 			if err != nil {
 				t.Fatalf("open stored settings: %v", err)
 			}
@@ -511,10 +512,10 @@ func TestProviderKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if plain, err := e.Ring.Open(stored.Sealed, keybridge.AssociatedData("provider_keys", "api_key", k0.ID)); err != nil || string(plain) != "sk-proj-abcdefghijklmnopqrstuvwxyz0123" {
+		if plain, err := e.Ring.Open(stored.Sealed, keybridge.SealedProviderKey.AD(k0.ID)); err != nil || string(plain) != "sk-proj-abcdefghijklmnopqrstuvwxyz0123" {
 			t.Errorf("stored key opens to %q, %v; want the key", plain, err)
 		}
-		if _, err := e.Ring.Open(stored.Sealed, keybridge.AssociatedData("provider_keys", "api_key", listed.Items[1].ID)); err == nil {
+		if _, err := e.Ring.Open(stored.Sealed, keybridge.SealedProviderKey.AD(listed.Items[1].ID)); err == nil {
 			t.Errorf("a key's ciphertext opened as another row's")
 		}
 
@@ -541,10 +542,19 @@ func TestProviderKeys(t *testing.T) {
 				}
 			})
 		}
+		// The gateway put the key in a cooldown: the edit keeps it, and shows it.
+		cooldown := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
+		if err := e.Store.SetProviderKeyCooldowns(context.Background(), map[string]time.Time{k0.ID: cooldown}); err != nil {
+			t.Fatal(err)
+		}
 		resp, body = e.do("PATCH", keyPath, e.OwnerKey, map[string]any{"name": "primary", "priority": 9, "enabled": false})
 		wantStatus(t, resp, body, http.StatusOK)
-		if got := decodeExact[providerKeyJSON](t, body); got.Name != "primary" || got.Priority != 9 || got.Enabled || got.Hint != k0.Hint {
-			t.Errorf("PATCH key = %+v", got)
+		if got := decodeExact[providerKeyJSON](t, body); got.Name != "primary" || got.Priority != 9 || got.Enabled || got.Hint != k0.Hint ||
+			got.CooldownUntil == nil || *got.CooldownUntil != "2031-05-06T07:08:09Z" {
+			t.Errorf("PATCH key = %+v, want the edit and cooldown_until 2031-05-06T07:08:09Z", got)
+		}
+		if stored, err := e.Store.ProviderKey(context.Background(), p.ID, k0.ID); err != nil || stored.CooldownUntil == nil || !stored.CooldownUntil.Equal(cooldown) {
+			t.Errorf("after PATCH, stored key = %+v, %v; want cooldown_until %v kept", stored, err, cooldown)
 		}
 
 		// DELETE: a key that exists under another provider is 404 and stays.
@@ -663,7 +673,7 @@ func TestProviderConcurrentSecretRotation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.AssociatedData("providers", "settings", p.ID))
+		plain, err := e.Ring.Open(sp.SettingsSealed, keybridge.SealedProviderSettings.AD(p.ID))
 		if err != nil {
 			t.Fatal(err)
 		}

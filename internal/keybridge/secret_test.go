@@ -141,3 +141,25 @@ func TestSecretValue(t *testing.T) {
 		t.Errorf("json.Unmarshal into a Secret = %q, %v; want the plaintext", got.Key.Reveal(), err)
 	}
 }
+
+// Every stored value was sealed bound to these exact bytes: a binding that
+// changed would leave each of them unopenable.
+func TestSealedColumnBindings(t *testing.T) {
+	for _, c := range []struct {
+		col  keybridge.SealedColumn
+		want string
+	}{
+		{keybridge.SealedProviderSettings, "keybridge:providers.settings:row-1"},
+		{keybridge.SealedProviderKey, "keybridge:provider_keys.api_key:row-1"},
+		{keybridge.SealedCredential, "keybridge:user_credentials.api_key:row-1"},
+		{keybridge.SealedAIKeySecret, "keybridge:ai_keys.secret_sealed:row-1"},
+	} {
+		if got := string(c.col.AD("row-1")); got != c.want {
+			t.Errorf("%+v.AD(row-1) = %q, want %q", c.col, got, c.want)
+		}
+		ref := keybridge.SealedRef{Table: c.col.Table, Column: c.col.Column, RowID: "row-1"}
+		if got := string(ref.AssociatedData()); got != c.want {
+			t.Errorf("SealedRef of %+v binds %q, want %q: a rewrap must open what the column sealed", c.col, got, c.want)
+		}
+	}
+}

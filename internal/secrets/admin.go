@@ -65,7 +65,7 @@ func (r *Ring) Rotate(ctx context.Context) (int, error) {
 		if err != nil {
 			return fmt.Errorf("audit: %w", err)
 		}
-		return tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateKeyRing})
+		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("rotate key ring: %w", err)
@@ -253,7 +253,7 @@ func (r *Ring) ChangeMaster(ctx context.Context, newMaster []byte) error {
 		if err != nil {
 			return fmt.Errorf("audit: %w", err)
 		}
-		return tx.Publish(ctx, store.Invalidation{Kind: store.InvalidateKeyRing})
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("change master key: %w", err)

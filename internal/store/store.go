@@ -70,7 +70,9 @@ type Meta interface {
 	TakeMeta(ctx context.Context, key string) (string, error)
 }
 
-// Identity stores orgs, users, memberships, invitations and sessions.
+// Identity stores orgs, users, memberships, invitations and sessions. The
+// methods that change what a user's keys may do publish the invalidation
+// themselves, in the transaction of the change; callers publish nothing.
 type Identity interface {
 	// CreateOrg inserts o, setting ID and times. EConflict on a used slug.
 	CreateOrg(ctx context.Context, o *keybridge.Org) error
@@ -78,7 +80,9 @@ type Identity interface {
 	Org(ctx context.Context, idOrSlug string) (*keybridge.Org, error)
 	// UpdateOrg writes o's name and slug. ENotFound, EConflict.
 	UpdateOrg(ctx context.Context, o *keybridge.Org) error
-	// DeleteOrg deletes an org and everything it owns. ENotFound.
+	// DeleteOrg deletes an org and everything it owns, and publishes
+	// InvalidateAll: any cached key, provider or credential may have been
+	// the org's. ENotFound.
 	DeleteOrg(ctx context.Context, id string) error
 	// CountOrgs counts every org; zero means setup has not run.
 	CountOrgs(ctx context.Context) (int, error)
@@ -94,7 +98,8 @@ type Identity interface {
 	// UpdateUser writes u's name and password hash. ENotFound.
 	UpdateUser(ctx context.Context, u *keybridge.User) error
 
-	// CreateMembership inserts m. EConflict when the user is already a member.
+	// CreateMembership inserts m and publishes InvalidateUser for the
+	// user. EConflict when the user is already a member.
 	CreateMembership(ctx context.Context, m *keybridge.Membership) error
 	// Membership finds userID's membership of orgID. ENotFound.
 	Membership(ctx context.Context, orgID, userID string) (*keybridge.Membership, error)
@@ -102,9 +107,11 @@ type Identity interface {
 	Members(ctx context.Context, orgID string, page Page) ([]keybridge.Member, string, error)
 	// Member returns one member of orgID. ENotFound.
 	Member(ctx context.Context, orgID, userID string) (*keybridge.Member, error)
-	// UpdateMembership writes m's role. ENotFound.
+	// UpdateMembership writes m's role and publishes InvalidateUser for
+	// the user. ENotFound.
 	UpdateMembership(ctx context.Context, m *keybridge.Membership) error
-	// DeleteMembership removes userID from orgID. ENotFound.
+	// DeleteMembership removes userID from orgID and publishes
+	// InvalidateUser for them. ENotFound.
 	DeleteMembership(ctx context.Context, orgID, userID string) error
 	// CountOwners counts an org's owners, locking them in PostgreSQL so
 	// two concurrent demotions cannot both pass the last-owner check.
@@ -168,10 +175,11 @@ type KeyRing interface {
 	// that read it first (rotation, master key change) run one at a time.
 	DataKeys(ctx context.Context) ([]keybridge.DataKey, error)
 	// CreateDataKey inserts a data key; when k.Primary it becomes the only
-	// primary. EConflict on a used version.
+	// primary. It publishes InvalidateKeyRing. EConflict on a used version.
 	CreateDataKey(ctx context.Context, k *keybridge.DataKey) error
 	// UpdateDataKeyWrap replaces the wrapped form of a data key (a master
-	// key change re-wraps only the ring). ENotFound.
+	// key change re-wraps only the ring) and publishes InvalidateKeyRing.
+	// ENotFound.
 	UpdateDataKeyWrap(ctx context.Context, version int, wrapped []byte) error
 	// SealedCounts counts the sealed values per data key version.
 	SealedCounts(ctx context.Context) (map[int]int, error)
@@ -184,9 +192,14 @@ type KeyRing interface {
 	ReplaceSealed(ctx context.Context, ref keybridge.SealedRef, version int, ciphertext []byte) (bool, error)
 }
 
-// Providers stores providers and their upstream keys.
+// Providers stores providers and their upstream keys. Every change of a
+// provider publishes InvalidateProvider, and every change of an upstream
+// key InvalidateProviderKey, in the transaction of the change; only the
+// runtime state the gateway keeps itself (last use, cooldowns) is written
+// without one.
 type Providers interface {
-	// CreateProvider inserts p, setting ID and times. EConflict on a used name in the org.
+	// CreateProvider inserts p, setting ID (when empty) and times, and
+	// publishes InvalidateProvider. EConflict on a used name in the org.
 	CreateProvider(ctx context.Context, p *keybridge.Provider) error
 	// Provider finds a provider of orgID by ID or name. ENotFound. Inside
 	// InTx it locks the row until the transaction ends, so a
@@ -194,12 +207,15 @@ type Providers interface {
 	Provider(ctx context.Context, orgID, idOrName string) (*keybridge.Provider, error)
 	// ListProviders lists an org's providers sorted by name.
 	ListProviders(ctx context.Context, orgID string, page Page) ([]keybridge.Provider, string, error)
-	// UpdateProvider writes every mutable field of p. ENotFound, EConflict.
+	// UpdateProvider writes every mutable field of p and publishes
+	// InvalidateProvider. ENotFound, EConflict.
 	UpdateProvider(ctx context.Context, p *keybridge.Provider) error
-	// DeleteProvider deletes a provider with its keys and credentials. ENotFound.
+	// DeleteProvider deletes a provider with its keys and credentials and
+	// publishes InvalidateProvider, which stands for them too. ENotFound.
 	DeleteProvider(ctx context.Context, orgID, id string) error
 
-	// CreateProviderKey inserts k, setting ID (when empty) and times.
+	// CreateProviderKey inserts k, setting ID (when empty) and times, and
+	// publishes InvalidateProviderKey with the provider's org.
 	// EConflict on a used fingerprint in the provider, or when the
 	// provider already holds keybridge.MaxProviderKeys keys; ENotFound for
 	// a missing provider.
@@ -208,18 +224,32 @@ type Providers interface {
 	ProviderKey(ctx context.Context, providerID, id string) (*keybridge.ProviderKey, error)
 	// ProviderKeys lists a provider's keys by priority, then creation.
 	ProviderKeys(ctx context.Context, providerID string) ([]keybridge.ProviderKey, error)
-	// UpdateProviderKey writes name, priority, enabled and cooldown_until. ENotFound.
+	// UpdateProviderKey writes name, priority and enabled, and publishes
+	// InvalidateProviderKey. It leaves last_used_at and cooldown_until as
+	// they are (the gateway's to write) and sets k's to the stored ones.
+	// ENotFound.
 	UpdateProviderKey(ctx context.Context, k *keybridge.ProviderKey) error
-	// DeleteProviderKey deletes a key of providerID. ENotFound.
+	// DeleteProviderKey deletes a key of providerID and publishes
+	// InvalidateProviderKey. ENotFound.
 	DeleteProviderKey(ctx context.Context, providerID, id string) error
-	// TouchProviderKeys sets last_used_at for many upstream keys at once.
+	// TouchProviderKeys sets last_used_at for many upstream keys at once;
+	// it never moves a time backwards. It publishes nothing.
 	TouchProviderKeys(ctx context.Context, lastUsed map[string]time.Time) error
+	// SetProviderKeyCooldowns sets cooldown_until for many upstream keys at
+	// once, clearing it where the time is zero, and touches nothing else
+	// of them: not a concurrent admin edit, not updated_at. It publishes
+	// nothing, since the gateway that sets cooldowns keeps them itself and
+	// stores them for display. Unknown IDs are skipped.
+	SetProviderKeyCooldowns(ctx context.Context, until map[string]time.Time) error
 }
 
-// Credentials stores users' personal provider keys.
+// Credentials stores users' personal provider keys. Every change publishes
+// InvalidateCredential (the user's ID, the credential's org) in the
+// transaction of the change.
 type Credentials interface {
-	// CreateCredential inserts c, setting ID and times. EConflict when the
-	// user already has one for the provider.
+	// CreateCredential inserts c, setting ID (when empty) and times, and
+	// publishes InvalidateCredential. EConflict when the user already has
+	// one for the provider.
 	CreateCredential(ctx context.Context, c *keybridge.Credential) error
 	// Credential finds userID's credential by ID. ENotFound, also for another user's.
 	Credential(ctx context.Context, userID, id string) (*keybridge.Credential, error)
@@ -230,10 +260,16 @@ type Credentials interface {
 	// CredentialProviders returns, per user of orgID, the provider IDs they
 	// hold personal credentials for (for the member list).
 	CredentialProviders(ctx context.Context, orgID string) (map[string][]string, error)
-	// UpdateCredential writes the sealed key, fingerprint and hint. ENotFound.
+	// UpdateCredential writes the sealed key, fingerprint and hint, and
+	// publishes InvalidateCredential. ENotFound.
 	UpdateCredential(ctx context.Context, c *keybridge.Credential) error
-	// DeleteCredential deletes userID's credential. ENotFound.
+	// DeleteCredential deletes userID's credential and publishes
+	// InvalidateCredential. ENotFound.
 	DeleteCredential(ctx context.Context, userID, id string) error
+	// TouchCredentials sets last_used_at for many credentials at once; it
+	// never moves a time backwards. It publishes nothing. Unknown IDs are
+	// skipped.
+	TouchCredentials(ctx context.Context, lastUsed map[string]time.Time) error
 }
 
 // Projects stores projects and their AI keys.
@@ -379,12 +415,16 @@ type Invalidation struct {
 // Notifier spreads invalidations to every process sharing the database.
 type Notifier interface {
 	// Publish sends inv to every subscriber, this process included. Inside
-	// a transaction it is delivered only after commit.
+	// a transaction it is delivered only after commit, and once however
+	// often the transaction publishes it.
 	Publish(ctx context.Context, inv Invalidation) error
 	// Subscribe calls fn for every invalidation until ctx ends. After any
 	// gap in delivery (a lost connection) it sends InvalidateAll first.
 	// It should also send InvalidateAll once it first hears every change
 	// (its LISTEN is in place): a cache that sees it knows that from then
-	// on it misses nothing, and stays off until it does.
+	// on it misses nothing, and stays off until it does. Nothing reaches
+	// fn before that first InvalidateAll, and calls of fn do not overlap.
+	// fn must return quickly and must not publish: subscribers of a
+	// process may share one delivery goroutine.
 	Subscribe(ctx context.Context, fn func(Invalidation)) error
 }

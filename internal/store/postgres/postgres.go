@@ -55,8 +55,8 @@ func Open(ctx context.Context, url string) (*sqlstore.Store, error) {
 			_, err := tx.ExecContext(ctx, `SELECT pg_notify($1, $2)`, channel, payload)
 			return err
 		},
-		Listen: func(ctx context.Context, deliver func(string), gap func()) error {
-			return listen(ctx, cfg, channel, deliver, gap)
+		Listen: func(ctx context.Context, deliver func(string), listening func(bool)) error {
+			return listen(ctx, cfg, channel, deliver, listening)
 		},
 	}}
 	if err := Migrate(ctx, sdb); err != nil {
@@ -82,11 +82,13 @@ func uniqueViolation(err error) bool {
 
 // listen holds a dedicated connection on LISTEN channel, reconnecting after
 // failures. Until a LISTEN is in place, notifications may be missed: the
-// time before the first one, and every reconnect. So gap is called each
-// time one is in place, the first time included.
-func listen(ctx context.Context, cfg *pgx.ConnConfig, channel string, deliver func(string), gap func()) error {
+// time before the first one, and every reconnect. So listening(true) is
+// called each time one is in place, the first time included, and
+// listening(false) each time it is lost.
+func listen(ctx context.Context, cfg *pgx.ConnConfig, channel string, deliver func(string), listening func(bool)) error {
 	for ctx.Err() == nil {
-		err := listenOnce(ctx, cfg, channel, deliver, gap)
+		err := listenOnce(ctx, cfg, channel, deliver, func() { listening(true) })
+		listening(false)
 		if ctx.Err() != nil {
 			break
 		}

@@ -2,12 +2,16 @@ package sqlstore
 
 import (
 	"context"
+	"maps"
+	"slices"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
 )
 
 func init() {
-	registerSealed("user_credentials", "id", "api_key", "api_key_version")
+	registerSealed(keybridge.SealedCredential, "id", "api_key_version")
 }
 
 const credentialColumns = `id, user_id, org_id, provider_id, hint, api_key, fingerprint, created_at, updated_at, last_used_at`
@@ -25,16 +29,27 @@ func scanCredential(sc rowScanner) (*keybridge.Credential, error) {
 // CreateCredential implements store.Credentials. It keeps c.ID when set
 // (the key is sealed bound to it).
 func (s *Store) CreateCredential(ctx context.Context, c *keybridge.Credential) error {
-	if c.ID == "" {
-		c.ID = newID()
-	}
-	now := s.Now()
-	c.CreatedAt, c.UpdatedAt = now, now
-	_, err := s.exec(ctx, `INSERT INTO user_credentials (id, user_id, org_id, provider_id, hint, api_key, api_key_version,
-		fingerprint, created_at, updated_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		c.ID, c.UserID, c.OrgID, c.ProviderID, c.Hint, c.Sealed, sealedVersionOf(c.Sealed), c.Fingerprint,
-		s.ts(now), s.ts(now), s.tsNull(c.LastUsedAt))
-	return s.conflict(err, "you already have a personal key for this provider; update or delete it")
+	return s.write(ctx, func(s *Store) error {
+		if c.ID == "" {
+			c.ID = newID()
+		}
+		now := s.Now()
+		_, err := s.exec(ctx, `INSERT INTO user_credentials (id, user_id, org_id, provider_id, hint, api_key, api_key_version,
+			fingerprint, created_at, updated_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			c.ID, c.UserID, c.OrgID, c.ProviderID, c.Hint, c.Sealed, sealedVersionOf(c.Sealed), c.Fingerprint,
+			s.ts(now), s.ts(now), s.tsNull(c.LastUsedAt))
+		if err := s.conflict(err, "you already have a personal key for this provider; update or delete it"); err != nil {
+			return err
+		}
+		c.CreatedAt, c.UpdatedAt = now, now
+		return s.publishCredential(ctx, c.OrgID, c.UserID)
+	})
+}
+
+// publishCredential tells caches that a personal credential of userID in
+// orgID changed.
+func (s *Store) publishCredential(ctx context.Context, orgID, userID string) error {
+	return s.Publish(ctx, store.Invalidation{Kind: store.InvalidateCredential, ID: userID, Org: orgID})
 }
 
 // Credential implements store.Credentials.
@@ -82,20 +97,49 @@ func (s *Store) CredentialProviders(ctx context.Context, orgID string) (map[stri
 	return out, rows.Err()
 }
 
-// UpdateCredential implements store.Credentials.
+// UpdateCredential implements store.Credentials. The org published is
+// the stored row's, whatever c.OrgID says.
 func (s *Store) UpdateCredential(ctx context.Context, c *keybridge.Credential) error {
-	now := s.Now()
-	res, err := s.exec(ctx, `UPDATE user_credentials SET api_key = ?, api_key_version = ?, fingerprint = ?, hint = ?, updated_at = ?
-		WHERE id = ? AND user_id = ?`, c.Sealed, sealedVersionOf(c.Sealed), c.Fingerprint, c.Hint, s.ts(now), c.ID, c.UserID)
-	if err := mustAffect(res, err, "credential"); err != nil {
-		return err
-	}
-	c.UpdatedAt = now
-	return nil
+	return s.write(ctx, func(s *Store) error {
+		now := s.Now()
+		var orgID string
+		err := s.queryRow(ctx, `UPDATE user_credentials SET api_key = ?, api_key_version = ?, fingerprint = ?, hint = ?, updated_at = ?
+			WHERE id = ? AND user_id = ? RETURNING org_id`, c.Sealed, sealedVersionOf(c.Sealed), c.Fingerprint, c.Hint, s.ts(now), c.ID, c.UserID).Scan(&orgID)
+		if err != nil {
+			return notFound(err, "credential")
+		}
+		c.UpdatedAt = now
+		return s.publishCredential(ctx, orgID, c.UserID)
+	})
 }
 
 // DeleteCredential implements store.Credentials.
 func (s *Store) DeleteCredential(ctx context.Context, userID, id string) error {
-	res, err := s.exec(ctx, `DELETE FROM user_credentials WHERE id = ? AND user_id = ?`, id, userID)
-	return mustAffect(res, err, "credential")
+	return s.write(ctx, func(s *Store) error {
+		var orgID string
+		err := s.queryRow(ctx, `DELETE FROM user_credentials WHERE id = ? AND user_id = ? RETURNING org_id`, id, userID).Scan(&orgID)
+		if err != nil {
+			return notFound(err, "credential")
+		}
+		return s.publishCredential(ctx, orgID, userID)
+	})
+}
+
+// TouchCredentials implements store.Credentials, as TouchProviderKeys does
+// for upstream keys: a time never moves backwards, and rows are written in
+// ID order so that concurrent batches cannot deadlock.
+func (s *Store) TouchCredentials(ctx context.Context, lastUsed map[string]time.Time) error {
+	if len(lastUsed) == 0 {
+		return nil
+	}
+	return s.write(ctx, func(s *Store) error {
+		for _, id := range slices.Sorted(maps.Keys(lastUsed)) {
+			t := lastUsed[id]
+			if _, err := s.exec(ctx, `UPDATE user_credentials SET last_used_at = ?
+				WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, s.ts(t), id, s.ts(t)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -2,3 +2,7 @@ package sqlstore
 
 // RegisterSealed lets the key ring's tests register a table of their own.
 var RegisterSealed = registerSealed
+
+// Subscribers counts the subscriptions in place, so tests know when one
+// has joined.
+func Subscribers(s *Store) int { return len(s.db.hub.subscribers()) }

@@ -20,23 +20,24 @@ var sealedColumns []sealedColumn
 
 var identifier = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
-// registerSealed declares that table.column holds sealed values, each
-// row named by idColumn, with versionColumn (an integer) holding the data
-// key version that sealed the value. The area that owns the table calls it
-// from an init function; writes of the value must keep versionColumn true.
-// The key ring then counts, finds and rewraps these values without knowing
-// the tables. Rows whose column is NULL or empty hold no secret and are
-// skipped.
-func registerSealed(table, idColumn, column, versionColumn string) {
-	c := sealedColumn{table, idColumn, column, versionColumn}
-	for _, id := range []string{table, idColumn, column, versionColumn} {
+// registerSealed declares that sc holds sealed values, each row named by
+// idColumn, with versionColumn (an integer) holding the data key version
+// that sealed the value. The area that owns the table calls it from an init
+// function, with the keybridge.SealedColumn whose AD binds the values, so
+// the rewrap opens them under the binding they were sealed with; writes of
+// the value must keep versionColumn true. The key ring then counts, finds
+// and rewraps these values without knowing the tables. Rows whose column is
+// NULL or empty hold no secret and are skipped.
+func registerSealed(sc keybridge.SealedColumn, idColumn, versionColumn string) {
+	c := sealedColumn{sc.Table, idColumn, sc.Column, versionColumn}
+	for _, id := range []string{c.table, c.idColumn, c.column, c.versionColumn} {
 		if !identifier.MatchString(id) {
 			panic(fmt.Sprintf("registerSealed: %q is not a plain identifier", id))
 		}
 	}
 	for _, o := range sealedColumns {
-		if o.table == table && o.column == column {
-			panic(fmt.Sprintf("registerSealed: %s.%s registered twice", table, column))
+		if o.table == c.table && o.column == c.column {
+			panic(fmt.Sprintf("registerSealed: %s.%s registered twice", c.table, c.column))
 		}
 	}
 	sealedColumns = append(sealedColumns, c)

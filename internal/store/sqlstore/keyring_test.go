@@ -17,9 +17,9 @@ import (
 // depend on any area's schema. Registration is global, so every store this
 // test binary opens gets the tables.
 func init() {
-	sqlstore.RegisterSealed("test_vault", "id", "secret", "secret_version")
-	sqlstore.RegisterSealed("test_vault", "id", "other", "other_version")
-	sqlstore.RegisterSealed("test_box", "box_id", "sealed", "sealed_version")
+	sqlstore.RegisterSealed(keybridge.SealedColumn{Table: "test_vault", Column: "secret"}, "id", "secret_version")
+	sqlstore.RegisterSealed(keybridge.SealedColumn{Table: "test_vault", Column: "other"}, "id", "other_version")
+	sqlstore.RegisterSealed(keybridge.SealedColumn{Table: "test_box", Column: "sealed"}, "box_id", "sealed_version")
 }
 
 func openWithTables(t *testing.T, e storetest.Engine) *sqlstore.Store {
@@ -153,7 +153,7 @@ func TestRegisterSealedRefusesBadNames(t *testing.T) {
 					t.Errorf("RegisterSealed%q did not panic", args)
 				}
 			}()
-			sqlstore.RegisterSealed(args[0], args[1], args[2], args[3])
+			sqlstore.RegisterSealed(keybridge.SealedColumn{Table: args[0], Column: args[2]}, args[1], args[3])
 		}()
 	}
 }

@@ -37,9 +37,11 @@ type Dialect struct {
 	// delivers on commit). Nil when notifications stay in-process.
 	Notify func(ctx context.Context, tx *sql.Tx, payload string) error
 	// Listen delivers notifications from other processes until ctx ends,
-	// calling gap each time it starts hearing them: once it first listens,
-	// and after any interruption. Nil when there are none.
-	Listen func(ctx context.Context, deliver func(payload string), gap func()) error
+	// reconnecting after failures. It calls listening(true) each time it
+	// starts hearing them (once it first listens, and after every
+	// reconnect) and listening(false) as soon as it may miss some. The
+	// store runs one at a time. Nil when there are none.
+	Listen func(ctx context.Context, deliver func(payload string), listening func(up bool)) error
 }
 
 // DB is an opened database: a writer and a reader pool (the same pool in
@@ -52,10 +54,8 @@ type DB struct {
 	rebound sync.Map // query string -> rebound query string
 	// origin tags this process's notifications, so its own subscribers,
 	// told at commit, skip the copy that comes back through Listen.
-	origin  string
-	subsMu  sync.Mutex
-	subs    map[int]func(store.Invalidation)
-	nextSub int
+	origin string
+	hub    hub
 }
 
 // Store is store.Store over a DB, either outside a transaction or inside one.
@@ -64,13 +64,14 @@ type Store struct {
 	tx *sql.Tx
 	// now is fixed for the life of a transaction.
 	now time.Time
-	// afterCommit runs once the transaction commits.
-	afterCommit *[]func()
+	// published holds the invalidations the transaction publishes, each
+	// once, for this process's subscribers to hear at commit.
+	published *[]store.Invalidation
 }
 
 // New returns a Store over db.
 func New(db *DB) *Store {
-	db.subs = map[int]func(store.Invalidation){}
+	db.hub.closing = make(chan struct{})
 	db.origin = newID()
 	return &Store{db: db}
 }
@@ -96,16 +97,16 @@ func (s *Store) InTx(ctx context.Context, fn func(tx store.Store) error) error {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
-	var after []func()
-	txs := &Store{db: s.db, tx: tx, now: time.Now().UTC().Truncate(time.Microsecond), afterCommit: &after}
+	var published []store.Invalidation
+	txs := &Store{db: s.db, tx: tx, now: time.Now().UTC().Truncate(time.Microsecond), published: &published}
 	if err := fn(txs); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
-	for _, f := range after {
-		f()
+	for _, inv := range published {
+		s.db.deliver(inv)
 	}
 	return nil
 }
@@ -113,8 +114,10 @@ func (s *Store) InTx(ctx context.Context, fn func(tx store.Store) error) error {
 // Ping implements store.Store.
 func (s *Store) Ping(ctx context.Context) error { return s.db.Write.PingContext(ctx) }
 
-// Close implements store.Store.
+// Close implements store.Store. It ends subscriptions first, and the
+// shared Listen with its connection.
 func (s *Store) Close() error {
+	s.db.hub.close()
 	err := s.db.Write.Close()
 	if s.db.Read != s.db.Write {
 		err = errors.Join(err, s.db.Read.Close())

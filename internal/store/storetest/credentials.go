@@ -2,8 +2,10 @@ package storetest
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,6 +96,100 @@ func testCredentials(t *testing.T, newStore Factory) {
 		provCode(t, "DeleteCredential(again)", st.DeleteCredential(ctx, ada.ID, c.ID), keybridge.ENotFound)
 		// One per provider: after deleting, a new one may be added.
 		provCredential(t, st, ada, openai, "again")
+	})
+
+	t.Run("Invalidations", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		ada := provUser(t, st, "ada@acme.test")
+		bob := provUser(t, st, "bob@acme.test")
+		openai := provProvider(t, st, org.ID, "openai")
+		ch := baseSubscribe(t, st, st)
+		want := store.Invalidation{Kind: store.InvalidateCredential, ID: ada.ID, Org: org.ID}
+
+		c := provCredential(t, st, ada, openai, "one")
+		baseExpect(t, "CreateCredential", ch, want)
+		c.Sealed, c.Fingerprint, c.Hint = provSealed(1, "two"), []byte("two"), "...two"
+		// The org published is the stored one, not what the caller says.
+		c.OrgID = ""
+		if err := st.UpdateCredential(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "UpdateCredential", ch, want)
+
+		dup := &keybridge.Credential{UserID: ada.ID, OrgID: org.ID, ProviderID: openai.ID, Hint: "...", Sealed: provSealed(1, "x"), Fingerprint: []byte("x")}
+		provCode(t, "CreateCredential(second for the provider)", st.CreateCredential(ctx, dup), keybridge.EConflict)
+		stolen := *c
+		stolen.UserID = bob.ID
+		provCode(t, "UpdateCredential(as another user)", st.UpdateCredential(ctx, &stolen), keybridge.ENotFound)
+		provCode(t, "DeleteCredential(as another user)", st.DeleteCredential(ctx, bob.ID, c.ID), keybridge.ENotFound)
+		baseMarker(t, "failed credential changes", st, ch)
+
+		if err := st.DeleteCredential(ctx, ada.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "DeleteCredential", ch, want)
+	})
+
+	t.Run("TouchNeverGoesBack", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		ada := provUser(t, st, "ada@acme.test")
+		p := provProvider(t, st, org.ID, "openai")
+		q := provProvider(t, st, org.ID, "anthropic")
+		c := provCredential(t, st, ada, p, "one")
+		d := provCredential(t, st, ada, q, "two")
+		ch := baseSubscribe(t, st, st)
+		later := baseTime.Truncate(time.Microsecond)
+		earlier := later.Add(-time.Hour)
+		if err := st.TouchCredentials(ctx, map[string]time.Time{c.ID: later, d.ID: earlier}); err != nil {
+			t.Fatalf("TouchCredentials = %v", err)
+		}
+		if err := st.TouchCredentials(ctx, map[string]time.Time{c.ID: earlier, d.ID: later, "0190f0f0-0000-7000-8000-0000000000ff": later}); err != nil {
+			t.Fatalf("TouchCredentials = %v", err)
+		}
+		for _, cr := range []*keybridge.Credential{c, d} {
+			got, err := st.Credential(ctx, ada.ID, cr.ID)
+			if err != nil || got.LastUsedAt == nil || !got.LastUsedAt.Equal(later) || !got.UpdatedAt.Equal(cr.UpdatedAt) {
+				t.Errorf("Credential(%s) after touches = %+v, %v; want last used %v, updated_at unchanged", cr.Hint, got, err, later)
+			}
+		}
+		if err := st.TouchCredentials(ctx, nil); err != nil {
+			t.Errorf("TouchCredentials(nil) = %v", err)
+		}
+		baseMarker(t, "touches publish nothing", st, ch)
+	})
+
+	t.Run("ConcurrentTouches", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		var ids []string
+		for i := range 16 {
+			u := provUser(t, st, fmt.Sprintf("u%02d@acme.test", i))
+			ids = append(ids, provCredential(t, st, u, provProvider(t, st, org.ID, fmt.Sprintf("p%02d", i)), fmt.Sprint("c", i)).ID)
+		}
+		const flushers, rounds = 4, 15
+		var wg sync.WaitGroup
+		errs := make(chan error, flushers*rounds)
+		for f := range flushers {
+			wg.Go(func() {
+				for r := range rounds {
+					batch := map[string]time.Time{}
+					for _, id := range ids {
+						batch[id] = baseTime.Add(time.Duration(r*flushers+f) * time.Millisecond)
+					}
+					if err := st.TouchCredentials(ctx, batch); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("concurrent TouchCredentials = %v", err)
+		}
 	})
 
 	t.Run("CredentialProviders", func(t *testing.T) {

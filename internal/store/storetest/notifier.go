@@ -49,6 +49,27 @@ func testNotifier(t *testing.T, newStore Factory) {
 		baseMarker(t, "after commit, once", st, ch)
 	})
 
+	t.Run("OncePerTx", func(t *testing.T) {
+		st := newStore(t)
+		ch := baseSubscribe(t, st, st)
+		a := store.Invalidation{Kind: store.InvalidateKeyRing}
+		b := store.Invalidation{Kind: store.InvalidateUser, ID: "u-1"}
+		err := st.InTx(ctx, func(tx store.Store) error {
+			for _, inv := range []store.Invalidation{a, b, a, b, a} {
+				if err := tx.Publish(ctx, inv); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("InTx = %v", err)
+		}
+		baseExpect(t, "first of the transaction", ch, a)
+		baseExpect(t, "second of the transaction", ch, b)
+		baseMarker(t, "each once", st, ch)
+	})
+
 	t.Run("RollbackWritesAndTellsNothing", func(t *testing.T) {
 		st := newStore(t)
 		ch := baseSubscribe(t, st, st)
@@ -180,4 +201,112 @@ func testNotifier(t *testing.T, newStore Factory) {
 			t.Errorf("own invalidation heard again as %+v", got)
 		}
 	})
+	// A replica holds one LISTEN connection, however many subscribe: the
+	// caches of a process share it, and all hear every other replica.
+	t.Run("OneListenPerReplica", func(t *testing.T) {
+		if !baseIsPostgres(newStore(t)) {
+			t.Skip("SQLite serves one process; it listens to nobody")
+		}
+		a, open := SharedPostgres(t)
+		b := open()
+		raw := RawOf(t, a)
+		var schema string
+		if err := raw.DB.QueryRow(`SELECT current_schema()`).Scan(&schema); err != nil {
+			t.Fatal(err)
+		}
+		// The backends whose last statement was the LISTEN on this schema's
+		// channel: the replicas' listening connections.
+		const listeners = `FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND position($1 in query) > 0`
+		channel := "keybridge_" + schema
+		countListeners := func() int {
+			t.Helper()
+			var n int
+			if err := raw.DB.QueryRow(`SELECT COUNT(*) `+listeners, channel).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		waitListeners := func(what string, want int) {
+			t.Helper()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				n := countListeners()
+				if n == want {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %d LISTEN connections, want %d", what, n, want)
+				}
+			}
+		}
+
+		var onA, onB []<-chan store.Invalidation
+		for range 3 {
+			onA = append(onA, baseSubscribe(t, a, b))
+		}
+		for range 2 {
+			onB = append(onB, baseSubscribe(t, b, a))
+		}
+		if n := countListeners(); n != 2 {
+			t.Errorf("two replicas with 3 and 2 subscribers hold %d LISTEN connections, want 2", n)
+		}
+		hearAll := func(what string, pub store.Store, subs []<-chan store.Invalidation, inv store.Invalidation) {
+			t.Helper()
+			if pub != nil {
+				if err := pub.Publish(ctx, inv); err != nil {
+					t.Fatalf("%s: Publish = %v", what, err)
+				}
+			}
+			for i, ch := range subs {
+				baseSkipTo(t, fmt.Sprintf("%s, subscriber %d", what, i), ch, inv)
+			}
+		}
+		hearAll("b to a", b, onA, store.Invalidation{Kind: store.InvalidateAIKey, ID: "b-to-a"})
+		hearAll("a to b", a, onB, store.Invalidation{Kind: store.InvalidateAIKey, ID: "a-to-b"})
+
+		// After the connections drop, every subscriber hears that it may
+		// have missed something, and then hears everything again.
+		if _, err := raw.DB.Exec(`SELECT pg_terminate_backend(pid) `+listeners, channel); err != nil {
+			t.Fatal(err)
+		}
+		all := store.Invalidation{Kind: store.InvalidateAll}
+		hearAll("a reconnected", nil, onA, all)
+		hearAll("b reconnected", nil, onB, all)
+		hearAll("b to a after reconnecting", b, onA, store.Invalidation{Kind: store.InvalidateAIKey, ID: "b-to-a-again"})
+		hearAll("a to b after reconnecting", a, onB, store.Invalidation{Kind: store.InvalidateAIKey, ID: "a-to-b-again"})
+		waitListeners("after reconnecting", 2)
+
+		// A subscriber joining a replica that listens already hears at
+		// once that it hears everything, and needs no connection of its own.
+		onA = append(onA, baseSubscribe(t, a, b))
+		if n := countListeners(); n != 2 {
+			t.Errorf("after a third replica's subscriber joined, %d LISTEN connections, want 2", n)
+		}
+		hearAll("b to a's late subscriber", b, onA, store.Invalidation{Kind: store.InvalidateAIKey, ID: "late"})
+
+		// Closing a replica ends its subscriptions and lets go of its LISTEN.
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		waitListeners("after b closed", 1)
+		if err := b.Subscribe(ctx, func(store.Invalidation) {}); err == nil {
+			t.Error("Subscribe on a closed store = nil, want an error")
+		}
+	})
+}
+
+// baseSkipTo reads ch until it hears want, failing t when it does not
+// within 10s.
+func baseSkipTo(t testing.TB, what string, ch <-chan store.Invalidation, want store.Invalidation) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, ok := baseNext(ch, time.Until(deadline))
+		if !ok {
+			t.Errorf("%s: %+v not heard within 10s", what, want)
+			return
+		}
+		if got == want {
+			return
+		}
+	}
 }

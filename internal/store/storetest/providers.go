@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -241,14 +242,18 @@ func testProviders(t *testing.T, newStore Factory) {
 			t.Errorf("Provider = %+v, %v; want KeyCount 3", prov, err)
 		}
 
+		// Cooldowns are the gateway's: an edit does not write one.
 		cool := time.Now().Add(time.Minute).UTC().Truncate(time.Microsecond)
 		k3.Name, k3.Priority, k3.Enabled, k3.CooldownUntil = "renamed", 0, false, &cool
 		if err := st.UpdateProviderKey(ctx, k3); err != nil {
 			t.Fatalf("UpdateProviderKey = %v", err)
 		}
 		got, _ = st.ProviderKey(ctx, p.ID, k3.ID)
-		if got.Name != "renamed" || got.Priority != 0 || got.Enabled || got.CooldownUntil == nil || !got.CooldownUntil.Equal(cool) {
-			t.Errorf("after UpdateProviderKey, ProviderKey = %+v", got)
+		if got.Name != "renamed" || got.Priority != 0 || got.Enabled || got.CooldownUntil != nil || !got.UpdatedAt.Equal(k3.UpdatedAt) {
+			t.Errorf("after UpdateProviderKey, ProviderKey = %+v; want renamed, priority 0, disabled, no cooldown", got)
+		}
+		if k3.CooldownUntil != nil {
+			t.Errorf("UpdateProviderKey left k.CooldownUntil = %v, want the stored none", k3.CooldownUntil)
 		}
 		wrong := *k3
 		wrong.ProviderID = q.ID
@@ -366,6 +371,103 @@ func testProviders(t *testing.T, newStore Factory) {
 		}
 	})
 
+	t.Run("Cooldowns", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		p := provProvider(t, st, org.ID, "openai")
+		a := provKey(t, st, p.ID, "a", 0)
+		b := provKey(t, st, p.ID, "b", 1)
+		ch := baseSubscribe(t, st, st)
+		until := baseTime.Add(time.Hour)
+		if err := st.SetProviderKeyCooldowns(ctx, map[string]time.Time{a.ID: until, b.ID: until.Add(time.Minute),
+			"0190f0f0-0000-7000-8000-0000000000ff": until}); err != nil {
+			t.Fatalf("SetProviderKeyCooldowns = %v", err)
+		}
+		// Runtime state: no cache is told, and the key's edit time stays.
+		baseMarker(t, "SetProviderKeyCooldowns", st, ch)
+		want := until.Truncate(time.Microsecond)
+		got, err := st.ProviderKey(ctx, p.ID, a.ID)
+		if err != nil || got.CooldownUntil == nil || !got.CooldownUntil.Equal(want) || !got.UpdatedAt.Equal(a.UpdatedAt) || got.Name != "a" {
+			t.Fatalf("after SetProviderKeyCooldowns, ProviderKey = %+v, %v; want cooldown %v, updated_at %v", got, err, want, a.UpdatedAt)
+		}
+
+		// An admin's edit, read before the cooldown was set, keeps it.
+		stale := *b
+		stale.Name, stale.Priority = "renamed", 7
+		if err := st.UpdateProviderKey(ctx, &stale); err != nil {
+			t.Fatal(err)
+		}
+		if stale.CooldownUntil == nil || !stale.CooldownUntil.Equal(want.Add(time.Minute)) {
+			t.Errorf("UpdateProviderKey set k.CooldownUntil = %v, want the stored %v", stale.CooldownUntil, want.Add(time.Minute))
+		}
+		got, _ = st.ProviderKey(ctx, p.ID, b.ID)
+		if got.CooldownUntil == nil || !got.CooldownUntil.Equal(want.Add(time.Minute)) || got.Name != "renamed" || got.Priority != 7 {
+			t.Errorf("after an edit of a cooling key, ProviderKey = %+v; want the edit and the cooldown", got)
+		}
+		// And a cooldown written after the edit keeps the edit.
+		if err := st.SetProviderKeyCooldowns(ctx, map[string]time.Time{b.ID: until.Add(2 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		got, _ = st.ProviderKey(ctx, p.ID, b.ID)
+		if got.Name != "renamed" || got.Priority != 7 || got.CooldownUntil == nil || !got.CooldownUntil.Equal(want.Add(2*time.Minute)) {
+			t.Errorf("after a cooldown of an edited key, ProviderKey = %+v; want the edit and the new cooldown", got)
+		}
+		baseExpect(t, "the edit", ch, store.Invalidation{Kind: store.InvalidateProviderKey, ID: b.ID, Org: org.ID})
+
+		// A zero time ends a cooldown; a cooldown may also get shorter.
+		if err := st.SetProviderKeyCooldowns(ctx, map[string]time.Time{a.ID: {}, b.ID: until}); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := st.ProviderKey(ctx, p.ID, a.ID); got.CooldownUntil != nil {
+			t.Errorf("after a zero cooldown, CooldownUntil = %v, want none", got.CooldownUntil)
+		}
+		if got, _ := st.ProviderKey(ctx, p.ID, b.ID); got.CooldownUntil == nil || !got.CooldownUntil.Equal(want) {
+			t.Errorf("after a shorter cooldown, CooldownUntil = %v, want %v", got.CooldownUntil, want)
+		}
+		if err := st.SetProviderKeyCooldowns(ctx, nil); err != nil {
+			t.Errorf("SetProviderKeyCooldowns(nil) = %v", err)
+		}
+		baseMarker(t, "cooldowns cleared", st, ch)
+	})
+
+	// Replicas write cooldowns of the same keys at once: like touches,
+	// batches take row locks in one order.
+	t.Run("ConcurrentCooldowns", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		p := provProvider(t, st, org.ID, "openai")
+		var ids []string
+		for i := range keybridge.MaxProviderKeys {
+			ids = append(ids, provKey(t, st, p.ID, fmt.Sprintf("k%02d", i), i).ID)
+		}
+		const writers, rounds = 4, 15
+		var wg sync.WaitGroup
+		errs := make(chan error, writers*rounds)
+		for w := range writers {
+			wg.Go(func() {
+				for r := range rounds {
+					batch := map[string]time.Time{}
+					for i, id := range ids {
+						if (i+r+w)%3 != 0 {
+							batch[id] = baseTime.Add(time.Duration(r*writers+w) * time.Second)
+						} else {
+							batch[id] = time.Time{}
+						}
+					}
+					if err := st.SetProviderKeyCooldowns(ctx, batch); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("concurrent SetProviderKeyCooldowns = %v", err)
+		}
+	})
+
 	t.Run("DeleteCascades", func(t *testing.T) {
 		st := newStore(t)
 		org := provOrg(t, st, "acme")
@@ -390,6 +492,76 @@ func testProviders(t *testing.T, newStore Factory) {
 		provCode(t, "DeleteProvider(again)", st.DeleteProvider(ctx, org.ID, p.ID), keybridge.ENotFound)
 		// The name is free again.
 		provProvider(t, st, org.ID, "openai")
+	})
+
+	// The gateway's routing cache hears of every change the store makes,
+	// from the store itself, in the transaction of the change: a handler
+	// cannot forget to tell it, and a change rolled back tells nothing.
+	t.Run("Invalidations", func(t *testing.T) {
+		st := newStore(t)
+		org := provOrg(t, st, "acme")
+		other := provOrg(t, st, "other")
+		ch := baseSubscribe(t, st, st)
+		provInv := func(p *keybridge.Provider) store.Invalidation {
+			return store.Invalidation{Kind: store.InvalidateProvider, ID: p.ID, Org: p.OrgID}
+		}
+		keyInv := func(k *keybridge.ProviderKey) store.Invalidation {
+			return store.Invalidation{Kind: store.InvalidateProviderKey, ID: k.ID, Org: org.ID}
+		}
+
+		p := provProvider(t, st, org.ID, "openai")
+		baseExpect(t, "CreateProvider", ch, provInv(p))
+		p.DisplayName = "OpenAI"
+		if err := st.UpdateProvider(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "UpdateProvider", ch, provInv(p))
+		k := provKey(t, st, p.ID, "k", 0)
+		baseExpect(t, "CreateProviderKey", ch, keyInv(k))
+		k.Enabled = false
+		if err := st.UpdateProviderKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "UpdateProviderKey", ch, keyInv(k))
+		if err := st.DeleteProviderKey(ctx, p.ID, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "DeleteProviderKey", ch, keyInv(k))
+		if err := st.DeleteProvider(ctx, org.ID, p.ID); err != nil {
+			t.Fatal(err)
+		}
+		baseExpect(t, "DeleteProvider", ch, provInv(p))
+
+		// Failed changes publish nothing.
+		q := provProvider(t, st, org.ID, "q")
+		baseExpect(t, "CreateProvider(q)", ch, provInv(q))
+		dup := &keybridge.Provider{OrgID: org.ID, Name: "q", DisplayName: "q", Type: keybridge.ProviderOpenAI, KeySource: keybridge.KeySourceOrg, SettingsSealed: provSealed(1, "y")}
+		provCode(t, "CreateProvider(duplicate)", st.CreateProvider(ctx, dup), keybridge.EConflict)
+		moved := *q
+		moved.OrgID = other.ID
+		provCode(t, "UpdateProvider(other org)", st.UpdateProvider(ctx, &moved), keybridge.ENotFound)
+		provCode(t, "DeleteProvider(other org)", st.DeleteProvider(ctx, other.ID, q.ID), keybridge.ENotFound)
+		qk := provKey(t, st, q.ID, "qk", 0)
+		baseExpect(t, "CreateProviderKey(qk)", ch, keyInv(qk))
+		again := &keybridge.ProviderKey{ProviderID: q.ID, Hint: "...", Sealed: provSealed(1, "z"), Fingerprint: qk.Fingerprint}
+		provCode(t, "CreateProviderKey(same fingerprint)", st.CreateProviderKey(ctx, again), keybridge.EConflict)
+		wrong := *qk
+		wrong.ProviderID = p.ID
+		provCode(t, "UpdateProviderKey(other provider)", st.UpdateProviderKey(ctx, &wrong), keybridge.ENotFound)
+		provCode(t, "DeleteProviderKey(other provider)", st.DeleteProviderKey(ctx, p.ID, qk.ID), keybridge.ENotFound)
+		baseMarker(t, "failed changes", st, ch)
+
+		// In a transaction that rolls back, neither the change nor its
+		// invalidation happens.
+		fail := errors.New("rolled back")
+		err := st.InTx(ctx, func(tx store.Store) error {
+			provProvider(t, tx, org.ID, "gone")
+			return fail
+		})
+		if !errors.Is(err, fail) {
+			t.Fatalf("InTx = %v, want %v", err, fail)
+		}
+		baseMarker(t, "rolled back", st, ch)
 	})
 
 	t.Run("SealedColumns", func(t *testing.T) {
