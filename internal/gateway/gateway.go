@@ -156,13 +156,7 @@ func (g *Gateway) writeCooldowns(ctx context.Context, ch cooldownChange) {
 			more = false
 		}
 	}
-	cw, ok := g.opts.Store.(interface {
-		SetProviderKeyCooldowns(context.Context, map[string]time.Time) error
-	})
-	if !ok {
-		return
-	}
-	if err := cw.SetProviderKeyCooldowns(ctx, batch); err != nil && ctx.Err() == nil {
+	if err := g.opts.Store.SetProviderKeyCooldowns(ctx, batch); err != nil && ctx.Err() == nil {
 		g.log.WarnContext(ctx, "write upstream key cooldowns", "err", err)
 	}
 }

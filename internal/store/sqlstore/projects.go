@@ -135,7 +135,7 @@ func (s *Store) DeleteProject(ctx context.Context, orgID, id string) error {
 }
 
 func init() {
-	registerSealed(keybridge.SealedAIKeySecret.Table, "id", keybridge.SealedAIKeySecret.Column, "secret_version")
+	registerSealed(keybridge.SealedAIKeySecret, "id", "secret_version")
 }
 
 const aiKeyColumns = `k.id, k.project_id, k.org_id, k.name, k.ai_type, k.key, k.secret_hash, k.secret_sealed,
