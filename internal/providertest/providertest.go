@@ -316,7 +316,15 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	defer stop()
-	defer c.finish()
+	// AfterFunc runs its function on a goroutine of its own, which may come
+	// after the handler has already seen the client leave and returned:
+	// check once more before the answer counts as complete.
+	defer func() {
+		if r.Context().Err() != nil && !c.finished() {
+			s.markCanceled(c.rec)
+		}
+		c.finish()
+	}()
 
 	if !c.begin() {
 		return
