@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anthropics/anthropic-sdk-go"
+	anthropicbedrock "github.com/anthropics/anthropic-sdk-go/bedrock"
+	"github.com/anthropics/anthropic-sdk-go/option"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream"
@@ -556,5 +559,69 @@ func TestBedrockCanceled(t *testing.T) {
 	s.WaitCanceled(t, 1)
 	if !s.Last().Canceled {
 		t.Error("Canceled: got false, want true")
+	}
+}
+
+// Anthropic's own SDK for Bedrock, which Claude Code's client mirrors,
+// signs or sends a bearer token itself and decodes the event stream into
+// Anthropic events.
+func TestBedrockAnthropicSDK(t *testing.T) {
+	s := newBedrock(t)
+	s.AddKey("ABSKbedrockapikey0123456789")
+	for _, tc := range []struct {
+		name string
+		cfg  aws.Config
+		key  string
+	}{
+		{"sigv4", aws.Config{Region: bedrockRegion,
+			Credentials: credentials.NewStaticCredentialsProvider(bedrockAKID, bedrockSecret, "")}, bedrockAKID},
+		{"bearer", aws.Config{Region: bedrockRegion, AuthSchemePreference: []string{"httpBearerAuth"},
+			BearerAuthTokenProvider: anthropicbedrock.NewStaticBearerTokenProvider("ABSKbedrockapikey0123456789")}, "ABSKbedrockapikey0123456789"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := anthropic.NewClient(anthropicbedrock.WithConfig(tc.cfg), option.WithBaseURL(s.URL), option.WithMaxRetries(0))
+			params := anthropic.MessageNewParams{
+				Model:     claudeARN,
+				MaxTokens: 64,
+				Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
+			}
+			msg, err := c.Messages.New(context.Background(), params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg.Usage.InputTokens != 11 || msg.Usage.OutputTokens != 22 || len(msg.Content) != 1 {
+				t.Errorf("message: got %+v", msg)
+			}
+			if s.Last().Key != tc.key {
+				t.Errorf("Key: got %q, want %q", s.Last().Key, tc.key)
+			}
+
+			stream := c.Messages.NewStreaming(context.Background(), params)
+			var acc anthropic.Message
+			for stream.Next() {
+				if err := acc.Accumulate(stream.Current()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := stream.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if acc.Usage.OutputTokens != 22 || acc.Usage.CacheReadInputTokens != 3 || acc.StopReason != anthropic.StopReasonEndTurn {
+				t.Errorf("streamed message: got usage %+v stop %q, want output 22, cache read 3, end_turn", acc.Usage, acc.StopReason)
+			}
+			if !strings.HasSuffix(s.Last().URI, "/invoke-with-response-stream") {
+				t.Errorf("URI: got %q", s.Last().URI)
+			}
+		})
+	}
+	s.Fault(bedrockAKID, providertest.Fault{Status: 429, RetryAfter: "5", Times: 1})
+	c := anthropic.NewClient(anthropicbedrock.WithConfig(aws.Config{Region: bedrockRegion,
+		Credentials: credentials.NewStaticCredentialsProvider(bedrockAKID, bedrockSecret, "")}),
+		option.WithBaseURL(s.URL), option.WithMaxRetries(0))
+	_, err := c.Messages.New(context.Background(), anthropic.MessageNewParams{Model: claudeModel, MaxTokens: 8,
+		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))}})
+	var ae *anthropic.Error
+	if !errors.As(err, &ae) || ae.StatusCode != 429 || ae.Response.Header.Get("Retry-After") != "5" {
+		t.Errorf("got %v, want a 429 with Retry-After 5", err)
 	}
 }
