@@ -89,8 +89,18 @@ func (c *client) get(ctx context.Context, key poolKey) (cn *conn, reused bool, e
 	}
 	c.mu.Unlock()
 	cn, err = c.connect(ctx, key)
-	return cn, false, err
+	if err != nil {
+		return nil, false, &dialError{err}
+	}
+	return cn, false, nil
 }
+
+// dialError is a failure to connect (dial or TLS handshake): a
+// connection error to fail over from, even when it is a timeout.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return "connect: " + e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
 
 // connect dials key's address (through the egress guard) and, for TLS,
 // completes the handshake offering only HTTP/1.1.

@@ -52,7 +52,22 @@ func (c *cooldowns) check(key string, now time.Time) (cooldown, bool) {
 
 // fail records a failover-worthy answer of key and returns its rest, if
 // the status calls for one.
+//
+// A credential with no ID (a personal key, Bedrock's settings) is not
+// rested: it is the request's only candidate, and its state would be
+// shared with every other user's. Its rest is still returned, for the
+// answer's Retry-After.
 func (c *cooldowns) fail(key string, status int, h http.Header, now time.Time) (time.Duration, bool) {
+	if key == "" {
+		if status != http.StatusTooManyRequests {
+			return 0, false
+		}
+		d, ok := retryAfter(h, now)
+		if !ok {
+			d = cooldownBase
+		}
+		return min(d, cooldownMax), true
+	}
 	var d time.Duration
 	c.mu.Lock()
 	cd := c.keys[key]

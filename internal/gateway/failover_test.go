@@ -236,3 +236,47 @@ func TestTooLargeIs413BeforeAnythingIsSent(t *testing.T) {
 		t.Errorf("upstream got %d requests", n)
 	}
 }
+
+func TestConnectionErrorsFailOverThen502(t *testing.T) {
+	e := newEnv(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": "http://" + addr + "/v1"})
+	e.addKey("oai", canary(t, "sk-"), 0)
+	e.addKey("oai", canary(t, "sk-"), 1)
+	resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	var v errorShape
+	json.Unmarshal(body, &v)
+	if resp.StatusCode != 502 || !strings.Contains(v.Error.Message, "connection error, connection error") {
+		t.Errorf("= %d %s, want 502 after trying both keys", resp.StatusCode, body)
+	}
+}
+
+func TestAdminEditEndsARest(t *testing.T) {
+	e := newEnv(t)
+	up := newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	k1, k2 := canary(t, "sk-"), canary(t, "sk-")
+	id1 := e.addKey("oai", k1, 0)
+	e.addKey("oai", k2, 1)
+	up.on(k1, status(401))
+	e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`)) // k1 refused: it rests 5 minutes
+	up.on(k1, nil)                                                    // the admin fixed the account
+	e.api("PATCH", "/api/v1/orgs/acme/providers/oai/keys/"+id1, e.OwnerKey, map[string]any{"name": "fixed"}, 200)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		before := len(up.keys())
+		e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+		if seen := up.keys()[before:]; len(seen) == 1 && seen[0] == k1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the edited key is still resting")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

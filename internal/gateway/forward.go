@@ -59,10 +59,13 @@ func (x *exchange) forward(keys []*upstreamKey) {
 				return
 			}
 			var egress *upstream.EgressError
+			var dial *dialError
 			switch {
 			case errors.As(err, &egress):
 				x.fail(newError(keybridge.EBadGateway, fmt.Sprintf("provider %q cannot be reached: %s", x.rt.provider.Name, egress.Error())))
 				return
+			case errors.As(err, &dial):
+				// Connection errors fail over, timeouts included.
 			case isTimeout(err):
 				x.fail(newError(codeGatewayTimeout, fmt.Sprintf("provider %q sent no response headers within %s", x.rt.provider.Name, g.opts.HeaderTimeout)))
 				return

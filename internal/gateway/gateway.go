@@ -124,7 +124,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	subDone := make(chan error, 1)
-	go func() { subDone <- g.opts.Store.Subscribe(subCtx, g.routes.invalidate) }()
+	go func() { subDone <- g.opts.Store.Subscribe(subCtx, g.invalidate) }()
 	defer g.routes.stop()
 	for {
 		select {
@@ -142,6 +142,18 @@ func (g *Gateway) Run(ctx context.Context) error {
 		case ch := <-g.cool.changed:
 			g.writeCooldowns(ctx, ch)
 		}
+	}
+}
+
+// invalidate applies one invalidation from the store. An admin's change of
+// an upstream key (re-enabling it, say) also ends its rest, as a success
+// would: the edit says to try it again. (Clearing its cooldown_until is
+// queued, never written here: the store's notification must not wait on
+// the store.)
+func (g *Gateway) invalidate(inv store.Invalidation) {
+	g.routes.invalidate(inv)
+	if inv.Kind == store.InvalidateProviderKey {
+		g.cool.succeed(inv.ID)
 	}
 }
 
