@@ -265,7 +265,7 @@ func TestAdminEditEndsARest(t *testing.T) {
 	e.addKey("oai", k2, 1)
 	up.on(k1, status(401))
 	e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`)) // k1 refused: it rests 5 minutes
-	up.on(k1, nil)                                                    // the admin fixed the account
+	up.on(k1, nil)                                                  // the admin fixed the account
 	e.api("PATCH", "/api/v1/orgs/acme/providers/oai/keys/"+id1, e.OwnerKey, map[string]any{"name": "fixed"}, 200)
 	deadline := time.Now().Add(2 * time.Second)
 	for {
