@@ -26,7 +26,7 @@ const sigV4Scheme = "AWS4-HMAC-SHA256 "
 // sigv4 when the request is AWS-signed. The first place that holds one
 // wins, in the order of SPEC §7.2.
 func callerToken(r *http.Request, queryKey string) (token string, sigv4 bool) {
-	if a := r.Header.Get(hdrAuthorization); a != "" {
+	if a := header(r.Header, hdrAuthorization); a != "" {
 		if len(a) > len(sigV4Scheme) && strings.EqualFold(a[:len(sigV4Scheme)], sigV4Scheme) {
 			return "", true
 		}
@@ -37,7 +37,7 @@ func callerToken(r *http.Request, queryKey string) (token string, sigv4 bool) {
 		return strings.TrimSpace(a), false
 	}
 	for _, h := range [...]string{hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey} {
-		if v := r.Header.Get(h); v != "" {
+		if v := header(r.Header, h); v != "" {
 			return strings.TrimSpace(v), false
 		}
 	}
@@ -75,15 +75,25 @@ func splitKeyParam(raw string) (rest, key string) {
 func guessStyle(r *http.Request, rest string) style {
 	h := r.Header
 	switch {
-	case strings.HasPrefix(rest, "/model/"), strings.HasPrefix(h.Get(hdrAuthorization), "AWS4-"):
+	case strings.HasPrefix(rest, "/model/"), strings.HasPrefix(header(h, hdrAuthorization), "AWS4-"):
 		return keybridge.ProviderBedrock
-	case h.Get("Anthropic-Version") != "", h.Get(hdrXAPIKey) != "", strings.HasPrefix(rest, "/v1/messages"):
+	case header(h, "Anthropic-Version") != "", header(h, hdrXAPIKey) != "", strings.HasPrefix(rest, "/v1/messages"):
 		return keybridge.ProviderAnthropic
-	case h.Get(hdrGoogAPIKey) != "", strings.Contains(rest, ":generateContent"), strings.Contains(rest, ":streamGenerateContent"),
+	case header(h, hdrGoogAPIKey) != "", strings.Contains(rest, ":generateContent"), strings.Contains(rest, ":streamGenerateContent"),
 		strings.HasPrefix(rest, "/v1beta/"):
 		return keybridge.ProviderGoogle
-	case h.Get(hdrAPIKey) != "":
+	case header(h, hdrAPIKey) != "":
 		return keybridge.ProviderAzureOpenAI
 	}
 	return keybridge.ProviderOpenAI
+}
+
+// header is h.Get for a name already in canonical form: net/http stores
+// request headers under canonical names, and Get would canonicalize the
+// name again on every call of the hot path.
+func header(h http.Header, canonical string) string {
+	if v := h[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }

@@ -391,7 +391,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		}
 		h[name] = vv
 	}
-	ct := resp.Header.Get("Content-Type")
+	ct := header(resp.Header, "Content-Type")
 	x.stream = resp.ContentLength < 0 || hasMediaType(ct, "text/event-stream") || hasMediaType(ct, "application/vnd.amazon.eventstream")
 	if x.stream {
 		h.Set("X-Accel-Buffering", "no")
@@ -484,7 +484,7 @@ func (x *exchange) setTiming() {
 
 // isUpgrade reports whether r asks for a WebSocket.
 func isUpgrade(r *http.Request) bool {
-	return r.ProtoMajor == 1 && strings.EqualFold(r.Header.Get("Upgrade"), "websocket") &&
+	return r.ProtoMajor == 1 && strings.EqualFold(header(r.Header, "Upgrade"), "websocket") &&
 		slices.ContainsFunc(r.Header["Connection"], func(v string) bool { return namedIn([]string{v}, "Upgrade") })
 }
 

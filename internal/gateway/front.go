@@ -240,7 +240,7 @@ func (c *frontConn) serveOne(first bool) (keep bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	req = req.WithContext(ctx)
-	if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
+	if header(req.Header, "Expect") == "100-continue" && req.ContentLength != 0 {
 		c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 		c.bw.Flush()
 	}

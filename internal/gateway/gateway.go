@@ -214,7 +214,10 @@ type exchange struct {
 	// (raw bytes, from its leading slash) and the query without key.
 	name, rest, query string
 
+	// style is whose error shape the answer takes, once styled: the
+	// provider's, or guessed from the request before it is known.
 	style     style
+	styled    bool
 	principal *keybridge.Principal
 	rt        *route
 	body      *[]byte
@@ -249,16 +252,12 @@ func (x *exchange) parseTarget() bool {
 	}
 	target = strings.TrimPrefix(target, "/gateway/")
 	path, query, _ := strings.Cut(target, "?")
-	name, rest, _ := strings.Cut(path, "/")
+	name, _, _ := strings.Cut(path, "/")
 	if name == "" {
 		return false
 	}
-	x.name = name
-	if rest != "" || strings.HasSuffix(path, "/") {
-		x.rest = "/" + rest
-	}
+	x.name, x.rest = name, path[len(name):]
 	x.query, _ = splitKeyParam(query)
-	x.style = guessStyle(x.r, x.rest)
 	return true
 }
 
@@ -293,11 +292,11 @@ func (x *exchange) serve() {
 		return
 	}
 	if rt == nil {
-		x.style = ""
+		x.styled = true // an unknown provider answers the §1 shape
 		x.fail(newError(keybridge.ENotFound, fmt.Sprintf("provider %q not found", x.name)))
 		return
 	}
-	x.rt, x.style = rt, rt.provider.Type
+	x.rt, x.style, x.styled = rt, rt.provider.Type, true
 	if p.Type == keybridge.ActorAIKey && !p.AIType.Allows(rt.provider.Type) {
 		x.fail(newError(keybridge.EForbidden, fmt.Sprintf("an AI key of type %s cannot reach %s providers", p.AIType, rt.provider.Type)))
 		return
@@ -478,6 +477,9 @@ func (x *exchange) fail(e *gwError) {
 	if x.clientGone || x.r.Context().Err() != nil {
 		x.clientGone = true
 		return
+	}
+	if !x.styled {
+		x.style, x.styled = guessStyle(x.r, x.rest), true
 	}
 	x.headersAt = time.Now()
 	x.setTiming()
