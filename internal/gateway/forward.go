@@ -405,7 +405,11 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	x.setTiming()
 	w.WriteHeader(resp.StatusCode)
 	flusher, _ := w.(http.Flusher)
-	if x.stream && flusher != nil {
+	// Bytes are flushed as soon as nothing more is waiting to be read
+	// from the provider: never held back, but what arrived together
+	// (headers and a first event, or a burst of events) leaves in one
+	// write.
+	if x.stream && flusher != nil && !moreWaiting(cn) {
 		flusher.Flush() // the client learns the stream has begun
 	}
 
@@ -414,9 +418,16 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	buf := *bp
 	idle := x.g.opts.IdleTimeout
 	ctx := x.r.Context()
+	var deadline time.Time
 	for {
 		var n int
-		err := setReadDeadline(ctx, cn, time.Now().Add(idle))
+		var err error
+		// The idle deadline moves at most once a second: moving a timer
+		// on every read of a stream costs more than the slack.
+		if now := time.Now(); deadline.Sub(now) < idle-time.Second {
+			deadline = now.Add(idle)
+			err = setReadDeadline(ctx, cn, deadline)
+		}
 		if err == nil {
 			n, err = resp.Body.Read(buf)
 		}
@@ -428,7 +439,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 				return
 			}
 			x.respBytes += int64(n)
-			if x.stream && flusher != nil {
+			if x.stream && flusher != nil && !moreWaiting(cn) {
 				flusher.Flush()
 			}
 		}
@@ -445,6 +456,12 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		flusher.Flush() // before the log line, not after it
 	}
 }
+
+// moreWaiting reports whether the provider has sent more than the
+// framing's leftovers (a chunk's trailing CRLF, part of the next chunk's
+// size line): then the next read returns at once, and what it reads can
+// leave in the same write. Less than that may be all there is for now.
+func moreWaiting(cn *conn) bool { return cn.br.Buffered() >= 16 }
 
 // cut ends an answer the provider broke off: a client still there gets an
 // error event in the stream's format, then the response is aborted

@@ -150,8 +150,9 @@ type frontConn struct {
 	nc   net.Conn
 	br   *bufio.Reader
 	bw   *bufio.Writer
-	idle atomic.Bool
-	w    frontWriter
+	idle  atomic.Bool
+	w     frontWriter
+	watch watch
 }
 
 // gatewayPrefix is what a request line's target starts with for the gateway.
@@ -246,7 +247,8 @@ func (c *frontConn) serveOne(first bool) (keep bool) {
 	}
 
 	w := &c.w
-	watch := newWatch(c, cancel)
+	watch := &c.watch
+	watch.begin(c, cancel)
 	w.reset(c, req, watch)
 	if req.Body != http.NoBody {
 		req.Body = &eofBody{ReadCloser: req.Body, onEOF: watch.arm}
@@ -306,13 +308,14 @@ func (b *eofBody) Read(p []byte) (int, error) {
 // watch notices a client going away while its request is served: once
 // the request has taken watchDelay, a read on the idle connection returns
 // when the client closes it (and the request's context is canceled) or
-// sends its next request early (which stays buffered for later).
+// sends its next request early (which stays buffered for later). Each
+// connection has one, reused for its requests.
 type watch struct {
 	c      *frontConn
 	cancel context.CancelFunc
 	state  atomic.Int32 // watchIdle, watchArmed, watchRunning, watchDone
 	timer  *time.Timer
-	ended  chan struct{}
+	ended  chan struct{} // a run that started has finished
 	sawEOF bool
 }
 
@@ -323,24 +326,29 @@ const (
 	watchDone
 )
 
-func newWatch(c *frontConn, cancel context.CancelFunc) *watch {
-	return &watch{c: c, cancel: cancel}
+// begin readies the watch for a request.
+func (w *watch) begin(c *frontConn, cancel context.CancelFunc) {
+	w.c, w.cancel, w.sawEOF = c, cancel, false
+	w.state.Store(watchIdle)
+	if w.timer == nil {
+		w.ended = make(chan struct{}, 1)
+		w.timer = time.AfterFunc(time.Hour, w.run)
+		w.timer.Stop()
+	}
 }
 
 // arm starts the delay; it runs once the request body is read.
 func (w *watch) arm() {
-	if !w.state.CompareAndSwap(watchIdle, watchArmed) {
-		return
-	}
 	if w.c.br.Buffered() > 0 {
 		return // the client already sent more: it is there
 	}
-	w.ended = make(chan struct{})
-	w.timer = time.AfterFunc(watchDelay, w.run)
+	if w.state.CompareAndSwap(watchIdle, watchArmed) {
+		w.timer.Reset(watchDelay)
+	}
 }
 
 func (w *watch) run() {
-	defer close(w.ended)
+	defer func() { w.ended <- struct{}{} }()
 	if !w.state.CompareAndSwap(watchArmed, watchRunning) {
 		return
 	}
@@ -357,22 +365,23 @@ func (w *watch) run() {
 	}
 }
 
-// stop ends the watch at the end of a request, waiting for a running one.
+// stop ends the watch at the end of a request, waiting for a run that
+// started.
 func (w *watch) stop() {
-	prev := w.state.Swap(watchDone)
-	if prev == watchDone || w.timer == nil {
+	switch w.state.Swap(watchDone) {
+	case watchIdle, watchDone:
 		return
-	}
-	if prev == watchArmed && w.timer.Stop() {
-		return
+	case watchArmed:
+		if w.timer.Stop() {
+			return // it never ran
+		}
 	}
 	w.c.nc.SetReadDeadline(aLongTimeAgo)
 	<-w.ended
-	if w.sawEOF {
-		return
+	if !w.sawEOF {
+		// The poked Peek returned its timeout error; bufio keeps none.
+		w.c.nc.SetReadDeadline(time.Time{})
 	}
-	// The poked Peek returned its timeout error; bufio does not keep it.
-	w.c.nc.SetReadDeadline(time.Time{})
 }
 
 // peekedConn is a connection handed to net/http with the bytes Front
