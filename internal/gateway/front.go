@@ -146,10 +146,10 @@ func (f *Front) Shutdown(ctx context.Context) error {
 
 // frontConn is one connection Front serves.
 type frontConn struct {
-	f    *Front
-	nc   net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
+	f     *Front
+	nc    net.Conn
+	br    *bufio.Reader
+	bw    *bufio.Writer
 	idle  atomic.Bool
 	w     frontWriter
 	watch watch
