@@ -176,8 +176,14 @@ func streamError(st style, contentType string, msg string) []byte {
 			b.WriteString("event: error\ndata: ")
 			b.Write(errorBody(keybridge.ProviderAnthropic, e))
 		case keybridge.ProviderGoogle:
+			// Google ends its events with CRLF CRLF, and the Gen AI SDKs
+			// split a buffer at the first LF LF in it: an LF-ended event
+			// after Google's would glue them all into one bad event.
+			// CRLF CRLF is read right after events ended either way.
 			b.WriteString("data: ")
 			b.Write(errorBody(keybridge.ProviderGoogle, e))
+			b.WriteString("\r\n\r\n")
+			return b.Bytes()
 		default:
 			b.WriteString("data: ")
 			b.Write(errorBody(keybridge.ProviderOpenAI, e))

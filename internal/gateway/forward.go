@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -75,8 +76,12 @@ func (x *exchange) forward(keys []*upstreamKey) {
 		}
 		x.upstreamSeen = resp.StatusCode
 		g.m.upstream(x.rt.provider.Type, resp.StatusCode)
-		if failsOver(resp.StatusCode) {
-			if d, ok := g.cool.fail(k.id, resp.StatusCode, resp.Header, time.Now()); ok {
+		st := resp.StatusCode
+		if x.googleKeyInvalid(resp, cn) {
+			st = http.StatusUnauthorized
+		}
+		if failsOver(st) {
+			if d, ok := g.cool.fail(k.id, st, resp.Header, time.Now()); ok {
 				g.m.cooldowns.Inc()
 				if resp.StatusCode == http.StatusTooManyRequests {
 					rateLimited = true
@@ -115,6 +120,26 @@ const statusClientClosed = 499
 func failsOver(status int) bool {
 	return status == http.StatusUnauthorized || status == http.StatusForbidden ||
 		status == http.StatusTooManyRequests || status >= 500
+}
+
+// googleKeyInvalid reports whether a Google 400 refuses the key itself
+// (reason API_KEY_INVALID): Google's answer to a revoked or mistyped key,
+// where other providers answer 401, so it is one for failover and
+// cooldown. Only this status of this provider has its body read; the
+// bytes read are put back for relaying.
+func (x *exchange) googleKeyInvalid(resp *http.Response, cn *conn) bool {
+	if x.rt.provider.Type != keybridge.ProviderGoogle || resp.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	if setReadDeadline(x.r.Context(), cn, time.Now().Add(x.g.opts.IdleTimeout)) != nil {
+		return false
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxDiscard))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(b), resp.Body), resp.Body}
+	return err == nil && bytes.Contains(b, []byte(`"API_KEY_INVALID"`))
 }
 
 func isTimeout(err error) bool {
@@ -531,7 +556,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	resp.Header.Set("X-Keybridge-Request-Id", x.id)
 	resp.Header["Server-Timing"] = x.w.Header()["Server-Timing"]
 	bw := cbuf.Writer
-	fmt.Fprintf(bw, "HTTP/1.1 101 %s\r\n", http.StatusText(101))
+	fmt.Fprintf(bw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	resp.Header.Write(bw)
 	bw.WriteString("\r\n")
 	if err := bw.Flush(); err != nil {
