@@ -136,7 +136,7 @@ func TestFailover(t *testing.T) {
 			t.Fatalf("= %d %s", resp.StatusCode, body)
 		}
 		// k1 rests now: the next call goes straight to k2.
-		resp, body = call()
+		_, body = call()
 		if servedBy(body) != k2 {
 			t.Fatalf("second call served by %.12s", servedBy(body))
 		}
