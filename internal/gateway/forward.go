@@ -514,7 +514,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	resp.Header.Set("X-Keybridge-Request-Id", x.id)
 	resp.Header["Server-Timing"] = x.w.Header()["Server-Timing"]
 	bw := cbuf.Writer
-	fmt.Fprintf(bw, "HTTP/1.1 101 %s\r\n", http.StatusText(101))
+	fmt.Fprintf(bw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	resp.Header.Write(bw)
 	bw.WriteString("\r\n")
 	if err := bw.Flush(); err != nil {
