@@ -96,7 +96,10 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 		t.Fatal(err)
 	}
 	front := e.Gateway.Front(ln)
-	srv := &http.Server{Handler: e.Gateway.Beside(api)}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // as serve: HTTP/2 with prior knowledge goes to net/http
+	srv := &http.Server{Handler: e.Gateway.Beside(api), Protocols: &protocols}
 	go front.Serve()
 	go srv.Serve(front.Listener())
 	e.URL = "http://" + ln.Addr().String()
