@@ -264,6 +264,8 @@ func (s *Service) invalidate(inv store.Invalidation) {
 		// would empty this cache at every provider edit.
 	case store.InvalidateAll:
 		s.cache.clear(true)
+	case store.InvalidateDeaf:
+		s.cache.goDeaf()
 	default:
 		// A kind this version does not know may still concern a key.
 		s.cache.clear(false)

@@ -415,6 +415,15 @@ func (c *cache) clear(goLive bool) {
 	}
 }
 
+// goDeaf drops everything and turns the cache off until the next
+// clear(true): the subscription may miss changes until then.
+func (c *cache) goDeaf() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.live = false
+	c.clearLocked()
+}
+
 func (c *cache) clearLocked() {
 	c.gen.Add(1)
 	for i := range c.shards {

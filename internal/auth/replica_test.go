@@ -242,3 +242,69 @@ func TestLastUsedLargeFlushIsBatched(t *testing.T) {
 		}
 	}
 }
+
+// relayStore is a real store whose subscription is driven by the test:
+// it announces InvalidateAll, then relays what the test sends, in order,
+// and nothing the store itself publishes.
+type relayStore struct {
+	store.Store
+	relay   chan store.Invalidation
+	applied chan struct{}
+}
+
+// send has the subscriber hear inv, and returns once it has.
+func (r *relayStore) send(inv store.Invalidation) {
+	r.relay <- inv
+	<-r.applied
+}
+
+func (r *relayStore) Subscribe(ctx context.Context, fn func(store.Invalidation)) error {
+	fn(store.Invalidation{Kind: store.InvalidateAll})
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case inv := <-r.relay:
+			fn(inv)
+			r.applied <- struct{}{}
+		}
+	}
+}
+
+// A cache whose subscription says it stopped hearing changes drops what it
+// holds and answers from the store until it hears everything again: a
+// revocation published meanwhile is missed, and must not be answered from
+// a stale entry.
+func TestCacheOffWhileDeaf(t *testing.T) {
+	ctx := context.Background()
+	st := &relayStore{Store: storetest.SQLite(t), relay: make(chan store.Invalidation), applied: make(chan struct{})}
+	f := newFixture(t, st)
+	s := startService(t, st, fastOptions())
+	tok, k := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+	for range 2 {
+		if _, err := s.VerifyAPIKey(ctx, tok); err != nil {
+			t.Fatalf("VerifyAPIKey: %v", err)
+		}
+	}
+	if got := s.CacheStats(); !got.Live || got.Hits == 0 {
+		t.Fatalf("before: CacheStats = %+v, want live with a hit", got)
+	}
+
+	st.send(store.Invalidation{Kind: store.InvalidateDeaf})
+	if got := s.CacheStats(); got.Live || got.Entries != 0 {
+		t.Errorf("deaf: CacheStats = %+v, want off and empty", got)
+	}
+	// A verification while deaf must not fill the cache again: the
+	// suspension's invalidation is not relayed, the cache never hears it.
+	if _, err := s.VerifyAPIKey(ctx, tok); err != nil {
+		t.Fatalf("VerifyAPIKey while deaf: %v", err)
+	}
+	f.update(t, k, func(k *keybridge.APIKey) { k.Status = keybridge.KeySuspended })
+	_, err := s.VerifyAPIKey(ctx, tok)
+	wantCode(t, "VerifyAPIKey of a key suspended while deaf", err, keybridge.EUnauthenticated)
+
+	st.send(store.Invalidation{Kind: store.InvalidateAll})
+	if got := s.CacheStats(); !got.Live {
+		t.Errorf("hearing again: CacheStats = %+v, want live", got)
+	}
+}

@@ -228,6 +228,8 @@ func (r *routes) invalidate(inv store.Invalidation) {
 	case store.InvalidateAll:
 		r.drop(func(routeKey) bool { return true }, func(credKey) bool { return true })
 		r.live.Store(true)
+	case store.InvalidateDeaf:
+		r.stop()
 	case store.InvalidateAPIKey, store.InvalidateAIKey, store.InvalidateUser, store.InvalidateKeyRing:
 		// Caller credentials are auth's; the ring's rotation leaves opened
 		// secrets as they were.
@@ -261,7 +263,8 @@ func dropFrom[K comparable, T any](m *atomic.Pointer[map[K]cached[T]], match fun
 	m.Store(&next)
 }
 
-// stop turns the cache off, when the subscription ends.
+// stop turns the cache off, when the subscription ends or stops hearing
+// changes.
 func (r *routes) stop() {
 	r.live.Store(false)
 	r.drop(func(routeKey) bool { return true }, func(credKey) bool { return true })

@@ -388,6 +388,11 @@ const (
 	// InvalidateAll: notifications may have been lost (a reconnect); drop
 	// every cached entry.
 	InvalidateAll InvalidationKind = "all"
+	// InvalidateDeaf: the subscription stopped hearing changes (its
+	// connection dropped), so what is published from now on may be
+	// missed: drop every cached entry and cache nothing until the next
+	// InvalidateAll says it hears everything again.
+	InvalidateDeaf InvalidationKind = "deaf"
 	// InvalidateKeyRing: the key ring changed (a rotation or a new master
 	// key wrap), so every process reloads its data keys. ID is empty.
 	InvalidateKeyRing InvalidationKind = "keyring"
@@ -424,6 +429,10 @@ type Notifier interface {
 	// (its LISTEN is in place): a cache that sees it knows that from then
 	// on it misses nothing, and stays off until it does. Nothing reaches
 	// fn before that first InvalidateAll, and calls of fn do not overlap.
+	// When it stops hearing every change (a lost connection) it sends
+	// InvalidateDeaf at once, not only InvalidateAll once it is back: a
+	// reconnect can take long, or keep failing, and a cache must not
+	// answer from entries that a missed revocation made stale meanwhile.
 	// fn must return quickly and must not publish: subscribers of a
 	// process may share one delivery goroutine.
 	Subscribe(ctx context.Context, fn func(Invalidation)) error

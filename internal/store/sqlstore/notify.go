@@ -189,6 +189,11 @@ func (db *DB) listen(ctx context.Context, listen func(context.Context, func(stri
 		subs := h.subs
 		h.mu.Unlock()
 		if !up {
+			// From now until the Listen is back, changes go unheard:
+			// every subscriber stops trusting what it holds.
+			for _, sub := range subs {
+				sub.tell(store.Invalidation{Kind: store.InvalidateDeaf})
+			}
 			return
 		}
 		// Whatever was published while the Listen was not in place went

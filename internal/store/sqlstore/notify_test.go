@@ -95,9 +95,13 @@ func TestSubscribersShareOneListen(t *testing.T) {
 	expect(t, "first subscriber", first, inv)
 	expect(t, "second subscriber", second, inv)
 
-	// The connection drops: a subscriber joining now waits for the
-	// reconnect, and then everyone starts over.
+	// The connection drops: every subscriber hears at once that it is
+	// deaf, a subscriber joining now waits for the reconnect, and then
+	// everyone starts over.
 	l.listening(false)
+	deaf := store.Invalidation{Kind: store.InvalidateDeaf}
+	expect(t, "first subscriber, connection lost", first, deaf)
+	expect(t, "second subscriber, connection lost", second, deaf)
 	third := subscribe(t, st)
 	during := local("during")
 	expect(t, "first subscriber, while reconnecting", first, during)

@@ -263,11 +263,16 @@ func testNotifier(t *testing.T, newStore Factory) {
 		hearAll("b to a", b, onA, store.Invalidation{Kind: store.InvalidateAIKey, ID: "b-to-a"})
 		hearAll("a to b", a, onB, store.Invalidation{Kind: store.InvalidateAIKey, ID: "a-to-b"})
 
-		// After the connections drop, every subscriber hears that it may
-		// have missed something, and then hears everything again.
+		// After the connections drop, every subscriber hears at once that
+		// it is deaf (a reconnect may take long: nothing cached may be
+		// trusted meanwhile), and then, once back, that it hears
+		// everything again.
 		if _, err := raw.DB.Exec(`SELECT pg_terminate_backend(pid) `+listeners, channel); err != nil {
 			t.Fatal(err)
 		}
+		deaf := store.Invalidation{Kind: store.InvalidateDeaf}
+		hearAll("a's connection dropped", nil, onA, deaf)
+		hearAll("b's connection dropped", nil, onB, deaf)
 		all := store.Invalidation{Kind: store.InvalidateAll}
 		hearAll("a reconnected", nil, onA, all)
 		hearAll("b reconnected", nil, onB, all)
