@@ -173,7 +173,7 @@ func serve(ctx context.Context, env *Env) error {
 	}
 	up := upstream.New(upstream.Options{DenyCIDRs: deny})
 	gw := gateway.New(gateway.Options{
-		Store: st, Ring: ring, Auth: authSvc, Logger: log, Registerer: reg,
+		Store: st, Ring: ring, Auth: authSvc, Logger: log, RequestLog: logOut, Registerer: reg,
 		Guard: up.Guard(), Resolver: up.Resolver(),
 		MaxBody: cfg.gatewayMaxBody, HeaderTimeout: cfg.gatewayHeaderTimeout, IdleTimeout: cfg.gatewayIdleTimeout,
 	})

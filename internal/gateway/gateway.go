@@ -46,8 +46,14 @@ type Options struct {
 	// TLSConfig is the base TLS configuration for https providers (nil:
 	// the system's roots).
 	TLSConfig *tls.Config
-	// Logger receives one line per request at info (nil: discarded).
+	// Logger receives the gateway's warnings and, when RequestLog is nil,
+	// its one line per request at info (nil: discarded). Its level also
+	// decides whether request lines are written (info) and carry the
+	// request's headers, redacted (debug).
 	Logger *slog.Logger
+	// RequestLog, when set, receives the request lines instead, written
+	// directly as JSON lines of slog's shape: the server's log output.
+	RequestLog io.Writer
 	// Registerer receives the gateway's metrics (nil: none).
 	Registerer prometheus.Registerer
 

@@ -75,7 +75,7 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	e.Ring = ring
 	e.Auth = auth.New(st, auth.Options{Logger: logger, Ring: ring})
 	gopts := opts.Gateway
-	gopts.Store, gopts.Ring, gopts.Auth, gopts.Logger = st, ring, e.Auth, logger
+	gopts.Store, gopts.Ring, gopts.Auth, gopts.Logger, gopts.RequestLog = st, ring, e.Auth, logger, e.logBuf
 	e.Gateway = gateway.New(gopts)
 	var wg sync.WaitGroup
 	for name, run := range map[string]func(context.Context) error{"auth": e.Auth.Run, "gateway": e.Gateway.Run} {

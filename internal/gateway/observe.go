@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -148,51 +150,194 @@ func (x *exchange) finish() {
 }
 
 // logLine writes the request's one log line: what identifies it and what
-// happened, never a body, a query string or a credential.
+// happened, never a body, a query string or a credential. It has the
+// shape of slog's JSON lines, but is built by appending to a pooled
+// buffer: slog's generic path cost a tenth of the gateway's own time.
+// Without RequestLog the line goes through Logger instead.
 func (x *exchange) logLine(ctx context.Context, status int, total, own time.Duration) {
-	attrs := make([]slog.Attr, 0, 20)
-	attrs = append(attrs,
-		slog.String("request_id", x.id),
-		slog.String("method", x.r.Method),
-		slog.String("provider", x.name),
-		slog.String("path", x.rest),
-		slog.Int("status", status),
-		slog.Float64("duration_ms", ms(total)),
-		slog.Float64("keybridge_ms", ms(own)),
-		slog.Float64("upstream_ms", ms(x.upstreamDur)),
-	)
+	g := x.g
+	bp := lineBufs.Get().(*[]byte)
+	defer lineBufs.Put(bp)
+	l := logLineBuilder{viaSlog: g.opts.RequestLog == nil}
+	if !l.viaSlog {
+		l.b = append((*bp)[:0], `{"time":"`...)
+		l.b = time.Now().AppendFormat(l.b, time.RFC3339Nano)
+		l.b = append(l.b, `","level":"INFO","msg":"gateway request"`...)
+	}
+	l.str("request_id", x.id)
+	l.str("method", x.r.Method)
+	l.str("provider", x.name)
+	l.str("path", x.rest)
+	l.int("status", int64(status))
+	l.float("duration_ms", ms(total))
+	l.float("keybridge_ms", ms(own))
+	l.float("upstream_ms", ms(x.upstreamDur))
 	if x.rt != nil {
-		attrs = append(attrs, slog.String("org_id", x.rt.provider.OrgID), slog.String("provider_type", string(x.rt.provider.Type)))
+		l.str("org_id", x.rt.provider.OrgID)
+		l.str("provider_type", string(x.rt.provider.Type))
 	}
 	if p := x.principal; p != nil {
-		attrs = append(attrs, slog.String("caller", string(p.Type)), slog.String("key_id", p.KeyID))
+		l.str("caller", string(p.Type))
+		l.str("key_id", p.KeyID)
 		if p.UserID != "" {
-			attrs = append(attrs, slog.String("user_id", p.UserID))
+			l.str("user_id", p.UserID)
 		}
 	}
 	if x.upstreamKey != "" {
-		attrs = append(attrs, slog.String("upstream_key_id", x.upstreamKey))
+		l.str("upstream_key_id", x.upstreamKey)
 	}
 	if x.upstreamSeen != 0 {
-		attrs = append(attrs, slog.Int("upstream_status", x.upstreamSeen))
+		l.int("upstream_status", int64(x.upstreamSeen))
 	}
 	if x.failovers > 0 {
-		attrs = append(attrs, slog.Int("failovers", x.failovers))
+		l.int("failovers", int64(x.failovers))
 	}
 	if x.stream {
-		attrs = append(attrs, slog.Bool("stream", true))
+		l.raw("stream", "true")
 	}
 	if x.errCode != "" {
-		attrs = append(attrs, slog.String("error", x.errCode))
+		l.str("error", x.errCode)
 	}
 	if x.clientGone {
-		attrs = append(attrs, slog.Bool("client_gone", true))
+		l.raw("client_gone", "true")
 	}
-	attrs = append(attrs, slog.Int64("bytes", x.respBytes))
-	if x.g.log.Enabled(ctx, slog.LevelDebug) {
-		attrs = append(attrs, slog.Any("headers", redactHeaders(x.r.Header)))
+	l.int("bytes", x.respBytes)
+	debug := g.log.Enabled(ctx, slog.LevelDebug)
+	if l.viaSlog {
+		attrs := l.attrs
+		if debug {
+			attrs = append(attrs, slog.Any("headers", redactHeaders(x.r.Header)))
+		}
+		g.log.LogAttrs(ctx, slog.LevelInfo, "gateway request", attrs...)
+		return
 	}
-	x.g.log.LogAttrs(ctx, slog.LevelInfo, "gateway request", attrs...)
+	if debug {
+		l.headers("headers", x.r.Header)
+	}
+	l.b = append(l.b, '}', '\n')
+	*bp = l.b
+	g.opts.RequestLog.Write(l.b)
+}
+
+// lineBufs are the buffers log lines are built in.
+var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// logLineBuilder appends a log line's fields as JSON, or, viaSlog, as
+// attributes for a Logger.
+type logLineBuilder struct {
+	viaSlog bool
+	b       []byte
+	attrs   []slog.Attr
+}
+
+func (l *logLineBuilder) key(k string) {
+	l.b = append(l.b, ',', '"')
+	l.b = append(l.b, k...)
+	l.b = append(l.b, '"', ':')
+}
+
+func (l *logLineBuilder) str(k, v string) {
+	if l.viaSlog {
+		l.attrs = append(l.attrs, slog.String(k, v))
+		return
+	}
+	l.key(k)
+	l.b = appendJSONString(l.b, v)
+}
+
+func (l *logLineBuilder) int(k string, v int64) {
+	if l.viaSlog {
+		l.attrs = append(l.attrs, slog.Int64(k, v))
+		return
+	}
+	l.key(k)
+	l.b = strconv.AppendInt(l.b, v, 10)
+}
+
+func (l *logLineBuilder) float(k string, v float64) {
+	if l.viaSlog {
+		l.attrs = append(l.attrs, slog.Float64(k, v))
+		return
+	}
+	l.key(k)
+	l.b = strconv.AppendFloat(l.b, v, 'g', -1, 64)
+}
+
+// raw appends a JSON literal (true).
+func (l *logLineBuilder) raw(k, v string) {
+	if l.viaSlog {
+		l.attrs = append(l.attrs, slog.Bool(k, v == "true"))
+		return
+	}
+	l.key(k)
+	l.b = append(l.b, v...)
+}
+
+func (l *logLineBuilder) headers(k string, h http.Header) {
+	l.key(k)
+	l.b = append(l.b, '{')
+	first := true
+	for name, v := range redactHeaders(h) {
+		if !first {
+			l.b = append(l.b, ',')
+		}
+		first = false
+		l.b = appendJSONString(l.b, name)
+		l.b = append(l.b, ':')
+		l.b = appendJSONString(l.b, v)
+	}
+	l.b = append(l.b, '}')
+}
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and
+// control characters escaped, invalid UTF-8 replaced, as encoding/json does.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				const hex = "0123456789abcdef"
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			switch r {
+			case '\u2028':
+				b = append(b, `\u2028`...)
+			case '\u2029':
+				b = append(b, `\u2029`...)
+			default:
+				b = append(b, `\ufffd`...)
+			}
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

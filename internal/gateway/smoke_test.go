@@ -1,12 +1,14 @@
 package gateway_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A plain loopback upstream: the credential reaches it the provider's
@@ -48,5 +50,26 @@ func TestForwardsWithUpstreamCredential(t *testing.T) {
 		t.Errorf("Server-Timing = %q", st)
 	}
 	t.Log(resp.Header.Get("Server-Timing"))
-	noCanary(t, upKey, string(body), e.waitLog(1))
+	logs := e.waitLog(1)
+	noCanary(t, upKey, string(body), logs)
+	var line map[string]any
+	for l := range strings.SplitSeq(logs, "\n") {
+		if strings.Contains(l, `"msg":"gateway request"`) {
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatalf("log line %s: %v", l, err)
+			}
+		}
+	}
+	for k, want := range map[string]any{"level": "INFO", "status": 200.0, "provider": "oai", "path": "/chat/completions",
+		"method": "POST", "request_id": resp.Header.Get("X-Keybridge-Request-Id"), "upstream_status": 200.0} {
+		if line[k] != want {
+			t.Errorf("log line %s = %v, want %v", k, line[k], want)
+		}
+	}
+	if _, err := time.Parse(time.RFC3339Nano, fmt.Sprint(line["time"])); err != nil {
+		t.Errorf("log line time: %v", err)
+	}
+	if h, ok := line["headers"].(map[string]any); !ok || h["Authorization"] != "[redacted]" {
+		t.Errorf("debug log line headers = %v, want Authorization redacted", line["headers"])
+	}
 }
