@@ -417,7 +417,8 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		h[name] = vv
 	}
 	ct := header(resp.Header, "Content-Type")
-	x.stream = resp.ContentLength < 0 || hasMediaType(ct, "text/event-stream") || hasMediaType(ct, "application/vnd.amazon.eventstream")
+	sse := hasMediaType(ct, "text/event-stream")
+	x.stream = resp.ContentLength < 0 || sse || hasMediaType(ct, "application/vnd.amazon.eventstream")
 	if x.stream {
 		h.Set("X-Accel-Buffering", "no")
 		g := x.g
@@ -456,14 +457,21 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		if err == nil {
 			n, err = resp.Body.Read(buf)
 		}
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+		out := buf[:n]
+		if x.hideUsage != nil && sse {
+			out = x.hideUsage.filter(out)
+			if err == io.EOF {
+				out = append(out, x.hideUsage.flush()...)
+			}
+		}
+		if len(out) > 0 {
+			if _, werr := w.Write(out); werr != nil {
 				x.clientGone = true
 				x.status = statusClientClosed
 				x.release(cn, false)
 				return
 			}
-			x.respBytes += int64(n)
+			x.respBytes += int64(len(out))
 			if x.stream && flusher != nil && !moreWaiting(cn) {
 				flusher.Flush()
 			}

@@ -243,6 +243,9 @@ type exchange struct {
 	// stream); hijacked: the connection left net/http (a WebSocket).
 	aborted  bool
 	hijacked bool
+	// hideUsage, when set, removes from the answer the usage-only chunk
+	// that include_usage, added by the gateway, makes the provider send.
+	hideUsage *usageChunkFilter
 }
 
 // parseTarget splits the request line's target, byte for byte as sent,
@@ -314,6 +317,10 @@ func (x *exchange) serve() {
 	}
 	if x.body == nil && !x.readBody() {
 		return
+	}
+	if wantsUsageInjected(rt.provider.Type, x.rest, *x.body) {
+		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body)...)
+		x.hideUsage = &usageChunkFilter{}
 	}
 	x.forward(keys)
 }

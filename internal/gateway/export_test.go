@@ -1,0 +1,9 @@
+package gateway
+
+// UsageChunkFilter exposes the usage-chunk filter to black-box tests.
+type UsageChunkFilter struct{ f usageChunkFilter }
+
+func NewUsageChunkFilter() *UsageChunkFilter { return &UsageChunkFilter{} }
+
+func (u *UsageChunkFilter) Filter(p []byte) []byte { return append([]byte(nil), u.f.filter(p)...) }
+func (u *UsageChunkFilter) Flush() []byte          { return u.f.flush() }

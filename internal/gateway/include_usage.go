@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// A streamed OpenAI chat completion reports its usage only when the
+// request asks for it (stream_options.include_usage). The gateway asks on
+// the client's behalf, so that every stream is metered (SPEC §7.7), and
+// removes the usage-only chunk this adds from what the client receives:
+// metering never changes what a client sees.
+
+// wantsUsageInjected reports whether a request to path of provider type t
+// is a streamed chat completion that does not ask for usage itself.
+func wantsUsageInjected(t keybridge.ProviderType, path string, body []byte) bool {
+	switch t {
+	case keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible:
+	default:
+		return false
+	}
+	if !strings.HasSuffix(path, "/chat/completions") || !bytes.Contains(body, []byte(`"stream"`)) {
+		return false
+	}
+	var req struct {
+		Stream        bool `json:"stream"`
+		StreamOptions *struct {
+			IncludeUsage *bool `json:"include_usage"`
+		} `json:"stream_options"`
+	}
+	if json.Unmarshal(body, &req) != nil || !req.Stream {
+		return false
+	}
+	return req.StreamOptions == nil || req.StreamOptions.IncludeUsage == nil || !*req.StreamOptions.IncludeUsage
+}
+
+// injectIncludeUsage returns body with stream_options.include_usage set.
+// Without stream_options it is added after the opening brace, every other
+// byte kept; otherwise the object is merged.
+func injectIncludeUsage(body []byte) []byte {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil {
+		return body
+	}
+	so, ok := top["stream_options"]
+	if !ok || bytes.Equal(bytes.TrimSpace(so), []byte("null")) {
+		if ok {
+			delete(top, "stream_options")
+			return marshalTop(top, body)
+		}
+		i := bytes.IndexByte(body, '{')
+		out := make([]byte, 0, len(body)+40)
+		out = append(out, body[:i+1]...)
+		out = append(out, `"stream_options":{"include_usage":true}`...)
+		if rest := bytes.TrimSpace(body[i+1:]); len(rest) > 0 && rest[0] != '}' {
+			out = append(out, ',')
+		}
+		return append(out, body[i+1:]...)
+	}
+	var opts map[string]json.RawMessage
+	if json.Unmarshal(so, &opts) != nil {
+		return body
+	}
+	opts["include_usage"] = json.RawMessage("true")
+	b, err := json.Marshal(opts)
+	if err != nil {
+		return body
+	}
+	top["stream_options"] = b
+	return marshalTop(top, body)
+}
+
+// marshalTop encodes top, adding stream_options when it was dropped; on
+// failure it returns the original body.
+func marshalTop(top map[string]json.RawMessage, orig []byte) []byte {
+	if _, ok := top["stream_options"]; !ok {
+		top["stream_options"] = json.RawMessage(`{"include_usage":true}`)
+	}
+	b, err := json.Marshal(top)
+	if err != nil {
+		return orig
+	}
+	return b
+}
+
+// usageChunkFilter drops, from an SSE stream of chat completion chunks,
+// the chunk that carries only usage ("choices": [] and a usage object).
+// Events pass as soon as they are complete; only the bytes of an event
+// whose end has not arrived yet are held.
+type usageChunkFilter struct {
+	pending []byte // the start of an event whose end has not arrived
+	out     []byte
+}
+
+// maxHeldEvent bounds what is held of one event: a chunk this long is no
+// usage-only chunk, and passes unexamined.
+const maxHeldEvent = 64 << 10
+
+// filter returns what of p (and what was held) may go to the client now.
+func (f *usageChunkFilter) filter(p []byte) []byte {
+	f.out = f.out[:0]
+	data := p
+	if len(f.pending) > 0 {
+		f.pending = append(f.pending, p...)
+		data = f.pending
+	}
+	for {
+		end, n := eventEnd(data)
+		if end < 0 {
+			break
+		}
+		ev := data[:end+n]
+		if !isUsageOnlyChunk(ev) {
+			f.out = append(f.out, ev...)
+		}
+		data = data[end+n:]
+	}
+	if len(data) > maxHeldEvent {
+		f.out = append(f.out, data...)
+		data = nil
+	}
+	f.pending = append(f.pending[:0], data...)
+	return f.out
+}
+
+// flush returns what is held, at the end of the stream.
+func (f *usageChunkFilter) flush() []byte {
+	out := f.pending
+	f.pending = nil
+	return out
+}
+
+// eventEnd finds the blank line ending the first SSE event in b: its
+// index and length ("\n\n" or "\r\n\r\n"), or -1.
+func eventEnd(b []byte) (int, int) {
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		if i+1 < len(b) && b[i+1] == '\n' {
+			return i, 2
+		}
+		if i+2 < len(b) && b[i+1] == '\r' && b[i+2] == '\n' {
+			return i, 3
+		}
+	}
+	return -1, 0
+}
+
+// isUsageOnlyChunk reports whether an SSE event is a chat completion
+// chunk with no choices and a usage object: the chunk include_usage adds.
+func isUsageOnlyChunk(ev []byte) bool {
+	if !bytes.Contains(ev, []byte(`"usage"`)) || !bytes.Contains(ev, []byte(`"choices"`)) {
+		return false
+	}
+	data, ok := bytes.CutPrefix(bytes.TrimSpace(ev), []byte("data:"))
+	if !ok {
+		return false
+	}
+	var chunk struct {
+		Choices []json.RawMessage `json:"choices"`
+		Usage   json.RawMessage   `json:"usage"`
+	}
+	if json.Unmarshal(bytes.TrimSpace(data), &chunk) != nil {
+		return false
+	}
+	return chunk.Choices != nil && len(chunk.Choices) == 0 && len(chunk.Usage) > 0 && string(chunk.Usage) != "null"
+}

@@ -1,0 +1,84 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/openai/openai-go/v3"
+
+	"github.com/keybridge/keybridge/internal/gateway"
+	"github.com/keybridge/keybridge/internal/providertest"
+)
+
+// A streamed chat completion that does not ask for usage is asked for it
+// upstream (so it can be metered), and the client sees exactly the stream
+// it asked for: no usage-only chunk (SPEC §7.7).
+func TestIncludeUsageInjectedAndHidden(t *testing.T) {
+	e := newEnv(t)
+	mock, _ := oaUpstream(t, e, "oai", "openai", "/v1", nil)
+	mock.Usage = providertest.Usage{Input: 11, Output: 7, CacheRead: 3}
+	c := oaClient(e, "oai", e.OwnerKey)
+
+	stream := c.Chat.Completions.NewStreaming(context.Background(), oaChat())
+	chunks, withUsage := 0, 0
+	for stream.Next() {
+		chunks++
+		if stream.Current().Usage.TotalTokens > 0 || len(stream.Current().Choices) == 0 {
+			withUsage++
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if withUsage != 0 {
+		t.Errorf("the client saw %d usage chunks it did not ask for", withUsage)
+	}
+	var sent map[string]json.RawMessage
+	json.Unmarshal(mock.Last().Body, &sent)
+	if string(sent["stream_options"]) != `{"include_usage":true}` {
+		t.Errorf("upstream body stream_options = %s, want include_usage added", sent["stream_options"])
+	}
+
+	// A client that asks for usage gets it, unchanged.
+	p := oaChat()
+	p.StreamOptions.IncludeUsage = openai.Bool(true)
+	stream = c.Chat.Completions.NewStreaming(context.Background(), p)
+	var usage openai.CompletionUsage
+	for stream.Next() {
+		if stream.Current().Usage.TotalTokens > 0 {
+			usage = stream.Current().Usage
+		}
+	}
+	if stream.Err() != nil || usage.PromptTokens != 14 || usage.CompletionTokens != 7 {
+		t.Errorf("usage = %+v, %v; want the provider's own usage chunk", usage, stream.Err())
+	}
+
+	// Raw: no usage-only chunk, and the stream's proper end.
+	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	resp, got := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, body))
+	if resp.StatusCode != 200 || strings.Contains(string(got), `"choices":[]`) || !strings.HasSuffix(string(got), "data: [DONE]\n\n") {
+		t.Errorf("= %d %q", resp.StatusCode, got)
+	}
+}
+
+func TestUsageChunkFilterAtEverySplit(t *testing.T) {
+	stream := "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n" +
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\r\n\r\n" +
+		"data: [DONE]\n\n"
+	want := "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\ndata: [DONE]\n\n"
+	for i := 0; i <= len(stream); i++ {
+		for j := i; j <= len(stream); j++ {
+			f := gateway.NewUsageChunkFilter()
+			var got []byte
+			for _, part := range []string{stream[:i], stream[i:j], stream[j:]} {
+				got = append(got, f.Filter([]byte(part))...)
+			}
+			got = append(got, f.Flush()...)
+			if string(got) != want {
+				t.Fatalf("split at %d, %d: got %q, want %q", i, j, got, want)
+			}
+		}
+	}
+}
