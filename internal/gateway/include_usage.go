@@ -136,24 +136,29 @@ func (f *usageChunkFilter) flush() []byte {
 // eventEnd finds the blank line ending the first SSE event in b: its
 // index and length ("\n\n" or "\r\n\r\n"), or -1.
 func eventEnd(b []byte) (int, int) {
-	for i := 0; i < len(b); i++ {
-		if b[i] != '\n' {
-			continue
+	for off := 0; ; {
+		j := bytes.IndexByte(b[off:], '\n')
+		if j < 0 {
+			return -1, 0
 		}
+		i := off + j
 		if i+1 < len(b) && b[i+1] == '\n' {
 			return i, 2
 		}
 		if i+2 < len(b) && b[i+1] == '\r' && b[i+2] == '\n' {
 			return i, 3
 		}
+		off = i + 1
 	}
-	return -1, 0
 }
 
 // isUsageOnlyChunk reports whether an SSE event is a chat completion
 // chunk with no choices and a usage object: the chunk include_usage adds.
 func isUsageOnlyChunk(ev []byte) bool {
-	if !bytes.Contains(ev, []byte(`"usage"`)) || !bytes.Contains(ev, []byte(`"choices"`)) {
+	// Every chunk of such a stream names usage (null on all but one), so
+	// the cheap test is for the empty choices; only a chunk that passes
+	// it is decoded.
+	if !hasEmptyChoices(ev) || !bytes.Contains(ev, []byte(`"usage"`)) {
 		return false
 	}
 	data, ok := bytes.CutPrefix(bytes.TrimSpace(ev), []byte("data:"))
@@ -168,4 +173,36 @@ func isUsageOnlyChunk(ev []byte) bool {
 		return false
 	}
 	return chunk.Choices != nil && len(chunk.Choices) == 0 && len(chunk.Usage) > 0 && string(chunk.Usage) != "null"
+}
+
+// hasEmptyChoices reports whether ev holds "choices" followed by an
+// empty array, white space allowed: a scan, no decoding.
+func hasEmptyChoices(ev []byte) bool {
+	if bytes.IndexByte(ev, ']') < 0 {
+		return false
+	}
+	key := []byte(`"choices"`)
+	for {
+		i := bytes.Index(ev, key)
+		if i < 0 {
+			return false
+		}
+		rest := skipSpace(ev[i+len(key):])
+		if len(rest) > 0 && rest[0] == ':' {
+			rest = skipSpace(rest[1:])
+			if len(rest) > 0 && rest[0] == '[' {
+				if rest = skipSpace(rest[1:]); len(rest) > 0 && rest[0] == ']' {
+					return true
+				}
+			}
+		}
+		ev = ev[i+len(key):]
+	}
+}
+
+func skipSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\n' || b[0] == '\r') {
+		b = b[1:]
+	}
+	return b
 }

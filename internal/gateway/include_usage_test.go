@@ -82,3 +82,24 @@ func TestUsageChunkFilterAtEverySplit(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkUsageChunkFilter is the filter on a 20-event chat stream whose
+// every chunk names usage, as OpenAI's do once include_usage is asked for.
+func BenchmarkUsageChunkFilter(b *testing.B) {
+	var ev strings.Builder
+	for i := range 20 {
+		ev.WriteString(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"word` + string(rune('a'+i)) + ` "},"finish_reason":null}],"usage":null}` + "\n\n")
+	}
+	ev.WriteString(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29}}` + "\n\ndata: [DONE]\n\n")
+	var events [][]byte
+	for _, e := range strings.SplitAfter(ev.String(), "\n\n") {
+		events = append(events, []byte(e))
+	}
+	f := gateway.NewUsageChunkFilter()
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, e := range events {
+			f.FilterInPlace(e)
+		}
+	}
+}
