@@ -246,6 +246,9 @@ type exchange struct {
 	// hideUsage, when set, removes from the answer the usage-only chunk
 	// that include_usage, added by the gateway, makes the provider send.
 	hideUsage *usageChunkFilter
+	// reqFields, once scanned, are the body's top-level fields.
+	reqFields reqFields
+	scanned   bool
 }
 
 // parseTarget splits the request line's target, byte for byte as sent,
@@ -318,11 +321,30 @@ func (x *exchange) serve() {
 	if x.body == nil && !x.readBody() {
 		return
 	}
-	if wantsUsageInjected(rt.provider.Type, x.rest, *x.body) {
-		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body)...)
+	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.rest, f) {
+		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body, f)...)
 		x.hideUsage = &usageChunkFilter{}
 	}
 	x.forward(keys)
+}
+
+// fields reads the request body's top-level fields once, for the first
+// part of the gateway that needs them.
+func (x *exchange) fields() *reqFields {
+	if !x.scanned {
+		x.scanned = true
+		if x.body != nil && isJSONBody(x.r) {
+			x.reqFields = scanReqBody(*x.body)
+		}
+	}
+	return &x.reqFields
+}
+
+// isJSONBody reports whether a request's body may be JSON: declared so,
+// or not declared at all (clients forget).
+func isJSONBody(r *http.Request) bool {
+	ct := header(r.Header, "Content-Type")
+	return ct == "" || hasMediaType(ct, "application/json") || strings.HasSuffix(strings.SplitN(ct, ";", 2)[0], "+json")
 }
 
 // rawQuery is the request's query as sent.

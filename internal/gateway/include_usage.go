@@ -16,41 +16,33 @@ import (
 
 // wantsUsageInjected reports whether a request to path of provider type t
 // is a streamed chat completion that does not ask for usage itself.
-func wantsUsageInjected(t keybridge.ProviderType, path string, body []byte) bool {
+func wantsUsageInjected(t keybridge.ProviderType, path string, f *reqFields) bool {
 	switch t {
 	case keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible:
 	default:
 		return false
 	}
-	if !strings.HasSuffix(path, "/chat/completions") || !bytes.Contains(body, []byte(`"stream"`)) {
+	if !strings.HasSuffix(path, "/chat/completions") || !f.ok || !f.stream {
 		return false
 	}
-	var req struct {
-		Stream        bool `json:"stream"`
-		StreamOptions *struct {
-			IncludeUsage *bool `json:"include_usage"`
-		} `json:"stream_options"`
+	if f.streamOptions == nil || string(f.streamOptions) == "null" {
+		return true
 	}
-	if json.Unmarshal(body, &req) != nil || !req.Stream {
-		return false
+	var opts struct {
+		IncludeUsage *bool `json:"include_usage"`
 	}
-	return req.StreamOptions == nil || req.StreamOptions.IncludeUsage == nil || !*req.StreamOptions.IncludeUsage
+	if json.Unmarshal(f.streamOptions, &opts) != nil {
+		return false // not an object: the provider will say so
+	}
+	return opts.IncludeUsage == nil || !*opts.IncludeUsage
 }
 
 // injectIncludeUsage returns body with stream_options.include_usage set.
 // Without stream_options it is added after the opening brace, every other
-// byte kept; otherwise the object is merged.
-func injectIncludeUsage(body []byte) []byte {
-	var top map[string]json.RawMessage
-	if json.Unmarshal(body, &top) != nil {
-		return body
-	}
-	so, ok := top["stream_options"]
-	if !ok || bytes.Equal(bytes.TrimSpace(so), []byte("null")) {
-		if ok {
-			delete(top, "stream_options")
-			return marshalTop(top, body)
-		}
+// byte kept; otherwise the object is merged (rare: a client that sets
+// stream options mostly asks for usage too).
+func injectIncludeUsage(body []byte, f *reqFields) []byte {
+	if f.streamOptions == nil {
 		i := bytes.IndexByte(body, '{')
 		out := make([]byte, 0, len(body)+40)
 		out = append(out, body[:i+1]...)
@@ -60,9 +52,13 @@ func injectIncludeUsage(body []byte) []byte {
 		}
 		return append(out, body[i+1:]...)
 	}
-	var opts map[string]json.RawMessage
-	if json.Unmarshal(so, &opts) != nil {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil {
 		return body
+	}
+	var opts map[string]json.RawMessage
+	if so := top["stream_options"]; json.Unmarshal(so, &opts) != nil || opts == nil {
+		opts = map[string]json.RawMessage{}
 	}
 	opts["include_usage"] = json.RawMessage("true")
 	b, err := json.Marshal(opts)
@@ -73,12 +69,8 @@ func injectIncludeUsage(body []byte) []byte {
 	return marshalTop(top, body)
 }
 
-// marshalTop encodes top, adding stream_options when it was dropped; on
-// failure it returns the original body.
+// marshalTop encodes top; on failure it returns the original body.
 func marshalTop(top map[string]json.RawMessage, orig []byte) []byte {
-	if _, ok := top["stream_options"]; !ok {
-		top["stream_options"] = json.RawMessage(`{"include_usage":true}`)
-	}
 	b, err := json.Marshal(top)
 	if err != nil {
 		return orig

@@ -103,3 +103,11 @@ func BenchmarkUsageChunkFilter(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkInjectIncludeUsage(b *testing.B) {
+	body := []byte(`{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		gateway.InjectUsage(body)
+	}
+}
