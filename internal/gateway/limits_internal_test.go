@@ -1,0 +1,596 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// t0 is a fixed instant, so budget periods are known: 2026-03-31 23:58 UTC.
+var t0 = time.Date(2026, 3, 31, 23, 58, 0, 0, time.UTC)
+
+// limiters returns the limiters to test: in process always, and on Redis
+// when KEYBRIDGE_TEST_REDIS_URL is set.
+func limiters(t testing.TB) map[string]func() limiter {
+	m := map[string]func() limiter{"mem": func() limiter { return newMemLimiter() }}
+	if rdb := testRedis(t); rdb != nil {
+		m["redis"] = func() limiter {
+			l, err := newRedisLimiter(rdb, LimitsRefuse, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return l
+		}
+	}
+	return m
+}
+
+func testRedis(t testing.TB) *redis.Client {
+	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
+	if url == "" {
+		return nil
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("KEYBRIDGE_TEST_REDIS_URL: %v", err)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// newKeyID is a fresh key, so runs on a shared Redis do not meet.
+func newKeyID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return "test-" + hex.EncodeToString(b)
+}
+
+func mustAdmit(t *testing.T, l limiter, id string, lim keybridge.Limits, reserve int64, now time.Time) (ticket, decision) {
+	t.Helper()
+	tk, d, err := l.admit(context.Background(), id, lim, reserve, now)
+	if err != nil {
+		t.Fatalf("admit at %v: %v", now.Sub(t0), err)
+	}
+	return tk, d
+}
+
+func TestLimitRPMWindowEdges(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			l, id := newL(), newKeyID()
+			lim := keybridge.Limits{RateLimitRPM: 3}
+			for i := range 3 {
+				_, d := mustAdmit(t, l, id, lim, 0, t0)
+				if !d.ok || d.rpmLimit != 3 || d.rpmRemaining != int64(2-i) || d.tokLimit != -1 {
+					t.Fatalf("admit %d = %+v, want ok with rpm 3, remaining %d, no token limit", i, d, 2-i)
+				}
+			}
+			for _, at := range []time.Duration{0, time.Second, limitWindow - time.Millisecond} {
+				_, d := mustAdmit(t, l, id, lim, 0, t0.Add(at))
+				if want := limitWindow - at; d.ok || d.limit != limitRPM || d.retryAfter != want || d.rpmRemaining != 0 {
+					t.Errorf("4th at +%v = %+v, want refused by rpm, retry after %v", at, d, want)
+				}
+			}
+			// Refusals did not count: at +60 s the three left and three fit.
+			for i := range 3 {
+				if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(limitWindow)); !d.ok {
+					t.Fatalf("admit %d at +60s = %+v, want ok", i, d)
+				}
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(limitWindow)); d.ok || d.retryAfter != limitWindow {
+				t.Errorf("4th at +60s = %+v, want refused for 60s", d)
+			}
+		})
+	}
+}
+
+func TestLimitRPMSpreadRetryAfter(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			l, id := newL(), newKeyID()
+			lim := keybridge.Limits{RateLimitRPM: 2}
+			mustAdmit(t, l, id, lim, 0, t0)
+			mustAdmit(t, l, id, lim, 0, t0.Add(10*time.Second))
+			// The oldest leaves at +60s: 40 s from +20s.
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(20*time.Second)); d.ok || d.retryAfter != 40*time.Second {
+				t.Errorf("3rd = %+v, want refused for 40s", d)
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(60*time.Second)); !d.ok || d.rpmRemaining != 0 {
+				t.Errorf("at +60s = %+v, want ok with 0 remaining", d)
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(61*time.Second)); d.ok || d.retryAfter != 9*time.Second {
+				t.Errorf("at +61s = %+v, want refused for 9s", d)
+			}
+		})
+	}
+}
+
+func TestLimitTPMReservationsAndSettlement(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			l, id := newL(), newKeyID()
+			lim := keybridge.Limits{RateLimitTPM: 1000}
+			a, d := mustAdmit(t, l, id, lim, 600, t0)
+			if !d.ok || d.tokLimit != 1000 || d.tokRemaining != 400 {
+				t.Fatalf("first = %+v, want ok, 400 tokens remaining", d)
+			}
+			b, d := mustAdmit(t, l, id, lim, 600, t0.Add(time.Second))
+			if !d.ok || d.tokRemaining != 0 {
+				t.Fatalf("second (under the limit before it) = %+v, want ok, 0 remaining", d)
+			}
+			// Only reservations hold the key over: no clock says when they end.
+			if _, d := mustAdmit(t, l, id, lim, 1, t0.Add(2*time.Second)); d.ok || d.limit != limitTPM || d.retryAfter != pendingRetry {
+				t.Fatalf("third = %+v, want refused by tpm for %v", d, pendingRetry)
+			}
+			// The first used 100 tokens, settled at +3s: 700 counted.
+			if err := l.settle(ctx, a, 100, t0.Add(3*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(4*time.Second)); !d.ok || d.tokRemaining != 300 {
+				t.Fatalf("after settling 100 = %+v, want ok, 300 remaining", d)
+			}
+			// The second reports 950 at +5s (a cancel is never free): 1050.
+			if err := l.settle(ctx, b, 950, t0.Add(5*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			// 1050 >= 1000 until the 100 of +3s leaves, at +63s.
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(10*time.Second)); d.ok || d.retryAfter != 53*time.Second {
+				t.Fatalf("over = %+v, want refused for 53s", d)
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(63*time.Second)); !d.ok || d.tokRemaining != 50 {
+				t.Fatalf("at +63s = %+v, want ok, 50 remaining", d)
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(65*time.Second)); !d.ok || d.tokRemaining != 1000 {
+				t.Fatalf("at +65s = %+v, want ok, 1000 remaining", d)
+			}
+		})
+	}
+}
+
+func TestLimitBudgetMonthRollover(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			l, id := newL(), newKeyID()
+			lim := keybridge.Limits{TokenBudget: 500, BudgetPeriod: keybridge.BudgetMonth, RateLimitTPM: 10000}
+			tk, _ := mustAdmit(t, l, id, lim, 100, t0)
+			if err := l.settle(ctx, tk, 500, t0); err != nil {
+				t.Fatal(err)
+			}
+			// The budget (0 left) is tighter than TPM (9500 left).
+			_, d := mustAdmit(t, l, id, lim, 0, t0.Add(30*time.Second))
+			if want := 90 * time.Second; d.ok || d.limit != limitBudget || d.retryAfter != want || d.tokLimit != 500 || d.tokRemaining != 0 {
+				t.Fatalf("spent = %+v, want refused by budget for %v (to April), token limit 500", d, want)
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(2*time.Minute)); !d.ok || d.tokRemaining != 500 {
+				t.Fatalf("in April = %+v, want ok with the whole budget", d)
+			}
+		})
+	}
+}
+
+func TestLimitBudgetDay(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			l, id := newL(), newKeyID()
+			lim := keybridge.Limits{TokenBudget: 100, BudgetPeriod: keybridge.BudgetDay, RateLimitRPM: 10}
+			at := time.Date(2026, 5, 4, 6, 0, 0, 0, time.UTC)
+			tk, _ := mustAdmit(t, l, id, lim, 10, at)
+			l.settle(ctx, tk, 100, at)
+			_, d := mustAdmit(t, l, id, lim, 0, at.Add(time.Hour))
+			if d.ok || d.retryAfter != 17*time.Hour || d.rpmRemaining != 10 {
+				t.Fatalf("spent = %+v, want refused for 17h, 10 requests remaining (the first left the window)", d)
+			}
+			if _, d := mustAdmit(t, l, id, lim, 0, at.Add(18*time.Hour)); !d.ok {
+				t.Fatalf("next day = %+v, want ok", d)
+			}
+		})
+	}
+}
+
+func TestLimitConcurrentBudgetOvershoot(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			l, id := newL(), newKeyID()
+			lim := keybridge.Limits{TokenBudget: 1000, BudgetPeriod: keybridge.BudgetDay}
+			var ok atomic.Int64
+			var wg sync.WaitGroup
+			for range 50 {
+				wg.Go(func() {
+					_, d, err := l.admit(context.Background(), id, lim, 150, t0)
+					if err != nil {
+						t.Error(err)
+					}
+					if d.ok {
+						ok.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			// Admitted while under 1000: 0, 150, ..., 900 → 7, reserving 1050.
+			if got := ok.Load(); got != 7 {
+				t.Errorf("admitted %d of 50, want 7 (overshoot at most one reservation)", got)
+			}
+		})
+	}
+}
+
+func TestLimitNoLimits(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			tk, d := mustAdmit(t, newL(), newKeyID(), keybridge.Limits{}, 100, t0)
+			if d != unlimited || tk != (ticket{}) {
+				t.Errorf("admit = %+v, %+v; want unlimited and a zero ticket", tk, d)
+			}
+		})
+	}
+}
+
+func TestMemLimiterDropsIdleKeys(t *testing.T) {
+	l := newMemLimiter()
+	lim := keybridge.Limits{RateLimitRPM: 5, RateLimitTPM: 100}
+	for i := range 100 {
+		tk, _ := mustAdmit(t, l, "k"+strconv.Itoa(i), lim, 10, t0)
+		l.settle(context.Background(), tk, 5, t0)
+	}
+	open, _ := mustAdmit(t, l, "open", lim, 10, t0) // never settled in the window
+	spent, _ := mustAdmit(t, l, "spent", keybridge.Limits{TokenBudget: 10, BudgetPeriod: keybridge.BudgetMonth}, 0, t0)
+	l.settle(context.Background(), spent, 10, t0)
+	_ = open
+	later := t0.Add(limitWindow + idleSweep)
+	for i := range l.shards {
+		l.shards[i].mu.Lock()
+		l.shards[i].sweep(later.UnixMilli())
+		l.shards[i].mu.Unlock()
+	}
+	var left []string
+	for i := range l.shards {
+		for id := range l.shards[i].keys {
+			left = append(left, id)
+		}
+	}
+	// t0 is in March; later is in April, so the spent budget is over.
+	if len(left) != 1 || left[0] != "open" {
+		t.Errorf("kept %v, want only the key with an open ticket", left)
+	}
+}
+
+func TestRedisLimiterTwoReplicasOneLimit(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	a, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	b, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, lim := newKeyID(), keybridge.Limits{RateLimitRPM: 100}
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 300 {
+		l := a
+		if i%2 == 1 {
+			l = b
+		}
+		wg.Go(func() {
+			_, d, err := l.admit(context.Background(), id, lim, 0, t0.Add(time.Duration(i)*time.Millisecond))
+			if err != nil {
+				t.Error(err)
+			}
+			if d.ok {
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if got := ok.Load(); got != 100 {
+		t.Errorf("two replicas admitted %d of 300, want 100", got)
+	}
+}
+
+// TestRedisLimiterRoundTrips counts the commands that reach Redis: one per
+// admit and one per settle, also after Redis forgot its scripts.
+func TestRedisLimiterRoundTrips(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	var cmds []string
+	var mu sync.Mutex
+	rdb.AddHook(countHook{func(name string) { mu.Lock(); cmds = append(cmds, name); mu.Unlock() }})
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, lim := newKeyID(), keybridge.Limits{RateLimitRPM: 10, RateLimitTPM: 1000, TokenBudget: 5000, BudgetPeriod: keybridge.BudgetDay}
+	ctx := context.Background()
+	round := func() []string {
+		mu.Lock()
+		cmds = nil
+		mu.Unlock()
+		tk, d := mustAdmit(t, l, id, lim, 100, t0)
+		if !d.ok {
+			t.Fatalf("admit = %+v", d)
+		}
+		if err := l.settle(ctx, tk, 50, t0); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return cmds
+	}
+	round() // loads the scripts
+	if got := round(); strings.Join(got, ",") != "evalsha,evalsha" {
+		t.Errorf("admit+settle sent %v, want one evalsha each", got)
+	}
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := round(); strings.Join(got, ",") != "evalsha,eval,evalsha,eval" {
+		t.Errorf("after SCRIPT FLUSH sent %v, want evalsha then eval, each", got)
+	}
+	if got := round(); strings.Join(got, ",") != "evalsha,evalsha" {
+		t.Errorf("reloaded: sent %v, want one evalsha each", got)
+	}
+	// Every counter of the key expires, in one hash slot.
+	keys, err := rdb.Keys(ctx, "{kb:"+id+"}:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) < 5 {
+		t.Errorf("keys %v, want the counters", keys)
+	}
+	for _, k := range keys {
+		if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 {
+			t.Errorf("%s has TTL %v, want one", k, ttl)
+		}
+	}
+}
+
+type countHook struct{ f func(string) }
+
+func (h countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.f(cmd.Name())
+		return next(ctx, cmd)
+	}
+}
+func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// closedAddr is a loopback address nobody listens on.
+func closedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func counterValue(t *testing.T, c prometheus.Collector) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 8)
+	c.Collect(ch)
+	close(ch)
+	var sum float64
+	for m := range ch {
+		var pb dto.Metric
+		if err := m.Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		if pb.Counter != nil {
+			sum += pb.Counter.GetValue()
+		}
+		if pb.Gauge != nil {
+			sum += pb.Gauge.GetValue()
+		}
+	}
+	return sum
+}
+
+// logCount counts the records at warn or above.
+type logCount struct {
+	slog.Handler
+	warns *atomic.Int64
+}
+
+func (h logCount) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.warns.Add(1)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func TestRedisLimiterClosedPort(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: closedAddr(t), MaxRetries: -1, DialTimeout: time.Second})
+	defer rdb.Close()
+	lim := keybridge.Limits{RateLimitRPM: 2, RateLimitTPM: 100}
+	ctx := context.Background()
+
+	t.Run("refuse", func(t *testing.T) {
+		l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+		if _, _, err := l.admit(ctx, "k", lim, 10, t0); !errors.Is(err, errLimitsDown) {
+			t.Errorf("admit error = %v, want errLimitsDown", err)
+		}
+		// A key with no limits needs no Redis.
+		if _, d, err := l.admit(ctx, "k", keybridge.Limits{}, 10, t0); err != nil || !d.ok {
+			t.Errorf("unlimited admit = %+v, %v; want ok", d, err)
+		}
+	})
+	t.Run("local", func(t *testing.T) {
+		var warns atomic.Int64
+		log := slog.New(logCount{slog.NewTextHandler(&bytes.Buffer{}, nil), &warns})
+		l, _ := newRedisLimiter(rdb, LimitsLocal, log)
+		var oks int
+		for range 3 {
+			tk, d, err := l.admit(ctx, "k", lim, 10, t0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.ok {
+				oks++
+				if !tk.local {
+					t.Errorf("ticket %+v not local", tk)
+				}
+				if err := l.settle(ctx, tk, 5, t0); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if oks != 2 {
+			t.Errorf("admitted %d of 3 locally, want the RPM of 2", oks)
+		}
+		if got := warns.Load(); got != 1 {
+			t.Errorf("logged %d warnings, want one for the outage", got)
+		}
+		if got := counterValue(t, l.m.redisDown); got != 3 {
+			t.Errorf("redis down counter = %v, want 3 (the admits; settles were local)", got)
+		}
+		if got := counterValue(t, l.m.refusals); got != 1 {
+			t.Errorf("refusals = %v, want 1", got)
+		}
+		if len(l.collectors()) != 3 {
+			t.Errorf("collectors = %d, want 3", len(l.collectors()))
+		}
+	})
+}
+
+// TestRedisLimiterServerStops runs a private redis-server and stops it
+// between two requests.
+func TestRedisLimiterServerStops(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server not installed")
+	}
+	addr := closedAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	start := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	srv := start()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer rdb.Close()
+	ctx := context.Background()
+	for rdb.Ping(ctx).Err() != nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var warns atomic.Int64
+	log := slog.New(logCount{slog.NewTextHandler(&bytes.Buffer{}, nil), &warns})
+	l, _ := newRedisLimiter(rdb, LimitsLocal, log)
+	lim := keybridge.Limits{RateLimitRPM: 10, TokenBudget: 1000, BudgetPeriod: keybridge.BudgetDay}
+	tk, d := mustAdmit(t, l, "k", lim, 100, t0)
+	if !d.ok || tk.local {
+		t.Fatalf("admit on redis = %+v, %+v; want ok, not local", d, tk)
+	}
+	srv.Process.Kill()
+	srv.Wait()
+	// Settling a Redis ticket while Redis is gone still counts its tokens here.
+	if err := l.settle(ctx, tk, 1000, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, d := mustAdmit(t, l, "k", lim, 0, t0); d.ok || d.limit != limitBudget {
+		t.Errorf("admit after settling the budget locally = %+v, want refused by budget", d)
+	}
+	if got := counterValue(t, l.m.redisOutage); got != 1 {
+		t.Errorf("outage gauge = %v, want 1", got)
+	}
+	start()
+	for rdb.Ping(ctx).Err() != nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Back on Redis (fresh, it lost everything): the budget there is whole.
+	if tk, d := mustAdmit(t, l, "k", lim, 0, t0); !d.ok || tk.local {
+		t.Errorf("admit after restart = %+v, %+v; want ok on redis", d, tk)
+	}
+	if got := counterValue(t, l.m.redisOutage); got != 0 {
+		t.Errorf("outage gauge = %v, want 0", got)
+	}
+	if got := warns.Load(); got != 1 {
+		t.Errorf("logged %d warnings, want one for the outage", got)
+	}
+}
+
+func TestRedisCooldowns(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	var c sharedCooldowns = redisCooldowns{rdb}
+	ctx, id := context.Background(), newKeyID()
+	if until, limited, err := c.get(ctx, id); err != nil || !until.IsZero() || limited {
+		t.Fatalf("get of none = %v, %v, %v; want zero", until, limited, err)
+	}
+	want := time.Now().Add(time.Minute).Truncate(time.Millisecond)
+	if err := c.set(ctx, id, want, true); err != nil {
+		t.Fatal(err)
+	}
+	until, limited, err := c.get(ctx, id)
+	if err != nil || !until.Equal(want) || !limited {
+		t.Errorf("get = %v, %v, %v; want %v, true", until, limited, err, want)
+	}
+	if ttl := rdb.PTTL(ctx, cooldownKey(id)).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("TTL = %v, want up to a minute", ttl)
+	}
+	if err := c.clear(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if until, _, _ := c.get(ctx, id); !until.IsZero() {
+		t.Errorf("get after clear = %v, want zero", until)
+	}
+	if err := c.set(ctx, id, time.Now().Add(-time.Second), false); err != nil {
+		t.Fatal(err)
+	}
+	if until, _, _ := c.get(ctx, id); !until.IsZero() {
+		t.Errorf("get after a past set = %v, want zero", until)
+	}
+	down := redisCooldowns{redis.NewClient(&redis.Options{Addr: closedAddr(t), MaxRetries: -1})}
+	if _, _, err := down.get(ctx, id); err == nil {
+		t.Error("get on a closed port: no error")
+	}
+}
+
+func BenchmarkLimiter(b *testing.B) {
+	lim := keybridge.Limits{RateLimitRPM: 1 << 40, RateLimitTPM: 1 << 50, TokenBudget: 1 << 50, BudgetPeriod: keybridge.BudgetMonth}
+	for name, newL := range limiters(b) {
+		b.Run(name, func(b *testing.B) {
+			l, id, ctx := newL(), newKeyID(), context.Background()
+			now := time.Now()
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				at := now.Add(time.Duration(i) * 100 * time.Microsecond)
+				tk, d, err := l.admit(ctx, id, lim, 4096, at)
+				if err != nil || !d.ok {
+					b.Fatalf("admit = %+v, %v", d, err)
+				}
+				if err := l.settle(ctx, tk, 1200, at); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
