@@ -410,7 +410,7 @@ func (x *exchange) candidates() ([]*upstreamKey, *gwError) {
 		if sec == nil {
 			return nil, nil
 		}
-		return &upstreamKey{secret: *sec}, nil
+		return sec, nil
 	}
 	switch rt.provider.KeySource {
 	case keybridge.KeySourceUser:

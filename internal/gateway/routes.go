@@ -34,6 +34,10 @@ type route struct {
 type upstreamKey struct {
 	id     string
 	secret keybridge.Secret
+	// credential is the id of the personal credential this key is (""
+	// for the org's keys), for its last_used_at. id stays "" for one:
+	// cooldowns are for the org's keys.
+	credential string
 }
 
 // routeKey names a route: a provider name within an org.
@@ -72,13 +76,13 @@ type routes struct {
 
 	mu     sync.Mutex // serializes writers of the maps
 	byName atomic.Pointer[map[routeKey]cached[route]]
-	creds  atomic.Pointer[map[credKey]cached[keybridge.Secret]]
+	creds  atomic.Pointer[map[credKey]cached[upstreamKey]]
 }
 
 func newRoutes(st store.Store, ring *secrets.Ring) *routes {
 	r := &routes{st: st, ring: ring, epoch: time.Now()}
 	r.byName.Store(&map[routeKey]cached[route]{})
-	r.creds.Store(&map[credKey]cached[keybridge.Secret]{})
+	r.creds.Store(&map[credKey]cached[upstreamKey]{})
 	return r
 }
 
@@ -99,15 +103,16 @@ func (r *routes) route(ctx context.Context, org, name string) (*route, error) {
 	return rt, nil
 }
 
-// credential returns user's personal key for provider, or nil.
-func (r *routes) credential(ctx context.Context, user, provider string) (*keybridge.Secret, error) {
+// credential returns user's personal key for provider, or nil. It is
+// shared: callers must not change it.
+func (r *routes) credential(ctx context.Context, user, provider string) (*upstreamKey, error) {
 	k := credKey{user, provider}
 	if e, ok := (*r.creds.Load())[k]; ok && r.now() < e.deadline {
 		return e.v, nil
 	}
 	gen := r.gen.Load()
 	c, err := r.st.CredentialFor(ctx, user, provider)
-	var sec *keybridge.Secret
+	var sec *upstreamKey
 	switch {
 	case keybridge.IsCode(err, keybridge.ENotFound):
 	case err != nil:
@@ -117,8 +122,7 @@ func (r *routes) credential(ctx context.Context, user, provider string) (*keybri
 		if err != nil {
 			return nil, fmt.Errorf("open personal credential: %w", err)
 		}
-		s := keybridge.NewSecret(string(plain))
-		sec = &s
+		sec = &upstreamKey{secret: keybridge.NewSecret(string(plain)), credential: c.ID}
 	}
 	storeEntry(r, &r.creds, gen, k, sec)
 	return sec, nil

@@ -102,10 +102,11 @@ func (s *Server) verifyAuditEvents(w http.ResponseWriter, r *http.Request) error
 // usageWindow is the default span of a usage query.
 const usageWindow = 30 * 24 * time.Hour
 
-// usageResponse is the answer of GET .../usage: the groups, and the window
-// and dimension they were computed over (defaults filled in).
+// usageResponse is the answer of GET .../usage: the groups, and the window,
+// dimension and bucket they were computed over (defaults filled in).
 type usageResponse struct {
 	GroupBy keybridge.UsageGroupBy `json:"group_by"`
+	Bucket  keybridge.UsageBucket  `json:"bucket,omitempty"`
 	Since   time.Time              `json:"since"`
 	Until   time.Time              `json:"until"`
 	Items   []keybridge.UsageGroup `json:"items"`
@@ -124,6 +125,12 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return keybridge.FieldError("group_by", "must be provider, model, user, project or api_key")
 	}
+	bucket := keybridge.UsageBucket(r.URL.Query().Get("bucket"))
+	switch bucket {
+	case keybridge.BucketNone, keybridge.BucketHour, keybridge.BucketDay:
+	default:
+		return keybridge.FieldError("bucket", "must be hour or day")
+	}
 	since, until, err := sinceUntilParams(r)
 	if err != nil {
 		return err
@@ -137,13 +144,13 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) error {
 	if !since.Before(until) {
 		return keybridge.FieldError("since", "must be before until")
 	}
-	groups, err := s.store.QueryUsage(r.Context(), keybridge.UsageQuery{OrgID: org.ID, GroupBy: by, Since: since, Until: until})
+	groups, err := s.store.QueryUsage(r.Context(), keybridge.UsageQuery{OrgID: org.ID, GroupBy: by, Since: since, Until: until, Bucket: bucket})
 	if err != nil {
 		return err
 	}
 	if groups == nil {
 		groups = []keybridge.UsageGroup{}
 	}
-	writeJSON(w, http.StatusOK, usageResponse{GroupBy: by, Since: since, Until: until, Items: groups})
+	writeJSON(w, http.StatusOK, usageResponse{GroupBy: by, Bucket: bucket, Since: since, Until: until, Items: groups})
 	return nil
 }

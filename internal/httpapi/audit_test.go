@@ -257,6 +257,7 @@ func TestAuditWriteFailureRollsBack(t *testing.T) {
 
 type auUsage struct {
 	GroupBy string                 `json:"group_by"`
+	Bucket  string                 `json:"bucket"`
 	Since   time.Time              `json:"since"`
 	Until   time.Time              `json:"until"`
 	Items   []keybridge.UsageGroup `json:"items"`
@@ -269,9 +270,9 @@ func TestUsage(t *testing.T) {
 		other := e.otherOrg()
 		now := time.Now().UTC()
 		rows := []keybridge.Usage{
-			{OrgID: e.Org.ID, Time: now.Add(-time.Hour), ProviderID: "p1", Model: "gpt", UserID: "u1", APIKeyID: "k1", Status: 200, InputTokens: 10, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1},
-			{OrgID: e.Org.ID, Time: now.Add(-2 * time.Hour), ProviderID: "p1", Model: "gpt", ProjectID: "proj", AIKeyID: "ai1", Status: 429, InputTokens: 7},
-			{OrgID: e.Org.ID, Time: now.Add(-3 * time.Hour), ProviderID: "p2", Model: "claude", UserID: "u1", APIKeyID: "k1", Status: 200, OutputTokens: 9},
+			{OrgID: e.Org.ID, Time: now.Add(-time.Hour), ProviderID: "p1", Model: "gpt", UserID: "u1", APIKeyID: "k1", Status: 200, InputTokens: 10, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1, LatencyMS: 300, Failovers: 1},
+			{OrgID: e.Org.ID, Time: now.Add(-2 * time.Hour), ProviderID: "p1", Model: "gpt", ProjectID: "proj", AIKeyID: "ai1", Status: 429, InputTokens: 7, LatencyMS: 100, Failovers: 2},
+			{OrgID: e.Org.ID, Time: now.Add(-3 * time.Hour), ProviderID: "p2", Model: "claude", UserID: "u1", APIKeyID: "k1", Status: 200, OutputTokens: 9, LatencyMS: 50},
 			{OrgID: e.Org.ID, Time: now.Add(-40 * 24 * time.Hour), ProviderID: "p3", Model: "old", Status: 200},
 			{OrgID: other.Org.ID, Time: now.Add(-time.Hour), ProviderID: "p1", Model: "gpt", Status: 200, InputTokens: 1000},
 		}
@@ -289,37 +290,71 @@ func TestUsage(t *testing.T) {
 			want  []keybridge.UsageGroup
 		}{
 			{"", []keybridge.UsageGroup{ // provider, last 30 days
-				{Key: "p1", Requests: 2, Errors: 1, InputTokens: 17, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1},
-				{Key: "p2", Requests: 1, OutputTokens: 9},
+				{Key: "p1", Requests: 2, Errors: 1, InputTokens: 17, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1, Failovers: 3, LatencyMSAvg: 200},
+				{Key: "p2", Requests: 1, OutputTokens: 9, LatencyMSAvg: 50},
 			}},
 			{"?group_by=model", []keybridge.UsageGroup{
-				{Key: "gpt", Requests: 2, Errors: 1, InputTokens: 17, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1},
-				{Key: "claude", Requests: 1, OutputTokens: 9},
+				{Key: "gpt", Requests: 2, Errors: 1, InputTokens: 17, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1, Failovers: 3, LatencyMSAvg: 200},
+				{Key: "claude", Requests: 1, OutputTokens: 9, LatencyMSAvg: 50},
 			}},
 			{"?group_by=user", []keybridge.UsageGroup{
-				{Key: "u1", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1},
-				{Key: "", Requests: 1, Errors: 1, InputTokens: 7},
+				{Key: "u1", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1, Failovers: 1, LatencyMSAvg: 175},
+				{Key: "", Requests: 1, Errors: 1, InputTokens: 7, Failovers: 2, LatencyMSAvg: 100},
 			}},
 			{"?group_by=project", []keybridge.UsageGroup{
-				{Key: "", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1},
-				{Key: "proj", Requests: 1, Errors: 1, InputTokens: 7},
+				{Key: "", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1, Failovers: 1, LatencyMSAvg: 175},
+				{Key: "proj", Requests: 1, Errors: 1, InputTokens: 7, Failovers: 2, LatencyMSAvg: 100},
 			}},
 			{"?group_by=api_key", []keybridge.UsageGroup{
-				{Key: "k1", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1},
-				{Key: "ai1", Requests: 1, Errors: 1, InputTokens: 7},
+				{Key: "k1", Requests: 2, InputTokens: 10, OutputTokens: 14, CacheReadTokens: 2, CacheWriteTokens: 1, Failovers: 1, LatencyMSAvg: 175},
+				{Key: "ai1", Requests: 1, Errors: 1, InputTokens: 7, Failovers: 2, LatencyMSAvg: 100},
 			}},
 			{"?group_by=model&since=" + now.Add(-50*24*time.Hour).Format(time.RFC3339) + "&until=" + now.Add(-150*time.Minute).Format(time.RFC3339Nano), []keybridge.UsageGroup{
-				{Key: "claude", Requests: 1, OutputTokens: 9},
+				{Key: "claude", Requests: 1, OutputTokens: 9, LatencyMSAvg: 50},
 				{Key: "old", Requests: 1},
 			}},
 		} {
 			got := get(tc.query)
-			if !slices.Equal(got.Items, tc.want) {
+			if !storetest.UsageEqual(got.Items, tc.want) {
 				t.Errorf("usage%s = %+v, want %+v", tc.query, got.Items, tc.want)
 			}
 		}
 		if got := get(""); got.GroupBy != "provider" || got.Until.Sub(got.Since) != 30*24*time.Hour || got.Until.Before(now) {
 			t.Errorf("usage defaults = group_by %q, %v..%v; want provider over the last 30 days", got.GroupBy, got.Since, got.Until)
+		}
+		// A series per group: one point per hour with requests, on the
+		// hour in UTC, oldest first.
+		hour := func(d time.Duration) time.Time { return now.Add(d).Truncate(time.Hour) }
+		got := get("?group_by=provider&bucket=hour")
+		want := []keybridge.UsageGroup{
+			{Key: "p1", Requests: 2, Errors: 1, InputTokens: 17, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1, Failovers: 3, LatencyMSAvg: 200,
+				Series: []keybridge.UsagePoint{
+					{Start: hour(-2 * time.Hour), Requests: 1, Errors: 1, InputTokens: 7, Failovers: 2, LatencyMSAvg: 100},
+					{Start: hour(-time.Hour), Requests: 1, InputTokens: 10, OutputTokens: 5, CacheReadTokens: 2, CacheWriteTokens: 1, Failovers: 1, LatencyMSAvg: 300},
+				}},
+			{Key: "p2", Requests: 1, OutputTokens: 9, LatencyMSAvg: 50,
+				Series: []keybridge.UsagePoint{{Start: hour(-3 * time.Hour), Requests: 1, OutputTokens: 9, LatencyMSAvg: 50}}},
+		}
+		if got.Bucket != "hour" || !storetest.UsageEqual(got.Items, want) {
+			t.Errorf("usage?bucket=hour = bucket %q, %+v; want hour, %+v", got.Bucket, got.Items, want)
+		}
+		// The day series sums the same rows per UTC day, whatever hours they
+		// fell in.
+		got = get("?group_by=model&bucket=day")
+		for _, g := range got.Items {
+			var n int64
+			for _, p := range g.Series {
+				n += p.Requests
+				if !p.Start.Equal(p.Start.Truncate(24*time.Hour)) || p.Start.Location() != time.UTC {
+					t.Errorf("usage?bucket=day: point start %v, want midnight UTC", p.Start)
+				}
+			}
+			if len(g.Series) == 0 || n != g.Requests {
+				t.Errorf("usage?bucket=day: group %q has %d requests and a series of %d points totalling %d", g.Key, g.Requests, len(g.Series), n)
+			}
+		}
+		if len(get("").Items[0].Series) != 0 {
+			t.Errorf("usage without bucket has a series; want none")
 		}
 		if got := get("?since=2020-01-01T00:00:00Z&until=2020-02-01T00:00:00Z"); got.Items == nil || len(got.Items) != 0 {
 			t.Errorf("usage of an empty window = %+v, want an empty items array", got)
@@ -330,6 +365,7 @@ func TestUsage(t *testing.T) {
 			code, field      string
 		}{
 			{"a bad group_by", "?group_by=colour", adminKey, keybridge.EInvalid, "group_by"},
+			{"a bad bucket", "?bucket=week", adminKey, keybridge.EInvalid, "bucket"},
 			{"a bad since", "?since=last-week", adminKey, keybridge.EInvalid, "since"},
 			{"until before since", "?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "until"},
 			{"since after the default until", "?since=2999-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "since"},

@@ -37,12 +37,24 @@ const (
 	GroupByAPIKey   UsageGroupBy = "api_key"
 )
 
-// UsageQuery asks for usage of one org in [Since, Until), grouped.
+// UsageBucket is the width of one point of a usage time series.
+type UsageBucket string
+
+// The bucket widths of SPEC §7.7; the zero value asks for no series.
+const (
+	BucketNone UsageBucket = ""
+	BucketHour UsageBucket = "hour"
+	BucketDay  UsageBucket = "day"
+)
+
+// UsageQuery asks for usage of one org in [Since, Until), grouped, and
+// with Bucket set also as a time series per group.
 type UsageQuery struct {
 	OrgID   string
 	GroupBy UsageGroupBy
 	Since   time.Time
 	Until   time.Time
+	Bucket  UsageBucket
 }
 
 // UsageGroup is one row of a usage aggregate.
@@ -54,4 +66,25 @@ type UsageGroup struct {
 	OutputTokens     int64  `json:"output_tokens"`
 	CacheReadTokens  int64  `json:"cache_read_tokens"`
 	CacheWriteTokens int64  `json:"cache_write_tokens"`
+	Failovers        int64  `json:"failovers"`
+	// LatencyMSAvg is the mean of the requests' latency_ms.
+	LatencyMSAvg float64 `json:"latency_ms_avg"`
+	// Series is the group's usage per bucket, oldest first, when the
+	// query asked for one; buckets without requests are left out.
+	Series []UsagePoint `json:"series,omitempty"`
+}
+
+// UsagePoint is one bucket of a group's time series: the group's usage
+// from Start (the bucket's start, on the hour or the UTC day) for one
+// bucket width, clipped to the query's window.
+type UsagePoint struct {
+	Start            time.Time `json:"start"`
+	Requests         int64     `json:"requests"`
+	Errors           int64     `json:"errors"`
+	InputTokens      int64     `json:"input_tokens"`
+	OutputTokens     int64     `json:"output_tokens"`
+	CacheReadTokens  int64     `json:"cache_read_tokens"`
+	CacheWriteTokens int64     `json:"cache_write_tokens"`
+	Failovers        int64     `json:"failovers"`
+	LatencyMSAvg     float64   `json:"latency_ms_avg"`
 }

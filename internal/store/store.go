@@ -369,7 +369,7 @@ type AuditBounds struct {
 type UsageStore interface {
 	// InsertUsage writes a batch of usage records.
 	InsertUsage(ctx context.Context, batch []keybridge.Usage) error
-	// QueryUsage aggregates usage per q. EInvalid for an unknown GroupBy.
+	// QueryUsage aggregates usage per q. EInvalid for an unknown GroupBy or Bucket.
 	QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybridge.UsageGroup, error)
 	// DeleteUsageBefore removes usage older than t and returns how many rows went.
 	DeleteUsageBefore(ctx context.Context, t time.Time) (int64, error)

@@ -127,3 +127,7 @@ func TestListsSortBytewise(t *testing.T) {
 		t.Errorf("Members = %q, want %q", emails, want)
 	}
 }
+
+func TestUsageRollupBackfill(t *testing.T) {
+	storetest.UsageRollupBackfill(t, storetest.Postgres, postgres.Migrate)
+}

@@ -93,3 +93,7 @@ func TestReopen(t *testing.T) {
 		t.Fatalf("Open of a database from a newer release = nil error, want a refusal")
 	}
 }
+
+func TestUsageRollupBackfill(t *testing.T) {
+	storetest.UsageRollupBackfill(t, storetest.SQLite, sqlite.Migrate)
+}

@@ -80,6 +80,57 @@ func compareUsageRollupKeys(a, b usageRollupKey) int {
 		a.bucket.Compare(b.bucket), cmp.Compare(a.key, b.key))
 }
 
+// usageSums are the additive totals of some requests: what a rollup row
+// holds, and what every answer is computed from.
+type usageSums struct {
+	requests, errors, input, output, cacheRead, cacheWrite, failovers int64
+	latencyMS                                                         float64
+}
+
+// add adds one request.
+func (t *usageSums) add(u *keybridge.Usage) {
+	t.requests++
+	if u.Status >= 400 {
+		t.errors++
+	}
+	t.input += u.InputTokens
+	t.output += u.OutputTokens
+	t.cacheRead += u.CacheReadTokens
+	t.cacheWrite += u.CacheWriteTokens
+	t.failovers += int64(u.Failovers)
+	t.latencyMS += u.LatencyMS
+}
+
+// merge adds o's totals.
+func (t *usageSums) merge(o *usageSums) {
+	t.requests += o.requests
+	t.errors += o.errors
+	t.input += o.input
+	t.output += o.output
+	t.cacheRead += o.cacheRead
+	t.cacheWrite += o.cacheWrite
+	t.failovers += o.failovers
+	t.latencyMS += o.latencyMS
+}
+
+// latencyAvg is the mean latency, 0 without requests.
+func (t *usageSums) latencyAvg() float64 {
+	if t.requests == 0 {
+		return 0
+	}
+	return t.latencyMS / float64(t.requests)
+}
+
+func (t *usageSums) group(key string) keybridge.UsageGroup {
+	return keybridge.UsageGroup{Key: key, Requests: t.requests, Errors: t.errors, InputTokens: t.input, OutputTokens: t.output,
+		CacheReadTokens: t.cacheRead, CacheWriteTokens: t.cacheWrite, Failovers: t.failovers, LatencyMSAvg: t.latencyAvg()}
+}
+
+func (t *usageSums) point(start time.Time) keybridge.UsagePoint {
+	return keybridge.UsagePoint{Start: start, Requests: t.requests, Errors: t.errors, InputTokens: t.input, OutputTokens: t.output,
+		CacheReadTokens: t.cacheRead, CacheWriteTokens: t.cacheWrite, Failovers: t.failovers, LatencyMSAvg: t.latencyAvg()}
+}
+
 // InsertUsage implements store.UsageStore. Rows without an ID get one and
 // rows without a time get the transaction's. The raw rows and the rollup
 // totals are written in one transaction, so a query never sees one without
@@ -89,7 +140,7 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 		return nil
 	}
 	return s.write(ctx, func(tx *Store) error {
-		rollup := map[usageRollupKey]*keybridge.UsageGroup{}
+		rollup := map[usageRollupKey]*usageSums{}
 		for i := range batch {
 			u := &batch[i]
 			if u.ID == "" {
@@ -107,10 +158,10 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 					k := usageRollupKey{u.OrgID, d.by, b.period, b.bucket, usageGroupKey(u, d.by)}
 					g := rollup[k]
 					if g == nil {
-						g = &keybridge.UsageGroup{}
+						g = &usageSums{}
 						rollup[k] = g
 					}
-					addUsage(g, u)
+					g.add(u)
 				}
 			}
 		}
@@ -131,18 +182,6 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 	})
 }
 
-// addUsage adds one request to a group's totals.
-func addUsage(g *keybridge.UsageGroup, u *keybridge.Usage) {
-	g.Requests++
-	if u.Status >= 400 {
-		g.Errors++
-	}
-	g.InputTokens += u.InputTokens
-	g.OutputTokens += u.OutputTokens
-	g.CacheReadTokens += u.CacheReadTokens
-	g.CacheWriteTokens += u.CacheWriteTokens
-}
-
 func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage) error {
 	var b strings.Builder
 	b.WriteString(`INSERT INTO usage (id, time, org_id, project_id, user_id, api_key_id, ai_key_id, provider_id, provider_key_id,
@@ -161,18 +200,19 @@ func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage) err
 	return err
 }
 
-func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, totals map[usageRollupKey]*keybridge.UsageGroup) error {
+func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, totals map[usageRollupKey]*usageSums) error {
 	var b strings.Builder
-	b.WriteString(`INSERT INTO usage_rollup (org_id, dim, period, bucket, key, requests, errors, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) VALUES `)
-	args := make([]any, 0, len(keys)*11)
+	b.WriteString(`INSERT INTO usage_rollup (org_id, dim, period, bucket, key, requests, errors, input_tokens, output_tokens,
+		cache_read_tokens, cache_write_tokens, failovers, latency_ms_sum) VALUES `)
+	args := make([]any, 0, len(keys)*13)
 	for i, k := range keys {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 		g := totals[k]
 		args = append(args, k.org, string(k.dim), k.period, s.ts(k.bucket), k.key,
-			g.Requests, g.Errors, g.InputTokens, g.OutputTokens, g.CacheReadTokens, g.CacheWriteTokens)
+			g.requests, g.errors, g.input, g.output, g.cacheRead, g.cacheWrite, g.failovers, g.latencyMS)
 	}
 	b.WriteString(` ON CONFLICT (org_id, dim, period, bucket, key) DO UPDATE SET
 		requests = usage_rollup.requests + excluded.requests,
@@ -180,7 +220,9 @@ func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, to
 		input_tokens = usage_rollup.input_tokens + excluded.input_tokens,
 		output_tokens = usage_rollup.output_tokens + excluded.output_tokens,
 		cache_read_tokens = usage_rollup.cache_read_tokens + excluded.cache_read_tokens,
-		cache_write_tokens = usage_rollup.cache_write_tokens + excluded.cache_write_tokens`)
+		cache_write_tokens = usage_rollup.cache_write_tokens + excluded.cache_write_tokens,
+		failovers = usage_rollup.failovers + excluded.failovers,
+		latency_ms_sum = usage_rollup.latency_ms_sum + excluded.latency_ms_sum`)
 	_, err := s.exec(ctx, b.String(), args...)
 	return err
 }
@@ -191,7 +233,8 @@ type usageSpan struct{ from, to time.Time }
 func (r usageSpan) empty() bool { return !r.from.Before(r.to) }
 
 // usagePlan splits [since, until) into whole UTC days, whole hours and
-// partial hours, the three sources a query reads.
+// partial hours, the three sources a query reads. Each raw span lies
+// within one hour, so that its rows share one hourly bucket.
 type usagePlan struct {
 	days  usageSpan
 	hours [2]usageSpan
@@ -207,16 +250,24 @@ func ceilTrunc(t time.Time, d time.Duration) time.Time {
 	return f.Add(d)
 }
 
-func planUsage(since, until time.Time) usagePlan {
+// planUsage plans [since, until); without days, whole days are read as
+// hours too (an hourly series needs them).
+func planUsage(since, until time.Time, days bool) usagePlan {
 	var p usagePlan
 	hs, he := ceilTrunc(since, time.Hour), until.Truncate(time.Hour)
 	if !hs.Before(he) {
-		p.raw[0] = usageSpan{since, until}
+		// No whole hour: at most the end of one hour and the start of
+		// the next.
+		if hs.Before(until) {
+			p.raw = [2]usageSpan{{since, hs}, {hs, until}}
+		} else {
+			p.raw[0] = usageSpan{since, until}
+		}
 		return p
 	}
 	p.raw = [2]usageSpan{{since, hs}, {he, until}}
 	ds, de := ceilTrunc(hs, usageDay), he.Truncate(usageDay)
-	if !ds.Before(de) {
+	if !days || !ds.Before(de) {
 		p.hours[0] = usageSpan{hs, he}
 		return p
 	}
@@ -229,7 +280,9 @@ func planUsage(since, until time.Time) usagePlan {
 // Since means 30 days before Until. Groups come most requests first, then
 // by key; the key is "" for requests without that dimension (a request
 // made with an AI key has no user, one made with a platform key no project).
-// EInvalid for an unknown GroupBy.
+// With a Bucket, each group also has its series: one point per hour or UTC
+// day that has requests, oldest first, the first and last clipped to the
+// window. EInvalid for an unknown GroupBy or Bucket.
 func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybridge.UsageGroup, error) {
 	expr := ""
 	for _, d := range usageDims {
@@ -239,6 +292,16 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 	}
 	if expr == "" {
 		return nil, keybridge.FieldError("group_by", "must be provider, model, user, project or api_key")
+	}
+	var width time.Duration
+	switch q.Bucket {
+	case keybridge.BucketNone:
+	case keybridge.BucketHour:
+		width = time.Hour
+	case keybridge.BucketDay:
+		width = usageDay
+	default:
+		return nil, keybridge.FieldError("bucket", "must be hour or day")
 	}
 	until := q.Until
 	if until.IsZero() {
@@ -252,24 +315,40 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 	if !since.Before(until) {
 		return []keybridge.UsageGroup{}, nil
 	}
-	p := planUsage(since, until)
+	p := planUsage(since, until, width != time.Hour)
+	series := width != 0
 
-	const sums = `requests, errors, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens`
+	// With a series, every arm also gives the hour or day its totals
+	// belong to: the rollup's bucket, or for raw rows the start of the one
+	// hour their span lies in.
+	bucketCol, rawBucket, groupBy := "", "", "key"
+	if series {
+		bucketCol, groupBy = "bucket, ", "key, bucket"
+		rawBucket = "CAST(? AS INTEGER) AS bucket, "
+		if s.db.Dialect.Name != "sqlite" {
+			rawBucket = "CAST(? AS TIMESTAMPTZ) AS bucket, "
+		}
+	}
+	const sums = `requests, errors, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers, latency_ms_sum`
 	var arms []string
 	var args []any
 	rollupArm := func(period string, r usageSpan) {
 		if r.empty() {
 			return
 		}
-		arms = append(arms, `SELECT key, `+sums+` FROM usage_rollup WHERE org_id = ? AND dim = ? AND period = ? AND bucket >= ? AND bucket < ?`)
+		arms = append(arms, `SELECT key, `+bucketCol+sums+` FROM usage_rollup WHERE org_id = ? AND dim = ? AND period = ? AND bucket >= ? AND bucket < ?`)
 		args = append(args, q.OrgID, string(q.GroupBy), period, s.ts(r.from), s.ts(r.to))
 	}
 	rawArm := func(r usageSpan) {
 		if r.empty() {
 			return
 		}
-		arms = append(arms, `SELECT `+expr+` AS key, 1 AS requests, CASE WHEN status >= 400 THEN 1 ELSE 0 END AS errors,
-			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens FROM usage WHERE org_id = ? AND time >= ? AND time < ?`)
+		arms = append(arms, `SELECT `+expr+` AS key, `+rawBucket+`1 AS requests, CASE WHEN status >= 400 THEN 1 ELSE 0 END AS errors,
+			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers, latency_ms AS latency_ms_sum
+			FROM usage WHERE org_id = ? AND time >= ? AND time < ?`)
+		if series {
+			args = append(args, s.ts(r.from.Truncate(time.Hour)))
+		}
 		args = append(args, q.OrgID, s.ts(r.from), s.ts(r.to))
 	}
 	rollupArm("d", p.days)
@@ -280,24 +359,68 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 		rawArm(r)
 	}
 	// CAST: PostgreSQL sums BIGINTs into NUMERIC.
-	query := `SELECT key, CAST(SUM(requests) AS BIGINT), CAST(SUM(errors) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT),
-		CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT)
-		FROM (` + strings.Join(arms, " UNION ALL ") + `) t GROUP BY key`
+	query := `SELECT key, ` + bucketCol + `CAST(SUM(requests) AS BIGINT), CAST(SUM(errors) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT),
+		CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT),
+		CAST(SUM(failovers) AS BIGINT), SUM(latency_ms_sum)
+		FROM (` + strings.Join(arms, " UNION ALL ") + `) t GROUP BY ` + groupBy
 	rows, err := s.query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query usage: %w", err)
 	}
 	defer rows.Close()
-	out := []keybridge.UsageGroup{}
+	type point struct {
+		key   string
+		start time.Time
+	}
+	totals := map[string]*usageSums{}
+	points := map[point]*usageSums{}
 	for rows.Next() {
-		var g keybridge.UsageGroup
-		if err := rows.Scan(&g.Key, &g.Requests, &g.Errors, &g.InputTokens, &g.OutputTokens, &g.CacheReadTokens, &g.CacheWriteTokens); err != nil {
+		var (
+			key    string
+			bucket time.Time
+			t      usageSums
+		)
+		dest := []any{&key, &t.requests, &t.errors, &t.input, &t.output, &t.cacheRead, &t.cacheWrite, &t.failovers, &t.latencyMS}
+		if series {
+			dest = slices.Insert(dest, 1, any(timeCol{&bucket}))
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
-		out = append(out, g)
+		g := totals[key]
+		if g == nil {
+			g = &usageSums{}
+			totals[key] = g
+		}
+		g.merge(&t)
+		if series {
+			// Hourly totals and raw rows fold into their day.
+			k := point{key, bucket.Truncate(width)}
+			pt := points[k]
+			if pt == nil {
+				pt = &usageSums{}
+				points[k] = pt
+			}
+			pt.merge(&t)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	out := make([]keybridge.UsageGroup, 0, len(totals))
+	index := make(map[string]int, len(totals))
+	for key, t := range totals {
+		index[key] = len(out)
+		out = append(out, t.group(key))
+	}
+	if series {
+		for k, t := range points {
+			g := &out[index[k.key]]
+			g.Series = append(g.Series, t.point(k.start))
+		}
+		for i := range out {
+			slices.SortFunc(out[i].Series, func(a, b keybridge.UsagePoint) int { return a.Start.Compare(b.Start) })
+		}
 	}
 	// Sorted here rather than in SQL: byte order of keys is the same on
 	// both engines, whatever collation the database uses.

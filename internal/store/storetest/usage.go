@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/sqlstore"
 )
 
 // Helpers of the usage suite, prefixed "usage".
@@ -41,9 +44,29 @@ func usageKeyOf(u *keybridge.Usage, by keybridge.UsageGroupBy) string {
 	panic("unknown group by " + by)
 }
 
-// usageExpect aggregates rows the slow, obvious way.
+// usageExpect aggregates rows the slow, obvious way: per group, and with
+// q.Bucket per group per hour or UTC day.
 func usageExpect(rows []keybridge.Usage, q keybridge.UsageQuery) []keybridge.UsageGroup {
-	groups := map[string]*keybridge.UsageGroup{}
+	type sums struct {
+		g       keybridge.UsageGroup
+		latency float64
+	}
+	add := func(s *sums, u *keybridge.Usage) {
+		s.g.Requests++
+		if u.Status >= 400 {
+			s.g.Errors++
+		}
+		s.g.InputTokens += u.InputTokens
+		s.g.OutputTokens += u.OutputTokens
+		s.g.CacheReadTokens += u.CacheReadTokens
+		s.g.CacheWriteTokens += u.CacheWriteTokens
+		s.g.Failovers += int64(u.Failovers)
+		s.latency += u.LatencyMS
+		s.g.LatencyMSAvg = s.latency / float64(s.g.Requests)
+	}
+	width := map[keybridge.UsageBucket]time.Duration{keybridge.BucketHour: time.Hour, keybridge.BucketDay: 24 * time.Hour}[q.Bucket]
+	groups := map[string]*sums{}
+	points := map[string]map[time.Time]*sums{}
 	for i := range rows {
 		u := &rows[i]
 		if u.OrgID != q.OrgID || u.Time.Before(q.Since) || !u.Time.Before(q.Until) {
@@ -52,24 +75,50 @@ func usageExpect(rows []keybridge.Usage, q keybridge.UsageQuery) []keybridge.Usa
 		k := usageKeyOf(u, q.GroupBy)
 		g := groups[k]
 		if g == nil {
-			g = &keybridge.UsageGroup{Key: k}
+			g = &sums{g: keybridge.UsageGroup{Key: k}}
 			groups[k] = g
+			points[k] = map[time.Time]*sums{}
 		}
-		g.Requests++
-		if u.Status >= 400 {
-			g.Errors++
+		add(g, u)
+		if width != 0 {
+			start := u.Time.UTC().Truncate(width)
+			p := points[k][start]
+			if p == nil {
+				p = &sums{}
+				points[k][start] = p
+			}
+			add(p, u)
 		}
-		g.InputTokens += u.InputTokens
-		g.OutputTokens += u.OutputTokens
-		g.CacheReadTokens += u.CacheReadTokens
-		g.CacheWriteTokens += u.CacheWriteTokens
 	}
 	out := []keybridge.UsageGroup{}
-	for _, g := range groups {
-		out = append(out, *g)
+	for k, g := range groups {
+		for _, start := range slices.SortedFunc(maps.Keys(points[k]), time.Time.Compare) {
+			p := points[k][start].g
+			g.g.Series = append(g.g.Series, keybridge.UsagePoint{Start: start, Requests: p.Requests, Errors: p.Errors,
+				InputTokens: p.InputTokens, OutputTokens: p.OutputTokens, CacheReadTokens: p.CacheReadTokens,
+				CacheWriteTokens: p.CacheWriteTokens, Failovers: p.Failovers, LatencyMSAvg: p.LatencyMSAvg})
+		}
+		out = append(out, g.g)
 	}
 	usageSort(out)
 	return out
+}
+
+// UsageEqual reports whether two usage answers agree: every count exactly,
+// the mean latencies to within float rounding (a sum's last bits depend on
+// the order it was added in).
+func UsageEqual(got, want []keybridge.UsageGroup) bool {
+	near := func(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+	return slices.EqualFunc(got, want, func(a, b keybridge.UsageGroup) bool {
+		return a.Key == b.Key && a.Requests == b.Requests && a.Errors == b.Errors && a.InputTokens == b.InputTokens &&
+			a.OutputTokens == b.OutputTokens && a.CacheReadTokens == b.CacheReadTokens && a.CacheWriteTokens == b.CacheWriteTokens &&
+			a.Failovers == b.Failovers && near(a.LatencyMSAvg, b.LatencyMSAvg) &&
+			slices.EqualFunc(a.Series, b.Series, func(p, q keybridge.UsagePoint) bool {
+				pl, ql := p.LatencyMSAvg, q.LatencyMSAvg
+				p.LatencyMSAvg, q.LatencyMSAvg = 0, 0
+				return p == q && near(pl, ql)
+			})
+	})
 }
 
 // usageSort is the order QueryUsage answers in: most requests first, then
@@ -121,8 +170,8 @@ func usageCheck(t *testing.T, st store.Store, rows []keybridge.Usage, q keybridg
 		t.Fatalf("QueryUsage(%s, %v..%v) = %v", q.GroupBy, q.Since, q.Until, err)
 	}
 	want := usageExpect(rows, q)
-	if !slices.Equal(got, want) {
-		t.Errorf("QueryUsage(%s, %v..%v) =\n%+v\nwant\n%+v", q.GroupBy, q.Since, q.Until, got, want)
+	if !UsageEqual(got, want) {
+		t.Errorf("QueryUsage(%s, bucket %q, %v..%v) =\n%+v\nwant\n%+v", q.GroupBy, q.Bucket, q.Since, q.Until, got, want)
 	}
 }
 
@@ -165,13 +214,16 @@ func testUsage(t *testing.T, newStore Factory) {
 		}
 		for _, rg := range ranges {
 			for _, by := range usageGroupBys {
-				usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org-a", GroupBy: by, Since: rg.since, Until: rg.until})
+				for _, b := range []keybridge.UsageBucket{keybridge.BucketNone, keybridge.BucketHour, keybridge.BucketDay} {
+					usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org-a", GroupBy: by, Since: rg.since, Until: rg.until, Bucket: b})
+				}
 			}
 		}
 		for i := 0; i < 20; i++ {
 			a := start.Add(time.Duration(r.Int64N(int64(7 * 24 * time.Hour)))).Truncate(time.Microsecond)
 			b := a.Add(time.Duration(r.Int64N(int64(4 * 24 * time.Hour)))).Truncate(time.Microsecond)
-			usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org-b", GroupBy: usageGroupBys[i%len(usageGroupBys)], Since: a, Until: b})
+			bucket := []keybridge.UsageBucket{keybridge.BucketNone, keybridge.BucketHour, keybridge.BucketDay}[i%3]
+			usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org-b", GroupBy: usageGroupBys[i%len(usageGroupBys)], Since: a, Until: b, Bucket: bucket})
 		}
 		got, err := st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org-none", GroupBy: keybridge.GroupByModel, Since: start, Until: edge})
 		if err != nil || len(got) != 0 {
@@ -199,7 +251,7 @@ func testUsage(t *testing.T, newStore Factory) {
 			{Key: "recent", Requests: 2, Errors: 1, InputTokens: 2, OutputTokens: 3},
 			{Key: "now", Requests: 1},
 		}
-		if !slices.Equal(got, want) {
+		if !UsageEqual(got, want) {
 			t.Errorf("QueryUsage(last 30 days by default) = %+v, want %+v", got, want)
 		}
 		got, err = st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: keybridge.GroupByModel})
@@ -208,6 +260,8 @@ func testUsage(t *testing.T, newStore Factory) {
 		}
 		_, err = st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: "colour"})
 		baseCode(t, "QueryUsage(unknown group by)", err, keybridge.EInvalid)
+		_, err = st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: keybridge.GroupByModel, Bucket: "week"})
+		baseCode(t, "QueryUsage(unknown bucket)", err, keybridge.EInvalid)
 		if err := st.InsertUsage(ctx, nil); err != nil {
 			t.Errorf("InsertUsage(empty batch) = %v", err)
 		}
@@ -246,6 +300,7 @@ func testUsage(t *testing.T, newStore Factory) {
 			// the totals went with the rows.
 			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(-24 * time.Hour), Until: start.Add(11 * 24 * time.Hour)})
 			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: day.Add(-90 * time.Minute), Until: day.Add(26 * time.Hour)})
+			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: day.Add(-90 * time.Minute), Until: day.Add(26 * time.Hour), Bucket: keybridge.BucketDay})
 		}
 		if n, err := st.DeleteUsageBefore(ctx, cut); err != nil || n != 0 {
 			t.Errorf("DeleteUsageBefore(again) = %d, %v; want 0", n, err)
@@ -294,4 +349,38 @@ func testUsage(t *testing.T, newStore Factory) {
 			t.Errorf("QueryUsage after a rolled-back insert = %+v, %v; want nothing, neither rows nor totals", got, err)
 		}
 	})
+}
+
+// UsageRollupBackfill checks the migration that added failovers and
+// latency to usage_rollup: on a store put back to the schema before it,
+// holding usage, migrate must fill the new totals in from the raw rows so
+// that every query answers as if they had been kept from the start.
+func UsageRollupBackfill(t *testing.T, newStore Factory, migrate func(context.Context, *sqlstore.DB) error) {
+	ctx := context.Background()
+	st := newStore(t)
+	r := rand.New(rand.NewPCG(5, 6))
+	start := time.Date(2031, 5, 1, 7, 45, 0, 0, time.UTC)
+	rows := usageRows(r, "org", 1500, start, 3*24*time.Hour)
+	if err := st.InsertUsage(ctx, rows); err != nil {
+		t.Fatalf("InsertUsage = %v", err)
+	}
+	raw := RawOf(t, st)
+	for _, stmt := range []string{
+		`ALTER TABLE usage_rollup DROP COLUMN failovers`,
+		`ALTER TABLE usage_rollup DROP COLUMN latency_ms_sum`,
+		`DELETE FROM schema_migrations WHERE version = 6`,
+	} {
+		if _, err := raw.DB.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	if err := migrate(ctx, st.(*sqlstore.Store).DB()); err != nil {
+		t.Fatalf("migrate = %v", err)
+	}
+	for _, by := range usageGroupBys {
+		for _, b := range []keybridge.UsageBucket{keybridge.BucketNone, keybridge.BucketHour, keybridge.BucketDay} {
+			usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(-time.Hour), Until: start.Add(4 * 24 * time.Hour), Bucket: b})
+			usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(25 * time.Minute), Until: start.Add(50*time.Hour + 10*time.Minute), Bucket: b})
+		}
+	}
 }
