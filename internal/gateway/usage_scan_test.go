@@ -1,18 +1,23 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/providertest"
 )
 
 // scanCase is a response body and the tokens SPEC §7.7 reads from it. The
@@ -519,4 +524,129 @@ func TestUsageBedrockBadChunk(t *testing.T) {
 	if got, ok := s.Tokens(); !ok || got != (tokens{Output: 4}) {
 		t.Fatalf("Tokens() = %+v, %v; want {Output:4}", got, ok)
 	}
+}
+
+// The scanners read what the provider mocks send, byte for byte as they
+// send it, to the numbers each mock was told to report.
+func TestUsageFromMocks(t *testing.T) {
+	u := providertest.Usage{Input: 1234, Output: 567, CacheRead: 89, CacheWrite: 45, Reasoning: 23}
+	// OpenAI and Gemini have no cache writes.
+	noWrite := tokens{Input: u.Input, Output: u.Output, CacheRead: u.CacheRead}
+	all := tokens{Input: u.Input, Output: u.Output, CacheRead: u.CacheRead, CacheWrite: u.CacheWrite}
+
+	oa := providertest.NewOpenAI(t)
+	oa.AddKey("sk-mock")
+	an := providertest.NewAnthropic(t)
+	an.AddKey("sk-ant-mock")
+	ge := providertest.NewGemini(t)
+	ge.AddKey("AIza-mock")
+	br := providertest.NewBedrock(t, "us-east-1", "AKIDMOCK", "secretmock")
+	br.AddKey("bedrock-mock")
+	for _, s := range []*providertest.Server{oa, an, ge, br} {
+		s.Usage, s.Events = u, 7
+	}
+	oaHead := http.Header{"Authorization": {"Bearer sk-mock"}}
+	anHead := http.Header{"X-Api-Key": {"sk-ant-mock"}, "Anthropic-Version": {"2023-06-01"}}
+	geHead := http.Header{"X-Goog-Api-Key": {"AIza-mock"}}
+	brHead := http.Header{"Authorization": {"Bearer bedrock-mock"}}
+	const claude = `{"anthropic_version":"bedrock-2023-05-31","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`
+	const nova = `{"messages":[{"role":"user","content":[{"text":"hi"}]}]}`
+	for _, c := range []struct {
+		name string
+		t    keybridge.ProviderType
+		s    *providertest.Server
+		path string
+		head http.Header
+		body string
+		want tokens
+	}{
+		{"openai chat", keybridge.ProviderOpenAI, oa, "/v1/chat/completions", oaHead, `{"model":"gpt-4o","messages":[]}`, noWrite},
+		{"openai chat stream", keybridge.ProviderOpenAI, oa, "/v1/chat/completions", oaHead, `{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}`, noWrite},
+		{"openai responses", keybridge.ProviderOpenAI, oa, "/v1/responses", oaHead, `{"model":"gpt-5","input":"hi"}`, noWrite},
+		{"openai responses stream", keybridge.ProviderOpenAI, oa, "/v1/responses", oaHead, `{"model":"gpt-5","input":"hi","stream":true}`, noWrite},
+		{"azure chat stream", keybridge.ProviderAzureOpenAI, oa, "/openai/deployments/d/chat/completions?api-version=2024-10-21", http.Header{"Api-Key": {"sk-mock"}}, `{"stream":true,"stream_options":{"include_usage":true}}`, noWrite},
+		{"anthropic", keybridge.ProviderAnthropic, an, "/v1/messages", anHead, `{"model":"claude","max_tokens":100,"messages":[]}`, all},
+		{"anthropic stream", keybridge.ProviderAnthropic, an, "/v1/messages", anHead, `{"model":"claude","max_tokens":100,"messages":[],"stream":true}`, all},
+		{"gemini", keybridge.ProviderGoogle, ge, "/v1beta/models/gemini-2.5-flash:generateContent", geHead, `{"contents":[{"parts":[{"text":"hi"}]}]}`, noWrite},
+		{"gemini sse", keybridge.ProviderGoogle, ge, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", geHead, `{"contents":[{"parts":[{"text":"hi"}]}]}`, noWrite},
+		{"gemini array", keybridge.ProviderGoogle, ge, "/v1beta/models/gemini-2.5-flash:streamGenerateContent", geHead, `{"contents":[{"parts":[{"text":"hi"}]}]}`, noWrite},
+		{"bedrock invoke claude", keybridge.ProviderBedrock, br, "/model/anthropic.claude-sonnet-4-5/invoke", brHead, claude, all},
+		{"bedrock invoke nova", keybridge.ProviderBedrock, br, "/model/amazon.nova-pro-v1:0/invoke", brHead, nova, all},
+		{"bedrock invoke stream claude", keybridge.ProviderBedrock, br, "/model/anthropic.claude-sonnet-4-5/invoke-with-response-stream", brHead, claude, all},
+		{"bedrock invoke stream nova", keybridge.ProviderBedrock, br, "/model/amazon.nova-pro-v1:0/invoke-with-response-stream", brHead, nova, all},
+		{"bedrock converse", keybridge.ProviderBedrock, br, "/model/amazon.nova-pro-v1:0/converse", brHead, nova, all},
+		{"bedrock converse stream", keybridge.ProviderBedrock, br, "/model/us.anthropic.claude-sonnet-4-5/converse-stream", brHead, nova, all},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodPost, c.s.URL+c.path, strings.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = c.head.Clone()
+			req.Header.Set("Content-Type", "application/json")
+			// No Accept-Encoding of the transport's own: the body is read
+			// exactly as the provider sent it.
+			req.Header.Set("Accept-Encoding", "identity")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s %s: %d %v %s", req.Method, c.path, resp.StatusCode, err, body)
+			}
+			path, _, _ := strings.Cut(c.path, "?")
+			s := newUsageScanner(c.t, path, resp.Header.Get("Content-Type"), resp.Header)
+			if s == nil {
+				t.Fatalf("no scanner for %s %q", resp.Header.Get("Content-Type"), c.path)
+			}
+			// In pieces of odd sizes, as a relay may see them.
+			for len(body) > 0 {
+				n := min(len(body), 97)
+				s.Write(body[:n])
+				body = body[n:]
+			}
+			if got, ok := s.Tokens(); !ok || got != c.want {
+				t.Errorf("Tokens() = %+v, %v; want %+v, true", got, ok, c.want)
+			}
+		})
+	}
+
+	t.Run("openai responses websocket", func(t *testing.T) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(oa.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// A deadline so that a broken reader fails the test instead of
+		// hanging it; it does not time anything.
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Fprintf(conn, "GET /v1/responses HTTP/1.1\r\nHost: mock\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer sk-mock\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v, %v", resp, err)
+		}
+		var seen []wsSeen
+		w := newWSUsageReader(func(t tokens, model string) { seen = append(seen, wsSeen{t, model}) })
+		for _, model := range []string{"gpt-5", "gpt-5-mini"} {
+			if _, err := conn.Write(wsFrame(true, 1, []byte(`{"type":"response.create","model":"`+model+`","input":"hi"}`), true)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		buf := make([]byte, 333)
+		for len(seen) < 2 {
+			n, err := br.Read(buf)
+			if err != nil {
+				t.Fatalf("after %d responses: %v", len(seen), err)
+			}
+			_, _ = w.Write(buf[:n])
+		}
+		want := []wsSeen{{noWrite, "gpt-5"}, {noWrite, "gpt-5-mini"}}
+		if seen[0] != want[0] || seen[1] != want[1] {
+			t.Errorf("responses = %+v, want %+v", seen, want)
+		}
+	})
 }
