@@ -1,0 +1,1310 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// This file reads token usage (SPEC §7.7) from response bytes as they are
+// relayed. Nothing here holds a response back or parses a whole body: a
+// small streaming JSON walker picks the few numbers a usage object has out
+// of the bytes, and for event streams only the events that can carry usage
+// are walked at all.
+
+// tokens is what one response reports (SPEC §7.7).
+type tokens struct{ Input, Output, CacheRead, CacheWrite int64 }
+
+// usageScanner reads usage from a response body as it is relayed, in chunks
+// of any size and split, never retaining p, never allocating per chunk in
+// steady state.
+type usageScanner interface {
+	// Write takes bytes of the response body, after HTTP chunked framing.
+	Write(p []byte)
+	// Tokens is what was seen so far with the cumulative rules applied;
+	// false: nothing seen.
+	Tokens() (tokens, bool)
+}
+
+// maxUsageEvent bounds what a scanner buffers of one event or message:
+// larger ones are skipped, so a huge response cannot make the gateway hold
+// a huge buffer.
+const maxUsageEvent = 1 << 20
+
+// newUsageScanner picks the scanner for a response of provider type t to a
+// request path, from its Content-Type; nil when the answer carries no usage
+// (e.g. a model list) or cannot be read (a compressed body).
+func newUsageScanner(t keybridge.ProviderType, path string, contentType string, h http.Header) usageScanner {
+	if ce := h.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return nil
+	}
+	path, _, _ = strings.Cut(path, "?")
+	media := contentType
+	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
+		media = mt
+	}
+	media = strings.ToLower(media)
+	sse := media == "text/event-stream"
+	jsonBody := media == "application/json" || strings.HasSuffix(media, "+json")
+	switch t {
+	case keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible:
+		var f *usageFormat
+		switch {
+		case strings.HasSuffix(path, "/responses"):
+			f = &formatResponses
+		case strings.HasSuffix(path, "/completions"), strings.HasSuffix(path, "/embeddings"):
+			f = &formatChat
+		default:
+			return nil
+		}
+		return newBodyScanner(f, sse, jsonBody)
+	case keybridge.ProviderAnthropic:
+		if !strings.HasSuffix(path, "/messages") {
+			return nil
+		}
+		return newBodyScanner(&formatAnthropic, sse, jsonBody)
+	case keybridge.ProviderGoogle:
+		if !strings.Contains(path, ":generateContent") && !strings.Contains(path, ":streamGenerateContent") {
+			return nil
+		}
+		return newBodyScanner(&formatGemini, sse, jsonBody)
+	case keybridge.ProviderBedrock:
+		op := path[strings.LastIndexByte(path, '/')+1:]
+		switch op {
+		case "invoke", "converse", "invoke-with-response-stream", "converse-stream":
+		default:
+			return nil
+		}
+		if media == "application/vnd.amazon.eventstream" {
+			s := &eventStreamScanner{}
+			s.w.init(&formatBedrock.schema)
+			return s
+		}
+		s := &bedrockBodyScanner{head: bedrockHeaderTokens(h)}
+		if jsonBody {
+			s.w.init(&formatBedrock.schema)
+			s.w.begin()
+		}
+		if !s.head.ok && !jsonBody {
+			return nil
+		}
+		return s
+	}
+	return nil
+}
+
+// newBodyScanner reads a whole-body format as SSE or as JSON.
+func newBodyScanner(f *usageFormat, sse, jsonBody bool) usageScanner {
+	switch {
+	case sse:
+		s := &sseScanner{f: f}
+		s.w.init(&f.schema)
+		return s
+	case jsonBody:
+		s := &jsonScanner{f: f}
+		s.w.init(&f.schema)
+		s.w.begin()
+		return s
+	}
+	return nil
+}
+
+// Slots of a walker's numbers, each format filling them with its own
+// fields and turning them into tokens.
+const (
+	slotIn = iota
+	slotOut
+	slotRead
+	slotWrite
+	slotThoughts
+	nSlots
+
+	// String slots, for a response event's type and model.
+	slotType  = 8
+	slotModel = 9
+)
+
+const numericSlots = 1<<nSlots - 1
+
+// usageFormat is one provider's way of reporting usage: where its numbers
+// are and how they become tokens.
+type usageFormat struct {
+	schema jschema
+	// tokens turns the slots into tokens.
+	tokens func(v *[nSlots]int64) tokens
+	// wantEvent reports whether a named SSE event can carry usage; nil:
+	// the format's events are not named, and a name is ignored.
+	wantEvent func(name []byte) bool
+	// mayCarry is the cheap test of an unnamed event's data.
+	mayCarry func(data []byte) bool
+	// typed formats count an unnamed event's usage only if its "type"
+	// says it is a usage-bearing event.
+	typed bool
+	// lazy formats report only the last usage object, so only the last
+	// event holding one is kept and walked when the tokens are asked for.
+	lazy bool
+}
+
+// openaiTokens: the prompt count includes the cached part (OpenAI chat and
+// Responses, Gemini).
+func openaiTokens(v *[nSlots]int64) tokens {
+	return tokens{Input: v[slotIn] - v[slotRead], CacheRead: v[slotRead], Output: v[slotOut] + v[slotThoughts]}
+}
+
+// anthropicTokens: the input count excludes the cached parts (Anthropic,
+// Bedrock).
+func anthropicTokens(v *[nSlots]int64) tokens {
+	return tokens{Input: v[slotIn], Output: v[slotOut], CacheRead: v[slotRead], CacheWrite: v[slotWrite]}
+}
+
+var (
+	formatChat = usageFormat{
+		schema: newSchema([]string{"usage"},
+			jleaf{"usage.prompt_tokens", slotIn},
+			jleaf{"usage.prompt_tokens_details.cached_tokens", slotRead},
+			jleaf{"usage.completion_tokens", slotOut},
+		),
+		tokens:   openaiTokens,
+		mayCarry: func(d []byte) bool { return hasObject(d, keyUsage) },
+	}
+	formatResponses = usageFormat{
+		schema: newSchema([]string{"usage", "response.usage"},
+			jleaf{"usage.input_tokens", slotIn},
+			jleaf{"usage.input_tokens_details.cached_tokens", slotRead},
+			jleaf{"usage.output_tokens", slotOut},
+			jleaf{"response.usage.input_tokens", slotIn},
+			jleaf{"response.usage.input_tokens_details.cached_tokens", slotRead},
+			jleaf{"response.usage.output_tokens", slotOut},
+			jleaf{"response.model", slotModel},
+			jleaf{"type", slotType},
+		),
+		tokens:    openaiTokens,
+		wantEvent: isResponseDone,
+		mayCarry:  func(d []byte) bool { return hasObject(d, keyUsage) },
+		typed:     true,
+	}
+	formatAnthropic = usageFormat{
+		// message_delta's usage is cumulative and may repeat the input
+		// fields: each field's last value counts, so nothing is reset.
+		schema: newSchema(nil, anthropicLeaves("usage", "message.usage")...),
+		tokens: anthropicTokens,
+		wantEvent: func(n []byte) bool {
+			return string(n) == "message_start" || string(n) == "message_delta"
+		},
+		mayCarry: func(d []byte) bool { return hasObject(d, keyUsage) },
+	}
+	formatGemini = usageFormat{
+		schema: newSchema([]string{"usageMetadata"},
+			jleaf{"usageMetadata.promptTokenCount", slotIn},
+			jleaf{"usageMetadata.cachedContentTokenCount", slotRead},
+			jleaf{"usageMetadata.candidatesTokenCount", slotOut},
+			jleaf{"usageMetadata.thoughtsTokenCount", slotThoughts},
+		),
+		tokens:   openaiTokens,
+		mayCarry: func(d []byte) bool { return hasObject(d, keyUsageMetadata) },
+		lazy:     true,
+	}
+	// formatBedrock covers every body Bedrock's runtime answers with:
+	// Anthropic's on invoke of Claude (and inside stream chunks), Converse's
+	// and Nova's usage, Converse's stream metadata and the invocation
+	// metrics of a stream's last chunk, which count over what the chunks
+	// before said.
+	formatBedrock = usageFormat{
+		schema: newSchema(nil, append(anthropicLeaves("usage", "message.usage"),
+			jleaf{"usage.inputTokens", slotIn},
+			jleaf{"usage.outputTokens", slotOut},
+			jleaf{"usage.cacheReadInputTokens", slotRead},
+			jleaf{"usage.cacheWriteInputTokens", slotWrite},
+			jleaf{"usage.cacheReadInputTokenCount", slotRead},
+			jleaf{"usage.cacheWriteInputTokenCount", slotWrite},
+			jleaf{"metadata.usage.inputTokens", slotIn},
+			jleaf{"metadata.usage.outputTokens", slotOut},
+			jleaf{"metadata.usage.cacheReadInputTokens", slotRead},
+			jleaf{"metadata.usage.cacheWriteInputTokens", slotWrite},
+			jleaf{"metadata.usage.cacheReadInputTokenCount", slotRead},
+			jleaf{"metadata.usage.cacheWriteInputTokenCount", slotWrite},
+			jleaf{"amazon-bedrock-invocationMetrics.inputTokenCount", slotIn},
+			jleaf{"amazon-bedrock-invocationMetrics.outputTokenCount", slotOut},
+			jleaf{"amazon-bedrock-invocationMetrics.cacheReadInputTokenCount", slotRead},
+			jleaf{"amazon-bedrock-invocationMetrics.cacheWriteInputTokenCount", slotWrite},
+		)...),
+		tokens: anthropicTokens,
+		mayCarry: func(d []byte) bool {
+			return hasObject(d, keyUsage) || hasObject(d, keyInvocationMetrics)
+		},
+	}
+)
+
+func anthropicLeaves(prefixes ...string) []jleaf {
+	var l []jleaf
+	for _, p := range prefixes {
+		l = append(l,
+			jleaf{p + ".input_tokens", slotIn},
+			jleaf{p + ".output_tokens", slotOut},
+			jleaf{p + ".cache_read_input_tokens", slotRead},
+			jleaf{p + ".cache_creation_input_tokens", slotWrite},
+		)
+	}
+	return l
+}
+
+// isResponseDone reports whether a Responses event type is one whose
+// response carries the final usage.
+func isResponseDone(typ []byte) bool {
+	switch string(typ) {
+	case "response.completed", "response.incomplete", "response.failed":
+		return true
+	}
+	return false
+}
+
+// Keys the cheap tests look for, each with the index of a byte that is
+// rare in JSON text, so that the search skips ahead with IndexByte instead
+// of stopping at every quote.
+var (
+	keyUsage             = searchKey{[]byte(`"usage"`), 4}
+	keyUsageMetadata     = searchKey{[]byte(`"usageMetadata"`), 6}
+	keyInvocationMetrics = searchKey{[]byte(`"amazon-bedrock-invocationMetrics"`), 26}
+	lineFeed             = []byte{'\n'}
+)
+
+type searchKey struct {
+	b      []byte
+	anchor int
+}
+
+// index is bytes.Index(data, k.b), faster on JSON.
+func (k searchKey) index(data []byte) int {
+	c := k.b[k.anchor]
+	for i := k.anchor; i < len(data); {
+		j := bytes.IndexByte(data[i:], c)
+		if j < 0 {
+			return -1
+		}
+		i += j
+		if start := i - k.anchor; start+len(k.b) <= len(data) && bytes.Equal(data[start:start+len(k.b)], k.b) {
+			return start
+		}
+		i++
+	}
+	return -1
+}
+
+// hasObject reports whether data holds key followed by a colon and an
+// object: `"usage":{`, not the `"usage":null` of every OpenAI chunk.
+func hasObject(data []byte, key searchKey) bool {
+	for {
+		i := key.index(data)
+		if i < 0 {
+			return false
+		}
+		data = data[i+len(key.b):]
+		j := skipSpace(data, 0)
+		if j < len(data) && data[j] == ':' {
+			j = skipSpace(data, j+1)
+			if j < len(data) && data[j] == '{' {
+				return true
+			}
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// walkerTokens is what a walker has seen, in f's terms.
+func walkerTokens(f *usageFormat, w *jwalk) (tokens, bool) {
+	if w.set&numericSlots == 0 {
+		return tokens{}, false
+	}
+	return f.tokens(&w.vals), true
+}
+
+// jsonScanner reads a JSON body, or Gemini's stream of one JSON array,
+// whose elements each are a response.
+type jsonScanner struct {
+	f *usageFormat
+	w jwalk
+}
+
+func (s *jsonScanner) Write(p []byte)         { s.w.write(p) }
+func (s *jsonScanner) Tokens() (tokens, bool) { return walkerTokens(s.f, &s.w) }
+
+// bedrockBodyScanner reads a Bedrock body's usage, and falls back on the
+// token-count headers for bodies whose usage it does not know (models
+// other than Claude's and Nova's on invoke).
+type bedrockBodyScanner struct {
+	head headerTokens
+	w    jwalk
+}
+
+type headerTokens struct {
+	t  tokens
+	ok bool
+}
+
+func (s *bedrockBodyScanner) Write(p []byte) {
+	if s.w.sc != nil {
+		s.w.write(p)
+	}
+}
+
+func (s *bedrockBodyScanner) Tokens() (tokens, bool) {
+	if s.w.sc != nil {
+		if t, ok := walkerTokens(&formatBedrock, &s.w); ok {
+			return t, true
+		}
+	}
+	return s.head.t, s.head.ok
+}
+
+// bedrockHeaderTokens reads the x-amzn-bedrock-*-token-count headers.
+func bedrockHeaderTokens(h http.Header) headerTokens {
+	var ht headerTokens
+	for _, f := range [...]struct {
+		name string
+		dst  *int64
+	}{
+		{"X-Amzn-Bedrock-Input-Token-Count", &ht.t.Input},
+		{"X-Amzn-Bedrock-Output-Token-Count", &ht.t.Output},
+		{"X-Amzn-Bedrock-Cache-Read-Input-Token-Count", &ht.t.CacheRead},
+		{"X-Amzn-Bedrock-Cache-Write-Input-Token-Count", &ht.t.CacheWrite},
+	} {
+		if v := h.Get(f.name); v != "" {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n >= 0 {
+				*f.dst, ht.ok = n, true
+			}
+		}
+	}
+	return ht
+}
+
+// sseScanner reads a server-sent event stream: it finds event boundaries
+// and field lines itself, drops events whose name says they carry no usage
+// without copying them, and walks the rest.
+type sseScanner struct {
+	f *usageFormat
+	w jwalk
+
+	ls    uint8 // where in a line the stream is
+	kind  uint8 // the current line's field
+	sawCR bool  // the last byte ended a line with CR: an LF after it belongs to it
+	field [8]byte
+	flen  int
+
+	name     [64]byte
+	nlen     int
+	hasData  bool   // the event has had a data line
+	skip     bool   // the event cannot carry usage, or outgrew maxUsageEvent
+	direct   bool   // data goes straight to the walker: the name asked for it
+	data     []byte // the event's data, for unnamed events
+	pending  []byte // a lazy format's last event holding usage
+	dirty    bool   // pending has not been walked
+	snapshot [nSlots]int64
+}
+
+// Line positions.
+const (
+	lsStart uint8 = iota
+	lsField
+	lsSpace // after the colon: one space is skipped
+	lsValue
+)
+
+// Fields the scanner looks at.
+const (
+	fieldOther uint8 = iota
+	fieldData
+	fieldEvent
+)
+
+func (s *sseScanner) Write(p []byte) {
+	for len(p) > 0 {
+		if s.sawCR {
+			s.sawCR = false
+			if p[0] == '\n' {
+				p = p[1:]
+				continue
+			}
+		}
+		switch s.ls {
+		case lsStart:
+			if c := p[0]; c == '\n' || c == '\r' {
+				s.sawCR = c == '\r'
+				p = p[1:]
+				s.dispatch()
+				continue
+			}
+			s.ls, s.flen = lsField, 0
+		case lsField:
+			i := 0
+			for i < len(p) && p[i] != ':' && p[i] != '\n' && p[i] != '\r' {
+				if s.flen < len(s.field) {
+					s.field[s.flen] = p[i]
+				}
+				s.flen++
+				i++
+			}
+			p = p[i:]
+			if len(p) == 0 {
+				return
+			}
+			s.startValue()
+			if p[0] == ':' {
+				p = p[1:]
+				s.ls = lsSpace
+			} else {
+				s.ls = lsValue
+			}
+		case lsSpace:
+			if p[0] == ' ' {
+				p = p[1:]
+			}
+			s.ls = lsValue
+		case lsValue:
+			e := lineEnd(p)
+			seg := p
+			if e >= 0 {
+				seg = p[:e]
+			}
+			s.value(seg)
+			if e < 0 {
+				return
+			}
+			s.sawCR = p[e] == '\r'
+			p = p[e+1:]
+			s.endLine()
+			s.ls = lsStart
+		}
+	}
+}
+
+// lineEnd is the index of the first CR or LF in p, or -1.
+func lineEnd(p []byte) int {
+	n := bytes.IndexByte(p, '\n')
+	lim := p
+	if n >= 0 {
+		lim = p[:n]
+	}
+	if r := bytes.IndexByte(lim, '\r'); r >= 0 {
+		return r
+	}
+	return n
+}
+
+// startValue classifies the line whose field name is complete.
+func (s *sseScanner) startValue() {
+	f := s.field[:min(s.flen, len(s.field))]
+	switch {
+	case s.flen == 4 && string(f) == "data":
+		s.kind = fieldData
+		if s.hasData {
+			s.value(lineFeed) // data lines are joined with LF
+		}
+		s.hasData = true
+	case s.flen == 5 && string(f) == "event":
+		s.kind, s.nlen = fieldEvent, 0
+	default:
+		s.kind = fieldOther
+	}
+}
+
+func (s *sseScanner) value(seg []byte) {
+	switch s.kind {
+	case fieldData:
+		switch {
+		case s.skip:
+		case s.direct:
+			s.w.write(seg)
+		case len(s.data)+len(seg) > maxUsageEvent:
+			s.skip, s.data = true, s.data[:0]
+		default:
+			s.data = append(s.data, seg...)
+		}
+	case fieldEvent:
+		if s.nlen+len(seg) > len(s.name) {
+			s.nlen = len(s.name) + 1 // too long for any name we want
+			return
+		}
+		s.nlen += copy(s.name[s.nlen:], seg)
+	}
+}
+
+// endLine acts on a complete line: a name decides whether the event is
+// worth reading.
+func (s *sseScanner) endLine() {
+	if s.kind != fieldEvent || s.skip || s.f.wantEvent == nil {
+		return
+	}
+	if s.nlen > len(s.name) || !s.f.wantEvent(s.name[:s.nlen]) {
+		s.skip, s.data = true, s.data[:0]
+		return
+	}
+	if !s.direct {
+		s.direct = true
+		s.w.begin()
+		s.w.write(s.data)
+		s.data = s.data[:0]
+	}
+}
+
+// dispatch ends an event at its blank line.
+func (s *sseScanner) dispatch() {
+	switch {
+	case s.skip, !s.hasData:
+	case s.direct:
+		s.w.end()
+	case s.f.mayCarry(s.data):
+		if s.f.lazy {
+			s.pending, s.data = s.data, s.pending
+			s.dirty = true
+			break
+		}
+		s.snapshot = s.w.vals
+		set := s.w.set
+		s.w.begin()
+		s.w.clear(1<<slotType | 1<<slotModel)
+		s.w.write(s.data)
+		s.w.end()
+		if s.f.typed && (s.w.set&(1<<slotType) == 0 || !isResponseDone(s.w.str(slotType))) {
+			s.w.vals, s.w.set = s.snapshot, set
+		}
+	}
+	s.nlen, s.hasData, s.skip, s.direct = 0, false, false, false
+	s.data = s.data[:0]
+}
+
+func (s *sseScanner) Tokens() (tokens, bool) {
+	if s.dirty {
+		s.dirty = false
+		s.w.begin()
+		s.w.write(s.pending)
+		s.w.end()
+	}
+	return walkerTokens(s.f, &s.w)
+}
+
+// eventStreamScanner reads AWS event-stream framing (Bedrock's streamed
+// responses): each message is a 12-byte prelude (total length, headers
+// length, prelude CRC), headers, payload and a message CRC. The CRCs are
+// the client's to check; the scanner only needs the lengths. Only "chunk"
+// events (invoke-with-response-stream: {"bytes": base64 of the model's own
+// event}) and Converse's "metadata" event are read.
+type eventStreamScanner struct {
+	w jwalk
+
+	part  uint8 // which part of a message the stream is in
+	pre   [12]byte
+	n     int // bytes of the current part so far
+	need  int // bytes the current part has
+	after int // payload bytes left once the headers are read
+	typ   uint8
+	hdr   []byte
+	pay   []byte
+	dec   []byte
+}
+
+const (
+	esPrelude uint8 = iota
+	esHeaders
+	esPayload
+	esSkip // payload not wanted, and the message CRC
+	esDead // framing made no sense: nothing more is read
+)
+
+// What an event-stream message is to the scanner.
+const (
+	evOther uint8 = iota
+	evChunk
+	evMetadata
+)
+
+func (s *eventStreamScanner) Write(p []byte) {
+	for len(p) > 0 {
+		switch s.part {
+		case esPrelude:
+			c := copy(s.pre[s.n:], p)
+			s.n += c
+			p = p[c:]
+			if s.n < len(s.pre) {
+				return
+			}
+			total := int(binary.BigEndian.Uint32(s.pre[0:4]))
+			hlen := int(binary.BigEndian.Uint32(s.pre[4:8]))
+			if total < 16 || hlen > total-16 {
+				s.part = esDead
+				return
+			}
+			s.after = total - 16 - hlen
+			s.n, s.need, s.typ = 0, hlen, evOther
+			s.hdr = s.hdr[:0]
+			s.part = esHeaders
+			if hlen > 64<<10 {
+				s.part = esSkip
+				s.need = hlen + s.after + 4
+			}
+		case esHeaders:
+			c := min(len(p), s.need-s.n)
+			s.hdr = append(s.hdr, p[:c]...)
+			s.n += c
+			p = p[c:]
+			if s.n < s.need {
+				return
+			}
+			s.typ = eventKind(s.hdr)
+			s.n, s.need = 0, s.after
+			s.pay = s.pay[:0]
+			if s.typ == evOther || s.after > maxUsageEvent {
+				s.part, s.need = esSkip, s.after+4
+			} else {
+				s.part = esPayload
+			}
+		case esPayload:
+			c := min(len(p), s.need-s.n)
+			s.pay = append(s.pay, p[:c]...)
+			s.n += c
+			p = p[c:]
+			if s.n < s.need {
+				return
+			}
+			s.payload()
+			s.part, s.n, s.need = esSkip, 0, 4
+		case esSkip:
+			c := min(len(p), s.need-s.n)
+			s.n += c
+			p = p[c:]
+			if s.n < s.need {
+				return
+			}
+			s.part, s.n = esPrelude, 0
+		case esDead:
+			return
+		}
+	}
+}
+
+// eventKind reads an event-stream message's headers for its
+// :message-type and :event-type.
+func eventKind(h []byte) uint8 {
+	event, typ := true, []byte(nil)
+	for len(h) > 0 {
+		nl := int(h[0])
+		if len(h) < 1+nl+1 {
+			return evOther
+		}
+		name := h[1 : 1+nl]
+		vt := h[1+nl]
+		h = h[2+nl:]
+		var size int
+		switch vt {
+		case 0, 1:
+		case 2:
+			size = 1
+		case 3:
+			size = 2
+		case 4:
+			size = 4
+		case 5, 8:
+			size = 8
+		case 9:
+			size = 16
+		case 6, 7:
+			if len(h) < 2 {
+				return evOther
+			}
+			size = 2 + int(binary.BigEndian.Uint16(h))
+		default:
+			return evOther
+		}
+		if len(h) < size {
+			return evOther
+		}
+		if vt == 7 {
+			v := h[2:size]
+			switch string(name) {
+			case ":message-type":
+				event = string(v) == "event"
+			case ":event-type":
+				typ = v
+			}
+		}
+		h = h[size:]
+	}
+	switch {
+	case !event:
+		return evOther
+	case string(typ) == "chunk":
+		return evChunk
+	case string(typ) == "metadata":
+		return evMetadata
+	}
+	return evOther
+}
+
+var bytesKey = []byte(`"bytes"`)
+
+// b64Needles are the base64 forms of the bytes a usage-bearing chunk
+// holds, at each of the three alignments, so that most chunks are passed
+// over without being decoded.
+var b64Needles = func() [][]byte {
+	var out [][]byte
+	for _, n := range []string{`"usage"`, `Metrics"`} {
+		for a := range 3 {
+			src := append(make([]byte, a), n...)
+			src = append(src, 0, 0)
+			enc := base64.StdEncoding.EncodeToString(src)
+			// The characters whose six bits all come from the needle.
+			from, to := (8*a+5)/6, 8*(a+len(n))/6
+			out = append(out, []byte(enc[from:to]))
+		}
+	}
+	return out
+}()
+
+func mayCarryB64(b []byte) bool {
+	for _, n := range b64Needles {
+		if bytes.Contains(b, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// payload reads a wanted message's payload.
+func (s *eventStreamScanner) payload() {
+	data := s.pay
+	if s.typ == evChunk {
+		// {"bytes":"<base64>"} (and maybe a padding field): the model's
+		// event is the base64.
+		i := bytes.Index(data, bytesKey)
+		if i < 0 {
+			return
+		}
+		rest := data[i+len(bytesKey):]
+		j := skipSpace(rest, 0)
+		if j >= len(rest) || rest[j] != ':' {
+			return
+		}
+		j = skipSpace(rest, j+1)
+		if j >= len(rest) || rest[j] != '"' {
+			return
+		}
+		rest = rest[j+1:]
+		end := bytes.IndexByte(rest, '"')
+		if end < 0 {
+			return
+		}
+		b64 := rest[:end]
+		if !mayCarryB64(b64) {
+			return
+		}
+		if n := base64.StdEncoding.DecodedLen(len(b64)); cap(s.dec) < n {
+			s.dec = make([]byte, n)
+		}
+		n, err := base64.StdEncoding.Decode(s.dec[:cap(s.dec)], b64)
+		if err != nil {
+			return
+		}
+		data = s.dec[:n]
+	}
+	if !formatBedrock.mayCarry(data) {
+		return
+	}
+	s.w.begin()
+	s.w.write(data)
+	s.w.end()
+}
+
+func (s *eventStreamScanner) Tokens() (tokens, bool) { return walkerTokens(&formatBedrock, &s.w) }
+
+// newWSUsageReader reads the server-to-client bytes of a WebSocket
+// connection carrying the OpenAI Responses API and calls onResponse once per
+// response.completed, response.incomplete or response.failed event, with
+// its tokens and the model the response names.
+func newWSUsageReader(onResponse func(t tokens, model string)) io.Writer {
+	r := &wsUsageReader{on: onResponse}
+	r.w.init(&formatResponses.schema)
+	return r
+}
+
+// wsUsageReader follows RFC 6455 framing (without extensions: the gateway
+// relays no compressed sockets' usage): text messages, possibly
+// fragmented, with control frames between their fragments.
+type wsUsageReader struct {
+	on func(tokens, string)
+	w  jwalk
+
+	hdr    [14]byte
+	hn     int // header bytes so far
+	left   uint64
+	inHdr  bool
+	fin    bool
+	ctrl   bool
+	mask   [4]byte
+	masked bool
+	mpos   int
+	text   bool // the message being received is a text message
+	skip   bool // ... but too large to read
+	msg    []byte
+}
+
+func (r *wsUsageReader) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if r.left == 0 && !r.inHdr {
+			r.inHdr, r.hn = true, 0
+		}
+		if r.inHdr {
+			need := 2
+			if r.hn >= 2 {
+				need = wsHeaderLen(r.hdr[0], r.hdr[1])
+			}
+			c := copy(r.hdr[r.hn:need], p)
+			r.hn += c
+			p = p[c:]
+			if r.hn < need {
+				continue
+			}
+			if need == 2 && wsHeaderLen(r.hdr[0], r.hdr[1]) > 2 {
+				continue
+			}
+			r.frame()
+			continue
+		}
+		c := int(min(uint64(len(p)), r.left))
+		r.data(p[:c])
+		r.left -= uint64(c)
+		p = p[c:]
+		if r.left == 0 {
+			r.frameEnd()
+		}
+	}
+	return n, nil
+}
+
+// wsHeaderLen is the length of a frame header from its first two bytes.
+func wsHeaderLen(b0, b1 byte) int {
+	n := 2
+	switch b1 & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if b1&0x80 != 0 {
+		n += 4
+	}
+	return n
+}
+
+// frame starts a frame whose header is complete.
+func (r *wsUsageReader) frame() {
+	h := r.hdr[:r.hn]
+	r.inHdr = false
+	r.fin = h[0]&0x80 != 0
+	op := h[0] & 0x0f
+	r.masked = h[1]&0x80 != 0
+	l, i := uint64(h[1]&0x7f), 2
+	switch l {
+	case 126:
+		l, i = uint64(binary.BigEndian.Uint16(h[2:])), 4
+	case 127:
+		l, i = binary.BigEndian.Uint64(h[2:]), 10
+	}
+	if r.masked {
+		copy(r.mask[:], h[i:i+4])
+	}
+	r.mpos = 0
+	r.left = l
+	r.ctrl = op >= 8
+	switch op {
+	case 1: // text: a new message
+		r.text, r.skip, r.msg = true, false, r.msg[:0]
+	case 2: // binary
+		r.text = false
+	}
+	if l == 0 {
+		r.frameEnd()
+	}
+}
+
+func (r *wsUsageReader) data(p []byte) {
+	if r.ctrl || !r.text || r.skip {
+		return
+	}
+	if len(r.msg)+len(p) > maxUsageEvent {
+		r.skip, r.msg = true, r.msg[:0]
+		return
+	}
+	start := len(r.msg)
+	r.msg = append(r.msg, p...)
+	if r.masked {
+		for i := start; i < len(r.msg); i++ {
+			r.msg[i] ^= r.mask[r.mpos&3]
+			r.mpos++
+		}
+	}
+}
+
+func (r *wsUsageReader) frameEnd() {
+	if r.ctrl || !r.fin || !r.text {
+		return
+	}
+	r.text = false
+	if r.skip || !formatResponses.mayCarry(r.msg) {
+		return
+	}
+	r.w.begin()
+	r.w.clear(^uint16(0))
+	r.w.write(r.msg)
+	r.w.end()
+	if r.w.set&(1<<slotType) == 0 || !isResponseDone(r.w.str(slotType)) {
+		return
+	}
+	t, ok := walkerTokens(&formatResponses, &r.w)
+	if !ok {
+		return
+	}
+	var model string
+	if r.w.set&(1<<slotModel) != 0 {
+		model = string(r.w.str(slotModel))
+	}
+	r.on(t, model)
+}
+
+// jschema is a trie of the JSON paths a walker wants: numbers into numeric
+// slots, short strings into string slots.
+type jschema struct {
+	nodes []jnode // nodes[0] is the root
+}
+
+type jnode struct {
+	key   string
+	kids  []int16
+	slot  int    // -1: not a leaf
+	reset uint16 // slots cleared when this object begins: its last one counts whole
+}
+
+// jleaf is a dotted path and the slot its value goes to.
+type jleaf struct {
+	path string
+	slot int
+}
+
+// newSchema builds the trie; objects at the paths in resets count whole:
+// entering one forgets what an earlier one said.
+func newSchema(resets []string, leaves ...jleaf) jschema {
+	sc := jschema{nodes: []jnode{{slot: -1}}}
+	node := func(path string) int {
+		n := 0
+		for k := range strings.SplitSeq(path, ".") {
+			next := -1
+			for _, c := range sc.nodes[n].kids {
+				if sc.nodes[c].key == k {
+					next = int(c)
+				}
+			}
+			if next < 0 {
+				next = len(sc.nodes)
+				sc.nodes = append(sc.nodes, jnode{key: k, slot: -1})
+				sc.nodes[n].kids = append(sc.nodes[n].kids, int16(next))
+			}
+			n = next
+		}
+		return n
+	}
+	for _, l := range leaves {
+		sc.nodes[node(l.path)].slot = l.slot
+	}
+	for _, r := range resets {
+		prefix := r + "."
+		var bits uint16
+		for _, l := range leaves {
+			if strings.HasPrefix(l.path, prefix) && l.slot < nSlots {
+				bits |= 1 << l.slot
+			}
+		}
+		sc.nodes[node(r)].reset = bits
+	}
+	return sc
+}
+
+// jwalk is a streaming JSON walker: fed bytes in pieces of any size, it
+// tracks just enough structure to know, at each value, whether the schema
+// wants it, and skips everything else at the speed of bytes.IndexByte
+// inside strings. It is lenient: it does not validate, and input that is
+// not JSON yields no values rather than an error.
+type jwalk struct {
+	sc     *jschema
+	st     uint8
+	esc    bool
+	depth  int
+	frames [6]int16 // nodes of the wanted containers at depth 1..nf; -1 a root array
+	nf     int
+	leaf   int // node of the value about to start, -1: unwanted
+	key    [40]byte
+	klen   int
+	num    int64
+	numOK  bool
+	digits bool
+	frac   bool
+
+	vals [nSlots]int64
+	set  uint16
+	strs [2][128]byte
+	slen [2]int
+}
+
+// Walker states.
+const (
+	jsValue  uint8 = iota // a value may start
+	jsKey                 // in a wanted object: a key or its end
+	jsKeyStr              // in a key
+	jsColon               // after a key
+	jsStr                 // in a string value
+	jsScalar              // in a number or literal
+	jsAfter               // after a value
+)
+
+func (w *jwalk) init(sc *jschema) { w.sc = sc }
+
+// begin starts a new JSON text, keeping the values seen so far.
+func (w *jwalk) begin() {
+	w.st, w.esc, w.depth, w.nf, w.leaf = jsValue, false, 0, 0, 0
+}
+
+// end finishes the text: a number at its very end is complete.
+func (w *jwalk) end() {
+	if w.st == jsScalar {
+		w.endScalar()
+	}
+	w.st = jsAfter
+}
+
+// clear forgets the slots in bits, so that an object counting whole
+// leaves no field of an earlier one behind.
+func (w *jwalk) clear(bits uint16) {
+	w.set &^= bits
+	for i := range w.vals {
+		if bits&(1<<i) != 0 {
+			w.vals[i] = 0
+		}
+	}
+}
+
+// str is a string slot's value.
+func (w *jwalk) str(slot int) []byte { return w.strs[slot-slotType][:w.slen[slot-slotType]] }
+
+func (w *jwalk) write(p []byte) {
+	for len(p) > 0 {
+		switch w.st {
+		case jsKeyStr, jsStr:
+			p = w.inString(p)
+			continue
+		case jsScalar:
+			c := p[0]
+			if c == ',' || c == '}' || c == ']' || c == ':' || c == ' ' || c == '\n' || c == '\r' || c == '\t' {
+				w.endScalar()
+				continue // the delimiter is read in jsAfter
+			}
+			if w.leaf >= 0 {
+				switch {
+				case c >= '0' && c <= '9':
+					if !w.frac {
+						w.num = w.num*10 + int64(c-'0')
+					}
+					w.digits = true
+				case c == '.':
+					w.frac = true
+				default:
+					w.numOK = false
+				}
+			}
+			p = p[1:]
+			continue
+		}
+		c := p[0]
+		p = p[1:]
+		if c == ' ' || c == '\n' || c == '\r' || c == '\t' {
+			continue
+		}
+		switch w.st {
+		case jsValue:
+			w.startValue(c)
+		case jsKey:
+			switch c {
+			case '"':
+				w.st, w.klen = jsKeyStr, 0
+			case '}':
+				w.close()
+			}
+		case jsColon:
+			if c == ':' {
+				w.leaf = w.match()
+				w.st = jsValue
+			}
+		case jsAfter:
+			switch c {
+			case ',':
+				if w.depth == w.nf && w.nf > 0 {
+					if w.frames[w.nf-1] >= 0 {
+						w.st = jsKey
+						continue
+					}
+					w.st, w.leaf = jsValue, 0 // the next element of a root array
+					continue
+				}
+				w.st, w.leaf = jsValue, -1
+			case ':':
+				w.st, w.leaf = jsValue, -1
+			case '}', ']':
+				w.close()
+			}
+		}
+	}
+}
+
+// startValue reads the first byte of a value.
+func (w *jwalk) startValue(c byte) {
+	wanted := w.leaf >= 0 && w.depth == w.nf
+	switch c {
+	case '{':
+		if wanted && len(w.sc.nodes[w.leaf].kids) > 0 && w.nf < len(w.frames) {
+			w.frames[w.nf] = int16(w.leaf)
+			w.nf++
+			w.clear(w.sc.nodes[w.leaf].reset)
+			w.depth++
+			w.st = jsKey
+			return
+		}
+		w.depth++
+		w.st, w.leaf = jsValue, -1
+	case '[':
+		if wanted && w.depth == 0 && w.leaf == 0 {
+			w.frames[0] = -1
+			w.nf = 1
+			w.depth = 1
+			w.st, w.leaf = jsValue, 0
+			return
+		}
+		w.depth++
+		w.st, w.leaf = jsValue, -1
+	case '}', ']':
+		w.close()
+	case '"':
+		w.st = jsStr
+		if !wanted || w.sc.nodes[w.leaf].slot < slotType {
+			w.leaf = -1
+		} else {
+			w.slen[w.sc.nodes[w.leaf].slot-slotType] = 0
+		}
+	default:
+		w.st = jsScalar
+		if !wanted || w.sc.nodes[w.leaf].slot < 0 || w.sc.nodes[w.leaf].slot >= nSlots {
+			w.leaf = -1
+		}
+		w.num, w.numOK, w.digits, w.frac = 0, true, false, false
+		if w.leaf >= 0 {
+			switch {
+			case c >= '0' && c <= '9':
+				w.num, w.digits = int64(c-'0'), true
+			default:
+				w.numOK = false // negative, or a literal
+			}
+		}
+	}
+}
+
+func (w *jwalk) endScalar() {
+	if w.leaf >= 0 && w.numOK && w.digits {
+		s := w.sc.nodes[w.leaf].slot
+		w.vals[s] = w.num
+		w.set |= 1 << s
+	}
+	w.st, w.leaf = jsAfter, -1
+}
+
+func (w *jwalk) close() {
+	if w.depth == 0 {
+		return
+	}
+	if w.depth == w.nf {
+		w.nf--
+	}
+	w.depth--
+	w.st, w.leaf = jsAfter, -1
+}
+
+// match finds the key just read among the children of the current object.
+func (w *jwalk) match() int {
+	if w.depth != w.nf || w.nf == 0 || w.klen > len(w.key) {
+		return -1
+	}
+	k := w.key[:w.klen]
+	for _, c := range w.sc.nodes[w.frames[w.nf-1]].kids {
+		if w.sc.nodes[c].key == string(k) {
+			return int(c)
+		}
+	}
+	return -1
+}
+
+// inString reads string bytes up to the closing quote.
+func (w *jwalk) inString(p []byte) []byte {
+	if w.esc {
+		w.esc = false
+		w.collect(p[:1])
+		return p[1:]
+	}
+	q := bytes.IndexByte(p, '"')
+	seg := p
+	if q >= 0 {
+		seg = p[:q]
+	}
+	if b := bytes.IndexByte(seg, '\\'); b >= 0 {
+		w.collect(p[:b+1])
+		w.esc = true
+		return p[b+1:]
+	}
+	w.collect(seg)
+	if q < 0 {
+		return nil
+	}
+	if w.st == jsKeyStr {
+		w.st = jsColon
+	} else {
+		if w.leaf >= 0 {
+			w.set |= 1 << w.sc.nodes[w.leaf].slot
+		}
+		w.st, w.leaf = jsAfter, -1
+	}
+	return p[q+1:]
+}
+
+// collect keeps the bytes of a key, or of a wanted string.
+func (w *jwalk) collect(b []byte) {
+	if w.st == jsKeyStr {
+		if w.klen+len(b) > len(w.key) {
+			w.klen = len(w.key) + 1
+			return
+		}
+		w.klen += copy(w.key[w.klen:], b)
+		return
+	}
+	if w.leaf < 0 {
+		return
+	}
+	i := w.sc.nodes[w.leaf].slot - slotType
+	w.slen[i] += copy(w.strs[i][w.slen[i]:], b)
+}
