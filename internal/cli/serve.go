@@ -38,6 +38,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 
 	gatewayMaxBody       int64
+	limitsWhenRedisDown  string
 	gatewayHeaderTimeout time.Duration
 	gatewayIdleTimeout   time.Duration
 }
@@ -75,6 +76,8 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 			return fmt.Errorf("%w: KEYBRIDGE_GATEWAY_MAX_BODY: want a positive number of bytes", errUsage)
 		}
 	}
+	fs.StringVar(&c.limitsWhenRedisDown, "limits-when-redis-down", envOr(getenv, "KEYBRIDGE_LIMITS_WHEN_REDIS_DOWN", "local"),
+		"with --redis-url, what the gateway does while Redis cannot be reached: local (count limits in this process) or refuse (answer 503) (KEYBRIDGE_LIMITS_WHEN_REDIS_DOWN)")
 	fs.Int64Var(&c.gatewayMaxBody, "gateway-max-body", maxBody, "largest request body the gateway takes, in bytes; it is held for failover (KEYBRIDGE_GATEWAY_MAX_BODY)")
 	return nil
 }
@@ -172,11 +175,15 @@ func serve(ctx context.Context, env *Env) error {
 		return fmt.Errorf("%w: --gateway-max-body must be positive", errUsage)
 	}
 	up := upstream.New(upstream.Options{DenyCIDRs: deny})
-	gw := gateway.New(gateway.Options{
+	gw, err := gateway.New(gateway.Options{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log, RequestLog: logOut, Registerer: reg,
 		Guard: up.Guard(), Resolver: up.Resolver(),
 		MaxBody: cfg.gatewayMaxBody, HeaderTimeout: cfg.gatewayHeaderTimeout, IdleTimeout: cfg.gatewayIdleTimeout,
+		Redis: authOpts.Redis, LimitsWhenRedisDown: cfg.limitsWhenRedisDown,
 	})
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	api := httpapi.New(httpapi.Config{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log,
 		PublicURL: publicURL, Version: Version,

@@ -51,7 +51,7 @@ func (x *exchange) forward(keys []*upstreamKey) {
 			g.m.failovers.Inc()
 		}
 		tried++
-		x.upstreamKey = k.id
+		x.upstreamKey, x.credentialID = k.id, k.credential
 		resp, cn, err := x.send(ctx, k)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -268,7 +268,7 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 		writeHead(bw, r.Method, path, query, rt.hostHdr)
 		connHdr := r.Header["Connection"]
 		for name, vv := range r.Header {
-			if dropHeader(name, upgrade) || namedIn(connHdr, name) {
+			if dropHeader(name, upgrade) || namedIn(connHdr, name) || x.meter && name == "Accept-Encoding" {
 				continue
 			}
 			for _, v := range vv {
@@ -366,6 +366,10 @@ func (x *exchange) signBedrock(path, query string, body []byte) (*http.Request, 
 		switch name {
 		case "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-Sha256":
 			continue
+		case "Accept-Encoding":
+			if x.meter {
+				continue // a compressed answer cannot be metered as it passes
+			}
 		}
 		h[name] = vv
 	}
@@ -416,7 +420,11 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		}
 		h[name] = vv
 	}
+	x.setLimitHeaders(h)
 	ct := header(resp.Header, "Content-Type")
+	if x.meter && resp.StatusCode < 300 {
+		x.scan = newUsageScanner(x.rt.provider.Type, x.rest, ct, resp.Header)
+	}
 	sse := hasMediaType(ct, "text/event-stream")
 	x.stream = resp.ContentLength < 0 || sse || hasMediaType(ct, "application/vnd.amazon.eventstream")
 	if x.stream {
@@ -458,6 +466,9 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 			n, err = resp.Body.Read(buf)
 		}
 		out := buf[:n]
+		if x.scan != nil && n > 0 {
+			x.scan.Write(out)
+		}
 		if x.hideUsage != nil && sse {
 			out = x.hideUsage.filter(out)
 			if err == io.EOF {
@@ -583,7 +594,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 		done <- struct{}{}
 	}
 	go pipe(cn.nc, cbuf.Reader)
-	go pipe(client, cn.br)
+	go pipe(client, io.TeeReader(cn.br, x.wsUsage()))
 	<-done
 	// One side closed: the other has nothing more to say to it.
 	client.SetDeadline(aLongTimeAgo)

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -66,6 +67,17 @@ type Options struct {
 	// (default 5 minutes).
 	HeaderTimeout time.Duration
 	IdleTimeout   time.Duration
+
+	// Redis, when set, holds the keys' limit counters, so that every
+	// replica enforces one limit; without it they are in this process.
+	// LimitsWhenRedisDown says what happens when Redis cannot be
+	// reached: "local" (the default) counts in this process meanwhile,
+	// "refuse" answers 503.
+	Redis               *redis.Client
+	LimitsWhenRedisDown string
+	// UsageQueue bounds the usage rows waiting to be written (default
+	// 10,000); past it rows are dropped and counted, never waited for.
+	UsageQueue int
 }
 
 // Defaults of Options (SPEC §7.4).
@@ -85,12 +97,15 @@ type Gateway struct {
 	cool   *cooldowns
 	ids    idGen
 	m      *metrics
+	lim    limiter
+	rec    *recorder
 
 	bodies sync.Pool // *[]byte request body buffers
 }
 
-// New returns a Gateway. Call Run to turn on its caches.
-func New(opts Options) *Gateway {
+// New returns a Gateway. Call Run to turn on its caches and write its
+// usage. It fails only for an unknown LimitsWhenRedisDown.
+func New(opts Options) (*Gateway, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -118,7 +133,21 @@ func New(opts Options) *Gateway {
 		m:      newMetrics(opts.Registerer),
 	}
 	g.ids.init()
-	return g
+	g.rec = newRecorder(opts.Store, opts.Logger, opts.UsageQueue)
+	if opts.Redis != nil {
+		rl, err := newRedisLimiter(opts.Redis, opts.LimitsWhenRedisDown, opts.Logger)
+		if err != nil {
+			return nil, err
+		}
+		g.lim = rl
+	} else {
+		g.lim = newMemLimiter()
+	}
+	if opts.Registerer != nil {
+		opts.Registerer.MustRegister(g.rec.collectors()...)
+		opts.Registerer.MustRegister(g.lim.collectors()...)
+	}
+	return g, nil
 }
 
 // Run keeps the route cache true until ctx ends: it subscribes to the
@@ -127,6 +156,13 @@ func New(opts Options) *Gateway {
 // error, if the subscription ends.
 func (g *Gateway) Run(ctx context.Context) error {
 	defer g.client.closeIdle()
+	recDone := make(chan error, 1)
+	go func() { recDone <- g.rec.run(ctx) }()
+	defer func() {
+		if err := <-recDone; err != nil {
+			g.log.Warn("write the last usage rows", "err", err)
+		}
+	}()
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	subDone := make(chan error, 1)
@@ -249,6 +285,15 @@ type exchange struct {
 	// reqFields, once scanned, are the body's top-level fields.
 	reqFields reqFields
 	scanned   bool
+
+	// Accounting: the key's standing at admission and the reservation to
+	// settle; whether the answer's usage is read, and its scanner.
+	limits       decision
+	limited      bool
+	ticket       ticket
+	meter        bool
+	scan         usageScanner
+	credentialID string // the personal credential used, if one was
 }
 
 // parseTarget splits the request line's target, byte for byte as sent,
@@ -325,6 +370,10 @@ func (x *exchange) serve() {
 		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body, f)...)
 		x.hideUsage = &usageChunkFilter{}
 	}
+	if !x.admit() {
+		return
+	}
+	x.meter = metered(rt.provider.Type, x.rest)
 	x.forward(keys)
 }
 
@@ -518,5 +567,6 @@ func (x *exchange) fail(e *gwError) {
 	}
 	x.headersAt = time.Now()
 	x.setTiming()
+	x.setLimitHeaders(x.w.Header())
 	writeError(x.w, x.style, e)
 }

@@ -76,7 +76,10 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	e.Auth = auth.New(st, auth.Options{Logger: logger, Ring: ring})
 	gopts := opts.Gateway
 	gopts.Store, gopts.Ring, gopts.Auth, gopts.Logger, gopts.RequestLog = st, ring, e.Auth, logger, e.logBuf
-	e.Gateway = gateway.New(gopts)
+	if e.Gateway, err = gateway.New(gopts); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	for name, run := range map[string]func(context.Context) error{"auth": e.Auth.Run, "gateway": e.Gateway.Run} {
 		wg.Add(1)

@@ -68,7 +68,10 @@ func hotPathGateway(b *testing.B, n int) (*Gateway, []string) {
 		b.Fatal(err)
 	}
 	as := auth.New(st, auth.Options{CacheTTL: time.Hour})
-	g := New(Options{Store: st, Ring: ring, Auth: as})
+	g, err := New(Options{Store: st, Ring: ring, Auth: as})
+	if err != nil {
+		b.Fatal(err)
+	}
 	go as.Run(ctx)
 	go g.Run(ctx)
 	org := &keybridge.Org{Slug: "acme", Name: "Acme"}

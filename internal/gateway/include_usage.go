@@ -179,22 +179,14 @@ func hasEmptyChoices(ev []byte) bool {
 		if i < 0 {
 			return false
 		}
-		rest := skipSpace(ev[i+len(key):])
-		if len(rest) > 0 && rest[0] == ':' {
-			rest = skipSpace(rest[1:])
-			if len(rest) > 0 && rest[0] == '[' {
-				if rest = skipSpace(rest[1:]); len(rest) > 0 && rest[0] == ']' {
+		j := skipWS(ev, i+len(key))
+		if j < len(ev) && ev[j] == ':' {
+			if j = skipWS(ev, j+1); j < len(ev) && ev[j] == '[' {
+				if j = skipWS(ev, j+1); j < len(ev) && ev[j] == ']' {
 					return true
 				}
 			}
 		}
 		ev = ev[i+len(key):]
 	}
-}
-
-func skipSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\n' || b[0] == '\r') {
-		b = b[1:]
-	}
-	return b
 }

@@ -53,6 +53,7 @@ type metrics struct {
 	streams   prometheus.Gauge
 	active    prometheus.Gauge
 	added     prometheus.Histogram
+	tokens    [4]prometheus.Counter // input, output, cache_read, cache_write
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -87,10 +88,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .05, .1},
 		}),
 	}
+	tokens := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keybridge_gateway_tokens_total",
+		Help: "Tokens the providers reported, by direction: input (not from cache), output, cache_read, cache_write.",
+	}, []string{"direction"})
+	for i, d := range []string{"input", "output", "cache_read", "cache_write"} {
+		m.tokens[i] = tokens.WithLabelValues(d)
+	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.responses, m.failovers, m.cooldowns, m.streams, m.active, m.added)
+		reg.MustRegister(m.requests, m.responses, m.failovers, m.cooldowns, m.streams, m.active, m.added, tokens)
 	}
 	return m
+}
+
+// countTokens adds a response's tokens to the counters.
+func (m *metrics) countTokens(t tokens) {
+	for i, n := range [4]int64{t.Input, t.Output, t.CacheRead, t.CacheWrite} {
+		if n > 0 {
+			m.tokens[i].Add(float64(n))
+		}
+	}
 }
 
 func (m *metrics) upstream(t keybridge.ProviderType, status int) {
@@ -139,6 +156,7 @@ func (x *exchange) finish() {
 	}
 	g.m.requests.WithLabelValues(string(pt), statusClass(status)).Inc()
 	g.m.added.Observe(own.Seconds())
+	x.settle(status, total)
 
 	ctx := x.r.Context()
 	if g.log.Enabled(ctx, slog.LevelInfo) {

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"strconv"
+	"strings"
 )
 
 // reqFields are the top-level fields of a JSON request body the gateway
@@ -69,12 +71,16 @@ func scanReqBody(b []byte) reqFields {
 func (f *reqFields) field(key, val []byte) {
 	switch string(key) { // no allocation: the compiler compares in place
 	case "model":
-		if len(val) >= 2 && val[0] == '"' && bytes.IndexByte(val[1:len(val)-1], '\\') < 0 {
-			f.model = string(val[1 : len(val)-1])
-		} else if len(val) >= 2 && val[0] == '"' {
-			if s, err := strconv.Unquote(string(val)); err == nil {
-				f.model = s
+		if len(val) >= 2 && val[0] == '"' {
+			var m string
+			if bytes.IndexByte(val[1:len(val)-1], '\\') < 0 {
+				m = string(val[1 : len(val)-1])
+			} else if json.Unmarshal(val, &m) != nil {
+				m = "" // rare: an escaped name is decoded, as JSON
 			}
+			// As encoding/json reads it: the store keeps text, and a
+			// database refuses invalid UTF-8.
+			f.model = strings.ToValidUTF8(m, "\uFFFD")
 		}
 	case "stream":
 		f.stream = string(val) == "true"

@@ -1,0 +1,237 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// Accounting (SPEC §7.6, §7.7): a key with limits is admitted before
+// anything is sent upstream, reserving its declared output cap; the tokens
+// the answer reports are read from its bytes as they pass; when the answer
+// ends, the reservation is settled with them and one usage row is queued.
+
+// admit checks the caller's limits. It answers the refusal itself and
+// reports whether the request may go on.
+func (x *exchange) admit() bool {
+	p := x.principal
+	if p.Limits == (keybridge.Limits{}) {
+		return true
+	}
+	t, d, err := x.g.lim.admit(x.r.Context(), p.KeyID, p.Limits, x.fields().maxTokens, time.Now())
+	if err != nil {
+		if errors.Is(err, errLimitsDown) {
+			x.fail(newError(keybridge.EUnavailable, "the gateway's rate limits cannot be checked now (Redis is unreachable); try again shortly"))
+			return false
+		}
+		if x.r.Context().Err() != nil {
+			x.clientGone = true
+			return false
+		}
+		x.g.log.ErrorContext(x.r.Context(), "gateway: check limits", "request_id", x.id, "err", err)
+		x.fail(newError(keybridge.EInternal, "internal error"))
+		return false
+	}
+	x.limits = d
+	x.limited = true
+	if !d.ok {
+		e := newError(keybridge.ERateLimited, refusalMessage(d.limit, p.Limits))
+		e.retryAfter = max(1, int((d.retryAfter+time.Second-1)/time.Second))
+		x.setLimitHeaders(x.w.Header())
+		x.fail(e)
+		return false
+	}
+	x.ticket = t
+	return true
+}
+
+func refusalMessage(limit string, l keybridge.Limits) string {
+	switch limit {
+	case limitRPM:
+		return fmt.Sprintf("this key is at its limit of %d requests per minute", l.RateLimitRPM)
+	case limitTPM:
+		return fmt.Sprintf("this key is at its limit of %d tokens per minute", l.RateLimitTPM)
+	case limitBudget:
+		return fmt.Sprintf("this key has spent its budget of %d tokens this %s (UTC)", l.TokenBudget, l.BudgetPeriod)
+	}
+	return "this key is at one of its limits"
+}
+
+// setLimitHeaders puts Keybridge's own x-ratelimit-* headers on an answer
+// to a key with limits, replacing the provider's same-named ones (SPEC
+// §7.6): requests when it has an RPM limit, tokens when it has a TPM
+// limit or a budget (the tighter).
+func (x *exchange) setLimitHeaders(h http.Header) {
+	if !x.limited {
+		return
+	}
+	d := x.limits
+	if d.rpmLimit >= 0 {
+		h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(d.rpmLimit, 10)}
+		h["X-Ratelimit-Remaining-Requests"] = []string{strconv.FormatInt(max(d.rpmRemaining, 0), 10)}
+	}
+	if d.tokLimit >= 0 {
+		h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(d.tokLimit, 10)}
+		h["X-Ratelimit-Remaining-Tokens"] = []string{strconv.FormatInt(max(d.tokRemaining, 0), 10)}
+	}
+}
+
+// meters reports whether an answer's usage can be read. A compressed
+// answer cannot be read as it passes, so the gateway asks for an
+// uncompressed one on the paths it meters.
+func metered(t keybridge.ProviderType, path string) bool {
+	path, _, _ = strings.Cut(path, "?")
+	switch t {
+	case keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible:
+		return strings.HasSuffix(path, "/responses") || strings.HasSuffix(path, "/completions") || strings.HasSuffix(path, "/embeddings")
+	case keybridge.ProviderAnthropic:
+		return strings.HasSuffix(path, "/messages")
+	case keybridge.ProviderGoogle:
+		return strings.Contains(path, ":generateContent") || strings.Contains(path, ":streamGenerateContent")
+	case keybridge.ProviderBedrock:
+		op := path[strings.LastIndexByte(path, '/')+1:]
+		return op == "invoke" || op == "converse" || op == "invoke-with-response-stream" || op == "converse-stream"
+	}
+	return false
+}
+
+// settle ends the request's accounting: its reservation is replaced by
+// what the answer reported (a stream cut or abandoned included: a cancel
+// is never free), and its usage row is queued.
+func (x *exchange) settle(status int, total time.Duration) {
+	p := x.principal
+	if p == nil {
+		return // no key: no org to charge
+	}
+	var tok tokens
+	if x.scan != nil {
+		tok, _ = x.scan.Tokens()
+	}
+	g := x.g
+	now := time.Now()
+	if x.ticket.keyID != "" {
+		if err := g.lim.settle(context.WithoutCancel(x.r.Context()), x.ticket, tok.total(), now); err != nil {
+			g.log.WarnContext(x.r.Context(), "gateway: settle limits", "request_id", x.id, "err", err)
+		}
+	}
+	if x.hijacked {
+		return // a WebSocket records one row per response it carried
+	}
+	g.record(x, status, total, tok)
+	if x.upstreamKey != "" {
+		g.rec.touchProviderKey(x.upstreamKey, now)
+	}
+	if x.credentialID != "" {
+		g.rec.touchCredential(x.credentialID, now)
+	}
+}
+
+// total is what limits count: every token the answer reports.
+func (t tokens) total() int64 { return t.Input + t.Output + t.CacheRead + t.CacheWrite }
+
+// record queues one usage row.
+func (g *Gateway) record(x *exchange, status int, total time.Duration, tok tokens) {
+	p := x.principal
+	u := keybridge.Usage{
+		Time:              x.start.UTC(),
+		OrgID:             p.OrgID,
+		ProjectID:         p.ProjectID,
+		UserID:            p.UserID,
+		ProviderKeyID:     x.upstreamKey,
+		Model:             x.model(),
+		Status:            status,
+		Stream:            x.stream,
+		LatencyMS:         ms(total),
+		UpstreamLatencyMS: ms(x.upstreamDur),
+		InputTokens:       tok.Input,
+		OutputTokens:      tok.Output,
+		CacheReadTokens:   tok.CacheRead,
+		CacheWriteTokens:  tok.CacheWrite,
+		Failovers:         x.failovers,
+	}
+	switch p.Type {
+	case keybridge.ActorAPIKey:
+		u.APIKeyID = p.KeyID
+	case keybridge.ActorAIKey:
+		u.AIKeyID = p.KeyID
+	}
+	if x.rt != nil {
+		u.ProviderID = x.rt.provider.ID
+	}
+	g.rec.add(u)
+	g.m.countTokens(tok)
+}
+
+// model is the model a request names: the body's top-level model, else
+// Bedrock's /model/{id}/ or Gemini's /models/{model}: path.
+func (x *exchange) model() string {
+	if x.body != nil {
+		if m := x.fields().model; m != "" {
+			return m
+		}
+	}
+	return modelFromPath(x.rest)
+}
+
+// modelFromPath reads the model from a Bedrock or Gemini path.
+func modelFromPath(path string) string {
+	path, _, _ = strings.Cut(path, "?")
+	if rest, ok := strings.CutPrefix(path, "/model/"); ok {
+		id, _, _ := strings.Cut(rest, "/")
+		if u, err := url.PathUnescape(id); err == nil {
+			return u
+		}
+		return id
+	}
+	if i := strings.Index(path, "/models/"); i >= 0 {
+		m := path[i+len("/models/"):]
+		if j := strings.IndexAny(m, ":/"); j >= 0 {
+			m = m[:j]
+		}
+		return m
+	}
+	return ""
+}
+
+// wsUsage returns the writer that reads usage from a WebSocket tunnel's
+// provider-to-client bytes: one usage row per response, each charged to
+// the key's limits as a request of its own.
+func (x *exchange) wsUsage() io.Writer {
+	if x.principal == nil || x.rt == nil {
+		return io.Discard
+	}
+	first := true
+	return newWSUsageReader(func(tok tokens, model string) {
+		g := x.g
+		now := time.Now()
+		p := x.principal
+		if first {
+			first = false
+			if x.ticket.keyID != "" {
+				g.lim.settle(context.Background(), x.ticket, tok.total(), now)
+				x.ticket = ticket{}
+			}
+		} else if p.Limits != (keybridge.Limits{}) {
+			// Each later response counts as a request: it cannot be
+			// refused mid-socket, but it is charged.
+			if t, _, err := g.lim.admit(context.Background(), p.KeyID, p.Limits, 0, now); err == nil {
+				g.lim.settle(context.Background(), t, tok.total(), now)
+			}
+		}
+		row := *x
+		row.reqFields.model = model
+		row.scanned = true
+		g.record(&row, http.StatusOK, time.Since(x.start), tok)
+		if x.upstreamKey != "" {
+			g.rec.touchProviderKey(x.upstreamKey, now)
+		}
+	})
+}
