@@ -26,14 +26,33 @@ func (l ModelAllowlist) MarshalJSON() ([]byte, error) {
 	return json.Marshal([]string(l))
 }
 
-// Allows reports whether model may be called. It runs on every gateway
-// request of a restricted key, so it only compares strings: no
-// allocation, at most 64 comparisons.
-func (l ModelAllowlist) Allows(model string) bool {
-	if len(l) == 0 {
+// Matcher returns the list in the form the gateway checks requests
+// against. The list must be valid (see Validate): an empty entry would
+// read as no restriction at all.
+func (l ModelAllowlist) Matcher() ModelMatcher {
+	return ModelMatcher{patterns: strings.Join(l, "\n")}
+}
+
+// ModelMatcher is a model allowlist compiled for the gateway: its entries
+// in one string, so that a Principal holding it stays comparable and
+// checking a model allocates nothing. The zero value allows every model.
+type ModelMatcher struct {
+	patterns string // the entries, each ended by '\n' but the last
+}
+
+// Restricted reports whether the matcher allows only some models.
+func (m ModelMatcher) Restricted() bool { return m.patterns != "" }
+
+// Allows reports whether model may be called: an exact entry, or an entry
+// "prefix*" that model starts with. It makes at most one comparison per
+// entry and does not allocate.
+func (m ModelMatcher) Allows(model string) bool {
+	if m.patterns == "" {
 		return true
 	}
-	for _, p := range l {
+	rest := m.patterns
+	for {
+		p, next, more := strings.Cut(rest, "\n")
 		if n := len(p) - 1; n >= 0 && p[n] == '*' {
 			if strings.HasPrefix(model, p[:n]) {
 				return true
@@ -41,8 +60,19 @@ func (l ModelAllowlist) Allows(model string) bool {
 		} else if p == model {
 			return true
 		}
+		if !more {
+			return false
+		}
+		rest = next
 	}
-	return false
+}
+
+// List returns the entries again, for messages and tests.
+func (m ModelMatcher) List() ModelAllowlist {
+	if m.patterns == "" {
+		return nil
+	}
+	return strings.Split(m.patterns, "\n")
 }
 
 // Validate records under field what is wrong with the list: more than 64

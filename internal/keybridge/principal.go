@@ -35,9 +35,9 @@ type Principal struct {
 	// Role is the user's current role in OrgID, for keys.
 	Role Role
 	Limits
-	// AllowedModels is the key's model allowlist; empty for sessions and
-	// unrestricted keys.
-	AllowedModels ModelAllowlist
+	// AllowedModels is the key's model allowlist; the zero value (every
+	// model) for sessions and unrestricted keys.
+	AllowedModels ModelMatcher
 	// SessionCSRF is the CSRF token of a cookie session, empty otherwise.
 	SessionCSRF string
 }
