@@ -309,6 +309,9 @@ func (x *exchange) serve() {
 	if x.body == nil && !x.readBody() {
 		return
 	}
+	if !x.allowModel() {
+		return
+	}
 	x.forward(keys)
 }
 
