@@ -527,6 +527,8 @@ func (s *Service) loadAPIKey(ctx context.Context, h [32]byte, now int64) (*entry
 		Permissions: k.Permissions & m.Role.Permissions(),
 		Role:        m.Role,
 		Limits:      k.Limits,
+		// Compiled once per cache load, not per request.
+		AllowedModels: k.AllowedModels.Matcher(),
 	}
 	return e, nil
 }
@@ -559,6 +561,8 @@ func aiPrincipal(k *keybridge.AIKey) *keybridge.Principal {
 		AIType:      k.AIType,
 		Permissions: keybridge.PermGatewayInvoke,
 		Limits:      k.Limits,
+		// SigV4 and bearer secrets both come here, so both carry the list.
+		AllowedModels: k.AllowedModels.Matcher(),
 	}
 }
 

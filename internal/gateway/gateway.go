@@ -366,6 +366,9 @@ func (x *exchange) serve() {
 	if x.body == nil && !x.readBody() {
 		return
 	}
+	if !x.allowModel() {
+		return
+	}
 	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.rest, f) {
 		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body, f)...)
 		x.hideUsage = &usageChunkFilter{}

@@ -179,10 +179,10 @@ func hasEmptyChoices(ev []byte) bool {
 		if i < 0 {
 			return false
 		}
-		j := skipWS(ev, i+len(key))
+		j := skipSpace(ev, i+len(key))
 		if j < len(ev) && ev[j] == ':' {
-			if j = skipWS(ev, j+1); j < len(ev) && ev[j] == '[' {
-				if j = skipWS(ev, j+1); j < len(ev) && ev[j] == ']' {
+			if j = skipSpace(ev, j+1); j < len(ev) && ev[j] == '[' {
+				if j = skipSpace(ev, j+1); j < len(ev) && ev[j] == ']' {
 					return true
 				}
 			}

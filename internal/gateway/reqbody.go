@@ -19,52 +19,16 @@ type reqFields struct {
 }
 
 // scanReqBody reads the top level of a JSON object body without decoding
-// it: nested values are skipped by matching brackets and strings, so a
-// long conversation costs a pass over its bytes and no allocation.
+// it (scanTopLevel): a long conversation costs a pass over its bytes and
+// no allocation.
 func scanReqBody(b []byte) reqFields {
 	var f reqFields
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return f
-	}
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		f.ok = true
-		return f
-	}
-	for i < len(b) {
-		if b[i] != '"' {
-			return f
+	f.ok = scanTopLevel(b, func(key, val []byte, _ bool) bool {
+		if len(key) >= 2 {
+			f.field(key[1:len(key)-1], val)
 		}
-		kEnd := skipString(b, i)
-		if kEnd < 0 {
-			return f
-		}
-		key := b[i+1 : kEnd-1]
-		i = skipWS(b, kEnd)
-		if i >= len(b) || b[i] != ':' {
-			return f
-		}
-		i = skipWS(b, i+1)
-		vEnd := skipValue(b, i)
-		if vEnd < 0 {
-			return f
-		}
-		f.field(key, b[i:vEnd])
-		i = skipWS(b, vEnd)
-		if i >= len(b) {
-			return f
-		}
-		switch b[i] {
-		case ',':
-			i = skipWS(b, i+1)
-		case '}':
-			f.ok = true
-			return f
-		default:
-			return f
-		}
-	}
+		return true
+	})
 	return f
 }
 
@@ -93,67 +57,3 @@ func (f *reqFields) field(key, val []byte) {
 	}
 }
 
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index after the string starting at b[i] ('"'),
-// or -1.
-func skipString(b []byte, i int) int {
-	for j := i + 1; j < len(b); {
-		k := bytes.IndexAny(b[j:], "\"\\")
-		if k < 0 {
-			return -1
-		}
-		j += k
-		if b[j] == '\\' {
-			j += 2
-			continue
-		}
-		return j + 1
-	}
-	return -1
-}
-
-// skipValue returns the index after the JSON value starting at b[i], or
-// -1. Objects and arrays are skipped by depth, strings in them whole.
-func skipValue(b []byte, i int) int {
-	if i >= len(b) {
-		return -1
-	}
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(b); j++ {
-			switch b[j] {
-			case '"':
-				e := skipString(b, j)
-				if e < 0 {
-					return -1
-				}
-				j = e - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return -1
-	}
-	j := i
-	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
-		j++
-	}
-	if j == i {
-		return -1
-	}
-	return j
-}

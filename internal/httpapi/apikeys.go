@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -45,11 +46,12 @@ type createKeyRequest struct {
 	Permissions *keybridge.Permissions `json:"permissions"`
 	ExpiresAt   *time.Time             `json:"expires_at"`
 	keybridge.Limits
+	AllowedModels keybridge.ModelAllowlist `json:"allowed_models"`
 }
 
 func (in *createKeyRequest) Validate() error {
 	in.Name = strings.TrimSpace(in.Name)
-	k := keybridge.APIKey{Name: in.Name, Description: in.Description, Limits: in.Limits}
+	k := keybridge.APIKey{Name: in.Name, Description: in.Description, Limits: in.Limits, AllowedModels: in.AllowedModels}
 	v := keybridge.Validation{}
 	var e *keybridge.Error
 	if err := k.Validate(); errors.As(err, &e) {
@@ -142,16 +144,21 @@ func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) error {
 	k := &keybridge.APIKey{
 		OrgID: org.ID, UserID: p.UserID, Name: in.Name, Description: in.Description,
 		Permissions: *in.Permissions, Limits: in.Limits, ExpiresAt: utcPtr(in.ExpiresAt),
+		AllowedModels: in.AllowedModels,
 	}
 	var token string
 	err = s.store.InTx(ctx, func(tx store.Store) error {
 		if k, token, err = newAPIKey(ctx, tx, k); err != nil {
 			return err
 		}
-		return audit.Record(ctx, tx, org.ID, "api_key.create", keyResource(k), map[string]keybridge.Change{
+		changes := map[string]keybridge.Change{
 			"name": {Old: nil, New: k.Name}, "permissions": {Old: nil, New: k.Permissions},
 			"owner": {Old: nil, New: k.UserID}, "expires_at": {Old: nil, New: k.ExpiresAt},
-		})
+		}
+		if len(k.AllowedModels) > 0 {
+			changes["allowed_models"] = keybridge.Change{Old: nil, New: k.AllowedModels}
+		}
+		return audit.Record(ctx, tx, org.ID, "api_key.create", keyResource(k), changes)
 	})
 	if err != nil {
 		return err
@@ -260,6 +267,8 @@ type updateKeyRequest struct {
 	RateLimitTPM optional[int64]                  `json:"rate_limit_tpm"`
 	TokenBudget  optional[int64]                  `json:"token_budget"`
 	BudgetPeriod optional[keybridge.BudgetPeriod] `json:"budget_period"`
+	// AllowedModels replaces the list; [] or null allows every model.
+	AllowedModels optional[keybridge.ModelAllowlist] `json:"allowed_models"`
 }
 
 // apply writes the sent fields onto k and returns what changed, for the
@@ -325,6 +334,12 @@ func (in *updateKeyRequest) apply(k *keybridge.APIKey) (map[string]keybridge.Cha
 		k.BudgetPeriod = in.BudgetPeriod.V
 		diff(changes, "budget_period", old.BudgetPeriod, k.BudgetPeriod)
 	}
+	if in.AllowedModels.Set {
+		k.AllowedModels = in.AllowedModels.V // null is empty: every model
+		if !slices.Equal(old.AllowedModels, k.AllowedModels) {
+			changes["allowed_models"] = keybridge.Change{Old: old.AllowedModels, New: k.AllowedModels}
+		}
+	}
 	if err := k.Validate(); err != nil {
 		return nil, err
 	}
@@ -333,7 +348,8 @@ func (in *updateKeyRequest) apply(k *keybridge.APIKey) (map[string]keybridge.Cha
 
 func (in *updateKeyRequest) empty() bool {
 	return !in.Name.Set && !in.Description.Set && !in.Permissions.Set && !in.ExpiresAt.Set &&
-		!in.RateLimitRPM.Set && !in.RateLimitTPM.Set && !in.TokenBudget.Set && !in.BudgetPeriod.Set
+		!in.RateLimitRPM.Set && !in.RateLimitTPM.Set && !in.TokenBudget.Set && !in.BudgetPeriod.Set &&
+		!in.AllowedModels.Set
 }
 
 func equalTimes(a, b *time.Time) bool {
@@ -524,6 +540,7 @@ func (s *Server) rotateAPIKey(w http.ResponseWriter, r *http.Request) error {
 		next = &keybridge.APIKey{
 			OrgID: old.OrgID, UserID: old.UserID, Name: old.Name, Description: old.Description,
 			Permissions: perms, Limits: old.Limits, ExpiresAt: old.ExpiresAt, RotatedFrom: old.ID,
+			AllowedModels: old.AllowedModels,
 		}
 		if next, token, err = newAPIKey(ctx, tx, next); err != nil {
 			return err

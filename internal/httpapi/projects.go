@@ -243,6 +243,7 @@ type createAIKeyRequest struct {
 	Name   string           `json:"name"`
 	AIType keybridge.AIType `json:"ai_type"`
 	keybridge.Limits
+	AllowedModels keybridge.ModelAllowlist `json:"allowed_models"`
 }
 
 func (in *createAIKeyRequest) Validate() error {
@@ -252,6 +253,7 @@ func (in *createAIKeyRequest) Validate() error {
 		v.Add("ai_type", "must be one of OPENAI, GOOGLE, ANTHROPIC, AWS, OTHER")
 	}
 	in.Limits.Validate(v)
+	in.AllowedModels.Validate(v, "allowed_models")
 	return v.Err()
 }
 
@@ -279,6 +281,7 @@ func aiKeyFields(k *keybridge.AIKey) map[string]any {
 		"name": k.Name, "ai_type": k.AIType, "key": k.Key, "project_id": k.ProjectID,
 		"rate_limit_rpm": k.RateLimitRPM, "rate_limit_tpm": k.RateLimitTPM,
 		"token_budget": k.TokenBudget, "budget_period": k.BudgetPeriod,
+		"allowed_models": k.AllowedModels,
 	}
 }
 
@@ -305,6 +308,7 @@ func (s *Server) createAIKey(w http.ResponseWriter, r *http.Request) error {
 		ID:        newRowID(),
 		ProjectID: p.ID, OrgID: org.ID, Name: strings.TrimSpace(in.Name), AIType: in.AIType,
 		Key: key, SecretHash: hash[:], Limits: in.Limits, CreatedBy: principal(r).UserID,
+		AllowedModels: in.AllowedModels,
 	}
 	if k.AIType == keybridge.AIAWS {
 		// A SigV4 signature is verified with the secret itself; the hash
@@ -332,11 +336,14 @@ type updateAIKeyRequest struct {
 	RateLimitTPM *int64                  `json:"rate_limit_tpm"`
 	TokenBudget  *int64                  `json:"token_budget"`
 	BudgetPeriod *keybridge.BudgetPeriod `json:"budget_period"`
+	// AllowedModels replaces the list; [] allows every model.
+	AllowedModels *keybridge.ModelAllowlist `json:"allowed_models"`
 }
 
 func (in *updateAIKeyRequest) Validate() error {
-	if in.Name == nil && in.RateLimitRPM == nil && in.RateLimitTPM == nil && in.TokenBudget == nil && in.BudgetPeriod == nil {
-		return keybridge.Errorf(keybridge.EInvalid, "nothing to change: send name or a limit")
+	if in.Name == nil && in.RateLimitRPM == nil && in.RateLimitTPM == nil && in.TokenBudget == nil && in.BudgetPeriod == nil &&
+		in.AllowedModels == nil {
+		return keybridge.Errorf(keybridge.EInvalid, "nothing to change: send name, a limit or allowed_models")
 	}
 	return nil
 }
@@ -372,9 +379,13 @@ func (s *Server) updateAIKey(w http.ResponseWriter, r *http.Request) error {
 		if in.BudgetPeriod != nil {
 			k.BudgetPeriod = *in.BudgetPeriod
 		}
+		if in.AllowedModels != nil {
+			k.AllowedModels = *in.AllowedModels
+		}
 		v := keybridge.Validation{}
 		validateAIKeyName(v, k.Name)
 		k.Limits.Validate(v)
+		k.AllowedModels.Validate(v, "allowed_models")
 		if err := v.Err(); err != nil {
 			return err
 		}

@@ -68,6 +68,10 @@ type APIKey struct {
 	Permissions Permissions `json:"permissions"`
 	Status      KeyStatus   `json:"status"`
 	Limits
+
+	// AllowedModels limits the models the key may call; empty: all.
+	AllowedModels ModelAllowlist `json:"allowed_models"`
+
 	CreatedAt  time.Time  `json:"created_at"`
 	UpdatedAt  time.Time  `json:"updated_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
@@ -102,6 +106,7 @@ func (k *APIKey) Validate() error {
 		v.Add("description", "must be at most 1000 characters")
 	}
 	k.Limits.Validate(v)
+	k.AllowedModels.Validate(v, "allowed_models")
 	return v.Err()
 }
 

@@ -35,6 +35,9 @@ type Principal struct {
 	// Role is the user's current role in OrgID, for keys.
 	Role Role
 	Limits
+	// AllowedModels is the key's model allowlist; the zero value (every
+	// model) for sessions and unrestricted keys.
+	AllowedModels ModelMatcher
 	// SessionCSRF is the CSRF token of a cookie session, empty otherwise.
 	SessionCSRF string
 }
@@ -48,6 +51,10 @@ func (p *Principal) Actor() Actor {
 		return Actor{Type: p.Type, ID: p.KeyID, Email: p.Email}
 	}
 }
+
+// AllowsModel reports whether the caller may call model through the
+// gateway: always when its key names no models.
+func (p *Principal) AllowsModel(model string) bool { return p.AllowedModels.Allows(model) }
 
 // RequestInfo is what the audit log records of the request behind a change.
 type RequestInfo struct {

@@ -76,6 +76,10 @@ type AIKey struct {
 	// types and for AWS keys made before secrets were sealed.
 	SecretSealed []byte `json:"-"`
 	Limits
+
+	// AllowedModels limits the models the key may call; empty: all.
+	AllowedModels ModelAllowlist `json:"allowed_models"`
+
 	CreatedBy  string     `json:"created_by"`
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`

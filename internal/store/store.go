@@ -160,7 +160,7 @@ type APIKeys interface {
 	// ListAPIKeys lists keys newest first.
 	ListAPIKeys(ctx context.Context, f APIKeyFilter, page Page) ([]keybridge.APIKey, string, error)
 	// UpdateAPIKey writes k's name, description, permissions, limits,
-	// status, revoked_at, grace_until and expires_at, and publishes an
+	// allowed models, status, revoked_at, grace_until and expires_at, and publishes an
 	// invalidation for it. ENotFound.
 	UpdateAPIKey(ctx context.Context, k *keybridge.APIKey) error
 	// TouchAPIKeys sets last_used_at for many keys at once (the batched
@@ -299,8 +299,8 @@ type Projects interface {
 	AIKeyByKey(ctx context.Context, key string) (*keybridge.AIKey, error)
 	// ListAIKeys lists a project's AI keys newest first.
 	ListAIKeys(ctx context.Context, projectID string, includeDeleted bool, page Page) ([]keybridge.AIKey, string, error)
-	// UpdateAIKey writes name and limits and publishes an invalidation for
-	// it. ENotFound, also for a deleted key.
+	// UpdateAIKey writes name, limits and allowed models and publishes an
+	// invalidation for it. ENotFound, also for a deleted key.
 	UpdateAIKey(ctx context.Context, k *keybridge.AIKey) error
 	// DeleteAIKey soft-deletes a key at the transaction's time and
 	// publishes an invalidation. ENotFound, also when already deleted.

@@ -22,24 +22,28 @@ func (s *Store) CreateAPIKey(ctx context.Context, k *keybridge.APIKey) error {
 	k.CreatedAt, k.UpdatedAt = now, now
 	_, err := s.exec(ctx, `INSERT INTO api_keys (id, org_id, user_id, name, description, prefix, hash, permissions, status,
 		rate_limit_rpm, rate_limit_tpm, token_budget, budget_period, created_at, updated_at,
-		last_used_at, expires_at, revoked_at, grace_until, rotated_from)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		last_used_at, expires_at, revoked_at, grace_until, rotated_from,
+		allowed_models)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		k.ID, k.OrgID, k.UserID, k.Name, k.Description, k.Prefix, k.Hash, int64(k.Permissions), string(k.Status),
 		k.RateLimitRPM, k.RateLimitTPM, k.TokenBudget, string(k.BudgetPeriod), s.ts(now), s.ts(now),
-		s.tsNull(k.LastUsedAt), s.tsNull(k.ExpiresAt), s.tsNull(k.RevokedAt), s.tsNull(k.GraceUntil), k.RotatedFrom)
+		s.tsNull(k.LastUsedAt), s.tsNull(k.ExpiresAt), s.tsNull(k.RevokedAt), s.tsNull(k.GraceUntil), k.RotatedFrom,
+		modelsValue(k.AllowedModels))
 	return s.conflict(err, "an API key with this hash exists")
 }
 
 const apiKeyColumns = `id, org_id, user_id, name, description, prefix, hash, permissions, status,
 	rate_limit_rpm, rate_limit_tpm, token_budget, budget_period, created_at, updated_at,
-	last_used_at, expires_at, revoked_at, grace_until, rotated_from`
+	last_used_at, expires_at, revoked_at, grace_until, rotated_from,
+	allowed_models`
 
 func scanAPIKey(sc rowScanner) (*keybridge.APIKey, error) {
 	var k keybridge.APIKey
 	var perms int64
 	err := sc.Scan(&k.ID, &k.OrgID, &k.UserID, &k.Name, &k.Description, &k.Prefix, &k.Hash, &perms, &k.Status,
 		&k.RateLimitRPM, &k.RateLimitTPM, &k.TokenBudget, &k.BudgetPeriod, timeCol{&k.CreatedAt}, timeCol{&k.UpdatedAt},
-		nullTimeCol{&k.LastUsedAt}, nullTimeCol{&k.ExpiresAt}, nullTimeCol{&k.RevokedAt}, nullTimeCol{&k.GraceUntil}, &k.RotatedFrom)
+		nullTimeCol{&k.LastUsedAt}, nullTimeCol{&k.ExpiresAt}, nullTimeCol{&k.RevokedAt}, nullTimeCol{&k.GraceUntil}, &k.RotatedFrom,
+		modelsCol{&k.AllowedModels})
 	if err != nil {
 		return nil, err
 	}
@@ -96,10 +100,12 @@ func (s *Store) UpdateAPIKey(ctx context.Context, k *keybridge.APIKey) error {
 		now := s.Now()
 		res, err := s.exec(ctx, `UPDATE api_keys SET name = ?, description = ?, permissions = ?, status = ?,
 			rate_limit_rpm = ?, rate_limit_tpm = ?, token_budget = ?, budget_period = ?,
-			revoked_at = ?, grace_until = ?, expires_at = ?, updated_at = ? WHERE id = ?`,
+			revoked_at = ?, grace_until = ?, expires_at = ?, updated_at = ?,
+			allowed_models = ? WHERE id = ?`,
 			k.Name, k.Description, int64(k.Permissions), string(k.Status),
 			k.RateLimitRPM, k.RateLimitTPM, k.TokenBudget, string(k.BudgetPeriod),
-			s.tsNull(k.RevokedAt), s.tsNull(k.GraceUntil), s.tsNull(k.ExpiresAt), s.ts(now), k.ID)
+			s.tsNull(k.RevokedAt), s.tsNull(k.GraceUntil), s.tsNull(k.ExpiresAt), s.ts(now),
+			modelsValue(k.AllowedModels), k.ID)
 		if err := mustAffect(res, err, "API key"); err != nil {
 			return err
 		}

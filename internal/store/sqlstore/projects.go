@@ -140,14 +140,16 @@ func init() {
 
 const aiKeyColumns = `k.id, k.project_id, k.org_id, k.name, k.ai_type, k.key, k.secret_hash, k.secret_sealed,
 	k.rate_limit_rpm, k.rate_limit_tpm, k.token_budget, k.budget_period,
-	k.created_by, k.created_at, k.last_used_at, k.deleted_at`
+	k.created_by, k.created_at, k.last_used_at, k.deleted_at,
+	k.allowed_models`
 
 func scanAIKey(sc rowScanner) (*keybridge.AIKey, error) {
 	var k keybridge.AIKey
 	var budget string
 	err := sc.Scan(&k.ID, &k.ProjectID, &k.OrgID, &k.Name, &k.AIType, &k.Key, &k.SecretHash, &k.SecretSealed,
 		&k.RateLimitRPM, &k.RateLimitTPM, &k.TokenBudget, &budget,
-		&k.CreatedBy, timeCol{&k.CreatedAt}, nullTimeCol{&k.LastUsedAt}, nullTimeCol{&k.DeletedAt})
+		&k.CreatedBy, timeCol{&k.CreatedAt}, nullTimeCol{&k.LastUsedAt}, nullTimeCol{&k.DeletedAt},
+		modelsCol{&k.AllowedModels})
 	if err != nil {
 		return nil, err
 	}
@@ -179,10 +181,12 @@ func (s *Store) CreateAIKey(ctx context.Context, k *keybridge.AIKey) error {
 			sealed = k.SecretSealed
 		}
 		_, err = tx.exec(ctx, `INSERT INTO ai_keys (id, project_id, org_id, name, ai_type, key, secret_hash, secret_sealed, secret_version,
-			rate_limit_rpm, rate_limit_tpm, token_budget, budget_period, created_by, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			rate_limit_rpm, rate_limit_tpm, token_budget, budget_period, created_by, created_at, updated_at,
+			allowed_models)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			id, k.ProjectID, k.OrgID, k.Name, string(k.AIType), k.Key, k.SecretHash, sealed, sealedVersionOf(k.SecretSealed),
-			k.RateLimitRPM, k.RateLimitTPM, k.TokenBudget, string(k.BudgetPeriod), k.CreatedBy, tx.ts(now), tx.ts(now))
+			k.RateLimitRPM, k.RateLimitTPM, k.TokenBudget, string(k.BudgetPeriod), k.CreatedBy, tx.ts(now), tx.ts(now),
+			modelsValue(k.AllowedModels))
 		if err != nil {
 			return tx.conflict(err, "an AI key with this key or secret already exists")
 		}
@@ -249,14 +253,15 @@ func (s *Store) ListAIKeys(ctx context.Context, projectID string, includeDeleted
 	return out, next, nil
 }
 
-// UpdateAIKey implements store.Projects: it writes name and limits of an
-// undeleted key (ENotFound for a deleted one) and invalidates it, so new
-// limits apply at once on every replica.
+// UpdateAIKey implements store.Projects: it writes name, limits and model
+// allowlist of an undeleted key (ENotFound for a deleted one) and
+// invalidates it, so new limits apply at once on every replica.
 func (s *Store) UpdateAIKey(ctx context.Context, k *keybridge.AIKey) error {
 	return s.write(ctx, func(tx *Store) error {
-		res, err := tx.exec(ctx, `UPDATE ai_keys SET name = ?, rate_limit_rpm = ?, rate_limit_tpm = ?, token_budget = ?, budget_period = ?, updated_at = ?
-			WHERE id = ? AND project_id = ? AND deleted_at IS NULL`,
-			k.Name, k.RateLimitRPM, k.RateLimitTPM, k.TokenBudget, string(k.BudgetPeriod), tx.ts(tx.Now()), k.ID, k.ProjectID)
+		res, err := tx.exec(ctx, `UPDATE ai_keys SET name = ?, rate_limit_rpm = ?, rate_limit_tpm = ?, token_budget = ?, budget_period = ?, updated_at = ?,
+			allowed_models = ? WHERE id = ? AND project_id = ? AND deleted_at IS NULL`,
+			k.Name, k.RateLimitRPM, k.RateLimitTPM, k.TokenBudget, string(k.BudgetPeriod), tx.ts(tx.Now()),
+			modelsValue(k.AllowedModels), k.ID, k.ProjectID)
 		if err := mustAffect(res, err, "AI key"); err != nil {
 			return err
 		}

@@ -28,6 +28,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Credentials", testCredentials},
 		{"Projects", testProjects},
 		{"Usage", testUsage},
+		{"AllowedModels", testAllowedModels},
 	} {
 		t.Run(area.name, func(t *testing.T) { area.run(t, newStore) })
 	}

@@ -1,0 +1,152 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// refModels is what encoding/json sees at the top level of body: each
+// "model" member's value, in order, or ok=false when body is not one
+// JSON object.
+func refModels(body []byte) (models []string, ok bool) {
+	if !json.Valid(body) {
+		return nil, false
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	if tok, _ := d.Token(); tok != json.Delim('{') {
+		return nil, false
+	}
+	for d.More() {
+		tok, err := d.Token()
+		if err != nil {
+			return nil, false
+		}
+		var raw json.RawMessage
+		if err := d.Decode(&raw); err != nil {
+			return nil, false
+		}
+		if tok == "model" {
+			var s string
+			if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+				s = "\x00not a string"
+			}
+			models = append(models, s)
+		}
+	}
+	return models, true
+}
+
+func scanAll(body []byte) (models []string, named, ok bool) {
+	named, ok = scanModels(body, func(raw []byte, str bool) bool {
+		if str {
+			models = append(models, jsonString(raw))
+		} else {
+			models = append(models, "\x00not a string")
+		}
+		return true
+	})
+	return models, named, ok
+}
+
+var scanSeeds = []string{
+	`{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`,
+	`{"messages":[{"role":"user","content":"a \"model\": \"x\" {["}],"model":"gpt-4o-mini"}`,
+	`{"model":"a","model":"b"}`,
+	`{"mod\u0065l":"c"}`,
+	`{"model":"\u0067pt"}`,
+	`{"model":null}`,
+	`{"model":{"name":"x"}}`,
+	`{"nested":{"model":"x"}}`,
+	`[{"model":"x"}]`,
+	`{}`,
+	` { "model" : "x" } `,
+	`{"model":"x"}{"model":"y"}`,
+	`{"model":"x",}`,
+	`{"model":"x"`,
+	`{"model":"x\"}`,
+	"{\"model\":\"a\tb\"}",
+	`{"a":1.5e3,"b":true,"c":null,"model":"z"}`,
+	"\xef\xbb\xbf{\"model\":\"x\"}",
+	``,
+}
+
+func TestScanModelsMatchesEncodingJSON(t *testing.T) {
+	for _, s := range scanSeeds {
+		checkScan(t, []byte(s))
+	}
+}
+
+func FuzzScanModels(f *testing.F) {
+	for _, s := range scanSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) { checkScan(t, body) })
+}
+
+// checkScan holds scanModels to encoding/json on every valid body: the
+// same models, in the same order. On an invalid one it may see less, but
+// never claim to have read it all.
+func checkScan(t *testing.T, body []byte) {
+	want, wantOK := refModels(body)
+	got, named, ok := scanAll(body)
+	if wantOK {
+		if !ok || !slices.Equal(got, want) || named != (len(want) > 0) {
+			t.Errorf("scanModels(%q) = %q, named %v, ok %v; want %q, ok", body, got, named, ok, want)
+		}
+		return
+	}
+	if ok && json.Valid(body) {
+		t.Errorf("scanModels(%q) read an invalid body as valid", body)
+	}
+}
+
+// chatBody is a ~1 KB chat completion request with the model after the
+// messages, as openai-go writes it.
+func chatBody() []byte {
+	var b strings.Builder
+	b.WriteString(`{"messages":[{"role":"system","content":"You are a careful assistant. Answer briefly, cite sources, and say \"I don't know\" when unsure."}`)
+	for i := range 6 {
+		b.WriteString(`,{"role":"user","content":"Question ` + strings.Repeat("x", i) + `: what does the {model} field of a request do, and why is it [checked] here?"}`)
+	}
+	b.WriteString(`],"model":"gpt-4o-mini","temperature":0.2,"max_completion_tokens":512,"stream":true,"stream_options":{"include_usage":true}}`)
+	return []byte(b.String())
+}
+
+func BenchmarkScanModels(b *testing.B) {
+	body := chatBody()
+	var found int
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		scanModels(body, func(raw []byte, str bool) bool {
+			found += len(raw)
+			return true
+		})
+	}
+	if found == 0 {
+		b.Fatal("no model found")
+	}
+}
+
+// BenchmarkDecoderToken is the same extraction with encoding/json's
+// Decoder.Token, for comparison.
+func BenchmarkDecoderToken(b *testing.B) {
+	body := chatBody()
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if m, ok := refModels(body); !ok || len(m) != 1 {
+			b.Fatal("no model found")
+		}
+	}
+}
+
+func TestScanModelsAllocatesNothing(t *testing.T) {
+	body := chatBody()
+	if n := testing.AllocsPerRun(100, func() { scanModels(body, func([]byte, bool) bool { return true }) }); n != 0 {
+		t.Errorf("scanModels allocates %v times per body, want 0", n)
+	}
+}
