@@ -56,4 +56,3 @@ func (f *reqFields) field(key, val []byte) {
 		}
 	}
 }
-
