@@ -34,8 +34,9 @@ type cooldowns struct {
 }
 
 type cooldownChange struct {
-	keyID string
-	until time.Time // zero: cleared
+	keyID   string
+	until   time.Time // zero: cleared
+	limited bool
 }
 
 func newCooldowns() *cooldowns {
@@ -91,7 +92,7 @@ func (c *cooldowns) fail(key string, status int, h http.Header, now time.Time) (
 	cd.until = now.Add(d)
 	c.keys[key] = cd
 	c.mu.Unlock()
-	c.publish(cooldownChange{keyID: key, until: cd.until})
+	c.publish(cooldownChange{keyID: key, until: cd.until, limited: cd.limited})
 	return d, true
 }
 
@@ -106,6 +107,21 @@ func (c *cooldowns) succeed(key string) {
 	if ok {
 		c.publish(cooldownChange{keyID: key})
 	}
+}
+
+// apply takes a rest that another replica decided (through Redis). It is
+// not published again: that replica writes it for display.
+func (c *cooldowns) apply(ch cooldownChange) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ch.until.IsZero() {
+		delete(c.keys, ch.keyID)
+		return
+	}
+	cd := c.keys[ch.keyID]
+	cd.until, cd.limited = ch.until, ch.limited
+	cd.streak = max(cd.streak, 1)
+	c.keys[ch.keyID] = cd
 }
 
 func (c *cooldowns) publish(ch cooldownChange) {

@@ -99,6 +99,7 @@ type Gateway struct {
 	m      *metrics
 	lim    limiter
 	rec    *recorder
+	peers  *cooldownPeers // nil without Redis
 
 	bodies sync.Pool // *[]byte request body buffers
 }
@@ -140,6 +141,7 @@ func New(opts Options) (*Gateway, error) {
 			return nil, err
 		}
 		g.lim = rl
+		g.peers = newCooldownPeers(opts.Redis, g.ids.prefix[:], opts.Logger)
 	} else {
 		g.lim = newMemLimiter()
 	}
@@ -165,6 +167,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}()
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if g.peers != nil {
+		peersDone := make(chan struct{})
+		go func() { defer close(peersDone); g.peers.listen(subCtx, g.cool.apply) }()
+		defer func() { cancel(); <-peersDone }()
+	}
 	subDone := make(chan error, 1)
 	go func() { subDone <- g.opts.Store.Subscribe(subCtx, g.invalidate) }()
 	defer g.routes.stop()
@@ -200,15 +207,23 @@ func (g *Gateway) invalidate(inv store.Invalidation) {
 }
 
 // writeCooldowns writes ch and whatever else is waiting, in one call.
+// With Redis, the changes also go to the other replicas (peers.go).
 func (g *Gateway) writeCooldowns(ctx context.Context, ch cooldownChange) {
-	batch := map[string]time.Time{ch.keyID: ch.until}
+	changes := map[string]cooldownChange{ch.keyID: ch}
 	for more := true; more; {
 		select {
 		case c := <-g.cool.changed:
-			batch[c.keyID] = c.until
+			changes[c.keyID] = c
 		default:
 			more = false
 		}
+	}
+	if g.peers != nil {
+		g.peers.send(ctx, changes)
+	}
+	batch := make(map[string]time.Time, len(changes))
+	for id, c := range changes {
+		batch[id] = c.until
 	}
 	if err := g.opts.Store.SetProviderKeyCooldowns(ctx, batch); err != nil && ctx.Err() == nil {
 		g.log.WarnContext(ctx, "write upstream key cooldowns", "err", err)

@@ -535,45 +535,6 @@ func TestRedisLimiterServerStops(t *testing.T) {
 	}
 }
 
-func TestRedisCooldowns(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
-	var c sharedCooldowns = redisCooldowns{rdb}
-	ctx, id := context.Background(), newKeyID()
-	if until, limited, err := c.get(ctx, id); err != nil || !until.IsZero() || limited {
-		t.Fatalf("get of none = %v, %v, %v; want zero", until, limited, err)
-	}
-	want := time.Now().Add(time.Minute).Truncate(time.Millisecond)
-	if err := c.set(ctx, id, want, true); err != nil {
-		t.Fatal(err)
-	}
-	until, limited, err := c.get(ctx, id)
-	if err != nil || !until.Equal(want) || !limited {
-		t.Errorf("get = %v, %v, %v; want %v, true", until, limited, err, want)
-	}
-	if ttl := rdb.PTTL(ctx, cooldownKey(id)).Val(); ttl <= 0 || ttl > time.Minute {
-		t.Errorf("TTL = %v, want up to a minute", ttl)
-	}
-	if err := c.clear(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	if until, _, _ := c.get(ctx, id); !until.IsZero() {
-		t.Errorf("get after clear = %v, want zero", until)
-	}
-	if err := c.set(ctx, id, time.Now().Add(-time.Second), false); err != nil {
-		t.Fatal(err)
-	}
-	if until, _, _ := c.get(ctx, id); !until.IsZero() {
-		t.Errorf("get after a past set = %v, want zero", until)
-	}
-	down := redisCooldowns{redis.NewClient(&redis.Options{Addr: closedAddr(t), MaxRetries: -1})}
-	if _, _, err := down.get(ctx, id); err == nil {
-		t.Error("get on a closed port: no error")
-	}
-}
-
 func BenchmarkLimiter(b *testing.B) {
 	lim := keybridge.Limits{RateLimitRPM: 1 << 40, RateLimitTPM: 1 << 50, TokenBudget: 1 << 50, BudgetPeriod: keybridge.BudgetMonth}
 	for name, newL := range limiters(b) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -296,61 +295,4 @@ func (l *redisLimiter) reachable(ctx context.Context) {
 		l.m.redisOutage.Set(0)
 		l.log.InfoContext(ctx, "redis reachable again for gateway limits")
 	}
-}
-
-// sharedCooldowns holds upstream keys' cooldowns where every replica sees
-// them (SPEC §7.4). The streak that sets a cooldown's length stays per
-// replica; what is shared is until when a key rests and why.
-type sharedCooldowns interface {
-	// get returns keyID's cooldown; a zero until when it has none.
-	get(ctx context.Context, keyID string) (until time.Time, limited bool, err error)
-	// set rests keyID until then; limited is true after a 429.
-	set(ctx context.Context, keyID string, until time.Time, limited bool) error
-	// clear ends keyID's cooldown.
-	clear(ctx context.Context, keyID string) error
-}
-
-// redisCooldowns is sharedCooldowns in Redis: one key per upstream key,
-// "<until ms>:<0|1>", expiring when the cooldown ends. Each call is one
-// command.
-type redisCooldowns struct{ rdb redis.Cmdable }
-
-func cooldownKey(keyID string) string { return "{kb:" + keyID + "}:cool" }
-
-func (c redisCooldowns) get(ctx context.Context, keyID string) (time.Time, bool, error) {
-	v, err := c.rdb.Get(ctx, cooldownKey(keyID)).Result()
-	if errors.Is(err, redis.Nil) {
-		return time.Time{}, false, nil
-	}
-	if err != nil {
-		return time.Time{}, false, fmt.Errorf("read cooldown: %w", err)
-	}
-	ms, flag, ok := strings.Cut(v, ":")
-	n, perr := strconv.ParseInt(ms, 10, 64)
-	if !ok || perr != nil {
-		return time.Time{}, false, fmt.Errorf("read cooldown: malformed value")
-	}
-	return time.UnixMilli(n), flag == "1", nil
-}
-
-func (c redisCooldowns) set(ctx context.Context, keyID string, until time.Time, limited bool) error {
-	ttl := time.Until(until)
-	if ttl <= 0 {
-		return c.clear(ctx, keyID)
-	}
-	v := strconv.FormatInt(until.UnixMilli(), 10) + ":0"
-	if limited {
-		v = v[:len(v)-1] + "1"
-	}
-	if err := c.rdb.Set(ctx, cooldownKey(keyID), v, ttl).Err(); err != nil {
-		return fmt.Errorf("write cooldown: %w", err)
-	}
-	return nil
-}
-
-func (c redisCooldowns) clear(ctx context.Context, keyID string) error {
-	if err := c.rdb.Del(ctx, cooldownKey(keyID)).Err(); err != nil {
-		return fmt.Errorf("clear cooldown: %w", err)
-	}
-	return nil
 }
