@@ -29,7 +29,16 @@ type keybridgeRun struct {
 // with "keybridge setup" on a fresh data dir, starts "keybridge serve" on a
 // free loopback port and registers the mock as provider "mock" with one
 // upstream key, all through the real CLI and API.
-func startKeybridge(ctx context.Context, repo, tmp, mockAddr, upstreamKey, logLevel string) (*keybridgeRun, error) {
+// kbOptions are how Keybridge is run: its log level, whether the caller's
+// key has limits, and Redis for the limit counters.
+type kbOptions struct {
+	logLevel string
+	limits   bool
+	redis    string
+}
+
+func startKeybridge(ctx context.Context, repo, tmp, mockAddr, upstreamKey string, o kbOptions) (*keybridgeRun, error) {
+	logLevel := o.logLevel
 	bin := filepath.Join(tmp, "keybridge")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/keybridge")
 	build.Dir = repo
@@ -64,7 +73,11 @@ func startKeybridge(ctx context.Context, repo, tmp, mockAddr, upstreamKey, logLe
 		return nil, err
 	}
 	defer logf.Close()
-	serve := exec.Command(bin, "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-level", logLevel)
+	args := []string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-level", logLevel}
+	if o.redis != "" {
+		args = append(args, "--redis-url", o.redis)
+	}
+	serve := exec.Command(bin, args...)
 	serve.Env = env
 	serve.Stdout, serve.Stderr = logf, logf
 	serve.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -91,6 +104,21 @@ func startKeybridge(ctx context.Context, repo, tmp, mockAddr, upstreamKey, logLe
 		p.stop()
 		return nil, fmt.Errorf("add provider key: %w", err)
 	}
+	if o.limits {
+		var key struct {
+			Key string `json:"key"`
+		}
+		err := kb.postInto(ctx, "http://"+p.addr+"/api/v1/api-keys", map[string]any{
+			"name": "bench-limited", "permissions": []string{"gateway:invoke"},
+			"rate_limit_rpm": 1_000_000_000, "rate_limit_tpm": 1_000_000_000_000,
+			"token_budget": 1_000_000_000_000_000, "budget_period": "month",
+		}, &key)
+		if err != nil || !strings.HasPrefix(key.Key, "kb_") {
+			p.stop()
+			return nil, fmt.Errorf("create a key with limits: %v", err)
+		}
+		kb.token = key.Key
+	}
 	return kb, nil
 }
 
@@ -114,6 +142,11 @@ func waitListening(path string, exited <-chan struct{}, d time.Duration) (string
 }
 
 func (kb *keybridgeRun) post(ctx context.Context, url string, body any) error {
+	return kb.postInto(ctx, url, body, nil)
+}
+
+// postInto is post, decoding the answer into out when out is not nil.
+func (kb *keybridgeRun) postInto(ctx context.Context, url string, body any, out any) error {
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
@@ -126,6 +159,9 @@ func (kb *keybridgeRun) post(ctx context.Context, url string, body any) error {
 	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusCreated {
 		return fmt.Errorf("POST %s: status %d: %s", url, resp.StatusCode, bytes.TrimSpace(rb))
+	}
+	if out != nil {
+		return json.Unmarshal(rb, out)
 	}
 	return nil
 }

@@ -39,6 +39,8 @@ type config struct {
 	hold       int
 	repo       string
 	kbLogLevel string
+	kbLimits   bool
+	kbRedis    string
 	mockListen string
 	maxTime    time.Duration
 	cpuprofile string
@@ -67,6 +69,8 @@ func main() {
 	flag.IntVar(&cfg.hold, "hold", 1000, "concurrent open streams for the memory phase (0: skip it)")
 	flag.StringVar(&cfg.repo, "repo", "", "the Keybridge source tree to build (default: the module root above the working directory)")
 	flag.StringVar(&cfg.kbLogLevel, "kb-log-level", "info", "keybridge serve --log-level (info is the product's default)")
+	flag.BoolVar(&cfg.kbLimits, "kb-limits", false, "call keybridge with a key that has limits (RPM, TPM and a monthly budget, all too high to be reached), so every request is admitted and settled")
+	flag.StringVar(&cfg.kbRedis, "kb-redis", "", "keybridge serve --redis-url: limit counters in Redis (e.g. redis://127.0.0.1:6379/0)")
 	flag.StringVar(&cfg.mockListen, "mock-listen", "127.0.0.1:0", "the mock upstream's address; fix it to point a -target-url prototype at the mock")
 	flag.DurationVar(&cfg.maxTime, "max-time", 40*time.Minute, "abort a run that takes longer than this")
 	flag.StringVar(&cfg.upKey, "upstream-key", "", "the only key the mock upstream accepts (default: random; fix it for a -target-url prototype)")
@@ -205,7 +209,7 @@ func run(ctx context.Context, cfg *config, out io.Writer) error {
 				}
 			}
 			logf("building and provisioning keybridge from %s", repo)
-			kb, err := startKeybridge(ctx, repo, tmp, e.mock.addr, upstreamKey, cfg.kbLogLevel)
+			kb, err := startKeybridge(ctx, repo, tmp, e.mock.addr, upstreamKey, kbOptions{logLevel: cfg.kbLogLevel, limits: cfg.kbLimits, redis: cfg.kbRedis})
 			if err != nil {
 				return err
 			}
