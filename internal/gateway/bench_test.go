@@ -17,6 +17,11 @@ import (
 // this process. It is for profiles (-cpuprofile); bench/ measures the
 // real binary against a relay and ReverseProxy.
 func BenchmarkProxyJSON(b *testing.B) {
+	b.Run("plain", func(b *testing.B) { benchProxyJSON(b, false) })
+	b.Run("limits", func(b *testing.B) { benchProxyJSON(b, true) })
+}
+
+func benchProxyJSON(b *testing.B, limits bool) {
 	e := newEnv(b)
 	answer := strings.Repeat("x", 400)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -28,8 +33,13 @@ func BenchmarkProxyJSON(b *testing.B) {
 	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
 	e.addKey("oai", "sk-bench-0123456789abcdef", 0)
 	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}`
+	key := e.OwnerKey
+	if limits {
+		key = e.api("POST", "/api/v1/api-keys", e.OwnerKey, map[string]any{"name": "limited", "permissions": []string{"gateway:invoke"},
+			"rate_limit_rpm": 1_000_000_000, "rate_limit_tpm": 1_000_000_000_000, "token_budget": 1_000_000_000_000_000, "budget_period": "month"}, 201)["key"].(string)
+	}
 	req := fmt.Sprintf("POST /gateway/oai/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
-		strings.TrimPrefix(e.URL, "http://"), e.OwnerKey, len(body), body)
+		strings.TrimPrefix(e.URL, "http://"), key, len(body), body)
 
 	b.RunParallel(func(pb *testing.PB) {
 		c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
