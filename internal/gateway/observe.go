@@ -134,10 +134,6 @@ func statusClass(status int) string {
 // chunk.
 func (x *exchange) finish() {
 	g := x.g
-	if x.body != nil {
-		g.putBody(x.body)
-		x.body = nil
-	}
 	status := x.status
 	if x.clientGone {
 		status = statusClientClosed
@@ -156,7 +152,11 @@ func (x *exchange) finish() {
 	}
 	g.m.requests.WithLabelValues(string(pt), statusClass(status)).Inc()
 	g.m.added.Observe(own.Seconds())
-	x.settle(status, total)
+	x.settle(status, total) // before the body goes: the row names its model
+	if x.body != nil {
+		g.putBody(x.body)
+		x.body = nil
+	}
 
 	ctx := x.r.Context()
 	if g.log.Enabled(ctx, slog.LevelInfo) {
