@@ -174,6 +174,9 @@ func serve(ctx context.Context, env *Env) error {
 	if cfg.gatewayMaxBody <= 0 {
 		return fmt.Errorf("%w: --gateway-max-body must be positive", errUsage)
 	}
+	if cfg.limitsWhenRedisDown != "local" && cfg.limitsWhenRedisDown != "refuse" {
+		return fmt.Errorf("%w: --limits-when-redis-down must be local or refuse", errUsage)
+	}
 	up := upstream.New(upstream.Options{DenyCIDRs: deny})
 	gw, err := gateway.New(gateway.Options{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log, RequestLog: logOut, Registerer: reg,

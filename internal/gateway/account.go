@@ -103,6 +103,13 @@ func metered(t keybridge.ProviderType, path string) bool {
 	return false
 }
 
+// unmeterable reports whether a request header would make the answer
+// unreadable as it passes: compression of the body, or of WebSocket
+// messages (permessage-deflate).
+func unmeterable(name string) bool {
+	return name == "Accept-Encoding" || name == "Sec-Websocket-Extensions"
+}
+
 // settle ends the request's accounting: its reservation is replaced by
 // what the answer reported (a stream cut or abandoned included: a cancel
 // is never free), and its usage row is queued.
@@ -171,7 +178,8 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 }
 
 // model is the model a request names: the body's top-level model, else
-// Bedrock's /model/{id}/ or Gemini's /models/{model}: path.
+// Bedrock's /model/{id}/, Gemini's /models/{model}: or Azure's
+// /openai/deployments/{deployment}/ path.
 func (x *exchange) model() string {
 	if x.body != nil {
 		if m := x.fields().model; m != "" {
@@ -190,6 +198,10 @@ func modelFromPath(path string) string {
 			return u
 		}
 		return id
+	}
+	if _, rest, ok := strings.Cut(path, "/openai/deployments/"); ok {
+		d, _, _ := strings.Cut(rest, "/")
+		return d
 	}
 	if i := strings.Index(path, "/models/"); i >= 0 {
 		m := path[i+len("/models/"):]

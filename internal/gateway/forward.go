@@ -268,7 +268,7 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 		writeHead(bw, r.Method, path, query, rt.hostHdr)
 		connHdr := r.Header["Connection"]
 		for name, vv := range r.Header {
-			if dropHeader(name, upgrade) || namedIn(connHdr, name) || x.meter && name == "Accept-Encoding" {
+			if dropHeader(name, upgrade) || namedIn(connHdr, name) || x.meter && unmeterable(name) {
 				continue
 			}
 			for _, v := range vv {
