@@ -173,7 +173,9 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 // model is the model a request names: the body's top-level model, else
 // Bedrock's /model/{id}/ or Gemini's /models/{model}: path.
 func (x *exchange) model() string {
-	if x.body != nil {
+	// By the time a row is recorded the body's buffer is back in its
+	// pool: what was scanned of it before then is what counts.
+	if x.scanned || x.body != nil {
 		if m := x.fields().model; m != "" {
 			return m
 		}
