@@ -181,7 +181,9 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 // Bedrock's /model/{id}/, Gemini's /models/{model}: or Azure's
 // /openai/deployments/{deployment}/ path.
 func (x *exchange) model() string {
-	if x.body != nil {
+	// By the time a row is recorded the body's buffer is back in its
+	// pool: what was scanned of it before then is what counts.
+	if x.scanned || x.body != nil {
 		if m := x.fields().model; m != "" {
 			return m
 		}
