@@ -181,8 +181,9 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 // Bedrock's /model/{id}/, Gemini's /models/{model}: or Azure's
 // /openai/deployments/{deployment}/ path.
 func (x *exchange) model() string {
-	// By the time a row is recorded the body's buffer is back in its
-	// pool: what was scanned of it before then is what counts.
+	// What was scanned of the body counts; it is scanned now if no part
+	// of the gateway needed it yet (finish records before the body's
+	// buffer goes back to its pool).
 	if x.scanned || x.body != nil {
 		if m := x.fields().model; m != "" {
 			return m
