@@ -32,19 +32,11 @@ func TestGatewayReplicas(t *testing.T) {
 		t.Skip("starts two servers on PostgreSQL; skipped with -short")
 	}
 	dbURL := postgresURL(t)
-	master := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{5}, 32))
-	env := envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": dbURL, "KEYBRIDGE_MASTER_KEY": master})
+	env, owner := setupReplicas(t, dbURL)
 
 	up := newRecordingUpstream(t)
 	upKeyA := "sk-replica-upstream-key-AAAAAAAAAAAAAAAA"
 	upKeyB := "sk-replica-upstream-key-BBBBBBBBBBBBBBBB"
-
-	var stdout, stderr bytes.Buffer
-	if err := cli.Run(context.Background(), []string{"keybridge", "setup", "--org", "acme", "--email", "admin@acme.test"},
-		env, strings.NewReader(""), &stdout, &stderr); err != nil {
-		t.Fatalf("setup: %v\n%s", err, stderr.String())
-	}
-	owner := strings.TrimSpace(stdout.String())
 
 	r1 := startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir())
 	// Replica 2 logs at debug, which adds the requests' headers: the
@@ -194,6 +186,22 @@ func TestGatewayReplicas(t *testing.T) {
 			}
 		}
 	}
+}
+
+// setupReplicas sets up org acme on the PostgreSQL schema dbURL names, as
+// the first of several replicas would, and returns the environment every
+// replica of it runs with (that database, one master key) and the owner's
+// key.
+func setupReplicas(t *testing.T, dbURL string) (env func(string) string, owner string) {
+	t.Helper()
+	master := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{5}, 32))
+	env = envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": dbURL, "KEYBRIDGE_MASTER_KEY": master})
+	var stdout, stderr bytes.Buffer
+	if err := cli.Run(context.Background(), []string{"keybridge", "setup", "--org", "acme", "--email", "admin@acme.test"},
+		env, strings.NewReader(""), &stdout, &stderr); err != nil {
+		t.Fatalf("setup: %v\n%s", err, stderr.String())
+	}
+	return env, strings.TrimSpace(stdout.String())
 }
 
 // cutListeners ends the server side of every LISTEN connection on the

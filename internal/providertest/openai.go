@@ -137,6 +137,11 @@ func openaiServe(s *Server, c *call) {
 		return
 	}
 	c.w.Header().Set("X-Request-Id", openaiID("req"))
+	if !isAzure(c.r) {
+		for name, vv := range OpenAIRateLimitHeaders() {
+			c.w.Header()[name] = vv
+		}
+	}
 	switch op {
 	case "chat":
 		openaiChat(s, c)
@@ -152,6 +157,20 @@ func openaiServe(s *Server, c *call) {
 		}})
 	default: // "model"
 		c.writeJSON(http.StatusOK, openaiModel(c.r.PathValue("model")))
+	}
+}
+
+// OpenAIRateLimitHeaders returns the x-ratelimit-* headers the OpenAI mock
+// puts on every answer it serves, as OpenAI reports an organisation's own
+// limits, so that tests can tell them from a gateway's.
+func OpenAIRateLimitHeaders() http.Header {
+	return http.Header{
+		"X-Ratelimit-Limit-Requests":     {"10000"},
+		"X-Ratelimit-Remaining-Requests": {"9999"},
+		"X-Ratelimit-Limit-Tokens":       {"30000000"},
+		"X-Ratelimit-Remaining-Tokens":   {"29999000"},
+		"X-Ratelimit-Reset-Requests":     {"6ms"},
+		"X-Ratelimit-Reset-Tokens":       {"2ms"},
 	}
 }
 

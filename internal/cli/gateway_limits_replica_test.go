@@ -1,0 +1,108 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// TestGatewayLimitsAcrossReplicas runs two serve replicas on one
+// PostgreSQL schema and one Redis, and sends twice a key's requests per
+// minute through them, alternating and a few at a time: the limit is one
+// limit for both (SPEC §7.6), so exactly that many are admitted.
+func TestGatewayLimitsAcrossReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two servers on PostgreSQL and Redis; skipped with -short")
+	}
+	redisURL := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
+	if redisURL == "" {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
+	}
+	const (
+		rpm     = 40
+		workers = 4
+	)
+	env, owner := setupReplicas(t, postgresURL(t))
+	replicas := []*server{
+		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
+		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
+	}
+	up := newRecordingUpstream(t)
+	if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers", owner,
+		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create provider = %d %s", resp.StatusCode, out)
+	}
+	if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
+		map[string]any{"api_key": "sk-replica-limits-upstream-key-AAAAAAAA"}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("add upstream key = %d %s", resp.StatusCode, out)
+	}
+	resp, out := replicas[0].call(t, "POST", "/api/v1/api-keys", owner,
+		map[string]any{"org": "acme", "name": "limited", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": rpm})
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create key = %d %s", resp.StatusCode, out)
+	}
+	var created struct{ Key string }
+	if err := json.Unmarshal(out, &created); err != nil || created.Key == "" {
+		t.Fatalf("no key in %s", out)
+	}
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
+
+	// Request i goes to replica i%2; workers take the next one as they
+	// finish, so both replicas admit at once.
+	var (
+		mu       sync.Mutex
+		statuses = map[int]int{}
+		perRep   [2]int
+		next     int
+		wg       sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				i := next
+				next++
+				mu.Unlock()
+				if i >= 2*rpm {
+					return
+				}
+				// Not call: it fails the test with FailNow, which only
+				// the test's own goroutine may.
+				req, _ := http.NewRequest("POST", replicas[i%2].url+"/gateway/oai/chat/completions", strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+created.Key)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Errorf("request %d: %v", i, err)
+					return
+				}
+				out, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("X-Keybridge-Error") != keybridge.ERateLimited {
+					t.Errorf("429 without X-Keybridge-Error %s: %s", keybridge.ERateLimited, out)
+				}
+				mu.Lock()
+				statuses[resp.StatusCode]++
+				if resp.StatusCode == http.StatusOK {
+					perRep[i%2]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if statuses[http.StatusOK] != rpm || statuses[http.StatusTooManyRequests] != rpm {
+		t.Errorf("answers to %d requests alternating between two replicas: got %v, want %d of 200 and %d of 429",
+			2*rpm, statuses, rpm, rpm)
+	}
+	if got := up.count(); got != rpm {
+		t.Errorf("requests that reached the provider: got %d, want %d", got, rpm)
+	}
+	t.Logf("admitted by replica 1: %d, by replica 2: %d", perRep[0], perRep[1])
+}
