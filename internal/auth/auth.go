@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -182,7 +183,13 @@ func (s *Service) Run(ctx context.Context) error {
 	s.cache.setAccepting(true)
 	// The first login of an unknown address would otherwise pay for
 	// making the dummy hash too, and stand out by its time.
-	go dummyHash()
+	go func() {
+		dummyHash()
+		// Its 64 MiB of argon2 memory is garbage now: hand it back to
+		// the system, or an idle server holds it until the scavenger
+		// gets to it, minutes later.
+		debug.FreeOSMemory()
+	}()
 
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
