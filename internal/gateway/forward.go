@@ -501,6 +501,22 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	}
 }
 
+// endsSoon reports whether the provider's answer, given a moment, ends
+// with nothing more: the watch for the client going away spent the
+// connection's deadline, so it gets a short one of its own.
+func (x *exchange) endsSoon(resp *http.Response, cn *conn) bool {
+	if x.respBytes == 0 {
+		return false
+	}
+	cn.nc.SetReadDeadline(time.Now().Add(endGrace))
+	var b [1]byte
+	n, err := resp.Body.Read(b[:])
+	return n == 0 && err == io.EOF
+}
+
+// endGrace is how long endsSoon waits for the end of an answer.
+const endGrace = 50 * time.Millisecond
+
 // moreWaiting reports whether the provider has sent more than the
 // framing's leftovers (a chunk's trailing CRLF, part of the next chunk's
 // size line): then the next read returns at once, and what it reads can
@@ -511,12 +527,18 @@ func moreWaiting(cn *conn) bool { return cn.br.Buffered() >= 16 }
 // error event in the stream's format, then the response is aborted
 // without its proper end, so no client takes it for a finished one.
 func (x *exchange) cut(resp *http.Response, cn *conn, contentType string, err error) {
-	x.release(cn, false)
 	if x.r.Context().Err() != nil {
-		x.clientGone = true
-		x.status = statusClientClosed
+		// A client may hang up as soon as it has the stream's last
+		// event, before the provider's end of the body arrives: that
+		// answer was whole, not abandoned.
+		if !x.endsSoon(resp, cn) {
+			x.clientGone = true
+			x.status = statusClientClosed
+		}
+		x.release(cn, false)
 		return
 	}
+	x.release(cn, false)
 	why := "the provider's response was cut short"
 	if isTimeout(err) {
 		why = fmt.Sprintf("the provider sent nothing for %s", x.g.opts.IdleTimeout)
