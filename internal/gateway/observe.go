@@ -152,15 +152,26 @@ func (x *exchange) finish() {
 	}
 	g.m.requests.WithLabelValues(string(pt), statusClass(status)).Inc()
 	g.m.added.Observe(own.Seconds())
-	x.settle(status, total) // before the body goes: the row names its model
 	if x.body != nil {
+		if x.principal != nil {
+			x.fields() // the usage row names the body's model
+		}
 		g.putBody(x.body)
 		x.body = nil
 	}
-
-	ctx := x.r.Context()
-	if g.log.Enabled(ctx, slog.LevelInfo) {
-		x.logLine(ctx, status, total, own)
+	end := func() {
+		x.settle(status, total)
+		if ctx := x.r.Context(); g.log.Enabled(ctx, slog.LevelInfo) {
+			x.logLine(ctx, status, total, own)
+		}
+	}
+	if x.ticket.keyID != "" && g.opts.Redis != nil {
+		// Settling in Redis is a round trip: the connection's next
+		// request does not wait for it. The log line follows the
+		// settlement, as it does in process.
+		go end()
+	} else {
+		end()
 	}
 	if x.aborted {
 		panic(http.ErrAbortHandler)
