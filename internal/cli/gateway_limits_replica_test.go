@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
@@ -105,4 +107,80 @@ func TestGatewayLimitsAcrossReplicas(t *testing.T) {
 		t.Errorf("requests that reached the provider: got %d, want %d", got, rpm)
 	}
 	t.Logf("admitted by replica 1: %d, by replica 2: %d", perRep[0], perRep[1])
+}
+
+// TestGatewayCooldownAcrossReplicas: an upstream key that one replica saw
+// rate limited rests on the other replica too (SPEC §7.4: cooldowns are
+// shared when Redis is configured), within a second.
+func TestGatewayCooldownAcrossReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two servers on PostgreSQL and Redis; skipped with -short")
+	}
+	redisURL := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
+	if redisURL == "" {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
+	}
+	env, owner := setupReplicas(t, postgresURL(t))
+	replicas := []*server{
+		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
+		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
+	}
+	const limited, spare = "sk-replica-cooldown-limited-AAAAAAAA", "sk-replica-cooldown-spare-BBBBBBBBBB"
+	var mu sync.Mutex
+	var seen []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		mu.Lock()
+		seen = append(seen, key)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if key == limited {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`)
+			return
+		}
+		io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+	}))
+	defer up.Close()
+	keysSeen := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+	if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers", owner,
+		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create provider = %d %s", resp.StatusCode, out)
+	}
+	for i, k := range []string{limited, spare} {
+		if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
+			map[string]any{"api_key": k, "priority": i}); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("add upstream key = %d %s", resp.StatusCode, out)
+		}
+	}
+	chat := func(s *server) int {
+		t.Helper()
+		resp, _ := s.call(t, "POST", "/gateway/oai/chat/completions", owner, map[string]any{"model": "gpt-4o-mini", "messages": []any{}})
+		return resp.StatusCode
+	}
+	if got := chat(replicas[0]); got != http.StatusOK {
+		t.Fatalf("through replica 1 = %d, want 200 from the spare key", got)
+	}
+	if s := keysSeen(); len(s) != 2 || s[0] != limited || s[1] != spare {
+		t.Fatalf("upstream saw %d requests, want the limited key then the spare", len(s))
+	}
+	// The rest travels through Redis in milliseconds; replica 2 must not
+	// try the limited key even once, so it is given a moment rather than
+	// polled (a try would rest the key on replica 2 by its own hand).
+	start := time.Now()
+	time.Sleep(250 * time.Millisecond)
+	before := len(keysSeen())
+	if got := chat(replicas[1]); got != http.StatusOK {
+		t.Fatalf("through replica 2 = %d", got)
+	}
+	if s := keysSeen()[before:]; len(s) != 1 || s[0] != spare {
+		t.Fatalf("replica 2 made %d upstream requests, want one with the spare key: it tried the key resting on replica 1", len(s))
+	}
+	t.Logf("replica 2 skipped the resting key %v after replica 1's 429", time.Since(start).Round(time.Millisecond))
 }
