@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -236,8 +237,8 @@ func (x *exchange) wsUsage() io.Writer {
 			}
 		} else if p.Limits != (keybridge.Limits{}) {
 			// Each later response counts as a request: it cannot be
-			// refused mid-socket, but it is charged.
-			if t, _, err := g.lim.admit(context.Background(), p.KeyID, p.Limits, 0, now); err == nil {
+			// refused mid-socket, but it is charged, at a limit or over.
+			if t, _, err := g.lim.admit(context.Background(), p.KeyID, chargeOnly(p.Limits), 0, now); err == nil {
 				g.lim.settle(context.Background(), t, tok.total(), now)
 			}
 		}
@@ -249,4 +250,21 @@ func (x *exchange) wsUsage() io.Writer {
 			g.rec.touchProviderKey(x.upstreamKey, now)
 		}
 	})
+}
+
+// chargeOnly is lim with the same limits counted but none reachable: an
+// admission under it always passes and still counts the request and its
+// tokens where lim would.
+func chargeOnly(lim keybridge.Limits) keybridge.Limits {
+	const never = math.MaxInt64 / 4
+	if lim.RateLimitRPM > 0 {
+		lim.RateLimitRPM = never
+	}
+	if lim.RateLimitTPM > 0 {
+		lim.RateLimitTPM = never
+	}
+	if lim.TokenBudget > 0 {
+		lim.TokenBudget = never
+	}
+	return lim
 }

@@ -555,3 +555,28 @@ func BenchmarkLimiter(b *testing.B) {
 		})
 	}
 }
+
+// A WebSocket's later responses are charged at a limit or over: the
+// charge passes and counts, so the key's next request waits longer.
+func TestChargeOnlyCountsAtTheLimit(t *testing.T) {
+	l := newMemLimiter()
+	ctx, now := context.Background(), time.Now()
+	lim := keybridge.Limits{RateLimitRPM: 1, RateLimitTPM: 100}
+	t1, d, err := l.admit(ctx, "k", lim, 0, now)
+	if err != nil || !d.ok {
+		t.Fatalf("first admit = %+v, %v", d, err)
+	}
+	l.settle(ctx, t1, 100, now)
+	t2, d, err := l.admit(ctx, "k", chargeOnly(lim), 0, now)
+	if err != nil || !d.ok {
+		t.Fatalf("charge at the limit = %+v, %v; want it to pass", d, err)
+	}
+	l.settle(ctx, t2, 50, now)
+	_, d, _ = l.admit(ctx, "k", lim, 0, now.Add(30*time.Second))
+	if d.ok || d.rpmRemaining != 0 {
+		t.Errorf("after the charge: %+v, want refused", d)
+	}
+	if d.tokRemaining != 0 {
+		t.Errorf("tokens remaining = %d, want 0 after 150 of 100 counted", d.tokRemaining)
+	}
+}
