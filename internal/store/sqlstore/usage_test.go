@@ -161,3 +161,28 @@ func TestQueryUsageOverSeededMonth(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkInsertUsage writes one gateway flush: 500 rows of one org's
+// traffic, as the recorder batches them.
+//
+//	go test ./internal/store/sqlstore -run '^$' -bench InsertUsage -benchmem
+func BenchmarkInsertUsage(b *testing.B) {
+	for _, eng := range storetest.Engines() {
+		b.Run(eng.Name, func(b *testing.B) {
+			st := eng.New(b)
+			now := time.Now().UTC()
+			batch := make([]keybridge.Usage, 500)
+			b.ReportAllocs()
+			for b.Loop() {
+				for i := range batch {
+					batch[i] = keybridge.Usage{Time: now, OrgID: "org-bench", APIKeyID: "key-1", ProviderID: "prov-1",
+						ProviderKeyID: "pk-1", Model: "gpt-4o-mini", Status: 200, LatencyMS: 1.5, InputTokens: 10, OutputTokens: 20}
+				}
+				if err := st.InsertUsage(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*len(batch)), "µs/row")
+		})
+	}
+}
