@@ -46,8 +46,7 @@ func (x *exchange) admit() bool {
 	if !d.ok {
 		e := newError(keybridge.ERateLimited, refusalMessage(d.limit, p.Limits))
 		e.retryAfter = max(1, int((d.retryAfter+time.Second-1)/time.Second))
-		x.setLimitHeaders(x.w.Header())
-		x.fail(e)
+		x.fail(e) // with the limit headers, as every answer of such a key
 		return false
 	}
 	x.ticket = t
@@ -85,24 +84,10 @@ func (x *exchange) setLimitHeaders(h http.Header) {
 	}
 }
 
-// meters reports whether an answer's usage can be read. A compressed
-// answer cannot be read as it passes, so the gateway asks for an
-// uncompressed one on the paths it meters.
-func metered(t keybridge.ProviderType, path string) bool {
-	path, _, _ = strings.Cut(path, "?")
-	switch t {
-	case keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible:
-		return strings.HasSuffix(path, "/responses") || strings.HasSuffix(path, "/completions") || strings.HasSuffix(path, "/embeddings")
-	case keybridge.ProviderAnthropic:
-		return strings.HasSuffix(path, "/messages")
-	case keybridge.ProviderGoogle:
-		return strings.Contains(path, ":generateContent") || strings.Contains(path, ":streamGenerateContent")
-	case keybridge.ProviderBedrock:
-		op := path[strings.LastIndexByte(path, '/')+1:]
-		return op == "invoke" || op == "converse" || op == "invoke-with-response-stream" || op == "converse-stream"
-	}
-	return false
-}
+// metered reports whether the answers to path carry usage the gateway
+// reads. A compressed answer cannot be read as it passes, so the gateway
+// asks for an uncompressed one on these paths.
+func metered(t keybridge.ProviderType, path string) bool { return usageFormatFor(t, path) != nil }
 
 // unmeterable reports whether a request header would make the answer
 // unreadable as it passes: compression of the body, or of WebSocket

@@ -45,7 +45,10 @@ func newUsageScanner(t keybridge.ProviderType, path string, contentType string, 
 	if ce := h.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		return nil
 	}
-	path, _, _ = strings.Cut(path, "?")
+	f := usageFormatFor(t, path)
+	if f == nil {
+		return nil
+	}
 	media := contentType
 	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
 		media = mt
@@ -53,49 +56,52 @@ func newUsageScanner(t keybridge.ProviderType, path string, contentType string, 
 	media = strings.ToLower(media)
 	sse := media == "text/event-stream"
 	jsonBody := media == "application/json" || strings.HasSuffix(media, "+json")
+	if f != &formatBedrock {
+		return newBodyScanner(f, sse, jsonBody)
+	}
+	if media == "application/vnd.amazon.eventstream" {
+		s := &eventStreamScanner{}
+		s.w.init(&formatBedrock.schema)
+		return s
+	}
+	s := &bedrockBodyScanner{head: bedrockHeaderTokens(h)}
+	if jsonBody {
+		s.w.init(&formatBedrock.schema)
+		s.w.begin()
+	}
+	if !s.head.ok && !jsonBody {
+		return nil
+	}
+	return s
+}
+
+// usageFormatFor is the format usage is read in from the answers to path
+// of provider type t, or nil for the paths whose answers carry none (a
+// model list, a token count). It is also what the gateway meters: those
+// paths get uncompressed answers.
+func usageFormatFor(t keybridge.ProviderType, path string) *usageFormat {
+	path, _, _ = strings.Cut(path, "?")
 	switch t {
 	case keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible:
-		var f *usageFormat
 		switch {
 		case strings.HasSuffix(path, "/responses"):
-			f = &formatResponses
+			return &formatResponses
 		case strings.HasSuffix(path, "/completions"), strings.HasSuffix(path, "/embeddings"):
-			f = &formatChat
-		default:
-			return nil
+			return &formatChat
 		}
-		return newBodyScanner(f, sse, jsonBody)
 	case keybridge.ProviderAnthropic:
-		if !strings.HasSuffix(path, "/messages") {
-			return nil
+		if strings.HasSuffix(path, "/messages") {
+			return &formatAnthropic
 		}
-		return newBodyScanner(&formatAnthropic, sse, jsonBody)
 	case keybridge.ProviderGoogle:
-		if !strings.Contains(path, ":generateContent") && !strings.Contains(path, ":streamGenerateContent") {
-			return nil
+		if strings.Contains(path, ":generateContent") || strings.Contains(path, ":streamGenerateContent") {
+			return &formatGemini
 		}
-		return newBodyScanner(&formatGemini, sse, jsonBody)
 	case keybridge.ProviderBedrock:
-		op := path[strings.LastIndexByte(path, '/')+1:]
-		switch op {
+		switch path[strings.LastIndexByte(path, '/')+1:] {
 		case "invoke", "converse", "invoke-with-response-stream", "converse-stream":
-		default:
-			return nil
+			return &formatBedrock
 		}
-		if media == "application/vnd.amazon.eventstream" {
-			s := &eventStreamScanner{}
-			s.w.init(&formatBedrock.schema)
-			return s
-		}
-		s := &bedrockBodyScanner{head: bedrockHeaderTokens(h)}
-		if jsonBody {
-			s.w.init(&formatBedrock.schema)
-			s.w.begin()
-		}
-		if !s.head.ok && !jsonBody {
-			return nil
-		}
-		return s
 	}
 	return nil
 }
