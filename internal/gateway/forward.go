@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -268,7 +267,7 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 		writeHead(bw, r.Method, path, query, rt.hostHdr)
 		connHdr := r.Header["Connection"]
 		for name, vv := range r.Header {
-			if dropHeader(name, upgrade) || namedIn(connHdr, name) || x.meter && unmeterable(name) {
+			if !x.forwarded(name, connHdr) {
 				continue
 			}
 			for _, v := range vv {
@@ -314,19 +313,28 @@ func writeHeader(bw *bufio.Writer, name, value string) {
 
 func methodHasBody(m string) bool { return m == "POST" || m == "PUT" || m == "PATCH" }
 
-// dropHeader reports whether a request header (canonical name) stays
-// behind: the caller's credentials, hop-by-hop headers (SPEC §7.2), and
-// those the gateway writes itself.
-func dropHeader(name string, upgrade bool) bool {
+// forwarded reports whether a request header (canonical name) goes
+// upstream. What stays behind: the caller's credentials, hop-by-hop
+// headers (SPEC §7.2) and those the Connection header names, those the
+// gateway writes itself, on metered paths those that would make the
+// answer unreadable as it passes, and for Bedrock the caller's own
+// signing headers.
+func (x *exchange) forwarded(name string, connection []string) bool {
 	switch name {
 	case hdrAuthorization, hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey,
 		"Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding",
-		"Host", "Content-Length", "Expect":
-		return true
-	case "Upgrade":
-		return true // written again for a WebSocket
+		"Host", "Content-Length", "Expect",
+		"Upgrade": // written again for a WebSocket
+		return false
+	case "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-Sha256":
+		if x.rt.provider.Type == keybridge.ProviderBedrock {
+			return false
+		}
 	}
-	return strings.HasPrefix(name, "Proxy-")
+	if x.meter && unmeterable(name) {
+		return false
+	}
+	return !strings.HasPrefix(name, "Proxy-") && !namedIn(connection, name)
 }
 
 // namedIn reports whether a Connection header names name.
@@ -360,18 +368,9 @@ func (x *exchange) signBedrock(path, query string, body []byte) (*http.Request, 
 	h := make(http.Header, len(r.Header)+2)
 	connHdr := r.Header["Connection"]
 	for name, vv := range r.Header {
-		if dropHeader(name, false) || namedIn(connHdr, name) {
-			continue
+		if x.forwarded(name, connHdr) {
+			h[name] = vv
 		}
-		switch name {
-		case "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-Sha256":
-			continue
-		case "Accept-Encoding":
-			if x.meter {
-				continue // a compressed answer cannot be metered as it passes
-			}
-		}
-		h[name] = vv
 	}
 	scheme := "http"
 	if rt.pool.tls {
@@ -568,7 +567,7 @@ func (x *exchange) setTiming() {
 // isUpgrade reports whether r asks for a WebSocket.
 func isUpgrade(r *http.Request) bool {
 	return r.ProtoMajor == 1 && strings.EqualFold(header(r.Header, "Upgrade"), "websocket") &&
-		slices.ContainsFunc(r.Header["Connection"], func(v string) bool { return namedIn([]string{v}, "Upgrade") })
+		namedIn(r.Header["Connection"], "Upgrade")
 }
 
 // tunnel completes a WebSocket upgrade (SPEC §7.1): the provider's 101

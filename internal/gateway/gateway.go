@@ -268,8 +268,9 @@ type exchange struct {
 	id    string
 
 	// From the request line: the provider's name, the rest of the path
-	// (raw bytes, from its leading slash) and the query without key.
-	name, rest, query string
+	// (raw bytes, from its leading slash), the query without key, and
+	// key's value (Gemini's REST style of passing the caller's key).
+	name, rest, query, queryKey string
 
 	// style is whose error shape the answer takes, once styled: the
 	// provider's, or guessed from the request before it is known.
@@ -329,15 +330,14 @@ func (x *exchange) parseTarget() bool {
 		return false
 	}
 	x.name, x.rest = name, path[len(name):]
-	x.query, _ = splitKeyParam(query)
+	x.query, x.queryKey = splitKeyParam(query)
 	return true
 }
 
 // serve authenticates, routes and forwards.
 func (x *exchange) serve() {
 	g, r := x.g, x.r
-	_, qkey := splitKeyParam(rawQuery(r))
-	token, sigv4 := callerToken(r, qkey)
+	token, sigv4 := callerToken(r, x.queryKey)
 	if sigv4 {
 		// The signature covers the body: read it first.
 		if !x.readBody() {
@@ -414,14 +414,6 @@ func isJSONBody(r *http.Request) bool {
 	return ct == "" || hasMediaType(ct, "application/json") || strings.HasSuffix(strings.SplitN(ct, ";", 2)[0], "+json")
 }
 
-// rawQuery is the request's query as sent.
-func rawQuery(r *http.Request) string {
-	if _, q, ok := strings.Cut(r.RequestURI, "?"); ok {
-		return q
-	}
-	return r.URL.RawQuery
-}
-
 // verify finds the caller: a platform key, an AI key secret, or an AWS AI
 // key's SigV4 signature.
 func (g *Gateway) verify(r *http.Request, token string, sigv4 bool, body *[]byte) (*keybridge.Principal, error) {
@@ -474,9 +466,6 @@ func (x *exchange) candidates() ([]*upstreamKey, *gwError) {
 			x.g.log.ErrorContext(x.r.Context(), "gateway: load personal credential", "request_id", x.id, "err", err)
 			return nil, newError(keybridge.EInternal, "internal error")
 		}
-		if sec == nil {
-			return nil, nil
-		}
 		return sec, nil
 	}
 	switch rt.provider.KeySource {
@@ -518,9 +507,12 @@ var bedrockKeys = []*upstreamKey{{}}
 func (x *exchange) readBody() bool {
 	max := x.g.opts.MaxBody
 	r := x.r
-	if r.ContentLength > max {
+	tooLarge := func() bool {
 		x.fail(newError(keybridge.ETooLarge, fmt.Sprintf("the request body is over the gateway's limit of %d bytes", max)))
 		return false
+	}
+	if r.ContentLength > max {
+		return tooLarge()
 	}
 	bp := x.g.getBody()
 	b := (*bp)[:0]
@@ -548,8 +540,7 @@ func (x *exchange) readBody() bool {
 	*bp = b
 	if int64(len(b)) > max {
 		x.g.putBody(bp)
-		x.fail(newError(keybridge.ETooLarge, fmt.Sprintf("the request body is over the gateway's limit of %d bytes", max)))
-		return false
+		return tooLarge()
 	}
 	x.body = bp
 	return true

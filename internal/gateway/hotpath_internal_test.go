@@ -39,8 +39,7 @@ func BenchmarkHotPath(b *testing.B) {
 				if !x.parseTarget() {
 					b.Fatal("parse")
 				}
-				_, qkey := splitKeyParam(rawQuery(req))
-				tok, sig := callerToken(req, qkey)
+				tok, sig := callerToken(req, x.queryKey)
 				p, err := g.verify(req, tok, sig, nil)
 				if err != nil {
 					b.Fatal(err)

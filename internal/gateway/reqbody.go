@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bytes"
-	"encoding/json"
 	"strconv"
 	"strings"
 )
@@ -39,8 +38,8 @@ func (f *reqFields) field(key, val []byte) {
 			var m string
 			if bytes.IndexByte(val[1:len(val)-1], '\\') < 0 {
 				m = string(val[1 : len(val)-1])
-			} else if json.Unmarshal(val, &m) != nil {
-				m = "" // rare: an escaped name is decoded, as JSON
+			} else {
+				m = jsonString(val) // rare: an escaped name
 			}
 			// As encoding/json reads it: the store keeps text, and a
 			// database refuses invalid UTF-8.
