@@ -595,6 +595,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	x.setTiming()
 	resp.Header.Set("X-Keybridge-Request-Id", x.id)
 	resp.Header["Server-Timing"] = x.w.Header()["Server-Timing"]
+	x.setLimitHeaders(resp.Header)
 	bw := cbuf.Writer
 	fmt.Fprintf(bw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	resp.Header.Write(bw)

@@ -209,3 +209,26 @@ func TestResponsesWebSocketCutAndCancel(t *testing.T) {
 	})
 	noCanary(t, upKey, e.waitLog(2))
 }
+
+// The 101 that opens a tunnel for a key with limits carries Keybridge's
+// x-ratelimit-* headers, like every other answer of such a key (SPEC §7.6).
+func TestWebSocketUpgradeCarriesLimitHeaders(t *testing.T) {
+	e := newEnv(t)
+	oaUpstream(t, e, "oai", "openai", "/v1", nil)
+	key := e.api("POST", "/api/v1/api-keys", e.OwnerKey, map[string]any{"name": "limited",
+		"permissions": []string{"gateway:invoke"}, "rate_limit_rpm": 5}, 201)["key"].(string)
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+key)
+	conn, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(e.URL, "http")+"/gateway/oai/responses",
+		&websocket.DialOptions{HTTPHeader: h})
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	defer conn.CloseNow()
+	if got := resp.Header.Get("X-Ratelimit-Limit-Requests"); got != "5" {
+		t.Errorf("x-ratelimit-limit-requests = %q, want 5", got)
+	}
+	if got := resp.Header.Get("X-Ratelimit-Remaining-Requests"); got != "4" {
+		t.Errorf("x-ratelimit-remaining-requests = %q, want 4", got)
+	}
+}
