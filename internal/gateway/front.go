@@ -191,7 +191,9 @@ func (c *frontConn) serve() {
 			c.nc.Close()
 		}
 	}()
-	for first := true; ; first = false {
+	for {
+		// Checked after the deadline is set too: Shutdown's poke of an
+		// idle connection may have come just before it and been undone.
 		if f.shutting.Load() {
 			return
 		}
@@ -215,7 +217,7 @@ func (c *frontConn) serve() {
 			return
 		}
 		c.idle.Store(false)
-		if !c.serveOne(first) {
+		if !c.serveOne() {
 			return
 		}
 		c.idle.Store(true)
@@ -224,7 +226,7 @@ func (c *frontConn) serve() {
 
 // serveOne reads and answers one gateway request; it reports whether the
 // connection may carry another.
-func (c *frontConn) serveOne(first bool) (keep bool) {
+func (c *frontConn) serveOne() (keep bool) {
 	c.nc.SetReadDeadline(time.Now().Add(frontHeaderTimeout))
 	req, err := http.ReadRequest(c.br)
 	if err != nil {
@@ -410,7 +412,6 @@ type frontWriter struct {
 	watch       *watch
 	header      http.Header
 	wroteHeader bool
-	status      int
 	chunked     bool
 	bodyless    bool
 	length      int64 // declared Content-Length, or -1
@@ -441,7 +442,7 @@ func (w *frontWriter) WriteHeader(code int) {
 	if code < 200 && code != http.StatusSwitchingProtocols {
 		return // interim answers are not passed on
 	}
-	w.wroteHeader, w.status = true, code
+	w.wroteHeader = true
 	bw := w.c.bw
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(code))
