@@ -118,20 +118,15 @@ func (x *exchange) settle(status int, total time.Duration) {
 	if x.hijacked {
 		return // a WebSocket records one row per response it carried
 	}
-	g.record(x, status, total, tok)
-	if x.upstreamKey != "" {
-		g.rec.touchProviderKey(x.upstreamKey, now)
-	}
-	if x.credentialID != "" {
-		g.rec.touchCredential(x.credentialID, now)
-	}
+	g.record(x, status, total, tok, x.model(), now)
 }
 
 // total is what limits count: every token the answer reports.
 func (t tokens) total() int64 { return t.Input + t.Output + t.CacheRead + t.CacheWrite }
 
-// record queues one usage row.
-func (g *Gateway) record(x *exchange, status int, total time.Duration, tok tokens) {
+// record queues one usage row of x, for an answer naming model, and the
+// last use at now of the upstream credential it went through.
+func (g *Gateway) record(x *exchange, status int, total time.Duration, tok tokens, model string, now time.Time) {
 	p := x.principal
 	u := keybridge.Usage{
 		Time:              x.start.UTC(),
@@ -139,7 +134,7 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 		ProjectID:         p.ProjectID,
 		UserID:            p.UserID,
 		ProviderKeyID:     x.upstreamKey,
-		Model:             x.model(),
+		Model:             model,
 		Status:            status,
 		Stream:            x.stream,
 		LatencyMS:         ms(total),
@@ -161,6 +156,12 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 	}
 	g.rec.add(u)
 	g.m.countTokens(tok)
+	if x.upstreamKey != "" {
+		g.rec.touchProviderKey(x.upstreamKey, now)
+	}
+	if x.credentialID != "" {
+		g.rec.touchCredential(x.credentialID, now)
+	}
 }
 
 // model is the model a request names: the body's top-level model, else
@@ -227,13 +228,7 @@ func (x *exchange) wsUsage() io.Writer {
 				g.lim.settle(context.Background(), t, tok.total(), now)
 			}
 		}
-		row := *x
-		row.reqFields.model = model
-		row.scanned = true
-		g.record(&row, http.StatusOK, time.Since(x.start), tok)
-		if x.upstreamKey != "" {
-			g.rec.touchProviderKey(x.upstreamKey, now)
-		}
+		g.record(x, http.StatusOK, time.Since(x.start), tok, model, now)
 	})
 }
 
