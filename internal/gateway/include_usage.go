@@ -66,14 +66,8 @@ func injectIncludeUsage(body []byte, f *reqFields) []byte {
 		return body
 	}
 	top["stream_options"] = b
-	return marshalTop(top, body)
-}
-
-// marshalTop encodes top; on failure it returns the original body.
-func marshalTop(top map[string]json.RawMessage, orig []byte) []byte {
-	b, err := json.Marshal(top)
-	if err != nil {
-		return orig
+	if b, err = json.Marshal(top); err != nil {
+		return body
 	}
 	return b
 }

@@ -222,13 +222,13 @@ func (x *exchange) logLine(ctx context.Context, status int, total, own time.Dura
 		l.int("failovers", int64(x.failovers))
 	}
 	if x.stream {
-		l.raw("stream", "true")
+		l.flag("stream")
 	}
 	if x.errCode != "" {
 		l.str("error", x.errCode)
 	}
 	if x.clientGone {
-		l.raw("client_gone", "true")
+		l.flag("client_gone")
 	}
 	l.int("bytes", x.respBytes)
 	debug := g.log.Enabled(ctx, slog.LevelDebug)
@@ -292,14 +292,14 @@ func (l *logLineBuilder) float(k string, v float64) {
 	l.b = strconv.AppendFloat(l.b, v, 'g', -1, 64)
 }
 
-// raw appends a JSON literal (true).
-func (l *logLineBuilder) raw(k, v string) {
+// flag appends k: true.
+func (l *logLineBuilder) flag(k string) {
 	if l.viaSlog {
-		l.attrs = append(l.attrs, slog.Bool(k, v == "true"))
+		l.attrs = append(l.attrs, slog.Bool(k, true))
 		return
 	}
 	l.key(k)
-	l.b = append(l.b, v...)
+	l.b = append(l.b, "true"...)
 }
 
 func (l *logLineBuilder) headers(k string, h http.Header) {
