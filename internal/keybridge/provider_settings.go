@@ -1,9 +1,7 @@
 package keybridge
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -25,7 +23,8 @@ type ProviderSettings struct {
 }
 
 // SettingsPatch is a settings object as a request sends it: a nil field
-// was not sent. An empty secret counts as not sent, so that rotating one
+// was not sent. The management API decodes it strictly (exact names, each
+// once); its errors name "settings.<field>". An empty secret counts as not sent, so that rotating one
 // secret never needs the others.
 type SettingsPatch struct {
 	Region          *string `json:"region"`
@@ -45,32 +44,6 @@ var (
 	regionPattern     = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
 	apiVersionPattern = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$|^(v1|latest|preview)$`)
 )
-
-// ParseSettingsPatch decodes a request's settings object strictly: unknown
-// fields and values of the wrong JSON type are invalid_argument errors
-// naming the field. An absent or null object is an empty patch.
-func ParseSettingsPatch(raw json.RawMessage) (SettingsPatch, error) {
-	var p SettingsPatch
-	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
-		return p, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		var te *json.UnmarshalTypeError
-		switch {
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			return p, FieldError("settings."+name, "unknown setting")
-		case errors.As(err, &te) && te.Field != "":
-			return p, FieldError("settings."+te.Field, "must be a string")
-		case IsCode(err, EInvalid):
-			return p, FieldError("settings", "secret settings must be strings")
-		}
-		return p, FieldError("settings", "must be an object")
-	}
-	return p, nil
-}
 
 // Empty reports whether the patch sends nothing.
 func (p SettingsPatch) Empty() bool { return p == SettingsPatch{} }
