@@ -190,10 +190,11 @@ func serve(ctx context.Context, env *Env) error {
 	api := httpapi.New(httpapi.Config{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log,
 		PublicURL: publicURL, Version: Version,
-		Upstream:   up,
-		Registerer: reg,
-		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		UI:         web.Handler(),
+		Upstream:       up,
+		UsageRetention: cfg.usageRetention,
+		Registerer:     reg,
+		Metrics:        promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		UI:             web.Handler(),
 		Ready: func(r *http.Request) error {
 			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
