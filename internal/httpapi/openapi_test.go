@@ -25,7 +25,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // routesInSource reads every "METHOD /path" pattern registered with
 // mux.Handle in routes.go. Patterns without a method (the /api/ catch-all)
 // are not operations.
-func routesInSource(t *testing.T) map[string]bool {
+func routesInSource(t testing.TB) map[string]bool {
 	t.Helper()
 	f, err := parser.ParseFile(token.NewFileSet(), "routes.go", nil, 0)
 	if err != nil {
@@ -74,7 +74,7 @@ type operation struct {
 
 var httpMethods = map[string]bool{"get": true, "put": true, "post": true, "delete": true, "options": true, "head": true, "patch": true, "trace": true}
 
-func fetchOpenAPI(t *testing.T) []byte {
+func fetchOpenAPI(t testing.TB) []byte {
 	t.Helper()
 	srv := httpapi.New(httpapi.Config{})
 	rec := httptest.NewRecorder()
