@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,10 @@ import (
 // maxDepth bounds how deeply a body may nest objects and arrays; no
 // request of the API nests more than four levels.
 const maxDepth = 32
+
+// smallObject is how many keys of an object the scanner compares one by
+// one before it keeps them in a set.
+const smallObject = 16
 
 // bodyContentType enforces the one Content-Type rule of the management API:
 // a request that carries a body sends it as application/json (a charset
@@ -557,21 +562,36 @@ func (d *decoder) scan() error {
 			d.depth--
 			return nil
 		}
+		// Small objects are checked against the keys so far; past
+		// smallObject keys a set takes over, so a body of many keys costs
+		// linear time, not quadratic.
+		var set map[string]struct{}
 		for {
 			key, err := d.key()
 			if err != nil {
 				return err
 			}
-			for _, k := range d.keys[base:] {
-				if k == key {
-					mark := len(d.path)
-					d.path = appendKey(d.path, key)
-					err := keybridge.FieldError(d.pathString(), "appears more than once")
-					d.path = d.path[:mark]
-					return err
+			dup := false
+			if set != nil {
+				_, dup = set[key]
+				set[key] = struct{}{}
+			} else {
+				dup = slices.Contains(d.keys[base:], key)
+				d.keys = append(d.keys, key)
+				if len(d.keys)-base > smallObject {
+					set = make(map[string]struct{}, 2*smallObject)
+					for _, k := range d.keys[base:] {
+						set[k] = struct{}{}
+					}
 				}
 			}
-			d.keys = append(d.keys, key)
+			if dup {
+				mark := len(d.path)
+				d.path = appendKey(d.path, key)
+				err := keybridge.FieldError(d.pathString(), "appears more than once")
+				d.path = d.path[:mark]
+				return err
+			}
 			mark := len(d.path)
 			d.path = appendKey(d.path, key)
 			if err := d.scan(); err != nil {

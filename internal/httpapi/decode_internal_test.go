@@ -3,7 +3,9 @@ package httpapi
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -82,4 +84,35 @@ func BenchmarkDecodeJSON(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestDecodeJSONManyKeys: an object of 60,000 keys inside a body, with
+// and without a repeated key, is refused naming the right thing; the set
+// that takes over past smallObject keys keeps this linear (comparing each
+// key with all before it would be 1.8e9 comparisons).
+func TestDecodeJSONManyKeys(t *testing.T) {
+	for _, dup := range []bool{false, true} {
+		var b []byte
+		b = append(b, `{"name":{`...)
+		for i := range 60000 {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = fmt.Appendf(b, `"k%d":0`, i)
+		}
+		if dup {
+			b = append(b, `,"k59999":1`...)
+		}
+		b = append(b, `}}`...)
+		var v createOrgRequest
+		err := decodeJSON(b, &v)
+		var ke *keybridge.Error
+		want := "must be a string"
+		if dup {
+			want = "appears more than once"
+		}
+		if !errors.As(err, &ke) || !strings.Contains(fmt.Sprint(ke.Fields), want) {
+			t.Errorf("decodeJSON(%d keys, duplicate %v) = %v, want %q", 60000, dup, err, want)
+		}
+	}
 }
