@@ -107,8 +107,14 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 			v.Add(field, "access_key and access_key_secret go together")
 		}
 		for f, val := range map[string]string{"settings.model": s.Model, "settings.small_fast_model": s.SmallFastModel} {
-			if len(val) > 200 {
+			switch {
+			case len(val) > 200:
 				v.Add(f, "must be at most 200 characters")
+			case !modelIDText(val):
+				// Bedrock model IDs, inference profiles and ARNs are
+				// printable ASCII; anything else would not survive the
+				// sealed JSON (invalid UTF-8 becomes U+FFFD) or a URL path.
+				v.Add(f, "must be a Bedrock model ID or ARN: printable ASCII without spaces")
 			}
 		}
 	case ProviderAzureOpenAI:
@@ -117,6 +123,16 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 		}
 	}
 	return v.Err()
+}
+
+// modelIDText reports whether s is empty or printable ASCII without spaces.
+func modelIDText(s string) bool {
+	for i := range len(s) {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // Defaults fills what a type's settings default to.
