@@ -70,8 +70,12 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		var ke *keybridge.Error
+		switch {
+		case errors.As(err, &mbe):
 			return nil, keybridge.Errorf(keybridge.ETooLarge, "request body is larger than %d bytes", mbe.Limit)
+		case errors.As(err, &ke):
+			return nil, ke // a body reader of ours said why (a deadline)
 		}
 		return nil, keybridge.Errorf(keybridge.EInvalid, "the request body could not be read")
 	}
