@@ -26,7 +26,7 @@ func FuzzProviderSettings(f *testing.F) {
 	f.Add(uint8(0), "", "gpt-4o", "", "", "", "")
 	f.Add(uint8(2), "us-east-1", "claude\xff", "", "", "", "")
 	f.Fuzz(func(t *testing.T, typ uint8, region, model, small, apiVersion, accessKey, accessSecret string) {
-		if !utf8.ValidString(accessKey + accessSecret) {
+		if !utf8.ValidString(accessKey) || !utf8.ValidString(accessSecret) {
 			// A secret reaches the domain from a JSON body, which the
 			// management API's decoder refuses unless it is UTF-8; what a
 			// secret may hold is the API's printable-ASCII rule.
