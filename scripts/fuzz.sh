@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh                      # every target, FUZZTIME each (default 30s)
 #   FUZZTIME=2m scripts/fuzz.sh          # longer
-#   scripts/fuzz.sh FuzzDecodeJSON       # only the targets whose name matches
+#   scripts/fuzz.sh FuzzDecodeJSON Open  # only the targets whose name holds one of these
 #
 # One worker per target (FUZZPARALLEL, default 1) so the run stays polite on
 # a shared machine. A target that finds a failure writes the input under its
@@ -36,8 +36,12 @@ targets='
 
 echo "$targets" | while read -r pkg target; do
 	[ -n "$pkg" ] || continue
-	if [ $# -gt 0 ] && ! echo "$target" | grep -q -- "$1"; then
-		continue
+	if [ $# -gt 0 ]; then
+		want=no
+		for p in "$@"; do
+			case $target in *"$p"*) want=yes ;; esac
+		done
+		[ $want = yes ] || continue
 	fi
 	echo "== $pkg $target ($FUZZTIME)"
 	go test "$pkg" -run '^$' -fuzz "^$target\$" -fuzztime "$FUZZTIME" -parallel "$FUZZPARALLEL"
