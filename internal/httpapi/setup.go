@@ -302,7 +302,7 @@ func (s *Server) startSession(w http.ResponseWriter, r *http.Request, u *keybrid
 		return err
 	}
 	s.setSessionCookie(w, r, token, sess.ExpiresAt)
-	writeJSON(w, status, loginResponse{User: u, CSRFToken: sess.CSRFToken, Org: org})
+	writeOneTime(w, status, loginResponse{User: u, CSRFToken: sess.CSRFToken, Org: org})
 	return nil
 }
 
@@ -353,7 +353,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.setSessionCookie(w, r, token, sess.ExpiresAt)
-	writeJSON(w, http.StatusOK, loginResponse{User: u, CSRFToken: sess.CSRFToken})
+	writeOneTime(w, http.StatusOK, loginResponse{User: u, CSRFToken: sess.CSRFToken})
 	return nil
 }
 
