@@ -14,10 +14,11 @@ func TestPages(t *testing.T) {
 		path, contentType, contains string
 		status                      int
 	}{
-		{"/", "text/html", `id="login-form"`, 200},
-		{"/setup?token=abc", "text/html", `id="setup-form"`, 200},
-		{"/invite?token=abc", "text/html", `id="invite-form"`, 200},
-		{"/ui/app.js", "text/javascript", "/api/v1/setup", 200},
+		{"/", "text/html", `src="/ui/js/app.js"`, 200},
+		{"/setup?token=abc", "text/html", `id="app"`, 200},
+		{"/invite?token=abc", "text/html", `id="app"`, 200},
+		{"/ui/js/app.js", "text/javascript", "hashchange", 200},
+		{"/ui/js/pages/auth.js", "text/javascript", "/api/v1/setup", 200},
 		{"/ui/style.css", "text/css", "body", 200},
 		{"/ui/missing.js", "", "", 404},
 	} {
