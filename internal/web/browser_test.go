@@ -17,6 +17,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -457,7 +458,7 @@ func (tb *tab) shot(name string) {
 		err := chromedp.Do(ctx, chromedp.EmulateViewport(w.w, w.h), chromedp.Sleep(150*time.Millisecond))
 		var png []byte
 		if err == nil {
-			png, err = chromedp.Run(ctx, chromedp.CaptureScreenshot())
+			png, err = chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		}
 		cancel()
 		if err != nil {
@@ -532,10 +533,50 @@ func TestBrowser(t *testing.T) {
 
 // uiScenario is every page after sign-in, in the order an operator meets
 // them.
-var uiScenario = func(t *testing.T, e *uiEnv, admin *tab) {
+func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 	admin.open("#/account", "Account")
 	admin.see("#account-email", "ada@acme.test")
 	admin.shot("account")
+
+	// A provider with two upstream keys, tested before and after saving.
+	mainKey, backupKey := "sk-main-"+randomText(32), "sk-backup-"+randomText(32)
+	e.upstream.AddKey(mainKey)
+	e.upstream.AddKey(backupKey)
+	e.typed(mainKey)
+	e.typed(backupKey)
+	admin.open("#/providers", "Providers")
+	admin.see("#providers", "No providers yet — add one")
+	admin.click("Add provider")
+	admin.fill("Name", "openai")
+	admin.fill("Base URL", e.upstream.URL+"/v1")
+	admin.fill("Upstream API key", mainKey)
+	admin.click("Test connection")
+	admin.see("dialog[open] .test-result", "reachable")
+	admin.see("dialog[open] .test-result", "models: ")
+	admin.submit("Create provider")
+	admin.until("provider page", `return document.querySelector("main h1")?.textContent === "openai" && document.querySelector("#provider-keys table") ? "ok" : "";`)
+	admin.see("#provider-keys", mainKey[:4]+"..."+mainKey[len(mainKey)-4:])
+	e.never(mainKey)
+	admin.canary()
+	admin.fill("API key", backupKey)
+	admin.fill("Name", "backup")
+	admin.fill("Priority", "5")
+	admin.submit("Add key")
+	admin.see("#provider-keys", "backup")
+	e.never(backupKey)
+	admin.click("Disable backup")
+	admin.see("#provider-keys", "disabled")
+	admin.click("Enable backup")
+	admin.until("backup enabled again", `return document.querySelector("#provider-keys")?.innerText.includes("disabled") ? "" : "ok";`)
+	admin.click("Test connection")
+	admin.until("both keys tested", `return document.querySelectorAll("#provider-usage .test-result").length === 2 && document.querySelector("#provider-usage").innerText.includes("reachable") ? "ok" : "";`)
+	admin.see("#provider-usage", "Key backup")
+	admin.shot("provider")
+	admin.open("#/providers", "Providers")
+	admin.see("#providers", "openai")
+	admin.shot("providers")
+
+	// An API key, its one-time plaintext, and traffic through the gateway.
 	admin.open("#/api-keys", "API keys")
 	admin.click("Create API key")
 	admin.fill("Name", "laptop")
@@ -546,5 +587,59 @@ var uiScenario = func(t *testing.T, e *uiEnv, admin *tab) {
 	}
 	admin.see("#my-keys", "laptop")
 	admin.see("#my-keys", key[:12])
+	// The main key is rate limited once: the gateway fails over to the
+	// backup and the main key cools down, which the provider page shows.
+	e.upstream.Fault(mainKey, providertest.Fault{Status: 429, RetryAfter: "300", Times: 1})
+	for i := range gatewayCalls {
+		model := "gpt-4o-mini"
+		if i%2 == 1 {
+			model = "gpt-4o"
+		}
+		if got := e.gateway(key, model); got != 200 {
+			t.Fatalf("gateway call %d with the new key = %d, want 200", i, got)
+		}
+	}
 	admin.shot("api-keys")
+	admin.click("Suspend laptop")
+	admin.see("#my-keys", "suspended")
+	waitStatus(t, func() int { return e.gateway(key, "gpt-4o-mini") }, 401)
+	admin.open("#/providers/openai", "openai")
+	admin.see("#provider-keys", "cooling down")
+
+	for _, step := range uiSteps {
+		step(t, e, admin)
+	}
+}
+
+// gatewayCalls is how many successful gateway calls the scenario makes.
+const gatewayCalls = 6
+
+// uiSteps are the pages after API keys and providers, one function each.
+var uiSteps []func(t *testing.T, e *uiEnv, admin *tab)
+
+func waitStatus(t *testing.T, call func() int, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := call()
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status = %d, want %d within 10 s", got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func randomText(n int) string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
 }
