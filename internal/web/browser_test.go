@@ -307,7 +307,7 @@ const scopeJS = `const scope = document.querySelector("dialog[open]") || documen
 func (tb *tab) click(label string) {
 	tb.e.t.Helper()
 	tb.until("click "+label, scopeJS+`
-		const el = [...scope.querySelectorAll("button, a")].find((e) => (e.getAttribute("aria-label") || e.textContent).trim() === `+jsq(label)+` && e.getClientRects().length && !e.disabled);
+		const el = [...scope.querySelectorAll("button, a, label.check")].find((e) => (e.getAttribute("aria-label") || e.textContent).trim() === `+jsq(label)+` && e.getClientRects().length && !e.disabled);
 		if (!el) return "";
 		el.click();
 		return "ok";`)
@@ -642,4 +642,41 @@ func randomText(n int) string {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return string(b)
+}
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		admin.open("#/projects", "Projects")
+		admin.see("#projects", "No projects yet")
+		admin.click("Create project")
+		admin.fill("Name", "web-app")
+		admin.fill("Description", "The storefront")
+		admin.submit("Create project")
+		admin.until("project page", `return document.querySelector("main h1")?.textContent === "web-app" && document.querySelector("#ai-keys .empty") ? "ok" : "";`)
+		admin.click("Create AI key")
+		admin.fill("Name", "github-actions")
+		admin.fill("Requests per minute", "30")
+		admin.submit("Create AI key")
+		secret := admin.secret("Secret", "POST /api/v1/orgs/acme/projects/")
+		if !strings.HasPrefix(secret, "kbs_") {
+			t.Errorf("the AI key dialog showed %q as the secret, want kbs_…", secret)
+		}
+		admin.see("#ai-keys", "github-actions")
+		admin.see("#ai-keys", "30 rpm")
+		admin.see("#ai-keys", "kbk_")
+		admin.click("Create AI key")
+		admin.fill("Name", "old-ci")
+		admin.submit("Create AI key")
+		admin.secret("Secret", "POST /api/v1/orgs/acme/projects/")
+		admin.click("Delete AI key old-ci")
+		admin.click("Delete")
+		admin.until("old-ci hidden", `return document.querySelector("#ai-keys table") && !document.querySelector("#ai-keys").innerText.includes("old-ci") ? "ok" : "";`)
+		admin.click("Show deleted keys")
+		admin.see("#ai-keys", "old-ci")
+		admin.see("#ai-keys", "deleted ")
+		admin.shot("project")
+		admin.open("#/projects", "Projects")
+		admin.see("#projects", "The storefront")
+		admin.shot("projects")
+	})
 }
