@@ -680,3 +680,18 @@ func init() {
 		admin.shot("projects")
 	})
 }
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		personal := "sk-personal-" + randomText(30)
+		e.typed(personal)
+		admin.open("#/credentials", "My provider keys")
+		admin.see("#credentials", "You have no personal provider keys")
+		admin.fill("Your API key", personal)
+		admin.submit("Add key")
+		admin.see("#credentials", personal[len(personal)-4:])
+		admin.see("#credentials", "openai")
+		e.never(personal)
+		admin.shot("credentials")
+	})
+}
