@@ -365,7 +365,9 @@ func (tb *tab) notSee(sel, text string) {
 // go navigates by the UI's own hash links and waits for the page's title.
 func (tb *tab) open(hash, title string) {
 	tb.e.t.Helper()
-	tb.until("open "+hash, `location.hash = `+jsq(hash)+`; return "ok";`)
+	// The same hash again is a reload of the page, as a click on its
+	// navigation link would be.
+	tb.until("open "+hash, `if (location.hash === `+jsq(hash)+`) window.dispatchEvent(new HashChangeEvent("hashchange")); else location.hash = `+jsq(hash)+`; return "ok";`)
 	tb.until("title of "+hash, `
 		const h = document.querySelector("main h1");
 		return h && h.textContent === `+jsq(title)+` && !document.querySelector("main .loading") ? "ok" : "";`)
@@ -377,7 +379,7 @@ func (tb *tab) secret(label string, createdBy string) string {
 	tb.e.t.Helper()
 	v := tb.until("read "+label, `
 		const d = document.querySelector("dialog[open]");
-		if (!d || !d.innerText.includes("you will not see this again")) return "";
+		if (!d || !d.innerText.toLowerCase().includes("you will not see this again")) return "";
 		const l = [...d.querySelectorAll("label")].find((e) => e.textContent.trim() === `+jsq(label)+`);
 		return l ? document.getElementById(l.htmlFor).value : "";`)
 	tb.e.plant(v, createdBy)
@@ -693,5 +695,80 @@ func init() {
 		admin.see("#credentials", "openai")
 		e.never(personal)
 		admin.shot("credentials")
+	})
+}
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		admin.open("#/members", "Members")
+		admin.see("#members", "ada@acme.test")
+		// The last owner rule, as the API answers it.
+		admin.click("Change role of ada@acme.test")
+		admin.fill("Role", "admin")
+		admin.submit("Save")
+		admin.see("dialog[open] .form-error", "owner")
+		admin.click("Cancel")
+		admin.click("Invite member")
+		admin.fill("Email", "dev@acme.test")
+		admin.fill("Name", "Dev Eloper")
+		admin.submit("Create invitation")
+		link := admin.secret("Invitation link", "POST /api/v1/orgs/acme/members")
+		if !strings.Contains(link, "/invite?token=") {
+			t.Fatalf("the invitation dialog showed %q, want an /invite?token= link", link)
+		}
+		admin.see("#members", "dev@acme.test")
+		admin.see("#members", "invited")
+		admin.shot("members")
+
+		// The teammate, in a browser context of their own.
+		dev := e.newTab("member")
+		dev.do("open the invitation", chromedp.Navigate(link))
+		dev.until("invite form", `return document.getElementById("invite-form") ? "ok" : "";`)
+		if loc, _ := dev.eval(`location.href`); strings.Contains(loc, "token") {
+			t.Errorf("after opening the invitation the address is %q, want the token gone", loc)
+		}
+		devPassword := "a long member password"
+		e.typed(devPassword)
+		dev.fill("Choose a password", devPassword)
+		dev.shot("invite")
+		dev.submit("Accept invitation")
+		dev.see("dialog[open]", "Create an API key")
+		dev.fill("Name", "dev-laptop")
+		dev.submit("Create key")
+		devKey := dev.secret("API key", "POST /api/v1/api-keys")
+		dev.see("#my-keys", "dev-laptop")
+		if got := e.gateway(devKey, "gpt-4o-mini"); got != 200 {
+			t.Errorf("the member's own key through the gateway = %d, want 200", got)
+		}
+		// What a member may not do is absent, not broken.
+		for _, absent := range []string{"Dashboard", "Usage", "Audit log"} {
+			dev.notSee("nav", absent)
+		}
+		dev.notSee("main", "Everyone's keys")
+		dev.open("#/providers", "Providers")
+		dev.see("#providers", "openai")
+		dev.notSee("main", "Add provider")
+		dev.open("#/providers/openai", "openai")
+		dev.see("main", "Admins manage this provider's keys")
+		dev.notSee("main", "Delete provider")
+		dev.notSee("main", "Add a key")
+		dev.notSee("main", "Test connection")
+		dev.open("#/members", "Members")
+		dev.see("#members", "dev@acme.test")
+		dev.notSee("main", "Invite member")
+		dev.notSee("main", "Remove")
+		dev.open("#/projects", "Projects")
+		dev.see("#projects", "web-app")
+		dev.notSee("main", "Create project")
+		dev.shot("member-projects")
+		dev.until("open #/audit", `location.hash = "#/audit"; return "ok";`)
+		dev.see("main", "does not allow this page")
+
+		// The admin sees the new member joined, and their key.
+		admin.open("#/members", "Members")
+		admin.until("dev joined", `return document.querySelector("#members table") && !document.querySelector("#members").innerText.includes("invited") ? "ok" : "";`)
+		admin.open("#/api-keys", "API keys")
+		admin.see("#org-keys", "dev-laptop")
+		admin.see("#org-keys", "dev@acme.test")
 	})
 }

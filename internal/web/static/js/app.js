@@ -72,7 +72,7 @@ function nav(current) {
   const menuBtn = h("button", { type: "button", class: "menu-toggle", "aria-expanded": "false", "aria-controls": "nav-links" }, "Menu");
   const links = h("ul", { id: "nav-links", class: "nav-links" },
     routes.filter((r) => r.nav && (!r.perm || can(r.perm))).map((r) =>
-      h("li", {}, h("a", { href: "#/" + r.path, "aria-current": current && current.path.split("/")[0] === r.path ? "page" : null }, r.title))),
+      h("li", {}, h("a", { href: "#/" + r.path, onclick: () => { if (location.hash === "#/" + r.path) render(); }, "aria-current": current && current.path.split("/")[0] === r.path ? "page" : null }, r.title))),
     h("li", {}, h("button", { type: "button", class: "link", id: "logout", onclick: logout }, "Sign out")));
   menuBtn.addEventListener("click", () => {
     const open = links.classList.toggle("open");
