@@ -307,7 +307,7 @@ const scopeJS = `const scope = document.querySelector("dialog[open]") || documen
 func (tb *tab) click(label string) {
 	tb.e.t.Helper()
 	tb.until("click "+label, scopeJS+`
-		const el = [...scope.querySelectorAll("button, a, label.check")].find((e) => (e.getAttribute("aria-label") || e.textContent).trim() === `+jsq(label)+` && e.getClientRects().length && !e.disabled);
+		const el = [...scope.querySelectorAll("button, a, label.check, summary")].find((e) => (e.getAttribute("aria-label") || e.textContent).trim() === `+jsq(label)+` && e.getClientRects().length && !e.disabled);
 		if (!el) return "";
 		el.click();
 		return "ok";`)
@@ -770,5 +770,21 @@ func init() {
 		admin.open("#/api-keys", "API keys")
 		admin.see("#org-keys", "dev-laptop")
 		admin.see("#org-keys", "dev@acme.test")
+	})
+}
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		admin.open("#/audit", "Audit log")
+		admin.see("#audit-events", "provider.create")
+		admin.fill("Action", "api_key.suspend")
+		admin.submit("Apply filters")
+		admin.until("filtered", `const t = document.querySelector("#audit-events table"); return t && t.tBodies[0].rows.length === 1 && t.innerText.includes("api_key.suspend") && t.innerText.includes("laptop") ? "ok" : "";`)
+		admin.click("1 change")
+		admin.see("#audit-events", "active → suspended")
+		admin.click("Verify chain")
+		admin.see("#audit-verify", "chain intact")
+		admin.see("#audit-verify", "events verified")
+		admin.shot("audit")
 	})
 }
