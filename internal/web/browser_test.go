@@ -788,3 +788,52 @@ func init() {
 		admin.shot("audit")
 	})
 }
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		// gatewayCalls by the admin's key and one by the member's went
+		// through; usage rows are written in batches, so wait for them.
+		want := fmt.Sprint(gatewayCalls + 1)
+		admin.open("#/usage", "Usage")
+		admin.until("usage rows", `
+			if (!document.querySelector("#usage table")) { window.dispatchEvent(new HashChangeEvent("hashchange")); return ""; }
+			return document.querySelector("#usage table").innerText.includes("openai\t`+want+`") ? "ok" : "";`)
+		admin.fill("Group by", "model")
+		admin.see("#usage table", "gpt-4o-mini")
+		admin.see("#usage table", "gpt-4o\t3")
+		admin.see("#usage-chart", "Requests by model")
+		admin.until("CSV link", `const a = document.getElementById("usage-csv"); return a && a.href.startsWith("blob:") && a.download.endsWith(".csv") ? "ok" : "";`)
+		// What the link downloads (the page's policy lets no script
+		// fetch a blob: URL, so the test reads the Blob itself).
+		ctx, cancel := context.WithTimeout(admin.ctx, stepTimeout)
+		csv, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("usage-csv").csvBlob.text()`, chromedp.EvalAwaitPromise))
+		cancel()
+		if err != nil {
+			t.Fatalf("read the CSV: %v", err)
+		}
+		if !strings.HasPrefix(csv, "model,name,requests,") || !strings.Contains(csv, "gpt-4o,gpt-4o,3,") {
+			t.Errorf("usage CSV = %q, want a header and a gpt-4o row with 3 requests", csv)
+		}
+		admin.shot("usage")
+
+		admin.open("#/dashboard", "Dashboard")
+		admin.until("dashboard totals", `const s = document.querySelector("#stat-requests .v"); return s && s.textContent === `+jsq(want)+` ? "ok" : "";`)
+		total := admin.until("requests chart", `const c = document.getElementById("chart-requests"); return c ? c.dataset.total : "";`)
+		if total != want {
+			t.Errorf("the requests chart totals %s, want %s", total, want)
+		}
+		bars := admin.until("bars", `return String(document.querySelectorAll("#chart-requests rect.bar").length);`)
+		if bars == "0" {
+			t.Error("the requests chart has no bars")
+		}
+		admin.see("#top-providers", "openai")
+		admin.see("#top-models", "gpt-4o-mini")
+		admin.see("#top-keys", "laptop")
+		admin.see("#chart-latency", "Latency")
+		admin.click("Last 7 days")
+		admin.until("7 days", `const s = document.querySelector("#stat-requests .v"); return s && s.textContent === `+jsq(want)+` && document.querySelector("button[aria-pressed=true]").textContent === "Last 7 days" ? "ok" : "";`)
+		admin.click("Last 24 hours")
+		admin.until("24 hours", `return document.querySelector("#stat-requests .v") ? "ok" : "";`)
+		admin.shot("dashboard")
+	})
+}
