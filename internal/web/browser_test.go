@@ -122,6 +122,7 @@ func startUI(t *testing.T) *uiEnv {
 
 	e := &uiEnv{t: t, rec: &recorder{}, secrets: map[string]int{}, shots: t.ArtifactDir(), docShots: os.Getenv("KEYBRIDGE_UI_SCREENSHOTS")}
 	e.upstream = providertest.NewOpenAI(t)
+	e.upstream.Usage = providertest.Usage{Input: 120, Output: 30, CacheRead: 50}
 
 	// The proxy starts first: serve's links must name it.
 	var target *url.URL
@@ -524,6 +525,7 @@ func TestBrowser(t *testing.T) {
 	// Sign out, and in again by keyboard.
 	admin.click("Sign out")
 	admin.until("login form", `return document.getElementById("login-form") ? "ok" : "";`)
+	admin.shot("login")
 	admin.do("type the credentials",
 		chromedp.SendKeys(chromedp.CSS(`#login-form input[type="email"]`), email),
 		chromedp.SendKeys(chromedp.CSS(`#login-form input[type="password"]`), password+"\r"))
@@ -835,5 +837,16 @@ func init() {
 		admin.click("Last 24 hours")
 		admin.until("24 hours", `return document.querySelector("#stat-requests .v") ? "ok" : "";`)
 		admin.shot("dashboard")
+	})
+}
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		admin.open("#/connect", "Connect a client")
+		admin.see("#connect-openai-sdk", "export OPENAI_BASE_URL="+e.url+"/gateway/openai")
+		admin.see("#connect-codex", `base_url = "`+e.url+`/gateway/openai"`)
+		admin.see("#connect-claude-code", "No enabled anthropic provider")
+		admin.see("#connect-curl", e.url+"/gateway/openai/chat/completions")
+		admin.shot("connect")
 	})
 }
