@@ -22,6 +22,7 @@ type orgJSON struct {
 type memberJSON struct {
 	UserID      string          `json:"user_id"`
 	Email       string          `json:"email"`
+	Name        string          `json:"name"`
 	Role        string          `json:"role"`
 	Invited     bool            `json:"invited"`
 	Credentials map[string]bool `json:"credentials"`
