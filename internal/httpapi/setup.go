@@ -110,6 +110,11 @@ func (in *SetupInput) validate(requirePassword bool) error {
 	return v.Err()
 }
 
+// PasswordProblem says why p cannot be a password, or "" when it can: the
+// one rule of setup, accept-invite and the password endpoint, for callers
+// that ask for a password before calling Setup (the CLI's prompt).
+func PasswordProblem(p string) string { return passwordProblem(p) }
+
 func passwordProblem(p string) string {
 	switch {
 	case len(p) < minPassword:
