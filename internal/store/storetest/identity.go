@@ -10,6 +10,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/sqlstore"
 )
 
 func testIdentity(t *testing.T, newStore Factory) {
@@ -461,4 +462,86 @@ func testIdentity(t *testing.T, newStore Factory) {
 		baseCode(t, "SessionByHash(deleted)", err, keybridge.ENotFound)
 		baseCode(t, "DeleteSession(missing)", st.DeleteSession(ctx, sess.ID), "")
 	})
+}
+
+// InvitationsCarryOver checks migration 0008 on a database as the release
+// before it left it: open invitations become pending ones and their
+// memberships, which granted the not-yet-accepted user the org, are taken
+// back; used or voided invitations go; sessions (whose CSRF tokens were
+// stored in clear) end.
+func InvitationsCarryOver(t *testing.T, newStore Factory, migrate func(context.Context, *sqlstore.DB) error) {
+	ctx := context.Background()
+	st := newStore(t)
+	org := baseOrg(t, st, "acme")
+	owner := baseUser(t, st, "owner@example.com")
+	owner.PasswordHash = "set"
+	if err := st.UpdateUser(ctx, owner); err != nil {
+		t.Fatal(err)
+	}
+	pending := baseUser(t, st, "pending@example.com")
+	accepted := baseUser(t, st, "accepted@example.com")
+	accepted.PasswordHash = "set"
+	if err := st.UpdateUser(ctx, accepted); err != nil {
+		t.Fatal(err)
+	}
+	readded := baseUser(t, st, "readded@example.com")
+	for _, m := range []struct {
+		u    *keybridge.User
+		role keybridge.Role
+	}{{owner, keybridge.RoleOwner}, {pending, keybridge.RoleAdmin}, {accepted, keybridge.RoleMember}, {readded, keybridge.RoleMember}} {
+		baseMember(t, st, org.ID, m.u.ID, m.role)
+	}
+	if err := st.CreateSession(ctx, &keybridge.Session{UserID: owner.ID, TokenHash: baseHash("session"), ExpiresAt: baseTime}); err != nil {
+		t.Fatal(err)
+	}
+
+	raw := RawOf(t, st)
+	blob, ts := "BLOB", "INTEGER"
+	at := func(tm time.Time) any { return tm.UTC().UnixMicro() }
+	if raw.Postgres {
+		blob, ts = "BYTEA", "TIMESTAMPTZ"
+		at = func(tm time.Time) any { return tm.UTC() }
+	}
+	for _, stmt := range []string{
+		`DROP TABLE member_invitations`,
+		`CREATE TABLE invitations (id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+			user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, token_hash ` + blob + ` NOT NULL UNIQUE,
+			expires_at ` + ts + ` NOT NULL, accepted_at ` + ts + `, created_at ` + ts + ` NOT NULL)`,
+		`DELETE FROM schema_migrations WHERE version = 8`,
+	} {
+		if _, err := raw.DB.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	now := time.Now()
+	inv := func(id string, u *keybridge.User, token string, accepted any, created time.Time) {
+		raw.Exec(t, `INSERT INTO invitations (id, org_id, user_id, token_hash, expires_at, accepted_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			id, org.ID, u.ID, baseHash(token), at(now.Add(time.Hour)), accepted, at(created))
+	}
+	raw.Exec(t, `UPDATE sessions SET csrf_token = 'in clear' WHERE user_id = ?`, owner.ID)
+	inv("inv-pending", pending, "pending", nil, now.Add(time.Minute))
+	inv("inv-accepted", accepted, "accepted", at(now), now.Add(time.Minute))
+	// Issued before the member was removed and added back: void.
+	inv("inv-void", readded, "void", nil, now.Add(-time.Hour))
+
+	if err := migrate(ctx, st.(*sqlstore.Store).DB()); err != nil {
+		t.Fatalf("migrate = %v", err)
+	}
+	got, err := st.InvitationByHash(ctx, baseHash("pending"))
+	if err != nil || got.ID != "inv-pending" || got.Email != pending.Email || got.Role != keybridge.RoleAdmin || got.OrgID != org.ID {
+		t.Errorf("carried invitation = %+v, %v; want inv-pending for %s as admin", got, err, pending.Email)
+	}
+	_, err = st.Membership(ctx, org.ID, pending.ID)
+	baseCode(t, "Membership(pending invitee) after migrating", err, keybridge.ENotFound)
+	for _, token := range []string{"accepted", "void"} {
+		_, err := st.InvitationByHash(ctx, baseHash(token))
+		baseCode(t, "InvitationByHash("+token+") after migrating", err, keybridge.ENotFound)
+	}
+	for _, u := range []*keybridge.User{owner, accepted, readded} {
+		if _, err := st.Membership(ctx, org.ID, u.ID); err != nil {
+			t.Errorf("Membership(%s) after migrating = %v, want kept", u.Email, err)
+		}
+	}
+	_, err = st.SessionByHash(ctx, baseHash("session"))
+	baseCode(t, "SessionByHash after migrating", err, keybridge.ENotFound)
 }
