@@ -96,6 +96,7 @@ func TestInviteExistingUserAnswersLikeNew(t *testing.T) {
 				}
 			}
 			resp, raw = do("GET", "/api/v1/orgs", nil)
+			wantStatus(t, resp, raw, http.StatusOK)
 			if strings.Contains(string(raw), stranger.Org.ID) {
 				t.Errorf("GET /orgs lists the org that only invited: %s", raw)
 			}
@@ -133,6 +134,7 @@ func TestInviteExistingUserAnswersLikeNew(t *testing.T) {
 			t.Errorf("accept signed in: csrf_token %q, want the session's %q", got, victimSession.CSRF)
 		}
 		resp, raw = victimSession.do("GET", "/api/v1/users/me", nil)
+		wantStatus(t, resp, raw, http.StatusOK)
 		var role string
 		for _, o := range decodeAs[meJSON](t, raw).Orgs {
 			if o.ID == stranger.Org.ID {
@@ -143,6 +145,7 @@ func TestInviteExistingUserAnswersLikeNew(t *testing.T) {
 			t.Errorf("after accepting, role in the org = %q, want owner: %s", role, raw)
 		}
 		resp, raw = e.do("GET", base, stranger.OwnerKey, nil)
+		wantStatus(t, resp, raw, http.StatusOK)
 		if !strings.Contains(string(raw), victim.ID) || strings.Contains(string(raw), existing.UserID) {
 			t.Errorf("after accepting, the member list = %s; want the account under its own ID", raw)
 		}
@@ -168,6 +171,7 @@ func TestAcceptInviteWithCurrentPassword(t *testing.T) {
 		wantStatus(t, resp, raw, http.StatusOK)
 		s := e.sessionFrom(resp, raw)
 		resp, raw = s.do("GET", "/api/v1/users/me", nil)
+		wantStatus(t, resp, raw, http.StatusOK)
 		me := decodeAs[meJSON](t, raw)
 		if me.User.ID != userID || len(me.Orgs) != 2 {
 			t.Errorf("after accepting: /users/me = %s; want %s in both orgs", raw, userID)
@@ -224,6 +228,7 @@ func TestInvitationRules(t *testing.T) {
 		resp, raw = accept(again.Token)
 		wantStatus(t, resp, raw, http.StatusOK)
 		resp, raw = e.sessionFrom(resp, raw).do("GET", "/api/v1/users/me", nil)
+		wantStatus(t, resp, raw, http.StatusOK)
 		if me := decodeAs[meJSON](t, raw); len(me.Orgs) != 1 || me.Orgs[0].Role != "member" || me.User.Name != "Patricia" {
 			t.Errorf("after accepting: /users/me = %s; want a member named Patricia", raw)
 		}
