@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"fmt"
 	"maps"
 	"slices"
@@ -139,6 +140,15 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 	if len(batch) == 0 {
 		return nil
 	}
+	// A full chunk's statement is prepared once: parsing 500 rows of
+	// placeholders costs SQLite about as much as inserting them.
+	var full *sql.Stmt
+	if s.tx == nil && len(batch) >= usageInsertChunk {
+		var err error
+		if full, err = s.prepare(ctx, usageInsertFull); err != nil {
+			return fmt.Errorf("prepare usage insert: %w", err)
+		}
+	}
 	return s.write(ctx, func(tx *Store) error {
 		rollup := map[usageRollupKey]*usageSums{}
 		for i := range batch {
@@ -166,7 +176,7 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 			}
 		}
 		for chunk := range slices.Chunk(batch, usageInsertChunk) {
-			if err := tx.insertUsageRows(ctx, chunk); err != nil {
+			if err := tx.insertUsageRows(ctx, chunk, full); err != nil {
 				return fmt.Errorf("insert usage: %w", err)
 			}
 		}
@@ -182,21 +192,37 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 	})
 }
 
-func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage) error {
+// usageInsertFull inserts a full chunk of raw rows.
+var usageInsertFull = usageInsertSQL(usageInsertChunk)
+
+// usageInsertSQL is the INSERT of n raw rows.
+func usageInsertSQL(n int) string {
 	var b strings.Builder
 	b.WriteString(`INSERT INTO usage (id, time, org_id, project_id, user_id, api_key_id, ai_key_id, provider_id, provider_key_id,
 		model, status, stream, latency_ms, upstream_latency_ms, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers) VALUES `)
-	args := make([]any, 0, len(rows)*19)
-	for i := range rows {
-		u := &rows[i]
+	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+	}
+	return b.String()
+}
+
+// insertUsageRows inserts rows in the transaction s, with full (when
+// prepared) if they are a full chunk.
+func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage, full *sql.Stmt) error {
+	args := make([]any, 0, len(rows)*19)
+	for i := range rows {
+		u := &rows[i]
 		args = append(args, u.ID, s.ts(u.Time), u.OrgID, u.ProjectID, u.UserID, u.APIKeyID, u.AIKeyID, u.ProviderID, u.ProviderKeyID,
 			u.Model, u.Status, u.Stream, u.LatencyMS, u.UpstreamLatencyMS, u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens, u.Failovers)
 	}
-	_, err := s.exec(ctx, b.String(), args...)
+	if full != nil && len(rows) == usageInsertChunk {
+		_, err := s.tx.StmtContext(ctx, full).ExecContext(ctx, args...)
+		return err
+	}
+	_, err := s.exec(ctx, usageInsertSQL(len(rows)), args...)
 	return err
 }
 
