@@ -464,30 +464,59 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 // holds the writer for long. It returns how many raw rows went.
 func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, error) {
 	cut := s.ts(t.UTC().Truncate(usageDay))
+	// Raw rows are indexed by org and time only (an index on time alone
+	// would cost every insert for a purge that runs once an hour), so the
+	// purge goes org by org. Every raw row has daily totals, which go
+	// last: an interrupted purge still finds its orgs next time.
+	orgs, err := s.usageOrgsBefore(ctx, cut)
+	if err != nil {
+		return 0, fmt.Errorf("delete usage: %w", err)
+	}
 	var total int64
-	for {
-		var n int64
-		err := s.write(ctx, func(tx *Store) error {
-			res, err := tx.exec(ctx, `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE time < ? LIMIT ?)`, cut, usageDeleteChunk)
-			if err != nil {
+	for _, org := range orgs {
+		for {
+			var n int64
+			err := s.write(ctx, func(tx *Store) error {
+				res, err := tx.exec(ctx, `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`, org, cut, usageDeleteChunk)
+				if err != nil {
+					return err
+				}
+				n, err = res.RowsAffected()
 				return err
+			})
+			if err != nil {
+				return total, fmt.Errorf("delete usage: %w", err)
 			}
-			n, err = res.RowsAffected()
-			return err
-		})
-		if err != nil {
-			return total, fmt.Errorf("delete usage: %w", err)
-		}
-		total += n
-		if n < usageDeleteChunk {
-			break
-		}
-		if err := ctx.Err(); err != nil {
-			return total, err
+			total += n
+			if n < usageDeleteChunk {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
 		}
 	}
 	if _, err := s.exec(ctx, `DELETE FROM usage_rollup WHERE bucket < ?`, cut); err != nil {
 		return total, fmt.Errorf("delete usage rollup: %w", err)
 	}
 	return total, nil
+}
+
+// usageOrgsBefore lists the orgs with daily totals before cut: every org
+// with raw rows before it.
+func (s *Store) usageOrgsBefore(ctx context.Context, cut any) ([]string, error) {
+	rows, err := s.query(ctx, `SELECT DISTINCT org_id FROM usage_rollup WHERE period = 'd' AND bucket < ?`, cut)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var orgs []string
+	for rows.Next() {
+		var org string
+		if err := rows.Scan(&org); err != nil {
+			return nil, err
+		}
+		orgs = append(orgs, org)
+	}
+	return orgs, rows.Err()
 }
