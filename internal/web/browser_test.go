@@ -480,6 +480,18 @@ func (tb *tab) shot(name string) {
 	tb.do("restore the viewport", chromedp.EmulateViewport(1280, 900))
 }
 
+// login signs in through the API (not the browser) and answers the status.
+func (e *uiEnv) login(email, password string) int {
+	e.t.Helper()
+	b, _ := json.Marshal(map[string]string{"email": email, "password": password})
+	resp, err := http.Post(e.direct+"/api/v1/auth/login", "application/json", bytes.NewReader(b))
+	if err != nil {
+		e.t.Fatalf("login: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // gateway calls the OpenAI chat endpoint through Keybridge with key.
 func (e *uiEnv) gateway(key, model string) int {
 	e.t.Helper()
@@ -540,6 +552,19 @@ func TestBrowser(t *testing.T) {
 func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 	admin.open("#/account", "Account")
 	admin.see("#account-email", "ada@acme.test")
+	newPassword := "an even better passphrase"
+	e.typed(newPassword)
+	admin.fill("Current password", "wrong password")
+	admin.fill("New password", newPassword)
+	admin.submit("Change password")
+	admin.see("#password-form .form-error", "current_password")
+	admin.fill("Current password", "correct horse battery staple")
+	admin.fill("New password", newPassword)
+	admin.submit("Change password")
+	admin.see(".toasts", "Password changed")
+	if got := e.login("ada@acme.test", newPassword); got != 200 {
+		t.Errorf("login with the new password = %d, want 200", got)
+	}
 	admin.shot("account")
 
 	// A provider with two upstream keys, tested before and after saving.
