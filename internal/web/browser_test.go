@@ -453,6 +453,10 @@ func (e *uiEnv) checkResponses() {
 func (tb *tab) shot(name string) {
 	tb.e.t.Helper()
 	tb.canary()
+	// Toasts of earlier steps would cover the picture.
+	if _, err := tb.eval(`document.querySelector(".toasts")?.replaceChildren(); ""`); err != nil {
+		tb.e.t.Fatal(err)
+	}
 	for _, w := range []struct {
 		suffix string
 		w, h   int64

@@ -59,7 +59,7 @@ function createKey(reload) {
 
 function actions(k, reload, own) {
   const out = [];
-  const post = (verb) => async () => { await api("POST", "/api/v1/api-keys/" + enc(k.id) + "/" + verb); toast(k.name + ": " + verb + "d"); reload(); };
+  const post = (verb) => async () => { await api("POST", "/api/v1/api-keys/" + enc(k.id) + "/" + verb); toast(k.name + ": " + (verb === "suspend" ? "suspended" : "reactivated")); reload(); };
   if (k.status === "active") out.push(button("Suspend", post("suspend"), { aria: "Suspend " + k.name }));
   if (k.status === "suspended" && own) out.push(button("Reactivate", post("reactivate"), { aria: "Reactivate " + k.name }));
   if (k.status !== "revoked" && own) {
