@@ -570,6 +570,15 @@ func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 		t.Errorf("login with the new password = %d, want 200", got)
 	}
 	admin.shot("account")
+	// A second org, and the switcher between the two.
+	admin.fill("Slug", "acme-labs")
+	admin.fill("Display name", "Acme Labs")
+	admin.submit("Create organisation")
+	admin.until("switcher", `const s = document.getElementById("org-switcher"); return s && s.options.length === 2 && s.value === "acme-labs" ? "ok" : "";`)
+	admin.open("#/providers", "Providers")
+	admin.see("#providers", "No providers yet")
+	admin.until("switch back", `const s = document.getElementById("org-switcher"); s.value = "acme"; s.dispatchEvent(new Event("change")); return "ok";`)
+	admin.until("acme chosen", `return document.querySelector(".org-row select")?.value === "acme" && document.querySelector("main h1")?.textContent === "Providers" ? "ok" : "";`)
 
 	// A provider with two upstream keys, tested before and after saving.
 	mainKey, backupKey := "sk-main-"+randomText(32), "sk-backup-"+randomText(32)
@@ -605,8 +614,12 @@ func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 	admin.until("both keys tested", `return document.querySelectorAll("#provider-usage .test-result").length === 2 && document.querySelector("#provider-usage").innerText.includes("reachable") ? "ok" : "";`)
 	admin.see("#provider-usage", "Key backup")
 	admin.shot("provider")
+	admin.click("Edit")
+	admin.fill("Display name", "OpenAI (main account)")
+	admin.submit("Save")
+	admin.until("renamed", `return document.querySelector("main h1")?.textContent === "OpenAI (main account)" ? "ok" : "";`)
 	admin.open("#/providers", "Providers")
-	admin.see("#providers", "openai")
+	admin.see("#providers", "OpenAI (main account)")
 	admin.shot("providers")
 
 	// An API key, its one-time plaintext, and traffic through the gateway.
@@ -636,15 +649,38 @@ func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 	admin.click("Suspend laptop")
 	admin.see("#my-keys", "suspended")
 	waitStatus(t, func() int { return e.gateway(key, "gpt-4o-mini") }, 401)
-	admin.open("#/providers/openai", "openai")
+	admin.open("#/providers/openai", "OpenAI (main account)")
 	admin.see("#provider-keys", "cooling down")
+
+	// Rotation with a grace period, then revocation.
+	admin.open("#/api-keys", "API keys")
+	admin.click("Create API key")
+	admin.fill("Name", "ci")
+	admin.submit("Create key")
+	ci := admin.secret("API key", "POST /api/v1/api-keys")
+	admin.click("Rotate ci")
+	admin.fill("Grace period (seconds)", "600")
+	admin.submit("Rotate")
+	ci2 := admin.secret("API key", "POST /api/v1/api-keys/")
+	if ci2 == ci || !strings.HasPrefix(ci2, "kb_") {
+		t.Errorf("rotation showed %q, want a new kb_ key", ci2)
+	}
+	if got := e.gateway(ci, "gpt-4o-mini"); got != 200 {
+		t.Errorf("the rotated-out key within its grace period = %d, want 200", got)
+	}
+	admin.until("two ci keys", `return [...document.querySelectorAll("#my-keys tbody tr")].filter((r) => r.cells[0].innerText.trim() === "ci").length === 2 ? "ok" : "";`)
+	admin.until("revoke the new ci", `const b = [...document.querySelectorAll("#my-keys tbody tr")].find((r) => r.innerText.includes(`+jsq(ci2[:12])+`))?.querySelector("button.danger"); if (!b) return ""; b.click(); return "ok";`)
+	admin.click("Revoke")
+	admin.see("#my-keys", "revoked")
+	waitStatus(t, func() int { return e.gateway(ci2, "gpt-4o-mini") }, 401)
 
 	for _, step := range uiSteps {
 		step(t, e, admin)
 	}
 }
 
-// gatewayCalls is how many successful gateway calls the scenario makes.
+// gatewayCalls is how many successful gateway calls the scenario makes
+// with the "laptop" key; the "ci" key and the member's key make one each.
 const gatewayCalls = 6
 
 // uiSteps are the pages after API keys and providers, one function each.
@@ -779,7 +815,7 @@ func init() {
 		dev.open("#/providers", "Providers")
 		dev.see("#providers", "openai")
 		dev.notSee("main", "Add provider")
-		dev.open("#/providers/openai", "openai")
+		dev.open("#/providers/openai", "OpenAI (main account)")
 		dev.see("main", "Admins manage this provider's keys")
 		dev.notSee("main", "Delete provider")
 		dev.notSee("main", "Add a key")
@@ -822,9 +858,10 @@ func init() {
 
 func init() {
 	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
-		// gatewayCalls by the admin's key and one by the member's went
-		// through; usage rows are written in batches, so wait for them.
-		want := fmt.Sprint(gatewayCalls + 1)
+		// gatewayCalls by the admin's laptop key, one by its ci key and
+		// one by the member's went through; usage rows are written in
+		// batches, so wait for them.
+		want := fmt.Sprint(gatewayCalls + 2)
 		admin.open("#/usage", "Usage")
 		admin.until("usage rows", `
 			if (!document.querySelector("#usage table")) { window.dispatchEvent(new HashChangeEvent("hashchange")); return ""; }

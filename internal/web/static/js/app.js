@@ -139,6 +139,8 @@ async function afterSignIn(next) {
   go(want);
 }
 
+auth.onReloadMe(async () => { await refreshMe(); render(); });
+
 api.onUnauthenticated = () => {
   if (state.me) {
     state.me = null;

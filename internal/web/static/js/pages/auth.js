@@ -79,6 +79,10 @@ export function invite({ token, me, onDone }) {
     f.el);
 }
 
+// reloadMe is set by app.js: it reloads who the user is and redraws.
+let reloadMe = async () => {};
+export function onReloadMe(fn) { reloadMe = fn; }
+
 export function account() {
   const u = state.me.user;
   const pw = form({
@@ -94,10 +98,26 @@ export function account() {
     },
   });
   pw.el.id = "password-form";
+  const org = form({
+    label: "Create an organisation", submit: "Create organisation",
+    fields: [
+      { name: "slug", label: "Slug", required: true, placeholder: "acme-labs", hint: "Lower-case letters, digits and dashes." },
+      { name: "name", label: "Display name" },
+    ],
+    onSubmit: async (v, { el }) => {
+      const o = await api("POST", "/api/v1/orgs", v);
+      el.reset();
+      sessionStorage.setItem("kb.org", o.slug);
+      toast("Organisation " + o.slug + " created: you are its owner");
+      await reloadMe();
+    },
+  });
+  org.el.id = "org-form";
   return page("Account", { intro: "Who you are in Keybridge." },
     h("dl", { class: "facts" },
       h("dt", {}, "Email"), h("dd", { id: "account-email" }, u.email),
       h("dt", {}, "Name"), h("dd", {}, u.name || "—"),
       h("dt", {}, "Organisations"), h("dd", {}, (state.me.orgs || []).map((o) => o.name + " (" + o.role + ")").join(", ") || "none")),
-    h("h2", {}, "Password"), pw.el);
+    h("h2", {}, "Password"), pw.el,
+    h("h2", {}, "New organisation"), h("p", { class: "muted" }, "You become its owner; switch between your organisations in the navigation."), org.el);
 }
