@@ -249,11 +249,12 @@ func memberResource(userID, email string) keybridge.Resource {
 }
 
 // createMember invites an address. Whether it belongs to an account or
-// not, nothing differs: no user is looked at, an invitation is stored (or
-// a pending one renewed: a new token, name, role and seven days, the old
-// link void) and answered with its own ID. The user joins only by
-// accepting it. Only an address that is already a member of this org —
-// which the inviter sees in the member list anyway — is refused (409).
+// not, nothing differs: nothing of an account is used or shown, an
+// invitation is stored (or a pending one renewed: a new token, name, role
+// and seven days, the old link void) and answered with its own ID. The
+// user joins only by accepting it. Only an address that is already a
+// member of this org — which the inviter sees in the member list anyway —
+// is refused (409).
 func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	org, role, err := s.org(r, keybridge.PermMembersWrite)

@@ -85,6 +85,9 @@ type Member struct {
 	Name  string `json:"name"`
 	// Invited is true for an invitation not accepted yet.
 	Invited bool `json:"invited"`
+	// InviteExpiresAt is when a pending invitation stops working (it
+	// stays listed, for the inviter to renew or withdraw).
+	InviteExpiresAt *time.Time `json:"invite_expires_at,omitempty"`
 	// Credentials names, per provider ID, whether the member has a personal
 	// credential for it (SPEC §6); filled by the API layer, for admins only.
 	Credentials map[string]bool `json:"credentials,omitempty"`
@@ -112,7 +115,7 @@ type Invitation struct {
 func (inv *Invitation) Member() Member {
 	return Member{
 		Membership: Membership{OrgID: inv.OrgID, UserID: inv.ID, Role: inv.Role, CreatedAt: inv.CreatedAt, UpdatedAt: inv.UpdatedAt},
-		Email:      inv.Email, Name: inv.Name, Invited: true,
+		Email:      inv.Email, Name: inv.Name, Invited: true, InviteExpiresAt: &inv.ExpiresAt,
 	}
 }
 

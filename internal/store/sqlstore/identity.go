@@ -169,14 +169,15 @@ func (s *Store) Membership(ctx context.Context, orgID, userID string) (*keybridg
 // memberColumns reads a membership with its user; invitationMemberColumns
 // reads a pending invitation in the same shape.
 const (
-	memberColumns           = `m.org_id, m.user_id, m.role, m.created_at, m.updated_at, u.email, u.name, 0 AS invited`
-	invitationMemberColumns = `i.org_id, i.id, i.role, i.created_at, i.updated_at, i.email, i.name, 1 AS invited`
+	memberColumns           = `m.org_id, m.user_id, m.role, m.created_at, m.updated_at, u.email, u.name, 0 AS invited, NULL AS expires_at`
+	invitationMemberColumns = `i.org_id, i.id, i.role, i.created_at, i.updated_at, i.email, i.name, 1 AS invited, i.expires_at`
 )
 
 func scanMember(sc rowScanner) (*keybridge.Member, error) {
 	var m keybridge.Member
 	var invited int
-	err := sc.Scan(&m.OrgID, &m.UserID, &m.Role, timeCol{&m.CreatedAt}, timeCol{&m.UpdatedAt}, &m.Email, &m.Name, &invited)
+	err := sc.Scan(&m.OrgID, &m.UserID, &m.Role, timeCol{&m.CreatedAt}, timeCol{&m.UpdatedAt}, &m.Email, &m.Name, &invited,
+		nullTimeCol{&m.InviteExpiresAt})
 	if err != nil {
 		return nil, err
 	}

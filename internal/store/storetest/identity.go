@@ -348,10 +348,11 @@ func testIdentity(t *testing.T, newStore Factory) {
 		if err != nil || len(ms) != 2 {
 			t.Fatalf("Members = %+v, %v; want the owner and the invitation", ms, err)
 		}
-		if m := ms[1]; m.UserID != inv.ID || !m.Invited || m.Name != "Given Name" || m.Email != "zed@example.com" || m.Role != keybridge.RoleAdmin {
-			t.Errorf("Members[1] = %+v; want the invitation %s, invited, named Given Name", m, inv.ID)
+		if m := ms[1]; m.UserID != inv.ID || !m.Invited || m.Name != "Given Name" || m.Email != "zed@example.com" || m.Role != keybridge.RoleAdmin ||
+			m.InviteExpiresAt == nil || !m.InviteExpiresAt.Equal(baseTime.Truncate(time.Microsecond)) {
+			t.Errorf("Members[1] = %+v; want the invitation %s, invited, named Given Name, expiring %v", m, inv.ID, baseTime)
 		}
-		if ms[0].Invited {
+		if ms[0].Invited || ms[0].InviteExpiresAt != nil {
 			t.Errorf("Members[0] = %+v; want the owner, not invited", ms[0])
 		}
 		page1, next, err := st.Members(ctx, org.ID, store.Page{Limit: 1})
