@@ -41,7 +41,7 @@ export async function list() {
       { label: "Email", cell: (m) => h("div", {}, h("strong", {}, m.email), m.user_id === state.me.user.id ? h("span", { class: "muted" }, " (you)") : null) },
       { label: "Name", cell: (m) => m.name || "—" },
       { label: "Role", cell: (m) => badge(m.role, m.role === "owner" ? "ok" : "") },
-      { label: "Status", cell: (m) => (m.invited ? badge("invited", "warn") : "joined " + fmtTime(m.created_at)) },
+      { label: "Status", cell: (m) => (m.invited ? h("span", {}, badge("invited", "warn"), m.invite_expires_at ? h("span", { class: "muted" }, " until " + fmtTime(m.invite_expires_at)) : null) : "joined " + fmtTime(m.created_at)) },
       { label: "Personal keys", cell: (m) => Object.entries(m.credentials || {}).filter(([, v]) => v).map(([id]) => pname[id] || id).join(", ") || "—" },
       write ? { label: "Actions", cell: (m) => h("div", { class: "row-actions" },
         (state.org.role === "owner" || m.role !== "owner") ? button("Change role", () => formDialog("Role of " + m.email, {
