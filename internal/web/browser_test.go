@@ -329,16 +329,6 @@ func (tb *tab) fill(label, value string) {
 		return "ok";`)
 }
 
-// check ticks (or unticks) the checkbox labelled label.
-func (tb *tab) check(label string, on bool) {
-	tb.e.t.Helper()
-	tb.until("check "+label, scopeJS+`
-		const l = [...scope.querySelectorAll("label.check")].find((e) => e.textContent.trim() === `+jsq(label)+`);
-		if (!l) return "";
-		l.querySelector("input").checked = `+fmt.Sprint(on)+`;
-		return "ok";`)
-}
-
 // submit submits the form in the open dialog, or the page's form whose
 // button says label.
 func (tb *tab) submit(label string) { tb.click(label) }
