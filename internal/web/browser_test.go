@@ -578,6 +578,14 @@ func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 	e.typed(backupKey)
 	admin.open("#/providers", "Providers")
 	admin.see("#providers", "No providers yet — add one")
+	// A Bedrock provider without its region: the API's field error shows
+	// beside the Region control.
+	admin.click("Add provider")
+	admin.fill("Type", "bedrock")
+	admin.fill("Name", "bedrock")
+	admin.submit("Create provider")
+	admin.until("region error", `const l = [...document.querySelectorAll("dialog[open] label")].find((e) => e.textContent.startsWith("Region")); const c = l && document.getElementById(l.htmlFor); return c && c.getAttribute("aria-invalid") === "true" && c.parentElement.querySelector(".field-error").textContent ? "ok" : "";`)
+	admin.click("Close")
 	admin.click("Add provider")
 	admin.fill("Name", "openai")
 	admin.fill("Base URL", e.upstream.URL+"/v1")

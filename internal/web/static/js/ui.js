@@ -129,14 +129,17 @@ export function form(spec) {
     if (!e) return;
     let first = null;
     for (const [k, v] of Object.entries(e.fields || {})) {
-      const name = k.split(".")[0];
-      if (fieldErrors[k] || fieldErrors[name]) {
-        (fieldErrors[k] || fieldErrors[name]).textContent = v;
-        const c = controls[k] || controls[name];
+      // Provider settings are "settings.region" in the API, "s.region" here.
+      const name = k.startsWith("settings.") ? "s." + k.slice(9) : k.split(".")[0];
+      if (fieldErrors[name] || fieldErrors[k]) {
+        (fieldErrors[name] || fieldErrors[k]).textContent = v;
+        const c = controls[name] || controls[k];
         if (c && c.setAttribute) { c.setAttribute("aria-invalid", "true"); first = first || c; }
       }
     }
-    (first || errBox).focus && (first || errBox.firstChild || errBox).focus?.();
+    // Keyboard users land on the first field the API refused; the alert
+    // above the button is announced either way.
+    if (first) first.focus();
   };
   el.addEventListener("submit", async (ev) => {
     ev.preventDefault();
