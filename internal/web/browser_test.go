@@ -38,6 +38,7 @@ import (
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/cli"
@@ -461,6 +462,24 @@ func (tb *tab) shot(name string) {
 		if err != nil {
 			tb.e.t.Fatalf("screenshot %s: %v", name, err)
 		}
+		// Readable at this width: nothing but a table's or a snippet's own
+		// scroller is wider than the screen, and every control has a name.
+		check, err := tb.eval(`(() => {
+			const bad = [];
+			if (document.documentElement.scrollWidth > window.innerWidth + 1) bad.push("the page is " + document.documentElement.scrollWidth + " px wide");
+			for (const c of document.querySelectorAll("input, select, textarea, button")) {
+				if (!c.getClientRects().length) continue;
+				const named = c.getAttribute("aria-label") || (c.id && document.querySelector("label[for='" + c.id + "']")) || c.closest("label") || (c.tagName === "BUTTON" && c.textContent.trim());
+				if (!named) bad.push("unlabelled " + c.tagName.toLowerCase() + (c.name ? " " + c.name : ""));
+			}
+			return bad.join("; ");
+		})()`)
+		if err != nil {
+			tb.e.t.Fatal(err)
+		}
+		if check != "" {
+			tb.e.t.Errorf("%s at %d px: %s", name, w.w, check)
+		}
 		file := name + "-" + w.suffix + ".png"
 		if err := os.WriteFile(filepath.Join(tb.e.shots, file), png, 0o644); err != nil {
 			tb.e.t.Fatal(err)
@@ -622,6 +641,13 @@ func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 
 	// An API key, its one-time plaintext, and traffic through the gateway.
 	admin.open("#/api-keys", "API keys")
+	// By keyboard: Enter on the button opens the dialog with the focus in
+	// its first field; Escape closes it.
+	admin.until("focus the create button", `const b = [...document.querySelectorAll("main button")].find((e) => e.textContent === "Create API key"); if (!b) return ""; b.focus(); return "ok";`)
+	admin.do("press Enter", chromedp.KeyEvent("\r"))
+	admin.until("dialog by keyboard", `const d = document.querySelector("dialog[open]"); return d && d.contains(document.activeElement) && document.activeElement.tagName === "INPUT" ? "ok" : "";`)
+	admin.do("press Escape", chromedp.KeyEvent(kb.Escape))
+	admin.until("dialog closed by Escape", `return document.querySelector("dialog") ? "" : "ok";`)
 	admin.click("Create API key")
 	admin.fill("Name", "laptop")
 	admin.submit("Create key")
