@@ -820,7 +820,7 @@ func init() {
 		}
 		devPassword := "a long member password"
 		e.typed(devPassword)
-		dev.fill("Choose a password", devPassword)
+		dev.fill("Password", devPassword)
 		dev.shot("invite")
 		dev.submit("Accept invitation")
 		dev.see("dialog[open]", "Create an API key")
@@ -861,6 +861,32 @@ func init() {
 		admin.open("#/api-keys", "API keys")
 		admin.see("#org-keys", "dev-laptop")
 		admin.see("#org-keys", "dev@acme.test")
+		devTab = dev
+	})
+}
+
+// devTab is the member's browser, once they have joined.
+var devTab *tab
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		// An existing user invited to a second org accepts while signed
+		// in: no password, and the org joins their switcher.
+		admin.until("switch to acme-labs", `const s = document.getElementById("org-switcher"); s.value = "acme-labs"; s.dispatchEvent(new Event("change")); return "ok";`)
+		admin.open("#/members", "Members")
+		admin.see("#members", "ada@acme.test")
+		admin.click("Invite member")
+		admin.fill("Email", "dev@acme.test")
+		admin.submit("Create invitation")
+		link := admin.secret("Invitation link", "POST /api/v1/orgs/acme-labs/members")
+		dev := devTab
+		dev.do("open the second invitation", chromedp.Navigate(link))
+		dev.see("main", "You are signed in as dev@acme.test")
+		dev.submit("Accept invitation")
+		dev.until("two orgs", `const s = document.getElementById("org-switcher"); return s && s.options.length === 2 ? "ok" : "";`)
+		dev.canary()
+		admin.until("switch back to acme", `const s = document.getElementById("org-switcher"); s.value = "acme"; s.dispatchEvent(new Event("change")); return "ok";`)
+		admin.until("acme again", `return document.querySelector(".org-row select")?.value === "acme" && document.querySelector("main h1") ? "ok" : "";`)
 	})
 }
 

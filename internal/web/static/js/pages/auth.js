@@ -62,7 +62,7 @@ export function invite({ token, me, onDone }) {
     label: "Accept invitation", submit: "Accept invitation", busy: "Accepting…",
     fields: [
       signedIn ? null : { name: "name", label: "Your name", autocomplete: "name" },
-      signedIn ? null : { name: "password", label: "Choose a password", type: "password", required: true, hint: "If you already have a Keybridge account, sign in first and open the link again." },
+      signedIn ? null : { name: "password", label: "Password", type: "password", required: true, hint: "New to Keybridge: choose one. Already have an account with this email: your current password (or sign in first and open the link again)." },
     ],
     onSubmit: async (v) => {
       const body = { token };
@@ -75,7 +75,7 @@ export function invite({ token, me, onDone }) {
   });
   f.el.id = "invite-form";
   return card("Accept invitation",
-    signedIn ? "You are signed in as " + me.user.email + ". Accept to join the organisation that invited you." : "Set your password to join the organisation that invited you.",
+    signedIn ? "You are signed in as " + me.user.email + ". Accept to join the organisation that invited you (the invitation must be for this email)." : "Set your password to join the organisation that invited you.",
     f.el);
 }
 
