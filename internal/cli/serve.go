@@ -37,6 +37,10 @@ type serveConfig struct {
 	auditRetention  time.Duration
 	shutdownTimeout time.Duration
 
+	apiBodyTimeout time.Duration
+	maxConnsPerIP  int
+	maxConns       int
+
 	gatewayMaxBody       int64
 	limitsWhenRedisDown  string
 	gatewayHeaderTimeout time.Duration
@@ -58,6 +62,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 		{&c.usageRetention, "usage-retention", "KEYBRIDGE_USAGE_RETENTION", 2160 * time.Hour, "how long gateway usage records are kept (KEYBRIDGE_USAGE_RETENTION)"},
 		{&c.auditRetention, "audit-retention", "KEYBRIDGE_AUDIT_RETENTION", 0, "how long audit events are kept; 0 keeps them forever (KEYBRIDGE_AUDIT_RETENTION)"},
 		{&c.shutdownTimeout, "shutdown-timeout", "KEYBRIDGE_SHUTDOWN_TIMEOUT", 30 * time.Second, "how long a shutdown waits for in-flight requests and streams (KEYBRIDGE_SHUTDOWN_TIMEOUT)"},
+		{&c.apiBodyTimeout, "api-body-timeout", "KEYBRIDGE_API_BODY_TIMEOUT", httpapi.DefaultBodyTimeout, "how long the management API waits for a request body, from its headers; later is 408 (KEYBRIDGE_API_BODY_TIMEOUT)"},
 		{&c.gatewayHeaderTimeout, "gateway-header-timeout", "KEYBRIDGE_GATEWAY_HEADER_TIMEOUT", gateway.DefaultHeaderTimeout, "how long the gateway waits for a provider's response headers (KEYBRIDGE_GATEWAY_HEADER_TIMEOUT)"},
 		{&c.gatewayIdleTimeout, "gateway-idle-timeout", "KEYBRIDGE_GATEWAY_IDLE_TIMEOUT", gateway.DefaultIdleTimeout, "how long a streamed answer may stay silent before the gateway ends it (KEYBRIDGE_GATEWAY_IDLE_TIMEOUT)"},
 	}
@@ -69,6 +74,24 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 			}
 		}
 		fs.DurationVar(d.p, d.name, def, d.usage)
+	}
+	ints := []struct {
+		p         *int
+		name, env string
+		def       int
+		usage     string
+	}{
+		{&c.maxConnsPerIP, "max-conns-per-ip", "KEYBRIDGE_MAX_CONNS_PER_IP", defaultMaxConnsPerIP, "most connections to the management API and web UI from one client address (an IPv6 /64); 0 for no cap (KEYBRIDGE_MAX_CONNS_PER_IP)"},
+		{&c.maxConns, "max-conns", "KEYBRIDGE_MAX_CONNS", defaultMaxConns, "most connections to the management API and web UI in all; 0 for no cap (KEYBRIDGE_MAX_CONNS)"},
+	}
+	for _, n := range ints {
+		def := n.def
+		if v := getenv(n.env); v != "" {
+			if def, err = strconv.Atoi(v); err != nil || def < 0 {
+				return fmt.Errorf("%w: %s: want a number, 0 or more", errUsage, n.env)
+			}
+		}
+		fs.IntVar(n.p, n.name, def, n.usage)
 	}
 	maxBody := int64(gateway.DefaultMaxBody)
 	if v := getenv("KEYBRIDGE_GATEWAY_MAX_BODY"); v != "" {
@@ -174,6 +197,9 @@ func serve(ctx context.Context, env *Env) error {
 	if cfg.gatewayMaxBody <= 0 {
 		return fmt.Errorf("%w: --gateway-max-body must be positive", errUsage)
 	}
+	if cfg.maxConnsPerIP < 0 || cfg.maxConns < 0 || cfg.apiBodyTimeout <= 0 {
+		return fmt.Errorf("%w: --max-conns-per-ip and --max-conns must be 0 or more, --api-body-timeout positive", errUsage)
+	}
 	if cfg.limitsWhenRedisDown != "local" && cfg.limitsWhenRedisDown != "refuse" {
 		return fmt.Errorf("%w: --limits-when-redis-down must be local or refuse", errUsage)
 	}
@@ -190,10 +216,11 @@ func serve(ctx context.Context, env *Env) error {
 	api := httpapi.New(httpapi.Config{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log,
 		PublicURL: publicURL, Version: Version,
-		Upstream:   up,
-		Registerer: reg,
-		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		UI:         web.Handler(),
+		Upstream:    up,
+		Registerer:  reg,
+		Metrics:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		UI:          web.Handler(),
+		BodyTimeout: cfg.apiBodyTimeout,
 		Ready: func(r *http.Request) error {
 			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
@@ -258,7 +285,7 @@ func serve(ctx context.Context, env *Env) error {
 	front := gw.Front(ln)
 	served := make(chan error, 2)
 	go func() { served <- front.Serve() }()
-	go func() { served <- srv.Serve(front.Listener()) }()
+	go func() { served <- srv.Serve(newConnLimiter(front.Listener(), cfg.maxConnsPerIP, cfg.maxConns)) }()
 	log.Info("listening", "addr", ln.Addr().String(), "public_url", publicURL, "version", Version)
 
 	select {

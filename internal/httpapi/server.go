@@ -39,6 +39,9 @@ type Config struct {
 	UI http.Handler
 	// Ready reports whether the database and key ring are ready.
 	Ready func(r *http.Request) error
+	// BodyTimeout bounds how long a request's body may take to arrive
+	// (default DefaultBodyTimeout); past it the answer is 408.
+	BodyTimeout time.Duration
 }
 
 // Server is the HTTP API.
@@ -68,7 +71,7 @@ func New(cfg Config) *Server {
 	s.routes(mux)
 	// withObserve sits right above the mux and below every r.WithContext,
 	// so it sees the route pattern the mux sets on the request.
-	s.handler = s.withRequestInfo(s.withObserve(s.withRecover(mux)))
+	s.handler = s.withRequestInfo(s.withBodyDeadline(s.withObserve(s.withRecover(mux))))
 	return s
 }
 
