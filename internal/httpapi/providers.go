@@ -713,7 +713,8 @@ func (in *testProviderRequest) Validate() error {
 // storing nothing. Whatever the provider does, the answer is 200 with
 // reachable and a safe error; only a malformed request is an error.
 func (s *Server) testProvider(w http.ResponseWriter, r *http.Request) error {
-	if _, _, err := s.org(r, keybridge.PermProvidersWrite); err != nil {
+	org, _, err := s.org(r, keybridge.PermProvidersWrite)
+	if err != nil {
 		return err
 	}
 	in, err := decode[testProviderRequest](w, r)
@@ -724,9 +725,36 @@ func (s *Server) testProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := s.allowProbe(org); err != nil {
+		return err
+	}
 	res := s.upstreamClient().Probe(r.Context(), upstream.Target{Type: in.Type, BaseURL: base, APIKey: in.APIKey, Settings: set})
+	s.logProbeCause(r.Context(), res, "")
 	writeJSON(w, http.StatusOK, res)
 	return nil
+}
+
+// DefaultProbesPerMinute is how many provider tests and usage requests an
+// org may make per minute when Config.ProbesPerMinute is zero: enough for
+// an admin setting providers up, too few to scan a network with.
+const DefaultProbesPerMinute = 30
+
+// allowProbe takes one of org's probe tokens, or answers 429 with the wait.
+func (s *Server) allowProbe(org *keybridge.Org) error {
+	if wait, ok := s.probeLimit.allow(org.ID, time.Now()); !ok {
+		return &keybridge.Error{Code: keybridge.ERateLimited, Message: "too many provider tests for this org; retry later",
+			RetryAfterSeconds: int(wait.Seconds()) + 1}
+	}
+	return nil
+}
+
+// logProbeCause logs why a probe could not reach its provider: the answer
+// says only upstream.ErrUnreachable.
+func (s *Server) logProbeCause(ctx context.Context, res upstream.Result, keyID string) {
+	if err := res.Cause(); err != nil {
+		s.log.InfoContext(ctx, "provider probe: upstream unreachable", "err", err, "key_id", keyID,
+			"request_id", keybridge.RequestInfoFromContext(ctx).RequestID)
+	}
 }
 
 // usageItem is one stored key's live view: the probe result with the key
@@ -735,6 +763,13 @@ type usageItem struct {
 	KeyID string `json:"key_id"`
 	upstream.Result
 	Cached bool `json:"cached"`
+}
+
+// usageCacheKey is the probe cache's key for a stored key of p. The
+// provider's last change is in it: a new base URL or settings must not be
+// answered from the old ones.
+func usageCacheKey(p *keybridge.Provider, k *keybridge.ProviderKey) string {
+	return p.ID + "/" + k.ID + "/" + p.UpdatedAt.Format(time.RFC3339Nano)
 }
 
 // usageConcurrency bounds the probes one usage request runs at once, so
@@ -746,7 +781,7 @@ const usageConcurrency = 4
 // providers:write: it spends calls with the org's keys and names them.
 func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	_, p, err := s.providerFor(r, keybridge.PermProvidersWrite)
+	org, p, err := s.providerFor(r, keybridge.PermProvidersWrite)
 	if err != nil {
 		return err
 	}
@@ -766,6 +801,15 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// Answers from the cache call no provider and cost nothing.
+	for i := range keys {
+		if refresh || !s.upstreamClient().Cached(usageCacheKey(p, &keys[i])) {
+			if err := s.allowProbe(org); err != nil {
+				return err
+			}
+			break
+		}
+	}
 	items := make([]usageItem, len(keys))
 	sem := make(chan struct{}, usageConcurrency)
 	var wg sync.WaitGroup
@@ -780,9 +824,7 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		target := upstream.Target{Type: p.Type, BaseURL: p.BaseURL, APIKey: keybridge.NewSecret(string(plain)), Settings: set}
-		// The provider's last change is in the cache key: a new base URL
-		// or settings must not be answered from the old ones.
-		cacheKey := p.ID + "/" + k.ID + "/" + p.UpdatedAt.Format(time.RFC3339Nano)
+		cacheKey := usageCacheKey(p, k)
 		wg.Add(1)
 		// WithoutCancel: a client that hangs up must not leave "canceled"
 		// in the cache for everyone else; Probe's own timeout still
@@ -792,6 +834,9 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			items[i].Result, items[i].Cached = s.upstreamClient().CachedProbe(context.WithoutCancel(ctx), cacheKey, refresh, target)
+			if !items[i].Cached {
+				s.logProbeCause(ctx, items[i].Result, k.ID)
+			}
 		}(i)
 	}
 	wg.Wait()

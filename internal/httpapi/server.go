@@ -39,6 +39,11 @@ type Config struct {
 	UI http.Handler
 	// Ready reports whether the database and key ring are ready.
 	Ready func(r *http.Request) error
+	// ProbesPerMinute is how many provider tests and usage requests an
+	// org may make per minute, in a burst or spread out (default
+	// DefaultProbesPerMinute); past it they answer 429. Each process
+	// counts its own.
+	ProbesPerMinute int
 	// BodyTimeout bounds how long a request's body may take to arrive
 	// (default DefaultBodyTimeout); past it the answer is 408.
 	BodyTimeout time.Duration
@@ -54,7 +59,10 @@ type Server struct {
 	handler     http.Handler
 	httpMetrics *httpMetrics
 	// leakLimit rate-limits POST /api/v1/leaked-keys per client IP.
-	leakLimit *ipLimiter
+	leakLimit *bucketLimiter
+	// probeLimit rate-limits the calls to providers an org's admins
+	// trigger (providers/test, providers/{provider}/usage), per org.
+	probeLimit *bucketLimiter
 }
 
 // New returns the API's handler with every route and middleware in place.
@@ -63,7 +71,12 @@ func New(cfg Config) *Server {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, ring: cfg.Ring, auth: cfg.Auth, log: cfg.Logger,
-		leakLimit: newIPLimiter(leakReportsPerMinute, time.Minute)}
+		leakLimit: newBucketLimiter(leakReportsPerMinute, time.Minute)}
+	probes := cfg.ProbesPerMinute
+	if probes <= 0 {
+		probes = DefaultProbesPerMinute
+	}
+	s.probeLimit = newBucketLimiter(probes, time.Minute)
 	if cfg.Registerer != nil {
 		s.httpMetrics = newHTTPMetrics(cfg.Registerer)
 	}
