@@ -37,6 +37,12 @@ type serveConfig struct {
 	auditRetention  time.Duration
 	shutdownTimeout time.Duration
 
+	metricsListen string
+	metricsToken  string
+	// metricsTokenEnv is KEYBRIDGE_METRICS_TOKEN, used when the flag is
+	// not given.
+	metricsTokenEnv string
+
 	apiBodyTimeout time.Duration
 	maxConnsPerIP  int
 	maxConns       int
@@ -51,6 +57,10 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 	c.storage.register(fs, getenv)
 	fs.StringVar(&c.listen, "listen", envOr(getenv, "KEYBRIDGE_LISTEN", "127.0.0.1:8080"), "address to listen on, host:port (KEYBRIDGE_LISTEN)")
 	fs.StringVar(&c.publicURL, "public-url", getenv("KEYBRIDGE_PUBLIC_URL"), "how users reach this server, for setup and invitation links; default http://<listen address> (KEYBRIDGE_PUBLIC_URL)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", getenv("KEYBRIDGE_METRICS_LISTEN"), "serve /metrics on this address, host:port, and not on --listen; default: on --listen (KEYBRIDGE_METRICS_LISTEN)")
+	// The variable is not the flag's default: -h prints defaults.
+	fs.StringVar(&c.metricsToken, "metrics-token", "", "bearer token /metrics requires; default: none (KEYBRIDGE_METRICS_TOKEN, which unlike the flag does not show in the process list)")
+	c.metricsTokenEnv = getenv("KEYBRIDGE_METRICS_TOKEN")
 	fs.StringVar(&c.egressDeny, "egress-deny", getenv("KEYBRIDGE_EGRESS_DENY"), "comma-separated CIDRs providers may not be reached at, besides link-local and metadata addresses (KEYBRIDGE_EGRESS_DENY)")
 	var err error
 	durations := []struct {
@@ -148,6 +158,9 @@ func serve(ctx context.Context, env *Env) error {
 	if help, err := parseFlags(fs, env.Args); help || err != nil {
 		return err
 	}
+	if cfg.metricsToken == "" {
+		cfg.metricsToken = cfg.metricsTokenEnv
+	}
 	deny, err := cfg.denyCIDRs()
 	if err != nil {
 		return err
@@ -221,6 +234,9 @@ func serve(ctx context.Context, env *Env) error {
 		Metrics:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		UI:          web.Handler(),
 		BodyTimeout: cfg.apiBodyTimeout,
+
+		MetricsToken:       cfg.metricsToken,
+		MetricsOwnListener: cfg.metricsListen != "",
 		Ready: func(r *http.Request) error {
 			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
@@ -281,6 +297,19 @@ func serve(ctx context.Context, env *Env) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	if cfg.metricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.metricsListen)
+		if err != nil {
+			stopBackground()
+			bg.Wait()
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		msrv := &http.Server{Handler: api.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go msrv.Serve(mln)
+		defer msrv.Close()
+		log.Info("metrics listening", "addr", mln.Addr().String())
 	}
 	front := gw.Front(ln)
 	served := make(chan error, 2)

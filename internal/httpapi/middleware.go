@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"runtime/debug"
 	"time"
 
@@ -178,4 +179,24 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
 	return errors.As(err, &t) && t.Timeout()
+}
+
+// redirectType is the type of the handler ServeMux answers with when it
+// would redirect: a path that is not clean (//, /./, /../) or one that
+// lacks the trailing slash of a pattern (/api for /api/).
+var redirectType = reflect.TypeOf(http.RedirectHandler("/", http.StatusTemporaryRedirect))
+
+// withoutRedirects answers, in place of the mux's redirects (a 307 with an
+// HTML body), a 404 in the error shape: the API's paths are written one
+// way, and a client that sends another spelling of one has a bug to see,
+// not a redirect to follow with its credentials.
+func (s *Server) withoutRedirects(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, _ := mux.Handler(r); reflect.TypeOf(h) == redirectType {
+			WriteError(w, r, s.log, keybridge.Errorf(keybridge.ENotFound,
+				"no route for %s %s: paths are written without //, /./, /../ or a missing trailing slash", r.Method, r.URL.EscapedPath()))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }

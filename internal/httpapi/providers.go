@@ -175,10 +175,18 @@ func validateProviderName(v keybridge.Validation, name string) {
 	}
 }
 
+// maxBaseURLLen bounds a base URL: real ones are far shorter, and it is
+// stored, shown and prefixed to every gateway request's path.
+const maxBaseURLLen = 2048
+
 // normalizeBaseURL checks a base URL and drops a trailing slash, so that
 // the gateway's base_url + path never doubles it. A sub-path is kept.
 func normalizeBaseURL(v keybridge.Validation, raw string) string {
 	u := strings.TrimRight(strings.TrimSpace(raw), "/")
+	if len(u) > maxBaseURLLen {
+		v.Add("base_url", "must be at most 2048 characters")
+		return u
+	}
 	if err := keybridge.ValidateBaseURL(u); err != nil {
 		v.Add("base_url", "must be an absolute http or https URL")
 		return u

@@ -31,6 +31,11 @@ type Config struct {
 	Upstream *upstream.Client
 	// Metrics, when set, serves /metrics.
 	Metrics http.Handler
+	// MetricsToken, when set, is the bearer token /metrics requires.
+	MetricsToken string
+	// MetricsOwnListener moves /metrics off this handler (it answers
+	// 404) to MetricsHandler, which serve runs on a listener of its own.
+	MetricsOwnListener bool
 	// Registerer, when set, receives the API's request metrics (count and
 	// latency by route pattern and status); serve exposes the same
 	// registry as Metrics.
@@ -84,7 +89,7 @@ func New(cfg Config) *Server {
 	s.routes(mux)
 	// withObserve sits right above the mux and below every r.WithContext,
 	// so it sees the route pattern the mux sets on the request.
-	s.handler = s.withRequestInfo(s.withBodyDeadline(s.withObserve(s.withRecover(mux))))
+	s.handler = s.withRequestInfo(s.withBodyDeadline(s.withObserve(s.withRecover(s.withoutRedirects(mux)))))
 	return s
 }
 
