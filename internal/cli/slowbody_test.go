@@ -118,6 +118,44 @@ func TestServeSlowBodies(t *testing.T) {
 	stop()
 	trickling.Wait()
 
+	// Over HTTP/2 the deadline is the stream's: a trickled body is 408
+	// too, and the connection's other streams are not touched.
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Transport: &http.Transport{Protocols: &h2}}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte(`{"email":`))
+	req, _ := http.NewRequest("POST", srv.url+"/api/v1/auth/login", pr)
+	req.Header.Set("Content-Type", "application/json")
+	req.ContentLength = 70
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := h2c.Do(req)
+		if err != nil {
+			t.Errorf("HTTP/2 trickled login: %v", err)
+			return
+		}
+		var e struct{ Error struct{ Code string } }
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestTimeout || e.Error.Code != "request_timeout" {
+			t.Errorf("HTTP/2 trickled login = %s %d %q, want HTTP/2 408 request_timeout", resp.Proto, resp.StatusCode, e.Error.Code)
+		}
+	}()
+	resp, err = h2c.Get(srv.url + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("HTTP/2 GET /healthz beside the trickled login = %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("an HTTP/2 trickled login is still held after 30 s")
+	}
+
 	// And the same address gets through once they are gone.
 	var got int
 	for try := 0; try < 50; try++ {
