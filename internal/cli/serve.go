@@ -234,6 +234,7 @@ func serve(ctx context.Context, env *Env) error {
 		Metrics:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		UI:          web.Handler(),
 		BodyTimeout: cfg.apiBodyTimeout,
+		Redis:       authOpts.Redis,
 
 		MetricsToken:       cfg.metricsToken,
 		MetricsOwnListener: cfg.metricsListen != "",

@@ -733,7 +733,7 @@ func (s *Server) testProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.allowProbe(org); err != nil {
+	if err := s.allowProbe(r.Context(), org); err != nil {
 		return err
 	}
 	res := s.upstreamClient().Probe(r.Context(), upstream.Target{Type: in.Type, BaseURL: base, APIKey: in.APIKey, Settings: set})
@@ -744,12 +744,14 @@ func (s *Server) testProvider(w http.ResponseWriter, r *http.Request) error {
 
 // DefaultProbesPerMinute is how many provider tests and usage requests an
 // org may make per minute when Config.ProbesPerMinute is zero: enough for
-// an admin setting providers up, too few to scan a network with.
+// an admin setting providers up, too few to scan a network with. Without
+// Redis each replica counts its own: a token bucket refilled evenly. With
+// Redis the count is shared, in windows of a minute from the first probe.
 const DefaultProbesPerMinute = 30
 
-// allowProbe takes one of org's probe tokens, or answers 429 with the wait.
-func (s *Server) allowProbe(org *keybridge.Org) error {
-	if wait, ok := s.probeLimit.allow(org.ID, time.Now()); !ok {
+// allowProbe counts one of org's probes, or answers 429 with the wait.
+func (s *Server) allowProbe(ctx context.Context, org *keybridge.Org) error {
+	if wait, ok := s.probeLimit.allow(ctx, org.ID); !ok {
 		return &keybridge.Error{Code: keybridge.ERateLimited, Message: "too many provider tests for this org; retry later",
 			RetryAfterSeconds: int(wait.Seconds()) + 1}
 	}
@@ -812,7 +814,7 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 	// Answers from the cache call no provider and cost nothing.
 	for i := range keys {
 		if refresh || !s.upstreamClient().Cached(usageCacheKey(p, &keys[i])) {
-			if err := s.allowProbe(org); err != nil {
+			if err := s.allowProbe(r.Context(), org); err != nil {
 				return err
 			}
 			break

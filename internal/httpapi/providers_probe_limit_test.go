@@ -3,9 +3,14 @@ package httpapi_test
 import (
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keybridge/keybridge/internal/httpapi"
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -99,5 +104,74 @@ func TestProviderTestUnreachableIsUniform(t *testing.T) {
 	}
 	if answers[0] != answers[1] {
 		t.Errorf("a closed port answers %q and an SMTP server %q, want the same", answers[0], answers[1])
+	}
+}
+
+// TestProviderProbesSharedInRedis runs two API servers on one store and
+// one Redis, as two replicas: the org's budget of 4 is one for both.
+// Skipped without KEYBRIDGE_TEST_REDIS_URL.
+func TestProviderProbesSharedInRedis(t *testing.T) {
+	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
+	if url == "" {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("KEYBRIDGE_TEST_REDIS_URL: %v", err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	up := newFakeUpstream(t)
+	e := newEnvWith(t, storetest.Engines()[0].New(t), envOptions{Config: httpapi.Config{ProbesPerMinute: 4, Redis: rdb}})
+	other := httptest.NewServer(httpapi.New(httpapi.Config{Store: e.Store, Ring: e.Ring, Auth: e.Auth,
+		Upstream: upstream.New(upstream.Options{}), ProbesPerMinute: 4, Redis: rdb}))
+	defer other.Close()
+	test := `{"type":"openai","base_url":"` + up.URL + `/v1","api_key":"` + goodUpstreamKey + `"}`
+	probe := func(base string) int {
+		req, _ := http.NewRequest("POST", base+e.providersPath("/test"), strings.NewReader(test))
+		req.Header.Set("Authorization", "Bearer "+e.OwnerKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i, base := range []string{e.Server.URL, other.URL, e.Server.URL, other.URL} {
+		if got := probe(base); got != http.StatusOK {
+			t.Fatalf("probe %d = %d, want 200", i+1, got)
+		}
+	}
+	for _, base := range []string{other.URL, e.Server.URL} {
+		if got := probe(base); got != http.StatusTooManyRequests {
+			t.Errorf("probe past the shared budget on %s = %d, want 429", base, got)
+		}
+	}
+}
+
+// TestProviderProbesRedisDown checks the fallback: with Redis configured
+// but not answering, the budget is counted in the process (still 429 past
+// it) and a warning is logged.
+func TestProviderProbesRedisDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer rdb.Close()
+	up := newFakeUpstream(t)
+	e := newEnvWith(t, storetest.Engines()[0].New(t), envOptions{Config: httpapi.Config{ProbesPerMinute: 2, Redis: rdb}})
+	test := map[string]any{"type": "openai", "base_url": up.URL + "/v1", "api_key": goodUpstreamKey}
+	for range 2 {
+		resp, body := e.do("POST", e.providersPath("/test"), e.OwnerKey, test)
+		wantStatus(t, resp, body, http.StatusOK)
+	}
+	resp, body := e.do("POST", e.providersPath("/test"), e.OwnerKey, test)
+	wantError(t, resp, body, keybridge.ERateLimited)
+	if !strings.Contains(e.logs(), "counting in this process") {
+		t.Errorf("no warning that the probes are counted in the process")
 	}
 }

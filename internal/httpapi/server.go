@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/secrets"
@@ -46,9 +47,11 @@ type Config struct {
 	Ready func(r *http.Request) error
 	// ProbesPerMinute is how many provider tests and usage requests an
 	// org may make per minute, in a burst or spread out (default
-	// DefaultProbesPerMinute); past it they answer 429. Each process
-	// counts its own.
+	// DefaultProbesPerMinute); past it they answer 429. They are counted
+	// in Redis when set, else in each process.
 	ProbesPerMinute int
+	// Redis, when set, holds the probe counters, shared by every replica.
+	Redis *redis.Client
 	// BodyTimeout bounds how long a request's body may take to arrive
 	// (default DefaultBodyTimeout); past it the answer is 408.
 	BodyTimeout time.Duration
@@ -67,7 +70,7 @@ type Server struct {
 	leakLimit *bucketLimiter
 	// probeLimit rate-limits the calls to providers an org's admins
 	// trigger (providers/test, providers/{provider}/usage), per org.
-	probeLimit *bucketLimiter
+	probeLimit *probeLimiter
 }
 
 // New returns the API's handler with every route and middleware in place.
@@ -81,7 +84,7 @@ func New(cfg Config) *Server {
 	if probes <= 0 {
 		probes = DefaultProbesPerMinute
 	}
-	s.probeLimit = newBucketLimiter(probes, time.Minute)
+	s.probeLimit = newProbeLimiter(probes, cfg.Redis, cfg.Logger)
 	if cfg.Registerer != nil {
 		s.httpMetrics = newHTTPMetrics(cfg.Registerer)
 	}
