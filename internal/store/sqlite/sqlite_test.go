@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
-
 	"github.com/keybridge/keybridge/internal/store/sqlite"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
@@ -100,6 +99,10 @@ func TestReopen(t *testing.T) {
 
 func TestUsageRollupBackfill(t *testing.T) {
 	storetest.UsageRollupBackfill(t, storetest.SQLite, sqlite.Migrate)
+}
+
+func TestInvitationsCarryOver(t *testing.T) {
+	storetest.InvitationsCarryOver(t, storetest.SQLite, sqlite.Migrate)
 }
 
 // TestFilesArePrivate checks that the database and its -wal and -shm files
