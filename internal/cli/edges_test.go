@@ -18,9 +18,11 @@ func TestServePathsNeverRedirect(t *testing.T) {
 	srv := startServe(t, t.TempDir())
 	var h2 http.Protocols
 	h2.SetUnencryptedHTTP2(true)
+	// Redirects are not followed: the test must see them.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	clients := map[string]*http.Client{
-		"HTTP/1.1": {Transport: &http.Transport{}},
-		"HTTP/2":   {Transport: &http.Transport{Protocols: &h2}},
+		"HTTP/1.1": {Transport: &http.Transport{}, CheckRedirect: noRedirect},
+		"HTTP/2":   {Transport: &http.Transport{Protocols: &h2}, CheckRedirect: noRedirect},
 	}
 	for proto, client := range clients {
 		for _, path := range []string{
