@@ -1,9 +1,13 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -125,5 +129,54 @@ func TestCSRFTokenNotStored(t *testing.T) {
 		wrong.CSRF = strings.ToUpper(s.CSRF[:8]) + strings.ToLower(s.CSRF[8:]) + "x"
 		resp, raw = wrong.do("PATCH", "/api/v1/orgs/"+e.Org.Slug, map[string]string{"name": "Acme Three"})
 		wantError(t, resp, raw, keybridge.EForbidden)
+	})
+}
+
+// TestStrangerCannotLockOwnerOut drives the login route as clients from
+// two addresses do: a stranger hammering wrong passwords — some claiming
+// the owner's address in X-Forwarded-For, which is not trusted — is slowed
+// down, and the owner still signs in from theirs.
+func TestStrangerCannotLockOwnerOut(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		login := func(remote, forwarded, password string) *httptest.ResponseRecorder {
+			t.Helper()
+			body, _ := json.Marshal(map[string]string{"email": e.Owner.Email, "password": password})
+			req := httptest.NewRequest("POST", "/api/v1/auth/login", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.RemoteAddr = remote
+			if forwarded != "" {
+				req.Header.Set("X-Forwarded-For", forwarded)
+			}
+			rec := httptest.NewRecorder()
+			e.API.ServeHTTP(rec, req)
+			return rec
+		}
+		const stranger, owner = "203.0.113.7:40000", "198.51.100.2:50000"
+		limited := 0
+		for i := range 30 {
+			forwarded := ""
+			if i%2 == 1 {
+				forwarded = "198.51.100.2"
+			}
+			switch rec := login(stranger, forwarded, "guess-"+strconv.Itoa(i)); rec.Code {
+			case http.StatusTooManyRequests:
+				limited++
+				if rec.Header().Get("Retry-After") == "" {
+					t.Errorf("429 without Retry-After: %s", rec.Body)
+				}
+			case http.StatusUnauthorized:
+			default:
+				t.Fatalf("stranger's guess %d = %d %s", i+1, rec.Code, rec.Body)
+			}
+		}
+		if limited == 0 {
+			t.Error("30 wrong passwords from one address were never rate limited")
+		}
+		if rec := login(owner, "", e.OwnerPassword); rec.Code != http.StatusOK {
+			t.Errorf("owner's login from their address after the stranger's guesses = %d %s, want 200", rec.Code, rec.Body)
+		}
+		if rec := login(stranger, "198.51.100.2", e.OwnerPassword); rec.Code != http.StatusTooManyRequests {
+			t.Errorf("stranger's address with the right password and a forged X-Forwarded-For = %d, want 429", rec.Code)
+		}
 	})
 }
