@@ -914,8 +914,12 @@ func init() {
 		want := fmt.Sprint(gatewayCalls + 2)
 		admin.open("#/usage", "Usage")
 		admin.until("usage rows", `
-			if (!document.querySelector("#usage table")) { window.dispatchEvent(new HashChangeEvent("hashchange")); return ""; }
-			return document.querySelector("#usage table").innerText.includes("openai\t`+want+`") ? "ok" : "";`)
+			const t = document.querySelector("#usage table");
+			if (t && t.innerText.includes("openai\t`+want+`")) return "ok";
+			// Not all written yet: load the page again about once a second.
+			window.pollCount = (window.pollCount || 0) + 1;
+			if (window.pollCount % 20 === 0 && !document.querySelector("#usage .loading")) window.dispatchEvent(new HashChangeEvent("hashchange"));
+			return "";`)
 		admin.fill("Group by", "model")
 		admin.see("#usage table", "gpt-4o-mini")
 		admin.see("#usage table", "gpt-4o\t3")
