@@ -6,17 +6,22 @@ package httpapi_test
 // gives, as the rule function expect below spells it out. The expected
 // statuses are computed from the rules, never recorded from the server.
 //
-// Callers: no credential, a malformed one, a key with a tampered
-// checksum, an unknown key, suspended, revoked, expired and rotated-out
-// keys, member, admin and owner keys, a key lacking the permission (an
-// owner's read-only key), another org's owner, AI key secrets and ids
-// (also a deleted one) on the management API, sessions with and without
-// the CSRF token.
+// Callers (matrixCallers): no credential, a malformed one, a key with a
+// tampered checksum, an unknown key, suspended, revoked, expired and
+// rotated-out keys, a removed member's key, member, admin and owner keys,
+// a demoted admin's key, a key lacking the permission (an owner's
+// read-only key), another org's owner and member, AI key secrets and ids
+// (also a deleted one), an AWS AI key as a bearer and signing with SigV4
+// (also badly), sessions with the CSRF token, without it and with another
+// session's.
 //
 // Objects: the caller's own org's, another org's addressed through the
 // caller's org (an id from elsewhere), another org's through its own path,
 // and an object of another parent (an upstream key of another provider, an
-// AI key of another project, another user's key or credential).
+// AI key of another project, another user's key or credential). On the
+// gateway: openai, anthropic, google, bedrock and key_source user
+// providers of the caller's org, another org's, a disabled and an unknown
+// one, each called in its own dialect against a loopback mock.
 //
 // Cells whose allowed answer changes or consumes their object (deletes,
 // status changes, one-per-user credentials) get a fresh object; everything
@@ -25,6 +30,8 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,6 +45,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/google/uuid"
 
 	"github.com/keybridge/keybridge/internal/apikey"
@@ -62,6 +71,7 @@ const (
 	credSession            // the web UI's cookie
 	credAISecret           // an AI key's kbs_ secret
 	credAIKeyID            // an AI key's public kbk_ id
+	credSigV4              // an AWS AI key signing with SigV4 (SPEC §7.2)
 )
 
 // callerSpec describes a caller; instantiate makes one in an org.
@@ -83,6 +93,18 @@ type callerSpec struct {
 	deleted bool
 	// removed: the key's user was removed from the org after it was made.
 	removed bool
+	// aiType of an AI key (default OPENAI).
+	aiType keybridge.AIType
+	// badSignature: a SigV4 caller signs with a wrong secret; wrongCSRF: a
+	// session sends another session's token.
+	badSignature, wrongCSRF bool
+}
+
+func (c *callerSpec) ai() keybridge.AIType {
+	if c.aiType == "" {
+		return keybridge.AIOpenAI
+	}
+	return c.aiType
 }
 
 // valid reports whether the caller authenticates on the management API.
@@ -135,7 +157,11 @@ var matrixCallers = []callerSpec{
 	{name: "ai-secret", kind: credAISecret},
 	{name: "ai-key-id", kind: credAIKeyID},
 	{name: "deleted-ai-secret", kind: credAISecret, deleted: true},
+	{name: "aws-ai-secret", kind: credAISecret, aiType: keybridge.AIAWS},
+	{name: "aws-ai-sigv4", kind: credSigV4, aiType: keybridge.AIAWS},
+	{name: "aws-ai-sigv4-bad-signature", kind: credSigV4, aiType: keybridge.AIAWS, badSignature: true},
 	{name: "owner-session-no-csrf", kind: credSession, role: keybridge.RoleOwner},
+	{name: "owner-session-wrong-csrf", kind: credSession, role: keybridge.RoleOwner, csrf: true, wrongCSRF: true},
 	{name: "owner-session", kind: credSession, role: keybridge.RoleOwner, csrf: true},
 	{name: "member-session", kind: credSession, role: keybridge.RoleMember, csrf: true},
 	{name: "other-org-member-session", kind: credSession, role: keybridge.RoleMember, csrf: true, otherOrg: true},
@@ -153,6 +179,7 @@ const (
 	gwAnthropic                   // gateway: org A's enabled anthropic provider
 	gwGoogle                      // gateway: org A's google provider, the key in ?key= (POST) or x-goog-api-key (GET)
 	gwUserSource                  // gateway: org A's provider with key_source user, where no caller has a personal key
+	gwBedrock                     // gateway: org A's bedrock provider (POST only: the runtime has no GET)
 	gwForeign                     // gateway: a provider only org B has
 	gwDisabled                    // gateway: org A's disabled provider
 	gwUnknown                     // gateway: a name no org has
@@ -160,7 +187,7 @@ const (
 
 var objNames = map[objKind]string{
 	objOwn: "own", objForeignID: "other-org-id", objForeignOrg: "other-org", objOtherParent: "other-parent",
-	gwOpenAI: "openai", gwAnthropic: "anthropic", gwGoogle: "google", gwUserSource: "user-key-source", gwForeign: "other-org-provider", gwDisabled: "disabled-provider",
+	gwOpenAI: "openai", gwAnthropic: "anthropic", gwGoogle: "google", gwUserSource: "user-key-source", gwBedrock: "bedrock", gwForeign: "other-org-provider", gwDisabled: "disabled-provider",
 	gwUnknown: "unknown-provider",
 }
 
@@ -251,6 +278,7 @@ var (
 	userObjs  = []objKind{objOwn, objForeignID, objOtherParent}
 	noObject  = []objKind{objOwn}
 	gwObjects = []objKind{gwOpenAI, gwAnthropic, gwGoogle, gwUserSource, gwForeign, gwDisabled, gwUnknown}
+	gwPOST    = append([]objKind{gwBedrock}, gwObjects...)
 )
 
 const (
@@ -465,8 +493,8 @@ func matrixRows() []matrixRow {
 			build: orgPath("/usage?group_by=provider")},
 	}
 	// The gateway (SPEC §7.2), any method: a call and a model list.
-	for _, m := range []string{"POST", "GET"} {
-		rows = append(rows, matrixRow{route: m + " " + gatewayRoute, scope: scopeGateway, ok: 200, objects: gwObjects,
+	for m, objs := range map[string][]objKind{"POST": gwPOST, "GET": gwObjects} {
+		rows = append(rows, matrixRow{route: m + " " + gatewayRoute, scope: scopeGateway, ok: 200, objects: objs,
 			build: func(f *mfix, c *mcell) mreq { return f.gatewayRequest(c, m) }})
 	}
 	return rows
@@ -513,7 +541,7 @@ func (r *matrixRow) expect(c *callerSpec, o objKind) (int, string) {
 	if !c.valid() {
 		return 401, "missing, malformed, unknown, suspended, revoked, expired or rotated-out credential, or an AI key on the management API (SPEC §1, §3)"
 	}
-	if c.kind == credSession && !c.csrf && unsafeMethod(r.method()) {
+	if c.kind == credSession && (!c.csrf || c.wrongCSRF) && unsafeMethod(r.method()) {
 		return 403, "a session's unsafe request without X-CSRF-Token (SPEC §2)"
 	}
 	eff := c.effective()
@@ -590,19 +618,22 @@ func (r *matrixRow) expect(c *callerSpec, o objKind) (int, string) {
 // expectGateway is SPEC §7.2 (and §5 for AI keys' types) for one cell.
 func (r *matrixRow) expectGateway(c *callerSpec, o objKind) (int, string) {
 	activeKey := c.activeKey()
-	liveAI := c.kind == credAISecret && !c.deleted
+	liveAI := (c.kind == credAISecret && !c.deleted) || (c.kind == credSigV4 && !c.badSignature)
 	if !activeKey && !liveAI {
-		return 401, "the gateway takes an active platform key or a live AI key secret; anything else is 401 (SPEC §7.2)"
+		return 401, "the gateway takes an active platform key, a live AI key secret or an AWS AI key's valid signature; anything else is 401 (SPEC §7.2)"
 	}
 	if activeKey && !c.effective().Has(keybridge.PermGatewayInvoke) {
 		return 403, "no gateway:invoke (SPEC §7.2)"
 	}
-	inA := o == gwOpenAI || o == gwAnthropic || o == gwGoogle || o == gwUserSource
+	inA := o == gwOpenAI || o == gwAnthropic || o == gwGoogle || o == gwUserSource || o == gwBedrock
 	if exists := (c.org() == "A" && inA) || (c.org() == "B" && o == gwForeign); !exists {
 		return 404, "an unknown or disabled provider, or another org's (SPEC §7.1)"
 	}
-	if liveAI && o != gwOpenAI && o != gwUserSource {
-		return 403, "an OPENAI AI key on a provider of another type (SPEC §5, §7.2)"
+	// The providers' types: openai (also the user provider's), anthropic,
+	// google, bedrock.
+	reaches := map[keybridge.AIType]objKind{keybridge.AIOpenAI: gwOpenAI, keybridge.AIAWS: gwBedrock}[c.ai()]
+	if liveAI && o != reaches && !(o == gwUserSource && c.ai() == keybridge.AIOpenAI) {
+		return 403, "an AI key on a provider of another type than its ai_type (SPEC §5, §7.2)"
 	}
 	if o == gwUserSource {
 		if liveAI {
@@ -621,7 +652,9 @@ type callerInst struct {
 	token  string // bearer token, if any
 	cookie string // session cookie, if any
 	csrf   string
-	client *http.Client
+	// sigKey and sigSecret sign requests with SigV4.
+	sigKey, sigSecret string
+	client            *http.Client
 	// ownKey is a key of the caller's user besides the one it calls with;
 	// ownCred a personal credential of its user.
 	ownKey, ownCred string
@@ -687,8 +720,11 @@ type mfix struct {
 	seq                                             atomic.Int64
 	clientSeq                                       atomic.Int32
 	openaiName, anthName, foreignName, disabledName string
-	googleName, userSourceName                      string
-	gemini                                          *providertest.Server
+	googleName, userSourceName, bedrockName         string
+	bedrock                                         *providertest.Server
+	// otherCSRF is the CSRF token of a session no caller uses.
+	otherCSRF string
+	gemini    *providertest.Server
 }
 
 // setupFailure is a set-up step that failed: a panic, so that a cell's
@@ -796,8 +832,13 @@ func (f *mfix) newProject(org string) string {
 // newAIKey creates an OPENAI AI key in project and returns its id, public
 // key and secret.
 func (f *mfix) newAIKey(org, project string) (id, key, secret string) {
+	return f.newAIKeyOf(org, project, keybridge.AIOpenAI)
+}
+
+// newAIKeyOf is newAIKey for any ai_type.
+func (f *mfix) newAIKeyOf(org, project string, aiType keybridge.AIType) (id, key, secret string) {
 	out := f.api("POST", "/api/v1/orgs/"+f.orgs[org].Slug+"/projects/"+project+"/ai-keys", f.shared[org].adminKey,
-		map[string]string{"name": "ai-" + f.uniq(), "ai_type": "OPENAI"}, 201)
+		map[string]string{"name": "ai-" + f.uniq(), "ai_type": string(aiType)}, 201)
 	return out["id"].(string), out["key"].(string), out["secret"].(string)
 }
 
@@ -939,11 +980,17 @@ func (f *mfix) instantiate(spec *callerSpec, org *keybridge.Org, shared *orgShar
 		c.token = f.keyWithStatus(org, shared, u.ID, perms, spec.status)
 	case credSession:
 		c.cookie, c.csrf = f.login(c.client, u.Email)
-	case credAISecret, credAIKeyID:
-		id, key, secret := f.newAIKey(orgKey(f, org), shared.project)
+	case credAISecret, credAIKeyID, credSigV4:
+		id, key, secret := f.newAIKeyOf(orgKey(f, org), shared.project, spec.ai())
 		c.token = secret
-		if spec.kind == credAIKeyID {
+		switch spec.kind {
+		case credAIKeyID:
 			c.token = key
+		case credSigV4:
+			c.token, c.sigKey, c.sigSecret = "", key, secret
+			if spec.badSignature {
+				c.sigSecret = secret + "x"
+			}
 		}
 		if spec.deleted {
 			f.api("DELETE", "/api/v1/orgs/"+org.Slug+"/projects/"+shared.project+"/ai-keys/"+id, shared.adminKey, nil, 204)
@@ -1046,7 +1093,13 @@ func newMatrixFixture(t testing.TB, e *env) *mfix {
 	gem := f.newProvider("A", f.googleName, map[string]any{"type": "google", "base_url": f.gemini.URL})
 	f.newProviderKey("A", gem, f.upstreamKey)
 	f.newProvider("A", f.userSourceName, map[string]any{"key_source": "user"})
+	f.bedrockName = "bedrock"
+	ak, sk := "AKIAMATRIXUPSTREAM01", "matrix-upstream-aws-secret-0123456789"
+	f.bedrock = providertest.NewBedrock(t, matrixRegion, ak, sk)
+	f.newProvider("A", f.bedrockName, map[string]any{"type": "bedrock", "base_url": f.bedrock.URL,
+		"settings": map[string]any{"region": matrixRegion, "access_key": ak, "access_key_secret": sk}})
 	f.loginEmail = f.newUser(e.Org, keybridge.RoleMember).Email
+	_, f.otherCSRF = f.login(f.newClient(), f.loginEmail)
 
 	for i := range matrixCallers {
 		spec := &matrixCallers[i]
@@ -1164,7 +1217,11 @@ func (f *mfix) credentialFor(c *mcell) string {
 // own dialect, with the caller's key where that provider's SDK puts it.
 func (f *mfix) gatewayRequest(c *mcell, method string) mreq {
 	name := map[objKind]string{gwOpenAI: f.openaiName, gwAnthropic: f.anthName, gwGoogle: f.googleName,
-		gwUserSource: f.userSourceName, gwForeign: f.foreignName, gwDisabled: f.disabledName, gwUnknown: "no-such-provider"}[c.obj]
+		gwUserSource: f.userSourceName, gwBedrock: f.bedrockName, gwForeign: f.foreignName, gwDisabled: f.disabledName, gwUnknown: "no-such-provider"}[c.obj]
+	if c.obj == gwBedrock {
+		return mreq{path: "/gateway/" + name + "/model/anthropic.claude-3-5-haiku/converse",
+			body: map[string]any{"messages": []map[string]any{{"role": "user", "content": []map[string]string{{"text": "hello"}}}}}}
+	}
 	if c.obj == gwGoogle {
 		if method == "POST" {
 			return mreq{path: "/gateway/" + name + "/v1beta/models/gemini-2.0-flash:generateContent", gwKeyQuery: true,
@@ -1209,15 +1266,43 @@ func (f *mfix) run(c *mcell) (int, http.Header, []byte) {
 				r.Header.Set("Authorization", "Bearer "+tok)
 			}
 		}
+		if c.caller.sigKey != "" {
+			f.signV4(r, c.caller.sigKey, c.caller.sigSecret)
+		}
 		if c.caller.cookie != "" {
 			r.AddCookie(&http.Cookie{Name: auth.SessionCookie, Value: c.caller.cookie})
 			if c.caller.spec.csrf && unsafeMethod(method) {
-				r.Header.Set("X-CSRF-Token", c.caller.csrf)
+				token := c.caller.csrf
+				if c.caller.spec.wrongCSRF {
+					token = f.otherCSRF
+				}
+				r.Header.Set("X-CSRF-Token", token)
 			}
 		}
 	})
 	return resp.StatusCode, resp.Header, b
 }
+
+// signV4 signs r as an AWS SDK does, for service bedrock in matrixRegion.
+func (f *mfix) signV4(r *http.Request, key, secret string) {
+	var body []byte
+	if r.GetBody != nil {
+		rd, err := r.GetBody()
+		if err != nil {
+			f.fatalf("sign: %v", err)
+		}
+		body, _ = io.ReadAll(rd)
+	}
+	sum := sha256.Sum256(body)
+	hash := hex.EncodeToString(sum[:])
+	r.Header.Set("X-Amz-Content-Sha256", hash)
+	creds := aws.Credentials{AccessKeyID: key, SecretAccessKey: secret}
+	if err := v4.NewSigner().SignHTTP(r.Context(), creds, r, hash, "bedrock", matrixRegion, time.Now()); err != nil {
+		f.fatalf("sign: %v", err)
+	}
+}
+
+const matrixRegion = "us-east-1"
 
 // TestAuthorizationMatrix checks every cell of routes × callers × objects
 // against the spec's rules. A route of httpapi.Routes() without rows, or
