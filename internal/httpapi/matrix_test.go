@@ -91,8 +91,10 @@ type callerSpec struct {
 	csrf bool
 	// deleted: an AI key that was deleted.
 	deleted bool
-	// removed: the key's user was removed from the org after it was made.
-	removed bool
+	// removed: the key's user was removed from the org after it was made;
+	// demoted: the user was an admin when the key was made, and role is
+	// what they are now.
+	removed, demoted bool
 	// aiType of an AI key (default OPENAI).
 	aiType keybridge.AIType
 	// badSignature: a SigV4 caller signs with a wrong secret; wrongCSRF: a
@@ -149,7 +151,7 @@ var matrixCallers = []callerSpec{
 	{name: "member-key", kind: credKey, role: keybridge.RoleMember},
 	// An admin's key, made with every permission, after the admin was
 	// made a member: the key holds only what the role now grants.
-	{name: "demoted-admin-key", kind: credKey, role: keybridge.RoleMember, perms: keybridge.AllPermissions},
+	{name: "demoted-admin-key", kind: credKey, role: keybridge.RoleMember, perms: keybridge.AllPermissions, demoted: true},
 	{name: "admin-key", kind: credKey, role: keybridge.RoleAdmin},
 	{name: "owner-key", kind: credKey, role: keybridge.RoleOwner},
 	{name: "read-only-key", kind: credKey, role: keybridge.RoleOwner, perms: readOnly},
@@ -366,8 +368,12 @@ func matrixRows() []matrixRow {
 			return mreq{path: "/api/v1/setup", body: map[string]string{"token": "not-a-setup-token", "org": "x" + f.uniq(),
 				"email": "setup-" + f.uniq() + "@x.test", "name": "X", "password": memberPassword}}
 		}),
+		// Each cell signs in a user of its own: attempts on one account
+		// in flight at once count against its failure limit until they
+		// succeed, and the cells run in parallel.
 		pub("POST /api/v1/auth/login", 200, func(f *mfix, c *mcell) mreq {
-			return mreq{path: "/api/v1/auth/login", body: map[string]string{"email": f.loginEmail, "password": memberPassword}}
+			email := f.newUser(f.orgs["A"], keybridge.RoleMember).Email
+			return mreq{path: "/api/v1/auth/login", body: map[string]string{"email": email, "password": memberPassword}}
 		}),
 		{route: "POST /api/v1/auth/logout", scope: scopePublic, ok: 204, objects: noObject, freshSession: true,
 			build: path("/api/v1/auth/logout")},
@@ -956,7 +962,11 @@ func (f *mfix) instantiate(spec *callerSpec, org *keybridge.Org, shared *orgShar
 	c := &callerInst{spec: spec, org: org, client: f.newClient()}
 	var u *keybridge.User
 	if spec.role != "" {
-		u = f.newUser(org, spec.role)
+		role := spec.role
+		if spec.demoted {
+			role = keybridge.RoleAdmin
+		}
+		u = f.newUser(org, role)
 		c.userID = u.ID
 	}
 	switch spec.kind {
@@ -999,6 +1009,9 @@ func (f *mfix) instantiate(spec *callerSpec, org *keybridge.Org, shared *orgShar
 	if u != nil {
 		c.ownKey, _ = f.newKey(org.ID, u.ID, spec.role.Permissions(), "")
 		c.ownCred = f.newCredential(org.ID, u.ID, shared.provider)
+	}
+	if spec.demoted {
+		f.api("PATCH", "/api/v1/orgs/"+org.Slug+"/members/"+u.ID, shared.adminKey, map[string]string{"role": string(spec.role)}, 200)
 	}
 	if spec.removed {
 		if err := f.e.Store.DeleteMembership(context.Background(), org.ID, u.ID); err != nil {
