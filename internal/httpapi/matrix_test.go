@@ -208,7 +208,9 @@ const (
 // matrixRow is one route's rows: its rule inputs, objects and requests.
 type matrixRow struct {
 	route string
-	scope scope
+	// variant names a second row of a route, e.g. (grant owner).
+	variant string
+	scope   scope
 	// ok is the allowed answer (scopePublic: every caller's).
 	ok int
 	// see is the permission to see the org's collection (403 without it,
@@ -223,6 +225,9 @@ type matrixRow struct {
 	// keyWrite: a request made with a key needs api_keys:write (sessions
 	// do not); allKeys: with a key, only one holding every permission.
 	keyWrite, allKeys bool
+	// grants: the permissions a new key asks for, which the caller must
+	// hold (403: SPEC §3).
+	grants keybridge.Permissions
 	// action, for scopeAPIKey: what is done to the key.
 	action  string
 	objects []objKind
@@ -231,6 +236,9 @@ type matrixRow struct {
 	// freshSession: session callers get a new session (logout ends it).
 	fresh, freshOrg, freshSession bool
 	build                         func(f *mfix, c *mcell) mreq
+	// targetRole: the member a members row acts on has this role (default
+	// member); shared targets of other roles are made once per org.
+	targetRole keybridge.Role
 	// inspect, when set, checks an allowed answer's body for what the
 	// caller must not see, and says what is wrong ("" when nothing).
 	inspect func(c *mcell, body []byte) string
@@ -411,12 +419,29 @@ func matrixRows() []matrixRow {
 			objects: objects3, fresh: true, build: member(map[string]string{"role": "admin"})},
 		{route: "DELETE /api/v1/orgs/{org}/members/{userID}", scope: scopeOrg, ok: 204, see: mRead, object: true, perm: mWrite,
 			objects: objects3, fresh: true, build: member(nil)},
+		// Granting, changing or removing owner needs an owner (SPEC §2).
+		{route: "POST /api/v1/orgs/{org}/members", variant: "grant owner", scope: scopeOrg, ok: 201, see: mRead, perm: mWrite,
+			owner: true, objects: orgAB, build: orgBody("/members", func(f *mfix, c *mcell) any {
+				return map[string]string{"email": "invited-" + f.uniq() + "@x.test", "name": "Invited", "role": "owner"}
+			})},
+		{route: "PATCH /api/v1/orgs/{org}/members/{userID}", variant: "grant owner", scope: scopeOrg, ok: 200, see: mRead, object: true,
+			perm: mWrite, owner: true, objects: objects3, fresh: true, build: member(map[string]string{"role": "owner"})},
+		{route: "PATCH /api/v1/orgs/{org}/members/{userID}", variant: "demote an owner", scope: scopeOrg, ok: 200, see: mRead,
+			object: true, perm: mWrite, owner: true, objects: objects3, fresh: true, targetRole: keybridge.RoleOwner,
+			build: member(map[string]string{"role": "admin"})},
+		{route: "DELETE /api/v1/orgs/{org}/members/{userID}", variant: "remove an owner", scope: scopeOrg, ok: 204, see: mRead,
+			object: true, perm: mWrite, owner: true, objects: objects3, fresh: true, targetRole: keybridge.RoleOwner, build: member(nil)},
 
 		// Platform API keys (SPEC §3).
 		{route: "POST /api/v1/api-keys", scope: scopeOrg, ok: 201, keyWrite: true, objects: orgAB,
 			build: func(f *mfix, c *mcell) mreq {
 				return mreq{path: "/api/v1/api-keys", body: map[string]any{"org": c.pathOrg(f), "name": "made",
 					"permissions": []string{"gateway:invoke"}}}
+			}},
+		{route: "POST /api/v1/api-keys", variant: "every permission", scope: scopeOrg, ok: 201, keyWrite: true,
+			grants: keybridge.AllPermissions, objects: orgAB, build: func(f *mfix, c *mcell) mreq {
+				return mreq{path: "/api/v1/api-keys", body: map[string]any{"org": c.pathOrg(f), "name": "made",
+					"permissions": keybridge.AllPermissions.Names()}}
 			}},
 		key("GET /api/v1/api-keys/{id}", "get", 200, apiKey("", nil)),
 		key("PATCH /api/v1/api-keys/{id}", "change", 200, apiKey("", map[string]string{"name": "renamed"})),
@@ -534,6 +559,14 @@ const gatewayRoute = "/gateway/{provider}/{path...}"
 
 func (r *matrixRow) method() string { m, _, _ := strings.Cut(r.route, " "); return m }
 
+// name is the row's route, with its variant.
+func (r *matrixRow) name() string {
+	if r.variant == "" {
+		return r.route
+	}
+	return r.route + " (" + r.variant + ")"
+}
+
 func unsafeMethod(m string) bool { return m != "GET" && m != "HEAD" && m != "OPTIONS" }
 
 // expect is the spec's answer for one cell, with the rule that gives it.
@@ -574,6 +607,9 @@ func (r *matrixRow) expect(c *callerSpec, o objKind) (int, string) {
 		}
 		if r.keyWrite && isKey && !eff.Has(keybridge.PermAPIKeysWrite) {
 			return 403, "a key needs api_keys:write to create keys (docs/identity-and-keys.md)"
+		}
+		if !eff.Has(r.grants) {
+			return 403, "a key with more permissions than the caller holds (SPEC §3)"
 		}
 		if r.sub != 0 && !eff.Has(r.sub) {
 			return 403, "sees the parent but lacks " + r.sub.String() + " for its sub-resource (SPEC §4)"
@@ -709,6 +745,7 @@ type orgShared struct {
 	peer                string // a member who is no caller
 	peerKey, peerCred   string
 	target              string // a member for PATCH cells to change
+	ownerTarget         string // an owner for them (never the last one)
 }
 
 // mfix is the fixture the matrix runs on.
@@ -1096,6 +1133,7 @@ func newMatrixFixture(t testing.TB, e *env) *mfix {
 		s.peerKey, _ = f.newKey(s.org.ID, peer.ID, keybridge.RoleMember.Permissions(), "")
 		s.peerCred = f.newCredential(s.org.ID, peer.ID, s.provider)
 		s.target = f.newUser(s.org, keybridge.RoleMember).ID
+		s.ownerTarget = f.newUser(s.org, keybridge.RoleOwner).ID
 	}
 	anth := f.newProvider("A", f.anthName, map[string]any{"type": "anthropic", "base_url": f.anthropic.URL})
 	f.newProviderKey("A", anth, f.upstreamKey)
@@ -1164,8 +1202,15 @@ func (f *mfix) aiKeyFor(c *mcell) (project, key string) {
 
 func (f *mfix) memberFor(c *mcell) string {
 	s := f.shared[c.objOrg()]
+	role := c.row.targetRole
+	if role == "" {
+		role = keybridge.RoleMember
+	}
 	if c.fresh {
-		return f.newUser(s.org, keybridge.RoleMember).ID
+		return f.newUser(s.org, role).ID
+	}
+	if role == keybridge.RoleOwner {
+		return s.ownerTarget
 	}
 	return s.target
 }
@@ -1338,8 +1383,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Errorf("the authorization matrix has rows for %s, which httpapi.Routes does not list", r)
 		}
 	}
+	names := map[string]bool{}
+	for _, r := range rows {
+		names[r.name()] = true
+	}
 	for key := range matrixExceptions {
-		if !listed[strings.Split(key, "|")[0]] {
+		if !names[strings.Split(key, "|")[0]] {
 			t.Errorf("matrix exception %q names a route that does not exist", key)
 		}
 	}
@@ -1391,7 +1440,7 @@ func runMatrix(t *testing.T, f *mfix, rows []matrixRow) {
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				key := j.row.route + "|" + j.caller.spec.name + "|" + objNames[j.obj]
+				key := j.row.name() + "|" + j.caller.spec.name + "|" + objNames[j.obj]
 				want, _ := j.row.expect(j.caller.spec, j.obj)
 				msg, isExc := f.check(j.row, j.caller, j.obj, key)
 				mu.Lock()
@@ -1426,8 +1475,14 @@ func runMatrix(t *testing.T, f *mfix, rows []matrixRow) {
 	for _, st := range statuses {
 		split = append(split, fmt.Sprintf("%d: %d", st, byWant[st]))
 	}
-	t.Logf("authorization matrix: %d cells checked (%d rows: %d API routes and the gateway's GET and POST, × %d callers × their objects; expected %s), %d known exceptions, %d differing",
-		len(jobs), len(rows), len(httpapi.Routes()), len(f.callers), strings.Join(split, ", "), excepted, len(failures))
+	variants := 0
+	for _, r := range rows {
+		if r.variant != "" {
+			variants++
+		}
+	}
+	t.Logf("authorization matrix: %d cells checked (%d rows: the %d API routes, %d variants and the gateway's GET and POST; × %d callers × their objects; expected %s), %d known exceptions, %d differing",
+		len(jobs), len(rows), len(httpapi.Routes()), variants, len(f.callers), strings.Join(split, ", "), excepted, len(failures))
 }
 
 // check runs one cell and returns why it fails ("" if it does not), and
@@ -1439,7 +1494,7 @@ func (f *mfix) check(row *matrixRow, caller *callerInst, obj objKind, key string
 			if !ok {
 				panic(v)
 			}
-			msg, excepted = fmt.Sprintf("%s by %s on %s: set-up failed: %s", row.route, caller.spec.name, objNames[obj], sf.msg), false
+			msg, excepted = fmt.Sprintf("%s by %s on %s: set-up failed: %s", row.name(), caller.spec.name, objNames[obj], sf.msg), false
 		}
 	}()
 	want, why := row.expect(caller.spec, obj)
@@ -1456,7 +1511,7 @@ func (f *mfix) check(row *matrixRow, caller *callerInst, obj objKind, key string
 		cell.caller = f.instantiateBare(caller.spec, caller.org)
 	}
 	got, header, body := f.run(cell)
-	name := fmt.Sprintf("%s by %s on %s", row.route, caller.spec.name, objNames[obj])
+	name := fmt.Sprintf("%s by %s on %s", row.name(), caller.spec.name, objNames[obj])
 	problem := ""
 	if got == want && row.inspect != nil {
 		problem = row.inspect(cell, body)
