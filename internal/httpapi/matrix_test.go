@@ -239,6 +239,8 @@ type matrixRow struct {
 	// targetRole: the member a members row acts on has this role (default
 	// member); shared targets of other roles are made once per org.
 	targetRole keybridge.Role
+	// invitation: a members row acts on a pending invitation.
+	invitation bool
 	// inspect, when set, checks an allowed answer's body for what the
 	// caller must not see, and says what is wrong ("" when nothing).
 	inspect func(c *mcell, body []byte) string
@@ -270,16 +272,10 @@ type matrixException struct {
 // cell answers what the spec says fails the test, so it is removed once
 // the fix lands.
 var matrixExceptions = map[string]matrixException{
-	// Members see other members' personal-credential flags; the identity
-	// hardening limits them to admins.
-	"GET /api/v1/orgs/{org}/members|member-key|own":                     credentialFlags,
-	"GET /api/v1/orgs/{org}/members|demoted-admin-key|own":              credentialFlags,
-	"GET /api/v1/orgs/{org}/members|member-session|own":                 credentialFlags,
-	"GET /api/v1/orgs/{org}/members|other-org-member-session|other-org": credentialFlags,
+	// None today. An entry looks like
+	//	"GET /api/v1/orgs/{org}/members|member-key|own": {got: 200, content: true,
+	//		reason: "members see other members' personal-credential flags"},
 }
-
-var credentialFlags = matrixException{got: 200, content: true,
-	reason: "members see other members' personal-credential flags, which the identity hardening limits to admins"}
 
 var (
 	orgAB     = []objKind{objOwn, objForeignOrg}
@@ -402,6 +398,13 @@ func matrixRows() []matrixRow {
 			}},
 		user("GET /api/v1/api-keys", 200, path("/api/v1/api-keys")),
 		user("GET /api/v1/users/me/credentials", 200, path("/api/v1/users/me/credentials")),
+		// A password opens a session with the user's whole power: with a
+		// key, only one holding every permission sets it (SPEC §2; docs).
+		{route: "POST /api/v1/users/me/password", scope: scopeUser, ok: 204, objects: noObject, allKeys: true,
+			build: func(f *mfix, c *mcell) mreq {
+				return mreq{path: "/api/v1/users/me/password", body: map[string]string{"current_password": memberPassword,
+					"new_password": "new-password-" + f.uniq()}}
+			}},
 
 		// Orgs and members (SPEC §2).
 		{route: "GET /api/v1/orgs/{org}", scope: scopeOrg, ok: 200, objects: orgAB, build: orgPath("")},
@@ -429,6 +432,10 @@ func matrixRows() []matrixRow {
 		{route: "PATCH /api/v1/orgs/{org}/members/{userID}", variant: "demote an owner", scope: scopeOrg, ok: 200, see: mRead,
 			object: true, perm: mWrite, owner: true, objects: objects3, fresh: true, targetRole: keybridge.RoleOwner,
 			build: member(map[string]string{"role": "admin"})},
+		{route: "PATCH /api/v1/orgs/{org}/members/{userID}", variant: "pending invitation", scope: scopeOrg, ok: 200, see: mRead,
+			object: true, perm: mWrite, objects: objects3, fresh: true, invitation: true, build: member(map[string]string{"role": "admin"})},
+		{route: "DELETE /api/v1/orgs/{org}/members/{userID}", variant: "pending invitation", scope: scopeOrg, ok: 204, see: mRead,
+			object: true, perm: mWrite, objects: objects3, fresh: true, invitation: true, build: member(nil)},
 		{route: "DELETE /api/v1/orgs/{org}/members/{userID}", variant: "remove an owner", scope: scopeOrg, ok: 204, see: mRead,
 			object: true, perm: mWrite, owner: true, objects: objects3, fresh: true, targetRole: keybridge.RoleOwner, build: member(nil)},
 
@@ -746,6 +753,7 @@ type orgShared struct {
 	peerKey, peerCred   string
 	target              string // a member for PATCH cells to change
 	ownerTarget         string // an owner for them (never the last one)
+	invitation          string // a pending invitation's id
 }
 
 // mfix is the fixture the matrix runs on.
@@ -883,6 +891,14 @@ func (f *mfix) newAIKeyOf(org, project string, aiType keybridge.AIType) (id, key
 	out := f.api("POST", "/api/v1/orgs/"+f.orgs[org].Slug+"/projects/"+project+"/ai-keys", f.shared[org].adminKey,
 		map[string]string{"name": "ai-" + f.uniq(), "ai_type": string(aiType)}, 201)
 	return out["id"].(string), out["key"].(string), out["secret"].(string)
+}
+
+// newInvitation invites a new address to org and returns the
+// invitation's id (the user_id the answer names).
+func (f *mfix) newInvitation(org string) string {
+	out := f.api("POST", "/api/v1/orgs/"+f.orgs[org].Slug+"/members", f.shared[org].adminKey,
+		map[string]string{"email": "invitee-" + f.uniq() + "@x.test", "name": "Invitee", "role": "member"}, 201)
+	return out["user_id"].(string)
 }
 
 // newUser creates a user with role in org and memberPassword.
@@ -1134,6 +1150,7 @@ func newMatrixFixture(t testing.TB, e *env) *mfix {
 		s.peerCred = f.newCredential(s.org.ID, peer.ID, s.provider)
 		s.target = f.newUser(s.org, keybridge.RoleMember).ID
 		s.ownerTarget = f.newUser(s.org, keybridge.RoleOwner).ID
+		s.invitation = f.newInvitation(k)
 	}
 	anth := f.newProvider("A", f.anthName, map[string]any{"type": "anthropic", "base_url": f.anthropic.URL})
 	f.newProviderKey("A", anth, f.upstreamKey)
@@ -1205,6 +1222,12 @@ func (f *mfix) memberFor(c *mcell) string {
 	role := c.row.targetRole
 	if role == "" {
 		role = keybridge.RoleMember
+	}
+	if c.row.invitation {
+		if c.fresh {
+			return f.newInvitation(c.objOrg())
+		}
+		return s.invitation
 	}
 	if c.fresh {
 		return f.newUser(s.org, role).ID
