@@ -450,15 +450,19 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	defer bufs.Put(bp)
 	buf := *bp
 	idle := x.g.opts.IdleTimeout
+	// The idle deadline moves at most once per slack (a second, less for
+	// short timeouts): moving a timer on every read of a stream costs
+	// more than the slack. It is moved before less than idle is left, and
+	// then to idle plus the slack: a silence of idle always passes, and
+	// a longer one is cut within the slack.
+	slack := min(time.Second, idle/4)
 	ctx := x.r.Context()
 	var deadline time.Time
 	for {
 		var n int
 		var err error
-		// The idle deadline moves at most once a second: moving a timer
-		// on every read of a stream costs more than the slack.
-		if now := time.Now(); deadline.Sub(now) < idle-time.Second {
-			deadline = now.Add(idle)
+		if now := time.Now(); deadline.Sub(now) < idle {
+			deadline = now.Add(idle + slack)
 			err = setReadDeadline(ctx, cn, deadline)
 		}
 		if err == nil {
