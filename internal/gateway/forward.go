@@ -486,6 +486,9 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 				return
 			}
 			x.respBytes += int64(len(out))
+			if sse {
+				x.midEvent = !endsEvent(out)
+			}
 			if x.stream && flusher != nil && !moreWaiting(cn) {
 				flusher.Flush()
 			}
@@ -502,6 +505,14 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	if flusher != nil {
 		flusher.Flush() // before the log line, not after it
 	}
+}
+
+// endsEvent reports whether an SSE stream's bytes so far, ending in b,
+// end at an event's end (a blank line).
+func endsEvent(b []byte) bool {
+	n := len(b)
+	return n >= 2 && (b[n-1] == '\n' && (b[n-2] == '\n' || n >= 4 && b[n-2] == '\r' && b[n-3] == '\n' && b[n-4] == '\r') ||
+		b[n-1] == '\r' && b[n-2] == '\r')
 }
 
 // endsSoon reports whether the provider's answer, given a moment, ends
@@ -548,6 +559,16 @@ func (x *exchange) cut(resp *http.Response, cn *conn, contentType string, err er
 	}
 	x.errCode = keybridge.EBadGateway
 	if ev := streamError(x.style, contentType, "Keybridge: "+why); ev != nil {
+		if x.midEvent {
+			// The provider broke off inside an event: it is ended
+			// first, or the error event would be read as the rest of
+			// it and lost.
+			end := "\n\n"
+			if x.style == keybridge.ProviderGoogle {
+				end = "\r\n\r\n"
+			}
+			x.w.Write([]byte(end))
+		}
 		x.w.Write(ev)
 		if f, ok := x.w.(http.Flusher); ok {
 			f.Flush()
