@@ -162,6 +162,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 		if err = x.writeRequest(cn.bw, k); err == nil {
 			err = cn.bw.Flush()
 		}
+		cn.head.limit()
 		if err == nil {
 			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout)); err == nil {
 				_, err = cn.br.Peek(1)
@@ -175,6 +176,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 			return nil, nil, err
 		}
 		resp, err := readResponse(cn.br, x.r.Method)
+		cn.head.unlimit()
 		if err != nil {
 			x.release(cn, false)
 			return nil, nil, err
