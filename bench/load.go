@@ -335,15 +335,17 @@ func writeLoad(w io.Writer, cfg *config, c, sseWorkers int, elapsed time.Duratio
 	p("|---|---|---|---|")
 	p("| before the load | %s | | |", kib(rssStart))
 	var peak int64
-	for _, s := range samples {
-		peak = max(peak, s.rssKiB)
+	for i, s := range samples {
+		if i > 0 { // the first sample is the start, before any load
+			peak = max(peak, s.rssKiB)
+		}
 		p("| %s | %s | %s | %d |", s.at.Round(time.Second), kib(s.rssKiB), s.cpu.Round(time.Second), s.requests)
 	}
 	if len(samples) > 2 {
 		first := samples[1] // after the first interval: warm
 		last := samples[len(samples)-1]
 		p("")
-		p("VmRSS after the first %s: %s; at the end: %s (%+.1f%%); peak %s.", first.at.Round(time.Second), kib(first.rssKiB), kib(last.rssKiB),
+		p("VmRSS after the first %s: %s; at the end: %s (%+.1f%%); peak under load %s.", first.at.Round(time.Second), kib(first.rssKiB), kib(last.rssKiB),
 			100*float64(last.rssKiB-first.rssKiB)/float64(first.rssKiB), kib(peak))
 	}
 	p("")
