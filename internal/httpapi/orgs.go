@@ -316,7 +316,7 @@ func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out.InviteURL = s.publicURL(r) + "/invite?token=" + url.QueryEscape(out.InviteToken)
-	writeJSON(w, http.StatusCreated, out)
+	writeOneTime(w, http.StatusCreated, out)
 	return nil
 }
 

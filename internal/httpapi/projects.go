@@ -326,7 +326,7 @@ func (s *Server) createAIKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret})
+	writeOneTime(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret})
 	return nil
 }
 
