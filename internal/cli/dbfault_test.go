@@ -1,0 +1,290 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/cli"
+	"github.com/keybridge/keybridge/internal/providertest"
+)
+
+// pgBin is where Debian's PostgreSQL 15 server binaries live.
+const pgBin = "/usr/lib/postgresql/15/bin"
+
+// privatePostgres is a PostgreSQL cluster of the test's own, on a free
+// port, that the test may stop and start: the shared server is never
+// touched. It runs as the postgres user, through runuser.
+type privatePostgres struct {
+	dir  string
+	port int
+}
+
+// startPrivatePostgres initdbs a cluster in a temporary directory and
+// starts it; it skips t where that cannot be done here (no server
+// binaries, no runuser, not root). The cluster is stopped and removed when
+// t ends.
+func startPrivatePostgres(t *testing.T) *privatePostgres {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(pgBin, "pg_ctl")); err != nil {
+		t.Skipf("no PostgreSQL server binaries: %v", err)
+	}
+	if _, err := exec.LookPath("runuser"); err != nil || os.Geteuid() != 0 {
+		t.Skip("a private PostgreSQL cluster needs root and runuser, to run it as the postgres user")
+	}
+	// Not t.TempDir: the postgres user must be able to reach it.
+	dir, err := os.MkdirTemp("", "keybridge-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if out, err := exec.Command("chown", "postgres:postgres", dir).CombinedOutput(); err != nil {
+		t.Skipf("chown the cluster's directory to postgres: %v %s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := &privatePostgres{dir: dir, port: ln.Addr().(*net.TCPAddr).Port}
+	ln.Close()
+	if out, err := pg.run("initdb", "-D", pg.data(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	pg.start(t)
+	t.Cleanup(func() { pg.run("pg_ctl", "-D", pg.data(), "-m", "immediate", "-w", "stop") })
+	return pg
+}
+
+func (pg *privatePostgres) data() string { return filepath.Join(pg.dir, "data") }
+
+func (pg *privatePostgres) run(tool string, args ...string) ([]byte, error) {
+	return exec.Command("runuser", append([]string{"-u", "postgres", "--", filepath.Join(pgBin, tool)}, args...)...).CombinedOutput()
+}
+
+// url is a connection URL of the cluster's postgres database.
+func (pg *privatePostgres) url() string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", pg.port)
+}
+
+// start starts the cluster and waits until it accepts connections.
+func (pg *privatePostgres) start(t *testing.T) {
+	t.Helper()
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, pg.dir)
+	if out, err := pg.run("pg_ctl", "-D", pg.data(), "-l", filepath.Join(pg.dir, "log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
+		log, _ := os.ReadFile(filepath.Join(pg.dir, "log"))
+		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+}
+
+// stop shuts the cluster down as a restart for maintenance would: fast
+// mode, which ends every connection.
+func (pg *privatePostgres) stop(t *testing.T) {
+	t.Helper()
+	if out, err := pg.run("pg_ctl", "-D", pg.data(), "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
+		t.Fatalf("pg_ctl stop: %v\n%s", err, out)
+	}
+}
+
+// outageGrace is the --db-outage-grace of TestDatabaseRestart: short, so
+// that the test sees it end.
+const outageGrace = 4 * time.Second
+
+// TestDatabaseRestart restarts Keybridge's PostgreSQL (a private cluster)
+// under gateway load and checks what an outage does:
+//
+//   - keys and routes cached before it keep working through the gateway for
+//     --db-outage-grace, then get 503; a key that was not cached gets 503 at
+//     once, never 401 or 500;
+//   - management writes answer 503 in the spec's error shape, code
+//     "unavailable", and /readyz is 503;
+//   - once the database is back, writes, new keys and the gateway work
+//     again without restarting Keybridge.
+func TestDatabaseRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts and restarts a PostgreSQL cluster; skipped with -short")
+	}
+	pg := startPrivatePostgres(t)
+	master := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{3}, 32))
+	env := envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": pg.url(), "KEYBRIDGE_MASTER_KEY": master})
+	var out, errOut bytes.Buffer
+	if err := cli.Run(context.Background(), []string{"keybridge", "migrate"}, env, strings.NewReader(""), &out, &errOut); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, errOut.String())
+	}
+	owner := setupOwner(t, env)
+	srv := startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--db-outage-grace", outageGrace.String())
+
+	up := providertest.NewOpenAI(t)
+	up.AddKey("sk-outage-upstream-key-0000000000")
+	manage := func(method, path string, body any, want int) []byte {
+		t.Helper()
+		resp, out := srv.call(t, method, path, owner, body)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s = %d %s, want %d", method, path, resp.StatusCode, out, want)
+		}
+		return out
+	}
+	manage("POST", "/api/v1/orgs/acme/providers", map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}, http.StatusCreated)
+	manage("POST", "/api/v1/orgs/acme/providers/oai/keys", map[string]any{"api_key": "sk-outage-upstream-key-0000000000"}, http.StatusCreated)
+	var project, aiKey, spare struct{ ID, Secret, Key string }
+	json.Unmarshal(manage("POST", "/api/v1/orgs/acme/projects", map[string]any{"name": "outage"}, http.StatusCreated), &project)
+	json.Unmarshal(manage("POST", "/api/v1/orgs/acme/projects/"+project.ID+"/ai-keys", map[string]any{"name": "ci", "ai_type": "OPENAI"}, http.StatusCreated), &aiKey)
+	json.Unmarshal(manage("POST", "/api/v1/api-keys", map[string]any{"name": "never used", "permissions": []string{"gateway:invoke"}}, http.StatusCreated), &spare)
+
+	client := &http.Client{Timeout: 30 * time.Second}
+	invoke := func(key string) (int, []byte) {
+		b, _ := json.Marshal(map[string]any{"model": "gpt-4o-mini", "messages": []map[string]string{{"role": "user", "content": "hi"}}})
+		req, _ := http.NewRequest("POST", srv.url+"/gateway/oai/chat/completions", bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Errorf("gateway request: %v", err)
+			return 0, nil
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, body
+	}
+	for _, k := range []string{owner, aiKey.Secret} {
+		if status, body := invoke(k); status != http.StatusOK {
+			t.Fatalf("gateway before the outage = %d %s", status, body)
+		}
+	}
+
+	// Gateway load throughout, with the two cached keys.
+	type answer struct {
+		at     time.Time
+		status int
+	}
+	var mu sync.Mutex
+	var answers []answer
+	stopLoad := make(chan struct{})
+	var load sync.WaitGroup
+	for _, k := range []string{owner, aiKey.Secret} {
+		load.Go(func() {
+			for {
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				status, body := invoke(k)
+				if status != http.StatusOK && status != http.StatusServiceUnavailable {
+					t.Errorf("gateway under the outage = %d %s, want 200 or 503", status, body)
+				}
+				mu.Lock()
+				answers = append(answers, answer{time.Now(), status})
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	pg.stop(t)
+	down := time.Now()
+	// At once: cached keys still work, the uncached one and writes get 503.
+	if status, body := invoke(owner); status != http.StatusOK {
+		t.Errorf("gateway with a cached platform key just after the database stopped = %d %s, want 200", status, body)
+	}
+	if status, body := invoke(aiKey.Secret); status != http.StatusOK {
+		t.Errorf("gateway with a cached AI key just after the database stopped = %d %s, want 200", status, body)
+	}
+	if status, body := invoke(spare.Key); status != http.StatusServiceUnavailable {
+		t.Errorf("gateway with a key never cached while the database is down = %d %s, want 503", status, body)
+	}
+	wantUnavailable := func(what string, resp *http.Response, body []byte) {
+		t.Helper()
+		var e struct {
+			Error struct{ Code, Message string }
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || json.Unmarshal(body, &e) != nil || e.Error.Code != "unavailable" || e.Error.Message == "" {
+			t.Errorf("%s while the database is down = %d %s, want 503 with code unavailable", what, resp.StatusCode, body)
+		}
+	}
+	resp, body := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "during", "permissions": []string{"gateway:invoke"}})
+	wantUnavailable("POST /api/v1/api-keys", resp, body)
+	resp, body = srv.call(t, "PATCH", "/api/v1/orgs/acme/providers/oai", owner, map[string]any{"display_name": "during"})
+	wantUnavailable("PATCH provider", resp, body)
+	resp, body = srv.call(t, "GET", "/api/v1/orgs/acme/projects", owner, nil)
+	wantUnavailable("GET projects", resp, body)
+	if resp, body := srv.call(t, "GET", "/readyz", "", nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("GET /readyz while the database is down = %d %s, want 503", resp.StatusCode, body)
+	}
+
+	// The grace ends: the cached keys get 503 too.
+	var endedAfter time.Duration
+	for deadline := down.Add(outageGrace + 20*time.Second); ; {
+		status, _ := invoke(owner)
+		if status == http.StatusServiceUnavailable {
+			endedAfter = time.Since(down)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a cached key still answers %d %v after the database stopped; --db-outage-grace is %v", status, time.Since(down), outageGrace)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if endedAfter < outageGrace/2 {
+		t.Errorf("cached keys stopped working %v after the database stopped, well before --db-outage-grace %v", endedAfter, outageGrace)
+	}
+
+	pg.start(t)
+	back := time.Now()
+	var recovered time.Duration
+	for deadline := back.Add(30 * time.Second); ; {
+		resp, body := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "after", "permissions": []string{"gateway:invoke"}})
+		if resp.StatusCode == http.StatusCreated {
+			recovered = time.Since(back)
+			break
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("POST /api/v1/api-keys as the database comes back = %d %s, want 503 or 201", resp.StatusCode, body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("writes still fail %v after the database came back: %d %s", time.Since(back), resp.StatusCode, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, k := range []string{owner, aiKey.Secret, spare.Key} {
+		if status, body := invoke(k); status != http.StatusOK {
+			t.Errorf("gateway after the database came back = %d %s, want 200", status, body)
+		}
+	}
+	manage("PATCH", "/api/v1/orgs/acme/providers/oai", map[string]any{"display_name": "after"}, http.StatusOK)
+	if resp, body := srv.call(t, "GET", "/readyz", "", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /readyz after the database came back = %d %s", resp.StatusCode, body)
+	}
+	close(stopLoad)
+	load.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	var okInGrace, refused int
+	for _, a := range answers {
+		switch {
+		case a.status == http.StatusOK && a.at.After(down) && a.at.Before(back):
+			okInGrace++
+		case a.status == http.StatusServiceUnavailable:
+			refused++
+		}
+	}
+	if okInGrace == 0 {
+		t.Error("no gateway request of the load succeeded while the database was down")
+	}
+	t.Logf("database down: cached keys kept working for %v (--db-outage-grace %v; %d requests of the load answered 200 meanwhile, %d answered 503); "+
+		"writes recovered %v after the database was back, without a restart",
+		endedAfter.Round(time.Millisecond), outageGrace, okInGrace, refused, recovered.Round(time.Millisecond))
+}
