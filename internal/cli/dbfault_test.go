@@ -115,6 +115,7 @@ func TestDatabaseRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and restarts a PostgreSQL cluster; skipped with -short")
 	}
+	t.Parallel()
 	pg := startPrivatePostgres(t)
 	master := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{3}, 32))
 	env := envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": pg.url(), "KEYBRIDGE_MASTER_KEY": master})
@@ -287,4 +288,119 @@ func TestDatabaseRestart(t *testing.T) {
 	t.Logf("database down: cached keys kept working for %v (--db-outage-grace %v; %d requests of the load answered 200 meanwhile, %d answered 503); "+
 		"writes recovered %v after the database was back, without a restart",
 		endedAfter.Round(time.Millisecond), outageGrace, okInGrace, refused, recovered.Round(time.Millisecond))
+}
+
+// TestRedisStops stops a private redis-server under serve's gateway and
+// starts it again, for each --limits-when-redis-down policy: a key with
+// limits is served on this replica's counters (local) or refused with 503
+// (refuse) while Redis is away, a key without limits is served either way,
+// keybridge_gateway_limits_redis_down says so, and all is back on Redis once
+// it is, without a restart. The limiter's own behaviour is tested in
+// internal/gateway (TestRedisLimiterServerStops); this checks the serve
+// wiring and the answers clients get.
+func TestRedisStops(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts and stops redis-server; skipped with -short")
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server not installed")
+	}
+	t.Parallel()
+	for _, policy := range []string{"local", "refuse"} {
+		t.Run(policy, func(t *testing.T) {
+			t.Parallel()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+			ln.Close()
+			startRedis := func() *exec.Cmd {
+				cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+				for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+					if c, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {
+						c.Close()
+						return cmd
+					}
+					if time.Now().After(deadline) {
+						t.Fatal("redis-server did not start")
+					}
+				}
+			}
+			rs := startRedis()
+			dir := t.TempDir()
+			owner := setupOwner(t, noEnv, "--data-dir", dir)
+			srv := startServe(t, dir, "--redis-url", "redis://127.0.0.1:"+port+"/0", "--limits-when-redis-down", policy)
+			up := providertest.NewOpenAI(t)
+			up.AddKey("sk-redis-stop-upstream-key-000000000")
+			for _, c := range []struct {
+				path string
+				body map[string]any
+			}{
+				{"/api/v1/orgs/acme/providers", map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}},
+				{"/api/v1/orgs/acme/providers/oai/keys", map[string]any{"api_key": "sk-redis-stop-upstream-key-000000000"}},
+			} {
+				if resp, out := srv.call(t, "POST", c.path, owner, c.body); resp.StatusCode != http.StatusCreated {
+					t.Fatalf("POST %s = %d %s", c.path, resp.StatusCode, out)
+				}
+			}
+			resp, out := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "limited", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": 100000})
+			var limited struct{ Key string }
+			if resp.StatusCode != http.StatusCreated || json.Unmarshal(out, &limited) != nil {
+				t.Fatalf("create a key with limits = %d %s", resp.StatusCode, out)
+			}
+			invoke := func(key string) int {
+				resp, out := srv.call(t, "POST", "/gateway/oai/chat/completions", key,
+					map[string]any{"model": "gpt-4o-mini", "messages": []map[string]string{{"role": "user", "content": "hi"}}})
+				if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusServiceUnavailable {
+					t.Errorf("gateway = %d %s, want 200 or 503", resp.StatusCode, out)
+				}
+				return resp.StatusCode
+			}
+			redisDown := func() float64 {
+				_, out := srv.call(t, "GET", "/metrics", "", nil)
+				v, _ := metricValue(out, "keybridge_gateway_limits_redis_down")
+				return v
+			}
+			if got := invoke(limited.Key); got != http.StatusOK {
+				t.Fatalf("a key with limits, Redis up = %d, want 200", got)
+			}
+
+			rs.Process.Kill()
+			rs.Wait()
+			want := http.StatusOK
+			if policy == "refuse" {
+				want = http.StatusServiceUnavailable
+			}
+			for range 3 {
+				if got := invoke(limited.Key); got != want {
+					t.Errorf("a key with limits, Redis down, --limits-when-redis-down %s = %d, want %d", policy, got, want)
+				}
+			}
+			if got := invoke(owner); got != http.StatusOK {
+				t.Errorf("a key without limits, Redis down = %d, want 200", got)
+			}
+			if got := redisDown(); got != 1 {
+				t.Errorf("keybridge_gateway_limits_redis_down with Redis down = %v, want 1", got)
+			}
+
+			startRedis()
+			back := time.Now()
+			for deadline := back.Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if invoke(limited.Key) == http.StatusOK && redisDown() == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("30 s after Redis came back, keybridge_gateway_limits_redis_down = %v", redisDown())
+				}
+			}
+			t.Logf("--limits-when-redis-down %s: Redis down answered %d to a key with limits; back on Redis %v after it restarted",
+				policy, want, time.Since(back).Round(time.Millisecond))
+		})
+	}
 }

@@ -107,10 +107,10 @@ func (c *child) kill() {
 //   - the audit chain verifies, and holds at least one event per
 //     acknowledged write;
 //   - usage: every row the recorder acknowledged (its batch committed, which
-//     keybridge_usage_written_total counts) is there, and no row is there
-//     twice: each gateway request asks for a model of its own, so a model
-//     with two requests is a duplicate; the daily totals agree with the raw
-//     rows.
+//     keybridge_usage_written_total counts) is there, no more rows than
+//     requests sent, and the daily totals agree with the raw rows; after the
+//     last restart, no row is there twice: each gateway request asks for a
+//     model of its own, so a model with two requests is a duplicate.
 //
 // It runs on SQLite, and on PostgreSQL when KEYBRIDGE_TEST_POSTGRES_URL is
 // set. KEYBRIDGE_KILL9_ROUNDS sets the rounds per engine (default 20).
@@ -118,6 +118,7 @@ func TestKillNine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills serve processes; skipped with -short")
 	}
+	t.Parallel()
 	rounds := 20
 	if v := os.Getenv("KEYBRIDGE_KILL9_ROUNDS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -207,16 +208,16 @@ func killNine(t *testing.T, rounds int, owner string, env []string, flags ...str
 	for round := range rounds {
 		// One round in four runs past the recorder's first flush (one
 		// second after start), so that acknowledged usage rows are at
-		// stake; the others die at any moment of their first 600 ms.
-		life := time.Duration(20+rand.IntN(580)) * time.Millisecond
+		// stake; the others die at any moment of their first 500 ms.
+		life := time.Duration(20+rand.IntN(480)) * time.Millisecond
 		if round%4 == 0 {
-			life = time.Duration(1050+rand.IntN(400)) * time.Millisecond
+			life = time.Duration(1050+rand.IntN(350)) * time.Millisecond
 		}
 		p := crashRound(t, c, owner, round, life, ledger)
 		patches += p
 		c.kill()
 		c = startChild(t, env, flags...)
-		verifyLedger(t, c.url, owner, testStart, ledger)
+		verifyLedger(t, c.url, owner, testStart, ledger, round == rounds-1)
 		if t.Failed() {
 			t.Fatalf("round %d (killed after %v): acknowledged writes are missing; logs of the restarted server:\n%s", round, life, c.logs)
 		}
@@ -476,7 +477,7 @@ func fieldSet(t *testing.T, items []json.RawMessage, field string) map[string]st
 }
 
 // verifyLedger checks the restarted server at base against l.
-func verifyLedger(t *testing.T, base, owner string, testStart time.Time, l *crashLedger) {
+func verifyLedger(t *testing.T, base, owner string, testStart time.Time, l *crashLedger, final bool) {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -545,24 +546,29 @@ func verifyLedger(t *testing.T, base, owner string, testStart time.Time, l *cras
 	}
 	l.auditEvents = v.Events
 
-	// Usage: the raw rows of [testStart, now] grouped by model, and the
-	// daily totals of whole days around them.
+	// Usage: the raw rows of [testStart, now], and the daily totals of
+	// whole days around them; per model (each request's own) after the
+	// last round, in one total (cheaper) after the others.
+	by := "provider"
+	if final {
+		by = "model"
+	}
 	now := time.Now().UTC().Add(time.Minute)
-	raw := usageByModel(t, base, owner, testStart.Add(-time.Second), now)
+	raw := usageBy(t, base, owner, by, testStart.Add(-time.Second), now)
 	day := testStart.Truncate(24 * time.Hour)
-	daily := usageByModel(t, base, owner, day.Add(-24*time.Hour), day.Add(48*time.Hour))
+	daily := usageBy(t, base, owner, by, day.Add(-24*time.Hour), day.Add(48*time.Hour))
 	var total int64
-	for model, n := range raw {
-		if n != 1 {
-			t.Errorf("usage holds %d rows of model %s after SIGKILL, want 1: one request was recorded %d times", n, model, n)
+	for key, n := range raw {
+		if final && n != 1 {
+			t.Errorf("usage holds %d rows of model %s after SIGKILL, want 1: one request was recorded %d times", n, key, n)
 		}
-		if daily[model] != n {
-			t.Errorf("daily usage totals say %d requests of model %s, the rows %d", daily[model], model, n)
+		if daily[key] != n {
+			t.Errorf("daily usage totals say %d requests of %s %s, the rows %d", daily[key], by, key, n)
 		}
 		total += n
 	}
 	if len(daily) != len(raw) {
-		t.Errorf("daily usage totals have %d models, the rows %d", len(daily), len(raw))
+		t.Errorf("daily usage totals have %d groups by %s, the rows %d", len(daily), by, len(raw))
 	}
 	if total < l.usageAcked {
 		t.Errorf("usage holds %d rows after SIGKILL, want at least the %d acknowledged by keybridge_usage_written_total", total, l.usageAcked)
@@ -572,11 +578,12 @@ func verifyLedger(t *testing.T, base, owner string, testStart time.Time, l *cras
 	}
 }
 
-// usageByModel returns the requests per model of the org acme in
-// [since, until).
-func usageByModel(t *testing.T, base, owner string, since, until time.Time) map[string]int64 {
+// usageBy returns the requests per group (by provider or model) of the
+// org acme in [since, until): the crash test's models only, and its
+// provider oai.
+func usageBy(t *testing.T, base, owner, by string, since, until time.Time) map[string]int64 {
 	t.Helper()
-	p := "/api/v1/orgs/acme/usage?group_by=model&since=" + url.QueryEscape(since.Format(time.RFC3339Nano)) + "&until=" + url.QueryEscape(until.Format(time.RFC3339Nano))
+	p := "/api/v1/orgs/acme/usage?group_by=" + by + "&since=" + url.QueryEscape(since.Format(time.RFC3339Nano)) + "&until=" + url.QueryEscape(until.Format(time.RFC3339Nano))
 	resp, body := call(t, base, "GET", p, owner, nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s = %d %s", p, resp.StatusCode, body)
@@ -592,9 +599,7 @@ func usageByModel(t *testing.T, base, owner string, since, until time.Time) map[
 	}
 	m := map[string]int64{}
 	for _, g := range out.Items {
-		if strings.HasPrefix(g.Key, "crash-") {
-			m[g.Key] += g.Requests
-		}
+		m[g.Key] += g.Requests
 	}
 	return m
 }
