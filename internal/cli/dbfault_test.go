@@ -221,6 +221,10 @@ func TestDatabaseRestart(t *testing.T) {
 	wantUnavailable("PATCH provider", resp, body)
 	resp, body = srv.call(t, "GET", "/api/v1/orgs/acme/projects", owner, nil)
 	wantUnavailable("GET projects", resp, body)
+	resp, body = srv.call(t, "GET", "/api/v1/users/me", spare.Key, nil)
+	wantUnavailable("GET /users/me with a key never cached", resp, body)
+	resp, body = srv.call(t, "POST", "/api/v1/auth/login", "", map[string]string{"email": "a@acme.test", "password": "not the password"})
+	wantUnavailable("POST /auth/login", resp, body)
 	if resp, body := srv.call(t, "GET", "/readyz", "", nil); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("GET /readyz while the database is down = %d %s, want 503", resp.StatusCode, body)
 	}
