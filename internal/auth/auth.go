@@ -6,12 +6,14 @@ package auth
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime/debug"
 	"strings"
@@ -44,12 +46,18 @@ type Options struct {
 	// every replica counts the same failures. Without it they are kept in
 	// this process.
 	Redis *redis.Client
-	// LoginAccountLimit and LoginIPLimit are how many failed logins an
-	// account and an IP address may have in LoginWindow before further
-	// attempts are refused with rate_limited (defaults 5, 30, 15 min).
-	LoginAccountLimit int
-	LoginIPLimit      int
-	LoginWindow       time.Duration
+	// The failed-login limits (each a count of failures in LoginWindow,
+	// after which attempts get rate_limited until the window passes):
+	// LoginAccountIPLimit per account and client IP, the one a user
+	// mistyping meets (default 10); LoginIPLimit per IP over every account
+	// (default 100); LoginAccountLimit per account over every IP, a
+	// ceiling only a guess attack from many addresses reaches (default
+	// 300). A stranger's failures from one IP therefore never block the
+	// account's owner from another.
+	LoginAccountIPLimit int
+	LoginAccountLimit   int
+	LoginIPLimit        int
+	LoginWindow         time.Duration
 
 	// CacheSize bounds, roughly, how many verified keys are cached
 	// (default 1,048,576); past it a random entry makes room.
@@ -63,6 +71,12 @@ type Options struct {
 	// such tokens are remembered (default 10,000; negative: none).
 	NegativeTTL       time.Duration
 	NegativeCacheSize int
+	// OutageGrace is how long keys verified before the database went
+	// away keep verifying while it cannot be reached (default 1 min;
+	// negative: not at all). It starts when the store's subscription
+	// stops hearing changes; a key reaching its own expiry meanwhile
+	// stops at once. See docs/scaling.md.
+	OutageGrace time.Duration
 
 	// Ring opens the sealed secrets of AWS AI keys, which VerifySigV4
 	// needs; nil refuses every SigV4 request.
@@ -76,6 +90,7 @@ const (
 	defaultCacheTTL      = time.Minute
 	defaultNegativeTTL   = 5 * time.Second
 	defaultNegativeSize  = 10_000
+	defaultOutageGrace   = time.Minute
 
 	// clockTick is how often Run advances the coarse clock, and
 	// clockSlack how far behind it may fall before a hit stops trusting
@@ -125,6 +140,8 @@ func New(st store.Store, opts Options) *Service {
 	setDefault(&opts.CacheTTL, defaultCacheTTL)
 	setDefault(&opts.NegativeTTL, defaultNegativeTTL)
 	setDefault(&opts.NegativeCacheSize, defaultNegativeSize)
+	setDefault(&opts.OutageGrace, defaultOutageGrace)
+	setDefault(&opts.LoginAccountIPLimit, defaultAccountIPLimit)
 	setDefault(&opts.LoginAccountLimit, defaultAccountLimit)
 	setDefault(&opts.LoginIPLimit, defaultIPLimit)
 	setDefault(&opts.LoginWindow, defaultLoginWindow)
@@ -272,7 +289,7 @@ func (s *Service) invalidate(inv store.Invalidation) {
 	case store.InvalidateAll:
 		s.cache.clear(true)
 	case store.InvalidateDeaf:
-		s.cache.goDeaf()
+		s.cache.goDeaf(s.now(), int64(s.opts.OutageGrace))
 	default:
 		// A kind this version does not know may still concern a key.
 		s.cache.clear(false)
@@ -356,6 +373,9 @@ type CacheStats struct {
 	// from the store since New.
 	Hits   uint64
 	Misses uint64
+	// StaleHits counts verifications answered, while the database could
+	// not be reached, from the keys cached before it went away.
+	StaleHits uint64
 }
 
 // CacheStats returns the cache's current figures.
@@ -367,6 +387,7 @@ func (s *Service) CacheStats() CacheStats {
 		NegativeEntries: s.cache.neg.len(),
 		Hits:            hits,
 		Misses:          s.misses.Load(),
+		StaleHits:       s.cache.staleHits.Load(),
 	}
 }
 
@@ -464,6 +485,13 @@ func (s *Service) verifySlow(ctx context.Context, h [32]byte, kind credKind) (*k
 		e, err = s.loadAPIKey(ctx, h, now)
 	}
 	if err != nil {
+		if store.Unavailable(err) {
+			// The database is away: a key verified before it went keeps
+			// working for a while (docs/scaling.md); others get the 503.
+			if p, ok := s.cache.staleGet(&h, kind, now); ok {
+				return p, nil
+			}
+		}
 		return nil, err
 	}
 	if e == nil {
@@ -495,7 +523,7 @@ func (s *Service) loadAPIKey(ctx context.Context, h [32]byte, now int64) (*entry
 	if err != nil {
 		return nil, fmt.Errorf("look up API key: %w", err)
 	}
-	e := &entry{hash: h, kind: kindAPIKey, id: k.ID, userID: k.UserID, deadline: now + int64(s.opts.CacheTTL)}
+	e := &entry{hash: h, kind: kindAPIKey, id: k.ID, userID: k.UserID, deadline: now + int64(s.opts.CacheTTL), hard: math.MaxInt64}
 	if !k.Usable(time.Now()) {
 		// Refused until the key changes, which invalidates it.
 		return e, nil
@@ -520,11 +548,12 @@ func (s *Service) loadAPIKey(ctx context.Context, h [32]byte, now int64) (*entry
 		return nil, fmt.Errorf("look up key owner: %w", err)
 	}
 	if k.ExpiresAt != nil {
-		e.deadline = min(e.deadline, s.at(*k.ExpiresAt))
+		e.hard = min(e.hard, s.at(*k.ExpiresAt))
 	}
 	if k.GraceUntil != nil {
-		e.deadline = min(e.deadline, s.at(*k.GraceUntil))
+		e.hard = min(e.hard, s.at(*k.GraceUntil))
 	}
+	e.deadline = min(e.deadline, e.hard)
 	e.p = &keybridge.Principal{
 		Type:        keybridge.ActorAPIKey,
 		UserID:      k.UserID,
@@ -550,7 +579,7 @@ func (s *Service) loadAIKey(ctx context.Context, h [32]byte, now int64) (*entry,
 	if err != nil {
 		return nil, fmt.Errorf("look up AI key: %w", err)
 	}
-	e := &entry{hash: h, kind: kindAIKey, id: k.ID, deadline: now + int64(s.opts.CacheTTL)}
+	e := &entry{hash: h, kind: kindAIKey, id: k.ID, deadline: now + int64(s.opts.CacheTTL), hard: math.MaxInt64}
 	if k.DeletedAt != nil {
 		return e, nil
 	}
@@ -608,7 +637,7 @@ func (s *Service) VerifySession(ctx context.Context, token string) (*keybridge.P
 		Email:       u.Email,
 		KeyID:       sess.ID,
 		Permissions: keybridge.AllPermissions,
-		SessionCSRF: sess.CSRFToken,
+		SessionCSRF: csrfToken(token),
 	}, nil
 }
 
@@ -687,7 +716,7 @@ func (s *Service) startSession(ctx context.Context, st store.Store, u *keybridge
 	sess := &keybridge.Session{
 		UserID:    u.ID,
 		TokenHash: h[:],
-		CSRFToken: randomToken(),
+		CSRFToken: csrfToken(token),
 		ExpiresAt: st.Now().Add(s.opts.SessionTTL),
 		IP:        ip,
 		UserAgent: userAgent,
@@ -696,6 +725,16 @@ func (s *Service) startSession(ctx context.Context, st store.Store, u *keybridge
 		return nil, "", fmt.Errorf("create session: %w", err)
 	}
 	return sess, token, nil
+}
+
+// csrfToken derives a session's CSRF token from its token: an HMAC-SHA256
+// keyed by the session token, so nothing about it is stored (the database
+// keeps only the session token's SHA-256, from which it cannot be made),
+// and whoever lacks the cookie cannot compute it.
+func csrfToken(sessionToken string) string {
+	m := hmac.New(sha256.New, []byte(sessionToken))
+	m.Write([]byte("keybridge session csrf v1"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
 // randomToken returns 32 bytes from crypto/rand in unpadded base64url.

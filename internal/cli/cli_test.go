@@ -123,8 +123,14 @@ func TestSetupCommand(t *testing.T) {
 	if err == nil || cli.ExitCode(err) != 2 {
 		t.Errorf("--password-stdin with empty stdin = %v, want a usage error", err)
 	}
-	if out, _, err := run("", "--org", "beta", "--email", "boss@beta.test"); err != nil || !apikey.Valid(strings.TrimSpace(out), apikey.PlatformPrefix) {
+	// Stdin not a terminal and no --password-stdin: no password, and
+	// stderr says how to set one.
+	out, errOut, err = run("", "--org", "beta", "--email", "boss@beta.test")
+	if err != nil || !apikey.Valid(strings.TrimSpace(out), apikey.PlatformPrefix) {
 		t.Errorf("setup of a second org = %q, %v; want its key", out, err)
+	}
+	if !strings.Contains(errOut, "no password") || !strings.Contains(errOut, "/api/v1/users/me/password") {
+		t.Errorf("setup without a password said %q; want how to set one (POST /api/v1/users/me/password)", errOut)
 	}
 
 	// The key and the password work against a server on the same data.
@@ -298,9 +304,10 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Error("serve did not say loudly that it generated a master key")
 	}
 
-	// The UI's setup page, then the setup it posts.
+	// The UI's setup page (the single page whose script draws the setup
+	// form), then the setup it posts.
 	resp, page := srv.call(t, "GET", "/setup?token="+token, "", nil)
-	if resp.StatusCode != 200 || !strings.Contains(string(page), "setup-form") || resp.Header.Get("Referrer-Policy") != "no-referrer" {
+	if resp.StatusCode != 200 || !strings.Contains(string(page), `src="/ui/js/app.js"`) || resp.Header.Get("Referrer-Policy") != "no-referrer" {
 		t.Errorf("GET /setup = %d, Referrer-Policy %q", resp.StatusCode, resp.Header.Get("Referrer-Policy"))
 	}
 	resp, body := srv.call(t, "POST", "/api/v1/setup", "", map[string]string{"token": token, "org": "acme", "email": "admin@acme.test", "password": "end to end password"})

@@ -75,6 +75,12 @@ type Options struct {
 	// "refuse" answers 503.
 	Redis               *redis.Client
 	LimitsWhenRedisDown string
+	// OutageGrace is how long, once the store's subscription stops
+	// hearing changes, the routes and personal credentials cached before
+	// keep serving requests that find the store unreachable (default
+	// 1 min; negative: not at all), as auth.Options.OutageGrace does for
+	// keys.
+	OutageGrace time.Duration
 	// UsageQueue bounds the usage rows waiting to be written (default
 	// 10,000); past it rows are dropped and counted, never waited for.
 	UsageQueue int
@@ -85,7 +91,9 @@ const (
 	DefaultMaxBody       = 32 << 20
 	DefaultHeaderTimeout = 10 * time.Minute
 	DefaultIdleTimeout   = 5 * time.Minute
-	connectTimeout       = 10 * time.Second
+	// DefaultOutageGrace is Keybridge's own choice (docs/scaling.md).
+	DefaultOutageGrace = time.Minute
+	connectTimeout     = 10 * time.Second
 )
 
 // Gateway serves /gateway/. It is safe for concurrent use.
@@ -119,6 +127,9 @@ func New(opts Options) (*Gateway, error) {
 	if opts.MaxBody <= 0 {
 		opts.MaxBody = DefaultMaxBody
 	}
+	if opts.OutageGrace == 0 {
+		opts.OutageGrace = DefaultOutageGrace
+	}
 	if opts.HeaderTimeout <= 0 {
 		opts.HeaderTimeout = DefaultHeaderTimeout
 	}
@@ -128,7 +139,7 @@ func New(opts Options) (*Gateway, error) {
 	g := &Gateway{
 		opts:   opts,
 		log:    opts.Logger,
-		routes: newRoutes(opts.Store, opts.Ring),
+		routes: newRoutes(opts.Store, opts.Ring, opts.OutageGrace),
 		client: newClient(opts.Guard.Dialer(opts.Resolver).DialContext, opts.TLSConfig),
 		cool:   newCooldowns(),
 		m:      newMetrics(opts.Registerer),
@@ -165,6 +176,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 			g.log.Warn("write the last usage rows", "err", err)
 		}
 	}()
+	if rl, ok := g.lim.(*redisLimiter); ok {
+		limDone := make(chan struct{})
+		go func() { defer close(limDone); rl.run(ctx) }()
+		defer func() { <-limDone }()
+	}
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if g.peers != nil {
@@ -295,6 +311,9 @@ type exchange struct {
 	// stream); hijacked: the connection left net/http (a WebSocket).
 	aborted  bool
 	hijacked bool
+	// midEvent: the last bytes an SSE answer passed on ended inside an
+	// event, so a cut must end that event before its error event.
+	midEvent bool
 	// hideUsage, when set, removes from the answer the usage-only chunk
 	// that include_usage, added by the gateway, makes the provider send.
 	hideUsage *usageChunkFilter
@@ -347,7 +366,11 @@ func (x *exchange) serve() {
 	p, err := g.verify(r, token, sigv4, x.body)
 	if err != nil {
 		x.fail(verifyError(err))
-		if keybridge.ErrorCode(err) == keybridge.EInternal {
+		switch {
+		case keybridge.ErrorCode(err) != keybridge.EInternal:
+		case store.Unavailable(err):
+			g.log.WarnContext(r.Context(), "gateway: verify caller: database unavailable", "request_id", x.id, "err", err)
+		default:
 			g.log.ErrorContext(r.Context(), "gateway: verify caller", "request_id", x.id, "err", err)
 		}
 		return
@@ -359,6 +382,11 @@ func (x *exchange) serve() {
 	}
 	rt, err := g.routes.route(r.Context(), p.OrgID, x.name)
 	if err != nil {
+		if store.Unavailable(err) {
+			g.log.WarnContext(r.Context(), "gateway: load route: database unavailable", "request_id", x.id, "err", err)
+			x.fail(errDatabaseDown)
+			return
+		}
 		g.log.ErrorContext(r.Context(), "gateway: load route", "request_id", x.id, "err", err)
 		x.fail(newError(keybridge.EInternal, "internal error"))
 		return
@@ -430,6 +458,11 @@ func (g *Gateway) verify(r *http.Request, token string, sigv4 bool, body *[]byte
 	return nil, errNotKeybridgeKey
 }
 
+// errDatabaseDown answers a request that needs the database while it
+// cannot be reached and nothing cached can stand in (docs/scaling.md).
+var errDatabaseDown = &gwError{status: http.StatusServiceUnavailable, code: keybridge.EUnavailable,
+	msg: "Keybridge cannot reach its database; try again shortly", retryAfter: 1}
+
 var (
 	errNoKey = keybridge.Errorf(keybridge.EUnauthenticated,
 		"missing credentials: send a Keybridge key (kb_...) or AI key secret (kbs_...) as Authorization: Bearer, x-api-key, api-key, x-goog-api-key or ?key=")
@@ -441,6 +474,9 @@ var (
 // the refusal itself, or internal for a store that failed.
 func verifyError(err error) *gwError {
 	code := keybridge.ErrorCode(err)
+	if code == keybridge.EInternal && store.Unavailable(err) {
+		return errDatabaseDown
+	}
 	if code == keybridge.EInternal {
 		return newError(keybridge.EInternal, "internal error")
 	}

@@ -73,6 +73,7 @@ var fuzzSeeds = map[string][]string{
 	"PATCH /api/v1/orgs/{org}/providers/{provider}":              {`{"display_name":"OpenAI","enabled":false,"settings":null}`},
 	"POST /api/v1/orgs/{org}/providers/{provider}/keys":          {`{"api_key":"sk-fuzz-0000000000000000000000"}`},
 	"PATCH /api/v1/orgs/{org}/providers/{provider}/keys/{keyID}": {`{"enabled":false}`},
+	"POST /api/v1/users/me/password":                             {`{"current_password":"wrong-password","new_password":"new-password-1234"}`},
 	"POST /api/v1/users/me/credentials":                          {`{"org":"acme","provider":"openai","api_key":"sk-fuzz-1111111111111111111111"}`},
 	"PATCH /api/v1/users/me/credentials/{id}":                    {`{"api_key":"sk-fuzz-2222222222222222222222"}`},
 	"POST /api/v1/orgs/{org}/projects":                           {`{"name":"p","description":"d"}`},

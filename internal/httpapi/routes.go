@@ -1,10 +1,41 @@
 package httpapi
 
-import "net/http"
+import (
+	"net/http"
+	"strings"
+)
+
+// router is what routes registers on: the server's ServeMux, or the
+// recorder behind Routes.
+type router interface {
+	Handle(pattern string, handler http.Handler)
+}
+
+// Routes returns the pattern ("METHOD /path") of every operation of the
+// management API, in the order routes registers them. It is the one list
+// the tests check the OpenAPI document and the authorization matrix
+// against, so a new route cannot be missing from either. Patterns without
+// a method (the /api/ catch-all) and the web UI's pages are not operations
+// and are left out.
+func Routes() []string {
+	var rec patternRecorder
+	(&Server{}).routes(&rec)
+	return rec
+}
+
+// patternRecorder is a router that keeps the patterns with a method.
+type patternRecorder []string
+
+func (p *patternRecorder) Handle(pattern string, _ http.Handler) {
+	if strings.Contains(pattern, " ") {
+		*p = append(*p, pattern)
+	}
+}
 
 // routes is the whole HTTP surface of Keybridge. Every route here is in the
-// OpenAPI document and the reverse; a test keeps them in step.
-func (s *Server) routes(mux *http.ServeMux) {
+// OpenAPI document and the reverse, and has rows in the authorization
+// matrix; tests keep them in step through Routes.
+func (s *Server) routes(mux router) {
 	// Operations.
 	mux.Handle("GET /healthz", s.h(s.healthz))
 	mux.Handle("GET /readyz", s.h(s.readyz))
@@ -17,6 +48,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/auth/logout", s.h(s.logout))
 	mux.Handle("POST /api/v1/auth/accept-invite", s.h(s.acceptInvite))
 	mux.Handle("GET /api/v1/users/me", s.authed(s.me))
+	mux.Handle("POST /api/v1/users/me/password", s.authed(s.changePassword))
 
 	// Orgs and members (SPEC §2).
 	mux.Handle("GET /api/v1/orgs", s.authed(s.listOrgs))
@@ -77,8 +109,11 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.Handle("GET /api/v1/orgs/{org}/audit-events/verify", s.authed(s.verifyAuditEvents))
 	mux.Handle("GET /api/v1/orgs/{org}/usage", s.authed(s.usage))
 
-	// Anything else under the API is a JSON 404, not the mux's text page.
+	// Anything else under the API, and anywhere else, is a JSON 404, not
+	// the mux's text page (withoutRedirects does the same for the mux's
+	// redirects).
 	mux.Handle("/api/", s.h(notFoundRoute))
+	mux.Handle("/", s.h(notFoundRoute))
 
 	// The web UI (SPEC §10), when configured. It is not part of the
 	// management API's OpenAPI document. The gateway is mounted beside

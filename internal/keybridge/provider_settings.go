@@ -24,8 +24,8 @@ type ProviderSettings struct {
 
 // SettingsPatch is a settings object as a request sends it: a nil field
 // was not sent. The management API decodes it strictly (exact names, each
-// once); its errors name "settings.<field>". An empty secret counts as not sent, so that rotating one
-// secret never needs the others.
+// once); its errors name "settings.<field>". An empty secret counts as not
+// sent, so that rotating one secret never needs the others.
 type SettingsPatch struct {
 	Region          *string `json:"region"`
 	Model           *string `json:"model"`
@@ -89,6 +89,11 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 	for field, set := range s.fieldsSet() {
 		if set && !slices.Contains(allowed, field) {
 			v.Add("settings."+field, fmt.Sprintf("is not a setting of %s providers", t))
+		}
+	}
+	for field, sec := range map[string]Secret{"settings.access_key": s.AccessKey, "settings.access_key_secret": s.AccessKeySecret} {
+		if problem := SecretProblem(sec.Reveal()); problem != "" {
+			v.Add(field, problem)
 		}
 	}
 	switch t {
