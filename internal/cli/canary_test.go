@@ -50,14 +50,32 @@ func TestCanarySweep(t *testing.T) {
 	sw := newSweep(t)
 	srv := startServe(t, dir, "--log-level", "debug")
 	dbPath := filepath.Join(dir, "keybridge.db")
-	sw.drive(srv, noEnv, []string{"--data-dir", dir})
-	sw.readSQLiteFiles(dbPath, "while serving")
-	sw.stopServe(srv)
-	sw.readSQLiteFiles(dbPath, "after the checkpoint at close")
-	db, err := sql.Open("sqlite", "file:"+dbPath+"?mode=ro")
+	storage := []string{"--data-dir", dir}
+	mk, err := os.ReadFile(filepath.Join(dir, "master.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	sw.masterKey = strings.TrimSpace(string(mk))
+	sw.drive(srv, noEnv, storage)
+	// The ciphertexts under the first data key, before the rewrap
+	// replaces them. The connection is closed before serve stops, so that
+	// serve's is the last and checkpoints the WAL into the main file.
+	openDB := func() *sql.DB {
+		db, err := sql.Open("sqlite", "file:"+dbPath+"?mode=ro")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return db
+	}
+	db := openDB()
+	sw.readSealed(db)
+	db.Close()
+	sw.keyring(noEnv, storage)
+	sw.afterwards(srv)
+	sw.readSQLiteFiles(dbPath, "while serving")
+	sw.stopServe(srv)
+	sw.readSQLiteFiles(dbPath, "after the checkpoint at close")
+	db = openDB()
 	defer db.Close()
 	sw.readTables(db, sqliteTables)
 	sw.readSealed(db)
@@ -76,7 +94,15 @@ func TestCanarySweepPostgres(t *testing.T) {
 	sw := newSweep(t)
 	sw.masterKey = master
 	srv := startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "debug")
+	db, err := sql.Open("pgx", dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
 	sw.drive(srv, env, nil)
+	sw.readSealed(db) // under the first data key, before the rewrap
+	sw.keyring(env, nil)
+	sw.afterwards(srv)
 	sw.stopServe(srv)
 	out, err := exec.Command("pg_dump", "--no-owner", "--dbname", dbURL).Output()
 	if err != nil {
@@ -90,11 +116,6 @@ func TestCanarySweepPostgres(t *testing.T) {
 		t.Fatalf("the pg_dump holds no usage table:\n%.2000s", out)
 	}
 	sw.store("pg_dump", "database", out)
-	db, err := sql.Open("pgx", dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	sw.readSealed(db)
 	sw.check()
 }
@@ -181,7 +202,8 @@ type sweep struct {
 	// upstreams are the mocks; what they received is theirs, not
 	// Keybridge's output, and is not searched, except for Keybridge's own
 	// secrets, which must never be forwarded.
-	upstreams []*providertest.Server
+	upstreams         []*providertest.Server
+	ownerKey, betaKey string
 	// counts of what the run went through, so the sweep cannot silently
 	// lose its reach.
 	statuses map[string]int
@@ -633,7 +655,7 @@ func (sw *sweep) check() {
 		fmt.Fprintf(&summary, "  %-17s %4d places %9d bytes\n", k, placesBy[k], bytesBy[k])
 	}
 	if known > 0 {
-		fmt.Fprintf(&summary, "  known: %d places in the database hold a session's CSRF token in clear (csrfTokensStoredInClear)\n", known)
+		fmt.Fprintf(&summary, "  known: %d database places x CSRF tokens found in clear (csrfTokensStoredInClear), not counted as hits\n", known)
 	}
 	fmt.Fprintf(&summary, "  %-17s %4d ciphertexts and hashes looked for outside the database\n", "stored", len(sw.sealed))
 	fmt.Fprintf(&summary, "  %-17s %9d bytes the providers received, searched for Keybridge's own secrets\n", "upstream", upBytes)
@@ -691,7 +713,8 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	login := sw.client(srv.url)
 	_, body = login.do(req{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "owner@acme.test", "password": setupPassword}})
 	sw.sessionIssued(login, body, "the owner's login session")
-	login.do(req{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "boss@beta.test", "password": cliPassword}})
+	_, body = login.do(req{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "boss@beta.test", "password": cliPassword}})
+	sw.sessionIssued(login, body, "the CLI owner's login session")
 	login.do(req{method: "GET", path: "/api/v1/users/me", want: 200})
 	noCSRF := login.csrf
 	login.csrf = ""
@@ -976,7 +999,55 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	brMock.Fault(brAK, providertest.Fault{Status: 403, Times: 1})
 	gw(req{method: "POST", path: "/gateway/br" + brModelPath + "/converse", key: gwKey, want: 502, body: conv})
 
-	// --- What the run left: usage, audit, metrics. ---
+	// --- The rest of the management API. ---
+	anon.do(req{method: "GET", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 200})
+	anon.do(req{method: "PATCH", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 200, body: map[string]any{"description": "rotated", "allowed_models": []string{"gpt-4o*"}}})
+	anon.do(req{method: "POST", path: "/api/v1/api-keys/" + sw.keyID(anon, ownerKey, revoked) + "/reactivate", key: ownerKey, want: 409})
+	owner.do(req{method: "POST", path: "/api/v1/orgs", want: 201, body: map[string]string{"slug": "gamma", "name": "Gamma"}})
+	anon.do(req{method: "GET", path: "/api/v1/orgs", key: ownerKey, want: 200})
+	anon.do(req{method: "GET", path: "/api/v1/orgs/acme", key: ownerKey, want: 200})
+	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme", key: ownerKey, want: 200, body: map[string]string{"name": "Acme Inc"}})
+	owner.do(req{method: "DELETE", path: "/api/v1/orgs/gamma", want: 204})
+	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/projects", key: memberKey, want: 403})
+	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 200})
+	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/projects/" + str(proj, "id"), key: ownerKey, want: 200})
+	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme/projects/" + str(proj, "id"), key: ownerKey, want: 200, body: map[string]string{"description": "the repo"}})
+	spare := anon.json(req{method: "POST", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 201, body: map[string]string{"name": "spare"}})
+	anon.do(req{method: "DELETE", path: "/api/v1/orgs/acme/projects/" + str(spare, "id"), key: ownerKey, want: 204})
+	left := anon.json(req{method: "POST", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 201, body: map[string]string{"email": "leaver@acme.test", "role": "member"}})
+	sw.places[len(sw.places)-1].allowed[sw.issued("an invitation token never used", str(left, "invite_token"))] = true
+	anon.do(req{method: "DELETE", path: "/api/v1/orgs/acme/members/" + str(left, "user_id"), key: ownerKey, want: 204})
+	anon.do(req{method: "DELETE", path: "/api/v1/users/me/credentials/" + str(cred, "id"), key: memberKey, want: 204})
+	for _, p := range []string{"/healthz", "/", "/api/v1/openapi.json", "/api/v1/nope"} {
+		anon.do(req{method: "GET", path: p})
+	}
+	owner.do(req{method: "POST", path: "/api/v1/auth/logout", want: 204})
+	sw.ownerKey, sw.betaKey = ownerKey, betaKey
+}
+
+// keyring rotates the data key ring and rewraps every stored secret under
+// the new key, beside the running server, the way an operator does.
+func (sw *sweep) keyring(getenv func(string) string, storage []string) {
+	sw.t.Helper()
+	for _, sub := range []string{"rotate", "rewrap", "status"} {
+		out, err := sw.runCLI(getenv, nil, "", "keyring", append([]string{sub}, storage...)...)
+		if err != nil {
+			sw.t.Fatalf("keybridge keyring %s: %v", sub, err)
+		}
+		sw.store("keybridge keyring "+sub+" stdout", "log", []byte(out))
+		if sub == "rewrap" && !strings.Contains(out, "Re-encrypted") {
+			sw.t.Errorf("keybridge keyring rewrap said %q, want it to re-encrypt the stored secrets", out)
+		}
+	}
+}
+
+// afterwards reads what the run left: usage, audit events, metrics.
+func (sw *sweep) afterwards(srv *server) {
+	t := sw.t
+	t.Helper()
+	anon := sw.client(srv.url)
+	ownerKey, betaKey := sw.ownerKey, sw.betaKey
+	var body []byte
 	sw.waitUsage(srv.url, ownerKey)
 	for _, g := range []string{"provider", "model", "user", "project", "api_key"} {
 		anon.do(req{method: "GET", path: "/api/v1/orgs/acme/usage?group_by=" + g + "&bucket=hour", key: ownerKey, want: 200})
@@ -999,7 +1070,6 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	}
 	anon.do(req{method: "GET", path: "/readyz", want: 200})
 	anon.do(req{method: "DELETE", path: "/api/v1/orgs/acme/providers/exhausted", key: ownerKey, want: 204})
-	owner.do(req{method: "POST", path: "/api/v1/auth/logout", want: 204})
 
 	// The run reached what it meant to.
 	for _, want := range []string{"gateway response 200", "gateway response 401", "gateway response 403", "gateway response 404",
@@ -1018,7 +1088,11 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	if cut < 3 {
 		t.Errorf("%d streams ended in an error event, want the 3 cut ones at least", cut)
 	}
-	if n := len(oaMock.Requests()) + len(antMock.Requests()) + len(gemMock.Requests()) + len(brMock.Requests()); n < 25 {
+	n := 0
+	for _, up := range sw.upstreams {
+		n += len(up.Requests())
+	}
+	if n < 25 {
 		t.Errorf("the providers received %d requests, want 25 or more", n)
 	}
 }
