@@ -1021,6 +1021,18 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	for _, p := range []string{"/healthz", "/", "/api/v1/openapi.json", "/api/v1/nope"} {
 		anon.do(req{method: "GET", path: p})
 	}
+	// A password change, where the server has the endpoint: a wrong
+	// current password, then the right one, then a login with the new.
+	newPassword := sw.plantPassword("a changed password")
+	login.do(req{method: "POST", path: "/api/v1/users/me/password", body: map[string]string{
+		"current_password": sw.plantPassword("a wrong current password"), "new_password": newPassword}})
+	resp, _ := login.do(req{method: "POST", path: "/api/v1/users/me/password", body: map[string]string{
+		"current_password": cliPassword, "new_password": newPassword}})
+	if resp.StatusCode == http.StatusNoContent {
+		again := sw.client(srv.url)
+		_, body := again.do(req{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "boss@beta.test", "password": newPassword}})
+		sw.sessionIssued(again, body, "the session after a password change")
+	}
 	owner.do(req{method: "POST", path: "/api/v1/auth/logout", want: 204})
 	sw.ownerKey, sw.betaKey = ownerKey, betaKey
 }
