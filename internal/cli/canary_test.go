@@ -21,6 +21,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -654,6 +655,9 @@ func (sw *sweep) check() {
 	for _, k := range kinds {
 		fmt.Fprintf(&summary, "  %-17s %4d places %9d bytes\n", k, placesBy[k], bytesBy[k])
 	}
+	if known == 0 && csrfTokensStoredInClear {
+		t.Log("no CSRF token was found in the database: set csrfTokensStoredInClear to false")
+	}
 	if known > 0 {
 		fmt.Fprintf(&summary, "  known: %d database places x CSRF tokens found in clear (csrfTokensStoredInClear), not counted as hits\n", known)
 	}
@@ -795,6 +799,20 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 			body: map[string]any{"api_key": k, "priority": priority}})
 		return k
 	}
+	echoStatus := map[string]int{}
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		w.Header().Set("X-Echo", got)
+		w.Header().Set("Content-Type", "application/json")
+		status := echoStatus[got]
+		if status == 0 {
+			status = 401
+		}
+		w.WriteHeader(status)
+		fmt.Fprintf(w, `{"error":{"message":"Incorrect API key provided: %s","type":"%s","code":"%s"}}`, got, got, got)
+	}))
+	t.Cleanup(echo.Close)
+	prov(map[string]any{"name": "echo", "type": "openai", "base_url": echo.URL + "/v1"})
 	prov(map[string]any{"name": "oai", "type": "openai", "base_url": oaMock.URL + "/v1", "key_source": "user_or_org"})
 	prov(map[string]any{"name": "ant", "type": "anthropic", "base_url": antMock.URL})
 	prov(map[string]any{"name": "mine", "type": "anthropic", "base_url": antMock.URL, "key_source": "user"})
@@ -986,6 +1004,18 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	oaMock.Fault(x2, providertest.Fault{Status: 429, RetryAfter: "20"})
 	gw(req{method: "POST", path: "/gateway/exhausted/chat/completions", key: gwKey, want: 429, body: chat})
 	gw(req{method: "POST", path: "/gateway/exhausted/chat/completions", key: gwKey, want: 429, body: stream})
+
+	// A provider that echoes the whole key it gets back, in its body, as
+	// its error code and in a header, for each status that fails over:
+	// Keybridge's answers hold none of it.
+	for i, status := range []int{401, 403, 429, 500, 529} {
+		echoKey := upKey("echo", fmt.Sprintf("a key the provider echoes with %d", status), "sk-echo-", i)
+		echoStatus[echoKey] = status
+	}
+	gw(req{method: "POST", path: "/gateway/echo/chat/completions", key: gwKey, want: 429, body: chat})
+	gw(req{method: "POST", path: "/gateway/echo/chat/completions", key: gwKey, want: 429, body: stream})
+	anon.do(req{method: "POST", path: testPath, key: ownerKey, want: 200, body: map[string]any{"type": "openai", "base_url": echo.URL + "/v1",
+		"api_key": sw.plantUpstream("a tested key the provider echoes", "sk-echo-")}})
 
 	// Bedrock: an AWS AI key signing with SigV4, a wrong signature, a
 	// bearer key; a stream cut short.
