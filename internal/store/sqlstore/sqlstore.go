@@ -52,6 +52,9 @@ type DB struct {
 	Dialect Dialect
 
 	rebound sync.Map // query string -> rebound query string
+	// prepared holds the few statements worth preparing once on the
+	// writer pool (see prepare); each connection prepares them once.
+	prepared sync.Map // rebound query string -> *sql.Stmt
 	// origin tags this process's notifications, so its own subscribers,
 	// told at commit, skip the copy that comes back through Listen.
 	origin string
@@ -118,7 +121,12 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.Write.PingContext(
 // shared Listen with its connection.
 func (s *Store) Close() error {
 	s.db.hub.close()
-	err := s.db.Write.Close()
+	var err error
+	s.db.prepared.Range(func(_, st any) bool {
+		err = errors.Join(err, st.(*sql.Stmt).Close())
+		return true
+	})
+	err = errors.Join(err, s.db.Write.Close())
 	if s.db.Read != s.db.Write {
 		err = errors.Join(err, s.db.Read.Close())
 	}
@@ -164,6 +172,27 @@ func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result
 		return s.tx.ExecContext(ctx, s.q(query), args...)
 	}
 	return s.db.Write.ExecContext(ctx, s.q(query), args...)
+}
+
+// prepare returns query prepared on the writer pool, preparing it the
+// first time. It must be called outside a transaction: preparing takes a
+// writer connection, and SQLite has only one. A statement whose text is
+// as costly for the engine to parse as to run (the usage insert's 500
+// rows) is then parsed once per connection instead of once per batch.
+func (s *Store) prepare(ctx context.Context, query string) (*sql.Stmt, error) {
+	q := s.q(query)
+	if st, ok := s.db.prepared.Load(q); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.Write.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.db.prepared.LoadOrStore(q, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
 }
 
 // query runs a read in the transaction, or on the read pool.

@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"fmt"
 	"maps"
 	"slices"
@@ -139,6 +140,15 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 	if len(batch) == 0 {
 		return nil
 	}
+	// A full chunk's statement is prepared once: parsing 500 rows of
+	// placeholders costs SQLite about as much as inserting them.
+	var full *sql.Stmt
+	if s.tx == nil && len(batch) >= usageInsertChunk {
+		var err error
+		if full, err = s.prepare(ctx, usageInsertFull); err != nil {
+			return fmt.Errorf("prepare usage insert: %w", err)
+		}
+	}
 	return s.write(ctx, func(tx *Store) error {
 		rollup := map[usageRollupKey]*usageSums{}
 		for i := range batch {
@@ -166,7 +176,7 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 			}
 		}
 		for chunk := range slices.Chunk(batch, usageInsertChunk) {
-			if err := tx.insertUsageRows(ctx, chunk); err != nil {
+			if err := tx.insertUsageRows(ctx, chunk, full); err != nil {
 				return fmt.Errorf("insert usage: %w", err)
 			}
 		}
@@ -182,21 +192,37 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 	})
 }
 
-func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage) error {
+// usageInsertFull inserts a full chunk of raw rows.
+var usageInsertFull = usageInsertSQL(usageInsertChunk)
+
+// usageInsertSQL is the INSERT of n raw rows.
+func usageInsertSQL(n int) string {
 	var b strings.Builder
 	b.WriteString(`INSERT INTO usage (id, time, org_id, project_id, user_id, api_key_id, ai_key_id, provider_id, provider_key_id,
 		model, status, stream, latency_ms, upstream_latency_ms, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers) VALUES `)
-	args := make([]any, 0, len(rows)*19)
-	for i := range rows {
-		u := &rows[i]
+	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+	}
+	return b.String()
+}
+
+// insertUsageRows inserts rows in the transaction s, with full (when
+// prepared) if they are a full chunk.
+func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage, full *sql.Stmt) error {
+	args := make([]any, 0, len(rows)*19)
+	for i := range rows {
+		u := &rows[i]
 		args = append(args, u.ID, s.ts(u.Time), u.OrgID, u.ProjectID, u.UserID, u.APIKeyID, u.AIKeyID, u.ProviderID, u.ProviderKeyID,
 			u.Model, u.Status, u.Stream, u.LatencyMS, u.UpstreamLatencyMS, u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens, u.Failovers)
 	}
-	_, err := s.exec(ctx, b.String(), args...)
+	if full != nil && len(rows) == usageInsertChunk {
+		_, err := s.tx.StmtContext(ctx, full).ExecContext(ctx, args...)
+		return err
+	}
+	_, err := s.exec(ctx, usageInsertSQL(len(rows)), args...)
 	return err
 }
 
@@ -438,30 +464,59 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 // holds the writer for long. It returns how many raw rows went.
 func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, error) {
 	cut := s.ts(t.UTC().Truncate(usageDay))
+	// Raw rows are indexed by org and time only (an index on time alone
+	// would cost every insert for a purge that runs once an hour), so the
+	// purge goes org by org. Every raw row has daily totals, which go
+	// last: an interrupted purge still finds its orgs next time.
+	orgs, err := s.usageOrgsBefore(ctx, cut)
+	if err != nil {
+		return 0, fmt.Errorf("delete usage: %w", err)
+	}
 	var total int64
-	for {
-		var n int64
-		err := s.write(ctx, func(tx *Store) error {
-			res, err := tx.exec(ctx, `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE time < ? LIMIT ?)`, cut, usageDeleteChunk)
-			if err != nil {
+	for _, org := range orgs {
+		for {
+			var n int64
+			err := s.write(ctx, func(tx *Store) error {
+				res, err := tx.exec(ctx, `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`, org, cut, usageDeleteChunk)
+				if err != nil {
+					return err
+				}
+				n, err = res.RowsAffected()
 				return err
+			})
+			if err != nil {
+				return total, fmt.Errorf("delete usage: %w", err)
 			}
-			n, err = res.RowsAffected()
-			return err
-		})
-		if err != nil {
-			return total, fmt.Errorf("delete usage: %w", err)
-		}
-		total += n
-		if n < usageDeleteChunk {
-			break
-		}
-		if err := ctx.Err(); err != nil {
-			return total, err
+			total += n
+			if n < usageDeleteChunk {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
 		}
 	}
 	if _, err := s.exec(ctx, `DELETE FROM usage_rollup WHERE bucket < ?`, cut); err != nil {
 		return total, fmt.Errorf("delete usage rollup: %w", err)
 	}
 	return total, nil
+}
+
+// usageOrgsBefore lists the orgs with daily totals before cut: every org
+// with raw rows before it.
+func (s *Store) usageOrgsBefore(ctx context.Context, cut any) ([]string, error) {
+	rows, err := s.query(ctx, `SELECT DISTINCT org_id FROM usage_rollup WHERE period = 'd' AND bucket < ?`, cut)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var orgs []string
+	for rows.Next() {
+		var org string
+		if err := rows.Scan(&org); err != nil {
+			return nil, err
+		}
+		orgs = append(orgs, org)
+	}
+	return orgs, rows.Err()
 }
