@@ -167,6 +167,8 @@ type canaryValue struct {
 	value, what string
 	// upstream marks a credential the providers are meant to receive.
 	upstream bool
+	// issued marks a secret Keybridge generated, rather than one planted.
+	issued bool
 	// csrf marks a session's CSRF token (see csrfTokensStoredInClear).
 	csrf bool
 	// public marks an identifier that answers and the database may hold
@@ -241,7 +243,7 @@ func (sw *sweep) issued(what, v string) string {
 	if v == "" {
 		sw.t.Fatalf("no %s was issued", what)
 	}
-	sw.canaries = append(sw.canaries, canaryValue{value: v, what: what})
+	sw.canaries = append(sw.canaries, canaryValue{value: v, what: what, issued: true})
 	return v
 }
 
@@ -674,13 +676,15 @@ func (sw *sweep) check() {
 			r.Header.Write(&all)
 			all.Write(r.Body)
 			upBytes += all.Len()
-			for _, c := range sw.canaries {
+			for ci, c := range sw.canaries {
 				if c.upstream {
 					continue
 				}
-				if bytes.Contains(all.Bytes(), []byte(c.value)) {
-					hits++
-					t.Errorf("the provider received %s in %s %s", c.what, r.Method, r.URI)
+				for _, f := range patterns[ci] {
+					if bytes.Contains(all.Bytes(), f.b) {
+						hits++
+						t.Errorf("the provider received %s (%s) in %s %s", c.what, strings.Join(f.names, ", "), r.Method, r.URI)
+					}
 				}
 			}
 		}
@@ -693,8 +697,14 @@ func (sw *sweep) check() {
 	}
 	sort.Strings(kinds)
 	var summary strings.Builder
-	fmt.Fprintf(&summary, "canary sweep: %d canaries (%d forms each), %d places, %d bytes searched, %d hits\n",
-		len(sw.canaries), len(forms([]byte("0123456789abcdef0123456789"))), len(sw.places), total, hits)
+	issued := 0
+	for _, c := range sw.canaries {
+		if c.issued {
+			issued++
+		}
+	}
+	fmt.Fprintf(&summary, "canary sweep: %d canaries (%d planted, %d issued by Keybridge; %d forms each), %d places, %d bytes searched, %d hits\n",
+		len(sw.canaries), len(sw.canaries)-issued, issued, len(forms([]byte("0123456789abcdef0123456789"))), len(sw.places), total, hits)
 	for _, k := range kinds {
 		fmt.Fprintf(&summary, "  %-17s %4d places %9d bytes\n", k, placesBy[k], bytesBy[k])
 	}
@@ -962,7 +972,7 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	for _, typ := range []string{"OPENAI", "ANTHROPIC", "GOOGLE", "AWS", "OTHER"} {
 		k := anon.json(req{method: "POST", path: aiPath, key: ownerKey, want: 201, body: map[string]any{"name": strings.ToLower(typ), "ai_type": typ}})
 		secret := sw.issued("the "+typ+" AI key's secret", str(k, "secret"))
-		sw.canaries = append(sw.canaries, canaryValue{value: str(k, "key"), what: "the " + typ + " AI key's id", public: true})
+		sw.canaries = append(sw.canaries, canaryValue{value: str(k, "key"), what: "the " + typ + " AI key's id", public: true, issued: true})
 		sw.places[len(sw.places)-1].allowed[secret] = true
 		aiKeys[typ] = [2]string{str(k, "key"), secret}
 		anon.do(req{method: "PATCH", path: aiPath + "/" + str(k, "id"), key: ownerKey, want: 200, body: map[string]any{"rate_limit_rpm": 500}})
