@@ -15,6 +15,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -37,6 +38,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 	_ "modernc.org/sqlite"             // the "sqlite" database/sql driver, to read the raw tables
 
+	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/cli"
 	"github.com/keybridge/keybridge/internal/providertest"
 )
@@ -47,6 +49,7 @@ import (
 // read back row by row, so a value split across overflow pages is found
 // too.
 func TestCanarySweep(t *testing.T) {
+	cheapPasswords(t)
 	dir := t.TempDir()
 	sw := newSweep(t)
 	srv := startServe(t, dir, "--log-level", "debug")
@@ -71,7 +74,7 @@ func TestCanarySweep(t *testing.T) {
 	db := openDB()
 	sw.readSealed(db)
 	db.Close()
-	sw.keyring(noEnv, storage)
+	sw.keyring(noEnv, storage, "rotate", "rewrap", "status")
 	sw.afterwards(srv)
 	sw.readSQLiteFiles(dbPath, "while serving")
 	sw.stopServe(srv)
@@ -83,13 +86,27 @@ func TestCanarySweep(t *testing.T) {
 	sw.check()
 }
 
-// TestCanarySweepPostgres runs the sweep on PostgreSQL, in a private
-// database created for it, and searches a pg_dump of that database.
+// TestCanarySweepPostgres runs the sweep on PostgreSQL, in a schema of its
+// own, and searches a pg_dump of that schema: every table Keybridge made
+// there, with all its rows. (A schema rather than a database of its own:
+// dropping a database forces an immediate checkpoint of the whole shared
+// server, seconds on a busy one, for every test using it.)
 func TestCanarySweepPostgres(t *testing.T) {
-	dbURL := privateDatabase(t)
+	cheapPasswords(t)
+	dbURL := postgresURL(t)
 	if _, err := exec.LookPath("pg_dump"); err != nil {
 		t.Skip("pg_dump is not installed")
 	}
+	// pg_dump speaks libpq, which has no search_path parameter: the base
+	// URL and the schema named apart.
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	schema := q.Get("search_path")
+	q.Del("search_path")
+	u.RawQuery = q.Encode()
 	master := base64.StdEncoding.EncodeToString(randomN(t, 32))
 	env := envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": dbURL, "KEYBRIDGE_MASTER_KEY": master})
 	sw := newSweep(t)
@@ -102,10 +119,10 @@ func TestCanarySweepPostgres(t *testing.T) {
 	defer db.Close()
 	sw.drive(srv, env, nil)
 	sw.readSealed(db) // under the first data key, before the rewrap
-	sw.keyring(env, nil)
+	sw.keyring(env, nil, "rotate", "rewrap")
 	sw.afterwards(srv)
 	sw.stopServe(srv)
-	out, err := exec.Command("pg_dump", "--no-owner", "--dbname", dbURL).Output()
+	out, err := exec.Command("pg_dump", "--no-owner", "--schema", schema, "--dbname", u.String()).Output()
 	if err != nil {
 		var stderr []byte
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -113,7 +130,7 @@ func TestCanarySweepPostgres(t *testing.T) {
 		}
 		t.Fatalf("pg_dump: %v\n%s", err, stderr)
 	}
-	if !bytes.Contains(out, []byte("COPY public.usage ")) && !bytes.Contains(out, []byte("COPY usage ")) {
+	if !bytes.Contains(out, []byte("COPY "+schema+".usage ")) {
 		t.Fatalf("the pg_dump holds no usage table:\n%.2000s", out)
 	}
 	sw.store("pg_dump", "database", out)
@@ -121,37 +138,13 @@ func TestCanarySweepPostgres(t *testing.T) {
 	sw.check()
 }
 
-// privateDatabase creates a database of its own on the server named by
-// KEYBRIDGE_TEST_POSTGRES_URL, dropped when t ends, and returns its URL; it
-// skips t without one. A database rather than a schema, so that pg_dump of
-// it holds this test's rows and nothing else.
-func privateDatabase(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("KEYBRIDGE_TEST_POSTGRES_URL")
-	if base == "" {
-		t.Skip("KEYBRIDGE_TEST_POSTGRES_URL is not set")
-	}
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := "kbcanary_" + hex.EncodeToString(randomN(t, 6))
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		admin.Close()
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		defer admin.Close()
-		if _, err := admin.Exec("DROP DATABASE " + name + " WITH (FORCE)"); err != nil {
-			t.Errorf("drop database: %v", err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
+// cheapPasswords lowers the cost of the password hashes made while t runs:
+// a leak does not depend on it, and the sweep makes a dozen. Hashes keep
+// the parameters written in them, so the change is safe mid-process.
+func cheapPasswords(t *testing.T) {
+	saved := auth.PasswordParams
+	auth.PasswordParams = auth.Argon2Params{Memory: 64, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}
+	t.Cleanup(func() { auth.PasswordParams = saved })
 }
 
 func randomN(t testing.TB, n int) []byte {
@@ -586,6 +579,55 @@ next:
 	return out
 }
 
+// matcher finds many patterns in one pass over a text, each indexed by
+// its first 8 bytes: a search of every pattern in turn would read each
+// place a thousand times.
+type matcher struct {
+	pats   []pattern
+	owners []int
+	idx    map[uint64][]int
+}
+
+// add adds p as one of owner's patterns.
+func (m *matcher) add(t *testing.T, owner int, p pattern) {
+	if len(p.b) < 8 {
+		t.Fatalf("pattern %q (%v) is too short to search for", p.b, p.names)
+	}
+	k := binary.LittleEndian.Uint64(p.b)
+	m.idx[k] = append(m.idx[k], len(m.pats))
+	m.pats = append(m.pats, p)
+	m.owners = append(m.owners, owner)
+}
+
+// found is what find found of one owner: the names of its forms, and where
+// one of them is.
+type found struct {
+	names []string
+	at    int
+}
+
+// find returns what text holds of each owner's patterns.
+func (m *matcher) find(text []byte) map[int]*found {
+	out := map[int]*found{}
+	seen := map[int]bool{}
+	for i := 0; i+8 <= len(text); i++ {
+		for _, pi := range m.idx[binary.LittleEndian.Uint64(text[i:])] {
+			if seen[pi] || !bytes.HasPrefix(text[i:], m.pats[pi].b) {
+				continue
+			}
+			seen[pi] = true
+			f := out[m.owners[pi]]
+			if f == nil {
+				f = &found{at: i}
+				out[m.owners[pi]] = f
+			}
+			f.names = append(f.names, m.pats[pi].names...)
+			sort.Strings(f.names)
+		}
+	}
+	return out
+}
+
 // check searches every place for every canary in every form, and every
 // place outside the database for the ciphertexts and hashes.
 func (sw *sweep) check() {
@@ -602,20 +644,22 @@ func (sw *sweep) check() {
 		}
 		seen[c.value] = true
 	}
-	// Each canary's distinct encodings, worked out once: for a value of
-	// letters and digits several forms are the same bytes.
-	patterns := make([][]pattern, len(sw.canaries))
+	// Each value's distinct encodings, worked out once (for a value of
+	// letters and digits several forms are the same bytes) and found in
+	// one pass over each place.
+	m := &matcher{idx: map[uint64][]int{}}
 	for i, c := range sw.canaries {
-		patterns[i] = distinctForms([]byte(c.value))
+		for _, f := range distinctForms([]byte(c.value)) {
+			m.add(t, i, f)
+		}
 	}
-	sealedPatterns := make([][]pattern, len(sw.sealed))
 	textual := map[string]bool{"JSON": true, "JSON without HTML escapes": true, "query-escaped": true, "path-escaped": true}
 	for i, s := range sw.sealed {
 		// Binary: its text escapes are not how it would leak; the plain,
 		// hex and base64 forms cover it.
 		for _, f := range distinctForms(s) {
 			if !textual[f.names[0]] || len(f.names) > 1 {
-				sealedPatterns[i] = append(sealedPatterns[i], f)
+				m.add(t, len(sw.canaries)+i, f)
 			}
 		}
 	}
@@ -626,22 +670,16 @@ func (sw *sweep) check() {
 		bytesBy[p.kind] += len(p.b)
 		placesBy[p.kind]++
 		inDatabase := p.kind == "database" || p.kind == "table"
-		for ci, c := range sw.canaries {
-			if p.allowed[c.value] {
-				continue
-			}
-			if c.public && p.kind != "log" && p.kind != "metrics" {
-				continue
-			}
-			var found []string
-			at := -1
-			for _, f := range patterns[ci] {
-				if i := bytes.Index(p.b, f.b); i >= 0 {
-					found = append(found, f.names...)
-					at = i
+		for owner, f := range m.find(p.b) {
+			if owner >= len(sw.canaries) {
+				if !inDatabase {
+					hits++
+					t.Errorf("%s holds stored ciphertext or hash %d (%s)", p.name, owner-len(sw.canaries), strings.Join(f.names, ", "))
 				}
+				continue
 			}
-			if len(found) == 0 {
+			c := sw.canaries[owner]
+			if p.allowed[c.value] || c.public && p.kind != "log" && p.kind != "metrics" {
 				continue
 			}
 			if c.csrf && inDatabase && csrfTokensStoredInClear {
@@ -649,20 +687,8 @@ func (sw *sweep) check() {
 				continue
 			}
 			hits++
-			sort.Strings(found)
-			lo, hi := max(0, at-60), min(len(p.b), at+len(c.value)+60)
-			t.Errorf("%s holds %s (%s): ...%q...", p.name, c.what, strings.Join(found, ", "), p.b[lo:hi])
-		}
-		if inDatabase {
-			continue
-		}
-		for i, pats := range sealedPatterns {
-			for _, f := range pats {
-				if bytes.Contains(p.b, f.b) {
-					hits++
-					t.Errorf("%s holds stored ciphertext or hash %d (%s)", p.name, i, strings.Join(f.names, ", "))
-				}
-			}
+			lo, hi := max(0, f.at-60), min(len(p.b), f.at+len(c.value)+60)
+			t.Errorf("%s holds %s (%s): ...%q...", p.name, c.what, strings.Join(f.names, ", "), p.b[lo:hi])
 		}
 	}
 	// What the providers received is theirs, not Keybridge's output: the
@@ -676,15 +702,10 @@ func (sw *sweep) check() {
 			r.Header.Write(&all)
 			all.Write(r.Body)
 			upBytes += all.Len()
-			for ci, c := range sw.canaries {
-				if c.upstream {
-					continue
-				}
-				for _, f := range patterns[ci] {
-					if bytes.Contains(all.Bytes(), f.b) {
-						hits++
-						t.Errorf("the provider received %s (%s) in %s %s", c.what, strings.Join(f.names, ", "), r.Method, r.URI)
-					}
+			for owner, f := range m.find(all.Bytes()) {
+				if owner < len(sw.canaries) && !sw.canaries[owner].upstream {
+					hits++
+					t.Errorf("the provider received %s (%s) in %s %s", sw.canaries[owner].what, strings.Join(f.names, ", "), r.Method, r.URI)
 				}
 			}
 		}
@@ -715,7 +736,7 @@ func (sw *sweep) check() {
 		fmt.Fprintf(&summary, "  known: %d database places x CSRF tokens found in clear (csrfTokensStoredInClear), not counted as hits\n", known)
 	}
 	fmt.Fprintf(&summary, "  %-17s %4d ciphertexts and hashes looked for outside the database\n", "stored", len(sw.sealed))
-	fmt.Fprintf(&summary, "  %-17s %9d bytes the providers received, searched for Keybridge's own secrets\n", "upstream", upBytes)
+	fmt.Fprintf(&summary, "  %-17s %9d bytes the providers received, searched for every secret that must not be forwarded\n", "upstream", upBytes)
 	t.Log(summary.String())
 }
 
@@ -906,8 +927,7 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	anon.do(req{method: "POST", path: dupPath, key: ownerKey, want: 400, body: map[string]any{"api_key": oaiKey, "secret": oaiKey}})
 	anon.do(req{method: "POST", path: "/api/v1/orgs/acme/providers/br/keys", key: ownerKey, want: 400, body: map[string]any{"api_key": sw.plant("a key given to Bedrock", "sk-")}})
 	anon.do(req{method: "POST", path: dupPath, key: memberKey, want: 403, body: map[string]any{"api_key": sw.plant("a key a member tried to add", "sk-")}})
-	doomed := upKey("oai", "a key deleted later", "sk-proj-", 5)
-	_ = doomed
+	upKey("oai", "a key deleted later", "sk-proj-", 5)
 	keys := anon.json(req{method: "GET", path: dupPath, key: ownerKey, want: 200})
 	items, _ := keys["items"].([]any)
 	var doomedID string
@@ -1139,9 +1159,9 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 
 // keyring rotates the data key ring and rewraps every stored secret under
 // the new key, beside the running server, the way an operator does.
-func (sw *sweep) keyring(getenv func(string) string, storage []string) {
+func (sw *sweep) keyring(getenv func(string) string, storage []string, subs ...string) {
 	sw.t.Helper()
-	for _, sub := range []string{"rotate", "rewrap", "status"} {
+	for _, sub := range subs {
 		out, err := sw.runCLI(getenv, nil, "", "keyring", append([]string{sub}, storage...)...)
 		if err != nil {
 			sw.t.Fatalf("keybridge keyring %s: %v", sub, err)
@@ -1348,7 +1368,7 @@ func TestCanaryForms(t *testing.T) {
 	for pad := range 3 {
 		for _, e := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding, base64.RawURLEncoding} {
 			enc := e.EncodeToString(append(append([]byte("user:"[:pad+1]), secret...), "tail"[:pad]...))
-			if !containsAnyForm([]byte("Basic "+enc), secret) {
+			if !containsAnyForm(t, []byte("Basic "+enc), secret) {
 				t.Errorf("base64 at offset %d (%s) not found", pad, enc)
 			}
 		}
@@ -1356,20 +1376,31 @@ func TestCanaryForms(t *testing.T) {
 	j, _ := json.Marshal(map[string]string{"p": string(secret)})
 	for _, text := range [][]byte{j, []byte(hex.EncodeToString(secret)), []byte(strings.ToUpper(hex.EncodeToString(secret))),
 		[]byte("?password=" + url.QueryEscape(string(secret))), []byte("/" + url.PathEscape(string(secret)) + "/")} {
-		if !containsAnyForm(text, secret) {
+		if !containsAnyForm(t, text, secret) {
 			t.Errorf("%s not found", text)
 		}
 	}
-	if containsAnyForm([]byte(`{"p":"pw\"<&>\\CNRY0123456789abcdef01234566"}`), secret) {
+	if containsAnyForm(t, []byte(`{"p":"pw\"<&>\\CNRY0123456789abcdef01234566"}`), secret) {
 		t.Error("a different value was taken for the secret")
+	}
+	// A binary value, as a ciphertext is: its hex and base64 inside a
+	// longer text, at each alignment.
+	sealed := randomN(t, 48)
+	for pad := range 3 {
+		lead := bytes.Repeat([]byte{0xff}, pad)
+		for _, text := range []string{hex.EncodeToString(append(lead, sealed...)), base64.StdEncoding.EncodeToString(append(lead, sealed...)),
+			base64.RawURLEncoding.EncodeToString(append(lead, sealed...)), string(sealed)} {
+			if !containsAnyForm(t, []byte("x"+text+"y"), sealed) {
+				t.Errorf("binary value at offset %d not found in %q", pad, text)
+			}
+		}
 	}
 }
 
-func containsAnyForm(text, secret []byte) bool {
-	for _, f := range forms(secret) {
-		if bytes.Contains(text, f) {
-			return true
-		}
+func containsAnyForm(t *testing.T, text, secret []byte) bool {
+	m := &matcher{idx: map[uint64][]int{}}
+	for _, f := range distinctForms(secret) {
+		m.add(t, 0, f)
 	}
-	return false
+	return len(m.find(text)) == 1
 }
