@@ -107,7 +107,7 @@ func TestCanarySweepPostgres(t *testing.T) {
 	schema := q.Get("search_path")
 	q.Del("search_path")
 	u.RawQuery = q.Encode()
-	master := base64.StdEncoding.EncodeToString(randomN(t, 32))
+	master := base64.StdEncoding.EncodeToString(canaryBytes(t, 32))
 	env := envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": dbURL, "KEYBRIDGE_MASTER_KEY": master})
 	sw := newSweep(t)
 	sw.masterKey = master
@@ -147,7 +147,7 @@ func cheapPasswords(t *testing.T) {
 	t.Cleanup(func() { auth.PasswordParams = saved })
 }
 
-func randomN(t testing.TB, n int) []byte {
+func canaryBytes(t testing.TB, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
@@ -181,7 +181,7 @@ type canaryValue struct {
 const csrfTokensStoredInClear = true
 
 // place is one body of bytes searched, and the secrets it may hold.
-type place struct {
+type sweepPlace struct {
 	name, kind string
 	b          []byte
 	allowed    map[string]bool
@@ -190,7 +190,7 @@ type place struct {
 type sweep struct {
 	t         *testing.T
 	canaries  []canaryValue
-	places    []*place
+	places    []*sweepPlace
 	masterKey string
 	// sealed are the ciphertexts and hashes read from the database after
 	// the run: present there, and nowhere else.
@@ -211,7 +211,7 @@ func newSweep(t *testing.T) *sweep {
 
 // plant returns a new canary: prefix, a marker and 12 random bytes in hex.
 func (sw *sweep) plant(what, prefix string) string {
-	v := prefix + "CNRY" + hex.EncodeToString(randomN(sw.t, 12))
+	v := prefix + "CNRY" + hex.EncodeToString(canaryBytes(sw.t, 12))
 	sw.canaries = append(sw.canaries, canaryValue{value: v, what: what})
 	return v
 }
@@ -226,7 +226,7 @@ func (sw *sweep) plantUpstream(what, prefix string) string {
 // plantPassword returns a canary password holding characters that JSON,
 // HTML-safe JSON and URL encoding each change.
 func (sw *sweep) plantPassword(what string) string {
-	v := `pw"<&>\` + "CNRY" + hex.EncodeToString(randomN(sw.t, 12)) + " +/="
+	v := `pw"<&>\` + "CNRY" + hex.EncodeToString(canaryBytes(sw.t, 12)) + " +/="
 	sw.canaries = append(sw.canaries, canaryValue{value: v, what: what})
 	return v
 }
@@ -240,8 +240,8 @@ func (sw *sweep) issued(what, v string) string {
 	return v
 }
 
-func (sw *sweep) store(name, kind string, b []byte, allowed ...string) *place {
-	p := &place{name: name, kind: kind, b: bytes.Clone(b), allowed: map[string]bool{}}
+func (sw *sweep) store(name, kind string, b []byte, allowed ...string) *sweepPlace {
+	p := &sweepPlace{name: name, kind: kind, b: bytes.Clone(b), allowed: map[string]bool{}}
 	for _, a := range allowed {
 		p.allowed[a] = true
 	}
@@ -251,20 +251,20 @@ func (sw *sweep) store(name, kind string, b []byte, allowed ...string) *place {
 
 // client is one HTTP caller: its own cookies and, for a session, its CSRF
 // token.
-type client struct {
+type sweepClient struct {
 	sw   *sweep
 	base string
 	hc   *http.Client
 	csrf string
 }
 
-func (sw *sweep) client(base string) *client {
+func (sw *sweep) client(base string) *sweepClient {
 	jar, _ := cookiejar.New(nil)
-	return &client{sw: sw, base: base, hc: &http.Client{Jar: jar, Timeout: 30 * time.Second}}
+	return &sweepClient{sw: sw, base: base, hc: &http.Client{Jar: jar, Timeout: 30 * time.Second}}
 }
 
 // req is one request: what to send and how to send it.
-type req struct {
+type sweepReq struct {
 	method, path string
 	key          string // bearer token
 	header       http.Header
@@ -276,7 +276,7 @@ type req struct {
 
 // do sends r and records the answer, status line, headers and body, as a
 // place to search.
-func (c *client) do(r req) (*http.Response, []byte) {
+func (c *sweepClient) do(r sweepReq) (*http.Response, []byte) {
 	c.sw.t.Helper()
 	var rd io.Reader
 	switch b := r.body.(type) {
@@ -311,7 +311,7 @@ func (c *client) do(r req) (*http.Response, []byte) {
 	return c.send(hr, r)
 }
 
-func (c *client) send(hr *http.Request, r req) (*http.Response, []byte) {
+func (c *sweepClient) send(hr *http.Request, r sweepReq) (*http.Response, []byte) {
 	c.sw.t.Helper()
 	resp, err := c.hc.Do(hr)
 	if err != nil {
@@ -339,7 +339,7 @@ func (c *client) send(hr *http.Request, r req) (*http.Response, []byte) {
 }
 
 // json sends r and decodes the answer.
-func (c *client) json(r req) map[string]any {
+func (c *sweepClient) json(r sweepReq) map[string]any {
 	c.sw.t.Helper()
 	_, body := c.do(r)
 	var v map[string]any
@@ -349,7 +349,7 @@ func (c *client) json(r req) map[string]any {
 	return v
 }
 
-func str(v map[string]any, k string) string {
+func jsonStr(v map[string]any, k string) string {
 	s, _ := v[k].(string)
 	return s
 }
@@ -510,12 +510,12 @@ func (sw *sweep) readSealed(db *sql.DB) {
 	}
 }
 
-// forms are the encodings a secret could leak in: as it is, JSON-escaped
+// canaryForms are the encodings a secret could leak in: as it is, JSON-escaped
 // (with and without HTML escaping), URL-escaped, hex in both cases, and
 // base64 in both alphabets at each of the three alignments it could start
 // at inside a longer encoded value (the middle of the encoding, whose
 // characters do not depend on the bytes around it).
-func forms(v []byte) map[string][]byte {
+func canaryForms(v []byte) map[string][]byte {
 	out := map[string][]byte{"plain": v}
 	j, _ := json.Marshal(string(v))
 	out["JSON"] = j[1 : len(j)-1]
@@ -550,17 +550,17 @@ func forms(v []byte) map[string][]byte {
 	return out
 }
 
-// pattern is one encoding of a value, and the names of the forms that
+// encodedForm is one encoding of a value, and the names of the forms that
 // encode it so.
-type pattern struct {
+type encodedForm struct {
 	b     []byte
 	names []string
 }
 
-// distinctForms is forms with the forms that are the same bytes merged.
-func distinctForms(v []byte) []pattern {
-	var out []pattern
-	f := forms(v)
+// distinctForms is canaryForms with the forms that are the same bytes merged.
+func distinctForms(v []byte) []encodedForm {
+	var out []encodedForm
+	f := canaryForms(v)
 	names := make([]string, 0, len(f))
 	for n := range f {
 		names = append(names, n)
@@ -574,22 +574,22 @@ next:
 				continue next
 			}
 		}
-		out = append(out, pattern{b: f[n], names: []string{n}})
+		out = append(out, encodedForm{b: f[n], names: []string{n}})
 	}
 	return out
 }
 
-// matcher finds many patterns in one pass over a text, each indexed by
+// formMatcher finds many patterns in one pass over a text, each indexed by
 // its first 8 bytes: a search of every pattern in turn would read each
 // place a thousand times.
-type matcher struct {
-	pats   []pattern
+type formMatcher struct {
+	pats   []encodedForm
 	owners []int
 	idx    map[uint64][]int
 }
 
 // add adds p as one of owner's patterns.
-func (m *matcher) add(t *testing.T, owner int, p pattern) {
+func (m *formMatcher) add(t *testing.T, owner int, p encodedForm) {
 	if len(p.b) < 8 {
 		t.Fatalf("pattern %q (%v) is too short to search for", p.b, p.names)
 	}
@@ -601,14 +601,14 @@ func (m *matcher) add(t *testing.T, owner int, p pattern) {
 
 // found is what find found of one owner: the names of its forms, and where
 // one of them is.
-type found struct {
+type foundForms struct {
 	names []string
 	at    int
 }
 
 // find returns what text holds of each owner's patterns.
-func (m *matcher) find(text []byte) map[int]*found {
-	out := map[int]*found{}
+func (m *formMatcher) find(text []byte) map[int]*foundForms {
+	out := map[int]*foundForms{}
 	seen := map[int]bool{}
 	for i := 0; i+8 <= len(text); i++ {
 		for _, pi := range m.idx[binary.LittleEndian.Uint64(text[i:])] {
@@ -618,7 +618,7 @@ func (m *matcher) find(text []byte) map[int]*found {
 			seen[pi] = true
 			f := out[m.owners[pi]]
 			if f == nil {
-				f = &found{at: i}
+				f = &foundForms{at: i}
 				out[m.owners[pi]] = f
 			}
 			f.names = append(f.names, m.pats[pi].names...)
@@ -647,7 +647,7 @@ func (sw *sweep) check() {
 	// Each value's distinct encodings, worked out once (for a value of
 	// letters and digits several forms are the same bytes) and found in
 	// one pass over each place.
-	m := &matcher{idx: map[uint64][]int{}}
+	m := &formMatcher{idx: map[uint64][]int{}}
 	for i, c := range sw.canaries {
 		for _, f := range distinctForms([]byte(c.value)) {
 			m.add(t, i, f)
@@ -725,7 +725,7 @@ func (sw *sweep) check() {
 		}
 	}
 	fmt.Fprintf(&summary, "canary sweep: %d canaries (%d planted, %d issued by Keybridge; %d forms each), %d places, %d bytes searched, %d hits\n",
-		len(sw.canaries), len(sw.canaries)-issued, issued, len(forms([]byte("0123456789abcdef0123456789"))), len(sw.places), total, hits)
+		len(sw.canaries), len(sw.canaries)-issued, issued, len(canaryForms([]byte("0123456789abcdef0123456789"))), len(sw.places), total, hits)
 	for _, k := range kinds {
 		fmt.Fprintf(&summary, "  %-17s %4d places %9d bytes\n", k, placesBy[k], bytesBy[k])
 	}
@@ -761,16 +761,16 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	}
 	setupToken := sw.issued("the setup token", m[2])
 	setupPassword := sw.plantPassword("the setup password")
-	anon.do(req{method: "GET", path: "/setup?token=" + url.QueryEscape(setupToken), want: 200})
-	anon.do(req{method: "POST", path: "/api/v1/setup", want: 404, body: map[string]string{
+	anon.do(sweepReq{method: "GET", path: "/setup?token=" + url.QueryEscape(setupToken), want: 200})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/setup", want: 404, body: map[string]string{
 		"token": sw.plant("a wrong setup token", ""), "org": "acme", "email": "owner@acme.test", "password": setupPassword}})
-	anon.do(req{method: "POST", path: "/api/v1/setup", want: 400, body: map[string]string{
+	anon.do(sweepReq{method: "POST", path: "/api/v1/setup", want: 400, body: map[string]string{
 		"token": setupToken, "org": "Not A Slug!", "email": "owner@acme.test", "password": setupPassword}})
 	owner := sw.client(srv.url)
-	_, body := owner.do(req{method: "POST", path: "/api/v1/setup", want: 201, body: map[string]string{
+	_, body := owner.do(sweepReq{method: "POST", path: "/api/v1/setup", want: 201, body: map[string]string{
 		"token": setupToken, "org": "acme", "email": "owner@acme.test", "name": "Owner", "password": setupPassword}})
 	sw.sessionIssued(owner, body, "the setup session")
-	anon.do(req{method: "POST", path: "/api/v1/setup", want: 404, body: map[string]string{
+	anon.do(sweepReq{method: "POST", path: "/api/v1/setup", want: 404, body: map[string]string{
 		"token": setupToken, "org": "acme2", "email": "x@acme.test", "password": setupPassword}})
 
 	// The CLI's setup, beside the running server: a second org whose
@@ -785,18 +785,18 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 
 	// --- Logins: wrong passwords, an unknown user, then the right one. ---
 	wrong := sw.plantPassword("a mistyped password")
-	anon.do(req{method: "POST", path: "/api/v1/auth/login", want: 401, body: map[string]string{"email": "owner@acme.test", "password": wrong}})
-	anon.do(req{method: "POST", path: "/api/v1/auth/login", want: 401, body: map[string]string{"email": "nobody@acme.test", "password": wrong}})
-	anon.do(req{method: "POST", path: "/api/v1/auth/login", want: 400, body: `{"email":"owner@acme.test","password":"` + wrong[8:] + `",}`})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/auth/login", want: 401, body: map[string]string{"email": "owner@acme.test", "password": wrong}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/auth/login", want: 401, body: map[string]string{"email": "nobody@acme.test", "password": wrong}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/auth/login", want: 400, body: `{"email":"owner@acme.test","password":"` + wrong[8:] + `",}`})
 	login := sw.client(srv.url)
-	_, body = login.do(req{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "owner@acme.test", "password": setupPassword}})
+	_, body = login.do(sweepReq{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "owner@acme.test", "password": setupPassword}})
 	sw.sessionIssued(login, body, "the owner's login session")
-	_, body = login.do(req{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "boss@beta.test", "password": cliPassword}})
+	_, body = login.do(sweepReq{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "boss@beta.test", "password": cliPassword}})
 	sw.sessionIssued(login, body, "the CLI owner's login session")
-	login.do(req{method: "GET", path: "/api/v1/users/me", want: 200})
+	login.do(sweepReq{method: "GET", path: "/api/v1/users/me", want: 200})
 	noCSRF := login.csrf
 	login.csrf = ""
-	login.do(req{method: "POST", path: "/api/v1/api-keys", want: 403, body: map[string]any{"name": "x", "permissions": []string{"gateway:invoke"}}})
+	login.do(sweepReq{method: "POST", path: "/api/v1/api-keys", want: 403, body: map[string]any{"name": "x", "permissions": []string{"gateway:invoke"}}})
 	login.csrf = noCSRF
 
 	// --- Platform keys: created, rotated, suspended, revoked, leaked. ---
@@ -806,49 +806,49 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	gwKey := sw.createKey(owner, "", map[string]any{"name": "gateway", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": 1000})
 	toRotate := sw.createKey(anon, ownerKey, map[string]any{"name": "ci", "permissions": []string{"gateway:invoke"}})
 	rotID := sw.keyID(anon, ownerKey, toRotate)
-	r := anon.json(req{method: "POST", path: "/api/v1/api-keys/" + rotID + "/rotate", key: ownerKey, want: 201, body: map[string]int{"grace_period_seconds": 0}})
-	rotated := sw.issued("a rotated platform key", str(r, "key"))
+	r := anon.json(sweepReq{method: "POST", path: "/api/v1/api-keys/" + rotID + "/rotate", key: ownerKey, want: 201, body: map[string]int{"grace_period_seconds": 0}})
+	rotated := sw.issued("a rotated platform key", jsonStr(r, "key"))
 	sw.places[len(sw.places)-1].allowed[rotated] = true
 	suspended := sw.createKey(anon, ownerKey, map[string]any{"name": "to suspend", "permissions": []string{"gateway:invoke"}})
 	susID := sw.keyID(anon, ownerKey, suspended)
-	anon.do(req{method: "POST", path: "/api/v1/api-keys/" + susID + "/suspend", key: ownerKey, want: 200})
-	anon.do(req{method: "POST", path: "/api/v1/api-keys/" + susID + "/reactivate", key: ownerKey, want: 200})
-	anon.do(req{method: "POST", path: "/api/v1/api-keys/" + susID + "/suspend", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/api-keys/" + susID + "/suspend", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/api-keys/" + susID + "/reactivate", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/api-keys/" + susID + "/suspend", key: ownerKey, want: 200})
 	revoked := sw.createKey(anon, ownerKey, map[string]any{"name": "to revoke", "permissions": []string{"gateway:invoke"}})
-	anon.do(req{method: "DELETE", path: "/api/v1/api-keys/" + sw.keyID(anon, ownerKey, revoked), key: ownerKey, want: 204})
+	anon.do(sweepReq{method: "DELETE", path: "/api/v1/api-keys/" + sw.keyID(anon, ownerKey, revoked), key: ownerKey, want: 204})
 	leaked := sw.createKey(anon, ownerKey, map[string]any{"name": "to leak", "permissions": []string{"gateway:invoke"}})
-	anon.do(req{method: "POST", path: "/api/v1/leaked-keys", want: 200, body: []map[string]string{
+	anon.do(sweepReq{method: "POST", path: "/api/v1/leaked-keys", want: 200, body: []map[string]string{
 		{"token": leaked, "type": "keybridge_api_key", "url": "https://example.test/leak", "source": "content"},
 		{"token": sw.plant("an unknown token reported leaked", "kb_"), "type": "keybridge_api_key", "url": "https://example.test/x", "source": "content"}}})
-	anon.do(req{method: "PATCH", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 400, body: map[string]any{"permissions": []string{"nope"}}})
-	anon.do(req{method: "POST", path: "/api/v1/api-keys/" + rotID + "/rotate", key: ownerKey, want: 400, body: map[string]int{"grace_period_seconds": -1}})
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 400, body: map[string]any{"permissions": []string{"nope"}}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/api-keys/" + rotID + "/rotate", key: ownerKey, want: 400, body: map[string]int{"grace_period_seconds": -1}})
 	for _, k := range []string{toRotate, suspended, revoked, leaked, sw.plant("a made-up platform key", "kb_")} {
-		anon.do(req{method: "GET", path: "/api/v1/users/me", key: k, want: 401})
+		anon.do(sweepReq{method: "GET", path: "/api/v1/users/me", key: k, want: 401})
 	}
-	anon.do(req{method: "GET", path: "/api/v1/users/me", key: rotated, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/api-keys", key: ownerKey, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/api-keys", key: ownerKey, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/orgs", key: betaKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/users/me", key: rotated, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/api-keys", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/api-keys", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs", key: betaKey, want: 200})
 
 	// --- Members: an invitation, a wrong token, then accepting it. ---
-	inv := anon.json(req{method: "POST", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 201,
+	inv := anon.json(sweepReq{method: "POST", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 201,
 		body: map[string]string{"email": "member@acme.test", "name": "Member", "role": "member"}})
-	invToken := sw.issued("an invitation token", str(inv, "invite_token"))
+	invToken := sw.issued("an invitation token", jsonStr(inv, "invite_token"))
 	sw.places[len(sw.places)-1].allowed[invToken] = true
-	memberID := str(inv, "user_id")
-	anon.do(req{method: "GET", path: "/invite?token=" + url.QueryEscape(invToken), want: 200})
+	memberID := jsonStr(inv, "user_id")
+	anon.do(sweepReq{method: "GET", path: "/invite?token=" + url.QueryEscape(invToken), want: 200})
 	memberPassword := sw.plantPassword("the invitee's password")
-	anon.do(req{method: "POST", path: "/api/v1/auth/accept-invite", want: 404, body: map[string]string{"token": sw.plant("a wrong invitation token", ""), "password": memberPassword}})
-	anon.do(req{method: "POST", path: "/api/v1/auth/accept-invite", want: 400, body: map[string]string{"token": invToken, "password": "short"}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/auth/accept-invite", want: 404, body: map[string]string{"token": sw.plant("a wrong invitation token", ""), "password": memberPassword}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/auth/accept-invite", want: 400, body: map[string]string{"token": invToken, "password": "short"}})
 	member := sw.client(srv.url)
-	_, body = member.do(req{method: "POST", path: "/api/v1/auth/accept-invite", want: 200, body: map[string]string{"token": invToken, "password": memberPassword, "name": "Member"}})
+	_, body = member.do(sweepReq{method: "POST", path: "/api/v1/auth/accept-invite", want: 200, body: map[string]string{"token": invToken, "password": memberPassword, "name": "Member"}})
 	sw.sessionIssued(member, body, "the invitee's session")
-	anon.do(req{method: "POST", path: "/api/v1/auth/accept-invite", want: 404, body: map[string]string{"token": invToken, "password": memberPassword}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/auth/accept-invite", want: 404, body: map[string]string{"token": invToken, "password": memberPassword}})
 	memberKey := sw.createKey(member, "", map[string]any{"org": "acme", "name": "mine", "permissions": []string{"gateway:invoke", "providers:read"}})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 200})
-	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme/members/" + memberID, key: ownerKey, want: 200, body: map[string]string{"role": "member"}})
-	member.do(req{method: "POST", path: "/api/v1/auth/logout", want: 204})
-	member.do(req{method: "GET", path: "/api/v1/users/me", want: 401})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/orgs/acme/members/" + memberID, key: ownerKey, want: 200, body: map[string]string{"role": "member"}})
+	member.do(sweepReq{method: "POST", path: "/api/v1/auth/logout", want: 204})
+	member.do(sweepReq{method: "GET", path: "/api/v1/users/me", want: 401})
 
 	// --- Providers of every type, in front of the mocks. ---
 	oaMock := providertest.NewOpenAI(t)
@@ -861,7 +861,7 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	sw.upstreams = append(sw.upstreams, oaMock, antMock, gemMock, brMock)
 	prov := func(body map[string]any) {
 		t.Helper()
-		anon.do(req{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 201, body: body})
+		anon.do(sweepReq{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 201, body: body})
 	}
 	upKey := func(provider, what, prefix string, priority int) string {
 		t.Helper()
@@ -869,7 +869,7 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 		oaMock.AddKey(k)
 		antMock.AddKey(k)
 		gemMock.AddKey(k)
-		anon.do(req{method: "POST", path: "/api/v1/orgs/acme/providers/" + provider + "/keys", key: ownerKey, want: 201,
+		anon.do(sweepReq{method: "POST", path: "/api/v1/orgs/acme/providers/" + provider + "/keys", key: ownerKey, want: 201,
 			body: map[string]any{"api_key": k, "priority": priority}})
 		return k
 	}
@@ -896,18 +896,18 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	prov(map[string]any{"name": "exhausted", "type": "openai", "base_url": oaMock.URL + "/v1"})
 	prov(map[string]any{"name": "br", "type": "bedrock", "base_url": brMock.URL,
 		"settings": map[string]any{"region": brRegion, "access_key": brAK, "access_key_secret": brSK0}})
-	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme/providers/br", key: ownerKey, want: 200,
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/orgs/acme/providers/br", key: ownerKey, want: 200,
 		body: map[string]any{"settings": map[string]any{"access_key_secret": brSK}}})
-	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme/providers/br", key: ownerKey, want: 200,
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/orgs/acme/providers/br", key: ownerKey, want: 200,
 		body: map[string]any{"settings": map[string]any{"access_key": "", "model": "anthropic.claude-3-5-sonnet-20241022-v2:0"}}})
 	badSecret := sw.plant("a Bedrock secret refused for its region", "br/secret+")
-	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme/providers/br", key: ownerKey, want: 400,
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/orgs/acme/providers/br", key: ownerKey, want: 400,
 		body: map[string]any{"settings": map[string]any{"access_key_secret": badSecret, "region": "not a region!"}}})
-	anon.do(req{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 400, body: map[string]any{"name": "half", "type": "bedrock",
+	anon.do(sweepReq{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 400, body: map[string]any{"name": "half", "type": "bedrock",
 		"settings": map[string]any{"region": brRegion, "access_key_secret": sw.plant("a Bedrock secret without its key id", "br/secret+")}}})
-	anon.do(req{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 400, body: map[string]any{"name": "inline", "type": "openai",
+	anon.do(sweepReq{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 400, body: map[string]any{"name": "inline", "type": "openai",
 		"api_key": sw.plant("a key sent in an unknown field", "sk-")}})
-	anon.do(req{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 400, body: map[string]any{"name": "typo", "type": "azure-openai",
+	anon.do(sweepReq{method: "POST", path: "/api/v1/orgs/acme/providers", key: ownerKey, want: 400, body: map[string]any{"name": "typo", "type": "azure-openai",
 		"base_url": oaMock.URL, "settings": map[string]any{"api_key": sw.plant("a key sent as an unknown setting", "sk-")}}})
 
 	oaiKey := upKey("oai", "the OpenAI key", "sk-proj-", 0)
@@ -922,27 +922,27 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	x2 := upKey("exhausted", "another rate limited key", "sk-", 1)
 	// Refused keys: a duplicate, a header-breaking one, a key on Bedrock.
 	dupPath := "/api/v1/orgs/acme/providers/oai/keys"
-	anon.do(req{method: "POST", path: dupPath, key: ownerKey, want: 409, body: map[string]any{"api_key": oaiKey}})
-	anon.do(req{method: "POST", path: dupPath, key: ownerKey, want: 400, body: map[string]any{"api_key": sw.plant("a key with a line break", "sk-") + "\r\nX: y"}})
-	anon.do(req{method: "POST", path: dupPath, key: ownerKey, want: 400, body: map[string]any{"api_key": oaiKey, "secret": oaiKey}})
-	anon.do(req{method: "POST", path: "/api/v1/orgs/acme/providers/br/keys", key: ownerKey, want: 400, body: map[string]any{"api_key": sw.plant("a key given to Bedrock", "sk-")}})
-	anon.do(req{method: "POST", path: dupPath, key: memberKey, want: 403, body: map[string]any{"api_key": sw.plant("a key a member tried to add", "sk-")}})
+	anon.do(sweepReq{method: "POST", path: dupPath, key: ownerKey, want: 409, body: map[string]any{"api_key": oaiKey}})
+	anon.do(sweepReq{method: "POST", path: dupPath, key: ownerKey, want: 400, body: map[string]any{"api_key": sw.plant("a key with a line break", "sk-") + "\r\nX: y"}})
+	anon.do(sweepReq{method: "POST", path: dupPath, key: ownerKey, want: 400, body: map[string]any{"api_key": oaiKey, "secret": oaiKey}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/orgs/acme/providers/br/keys", key: ownerKey, want: 400, body: map[string]any{"api_key": sw.plant("a key given to Bedrock", "sk-")}})
+	anon.do(sweepReq{method: "POST", path: dupPath, key: memberKey, want: 403, body: map[string]any{"api_key": sw.plant("a key a member tried to add", "sk-")}})
 	upKey("oai", "a key deleted later", "sk-proj-", 5)
-	keys := anon.json(req{method: "GET", path: dupPath, key: ownerKey, want: 200})
+	keys := anon.json(sweepReq{method: "GET", path: dupPath, key: ownerKey, want: 200})
 	items, _ := keys["items"].([]any)
 	var doomedID string
 	for _, it := range items {
 		if m, _ := it.(map[string]any); m != nil && m["priority"] == float64(5) {
-			doomedID = str(m, "id")
+			doomedID = jsonStr(m, "id")
 		}
 	}
-	anon.do(req{method: "PATCH", path: dupPath + "/" + doomedID, key: ownerKey, want: 200, body: map[string]any{"name": "doomed", "enabled": false}})
-	anon.do(req{method: "DELETE", path: dupPath + "/" + doomedID, key: ownerKey, want: 204})
+	anon.do(sweepReq{method: "PATCH", path: dupPath + "/" + doomedID, key: ownerKey, want: 200, body: map[string]any{"name": "doomed", "enabled": false}})
+	anon.do(sweepReq{method: "DELETE", path: dupPath + "/" + doomedID, key: ownerKey, want: 204})
 	for _, p := range []string{"", "/oai", "/br", "/az"} {
-		anon.do(req{method: "GET", path: "/api/v1/orgs/acme/providers" + p, key: ownerKey, want: 200})
+		anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/providers" + p, key: ownerKey, want: 200})
 	}
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/providers", key: memberKey, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/providers/ant/keys", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/providers", key: memberKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/providers/ant/keys", key: ownerKey, want: 200})
 
 	// --- Tests without saving, known and unknown keys, every type. ---
 	testPath := "/api/v1/orgs/acme/providers/test"
@@ -958,13 +958,13 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 		{"type": "bedrock", "base_url": brMock.URL, "settings": map[string]any{"region": brRegion, "access_key": brAK, "access_key_secret": sw.plant("a Bedrock secret the provider refuses", "br/secret+")}},
 		{"type": "bedrock", "base_url": brMock.URL, "settings": map[string]any{"region": brRegion, "access_key": brAK, "access_key_secret": brSK}},
 	} {
-		anon.do(req{method: "POST", path: testPath, key: ownerKey, want: 200, body: tc})
+		anon.do(sweepReq{method: "POST", path: testPath, key: ownerKey, want: 200, body: tc})
 	}
 	// A key that would break the header: refused, or at least not echoed.
-	anon.do(req{method: "POST", path: testPath, key: ownerKey, body: map[string]any{"type": "openai", "base_url": oaMock.URL + "/v1", "api_key": sw.plant("a tested key with a line break", "sk-") + "\r\nX-Injected: 1"}})
-	anon.do(req{method: "POST", path: testPath, key: ownerKey, want: 400, body: map[string]any{"type": "bedrock", "api_key": sw.plant("a key tested on Bedrock", "sk-"), "settings": map[string]any{"region": brRegion}}})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/providers/oai/usage?refresh=true", key: ownerKey, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/providers/gem/usage", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "POST", path: testPath, key: ownerKey, body: map[string]any{"type": "openai", "base_url": oaMock.URL + "/v1", "api_key": sw.plant("a tested key with a line break", "sk-") + "\r\nX-Injected: 1"}})
+	anon.do(sweepReq{method: "POST", path: testPath, key: ownerKey, want: 400, body: map[string]any{"type": "bedrock", "api_key": sw.plant("a key tested on Bedrock", "sk-"), "settings": map[string]any{"region": brRegion}}})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/providers/oai/usage?refresh=true", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/providers/gem/usage", key: ownerKey, want: 200})
 
 	// --- Personal credentials. ---
 	personal0 := sw.plantUpstream("a personal key, before its change", "sk-proj-")
@@ -972,40 +972,40 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	personalAnt := sw.plantUpstream("a personal Anthropic key", "sk-ant-api03-")
 	oaMock.AddKey(personal)
 	antMock.AddKey(personalAnt)
-	cred := anon.json(req{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 201,
+	cred := anon.json(sweepReq{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 201,
 		body: map[string]string{"org": "acme", "provider": "oai", "api_key": personal0}})
-	credPath := "/api/v1/users/me/credentials/" + str(cred, "id")
-	anon.do(req{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 409, body: map[string]string{"org": "acme", "provider": "oai", "api_key": personal0}})
-	anon.do(req{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 404, body: map[string]string{"org": "nowhere", "provider": "oai", "api_key": sw.plant("a personal key for no org", "sk-")}})
-	anon.do(req{method: "PATCH", path: credPath, key: memberKey, want: 200, body: map[string]string{"api_key": personal}})
-	anon.do(req{method: "PATCH", path: credPath, key: ownerKey, want: 404, body: map[string]string{"api_key": sw.plant("a personal key changed by someone else", "sk-")}})
-	anon.do(req{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 201, body: map[string]string{"org": "acme", "provider": "mine", "api_key": personalAnt}})
-	dropped := anon.json(req{method: "POST", path: "/api/v1/users/me/credentials", key: ownerKey, want: 201,
+	credPath := "/api/v1/users/me/credentials/" + jsonStr(cred, "id")
+	anon.do(sweepReq{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 409, body: map[string]string{"org": "acme", "provider": "oai", "api_key": personal0}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 404, body: map[string]string{"org": "nowhere", "provider": "oai", "api_key": sw.plant("a personal key for no org", "sk-")}})
+	anon.do(sweepReq{method: "PATCH", path: credPath, key: memberKey, want: 200, body: map[string]string{"api_key": personal}})
+	anon.do(sweepReq{method: "PATCH", path: credPath, key: ownerKey, want: 404, body: map[string]string{"api_key": sw.plant("a personal key changed by someone else", "sk-")}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/users/me/credentials", key: memberKey, want: 201, body: map[string]string{"org": "acme", "provider": "mine", "api_key": personalAnt}})
+	dropped := anon.json(sweepReq{method: "POST", path: "/api/v1/users/me/credentials", key: ownerKey, want: 201,
 		body: map[string]string{"org": "acme", "provider": "az", "api_key": sw.plantUpstream("a personal key deleted later", "az")}})
-	anon.do(req{method: "DELETE", path: "/api/v1/users/me/credentials/" + str(dropped, "id"), key: ownerKey, want: 204})
-	anon.do(req{method: "GET", path: "/api/v1/users/me/credentials", key: memberKey, want: 200})
+	anon.do(sweepReq{method: "DELETE", path: "/api/v1/users/me/credentials/" + jsonStr(dropped, "id"), key: ownerKey, want: 204})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/users/me/credentials", key: memberKey, want: 200})
 
 	// --- Projects and AI keys of every type. ---
-	proj := anon.json(req{method: "POST", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 201, body: map[string]string{"name": "repo"}})
-	aiPath := "/api/v1/orgs/acme/projects/" + str(proj, "id") + "/ai-keys"
+	proj := anon.json(sweepReq{method: "POST", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 201, body: map[string]string{"name": "repo"}})
+	aiPath := "/api/v1/orgs/acme/projects/" + jsonStr(proj, "id") + "/ai-keys"
 	aiKeys := map[string][2]string{}
 	for _, typ := range []string{"OPENAI", "ANTHROPIC", "GOOGLE", "AWS", "OTHER"} {
-		k := anon.json(req{method: "POST", path: aiPath, key: ownerKey, want: 201, body: map[string]any{"name": strings.ToLower(typ), "ai_type": typ}})
-		secret := sw.issued("the "+typ+" AI key's secret", str(k, "secret"))
-		sw.canaries = append(sw.canaries, canaryValue{value: str(k, "key"), what: "the " + typ + " AI key's id", public: true, issued: true})
+		k := anon.json(sweepReq{method: "POST", path: aiPath, key: ownerKey, want: 201, body: map[string]any{"name": strings.ToLower(typ), "ai_type": typ}})
+		secret := sw.issued("the "+typ+" AI key's secret", jsonStr(k, "secret"))
+		sw.canaries = append(sw.canaries, canaryValue{value: jsonStr(k, "key"), what: "the " + typ + " AI key's id", public: true, issued: true})
 		sw.places[len(sw.places)-1].allowed[secret] = true
-		aiKeys[typ] = [2]string{str(k, "key"), secret}
-		anon.do(req{method: "PATCH", path: aiPath + "/" + str(k, "id"), key: ownerKey, want: 200, body: map[string]any{"rate_limit_rpm": 500}})
+		aiKeys[typ] = [2]string{jsonStr(k, "key"), secret}
+		anon.do(sweepReq{method: "PATCH", path: aiPath + "/" + jsonStr(k, "id"), key: ownerKey, want: 200, body: map[string]any{"rate_limit_rpm": 500}})
 	}
-	gone := anon.json(req{method: "POST", path: aiPath, key: ownerKey, want: 201, body: map[string]any{"name": "gone", "ai_type": "OPENAI"}})
-	goneSecret := sw.issued("a deleted AI key's secret", str(gone, "secret"))
+	gone := anon.json(sweepReq{method: "POST", path: aiPath, key: ownerKey, want: 201, body: map[string]any{"name": "gone", "ai_type": "OPENAI"}})
+	goneSecret := sw.issued("a deleted AI key's secret", jsonStr(gone, "secret"))
 	sw.places[len(sw.places)-1].allowed[goneSecret] = true
-	anon.do(req{method: "DELETE", path: aiPath + "/" + str(gone, "id"), key: ownerKey, want: 204})
-	anon.do(req{method: "GET", path: aiPath + "?include_deleted=true", key: ownerKey, want: 200})
-	anon.do(req{method: "POST", path: aiPath, key: ownerKey, want: 400, body: map[string]any{"name": "bad", "ai_type": "NOPE"}})
+	anon.do(sweepReq{method: "DELETE", path: aiPath + "/" + jsonStr(gone, "id"), key: ownerKey, want: 204})
+	anon.do(sweepReq{method: "GET", path: aiPath + "?include_deleted=true", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "POST", path: aiPath, key: ownerKey, want: 400, body: map[string]any{"name": "bad", "ai_type": "NOPE"}})
 
 	// --- The gateway. ---
-	gw := func(r req) []byte {
+	gw := func(r sweepReq) []byte {
 		t.Helper()
 		_, b := anon.do(r)
 		return b
@@ -1021,62 +1021,62 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 
 	// OpenAI: the org key, a stream, the member's personal key, an AI key
 	// in each place a caller may put it.
-	gw(req{method: "POST", path: "/gateway/oai/chat/completions", key: gwKey, want: 200, body: chat})
-	gw(req{method: "POST", path: "/gateway/oai/chat/completions", key: gwKey, want: 200, body: stream})
-	gw(req{method: "POST", path: "/gateway/oai/chat/completions", key: memberKey, want: 200, body: chat})
-	gw(req{method: "POST", path: "/gateway/oai/responses", header: http.Header{"X-Api-Key": {aiKeys["OPENAI"][1]}}, want: 200,
+	gw(sweepReq{method: "POST", path: "/gateway/oai/chat/completions", key: gwKey, want: 200, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/oai/chat/completions", key: gwKey, want: 200, body: stream})
+	gw(sweepReq{method: "POST", path: "/gateway/oai/chat/completions", key: memberKey, want: 200, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/oai/responses", header: http.Header{"X-Api-Key": {aiKeys["OPENAI"][1]}}, want: 200,
 		body: map[string]any{"model": "gpt-4o-mini", "input": "hi", "stream": true}})
-	gw(req{method: "POST", path: "/gateway/oai/embeddings?key=" + url.QueryEscape(aiKeys["OPENAI"][1]), want: 200, body: map[string]any{"model": "text-embedding-3-small", "input": "hi"}})
-	gw(req{method: "GET", path: "/gateway/oai/models", header: http.Header{"Api-Key": {rotated}}, want: 200})
+	gw(sweepReq{method: "POST", path: "/gateway/oai/embeddings?key=" + url.QueryEscape(aiKeys["OPENAI"][1]), want: 200, body: map[string]any{"model": "text-embedding-3-small", "input": "hi"}})
+	gw(sweepReq{method: "GET", path: "/gateway/oai/models", header: http.Header{"Api-Key": {rotated}}, want: 200})
 	sw.webSocket(srv.url+"/gateway/oai/responses", aiKeys["OPENAI"][1])
 	// Refused callers: none reach the provider.
 	for _, k := range []string{suspended, revoked, leaked, toRotate, goneSecret, sw.plant("a made-up key at the gateway", "kb_"), sw.plant("a made-up AI secret at the gateway", "kbs_")} {
-		gw(req{method: "POST", path: "/gateway/oai/chat/completions", key: k, want: 401, body: chat})
+		gw(sweepReq{method: "POST", path: "/gateway/oai/chat/completions", key: k, want: 401, body: chat})
 	}
-	gw(req{method: "POST", path: "/gateway/ant/v1/messages", header: antHdr("X-Api-Key", aiKeys["OPENAI"][1]), want: 403, body: ant})
-	gw(req{method: "POST", path: "/gateway/oai/chat/completions", key: betaKey, want: 404, body: chat})
-	gw(req{method: "POST", path: "/gateway/nope/chat/completions", key: gwKey, want: 404, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/ant/v1/messages", header: antHdr("X-Api-Key", aiKeys["OPENAI"][1]), want: 403, body: ant})
+	gw(sweepReq{method: "POST", path: "/gateway/oai/chat/completions", key: betaKey, want: 404, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/nope/chat/completions", key: gwKey, want: 404, body: chat})
 
 	// Anthropic: a 529 on the first key fails over to the second; a
 	// stream cut after two events; a personal key on a "user" provider.
 	antMock.Fault(antKey1, providertest.Fault{Status: 529, Times: 1})
-	gw(req{method: "POST", path: "/gateway/ant/v1/messages", header: antHdr("X-Api-Key", aiKeys["ANTHROPIC"][1]), want: 200, body: ant})
+	gw(sweepReq{method: "POST", path: "/gateway/ant/v1/messages", header: antHdr("X-Api-Key", aiKeys["ANTHROPIC"][1]), want: 200, body: ant})
 	antMock.Fault(antKey1, providertest.Fault{CutAfter: 2, Times: 1})
-	gw(req{method: "POST", path: "/gateway/ant/v1/messages", header: antHdr("Authorization", "Bearer "+gwKey), want: 200, body: antStream})
-	gw(req{method: "POST", path: "/gateway/mine/v1/messages", header: antHdr("X-Api-Key", memberKey), want: 200, body: ant})
-	gw(req{method: "POST", path: "/gateway/mine/v1/messages", header: antHdr("X-Api-Key", gwKey), want: 403, body: ant})
+	gw(sweepReq{method: "POST", path: "/gateway/ant/v1/messages", header: antHdr("Authorization", "Bearer "+gwKey), want: 200, body: antStream})
+	gw(sweepReq{method: "POST", path: "/gateway/mine/v1/messages", header: antHdr("X-Api-Key", memberKey), want: 200, body: ant})
+	gw(sweepReq{method: "POST", path: "/gateway/mine/v1/messages", header: antHdr("X-Api-Key", gwKey), want: 403, body: ant})
 
 	// Gemini: the key query parameter and x-goog-api-key; an upstream 500
 	// with nowhere to fail over to.
-	gw(req{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:generateContent?key=" + url.QueryEscape(aiKeys["GOOGLE"][1]), want: 200, body: gem})
-	gw(req{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", header: http.Header{"X-Goog-Api-Key": {gwKey}}, want: 200, body: gem})
+	gw(sweepReq{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:generateContent?key=" + url.QueryEscape(aiKeys["GOOGLE"][1]), want: 200, body: gem})
+	gw(sweepReq{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", header: http.Header{"X-Goog-Api-Key": {gwKey}}, want: 200, body: gem})
 	gemMock.Fault(gemKey, providertest.Fault{Status: 500, Times: 1})
-	gw(req{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:generateContent", header: http.Header{"X-Goog-Api-Key": {gwKey}}, want: 502, body: gem})
-	gw(req{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:generateContent?key=" + url.QueryEscape(sw.plant("a made-up key in the query", "kb_")), want: 401, body: gem})
+	gw(sweepReq{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:generateContent", header: http.Header{"X-Goog-Api-Key": {gwKey}}, want: 502, body: gem})
+	gw(sweepReq{method: "POST", path: "/gateway/gem/v1beta/models/gemini-2.5-flash:generateContent?key=" + url.QueryEscape(sw.plant("a made-up key in the query", "kb_")), want: 401, body: gem})
 
 	// Azure: api-key, and api-version from the provider's settings.
-	gw(req{method: "POST", path: "/gateway/az/openai/deployments/gpt-4o/chat/completions", header: http.Header{"Api-Key": {gwKey}}, want: 200, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/az/openai/deployments/gpt-4o/chat/completions", header: http.Header{"Api-Key": {gwKey}}, want: 200, body: chat})
 
 	// An OpenAI-compatible provider with three keys: a 401 and a 429 fail
 	// over to the third; then a stream cut short, a 500 and resets with
 	// the first two cooling down.
 	oaMock.Fault(f1, providertest.Fault{Status: 401})
 	oaMock.Fault(f2, providertest.Fault{Status: 429, RetryAfter: "1", Times: 1})
-	gw(req{method: "POST", path: "/gateway/compat/chat/completions", header: http.Header{"Api-Key": {aiKeys["OTHER"][1]}}, want: 200, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/compat/chat/completions", header: http.Header{"Api-Key": {aiKeys["OTHER"][1]}}, want: 200, body: chat})
 	oaMock.Fault(f3, providertest.Fault{CutAfter: 2, Times: 1})
-	gw(req{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, want: 200, body: stream})
+	gw(sweepReq{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, want: 200, body: stream})
 	oaMock.Fault(f3, providertest.Fault{Status: 500, Times: 1})
-	gw(req{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, body: chat})
 	oaMock.Fault(f3, providertest.Fault{Reset: true, Times: 2})
-	gw(req{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, body: chat})
 	oaMock.Fault(f3, providertest.Fault{Status: 503})
-	gw(req{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, body: chat})
 	// Every key rate limited: 429 with the shortest Retry-After, then the
 	// same while they cool down, without a request upstream.
 	oaMock.Fault(x1, providertest.Fault{Status: 429, RetryAfter: "30"})
 	oaMock.Fault(x2, providertest.Fault{Status: 429, RetryAfter: "20"})
-	gw(req{method: "POST", path: "/gateway/exhausted/chat/completions", key: gwKey, want: 429, body: chat})
-	gw(req{method: "POST", path: "/gateway/exhausted/chat/completions", key: gwKey, want: 429, body: stream})
+	gw(sweepReq{method: "POST", path: "/gateway/exhausted/chat/completions", key: gwKey, want: 429, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/exhausted/chat/completions", key: gwKey, want: 429, body: stream})
 
 	// A provider that echoes the whole key it gets back, in its body, as
 	// its error code and in a header, for each status that fails over:
@@ -1085,9 +1085,9 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 		echoKey := upKey("echo", fmt.Sprintf("a key the provider echoes with %d", status), "sk-echo-", i)
 		echoStatus[echoKey] = status
 	}
-	gw(req{method: "POST", path: "/gateway/echo/chat/completions", key: gwKey, want: 429, body: chat})
-	gw(req{method: "POST", path: "/gateway/echo/chat/completions", key: gwKey, want: 429, body: stream})
-	anon.do(req{method: "POST", path: testPath, key: ownerKey, want: 200, body: map[string]any{"type": "openai", "base_url": echo.URL + "/v1",
+	gw(sweepReq{method: "POST", path: "/gateway/echo/chat/completions", key: gwKey, want: 429, body: chat})
+	gw(sweepReq{method: "POST", path: "/gateway/echo/chat/completions", key: gwKey, want: 429, body: stream})
+	anon.do(sweepReq{method: "POST", path: testPath, key: ownerKey, want: 200, body: map[string]any{"type": "openai", "base_url": echo.URL + "/v1",
 		"api_key": sw.plantUpstream("a tested key the provider echoes", "sk-echo-")}})
 
 	// HTTP/2 without TLS goes to net/http rather than the gateway's front:
@@ -1096,7 +1096,7 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	h2.SetUnencryptedHTTP2(true)
 	h2c := sw.client(srv.url)
 	h2c.hc.Transport = &http.Transport{Protocols: &h2}
-	for _, r := range []req{
+	for _, r := range []sweepReq{
 		{method: "POST", path: "/gateway/oai/chat/completions", key: gwKey, want: 200, body: stream},
 		{method: "POST", path: "/gateway/echo/chat/completions", header: http.Header{"X-Api-Key": {gwKey}}, want: 429, body: chat},
 		{method: "POST", path: "/gateway/oai/chat/completions", key: sw.plant("a made-up key over HTTP/2", "kb_"), want: 401, body: chat},
@@ -1113,47 +1113,47 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	sw.sigV4(anon, "/gateway/br"+brModelPath+"/converse", conv, aiKeys["AWS"][0], aiKeys["AWS"][1], 200)
 	sw.sigV4(anon, "/gateway/br"+brModelPath+"/converse", conv, aiKeys["AWS"][0], sw.plant("a wrong AWS secret", ""), 401)
 	sw.sigV4(anon, "/gateway/br"+brModelPath+"/converse", conv, "AKIA"+sw.plant("an unknown AWS key id", ""), sw.plant("an unknown AWS key's secret", ""), 401)
-	gw(req{method: "POST", path: "/gateway/br" + brModelPath + "/converse", key: aiKeys["AWS"][1], want: 200, body: conv})
+	gw(sweepReq{method: "POST", path: "/gateway/br" + brModelPath + "/converse", key: aiKeys["AWS"][1], want: 200, body: conv})
 	brMock.Fault(brAK, providertest.Fault{CutAfter: 2, Times: 1})
-	gw(req{method: "POST", path: "/gateway/br" + brModelPath + "/converse-stream", key: gwKey, want: 200, body: conv})
+	gw(sweepReq{method: "POST", path: "/gateway/br" + brModelPath + "/converse-stream", key: gwKey, want: 200, body: conv})
 	brMock.Fault(brAK, providertest.Fault{Status: 403, Times: 1})
-	gw(req{method: "POST", path: "/gateway/br" + brModelPath + "/converse", key: gwKey, want: 502, body: conv})
+	gw(sweepReq{method: "POST", path: "/gateway/br" + brModelPath + "/converse", key: gwKey, want: 502, body: conv})
 
 	// --- The rest of the management API. ---
-	anon.do(req{method: "GET", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 200})
-	anon.do(req{method: "PATCH", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 200, body: map[string]any{"description": "rotated", "allowed_models": []string{"gpt-4o*"}}})
-	anon.do(req{method: "POST", path: "/api/v1/api-keys/" + sw.keyID(anon, ownerKey, revoked) + "/reactivate", key: ownerKey, want: 409})
-	owner.do(req{method: "POST", path: "/api/v1/orgs", want: 201, body: map[string]string{"slug": "gamma", "name": "Gamma"}})
-	anon.do(req{method: "GET", path: "/api/v1/orgs", key: ownerKey, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme", key: ownerKey, want: 200})
-	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme", key: ownerKey, want: 200, body: map[string]string{"name": "Acme Inc"}})
-	owner.do(req{method: "DELETE", path: "/api/v1/orgs/gamma", want: 204})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/projects", key: memberKey, want: 403})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/projects/" + str(proj, "id"), key: ownerKey, want: 200})
-	anon.do(req{method: "PATCH", path: "/api/v1/orgs/acme/projects/" + str(proj, "id"), key: ownerKey, want: 200, body: map[string]string{"description": "the repo"}})
-	spare := anon.json(req{method: "POST", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 201, body: map[string]string{"name": "spare"}})
-	anon.do(req{method: "DELETE", path: "/api/v1/orgs/acme/projects/" + str(spare, "id"), key: ownerKey, want: 204})
-	left := anon.json(req{method: "POST", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 201, body: map[string]string{"email": "leaver@acme.test", "role": "member"}})
-	sw.places[len(sw.places)-1].allowed[sw.issued("an invitation token never used", str(left, "invite_token"))] = true
-	anon.do(req{method: "DELETE", path: "/api/v1/orgs/acme/members/" + str(left, "user_id"), key: ownerKey, want: 204})
-	anon.do(req{method: "DELETE", path: "/api/v1/users/me/credentials/" + str(cred, "id"), key: memberKey, want: 204})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/api-keys/" + rotID, key: ownerKey, want: 200, body: map[string]any{"description": "rotated", "allowed_models": []string{"gpt-4o*"}}})
+	anon.do(sweepReq{method: "POST", path: "/api/v1/api-keys/" + sw.keyID(anon, ownerKey, revoked) + "/reactivate", key: ownerKey, want: 409})
+	owner.do(sweepReq{method: "POST", path: "/api/v1/orgs", want: 201, body: map[string]string{"slug": "gamma", "name": "Gamma"}})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/orgs/acme", key: ownerKey, want: 200, body: map[string]string{"name": "Acme Inc"}})
+	owner.do(sweepReq{method: "DELETE", path: "/api/v1/orgs/gamma", want: 204})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/projects", key: memberKey, want: 403})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/projects/" + jsonStr(proj, "id"), key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "PATCH", path: "/api/v1/orgs/acme/projects/" + jsonStr(proj, "id"), key: ownerKey, want: 200, body: map[string]string{"description": "the repo"}})
+	spare := anon.json(sweepReq{method: "POST", path: "/api/v1/orgs/acme/projects", key: ownerKey, want: 201, body: map[string]string{"name": "spare"}})
+	anon.do(sweepReq{method: "DELETE", path: "/api/v1/orgs/acme/projects/" + jsonStr(spare, "id"), key: ownerKey, want: 204})
+	left := anon.json(sweepReq{method: "POST", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 201, body: map[string]string{"email": "leaver@acme.test", "role": "member"}})
+	sw.places[len(sw.places)-1].allowed[sw.issued("an invitation token never used", jsonStr(left, "invite_token"))] = true
+	anon.do(sweepReq{method: "DELETE", path: "/api/v1/orgs/acme/members/" + jsonStr(left, "user_id"), key: ownerKey, want: 204})
+	anon.do(sweepReq{method: "DELETE", path: "/api/v1/users/me/credentials/" + jsonStr(cred, "id"), key: memberKey, want: 204})
 	for _, p := range []string{"/healthz", "/", "/api/v1/openapi.json", "/api/v1/nope"} {
-		anon.do(req{method: "GET", path: p})
+		anon.do(sweepReq{method: "GET", path: p})
 	}
 	// A password change, where the server has the endpoint: a wrong
 	// current password, then the right one, then a login with the new.
 	newPassword := sw.plantPassword("a changed password")
-	login.do(req{method: "POST", path: "/api/v1/users/me/password", body: map[string]string{
+	login.do(sweepReq{method: "POST", path: "/api/v1/users/me/password", body: map[string]string{
 		"current_password": sw.plantPassword("a wrong current password"), "new_password": newPassword}})
-	resp, _ := login.do(req{method: "POST", path: "/api/v1/users/me/password", body: map[string]string{
+	resp, _ := login.do(sweepReq{method: "POST", path: "/api/v1/users/me/password", body: map[string]string{
 		"current_password": cliPassword, "new_password": newPassword}})
 	if resp.StatusCode == http.StatusNoContent {
 		again := sw.client(srv.url)
-		_, body := again.do(req{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "boss@beta.test", "password": newPassword}})
+		_, body := again.do(sweepReq{method: "POST", path: "/api/v1/auth/login", want: 200, body: map[string]string{"email": "boss@beta.test", "password": newPassword}})
 		sw.sessionIssued(again, body, "the session after a password change")
 	}
-	owner.do(req{method: "POST", path: "/api/v1/auth/logout", want: 204})
+	owner.do(sweepReq{method: "POST", path: "/api/v1/auth/logout", want: 204})
 	sw.ownerKey, sw.betaKey = ownerKey, betaKey
 }
 
@@ -1182,26 +1182,26 @@ func (sw *sweep) afterwards(srv *server) {
 	var body []byte
 	sw.waitUsage(srv.url, ownerKey)
 	for _, g := range []string{"provider", "model", "user", "project", "api_key"} {
-		anon.do(req{method: "GET", path: "/api/v1/orgs/acme/usage?group_by=" + g + "&bucket=hour", key: ownerKey, want: 200})
+		anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/usage?group_by=" + g + "&bucket=hour", key: ownerKey, want: 200})
 		sw.places[len(sw.places)-1].kind = "usage (API)"
 	}
-	_, body = anon.do(req{method: "GET", path: "/api/v1/orgs/acme/audit-events?limit=500", key: ownerKey, want: 200})
+	_, body = anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/audit-events?limit=500", key: ownerKey, want: 200})
 	sw.places[len(sw.places)-1].kind = "audit events (API)"
 	if !bytes.Contains(body, []byte("provider_key.create")) || !bytes.Contains(body, []byte(`"[redacted]"`)) {
 		t.Errorf("the audit events hold no redacted provider key creation: %.500s", body)
 	}
-	anon.do(req{method: "GET", path: "/api/v1/orgs/acme/audit-events/verify", key: ownerKey, want: 200})
-	anon.do(req{method: "GET", path: "/api/v1/orgs/beta/audit-events?limit=500", key: betaKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/audit-events/verify", key: ownerKey, want: 200})
+	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/beta/audit-events?limit=500", key: betaKey, want: 200})
 	sw.places[len(sw.places)-1].kind = "audit events (API)"
-	_, body = anon.do(req{method: "GET", path: "/metrics", want: 200})
+	_, body = anon.do(sweepReq{method: "GET", path: "/metrics", want: 200})
 	sw.places[len(sw.places)-1].kind = "metrics"
 	for _, want := range []string{"keybridge_gateway_failovers_total", "keybridge_gateway_upstream_responses_total"} {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Errorf("/metrics has no %s", want)
 		}
 	}
-	anon.do(req{method: "GET", path: "/readyz", want: 200})
-	anon.do(req{method: "DELETE", path: "/api/v1/orgs/acme/providers/exhausted", key: ownerKey, want: 204})
+	anon.do(sweepReq{method: "GET", path: "/readyz", want: 200})
+	anon.do(sweepReq{method: "DELETE", path: "/api/v1/orgs/acme/providers/exhausted", key: ownerKey, want: 204})
 
 	// The run reached what it meant to.
 	for _, want := range []string{"gateway response 200", "gateway response 401", "gateway response 403", "gateway response 404",
@@ -1262,7 +1262,7 @@ func (sw *sweep) waitUsage(base, key string) {
 
 // sessionIssued takes the session a login-like answer started: its cookie
 // and CSRF token are canaries, and that answer the one place they belong.
-func (sw *sweep) sessionIssued(c *client, body []byte, what string) {
+func (sw *sweep) sessionIssued(c *sweepClient, body []byte, what string) {
 	sw.t.Helper()
 	var v struct {
 		CSRF string `json:"csrf_token"`
@@ -1283,23 +1283,23 @@ func (sw *sweep) sessionIssued(c *client, body []byte, what string) {
 
 // createKey creates a platform key (as c, with key as bearer if set) and
 // returns its plaintext, allowed in that one answer.
-func (sw *sweep) createKey(c *client, key string, body map[string]any) string {
+func (sw *sweep) createKey(c *sweepClient, key string, body map[string]any) string {
 	sw.t.Helper()
-	v := c.json(req{method: "POST", path: "/api/v1/api-keys", key: key, want: 201, body: body})
-	k := sw.issued("platform key "+fmt.Sprint(body["name"]), str(v, "key"))
+	v := c.json(sweepReq{method: "POST", path: "/api/v1/api-keys", key: key, want: 201, body: body})
+	k := sw.issued("platform key "+fmt.Sprint(body["name"]), jsonStr(v, "key"))
 	sw.places[len(sw.places)-1].allowed[k] = true
 	return k
 }
 
 // keyID finds the id of a platform key by its display prefix.
-func (sw *sweep) keyID(c *client, ownerKey, plaintext string) string {
+func (sw *sweep) keyID(c *sweepClient, ownerKey, plaintext string) string {
 	sw.t.Helper()
-	v := c.json(req{method: "GET", path: "/api/v1/orgs/acme/api-keys?limit=500", key: ownerKey, want: 200})
+	v := c.json(sweepReq{method: "GET", path: "/api/v1/orgs/acme/api-keys?limit=500", key: ownerKey, want: 200})
 	items, _ := v["items"].([]any)
 	for _, it := range items {
 		m, _ := it.(map[string]any)
-		if p := str(m, "prefix"); p != "" && strings.HasPrefix(plaintext, p) {
-			return str(m, "id")
+		if p := jsonStr(m, "prefix"); p != "" && strings.HasPrefix(plaintext, p) {
+			return jsonStr(m, "id")
 		}
 	}
 	sw.t.Fatalf("no key with the prefix of %.12s", plaintext)
@@ -1308,7 +1308,7 @@ func (sw *sweep) keyID(c *client, ownerKey, plaintext string) string {
 
 // sigV4 sends body to path signed with SigV4 by the given pair, as the
 // AWS SDKs sign for Bedrock.
-func (sw *sweep) sigV4(c *client, path, body, akid, secret string, want int) {
+func (sw *sweep) sigV4(c *sweepClient, path, body, akid, secret string, want int) {
 	sw.t.Helper()
 	hr, err := http.NewRequest("POST", c.base+path, strings.NewReader(body))
 	if err != nil {
@@ -1322,7 +1322,7 @@ func (sw *sweep) sigV4(c *client, path, body, akid, secret string, want int) {
 	if err := v4.NewSigner().SignHTTP(context.Background(), creds, hr, hash, "bedrock", brRegion, time.Now()); err != nil {
 		sw.t.Fatal(err)
 	}
-	c.send(hr, req{want: want})
+	c.send(hr, sweepReq{want: want})
 }
 
 // webSocket opens the Responses API over a WebSocket with secret as the
@@ -1385,7 +1385,7 @@ func TestCanaryForms(t *testing.T) {
 	}
 	// A binary value, as a ciphertext is: its hex and base64 inside a
 	// longer text, at each alignment.
-	sealed := randomN(t, 48)
+	sealed := canaryBytes(t, 48)
 	for pad := range 3 {
 		lead := bytes.Repeat([]byte{0xff}, pad)
 		for _, text := range []string{hex.EncodeToString(append(lead, sealed...)), base64.StdEncoding.EncodeToString(append(lead, sealed...)),
@@ -1398,7 +1398,7 @@ func TestCanaryForms(t *testing.T) {
 }
 
 func containsAnyForm(t *testing.T, text, secret []byte) bool {
-	m := &matcher{idx: map[uint64][]int{}}
+	m := &formMatcher{idx: map[uint64][]int{}}
 	for _, f := range distinctForms(secret) {
 		m.add(t, 0, f)
 	}
