@@ -180,7 +180,7 @@ type canaryValue struct {
 // held to zero hits already.
 const csrfTokensStoredInClear = true
 
-// place is one body of bytes searched, and the secrets it may hold.
+// sweepPlace is one body of bytes searched, and the secrets it may hold.
 type sweepPlace struct {
 	name, kind string
 	b          []byte
@@ -249,7 +249,7 @@ func (sw *sweep) store(name, kind string, b []byte, allowed ...string) *sweepPla
 	return p
 }
 
-// client is one HTTP caller: its own cookies and, for a session, its CSRF
+// sweepClient is one HTTP caller: its own cookies and, for a session, its CSRF
 // token.
 type sweepClient struct {
 	sw   *sweep
@@ -263,15 +263,15 @@ func (sw *sweep) client(base string) *sweepClient {
 	return &sweepClient{sw: sw, base: base, hc: &http.Client{Jar: jar, Timeout: 30 * time.Second}}
 }
 
-// req is one request: what to send and how to send it.
+// sweepReq is one request: what to send and how to send it. The answer
+// that issues a secret is allowed to hold it once recorded: the caller
+// marks it in the last place stored.
 type sweepReq struct {
 	method, path string
 	key          string // bearer token
 	header       http.Header
 	body         any // marshalled to JSON unless []byte or string
 	want         int // 0: any status
-	// allowed are the secrets this one answer issues.
-	allowed []string
 }
 
 // do sends r and records the answer, status line, headers and body, as a
@@ -330,7 +330,7 @@ func (c *sweepClient) send(hr *http.Request, r sweepReq) (*http.Response, []byte
 	if strings.HasPrefix(hr.URL.Path, "/gateway/") {
 		kind = "gateway response"
 	}
-	c.sw.store(fmt.Sprintf("%s %s -> %d", hr.Method, hr.URL.Path, resp.StatusCode), kind, rec.Bytes(), r.allowed...)
+	c.sw.store(fmt.Sprintf("%s %s -> %d", hr.Method, hr.URL.Path, resp.StatusCode), kind, rec.Bytes())
 	c.sw.statuses[fmt.Sprintf("%s %d", kind, resp.StatusCode)]++
 	if r.want != 0 && resp.StatusCode != r.want {
 		c.sw.t.Fatalf("%s %s = %d %.500s, want %d", hr.Method, hr.URL.Path, resp.StatusCode, body, r.want)
