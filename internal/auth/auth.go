@@ -6,6 +6,7 @@ package auth
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -44,12 +45,18 @@ type Options struct {
 	// every replica counts the same failures. Without it they are kept in
 	// this process.
 	Redis *redis.Client
-	// LoginAccountLimit and LoginIPLimit are how many failed logins an
-	// account and an IP address may have in LoginWindow before further
-	// attempts are refused with rate_limited (defaults 5, 30, 15 min).
-	LoginAccountLimit int
-	LoginIPLimit      int
-	LoginWindow       time.Duration
+	// The failed-login limits (each a count of failures in LoginWindow,
+	// after which attempts get rate_limited until the window passes):
+	// LoginAccountIPLimit per account and client IP, the one a user
+	// mistyping meets (default 10); LoginIPLimit per IP over every account
+	// (default 100); LoginAccountLimit per account over every IP, a
+	// ceiling only a guess attack from many addresses reaches (default
+	// 300). A stranger's failures from one IP therefore never block the
+	// account's owner from another.
+	LoginAccountIPLimit int
+	LoginAccountLimit   int
+	LoginIPLimit        int
+	LoginWindow         time.Duration
 
 	// CacheSize bounds, roughly, how many verified keys are cached
 	// (default 1,048,576); past it a random entry makes room.
@@ -125,6 +132,7 @@ func New(st store.Store, opts Options) *Service {
 	setDefault(&opts.CacheTTL, defaultCacheTTL)
 	setDefault(&opts.NegativeTTL, defaultNegativeTTL)
 	setDefault(&opts.NegativeCacheSize, defaultNegativeSize)
+	setDefault(&opts.LoginAccountIPLimit, defaultAccountIPLimit)
 	setDefault(&opts.LoginAccountLimit, defaultAccountLimit)
 	setDefault(&opts.LoginIPLimit, defaultIPLimit)
 	setDefault(&opts.LoginWindow, defaultLoginWindow)
@@ -608,7 +616,7 @@ func (s *Service) VerifySession(ctx context.Context, token string) (*keybridge.P
 		Email:       u.Email,
 		KeyID:       sess.ID,
 		Permissions: keybridge.AllPermissions,
-		SessionCSRF: sess.CSRFToken,
+		SessionCSRF: csrfToken(token),
 	}, nil
 }
 
@@ -687,7 +695,7 @@ func (s *Service) startSession(ctx context.Context, st store.Store, u *keybridge
 	sess := &keybridge.Session{
 		UserID:    u.ID,
 		TokenHash: h[:],
-		CSRFToken: randomToken(),
+		CSRFToken: csrfToken(token),
 		ExpiresAt: st.Now().Add(s.opts.SessionTTL),
 		IP:        ip,
 		UserAgent: userAgent,
@@ -696,6 +704,16 @@ func (s *Service) startSession(ctx context.Context, st store.Store, u *keybridge
 		return nil, "", fmt.Errorf("create session: %w", err)
 	}
 	return sess, token, nil
+}
+
+// csrfToken derives a session's CSRF token from its token: an HMAC-SHA256
+// keyed by the session token, so nothing about it is stored (the database
+// keeps only the session token's SHA-256, from which it cannot be made),
+// and whoever lacks the cookie cannot compute it.
+func csrfToken(sessionToken string) string {
+	m := hmac.New(sha256.New, []byte(sessionToken))
+	m.Write([]byte("keybridge session csrf v1"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
 // randomToken returns 32 bytes from crypto/rand in unpadded base64url.

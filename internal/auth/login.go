@@ -19,9 +19,10 @@ import (
 )
 
 const (
-	defaultAccountLimit = 5
-	defaultIPLimit      = 30
-	defaultLoginWindow  = 15 * time.Minute
+	defaultAccountIPLimit = 10
+	defaultAccountLimit   = 300
+	defaultIPLimit        = 100
+	defaultLoginWindow    = 15 * time.Minute
 )
 
 // The audit actions of logins (SPEC §8).
@@ -32,18 +33,8 @@ const (
 
 var errBadLogin = keybridge.Errorf(keybridge.EUnauthenticated, "invalid email or password")
 
-// Login checks email and password (rate limited per account and per IP),
+// Login checks email and password (rate limited, see checkPassword),
 // creates a session and returns it with its token.
-//
-// An unknown address costs the same argon2 check as a wrong password, and
-// counts against the same limits, so neither time nor answers tell which
-// addresses have accounts. Once an account or an IP has too many recent
-// failures every attempt is refused with rate_limited, the right password
-// too, until the window passes; a success clears the account's count (not
-// the IP's: one valid account must not buy more guesses at others).
-// An attempt counts as a failure from its start until its password proves
-// right, so guesses sent all at once cannot pass the check together before
-// the first of them is counted.
 func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybridge.User, *keybridge.Session, string, error) {
 	email = keybridge.NormalizeEmail(email)
 	info := keybridge.RequestInfoFromContext(ctx)
@@ -54,42 +45,10 @@ func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybr
 		info.IP = ip
 		ctx = keybridge.NewContextWithRequestInfo(ctx, info)
 	}
-	keys := []limitKey{{name: "account:" + hashName(email), limit: s.opts.LoginAccountLimit}}
-	if ip != "" {
-		keys = append(keys, limitKey{name: "ip:" + ipBucket(ip), limit: s.opts.LoginIPLimit})
-	}
-	if wait := s.limiter.acquire(ctx, keys); wait > 0 {
-		return nil, nil, "", &keybridge.Error{
-			Code:              keybridge.ERateLimited,
-			Message:           "too many failed logins; try again later",
-			RetryAfterSeconds: int(math.Ceil(wait.Seconds())),
-		}
-	}
-
-	u, err := s.store.UserByEmail(ctx, email)
-	if err != nil && !keybridge.IsCode(err, keybridge.ENotFound) {
-		// Nothing was guessed: the attempt is not a failure.
-		s.limiter.release(ctx, keys)
-		return nil, nil, "", fmt.Errorf("look up user: %w", err)
-	}
+	u, err := s.checkPassword(ctx, email, password, ip)
 	if err != nil {
-		u = nil
+		return nil, nil, "", err
 	}
-	var ok bool
-	if u != nil && u.PasswordHash != "" {
-		ok = CheckPassword(u.PasswordHash, password)
-	} else {
-		CheckPassword(dummyHash(), password)
-	}
-	if !ok {
-		// acquire already counted the failure.
-		if err := s.auditFailedLogin(ctx, u, email); err != nil {
-			return nil, nil, "", err
-		}
-		return nil, nil, "", errBadLogin
-	}
-	s.limiter.reset(ctx, keys[0])
-	s.limiter.release(ctx, keys[1:])
 
 	var sess *keybridge.Session
 	var token string
@@ -116,6 +75,78 @@ func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybr
 		return nil, nil, "", err
 	}
 	return u, sess, token, nil
+}
+
+// VerifyUserPassword checks the password of the user with this address for a
+// step that needs it proved again (accepting an invitation, changing the
+// password), under the same limits as Login, and returns the user.
+func (s *Service) VerifyUserPassword(ctx context.Context, email, password, ip string) (*keybridge.User, error) {
+	return s.checkPassword(ctx, keybridge.NormalizeEmail(email), password, ip)
+}
+
+// checkPassword checks a password under the failed-login limits.
+//
+// Failures are counted per (account, client IP), per IP and per account.
+// Once one of those counters is at its limit, attempts that it covers are
+// refused with rate_limited (Retry-After: until its window passes), the
+// right password too. The (account, IP) limit is the one a user mistyping
+// meets; the IP limit stops one address guessing at many accounts; the
+// account limit is a ceiling high enough that only a guess attack from
+// many addresses reaches it. So a stranger who knows an address can no
+// longer lock its owner out: their failures fill their own (account, IP)
+// counter, not the owner's. A success clears its (account, IP) counter
+// only: it must buy no guesses at other accounts, nor from other places.
+//
+// An unknown address costs the same argon2 check as a wrong password, and
+// counts against the same limits, so neither time nor answers tell which
+// addresses have accounts. An attempt counts as a failure from its start
+// until its password proves right, so guesses sent all at once cannot
+// pass the check together before the first of them is counted.
+func (s *Service) checkPassword(ctx context.Context, email, password, ip string) (*keybridge.User, error) {
+	account := hashName(email)
+	keys := []limitKey{{name: "account:" + account, limit: s.opts.LoginAccountLimit}}
+	if ip != "" {
+		bucket := ipBucket(ip)
+		keys = append(keys,
+			limitKey{name: "account_ip:" + hashName(account+"|"+bucket), limit: s.opts.LoginAccountIPLimit},
+			limitKey{name: "ip:" + bucket, limit: s.opts.LoginIPLimit})
+	}
+	if wait := s.limiter.acquire(ctx, keys); wait > 0 {
+		return nil, &keybridge.Error{
+			Code:              keybridge.ERateLimited,
+			Message:           "too many failed logins; try again later",
+			RetryAfterSeconds: int(math.Ceil(wait.Seconds())),
+		}
+	}
+
+	u, err := s.store.UserByEmail(ctx, email)
+	if err != nil && !keybridge.IsCode(err, keybridge.ENotFound) {
+		// Nothing was guessed: the attempt is not a failure.
+		s.limiter.release(ctx, keys)
+		return nil, fmt.Errorf("look up user: %w", err)
+	}
+	if err != nil {
+		u = nil
+	}
+	var ok bool
+	if u != nil && u.PasswordHash != "" {
+		ok = CheckPassword(u.PasswordHash, password)
+	} else {
+		CheckPassword(dummyHash(), password)
+	}
+	if !ok {
+		// acquire already counted the failure.
+		if err := s.auditFailedLogin(ctx, u, email); err != nil {
+			return nil, err
+		}
+		return nil, errBadLogin
+	}
+	s.limiter.release(ctx, keys[:1])
+	if len(keys) > 1 {
+		s.limiter.reset(ctx, keys[1])
+		s.limiter.release(ctx, keys[2:])
+	}
+	return u, nil
 }
 
 // auditFailedLogin records a failed login in each org of a known user, or

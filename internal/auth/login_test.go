@@ -156,13 +156,21 @@ func limiterSetups(t *testing.T) []struct {
 	return setups
 }
 
+// limitedOptions are small limits, so each one is reached in a few tries:
+// 3 failures per (account, IP), 8 per IP, 6 per account.
+func limitedOptions(base auth.Options) auth.Options {
+	base.LoginAccountIPLimit, base.LoginIPLimit, base.LoginAccountLimit = 3, 8, 6
+	return base
+}
+
 func TestLoginRateLimits(t *testing.T) {
 	for _, setup := range limiterSetups(t) {
 		t.Run(setup.name, func(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t, storetest.SQLite(t))
-			s := auth.New(f.st, setup.opts())
-			login := func(email, password, ip string) error {
+			defaults := auth.New(f.st, setup.opts())
+			s := auth.New(f.st, limitedOptions(setup.opts()))
+			login := func(s *auth.Service, email, password, ip string) error {
 				_, _, _, err := s.Login(ctx, email, password, ip)
 				return err
 			}
@@ -178,47 +186,82 @@ func TestLoginRateLimits(t *testing.T) {
 				}
 			}
 
-			t.Run("per account", func(t *testing.T) {
+			// The hole this policy closes: with the default limits, a
+			// stranger hammering wrong passwords from their IP is slowed
+			// down, and the owner still signs in from theirs.
+			t.Run("a stranger cannot lock the owner out", func(t *testing.T) {
 				u := f.addUser(t, randomEmail(), "right")
-				for i := range 5 {
-					err := login(u.Email, "wrong", randomIP())
-					wantCode(t, fmt.Sprintf("failed login %d", i+1), err, keybridge.EUnauthenticated)
+				stranger, ownerIP := randomIP(), randomIP()
+				limited := 0
+				for i := range 40 {
+					err := login(defaults, u.Email, fmt.Sprintf("guess %d", i), stranger)
+					if keybridge.IsCode(err, keybridge.ERateLimited) {
+						limited++
+					} else {
+						wantCode(t, fmt.Sprintf("guess %d", i+1), err, keybridge.EUnauthenticated)
+					}
 				}
-				wantLimited("6th login, right password, other IP", login(u.Email, "right", randomIP()))
-				// Another account from the same kind of place is not locked.
+				if limited != 30 {
+					t.Errorf("%d of 40 guesses from one IP were rate limited, want 30 (10 are checked)", limited)
+				}
+				if err := login(defaults, u.Email, "right", ownerIP); err != nil {
+					t.Errorf("owner's login from their IP after a stranger's 40 guesses: %v, want success", err)
+				}
+				wantLimited("the stranger's next try, right password", login(defaults, u.Email, "right", stranger))
+			})
+			t.Run("per account and IP", func(t *testing.T) {
+				u := f.addUser(t, randomEmail(), "right")
+				ip := randomIP()
+				for i := range 3 {
+					wantCode(t, fmt.Sprintf("failed login %d", i+1), login(s, u.Email, "wrong", ip), keybridge.EUnauthenticated)
+				}
+				wantLimited("4th login from the IP, right password", login(s, u.Email, "right", ip))
+				if err := login(s, u.Email, "right", randomIP()); err != nil {
+					t.Errorf("login of the account from another IP: %v", err)
+				}
 				other := f.addUser(t, randomEmail(), "right")
-				if err := login(other.Email, "right", randomIP()); err != nil {
-					t.Errorf("login of another account: %v", err)
+				if err := login(s, other.Email, "right", ip); err != nil {
+					t.Errorf("login of another account from the IP: %v", err)
 				}
+			})
+			t.Run("per account, from many IPs", func(t *testing.T) {
+				// Only a guess attack spread over many addresses reaches
+				// the account's ceiling.
+				u := f.addUser(t, randomEmail(), "right")
+				for i := range 6 {
+					wantCode(t, fmt.Sprintf("failed login %d", i+1), login(s, u.Email, "wrong", randomIP()), keybridge.EUnauthenticated)
+				}
+				wantLimited("7th login, right password, a new IP", login(s, u.Email, "right", randomIP()))
 			})
 			t.Run("unknown account", func(t *testing.T) {
-				email := randomEmail()
-				for range 5 {
-					login(email, "guess", randomIP())
+				email, ip := randomEmail(), randomIP()
+				for range 3 {
+					login(s, email, "guess", ip)
 				}
-				wantLimited("6th guess at an unknown address", login(email, "guess", randomIP()))
+				wantLimited("4th guess at an unknown address", login(s, email, "guess", ip))
 			})
-			t.Run("success clears the account", func(t *testing.T) {
+			t.Run("success clears the account and IP", func(t *testing.T) {
 				u := f.addUser(t, randomEmail(), "right")
-				for range 4 {
-					login(u.Email, "wrong", randomIP())
+				ip := randomIP()
+				for range 2 {
+					login(s, u.Email, "wrong", ip)
 				}
-				if err := login(u.Email, "right", randomIP()); err != nil {
-					t.Fatalf("login after 4 failures: %v", err)
+				if err := login(s, u.Email, "right", ip); err != nil {
+					t.Fatalf("login after 2 failures: %v", err)
 				}
-				for i := range 4 {
-					err := login(u.Email, "wrong", randomIP())
+				for i := range 2 {
+					err := login(s, u.Email, "wrong", ip)
 					wantCode(t, fmt.Sprintf("failure %d after a success", i+1), err, keybridge.EUnauthenticated)
 				}
 			})
 			t.Run("per IP", func(t *testing.T) {
 				ip := randomIP()
-				for i := range 30 {
-					err := login(randomEmail(), "guess", ip)
+				for i := range 8 {
+					err := login(s, randomEmail(), "guess", ip)
 					wantCode(t, fmt.Sprintf("failed login %d", i+1), err, keybridge.EUnauthenticated)
 				}
-				wantLimited("31st login from the IP, right password", login(f.owner.Email, ownerPassword, ip))
-				if err := login(f.owner.Email, ownerPassword, randomIP()); err != nil {
+				wantLimited("9th login from the IP, right password", login(s, f.owner.Email, ownerPassword, ip))
+				if err := login(s, f.owner.Email, ownerPassword, randomIP()); err != nil {
 					t.Errorf("login from another IP: %v", err)
 				}
 			})
@@ -230,37 +273,38 @@ func TestLoginRateLimits(t *testing.T) {
 				u := f.addUser(t, randomEmail(), "right")
 				auth.PasswordParams = saved
 				const n = 20
+				ip := randomIP()
 				var checked atomic.Int32
 				var wg sync.WaitGroup
 				for range n {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						if err := login(u.Email, "wrong", randomIP()); keybridge.IsCode(err, keybridge.EUnauthenticated) {
+						if err := login(s, u.Email, "wrong", ip); keybridge.IsCode(err, keybridge.EUnauthenticated) {
 							checked.Add(1)
 						}
 					}()
 				}
 				wg.Wait()
-				if got := checked.Load(); got > 5 {
-					t.Errorf("%d of %d wrong passwords sent at once were checked, want at most 5 (the account's limit)", got, n)
+				if got := checked.Load(); got > 3 {
+					t.Errorf("%d of %d wrong passwords sent at once from one IP were checked, want at most 3 (the limit)", got, n)
 				}
 			})
 			t.Run("IPv6 counts per /64", func(t *testing.T) {
 				var b [4]byte
 				rand.Read(b[:])
 				prefix := fmt.Sprintf("2001:db8:%x:%x:", b[:2], b[2:])
-				for i := range 30 {
-					login(randomEmail(), "guess", fmt.Sprintf("%s:%x", prefix, i+1))
+				for i := range 8 {
+					login(s, randomEmail(), "guess", fmt.Sprintf("%s:%x", prefix, i+1))
 				}
-				wantLimited("login from another address of the /64", login(f.owner.Email, ownerPassword, prefix+":ffff"))
+				wantLimited("login from another address of the /64", login(s, f.owner.Email, ownerPassword, prefix+":ffff"))
 			})
 		})
 	}
 }
 
-// With Redis, replicas share the counters: failures on one lock the
-// account on the other.
+// With Redis, replicas share the counters: a stranger's failures on one
+// slow the stranger down on the other too, and never the owner.
 func TestLoginRateLimitsSharedInRedis(t *testing.T) {
 	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
 	if url == "" {
@@ -276,11 +320,23 @@ func TestLoginRateLimitsSharedInRedis(t *testing.T) {
 	f := newFixture(t, storetest.SQLite(t))
 	opts := fastOptions()
 	opts.Redis = rdb
-	a, b := auth.New(f.st, opts), auth.New(f.st, opts)
+	a, b := auth.New(f.st, limitedOptions(opts)), auth.New(f.st, limitedOptions(opts))
 	u := f.addUser(t, randomEmail(), "right")
-	for range 5 {
-		a.Login(ctx, u.Email, "wrong", randomIP())
+	stranger := randomIP()
+	for range 10 {
+		a.Login(ctx, u.Email, "wrong", stranger)
 	}
-	_, _, _, err = b.Login(ctx, u.Email, "right", randomIP())
-	wantCode(t, "login on the other replica", err, keybridge.ERateLimited)
+	_, _, _, err = b.Login(ctx, u.Email, "right", stranger)
+	wantCode(t, "the stranger's login on the other replica", err, keybridge.ERateLimited)
+	if _, _, _, err := b.Login(ctx, u.Email, "right", randomIP()); err != nil {
+		t.Errorf("the owner's login from their IP on the other replica: %v, want success", err)
+	}
+	// The account's ceiling is shared too: guesses from many IPs on one
+	// replica reach it for both.
+	v := f.addUser(t, randomEmail(), "right")
+	for range 6 {
+		a.Login(ctx, v.Email, "wrong", randomIP())
+	}
+	_, _, _, err = b.Login(ctx, v.Email, "right", randomIP())
+	wantCode(t, "login on the other replica past the account's ceiling", err, keybridge.ERateLimited)
 }

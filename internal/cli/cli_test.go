@@ -123,8 +123,14 @@ func TestSetupCommand(t *testing.T) {
 	if err == nil || cli.ExitCode(err) != 2 {
 		t.Errorf("--password-stdin with empty stdin = %v, want a usage error", err)
 	}
-	if out, _, err := run("", "--org", "beta", "--email", "boss@beta.test"); err != nil || !apikey.Valid(strings.TrimSpace(out), apikey.PlatformPrefix) {
+	// Stdin not a terminal and no --password-stdin: no password, and
+	// stderr says how to set one.
+	out, errOut, err = run("", "--org", "beta", "--email", "boss@beta.test")
+	if err != nil || !apikey.Valid(strings.TrimSpace(out), apikey.PlatformPrefix) {
 		t.Errorf("setup of a second org = %q, %v; want its key", out, err)
+	}
+	if !strings.Contains(errOut, "no password") || !strings.Contains(errOut, "/api/v1/users/me/password") {
+		t.Errorf("setup without a password said %q; want how to set one (POST /api/v1/users/me/password)", errOut)
 	}
 
 	// The key and the password work against a server on the same data.

@@ -166,6 +166,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 			g.log.Warn("write the last usage rows", "err", err)
 		}
 	}()
+	if rl, ok := g.lim.(*redisLimiter); ok {
+		limDone := make(chan struct{})
+		go func() { defer close(limDone); rl.run(ctx) }()
+		defer func() { <-limDone }()
+	}
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if g.peers != nil {

@@ -363,6 +363,98 @@ func TestRedisLimiterRoundTrips(t *testing.T) {
 	}
 }
 
+// TestRedisLimiterCarriesSettlements: while run runs, a settlement is
+// carried by the key's next admission (no call of its own), what no
+// admission takes is sent within settleDelay, a settlement into last
+// month's budget is not carried into this month's, and run's end sends
+// what is left.
+func TestRedisLimiterCarriesSettlements(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	var cmds []string
+	var mu sync.Mutex
+	rdb.AddHook(countHook{func(name string) { mu.Lock(); cmds = append(cmds, name); mu.Unlock() }})
+	sent := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		s := strings.Join(cmds, ",")
+		cmds = nil
+		return s
+	}
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.run(ctx) }()
+	for !l.async.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	id, lim := newKeyID(), keybridge.Limits{RateLimitTPM: 1000, TokenBudget: 5000, BudgetPeriod: keybridge.BudgetMonth}
+	at := t0.Add(-time.Minute) // 23:57, March
+	tk, _ := mustAdmit(t, l, id, lim, 100, at)
+	sent()
+	if err := l.settle(ctx, tk, 30, at); err != nil {
+		t.Fatal(err)
+	}
+	// The next admission, at once, sees 30 used instead of 100 reserved.
+	tk, d := mustAdmit(t, l, id, lim, 100, at)
+	if got := sent(); got != "evalsha" {
+		t.Errorf("settle then admit sent %q, want the admission's evalsha alone", got)
+	}
+	if want := int64(1000 - 30 - 100); d.tokRemaining != want {
+		t.Errorf("tokens remaining = %d, want %d (the first settled at 30)", d.tokRemaining, want)
+	}
+	// Not followed by an admission: sent by run.
+	if err := l.settle(ctx, tk, 40, at); err != nil {
+		t.Fatal(err)
+	}
+	waitTPM := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for rdb.Get(context.Background(), "{kb:"+id+"}:tpms").Val() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("TPM sum = %q, want %q", rdb.Get(context.Background(), "{kb:"+id+"}:tpms").Val(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitTPM("70")
+	// Settled in March, carried by an admission in April: the March
+	// budget gets it (left to run), the April one does not.
+	tk, _ = mustAdmit(t, l, id, lim, 100, at)
+	if err := l.settle(ctx, tk, 50, at); err != nil {
+		t.Fatal(err)
+	}
+	april := t0.Add(3 * time.Minute)
+	mustAdmit(t, l, id, lim, 0, april)
+	keysAt := func(tm time.Time) []string { return limitKeys(id, tm.UnixMilli(), keybridge.BudgetMonth) }
+	deadline := time.Now().Add(5 * time.Second)
+	for rdb.Get(context.Background(), keysAt(at)[6]).Val() != "120" {
+		if time.Now().After(deadline) {
+			t.Fatalf("March budget = %q, want 120", rdb.Get(context.Background(), keysAt(at)[6]).Val())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := rdb.Get(context.Background(), keysAt(april)[6]).Val(); got != "" {
+		t.Errorf("April budget = %q, want nothing used", got)
+	}
+	// run's end sends what is owed.
+	tk, _ = mustAdmit(t, l, id, lim, 100, april)
+	l.mu.Lock()
+	l.owed[id] = append(l.owed[id], owed{seq: tk.seq, reserved: tk.reserved, used: 7, ms: april.UnixMilli(), tpm: true,
+		period: keybridge.BudgetMonth, budget: keysAt(april)[6], budTTL: time.Hour.Milliseconds()})
+	l.mu.Unlock()
+	cancel()
+	<-done
+	if got := rdb.Get(context.Background(), keysAt(april)[6]).Val(); got != "7" {
+		t.Errorf("April budget after run ended = %q, want 7", got)
+	}
+	if l.async.Load() {
+		t.Error("settlements still owed after run ended")
+	}
+}
+
 type countHook struct{ f func(string) }
 
 func (h countHook) DialHook(next redis.DialHook) redis.DialHook { return next }

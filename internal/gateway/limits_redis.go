@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,28 @@ type redisLimiter struct {
 	log    *slog.Logger
 	m      *limitMetrics
 	down   atomic.Bool
+
+	// While run runs, settlements are owed rather than sent: the key's
+	// next admission carries them in its own script call, so a busy key
+	// settles without a round trip of its own, and run sends what no
+	// admission took within settleDelay. Without run, settle is one call.
+	async atomic.Bool
+	mu    sync.Mutex
+	owed  map[string][]owed // by key ID
+	kick  chan struct{}
+}
+
+// settleDelay bounds how long a settlement waits for its key's next
+// admission to carry it to Redis.
+const settleDelay = 5 * time.Millisecond
+
+// owed is a settlement not yet in Redis.
+type owed struct {
+	seq, reserved, used, ms int64
+	tpm                     bool
+	period                  keybridge.BudgetPeriod // "": no budget
+	budget                  string                 // the budget's Redis key
+	budTTL                  int64                  // ms
 }
 
 // newRedisLimiter returns a limiter on rdb; whenDown is LimitsLocal (also
@@ -56,7 +79,8 @@ func newRedisLimiter(rdb redis.Scripter, whenDown string, log *slog.Logger) (*re
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := newLimitMetrics()
-	return &redisLimiter{rdb: rdb, refuse: whenDown == LimitsRefuse, local: newMemLimiterMetrics(m), log: log, m: m}, nil
+	return &redisLimiter{rdb: rdb, refuse: whenDown == LimitsRefuse, local: newMemLimiterMetrics(m), log: log, m: m,
+		owed: map[string][]owed{}, kick: make(chan struct{}, 1)}, nil
 }
 
 func (l *redisLimiter) collectors() []prometheus.Collector {
@@ -85,13 +109,44 @@ local function trim(log, sumKey, cut)
   end
   return tonumber(redis.call('GET', sumKey) or '0')
 end
+-- settle applies the owed settlements in ARGV from i on, n of them, 6
+-- values each: seq, reservation, tokens used, 1 to count them in TPM, when
+-- (ms), the budget's TTL in ms (0: no budget).
+local function settle(i, n)
+  for j = 0, n - 1 do
+    local k = i + j * 6
+    local seq, res, used = ARGV[k], tonumber(ARGV[k + 1]), tonumber(ARGV[k + 2])
+    if res > 0 and redis.call('ZREM', KEYS[4], seq .. ':' .. res) == 1 then
+      if redis.call('DECRBY', KEYS[5], res) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
+        redis.call('DEL', KEYS[5])
+      end
+    end
+    if used > 0 then
+      if ARGV[k + 3] == '1' then
+        local ms = tonumber(ARGV[k + 4])
+        trim(KEYS[2], KEYS[3], ms - 60000)
+        if redis.call('ZADD', KEYS[2], ms, seq .. ':' .. used) == 1 then
+          redis.call('INCRBY', KEYS[3], used)
+        end
+        redis.call('PEXPIRE', KEYS[2], 60000)
+        redis.call('PEXPIRE', KEYS[3], 60000)
+      end
+      if tonumber(ARGV[k + 5]) > 0 then
+        redis.call('INCRBY', KEYS[7], used)
+        redis.call('PEXPIRE', KEYS[7], ARGV[k + 5])
+      end
+    end
+  end
+end
 `
 
 // admitScript: ARGV 1 now (ms), 2 RPM, 3 TPM, 4 budget (0: none), 5
 // reservation, 6 ms until the budget period ends, 7 reserveTTL (ms), 8
-// pendingRetry (ms). It returns {admitted, seq, rpm, rpm wait, tpm, tpm
-// wait, budget, budget wait} as in tally.
+// pendingRetry (ms), 9 how many owed settlements follow (see settle), first
+// applied. It returns {admitted, seq, rpm, rpm wait, tpm, tpm wait,
+// budget, budget wait} as in tally.
 var admitScript = redis.NewScript(limitLua + `
+settle(10, tonumber(ARGV[9]))
 local now, rpm, tpm, bud = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local from = now - 60000
 local rpmN, rpmWait, tpmN, tpmWait, budN, budWait = 0, 0, 0, 0, 0, 0
@@ -155,31 +210,11 @@ end
 return {1, seq, rpmN, 0, tpmN, 0, budN, 0}
 `)
 
-// settleScript: ARGV 1 now (ms), 2 seq, 3 reservation, 4 tokens used, 5
-// "1" to count them in TPM, 6 the budget's TTL in ms (0: no budget), 7
-// reserveTTL (ms).
+// settleScript: ARGV 1 reserveTTL (ms), 2 how many owed settlements
+// follow (see settle).
 var settleScript = redis.NewScript(limitLua + `
-local now, used = tonumber(ARGV[1]), tonumber(ARGV[4])
-if tonumber(ARGV[3]) > 0 and redis.call('ZREM', KEYS[4], ARGV[2] .. ':' .. ARGV[3]) == 1 then
-  if redis.call('DECRBY', KEYS[5], ARGV[3]) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
-    redis.call('DEL', KEYS[5])
-  end
-end
-if used > 0 then
-  if ARGV[5] == '1' then
-    trim(KEYS[2], KEYS[3], now - 60000)
-    if redis.call('ZADD', KEYS[2], now, ARGV[2] .. ':' .. ARGV[4]) == 1 then
-      redis.call('INCRBY', KEYS[3], used)
-    end
-    redis.call('PEXPIRE', KEYS[2], 60000)
-    redis.call('PEXPIRE', KEYS[3], 60000)
-  end
-  if tonumber(ARGV[6]) > 0 then
-    redis.call('INCRBY', KEYS[7], used)
-    redis.call('PEXPIRE', KEYS[7], ARGV[6])
-  end
-end
-redis.call('PEXPIRE', KEYS[6], ARGV[7])
+settle(3, tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[6], ARGV[1])
 return 0
 `)
 
@@ -211,13 +246,17 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		_, end := period(ms, p)
 		budLeft = end - ms
 	}
-	r, err := admitScript.Run(ctx, l.rdb, limitKeys(keyID, ms, p),
+	keys := limitKeys(keyID, ms, p)
+	carried := l.take(keyID, keys[6])
+	args := append(make([]any, 0, 9+6*len(carried)),
 		ms, max(lim.RateLimitRPM, 0), max(lim.RateLimitTPM, 0), bud, reserve, budLeft,
-		reserveTTL.Milliseconds(), pendingRetry.Milliseconds()).Int64Slice()
+		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), len(carried))
+	r, err := admitScript.Run(ctx, l.rdb, keys, appendOwed(args, carried)...).Int64Slice()
 	if err == nil && len(r) != 8 {
 		err = fmt.Errorf("admit script answered %d values, want 8", len(r))
 	}
 	if err != nil {
+		l.settleLocally(ctx, keyID, carried)
 		if ctx.Err() != nil {
 			return ticket{}, decision{}, fmt.Errorf("count request in redis: %w", ctx.Err())
 		}
@@ -248,23 +287,42 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 	if t.local {
 		return l.local.settle(ctx, t, used, now)
 	}
-	used = max(used, 0)
 	ms := now.UnixMilli()
-	var budTTL int64
+	keys := limitKeys(t.keyID, ms, t.budget)
+	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: keys[6]}
 	if t.budget != "" {
 		_, end := period(ms, t.budget)
-		budTTL = end - ms + budgetSlack
+		o.budTTL = end - ms + budgetSlack
 	}
-	tpm := "0"
-	if t.tpm {
-		tpm = "1"
+	if l.async.Load() {
+		l.mu.Lock()
+		first := len(l.owed) == 0
+		l.owed[t.keyID] = append(l.owed[t.keyID], o)
+		l.mu.Unlock()
+		if !l.async.Load() {
+			l.flush(ctx) // run ended meanwhile: nobody else will
+		} else if first {
+			select {
+			case l.kick <- struct{}{}:
+			default:
+			}
+		}
+		return nil
 	}
-	err := settleScript.Run(ctx, l.rdb, limitKeys(t.keyID, ms, t.budget),
-		ms, t.seq, t.reserved, used, tpm, budTTL, reserveTTL.Milliseconds()).Err()
+	return l.send(ctx, t.keyID, keys, []owed{o})
+}
+
+// send writes a key's owed settlements in one script call. With Redis
+// down they count in this process; their reservations stay in Redis
+// until reserveTTL.
+func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed) error {
+	args := append(make([]any, 0, 2+6*len(os)), reserveTTL.Milliseconds(), len(os))
+	err := settleScript.Run(ctx, l.rdb, keys, appendOwed(args, os)...).Err()
 	if err == nil {
 		l.reachable(ctx)
 		return nil
 	}
+	l.settleLocally(ctx, keyID, os)
 	if ctx.Err() != nil {
 		return fmt.Errorf("settle request in redis: %w", ctx.Err())
 	}
@@ -272,9 +330,115 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 	if l.refuse {
 		return fmt.Errorf("settle request: %w: %w", errLimitsDown, err)
 	}
-	// The reservation stays in Redis until reserveTTL; the tokens at
-	// least count here.
-	return l.local.settle(ctx, t, used, now)
+	return nil
+}
+
+// settleLocally counts settlements that could not reach Redis in this
+// process's counters.
+func (l *redisLimiter) settleLocally(ctx context.Context, keyID string, os []owed) {
+	for _, o := range os {
+		l.local.settle(ctx, ticket{keyID: keyID, tpm: o.tpm, budget: o.period}, o.used, time.UnixMilli(o.ms))
+	}
+}
+
+// take removes and returns what keyID owes into budget (the budget key of
+// the admission about to carry it; settlements into another period's
+// budget are left to run).
+func (l *redisLimiter) take(keyID, budget string) []owed {
+	if !l.async.Load() {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	os := l.owed[keyID]
+	if len(os) == 0 {
+		return nil
+	}
+	n := 0
+	var carried []owed
+	for _, o := range os {
+		if o.period == "" || o.budget == budget {
+			carried = append(carried, o)
+		} else {
+			os[n] = o
+			n++
+		}
+	}
+	if n == 0 {
+		delete(l.owed, keyID)
+	} else {
+		l.owed[keyID] = os[:n]
+	}
+	return carried
+}
+
+// appendOwed appends each settlement's six script arguments.
+func appendOwed(args []any, os []owed) []any {
+	for _, o := range os {
+		tpm := "0"
+		if o.tpm {
+			tpm = "1"
+		}
+		args = append(args, o.seq, o.reserved, o.used, tpm, o.ms, o.budTTL)
+	}
+	return args
+}
+
+// run carries owed settlements to Redis, settleDelay after the first of
+// a batch, until ctx ends; then it sends what is left and settles
+// synchronously again.
+func (l *redisLimiter) run(ctx context.Context) {
+	l.async.Store(true)
+	for {
+		select {
+		case <-l.kick:
+		case <-ctx.Done():
+			l.async.Store(false)
+			l.flush(context.WithoutCancel(ctx))
+			return
+		}
+		select {
+		case <-time.After(settleDelay):
+		case <-ctx.Done():
+		}
+		l.flush(context.WithoutCancel(ctx))
+	}
+}
+
+// flush sends every owed settlement: one script call per key (and
+// budget period).
+func (l *redisLimiter) flush(ctx context.Context) {
+	l.mu.Lock()
+	all := l.owed
+	if len(all) > 0 {
+		l.owed = map[string][]owed{}
+	}
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for keyID, os := range all {
+		// One call per budget key: a key's settlements may straddle a
+		// period's end.
+		for len(os) > 0 {
+			b := os[0].budget
+			n := 0
+			var batch []owed
+			for _, o := range os {
+				if o.budget == b {
+					batch = append(batch, o)
+				} else {
+					os[n] = o
+					n++
+				}
+			}
+			os = os[:n]
+			keys := limitKeys(keyID, 0, "")
+			keys[6] = b // every owed names its budget key, "…:bud" when none
+			if err := l.send(ctx, keyID, keys, batch); err != nil {
+				l.log.WarnContext(ctx, "gateway: settle limits", "err", err)
+			}
+		}
+	}
 }
 
 // unreachable counts a call that failed, and logs the first of an outage.

@@ -178,7 +178,7 @@ func (s *Server) deleteOrg(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	org, _, err := s.org(r, keybridge.PermMembersRead)
+	org, role, err := s.org(r, keybridge.PermMembersRead)
 	if err != nil {
 		return err
 	}
@@ -189,6 +189,11 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) error {
 	members, next, err := s.store.Members(ctx, org.ID, pg)
 	if err != nil {
 		return err
+	}
+	if role != keybridge.RoleOwner && role != keybridge.RoleAdmin {
+		// Who holds a personal key is for admins to see (SPEC §6).
+		writeJSON(w, http.StatusOK, newList(members, next))
+		return nil
 	}
 	creds, err := s.store.CredentialProviders(ctx, org.ID)
 	if err != nil {
@@ -230,19 +235,26 @@ func (in *createMemberRequest) Validate() error {
 }
 
 type createMemberResponse struct {
-	UserID string         `json:"user_id"`
-	Email  string         `json:"email"`
-	Role   keybridge.Role `json:"role"`
-	// InviteToken and InviteURL are empty for a user who already has an
-	// account: they sign in as they are.
-	InviteToken string `json:"invite_token"`
-	InviteURL   string `json:"invite_url"`
+	// UserID is the pending member's ID (the invitation's, until it is
+	// accepted): never the ID of an account the address may already have.
+	UserID      string         `json:"user_id"`
+	Email       string         `json:"email"`
+	Role        keybridge.Role `json:"role"`
+	InviteToken string         `json:"invite_token"`
+	InviteURL   string         `json:"invite_url"`
 }
 
 func memberResource(userID, email string) keybridge.Resource {
 	return keybridge.Resource{Type: "member", ID: userID, Name: email}
 }
 
+// createMember invites an address. Whether it belongs to an account or
+// not, nothing differs: nothing of an account is used or shown, an
+// invitation is stored (or a pending one renewed: a new token, name, role
+// and seven days, the old link void) and answered with its own ID. The
+// user joins only by accepting it. Only an address that is already a
+// member of this org — which the inviter sees in the member list anyway —
+// is refused (409).
 func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	org, role, err := s.org(r, keybridge.PermMembersWrite)
@@ -259,64 +271,69 @@ func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 	if in.Name == "" {
 		in.Name, _, _ = strings.Cut(in.Email, "@")
 	}
-	out := createMemberResponse{Email: in.Email, Role: in.Role}
+	p := principal(r)
+	out := createMemberResponse{Email: in.Email, Role: in.Role, InviteToken: randomToken()}
+	h := sha256.Sum256([]byte(out.InviteToken))
 	err = s.store.InTx(ctx, func(tx store.Store) error {
-		u, invite, err := s.memberUser(ctx, tx, in)
+		member, err := s.isMember(ctx, tx, org.ID, in.Email)
 		if err != nil {
 			return err
 		}
-		out.UserID = u.ID
-		if err := tx.CreateMembership(ctx, &keybridge.Membership{OrgID: org.ID, UserID: u.ID, Role: in.Role}); err != nil {
-			if keybridge.IsCode(err, keybridge.EConflict) {
-				return keybridge.Errorf(keybridge.EConflict, "%s is already a member", in.Email)
+		if member {
+			return keybridge.Errorf(keybridge.EConflict, "%s is already a member", in.Email)
+		}
+		inv, err := tx.InvitationByEmail(ctx, org.ID, in.Email)
+		action := "member.create"
+		changes := map[string]keybridge.Change{"role": {Old: nil, New: in.Role}, "name": {Old: nil, New: in.Name}}
+		switch {
+		case keybridge.IsCode(err, keybridge.ENotFound):
+			inv = &keybridge.Invitation{OrgID: org.ID, Email: in.Email}
+		case err != nil:
+			return err
+		default:
+			action = "member.reinvite"
+			changes = map[string]keybridge.Change{}
+			diff(changes, "role", inv.Role, in.Role)
+			diff(changes, "name", inv.Name, in.Name)
+			if inv.Role == keybridge.RoleOwner && role != keybridge.RoleOwner {
+				return keybridge.Errorf(keybridge.EForbidden, "only owners may change an owner invitation")
 			}
+		}
+		inv.Name, inv.Role, inv.TokenHash, inv.InvitedBy = in.Name, in.Role, h[:], p.UserID
+		inv.ExpiresAt = tx.Now().Add(keybridge.InvitationTTL)
+		if inv.ID == "" {
+			err = tx.CreateInvitation(ctx, inv)
+		} else {
+			err = tx.UpdateInvitation(ctx, inv)
+		}
+		if err != nil {
 			return err
 		}
-		if invite {
-			out.InviteToken = randomToken()
-			h := sha256.Sum256([]byte(out.InviteToken))
-			if err := tx.CreateInvitation(ctx, &keybridge.Invitation{
-				OrgID: org.ID, UserID: u.ID, TokenHash: h[:], ExpiresAt: tx.Now().Add(keybridge.InvitationTTL),
-			}); err != nil {
-				return err
-			}
-		}
-		return audit.Record(ctx, tx, org.ID, "member.create", memberResource(u.ID, u.Email), map[string]keybridge.Change{
-			"role": {Old: nil, New: in.Role}, "invited": {Old: nil, New: invite},
-		})
+		out.UserID = inv.ID
+		return audit.Record(ctx, tx, org.ID, action, memberResource(inv.ID, inv.Email), changes)
 	})
 	if err != nil {
 		return err
 	}
-	if out.InviteToken != "" {
-		out.InviteURL = s.publicURL(r) + "/invite?token=" + url.QueryEscape(out.InviteToken)
-	}
+	out.InviteURL = s.publicURL(r) + "/invite?token=" + url.QueryEscape(out.InviteToken)
 	writeJSON(w, http.StatusCreated, out)
 	return nil
 }
 
-// memberUser finds or creates the user a new membership is for, and says
-// whether to invite them. An invitation sets the user's password, so it is
-// issued only for a user nobody else vouches for: a new one, or one with
-// no password and no other org. Otherwise an admin of one org could take
-// over an account that belongs to another.
-func (s *Server) memberUser(ctx context.Context, tx store.Store, in createMemberRequest) (*keybridge.User, bool, error) {
-	u, err := tx.UserByEmail(ctx, in.Email)
+// isMember reports whether the address belongs to an active member of orgID.
+func (s *Server) isMember(ctx context.Context, tx store.Store, orgID, email string) (bool, error) {
+	u, err := tx.UserByEmail(ctx, email)
 	if keybridge.IsCode(err, keybridge.ENotFound) {
-		u = &keybridge.User{Email: in.Email, Name: in.Name}
-		return u, true, tx.CreateUser(ctx, u)
+		return false, nil
 	}
 	if err != nil {
-		return nil, false, err
+		return false, err
 	}
-	if u.PasswordHash != "" {
-		return u, false, nil
+	_, err = tx.Membership(ctx, orgID, u.ID)
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return false, nil
 	}
-	oms, err := tx.OrgsForUser(ctx, u.ID)
-	if err != nil {
-		return nil, false, err
-	}
-	return u, len(oms) == 0, nil
+	return err == nil, err
 }
 
 // publicURL is how users reach this server, for links.
@@ -354,7 +371,11 @@ func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) error {
 	}
 	var m *keybridge.Member
 	err = s.store.InTx(ctx, func(tx store.Store) error {
-		if m, err = tx.Member(ctx, org.ID, r.PathValue("userID")); err != nil {
+		if m, err = tx.Member(ctx, org.ID, r.PathValue("userID")); keybridge.IsCode(err, keybridge.ENotFound) {
+			m, err = updateInvitationRole(ctx, tx, org.ID, r.PathValue("userID"), role, in.Role)
+			return err
+		}
+		if err != nil {
 			return err
 		}
 		if (m.Role == keybridge.RoleOwner || in.Role == keybridge.RoleOwner) && role != keybridge.RoleOwner {
@@ -380,11 +401,40 @@ func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if m, err = s.store.Member(ctx, org.ID, m.UserID); err != nil {
-		return err
+	if !m.Invited {
+		if m, err = s.store.Member(ctx, org.ID, m.UserID); err != nil {
+			return err
+		}
 	}
 	writeJSON(w, http.StatusOK, m)
 	return nil
+}
+
+// updateInvitationRole changes the role a pending invitation will give.
+// An invited owner is no owner yet, so no last-owner rule applies, but
+// only owners may grant owner or take it from an invitation.
+func updateInvitationRole(ctx context.Context, tx store.Store, orgID, id string, callerRole, next keybridge.Role) (*keybridge.Member, error) {
+	inv, err := tx.Invitation(ctx, orgID, id)
+	if err != nil {
+		return nil, keybridge.Errorf(keybridge.ENotFound, "member not found")
+	}
+	if (inv.Role == keybridge.RoleOwner || next == keybridge.RoleOwner) && callerRole != keybridge.RoleOwner {
+		return nil, keybridge.Errorf(keybridge.EForbidden, "only owners may grant or remove owner")
+	}
+	if inv.Role != next {
+		old := inv.Role
+		inv.Role = next
+		if err := tx.UpdateInvitation(ctx, inv); err != nil {
+			return nil, err
+		}
+		if err := audit.Record(ctx, tx, orgID, "member.update", memberResource(inv.ID, inv.Email), map[string]keybridge.Change{
+			"role": {Old: old, New: next}, "invited": {Old: true, New: true},
+		}); err != nil {
+			return nil, err
+		}
+	}
+	m := inv.Member()
+	return &m, nil
 }
 
 // lastOwnerCheck refuses to take away an owner when they are the last one.
@@ -409,6 +459,9 @@ func (s *Server) deleteMember(w http.ResponseWriter, r *http.Request) error {
 	}
 	err = s.store.InTx(ctx, func(tx store.Store) error {
 		m, err := tx.Member(ctx, org.ID, r.PathValue("userID"))
+		if keybridge.IsCode(err, keybridge.ENotFound) {
+			return withdrawInvitation(ctx, tx, org.ID, r.PathValue("userID"), role)
+		}
 		if err != nil {
 			return err
 		}
@@ -432,4 +485,21 @@ func (s *Server) deleteMember(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// withdrawInvitation deletes a pending invitation: its link stops working.
+func withdrawInvitation(ctx context.Context, tx store.Store, orgID, id string, callerRole keybridge.Role) error {
+	inv, err := tx.Invitation(ctx, orgID, id)
+	if err != nil {
+		return keybridge.Errorf(keybridge.ENotFound, "member not found")
+	}
+	if inv.Role == keybridge.RoleOwner && callerRole != keybridge.RoleOwner {
+		return keybridge.Errorf(keybridge.EForbidden, "only owners may remove an owner")
+	}
+	if err := tx.DeleteInvitation(ctx, orgID, inv.ID); err != nil {
+		return err
+	}
+	return audit.Record(ctx, tx, orgID, "member.delete", memberResource(inv.ID, inv.Email), map[string]keybridge.Change{
+		"role": {Old: inv.Role, New: nil}, "invited": {Old: true, New: nil},
+	})
 }

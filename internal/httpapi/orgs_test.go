@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -21,6 +22,7 @@ type orgJSON struct {
 type memberJSON struct {
 	UserID      string          `json:"user_id"`
 	Email       string          `json:"email"`
+	Name        string          `json:"name"`
 	Role        string          `json:"role"`
 	Invited     bool            `json:"invited"`
 	Credentials map[string]bool `json:"credentials"`
@@ -136,21 +138,33 @@ func TestMembers(t *testing.T) {
 			t.Fatal(err)
 		}
 
+		// Admins see who holds a personal key (SPEC §6); members do not.
+		for name, c := range map[string]struct {
+			key       string
+			wantFlags bool
+		}{"member": {memberKey, false}, "admin": {adminKey, true}, "owner": {e.OwnerKey, true}} {
+			resp, raw := e.do("GET", base, c.key, nil)
+			wantStatus(t, resp, raw, http.StatusOK)
+			byID := map[string]memberJSON{}
+			for _, m := range decodeAs[struct{ Items []memberJSON }](t, raw).Items {
+				byID[m.UserID] = m
+			}
+			if len(byID) != 3 || byID[e.Owner.ID].Role != "owner" || byID[adminID].Role != "admin" {
+				t.Errorf("GET members as %s = %s", name, raw)
+			}
+			got := byID[memberID].Credentials
+			if c.wantFlags && (!got[p.ID] || len(got) != 1) {
+				t.Errorf("GET members as %s: member's credentials = %v, want {%s: true}", name, got, p.ID)
+			}
+			if !c.wantFlags && (got != nil || strings.Contains(string(raw), `"credentials"`)) {
+				t.Errorf("GET members as %s shows credential flags: %s", name, raw)
+			}
+			if byID[adminID].Credentials != nil {
+				t.Errorf("GET members as %s: admin's credentials = %v, want none", name, byID[adminID].Credentials)
+			}
+		}
 		resp, raw := e.do("GET", base, memberKey, nil)
 		wantStatus(t, resp, raw, http.StatusOK)
-		byID := map[string]memberJSON{}
-		for _, m := range decodeAs[struct{ Items []memberJSON }](t, raw).Items {
-			byID[m.UserID] = m
-		}
-		if len(byID) != 3 || byID[e.Owner.ID].Role != "owner" || byID[adminID].Role != "admin" {
-			t.Errorf("GET members = %s", raw)
-		}
-		if got := byID[memberID].Credentials; !got[p.ID] || len(got) != 1 {
-			t.Errorf("member's credentials = %v, want {%s: true}", got, p.ID)
-		}
-		if byID[adminID].Credentials != nil {
-			t.Errorf("admin's credentials = %v, want none", byID[adminID].Credentials)
-		}
 		resp, raw = e.do("GET", base, other.OwnerKey, nil)
 		wantError(t, resp, raw, keybridge.ENotFound)
 

@@ -17,6 +17,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/auth/logout", s.h(s.logout))
 	mux.Handle("POST /api/v1/auth/accept-invite", s.h(s.acceptInvite))
 	mux.Handle("GET /api/v1/users/me", s.authed(s.me))
+	mux.Handle("POST /api/v1/users/me/password", s.authed(s.changePassword))
 
 	// Orgs and members (SPEC §2).
 	mux.Handle("GET /api/v1/orgs", s.authed(s.listOrgs))

@@ -110,6 +110,11 @@ func (in *SetupInput) validate(requirePassword bool) error {
 	return v.Err()
 }
 
+// PasswordProblem says why p cannot be a password, or "" when it can: the
+// one rule of setup, accept-invite and the password endpoint, for callers
+// that ask for a password before calling Setup (the CLI's prompt).
+func PasswordProblem(p string) string { return passwordProblem(p) }
+
 func passwordProblem(p string) string {
 	switch {
 	case len(p) < minPassword:
@@ -385,8 +390,8 @@ func (in *acceptInviteRequest) Validate() error {
 	if in.Token == "" {
 		v.Add("token", "is required")
 	}
-	if why := passwordProblem(in.Password); why != "" {
-		v.Add("password", why)
+	if len(in.Password) > maxPassword {
+		v.Add("password", "must be at most 256 characters")
 	}
 	if in.Name != nil {
 		n := strings.TrimSpace(*in.Name)
@@ -400,6 +405,23 @@ func (in *acceptInviteRequest) Validate() error {
 
 var errNoInvitation = keybridge.Errorf(keybridge.ENotFound, "invitation not found, already used or expired")
 
+// acceptInvite turns a pending invitation into a membership, for the user
+// of the invitation's address, who proves to be them in one of three ways:
+//
+//   - signed in (the web session, with its X-CSRF-Token) as the account of
+//     that address: no password needed;
+//   - not signed in, for an address with no account yet (or an account
+//     with neither password nor org, which nobody vouches for): the
+//     password given becomes the new account's password;
+//   - not signed in, for an account with a password: the password given
+//     must be that password (checked under the login limits); an
+//     invitation never sets or replaces the password of an account that
+//     has one.
+//
+// An account with API keys but no password sets one first
+// (POST /api/v1/users/me/password), then signs in and accepts. The
+// membership gets the invitation's role; the invitation is deleted, so the
+// token works once.
 func (s *Server) acceptInvite(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	in, err := decode[acceptInviteRequest](w, r)
@@ -407,60 +429,196 @@ func (s *Server) acceptInvite(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	h := sha256.Sum256([]byte(in.Token))
-	inv, err := s.store.InvitationByHash(ctx, h[:])
-	if keybridge.IsCode(err, keybridge.ENotFound) {
-		return errNoInvitation
-	}
+	inv, err := liveInvitation(ctx, s.store, h[:])
 	if err != nil {
 		return err
 	}
-	if inv.AcceptedAt != nil || !time.Now().Before(inv.ExpiresAt) {
-		return errNoInvitation
-	}
-	hash, err := hashPassword(in.Password)
+	caller, err := s.sessionCaller(r)
 	if err != nil {
 		return err
 	}
-	var u *keybridge.User
+	var u *keybridge.User // the account joining; nil: one to create
+	var newHash string    // the password to set, for an account without one
+	if caller != nil {
+		if keybridge.NormalizeEmail(caller.Email) != inv.Email {
+			return keybridge.Errorf(keybridge.EForbidden, "this invitation is for another address: sign out, then accept it")
+		}
+		if u, err = s.store.User(ctx, caller.UserID); err != nil {
+			return err
+		}
+	} else {
+		if u, err = s.store.UserByEmail(ctx, inv.Email); keybridge.IsCode(err, keybridge.ENotFound) {
+			u, err = nil, nil
+		}
+		if err != nil {
+			return err
+		}
+		open, err := unclaimed(ctx, s.store, u)
+		if err != nil {
+			return err
+		}
+		switch {
+		case open:
+			if why := passwordProblem(in.Password); why != "" {
+				return keybridge.FieldError("password", why)
+			}
+			if newHash, err = hashPassword(in.Password); err != nil {
+				return err
+			}
+		case u.PasswordHash == "":
+			return keybridge.Errorf(keybridge.EForbidden,
+				"the account of this address has no password: set one with POST /api/v1/users/me/password (with one of its API keys), sign in, then accept the invitation")
+		case in.Password == "":
+			return keybridge.FieldError("password", "is required: the current password of the account of this address (or sign in first)")
+		default:
+			info := keybridge.RequestInfoFromContext(ctx)
+			if u, err = s.auth.VerifyUserPassword(ctx, inv.Email, in.Password, info.IP); err != nil {
+				return err
+			}
+		}
+	}
 	err = s.store.InTx(ctx, func(tx store.Store) error {
-		// Accepting is the single-use gate: of two concurrent accepts,
-		// the second finds the invitation taken.
-		if err := tx.AcceptInvitation(ctx, inv.ID); err != nil {
+		// Deleting the invitation is the single-use gate: of two
+		// concurrent accepts, the second finds it gone. It is read again
+		// first: a re-invitation may have replaced the token meanwhile.
+		cur, err := liveInvitation(ctx, tx, h[:])
+		if err != nil {
+			return err
+		}
+		if cur.ID != inv.ID {
+			return errNoInvitation
+		}
+		if err := tx.DeleteInvitation(ctx, cur.OrgID, cur.ID); err != nil {
 			if keybridge.IsCode(err, keybridge.ENotFound) {
 				return errNoInvitation
 			}
 			return err
 		}
-		// An invitation is for the membership it was issued with: once
-		// the member is removed, or removed and added back, it is void.
-		// Otherwise whoever kept the link could set the password of a
-		// user who has since joined another org.
-		m, err := tx.Member(ctx, inv.OrgID, inv.UserID)
-		if keybridge.IsCode(err, keybridge.ENotFound) || (err == nil && m.CreatedAt.After(inv.CreatedAt)) {
-			return errNoInvitation
-		}
-		if err != nil {
+		changes := map[string]keybridge.Change{"role": {Old: nil, New: cur.Role}}
+		if u, err = joiningUser(ctx, tx, cur, u, newHash, in.Name, changes); err != nil {
 			return err
 		}
-		if u, err = tx.User(ctx, inv.UserID); err != nil {
-			return err
-		}
-		changes := map[string]keybridge.Change{"password": {Old: keybridge.Redacted, New: keybridge.Redacted}}
-		u.PasswordHash = hash
-		if in.Name != nil {
-			diff(changes, "name", u.Name, *in.Name)
-			u.Name = *in.Name
-		}
-		if err := tx.UpdateUser(ctx, u); err != nil {
+		if err := tx.CreateMembership(ctx, &keybridge.Membership{OrgID: cur.OrgID, UserID: u.ID, Role: cur.Role}); err != nil {
+			if keybridge.IsCode(err, keybridge.EConflict) {
+				return keybridge.Errorf(keybridge.EConflict, "already a member of this org")
+			}
 			return err
 		}
 		actx := keybridge.NewContextWithPrincipal(ctx, &keybridge.Principal{Type: keybridge.ActorUser, UserID: u.ID, Email: u.Email})
-		return audit.Record(actx, tx, inv.OrgID, "member.accept_invite", keybridge.Resource{Type: "user", ID: u.ID, Name: u.Email}, changes)
+		return audit.Record(actx, tx, cur.OrgID, "member.accept_invite", keybridge.Resource{Type: "user", ID: u.ID, Name: u.Email}, changes)
 	})
 	if err != nil {
 		return err
 	}
+	if caller != nil {
+		// Already signed in: the session goes on, with its CSRF token.
+		writeJSON(w, http.StatusOK, loginResponse{User: u, CSRFToken: caller.SessionCSRF})
+		return nil
+	}
 	return s.startSession(w, r, u, nil, http.StatusOK)
+}
+
+// liveInvitation finds the pending, unexpired invitation of a token's hash.
+func liveInvitation(ctx context.Context, st store.Store, hash []byte) (*keybridge.Invitation, error) {
+	inv, err := st.InvitationByHash(ctx, hash)
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil, errNoInvitation
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !time.Now().Before(inv.ExpiresAt) {
+		return nil, errNoInvitation
+	}
+	return inv, nil
+}
+
+// unclaimed reports whether an invitation may set the password of u: there
+// is no account (nil), or one with neither a password nor an org, which
+// nobody vouches for. Otherwise an admin of one org could take over an
+// account that belongs to another.
+func unclaimed(ctx context.Context, st store.Store, u *keybridge.User) (bool, error) {
+	if u == nil {
+		return true, nil
+	}
+	if u.PasswordHash != "" {
+		return false, nil
+	}
+	oms, err := st.OrgsForUser(ctx, u.ID)
+	return err == nil && len(oms) == 0, err
+}
+
+// joiningUser creates or updates, inside the accepting transaction, the
+// account that joins: a new one takes the invitation's ID (the member ID
+// the inviter saw), the name given or the inviter's, and the password.
+func joiningUser(ctx context.Context, tx store.Store, inv *keybridge.Invitation, u *keybridge.User, newHash string, name *string,
+	changes map[string]keybridge.Change) (*keybridge.User, error) {
+	if u == nil {
+		nu := &keybridge.User{ID: inv.ID, Email: inv.Email, Name: cmp.Or(deref(name), inv.Name), PasswordHash: newHash}
+		if err := tx.CreateUser(ctx, nu); err != nil {
+			if keybridge.IsCode(err, keybridge.EConflict) {
+				return nil, keybridge.Errorf(keybridge.EConflict, "an account with this address was created meanwhile: try again")
+			}
+			return nil, err
+		}
+		changes["password"] = keybridge.Change{Old: nil, New: keybridge.Redacted}
+		return nu, nil
+	}
+	cur, err := tx.User(ctx, u.ID)
+	if err != nil {
+		return nil, err
+	}
+	if newHash != "" {
+		// Checked again here: a password set since the check above must
+		// not be replaced.
+		if cur.PasswordHash != "" {
+			return nil, keybridge.Errorf(keybridge.EConflict, "the account's password was set meanwhile: sign in, then accept")
+		}
+		cur.PasswordHash = newHash
+		changes["password"] = keybridge.Change{Old: nil, New: keybridge.Redacted}
+	}
+	if name != nil {
+		diff(changes, "name", cur.Name, *name)
+		cur.Name = *name
+	}
+	if newHash != "" || name != nil {
+		if err := tx.UpdateUser(ctx, cur); err != nil {
+			return nil, err
+		}
+	}
+	return cur, nil
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+// sessionCaller returns the principal of a valid session cookie on r, or
+// nil when there is none (an expired or unknown one counts as none: a stale
+// cookie must not stand in the way). A session counts only with its
+// X-CSRF-Token, as on every unsafe route: a forged cross-site request
+// cannot make a signed-in user join an org.
+func (s *Server) sessionCaller(r *http.Request) (*keybridge.Principal, error) {
+	c, err := r.Cookie(auth.SessionCookie)
+	if err != nil || c.Value == "" {
+		return nil, nil
+	}
+	p, err := s.auth.VerifySession(r.Context(), c.Value)
+	if keybridge.IsCode(err, keybridge.EUnauthenticated) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare([]byte(r.Header.Get("X-CSRF-Token")), []byte(p.SessionCSRF)) != 1 {
+		// Without its CSRF token the session vouches for nothing: the
+		// request is taken as not signed in, and must bring a password.
+		return nil, nil
+	}
+	return p, nil
 }
 
 // meOrg is one of the caller's orgs with its role and what the caller may

@@ -75,34 +75,56 @@ type Membership struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Member is a membership joined with its user, as the member list shows it.
+// Member is a membership joined with its user, as the member list shows it,
+// or a pending invitation. A pending one has the invitation's ID as UserID,
+// the address and name the inviter gave, and grants nothing until the user
+// accepts it: nothing in it tells whether the address has an account.
 type Member struct {
 	Membership
 	Email string `json:"email"`
 	Name  string `json:"name"`
-	// Invited is true while the user has not accepted an invitation yet.
+	// Invited is true for an invitation not accepted yet.
 	Invited bool `json:"invited"`
+	// InviteExpiresAt is when a pending invitation stops working (it
+	// stays listed, for the inviter to renew or withdraw).
+	InviteExpiresAt *time.Time `json:"invite_expires_at,omitempty"`
 	// Credentials names, per provider ID, whether the member has a personal
-	// credential for it (SPEC §6); filled by the API layer.
+	// credential for it (SPEC §6); filled by the API layer, for admins only.
 	Credentials map[string]bool `json:"credentials,omitempty"`
 }
 
-// Invitation lets a new member set a password once. Only the SHA-256 of its
-// token is stored.
+// Invitation is a pending membership of whoever holds the address: the
+// role and name the inviter gave, and the SHA-256 of its token (the token
+// itself is only ever in the inviter's answer). It references no user: the
+// user, new or existing, is found by address when accepting.
 type Invitation struct {
-	ID         string
-	OrgID      string
-	UserID     string
-	TokenHash  []byte
-	ExpiresAt  time.Time
-	AcceptedAt *time.Time
-	CreatedAt  time.Time
+	ID        string
+	OrgID     string
+	Email     string
+	Name      string
+	Role      Role
+	TokenHash []byte
+	// InvitedBy is the ID of the user who invited, for the audit trail.
+	InvitedBy string
+	ExpiresAt time.Time
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Member is how the member list shows inv.
+func (inv *Invitation) Member() Member {
+	return Member{
+		Membership: Membership{OrgID: inv.OrgID, UserID: inv.ID, Role: inv.Role, CreatedAt: inv.CreatedAt, UpdatedAt: inv.UpdatedAt},
+		Email:      inv.Email, Name: inv.Name, Invited: true, InviteExpiresAt: &inv.ExpiresAt,
+	}
 }
 
 // InvitationTTL is how long an invitation stays valid.
 const InvitationTTL = 7 * 24 * time.Hour
 
 // Session is a web UI login. Only the SHA-256 of its token is stored.
+// CSRFToken is never stored: it is derived from the session's token (see
+// auth), and set only on a session just created or verified.
 type Session struct {
 	ID        string
 	UserID    string

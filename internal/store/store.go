@@ -103,7 +103,8 @@ type Identity interface {
 	CreateMembership(ctx context.Context, m *keybridge.Membership) error
 	// Membership finds userID's membership of orgID. ENotFound.
 	Membership(ctx context.Context, orgID, userID string) (*keybridge.Membership, error)
-	// Members lists an org's members ordered by email.
+	// Members lists an org's members and pending invitations (as
+	// Member.Invited) ordered by email.
 	Members(ctx context.Context, orgID string, page Page) ([]keybridge.Member, string, error)
 	// Member returns one member of orgID. ENotFound.
 	Member(ctx context.Context, orgID, userID string) (*keybridge.Member, error)
@@ -117,14 +118,24 @@ type Identity interface {
 	// two concurrent demotions cannot both pass the last-owner check.
 	CountOwners(ctx context.Context, orgID string) (int, error)
 
-	// CreateInvitation inserts inv, setting ID and CreatedAt.
+	// CreateInvitation inserts a pending invitation, setting ID (when
+	// empty) and times. EConflict when orgID already has one for the email.
 	CreateInvitation(ctx context.Context, inv *keybridge.Invitation) error
-	// InvitationByHash finds an invitation by the SHA-256 of its token. ENotFound.
+	// Invitation finds a pending invitation of orgID by ID. ENotFound.
+	Invitation(ctx context.Context, orgID, id string) (*keybridge.Invitation, error)
+	// InvitationByEmail finds orgID's pending invitation of a normalized
+	// address. ENotFound.
+	InvitationByEmail(ctx context.Context, orgID, email string) (*keybridge.Invitation, error)
+	// InvitationByHash finds an invitation by the SHA-256 of its token,
+	// expired ones too: the caller says why one no longer works. ENotFound.
 	InvitationByHash(ctx context.Context, hash []byte) (*keybridge.Invitation, error)
-	// AcceptInvitation marks an unaccepted invitation accepted at the
-	// transaction's time. ENotFound when it was already accepted or has
-	// expired.
-	AcceptInvitation(ctx context.Context, id string) error
+	// UpdateInvitation writes inv's name, role, token hash and expiry (a
+	// re-invitation). ENotFound.
+	UpdateInvitation(ctx context.Context, inv *keybridge.Invitation) error
+	// DeleteInvitation removes a pending invitation of orgID: it was
+	// accepted or withdrawn. Of concurrent deletes of one invitation
+	// exactly one succeeds, which makes accepting single-use. ENotFound.
+	DeleteInvitation(ctx context.Context, orgID, id string) error
 
 	// CreateSession inserts s, setting ID and CreatedAt.
 	CreateSession(ctx context.Context, s *keybridge.Session) error
@@ -132,6 +143,9 @@ type Identity interface {
 	SessionByHash(ctx context.Context, hash []byte) (*keybridge.Session, error)
 	// DeleteSession removes a session; a missing one is not an error.
 	DeleteSession(ctx context.Context, id string) error
+	// DeleteUserSessions removes every session of userID except the one
+	// with ID keep (none when empty) and returns how many went.
+	DeleteUserSessions(ctx context.Context, userID, keep string) (int64, error)
 	// DeleteExpiredSessions removes sessions that expired at or before t
 	// and returns how many went.
 	DeleteExpiredSessions(ctx context.Context, t time.Time) (int64, error)

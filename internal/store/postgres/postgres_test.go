@@ -131,3 +131,7 @@ func TestListsSortBytewise(t *testing.T) {
 func TestUsageRollupBackfill(t *testing.T) {
 	storetest.UsageRollupBackfill(t, storetest.Postgres, postgres.Migrate)
 }
+
+func TestInvitationsCarryOver(t *testing.T) {
+	storetest.InvitationsCarryOver(t, storetest.Postgres, postgres.Migrate)
+}

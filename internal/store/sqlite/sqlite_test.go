@@ -97,3 +97,7 @@ func TestReopen(t *testing.T) {
 func TestUsageRollupBackfill(t *testing.T) {
 	storetest.UsageRollupBackfill(t, storetest.SQLite, sqlite.Migrate)
 }
+
+func TestInvitationsCarryOver(t *testing.T) {
+	storetest.InvitationsCarryOver(t, storetest.SQLite, sqlite.Migrate)
+}

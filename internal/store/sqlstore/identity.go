@@ -166,37 +166,48 @@ func (s *Store) Membership(ctx context.Context, orgID, userID string) (*keybridg
 	return &m, nil
 }
 
-// memberColumns reads a membership with its user. A user without a
-// password has not accepted their invitation yet.
-const memberColumns = `m.org_id, m.user_id, m.role, m.created_at, m.updated_at, u.email, u.name, u.password_hash = ''`
+// memberColumns reads a membership with its user; invitationMemberColumns
+// reads a pending invitation in the same shape.
+const (
+	memberColumns           = `m.org_id, m.user_id, m.role, m.created_at, m.updated_at, u.email, u.name, 0 AS invited, NULL AS expires_at`
+	invitationMemberColumns = `i.org_id, i.id, i.role, i.created_at, i.updated_at, i.email, i.name, 1 AS invited, i.expires_at`
+)
 
 func scanMember(sc rowScanner) (*keybridge.Member, error) {
 	var m keybridge.Member
-	err := sc.Scan(&m.OrgID, &m.UserID, &m.Role, timeCol{&m.CreatedAt}, timeCol{&m.UpdatedAt}, &m.Email, &m.Name, &m.Invited)
+	var invited int
+	err := sc.Scan(&m.OrgID, &m.UserID, &m.Role, timeCol{&m.CreatedAt}, timeCol{&m.UpdatedAt}, &m.Email, &m.Name, &invited,
+		nullTimeCol{&m.InviteExpiresAt})
 	if err != nil {
 		return nil, err
 	}
+	m.Invited = invited == 1
 	return &m, nil
 }
 
-// Members implements store.Identity. The cursor is the last email of the
-// previous page; emails are unique, so it is a full sort key.
+// Members implements store.Identity. The cursor is the last (email, ID) of
+// the previous page: an address is a member or invited, so the email
+// alone sorts, and the ID breaks the tie a race could leave.
 func (s *Store) Members(ctx context.Context, orgID string, page store.Page) ([]keybridge.Member, string, error) {
 	limit := limitOf(page)
-	after, err := decodeCursor(page.Cursor, 1)
+	after, err := decodeCursor(page.Cursor, 2)
 	if err != nil {
 		return nil, "", err
 	}
-	var last string
+	var lastEmail, lastID string
 	if after != nil {
-		last = after[0]
+		lastEmail, lastID = after[0], after[1]
 	}
-	out, err := queryAll(ctx, s, scanMember, `SELECT `+memberColumns+` FROM memberships m JOIN users u ON u.id = m.user_id
-		WHERE m.org_id = ? AND u.email > ? ORDER BY u.email LIMIT ?`, orgID, last, limit+1)
+	out, err := queryAll(ctx, s, scanMember, `SELECT * FROM (
+			SELECT `+memberColumns+` FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = ?
+			UNION ALL
+			SELECT `+invitationMemberColumns+` FROM member_invitations i WHERE i.org_id = ?
+		) ms WHERE ms.email > ? OR (ms.email = ? AND ms.user_id > ?) ORDER BY ms.email, ms.user_id LIMIT ?`,
+		orgID, orgID, lastEmail, lastEmail, lastID, limit+1)
 	if err != nil {
 		return nil, "", err
 	}
-	out, next := trimPage(out, limit, func(m *keybridge.Member) []string { return []string{m.Email} })
+	out, next := trimPage(out, limit, func(m *keybridge.Member) []string { return []string{m.Email, m.UserID} })
 	return out, next, nil
 }
 
@@ -253,37 +264,63 @@ func (s *Store) CreateInvitation(ctx context.Context, inv *keybridge.Invitation)
 	if inv.ID == "" {
 		inv.ID = newID()
 	}
-	inv.CreatedAt = s.Now()
-	_, err := s.exec(ctx, `INSERT INTO invitations (id, org_id, user_id, token_hash, expires_at, accepted_at, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		inv.ID, inv.OrgID, inv.UserID, inv.TokenHash, s.ts(inv.ExpiresAt), s.tsNull(inv.AcceptedAt), s.ts(inv.CreatedAt))
-	return s.conflict(err, "invitation exists")
+	now := s.Now()
+	inv.CreatedAt, inv.UpdatedAt = now, now
+	_, err := s.exec(ctx, `INSERT INTO member_invitations (id, org_id, email, name, role, token_hash, invited_by, expires_at, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		inv.ID, inv.OrgID, inv.Email, inv.Name, string(inv.Role), inv.TokenHash, inv.InvitedBy, s.ts(inv.ExpiresAt), s.ts(now), s.ts(now))
+	return s.conflict(err, "the address is already invited")
 }
 
-// InvitationByHash implements store.Identity. It returns expired and
-// accepted invitations too; the caller says why one no longer works.
-func (s *Store) InvitationByHash(ctx context.Context, hash []byte) (*keybridge.Invitation, error) {
+const invitationColumns = `id, org_id, email, name, role, token_hash, invited_by, expires_at, created_at, updated_at`
+
+func scanInvitation(sc rowScanner) (*keybridge.Invitation, error) {
 	var inv keybridge.Invitation
-	err := s.queryRow(ctx, `SELECT id, org_id, user_id, token_hash, expires_at, accepted_at, created_at
-		FROM invitations WHERE token_hash = ?`, hash).
-		Scan(&inv.ID, &inv.OrgID, &inv.UserID, &inv.TokenHash, timeCol{&inv.ExpiresAt}, nullTimeCol{&inv.AcceptedAt}, timeCol{&inv.CreatedAt})
+	err := sc.Scan(&inv.ID, &inv.OrgID, &inv.Email, &inv.Name, &inv.Role, &inv.TokenHash, &inv.InvitedBy,
+		timeCol{&inv.ExpiresAt}, timeCol{&inv.CreatedAt}, timeCol{&inv.UpdatedAt})
 	if err != nil {
 		return nil, notFound(err, "invitation")
 	}
 	return &inv, nil
 }
 
-// AcceptInvitation implements store.Identity. An expired invitation is
-// not found either, so a token cannot be used past its life even by a
-// caller that forgot to check.
-func (s *Store) AcceptInvitation(ctx context.Context, id string) error {
+// Invitation implements store.Identity.
+func (s *Store) Invitation(ctx context.Context, orgID, id string) (*keybridge.Invitation, error) {
+	return scanInvitation(s.queryRow(ctx, `SELECT `+invitationColumns+` FROM member_invitations WHERE org_id = ? AND id = ?`, orgID, id))
+}
+
+// InvitationByEmail implements store.Identity.
+func (s *Store) InvitationByEmail(ctx context.Context, orgID, email string) (*keybridge.Invitation, error) {
+	return scanInvitation(s.queryRow(ctx, `SELECT `+invitationColumns+` FROM member_invitations WHERE org_id = ? AND email = ?`,
+		orgID, keybridge.NormalizeEmail(email)))
+}
+
+// InvitationByHash implements store.Identity.
+func (s *Store) InvitationByHash(ctx context.Context, hash []byte) (*keybridge.Invitation, error) {
+	return scanInvitation(s.queryRow(ctx, `SELECT `+invitationColumns+` FROM member_invitations WHERE token_hash = ?`, hash))
+}
+
+// UpdateInvitation implements store.Identity.
+func (s *Store) UpdateInvitation(ctx context.Context, inv *keybridge.Invitation) error {
 	now := s.Now()
-	res, err := s.exec(ctx, `UPDATE invitations SET accepted_at = ?
-		WHERE id = ? AND accepted_at IS NULL AND expires_at > ?`, s.ts(now), id, s.ts(now))
+	res, err := s.exec(ctx, `UPDATE member_invitations SET name = ?, role = ?, token_hash = ?, invited_by = ?, expires_at = ?, updated_at = ?
+		WHERE org_id = ? AND id = ?`,
+		inv.Name, string(inv.Role), inv.TokenHash, inv.InvitedBy, s.ts(inv.ExpiresAt), s.ts(now), inv.OrgID, inv.ID)
+	if err := mustAffect(res, s.conflict(err, "invitation token exists"), "invitation"); err != nil {
+		return err
+	}
+	inv.UpdatedAt = now
+	return nil
+}
+
+// DeleteInvitation implements store.Identity.
+func (s *Store) DeleteInvitation(ctx context.Context, orgID, id string) error {
+	res, err := s.exec(ctx, `DELETE FROM member_invitations WHERE org_id = ? AND id = ?`, orgID, id)
 	return mustAffect(res, err, "invitation")
 }
 
-// CreateSession implements store.Identity.
+// CreateSession implements store.Identity. The CSRF token is not stored:
+// it is derived from the session's token, which only the client holds.
 func (s *Store) CreateSession(ctx context.Context, sess *keybridge.Session) error {
 	if sess.ID == "" {
 		sess.ID = newID()
@@ -291,16 +328,16 @@ func (s *Store) CreateSession(ctx context.Context, sess *keybridge.Session) erro
 	sess.CreatedAt = s.Now()
 	_, err := s.exec(ctx, `INSERT INTO sessions (id, user_id, token_hash, csrf_token, ip, user_agent, expires_at, created_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		sess.ID, sess.UserID, sess.TokenHash, sess.CSRFToken, sess.IP, sess.UserAgent, s.ts(sess.ExpiresAt), s.ts(sess.CreatedAt))
+		sess.ID, sess.UserID, sess.TokenHash, "", sess.IP, sess.UserAgent, s.ts(sess.ExpiresAt), s.ts(sess.CreatedAt))
 	return s.conflict(err, "session exists")
 }
 
 // SessionByHash implements store.Identity.
 func (s *Store) SessionByHash(ctx context.Context, hash []byte) (*keybridge.Session, error) {
 	var sess keybridge.Session
-	err := s.queryRow(ctx, `SELECT id, user_id, token_hash, csrf_token, ip, user_agent, expires_at, created_at
+	err := s.queryRow(ctx, `SELECT id, user_id, token_hash, ip, user_agent, expires_at, created_at
 		FROM sessions WHERE token_hash = ? AND expires_at > ?`, hash, s.ts(s.Now())).
-		Scan(&sess.ID, &sess.UserID, &sess.TokenHash, &sess.CSRFToken, &sess.IP, &sess.UserAgent, timeCol{&sess.ExpiresAt}, timeCol{&sess.CreatedAt})
+		Scan(&sess.ID, &sess.UserID, &sess.TokenHash, &sess.IP, &sess.UserAgent, timeCol{&sess.ExpiresAt}, timeCol{&sess.CreatedAt})
 	if err != nil {
 		return nil, notFound(err, "session")
 	}
@@ -311,6 +348,15 @@ func (s *Store) SessionByHash(ctx context.Context, hash []byte) (*keybridge.Sess
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	_, err := s.exec(ctx, `DELETE FROM sessions WHERE id = ?`, id)
 	return err
+}
+
+// DeleteUserSessions implements store.Identity.
+func (s *Store) DeleteUserSessions(ctx context.Context, userID, keep string) (int64, error) {
+	res, err := s.exec(ctx, `DELETE FROM sessions WHERE user_id = ? AND id <> ?`, userID, keep)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // DeleteExpiredSessions implements store.Identity.

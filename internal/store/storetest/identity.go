@@ -10,6 +10,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/sqlstore"
 )
 
 func testIdentity(t *testing.T, newStore Factory) {
@@ -151,8 +152,10 @@ func testIdentity(t *testing.T, newStore Factory) {
 		baseCode(t, "Membership(of another org)", err, keybridge.ENotFound)
 
 		got, err := st.Member(ctx, org.ID, invited.ID)
-		if err != nil || got.Email != "invited@example.com" || !got.Invited || got.Role != keybridge.RoleMember {
-			t.Errorf("Member(invited) = %+v, %v; want invited member invited@example.com", got, err)
+		// A member without a password is a member all the same: only a
+		// pending invitation is "invited".
+		if err != nil || got.Email != "invited@example.com" || got.Invited || got.Role != keybridge.RoleMember {
+			t.Errorf("Member(passwordless) = %+v, %v; want a member invited@example.com, not invited", got, err)
 		}
 		got, err = st.Member(ctx, org.ID, owner.ID)
 		if err != nil || got.Invited || got.Name != owner.Name {
@@ -293,10 +296,19 @@ func testIdentity(t *testing.T, newStore Factory) {
 	t.Run("Invitations", func(t *testing.T) {
 		st := newStore(t)
 		org := baseOrg(t, st, "acme")
-		u := baseUser(t, st, "new@example.com")
-		inv := &keybridge.Invitation{OrgID: org.ID, UserID: u.ID, TokenHash: baseHash("invite"), ExpiresAt: baseTime}
+		other := baseOrg(t, st, "other")
+		owner := baseUser(t, st, "owner@example.com")
+		baseMember(t, st, org.ID, owner.ID, keybridge.RoleOwner)
+		// An invitation of an address that has an account references no
+		// user and makes no membership.
+		existing := baseUser(t, st, "zed@example.com")
+		inv := &keybridge.Invitation{OrgID: org.ID, Email: "zed@example.com", Name: "Given Name", Role: keybridge.RoleAdmin,
+			TokenHash: baseHash("invite"), InvitedBy: owner.ID, ExpiresAt: baseTime}
 		if err := st.CreateInvitation(ctx, inv); err != nil {
 			t.Fatalf("CreateInvitation = %v", err)
+		}
+		if inv.ID == "" || inv.ID == existing.ID || inv.CreatedAt.IsZero() {
+			t.Errorf("CreateInvitation set ID %q, created %v; want a new ID, not the user's, and a time", inv.ID, inv.CreatedAt)
 		}
 		got, err := st.InvitationByHash(ctx, baseHash("invite"))
 		if err != nil {
@@ -304,26 +316,86 @@ func testIdentity(t *testing.T, newStore Factory) {
 		}
 		// Times come back to the microsecond, in UTC.
 		if want := baseTime.Truncate(time.Microsecond); !got.ExpiresAt.Equal(want) || got.ExpiresAt.Location() != time.UTC ||
-			got.ID != inv.ID || got.AcceptedAt != nil || !got.CreatedAt.Equal(inv.CreatedAt) {
+			got.ID != inv.ID || got.Email != inv.Email || got.Name != inv.Name || got.Role != keybridge.RoleAdmin ||
+			got.InvitedBy != owner.ID || !got.CreatedAt.Equal(inv.CreatedAt) {
 			t.Errorf("InvitationByHash = %+v, want %+v with expiry %v", got, inv, want)
 		}
 		_, err = st.InvitationByHash(ctx, baseHash("other"))
 		baseCode(t, "InvitationByHash(unknown)", err, keybridge.ENotFound)
-
-		if err := st.AcceptInvitation(ctx, inv.ID); err != nil {
-			t.Fatalf("AcceptInvitation = %v", err)
+		if got, err := st.InvitationByEmail(ctx, org.ID, "ZED@example.com"); err != nil || got.ID != inv.ID {
+			t.Errorf("InvitationByEmail = %+v, %v; want %s", got, err, inv.ID)
 		}
-		baseCode(t, "AcceptInvitation(again)", st.AcceptInvitation(ctx, inv.ID), keybridge.ENotFound)
-		if got, err := st.InvitationByHash(ctx, baseHash("invite")); err != nil || got.AcceptedAt == nil {
-			t.Errorf("InvitationByHash after accept = %+v, %v; want accepted_at set", got, err)
+		_, err = st.InvitationByEmail(ctx, other.ID, "zed@example.com")
+		baseCode(t, "InvitationByEmail(other org)", err, keybridge.ENotFound)
+		_, err = st.Invitation(ctx, other.ID, inv.ID)
+		baseCode(t, "Invitation(other org)", err, keybridge.ENotFound)
+		err = st.CreateInvitation(ctx, &keybridge.Invitation{OrgID: org.ID, Email: "zed@example.com", Name: "x", Role: keybridge.RoleMember,
+			TokenHash: baseHash("second"), ExpiresAt: baseTime})
+		baseCode(t, "CreateInvitation(same address)", err, keybridge.EConflict)
+
+		// Pending, it grants nothing: no membership, no org.
+		_, err = st.Membership(ctx, org.ID, existing.ID)
+		baseCode(t, "Membership(invited user)", err, keybridge.ENotFound)
+		if oms, err := st.OrgsForUser(ctx, existing.ID); err != nil || len(oms) != 0 {
+			t.Errorf("OrgsForUser(invited user) = %v, %v; want none", oms, err)
+		}
+		if n, err := st.CountOwners(ctx, org.ID); err != nil || n != 1 {
+			t.Errorf("CountOwners = %d, %v; want 1", n, err)
+		}
+		// The member list shows it with the inviter's name, after the
+		// members it sorts after.
+		ms, _, err := st.Members(ctx, org.ID, store.Page{})
+		if err != nil || len(ms) != 2 {
+			t.Fatalf("Members = %+v, %v; want the owner and the invitation", ms, err)
+		}
+		if m := ms[1]; m.UserID != inv.ID || !m.Invited || m.Name != "Given Name" || m.Email != "zed@example.com" || m.Role != keybridge.RoleAdmin ||
+			m.InviteExpiresAt == nil || !m.InviteExpiresAt.Equal(baseTime.Truncate(time.Microsecond)) {
+			t.Errorf("Members[1] = %+v; want the invitation %s, invited, named Given Name, expiring %v", m, inv.ID, baseTime)
+		}
+		if ms[0].Invited || ms[0].InviteExpiresAt != nil {
+			t.Errorf("Members[0] = %+v; want the owner, not invited", ms[0])
+		}
+		page1, next, err := st.Members(ctx, org.ID, store.Page{Limit: 1})
+		if err != nil || len(page1) != 1 || next == "" {
+			t.Fatalf("Members(limit 1) = %v, %q, %v", page1, next, err)
+		}
+		page2, next2, err := st.Members(ctx, org.ID, store.Page{Limit: 1, Cursor: next})
+		if err != nil || len(page2) != 1 || page2[0].UserID != inv.ID || next2 != "" {
+			t.Errorf("Members(page 2) = %+v, %q, %v; want the invitation alone", page2, next2, err)
 		}
 
-		expired := &keybridge.Invitation{OrgID: org.ID, UserID: u.ID, TokenHash: baseHash("expired"), ExpiresAt: time.Now().Add(-time.Minute)}
-		if err := st.CreateInvitation(ctx, expired); err != nil {
+		// A re-invitation replaces token, name, role and expiry in place.
+		inv.TokenHash, inv.Name, inv.Role, inv.ExpiresAt = baseHash("again"), "New Name", keybridge.RoleMember, baseTime.Add(time.Hour)
+		if err := st.UpdateInvitation(ctx, inv); err != nil {
+			t.Fatalf("UpdateInvitation = %v", err)
+		}
+		_, err = st.InvitationByHash(ctx, baseHash("invite"))
+		baseCode(t, "InvitationByHash(replaced token)", err, keybridge.ENotFound)
+		if got, err := st.Invitation(ctx, org.ID, inv.ID); err != nil || got.Name != "New Name" || got.Role != keybridge.RoleMember ||
+			!slices.Equal(got.TokenHash, baseHash("again")) {
+			t.Errorf("Invitation after update = %+v, %v", got, err)
+		}
+		baseCode(t, "UpdateInvitation(missing)", st.UpdateInvitation(ctx, &keybridge.Invitation{OrgID: org.ID, ID: "nope", TokenHash: baseHash("x")}), keybridge.ENotFound)
+
+		// Deleting is the single-use gate.
+		baseCode(t, "DeleteInvitation(other org)", st.DeleteInvitation(ctx, other.ID, inv.ID), keybridge.ENotFound)
+		if err := st.DeleteInvitation(ctx, org.ID, inv.ID); err != nil {
+			t.Fatalf("DeleteInvitation = %v", err)
+		}
+		baseCode(t, "DeleteInvitation(again)", st.DeleteInvitation(ctx, org.ID, inv.ID), keybridge.ENotFound)
+		_, err = st.InvitationByHash(ctx, baseHash("again"))
+		baseCode(t, "InvitationByHash(deleted)", err, keybridge.ENotFound)
+		// The address may be invited again.
+		if err := st.CreateInvitation(ctx, &keybridge.Invitation{OrgID: org.ID, Email: "zed@example.com", Name: "x", Role: keybridge.RoleMember,
+			TokenHash: baseHash("third"), ExpiresAt: baseTime}); err != nil {
+			t.Errorf("CreateInvitation after delete = %v", err)
+		}
+		// Deleting the org takes its invitations.
+		if err := st.DeleteOrg(ctx, org.ID); err != nil {
 			t.Fatal(err)
 		}
-		baseCode(t, "AcceptInvitation(expired)", st.AcceptInvitation(ctx, expired.ID), keybridge.ENotFound)
-		baseCode(t, "AcceptInvitation(missing)", st.AcceptInvitation(ctx, "nope"), keybridge.ENotFound)
+		_, err = st.InvitationByHash(ctx, baseHash("third"))
+		baseCode(t, "InvitationByHash(org deleted)", err, keybridge.ENotFound)
 	})
 
 	t.Run("Sessions", func(t *testing.T) {
@@ -340,6 +412,8 @@ func testIdentity(t *testing.T, newStore Factory) {
 		}
 		want := *sess
 		want.ExpiresAt = baseTime.Truncate(time.Microsecond)
+		// The CSRF token is derived from the session's token, never stored.
+		want.CSRFToken = ""
 		if fmt.Sprint(*got) != fmt.Sprint(want) {
 			t.Errorf("SessionByHash = %+v, want %+v", *got, want)
 		}
@@ -360,6 +434,28 @@ func testIdentity(t *testing.T, newStore Factory) {
 			t.Errorf("DeleteExpiredSessions(again) = %d, %v; want 0", n, err)
 		}
 
+		// Ending a user's other sessions keeps the one named, and another
+		// user's.
+		second := &keybridge.Session{UserID: u.ID, TokenHash: baseHash("second"), ExpiresAt: baseTime}
+		third := &keybridge.Session{UserID: u.ID, TokenHash: baseHash("third"), ExpiresAt: baseTime}
+		v := baseUser(t, st, "b@example.com")
+		others := &keybridge.Session{UserID: v.ID, TokenHash: baseHash("others"), ExpiresAt: baseTime}
+		for _, x := range []*keybridge.Session{second, third, others} {
+			if err := st.CreateSession(ctx, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n, err := st.DeleteUserSessions(ctx, u.ID, sess.ID); err != nil || n != 2 {
+			t.Errorf("DeleteUserSessions = %d, %v; want 2", n, err)
+		}
+		for name, wantErr := range map[string]string{"session": "", "second": keybridge.ENotFound, "third": keybridge.ENotFound, "others": ""} {
+			_, err := st.SessionByHash(ctx, baseHash(name))
+			baseCode(t, "SessionByHash("+name+") after DeleteUserSessions", err, wantErr)
+		}
+		if n, err := st.DeleteUserSessions(ctx, v.ID, ""); err != nil || n != 1 {
+			t.Errorf("DeleteUserSessions(keep none) = %d, %v; want 1", n, err)
+		}
+
 		if err := st.DeleteSession(ctx, sess.ID); err != nil {
 			t.Fatalf("DeleteSession = %v", err)
 		}
@@ -367,4 +463,86 @@ func testIdentity(t *testing.T, newStore Factory) {
 		baseCode(t, "SessionByHash(deleted)", err, keybridge.ENotFound)
 		baseCode(t, "DeleteSession(missing)", st.DeleteSession(ctx, sess.ID), "")
 	})
+}
+
+// InvitationsCarryOver checks migration 0008 on a database as the release
+// before it left it: open invitations become pending ones and their
+// memberships, which granted the not-yet-accepted user the org, are taken
+// back; used or voided invitations go; sessions (whose CSRF tokens were
+// stored in clear) end.
+func InvitationsCarryOver(t *testing.T, newStore Factory, migrate func(context.Context, *sqlstore.DB) error) {
+	ctx := context.Background()
+	st := newStore(t)
+	org := baseOrg(t, st, "acme")
+	owner := baseUser(t, st, "owner@example.com")
+	owner.PasswordHash = "set"
+	if err := st.UpdateUser(ctx, owner); err != nil {
+		t.Fatal(err)
+	}
+	pending := baseUser(t, st, "pending@example.com")
+	accepted := baseUser(t, st, "accepted@example.com")
+	accepted.PasswordHash = "set"
+	if err := st.UpdateUser(ctx, accepted); err != nil {
+		t.Fatal(err)
+	}
+	readded := baseUser(t, st, "readded@example.com")
+	for _, m := range []struct {
+		u    *keybridge.User
+		role keybridge.Role
+	}{{owner, keybridge.RoleOwner}, {pending, keybridge.RoleAdmin}, {accepted, keybridge.RoleMember}, {readded, keybridge.RoleMember}} {
+		baseMember(t, st, org.ID, m.u.ID, m.role)
+	}
+	if err := st.CreateSession(ctx, &keybridge.Session{UserID: owner.ID, TokenHash: baseHash("session"), ExpiresAt: baseTime}); err != nil {
+		t.Fatal(err)
+	}
+
+	raw := RawOf(t, st)
+	blob, ts := "BLOB", "INTEGER"
+	at := func(tm time.Time) any { return tm.UTC().UnixMicro() }
+	if raw.Postgres {
+		blob, ts = "BYTEA", "TIMESTAMPTZ"
+		at = func(tm time.Time) any { return tm.UTC() }
+	}
+	for _, stmt := range []string{
+		`DROP TABLE member_invitations`,
+		`CREATE TABLE invitations (id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+			user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, token_hash ` + blob + ` NOT NULL UNIQUE,
+			expires_at ` + ts + ` NOT NULL, accepted_at ` + ts + `, created_at ` + ts + ` NOT NULL)`,
+		`DELETE FROM schema_migrations WHERE version = 8`,
+	} {
+		if _, err := raw.DB.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	now := time.Now()
+	inv := func(id string, u *keybridge.User, token string, accepted any, created time.Time) {
+		raw.Exec(t, `INSERT INTO invitations (id, org_id, user_id, token_hash, expires_at, accepted_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			id, org.ID, u.ID, baseHash(token), at(now.Add(time.Hour)), accepted, at(created))
+	}
+	raw.Exec(t, `UPDATE sessions SET csrf_token = 'in clear' WHERE user_id = ?`, owner.ID)
+	inv("inv-pending", pending, "pending", nil, now.Add(time.Minute))
+	inv("inv-accepted", accepted, "accepted", at(now), now.Add(time.Minute))
+	// Issued before the member was removed and added back: void.
+	inv("inv-void", readded, "void", nil, now.Add(-time.Hour))
+
+	if err := migrate(ctx, st.(*sqlstore.Store).DB()); err != nil {
+		t.Fatalf("migrate = %v", err)
+	}
+	got, err := st.InvitationByHash(ctx, baseHash("pending"))
+	if err != nil || got.ID != "inv-pending" || got.Email != pending.Email || got.Role != keybridge.RoleAdmin || got.OrgID != org.ID {
+		t.Errorf("carried invitation = %+v, %v; want inv-pending for %s as admin", got, err, pending.Email)
+	}
+	_, err = st.Membership(ctx, org.ID, pending.ID)
+	baseCode(t, "Membership(pending invitee) after migrating", err, keybridge.ENotFound)
+	for _, token := range []string{"accepted", "void"} {
+		_, err := st.InvitationByHash(ctx, baseHash(token))
+		baseCode(t, "InvitationByHash("+token+") after migrating", err, keybridge.ENotFound)
+	}
+	for _, u := range []*keybridge.User{owner, accepted, readded} {
+		if _, err := st.Membership(ctx, org.ID, u.ID); err != nil {
+			t.Errorf("Membership(%s) after migrating = %v, want kept", u.Email, err)
+		}
+	}
+	_, err = st.SessionByHash(ctx, baseHash("session"))
+	baseCode(t, "SessionByHash after migrating", err, keybridge.ENotFound)
 }
