@@ -162,23 +162,11 @@ type canaryValue struct {
 	upstream bool
 	// issued marks a secret Keybridge generated, rather than one planted.
 	issued bool
-	// csrf marks a session's CSRF token (see csrfTokensStoredInClear).
-	csrf bool
 	// public marks an identifier that answers and the database may hold
 	// (an AI key's kbk_ id): it is searched for only where no identifier
 	// belongs (the logs, the metrics, the upstream's requests).
 	public bool
 }
-
-// csrfTokensStoredInClear says the sessions table still keeps each
-// session's CSRF token as it is, not a hash of it. A CSRF token is no
-// credential on its own (it works only beside the session's cookie, which
-// is stored hashed), so until the store keeps a hash the sweep counts these
-// database hits apart instead of failing on them; set it to false then,
-// and the sweep holds the database to zero hits for them too. Everywhere
-// else (answers but the one that issues it, logs, metrics) the token is
-// held to zero hits already.
-const csrfTokensStoredInClear = true
 
 // sweepPlace is one body of bytes searched, and the secrets it may hold.
 type sweepPlace struct {
@@ -465,7 +453,7 @@ func (sw *sweep) readTables(db *sql.DB, listQuery string) {
 		sw.store(fmt.Sprintf("table %s (%d rows)", table, n), "table", out.Bytes())
 		sw.statuses["rows "+table] = n
 	}
-	for _, want := range []string{"usage", "audit_events", "provider_keys", "user_credentials", "ai_keys", "api_keys", "sessions", "invitations"} {
+	for _, want := range []string{"usage", "audit_events", "provider_keys", "user_credentials", "ai_keys", "api_keys", "sessions", "member_invitations"} {
 		if sw.statuses["rows "+want] == 0 {
 			sw.t.Errorf("table %s has no rows: the sweep did not reach it", want)
 		}
@@ -485,7 +473,7 @@ func (sw *sweep) readSealed(db *sql.DB) {
 		`SELECT secret_hash FROM ai_keys`,
 		`SELECT hash FROM api_keys`,
 		`SELECT token_hash FROM sessions`,
-		`SELECT token_hash FROM invitations`,
+		`SELECT token_hash FROM member_invitations`,
 		`SELECT wrapped FROM data_keys`,
 	} {
 		rows, err := db.Query(q)
@@ -665,7 +653,7 @@ func (sw *sweep) check() {
 	}
 	bytesBy := map[string]int{}
 	placesBy := map[string]int{}
-	hits, known := 0, 0
+	hits := 0
 	for _, p := range sw.places {
 		bytesBy[p.kind] += len(p.b)
 		placesBy[p.kind]++
@@ -680,10 +668,6 @@ func (sw *sweep) check() {
 			}
 			c := sw.canaries[owner]
 			if p.allowed[c.value] || c.public && p.kind != "log" && p.kind != "metrics" {
-				continue
-			}
-			if c.csrf && inDatabase && csrfTokensStoredInClear {
-				known++
 				continue
 			}
 			hits++
@@ -728,12 +712,6 @@ func (sw *sweep) check() {
 		len(sw.canaries), len(sw.canaries)-issued, issued, len(canaryForms([]byte("0123456789abcdef0123456789"))), len(sw.places), total, hits)
 	for _, k := range kinds {
 		fmt.Fprintf(&summary, "  %-17s %4d places %9d bytes\n", k, placesBy[k], bytesBy[k])
-	}
-	if known == 0 && csrfTokensStoredInClear {
-		t.Log("no CSRF token was found in the database: set csrfTokensStoredInClear to false")
-	}
-	if known > 0 {
-		fmt.Fprintf(&summary, "  known: %d database places x CSRF tokens found in clear (csrfTokensStoredInClear), not counted as hits\n", known)
 	}
 	fmt.Fprintf(&summary, "  %-17s %4d ciphertexts and hashes looked for outside the database\n", "stored", len(sw.sealed))
 	fmt.Fprintf(&summary, "  %-17s %9d bytes the providers received, searched for every secret that must not be forwarded\n", "upstream", upBytes)
@@ -1137,6 +1115,8 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	left := anon.json(sweepReq{method: "POST", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 201, body: map[string]string{"email": "leaver@acme.test", "role": "member"}})
 	sw.places[len(sw.places)-1].allowed[sw.issued("an invitation token never used", jsonStr(left, "invite_token"))] = true
 	anon.do(sweepReq{method: "DELETE", path: "/api/v1/orgs/acme/members/" + jsonStr(left, "user_id"), key: ownerKey, want: 204})
+	pending := anon.json(sweepReq{method: "POST", path: "/api/v1/orgs/acme/members", key: ownerKey, want: 201, body: map[string]string{"email": "pending@acme.test", "role": "admin"}})
+	sw.places[len(sw.places)-1].allowed[sw.issued("an invitation token left pending", jsonStr(pending, "invite_token"))] = true
 	anon.do(sweepReq{method: "DELETE", path: "/api/v1/users/me/credentials/" + jsonStr(cred, "id"), key: memberKey, want: 204})
 	for _, p := range []string{"/healthz", "/", "/api/v1/openapi.json", "/api/v1/nope"} {
 		anon.do(sweepReq{method: "GET", path: p})
@@ -1269,7 +1249,6 @@ func (sw *sweep) sessionIssued(c *sweepClient, body []byte, what string) {
 	}
 	json.Unmarshal(body, &v)
 	c.csrf = sw.issued(what+"'s CSRF token", v.CSRF)
-	sw.canaries[len(sw.canaries)-1].csrf = true
 	u, _ := url.Parse(c.base)
 	var token string
 	for _, ck := range c.hc.Jar.Cookies(u) {
