@@ -78,6 +78,7 @@ func TestCanarySweep(t *testing.T) {
 	sw.afterwards(srv)
 	sw.readSQLiteFiles(dbPath, "while serving")
 	sw.stopServe(srv)
+	sw.changeMaster(noEnv, storage)
 	sw.readSQLiteFiles(dbPath, "after the checkpoint at close")
 	db = openDB()
 	defer db.Close()
@@ -122,6 +123,7 @@ func TestCanarySweepPostgres(t *testing.T) {
 	sw.keyring(env, nil, "rotate", "rewrap")
 	sw.afterwards(srv)
 	sw.stopServe(srv)
+	sw.changeMaster(env, nil)
 	out, err := exec.Command("pg_dump", "--no-owner", "--schema", schema, "--dbname", u.String()).Output()
 	if err != nil {
 		var stderr []byte
@@ -1151,6 +1153,25 @@ func (sw *sweep) keyring(getenv func(string) string, storage []string, subs ...s
 			sw.t.Errorf("keybridge keyring rewrap said %q, want it to re-encrypt the stored secrets", out)
 		}
 	}
+}
+
+// changeMaster re-wraps the key ring under a new master key, a canary,
+// with the server stopped, as an operator moving to a new key does.
+func (sw *sweep) changeMaster(getenv func(string) string, storage []string) {
+	sw.t.Helper()
+	newKey := canaryBytes(sw.t, 32)
+	sw.canaries = append(sw.canaries, canaryValue{value: string(newKey), what: "the new master key"})
+	env := func(k string) string {
+		if k == "KEYBRIDGE_NEW_MASTER_KEY" {
+			return base64.StdEncoding.EncodeToString(newKey)
+		}
+		return getenv(k)
+	}
+	out, err := sw.runCLI(env, nil, "", "keyring", append([]string{"change-master"}, storage...)...)
+	if err != nil {
+		sw.t.Fatalf("keybridge keyring change-master: %v", err)
+	}
+	sw.store("keybridge keyring change-master stdout", "log", []byte(out))
 }
 
 // afterwards reads what the run left: usage, audit events, metrics.
