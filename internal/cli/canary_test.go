@@ -1041,7 +1041,7 @@ func (sw *sweep) drive(srv *server, getenv func(string) string, storage []string
 	// over to the third; then a stream cut short, a 500 and resets with
 	// the first two cooling down.
 	oaMock.Fault(f1, providertest.Fault{Status: 401})
-	oaMock.Fault(f2, providertest.Fault{Status: 429, RetryAfter: "1", Times: 1})
+	oaMock.Fault(f2, providertest.Fault{Status: 429, RetryAfter: "60", Times: 1})
 	gw(sweepReq{method: "POST", path: "/gateway/compat/chat/completions", header: http.Header{"Api-Key": {aiKeys["OTHER"][1]}}, want: 200, body: chat})
 	oaMock.Fault(f3, providertest.Fault{CutAfter: 2, Times: 1})
 	gw(sweepReq{method: "POST", path: "/gateway/compat/chat/completions", key: gwKey, want: 200, body: stream})
