@@ -37,6 +37,16 @@ type serveConfig struct {
 	auditRetention  time.Duration
 	shutdownTimeout time.Duration
 
+	metricsListen string
+	metricsToken  string
+	// metricsTokenEnv is KEYBRIDGE_METRICS_TOKEN, used when the flag is
+	// not given.
+	metricsTokenEnv string
+
+	apiBodyTimeout time.Duration
+	maxConnsPerIP  int
+	maxConns       int
+
 	gatewayMaxBody       int64
 	limitsWhenRedisDown  string
 	gatewayHeaderTimeout time.Duration
@@ -47,6 +57,10 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 	c.storage.register(fs, getenv)
 	fs.StringVar(&c.listen, "listen", envOr(getenv, "KEYBRIDGE_LISTEN", "127.0.0.1:8080"), "address to listen on, host:port (KEYBRIDGE_LISTEN)")
 	fs.StringVar(&c.publicURL, "public-url", getenv("KEYBRIDGE_PUBLIC_URL"), "how users reach this server, for setup and invitation links; default http://<listen address> (KEYBRIDGE_PUBLIC_URL)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", getenv("KEYBRIDGE_METRICS_LISTEN"), "serve /metrics on this address, host:port, and not on --listen; default: on --listen (KEYBRIDGE_METRICS_LISTEN)")
+	// The variable is not the flag's default: -h prints defaults.
+	fs.StringVar(&c.metricsToken, "metrics-token", "", "bearer token /metrics requires; default: none (KEYBRIDGE_METRICS_TOKEN, which unlike the flag does not show in the process list)")
+	c.metricsTokenEnv = getenv("KEYBRIDGE_METRICS_TOKEN")
 	fs.StringVar(&c.egressDeny, "egress-deny", getenv("KEYBRIDGE_EGRESS_DENY"), "comma-separated CIDRs providers may not be reached at, besides link-local and metadata addresses (KEYBRIDGE_EGRESS_DENY)")
 	var err error
 	durations := []struct {
@@ -58,6 +72,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 		{&c.usageRetention, "usage-retention", "KEYBRIDGE_USAGE_RETENTION", 2160 * time.Hour, "how long gateway usage records are kept (KEYBRIDGE_USAGE_RETENTION)"},
 		{&c.auditRetention, "audit-retention", "KEYBRIDGE_AUDIT_RETENTION", 0, "how long audit events are kept; 0 keeps them forever (KEYBRIDGE_AUDIT_RETENTION)"},
 		{&c.shutdownTimeout, "shutdown-timeout", "KEYBRIDGE_SHUTDOWN_TIMEOUT", 30 * time.Second, "how long a shutdown waits for in-flight requests and streams (KEYBRIDGE_SHUTDOWN_TIMEOUT)"},
+		{&c.apiBodyTimeout, "api-body-timeout", "KEYBRIDGE_API_BODY_TIMEOUT", httpapi.DefaultBodyTimeout, "how long the management API waits for a request body, from its headers; later is 408 (KEYBRIDGE_API_BODY_TIMEOUT)"},
 		{&c.gatewayHeaderTimeout, "gateway-header-timeout", "KEYBRIDGE_GATEWAY_HEADER_TIMEOUT", gateway.DefaultHeaderTimeout, "how long the gateway waits for a provider's response headers (KEYBRIDGE_GATEWAY_HEADER_TIMEOUT)"},
 		{&c.gatewayIdleTimeout, "gateway-idle-timeout", "KEYBRIDGE_GATEWAY_IDLE_TIMEOUT", gateway.DefaultIdleTimeout, "how long a streamed answer may stay silent before the gateway ends it (KEYBRIDGE_GATEWAY_IDLE_TIMEOUT)"},
 	}
@@ -69,6 +84,24 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 			}
 		}
 		fs.DurationVar(d.p, d.name, def, d.usage)
+	}
+	ints := []struct {
+		p         *int
+		name, env string
+		def       int
+		usage     string
+	}{
+		{&c.maxConnsPerIP, "max-conns-per-ip", "KEYBRIDGE_MAX_CONNS_PER_IP", defaultMaxConnsPerIP, "most connections to the management API and web UI from one client address (an IPv6 /64); 0 for no cap (KEYBRIDGE_MAX_CONNS_PER_IP)"},
+		{&c.maxConns, "max-conns", "KEYBRIDGE_MAX_CONNS", defaultMaxConns, "most connections to the management API and web UI in all; 0 for no cap (KEYBRIDGE_MAX_CONNS)"},
+	}
+	for _, n := range ints {
+		def := n.def
+		if v := getenv(n.env); v != "" {
+			if def, err = strconv.Atoi(v); err != nil || def < 0 {
+				return fmt.Errorf("%w: %s: want a number, 0 or more", errUsage, n.env)
+			}
+		}
+		fs.IntVar(n.p, n.name, def, n.usage)
 	}
 	maxBody := int64(gateway.DefaultMaxBody)
 	if v := getenv("KEYBRIDGE_GATEWAY_MAX_BODY"); v != "" {
@@ -125,6 +158,9 @@ func serve(ctx context.Context, env *Env) error {
 	if help, err := parseFlags(fs, env.Args); help || err != nil {
 		return err
 	}
+	if cfg.metricsToken == "" {
+		cfg.metricsToken = cfg.metricsTokenEnv
+	}
 	deny, err := cfg.denyCIDRs()
 	if err != nil {
 		return err
@@ -174,6 +210,9 @@ func serve(ctx context.Context, env *Env) error {
 	if cfg.gatewayMaxBody <= 0 {
 		return fmt.Errorf("%w: --gateway-max-body must be positive", errUsage)
 	}
+	if cfg.maxConnsPerIP < 0 || cfg.maxConns < 0 || cfg.apiBodyTimeout <= 0 {
+		return fmt.Errorf("%w: --max-conns-per-ip and --max-conns must be 0 or more, --api-body-timeout positive", errUsage)
+	}
 	if cfg.limitsWhenRedisDown != "local" && cfg.limitsWhenRedisDown != "refuse" {
 		return fmt.Errorf("%w: --limits-when-redis-down must be local or refuse", errUsage)
 	}
@@ -190,10 +229,15 @@ func serve(ctx context.Context, env *Env) error {
 	api := httpapi.New(httpapi.Config{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log,
 		PublicURL: publicURL, Version: Version,
-		Upstream:   up,
-		Registerer: reg,
-		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		UI:         web.Handler(),
+		Upstream:    up,
+		Registerer:  reg,
+		Metrics:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		UI:          web.Handler(),
+		BodyTimeout: cfg.apiBodyTimeout,
+		Redis:       authOpts.Redis,
+
+		MetricsToken:       cfg.metricsToken,
+		MetricsOwnListener: cfg.metricsListen != "",
 		Ready: func(r *http.Request) error {
 			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
@@ -255,10 +299,23 @@ func serve(ctx context.Context, env *Env) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	if cfg.metricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.metricsListen)
+		if err != nil {
+			stopBackground()
+			bg.Wait()
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		msrv := &http.Server{Handler: api.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go msrv.Serve(mln)
+		defer msrv.Close()
+		log.Info("metrics listening", "addr", mln.Addr().String())
+	}
 	front := gw.Front(ln)
 	served := make(chan error, 2)
 	go func() { served <- front.Serve() }()
-	go func() { served <- srv.Serve(front.Listener()) }()
+	go func() { served <- srv.Serve(newConnLimiter(front.Listener(), cfg.maxConnsPerIP, cfg.maxConns)) }()
 	log.Info("listening", "addr", ln.Addr().String(), "public_url", publicURL, "version", Version)
 
 	select {

@@ -193,13 +193,19 @@ func (c *frontConn) serve() {
 			c.nc.Close()
 		}
 	}()
+	// A new connection gets the header timeout for its first request, as
+	// net/http gives it: a client that connects and sends nothing holds
+	// the connection no longer than one that sends headers slowly. Idle
+	// time between requests is the idle timeout.
+	wait := frontHeaderTimeout
 	for {
 		// Checked after the deadline is set too: Shutdown's poke of an
 		// idle connection may have come just before it and been undone.
 		if f.shutting.Load() {
 			return
 		}
-		c.nc.SetReadDeadline(time.Now().Add(frontIdleTimeout))
+		c.nc.SetReadDeadline(time.Now().Add(wait))
+		wait = frontIdleTimeout
 		if f.shutting.Load() {
 			return
 		}
@@ -395,6 +401,15 @@ func (w *watch) stop() {
 type peekedConn struct {
 	net.Conn
 	br *bufio.Reader
+}
+
+// CloseWrite shuts the writing side of the connection (for a TCP
+// connection), so that whoever holds it can close it gracefully.
+func (c *peekedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("gateway: the connection cannot close its writing side alone")
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) {

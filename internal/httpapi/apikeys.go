@@ -645,10 +645,10 @@ func clip(s string, n int) string {
 	return s
 }
 
-// ipLimiter is a token bucket per client IP: n requests per window, refilled
-// evenly. It forgets idle IPs, so a flood of addresses cannot grow it
-// without bound.
-type ipLimiter struct {
+// bucketLimiter is a token bucket per key (a client IP, an org): n requests
+// per window, refilled evenly. It forgets idle keys, so a flood of
+// addresses cannot grow it without bound. It counts in this process only.
+type bucketLimiter struct {
 	mu      sync.Mutex
 	rate    float64 // tokens per second
 	burst   float64
@@ -660,12 +660,12 @@ type bucket struct {
 	last   time.Time
 }
 
-func newIPLimiter(n int, window time.Duration) *ipLimiter {
-	return &ipLimiter{rate: float64(n) / window.Seconds(), burst: float64(n), buckets: map[string]*bucket{}}
+func newBucketLimiter(n int, window time.Duration) *bucketLimiter {
+	return &bucketLimiter{rate: float64(n) / window.Seconds(), burst: float64(n), buckets: map[string]*bucket{}}
 }
 
 // allow takes a token for ip, or says how long until one is free.
-func (l *ipLimiter) allow(ip string, now time.Time) (time.Duration, bool) {
+func (l *bucketLimiter) allow(ip string, now time.Time) (time.Duration, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.buckets) > 10000 {

@@ -18,6 +18,7 @@ var statuses = map[string]int{
 	keybridge.ENotFound:        http.StatusNotFound,
 	keybridge.EConflict:        http.StatusConflict,
 	keybridge.ETooLarge:        http.StatusRequestEntityTooLarge,
+	keybridge.ETimeout:         http.StatusRequestTimeout,
 	keybridge.ERateLimited:     http.StatusTooManyRequests,
 	keybridge.EInternal:        http.StatusInternalServerError,
 	keybridge.EBadGateway:      http.StatusBadGateway,

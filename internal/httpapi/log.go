@@ -24,9 +24,9 @@ func (s *Server) withObserve(next http.Handler) http.Handler {
 			status = http.StatusOK
 		}
 		// r.Pattern is set by the mux on this very request; it is empty
-		// when no route matched.
+		// when no route matched, and "/" for the catch-all 404.
 		route := r.Pattern
-		if route == "" {
+		if route == "" || route == "/" {
 			route = "unmatched"
 		}
 		if s.httpMetrics != nil {

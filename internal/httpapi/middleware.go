@@ -3,9 +3,14 @@ package httpapi
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"reflect"
 	"runtime/debug"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -116,4 +121,82 @@ func (s *Server) orgChild(r *http.Request, read, perm keybridge.Permission, load
 		}
 	}
 	return org, nil
+}
+
+// DefaultBodyTimeout is how long the management API waits for a request's
+// body when Config.BodyTimeout is zero: 1 MiB, the largest body it takes,
+// arrives in it at 35 kB/s.
+const DefaultBodyTimeout = 30 * time.Second
+
+// withBodyDeadline bounds how long a request's body may take to arrive,
+// counted from when its headers were read: a client trickling its body
+// cannot hold a connection and a handler for longer. The deadline is set
+// on the connection (the HTTP/2 stream) through http.ResponseController,
+// so a body read past it fails; decode answers that 408 request_timeout
+// in the error shape, and net/http closes the connection after the answer.
+// Once the body has been read to its end the deadline is lifted, so a
+// slow handler is not cut by it. Requests without a body set nothing: on
+// HTTP/1.1 net/http is already reading the connection to notice the
+// client leaving, and a deadline there would cancel the request.
+func (s *Server) withBodyDeadline(next http.Handler) http.Handler {
+	timeout := s.cfg.BodyTimeout
+	if timeout <= 0 {
+		timeout = DefaultBodyTimeout
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			rc := http.NewResponseController(w)
+			if rc.SetReadDeadline(time.Now().Add(timeout)) == nil {
+				r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, timeout: timeout}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody is a request body read under withBodyDeadline's deadline.
+type deadlineBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+	done    bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == nil || b.done:
+	case errors.Is(err, io.EOF):
+		b.done = true
+		b.rc.SetReadDeadline(time.Time{})
+	case errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
+		b.done = true
+		return n, keybridge.Errorf(keybridge.ETimeout, "the request body did not arrive within %s", b.timeout)
+	}
+	return n, err
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
+
+// redirectType is the type of the handler ServeMux answers with when it
+// would redirect: a path that is not clean (//, /./, /../) or one that
+// lacks the trailing slash of a pattern (/api for /api/).
+var redirectType = reflect.TypeOf(http.RedirectHandler("/", http.StatusTemporaryRedirect))
+
+// withoutRedirects answers, in place of the mux's redirects (a 307 with an
+// HTML body), a 404 in the error shape: the API's paths are written one
+// way, and a client that sends another spelling of one has a bug to see,
+// not a redirect to follow with its credentials.
+func (s *Server) withoutRedirects(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, _ := mux.Handler(r); reflect.TypeOf(h) == redirectType {
+			WriteError(w, r, s.log, keybridge.Errorf(keybridge.ENotFound,
+				"no route for %s %s: paths are written without //, /./, /../ or a missing trailing slash", r.Method, r.URL.EscapedPath()))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }

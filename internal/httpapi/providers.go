@@ -175,10 +175,18 @@ func validateProviderName(v keybridge.Validation, name string) {
 	}
 }
 
+// maxBaseURLLen bounds a base URL: real ones are far shorter, and it is
+// stored, shown and prefixed to every gateway request's path.
+const maxBaseURLLen = 2048
+
 // normalizeBaseURL checks a base URL and drops a trailing slash, so that
 // the gateway's base_url + path never doubles it. A sub-path is kept.
 func normalizeBaseURL(v keybridge.Validation, raw string) string {
 	u := strings.TrimRight(strings.TrimSpace(raw), "/")
+	if len(u) > maxBaseURLLen {
+		v.Add("base_url", "must be at most 2048 characters")
+		return u
+	}
 	if err := keybridge.ValidateBaseURL(u); err != nil {
 		v.Add("base_url", "must be an absolute http or https URL")
 		return u
@@ -489,10 +497,6 @@ func (s *Server) listProviderKeys(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-// maxSecretLen bounds a provider key or personal key; real ones are far
-// shorter (a Gemini key is 39 characters, an OpenAI project key ~160).
-const maxSecretLen = 4096
-
 // maxPriority bounds a key's priority, so the numbers stay readable.
 const maxPriority = 1_000_000
 
@@ -516,30 +520,14 @@ func (in *createProviderKeyRequest) Validate() error {
 	return v.Err()
 }
 
-// validateSecret checks a pasted key: present, not blank, one line, and
-// printable ASCII as every provider's keys are. Anything else is a mangled
-// paste (smart quotes, a stray control character), and would also cut the
-// hint inside a character.
+// validateSecret checks a pasted key: present, and what
+// keybridge.SecretProblem asks of every secret.
 func validateSecret(v keybridge.Validation, field string, s keybridge.Secret) {
-	switch key := s.Reveal(); {
-	case key == "":
+	if key := s.Reveal(); key == "" {
 		v.Add(field, "is required")
-	case len(key) > maxSecretLen:
-		v.Add(field, "must be at most 4096 characters")
-	case strings.ContainsAny(key, "\r\n\t "):
-		v.Add(field, "must not contain whitespace")
-	case !printableASCII(key):
-		v.Add(field, "must hold only printable ASCII characters, as provider keys do")
+	} else if problem := keybridge.SecretProblem(key); problem != "" {
+		v.Add(field, problem)
 	}
-}
-
-func printableASCII(s string) bool {
-	for i := range len(s) {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *Server) createProviderKey(w http.ResponseWriter, r *http.Request) error {
@@ -713,8 +701,10 @@ func (in *testProviderRequest) Validate() error {
 		in.BaseURL = normalizeBaseURL(v, in.BaseURL)
 	}
 	in.APIKey = keybridge.NewSecret(strings.TrimSpace(in.APIKey.Reveal()))
-	if len(in.APIKey.Reveal()) > maxSecretLen {
-		v.Add("api_key", "must be at most 4096 characters")
+	// Optional here (an openai-compatible server may need none), but held
+	// to the rule of stored keys: it goes into a request header.
+	if problem := keybridge.SecretProblem(in.APIKey.Reveal()); problem != "" {
+		v.Add("api_key", problem)
 	}
 	if in.Type == keybridge.ProviderBedrock && !in.APIKey.IsZero() {
 		v.Add("api_key", "bedrock providers take no keys: send settings.access_key and settings.access_key_secret")
@@ -731,7 +721,8 @@ func (in *testProviderRequest) Validate() error {
 // storing nothing. Whatever the provider does, the answer is 200 with
 // reachable and a safe error; only a malformed request is an error.
 func (s *Server) testProvider(w http.ResponseWriter, r *http.Request) error {
-	if _, _, err := s.org(r, keybridge.PermProvidersWrite); err != nil {
+	org, _, err := s.org(r, keybridge.PermProvidersWrite)
+	if err != nil {
 		return err
 	}
 	in, err := decode[testProviderRequest](w, r)
@@ -742,9 +733,38 @@ func (s *Server) testProvider(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := s.allowProbe(r.Context(), org); err != nil {
+		return err
+	}
 	res := s.upstreamClient().Probe(r.Context(), upstream.Target{Type: in.Type, BaseURL: base, APIKey: in.APIKey, Settings: set})
+	s.logProbeCause(r.Context(), res, "")
 	writeJSON(w, http.StatusOK, res)
 	return nil
+}
+
+// DefaultProbesPerMinute is how many provider tests and usage requests an
+// org may make per minute when Config.ProbesPerMinute is zero: enough for
+// an admin setting providers up, too few to scan a network with. Without
+// Redis each replica counts its own: a token bucket refilled evenly. With
+// Redis the count is shared, in windows of a minute from the first probe.
+const DefaultProbesPerMinute = 30
+
+// allowProbe counts one of org's probes, or answers 429 with the wait.
+func (s *Server) allowProbe(ctx context.Context, org *keybridge.Org) error {
+	if wait, ok := s.probeLimit.allow(ctx, org.ID); !ok {
+		return &keybridge.Error{Code: keybridge.ERateLimited, Message: "too many provider tests for this org; retry later",
+			RetryAfterSeconds: int(wait.Seconds()) + 1}
+	}
+	return nil
+}
+
+// logProbeCause logs why a probe could not reach its provider: the answer
+// says only upstream.ErrUnreachable.
+func (s *Server) logProbeCause(ctx context.Context, res upstream.Result, keyID string) {
+	if err := res.Cause(); err != nil {
+		s.log.InfoContext(ctx, "provider probe: upstream unreachable", "err", err, "key_id", keyID,
+			"request_id", keybridge.RequestInfoFromContext(ctx).RequestID)
+	}
 }
 
 // usageItem is one stored key's live view: the probe result with the key
@@ -753,6 +773,13 @@ type usageItem struct {
 	KeyID string `json:"key_id"`
 	upstream.Result
 	Cached bool `json:"cached"`
+}
+
+// usageCacheKey is the probe cache's key for a stored key of p. The
+// provider's last change is in it: a new base URL or settings must not be
+// answered from the old ones.
+func usageCacheKey(p *keybridge.Provider, k *keybridge.ProviderKey) string {
+	return p.ID + "/" + k.ID + "/" + p.UpdatedAt.Format(time.RFC3339Nano)
 }
 
 // usageConcurrency bounds the probes one usage request runs at once, so
@@ -764,7 +791,7 @@ const usageConcurrency = 4
 // providers:write: it spends calls with the org's keys and names them.
 func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	_, p, err := s.providerFor(r, keybridge.PermProvidersWrite)
+	org, p, err := s.providerFor(r, keybridge.PermProvidersWrite)
 	if err != nil {
 		return err
 	}
@@ -784,6 +811,15 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// Answers from the cache call no provider and cost nothing.
+	for i := range keys {
+		if refresh || !s.upstreamClient().Cached(usageCacheKey(p, &keys[i])) {
+			if err := s.allowProbe(r.Context(), org); err != nil {
+				return err
+			}
+			break
+		}
+	}
 	items := make([]usageItem, len(keys))
 	sem := make(chan struct{}, usageConcurrency)
 	var wg sync.WaitGroup
@@ -798,9 +834,7 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		target := upstream.Target{Type: p.Type, BaseURL: p.BaseURL, APIKey: keybridge.NewSecret(string(plain)), Settings: set}
-		// The provider's last change is in the cache key: a new base URL
-		// or settings must not be answered from the old ones.
-		cacheKey := p.ID + "/" + k.ID + "/" + p.UpdatedAt.Format(time.RFC3339Nano)
+		cacheKey := usageCacheKey(p, k)
 		wg.Add(1)
 		// WithoutCancel: a client that hangs up must not leave "canceled"
 		// in the cache for everyone else; Probe's own timeout still
@@ -810,6 +844,9 @@ func (s *Server) providerUsage(w http.ResponseWriter, r *http.Request) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			items[i].Result, items[i].Cached = s.upstreamClient().CachedProbe(context.WithoutCancel(ctx), cacheKey, refresh, target)
+			if !items[i].Cached {
+				s.logProbeCause(ctx, items[i].Result, k.ID)
+			}
 		}(i)
 	}
 	wg.Wait()

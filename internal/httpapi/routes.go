@@ -78,8 +78,11 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.Handle("GET /api/v1/orgs/{org}/audit-events/verify", s.authed(s.verifyAuditEvents))
 	mux.Handle("GET /api/v1/orgs/{org}/usage", s.authed(s.usage))
 
-	// Anything else under the API is a JSON 404, not the mux's text page.
+	// Anything else under the API, and anywhere else, is a JSON 404, not
+	// the mux's text page (withoutRedirects does the same for the mux's
+	// redirects).
 	mux.Handle("/api/", s.h(notFoundRoute))
+	mux.Handle("/", s.h(notFoundRoute))
 
 	// The web UI (SPEC §10), when configured. It is not part of the
 	// management API's OpenAPI document. The gateway is mounted beside

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/secrets"
@@ -31,6 +32,11 @@ type Config struct {
 	Upstream *upstream.Client
 	// Metrics, when set, serves /metrics.
 	Metrics http.Handler
+	// MetricsToken, when set, is the bearer token /metrics requires.
+	MetricsToken string
+	// MetricsOwnListener moves /metrics off this handler (it answers
+	// 404) to MetricsHandler, which serve runs on a listener of its own.
+	MetricsOwnListener bool
 	// Registerer, when set, receives the API's request metrics (count and
 	// latency by route pattern and status); serve exposes the same
 	// registry as Metrics.
@@ -39,6 +45,16 @@ type Config struct {
 	UI http.Handler
 	// Ready reports whether the database and key ring are ready.
 	Ready func(r *http.Request) error
+	// ProbesPerMinute is how many provider tests and usage requests an
+	// org may make per minute, in a burst or spread out (default
+	// DefaultProbesPerMinute); past it they answer 429. They are counted
+	// in Redis when set, else in each process.
+	ProbesPerMinute int
+	// Redis, when set, holds the probe counters, shared by every replica.
+	Redis *redis.Client
+	// BodyTimeout bounds how long a request's body may take to arrive
+	// (default DefaultBodyTimeout); past it the answer is 408.
+	BodyTimeout time.Duration
 }
 
 // Server is the HTTP API.
@@ -51,7 +67,10 @@ type Server struct {
 	handler     http.Handler
 	httpMetrics *httpMetrics
 	// leakLimit rate-limits POST /api/v1/leaked-keys per client IP.
-	leakLimit *ipLimiter
+	leakLimit *bucketLimiter
+	// probeLimit rate-limits the calls to providers an org's admins
+	// trigger (providers/test, providers/{provider}/usage), per org.
+	probeLimit *probeLimiter
 }
 
 // New returns the API's handler with every route and middleware in place.
@@ -60,7 +79,12 @@ func New(cfg Config) *Server {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, ring: cfg.Ring, auth: cfg.Auth, log: cfg.Logger,
-		leakLimit: newIPLimiter(leakReportsPerMinute, time.Minute)}
+		leakLimit: newBucketLimiter(leakReportsPerMinute, time.Minute)}
+	probes := cfg.ProbesPerMinute
+	if probes <= 0 {
+		probes = DefaultProbesPerMinute
+	}
+	s.probeLimit = newProbeLimiter(probes, cfg.Redis, cfg.Logger)
 	if cfg.Registerer != nil {
 		s.httpMetrics = newHTTPMetrics(cfg.Registerer)
 	}
@@ -68,7 +92,7 @@ func New(cfg Config) *Server {
 	s.routes(mux)
 	// withObserve sits right above the mux and below every r.WithContext,
 	// so it sees the route pattern the mux sets on the request.
-	s.handler = s.withRequestInfo(s.withObserve(s.withRecover(mux)))
+	s.handler = s.withRequestInfo(s.withBodyDeadline(s.withObserve(s.withRecover(s.withoutRedirects(mux)))))
 	return s
 }
 

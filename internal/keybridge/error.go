@@ -16,6 +16,7 @@ const (
 	ENotFound        = "not_found"
 	EConflict        = "conflict"
 	ETooLarge        = "payload_too_large"
+	ETimeout         = "request_timeout"
 	ERateLimited     = "rate_limited"
 	EInternal        = "internal"
 	EBadGateway      = "bad_gateway"

@@ -118,6 +118,11 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 			v.Add("settings."+field, fmt.Sprintf("is not a setting of %s providers", t))
 		}
 	}
+	for field, sec := range map[string]Secret{"settings.access_key": s.AccessKey, "settings.access_key_secret": s.AccessKeySecret} {
+		if problem := SecretProblem(sec.Reveal()); problem != "" {
+			v.Add(field, problem)
+		}
+	}
 	switch t {
 	case ProviderBedrock:
 		switch {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -125,3 +126,29 @@ var (
 
 // AD is the associated data of the column's value in row id.
 func (c SealedColumn) AD(id string) []byte { return AssociatedData(c.Table, c.Column, id) }
+
+// MaxSecretLen bounds a pasted secret: a provider key, a personal key, a
+// settings secret. Real ones are far shorter (a Gemini key is 39
+// characters, an OpenAI project key ~160).
+const MaxSecretLen = 4096
+
+// SecretProblem says what is wrong with a pasted secret, or returns "" when
+// nothing is. Every provider's keys and AWS's key pairs are one word of
+// printable ASCII; anything else is a mangled paste (smart quotes, a stray
+// control character) or an attempt to smuggle a header line (CR, LF,
+// U+0085, U+2028) into the request that carries the secret. An empty
+// secret is the caller's to judge (required or not).
+func SecretProblem(s string) string {
+	switch {
+	case len(s) > MaxSecretLen:
+		return "must be at most 4096 characters"
+	case strings.ContainsAny(s, "\r\n\t \u0085\u2028\u2029"):
+		return "must not contain whitespace or line breaks"
+	}
+	for i := range len(s) {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return "must hold only printable ASCII characters, as provider keys do"
+		}
+	}
+	return ""
+}

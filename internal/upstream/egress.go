@@ -60,7 +60,18 @@ func NewGuard(extra []netip.Prefix) *Guard {
 	return g
 }
 
-// Check returns an *EgressError when ip may not be dialled.
+// Loopback addresses of each family. A connection to an unspecified
+// address (0.0.0.0, ::) reaches this host, through loopback: the guard
+// checks it as both. A loopback address of either family is checked as
+// both as well, so that denying 127.0.0.0/8 denies this host, not only
+// its IPv4 side.
+var (
+	loopback4 = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	loopback6 = netip.IPv6Loopback()
+)
+
+// Check returns an *EgressError when ip may not be dialled. The error
+// names ip as given.
 func (g *Guard) Check(ip netip.Addr) error {
 	ip = ip.WithZone("").Unmap()
 	if nat64.Contains(ip) {
@@ -71,6 +82,22 @@ func (g *Guard) Check(ip netip.Addr) error {
 			return e
 		}
 	}
+	if e := g.denied(ip); e != nil {
+		return e
+	}
+	if ip.IsUnspecified() || ip.IsLoopback() {
+		for _, as := range []netip.Addr{loopback4, loopback6} {
+			if e := g.denied(as); e != nil {
+				e.Addr = ip
+				return e
+			}
+		}
+	}
+	return nil
+}
+
+// denied checks ip against the ranges, AlwaysDenied first.
+func (g *Guard) denied(ip netip.Addr) *EgressError {
 	for _, p := range AlwaysDenied {
 		if p.Contains(ip) {
 			return &EgressError{Addr: ip, Prefix: p}

@@ -3,18 +3,15 @@ package upstream
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -43,8 +40,7 @@ func (c *Client) Probe(ctx context.Context, t Target) Result {
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		res.LatencyMS = time.Since(start).Milliseconds()
-		res.Error = describeDialError(err, c.opts.Timeout)
+		res.Error, res.cause = describeDialError(err), err
 		return res
 	}
 	defer resp.Body.Close()
@@ -58,7 +54,7 @@ func (c *Client) Probe(ctx context.Context, t Target) Result {
 	}
 	res.Reachable = true
 	if readErr != nil {
-		res.Error = "the model list was cut short: " + describeDialError(readErr, c.opts.Timeout)
+		res.Error, res.cause = "the model list was cut short", readErr
 		return res
 	}
 	models, err := parseModels(t.Type, body)
@@ -219,40 +215,26 @@ func parseModels(t keybridge.ProviderType, body []byte) ([]string, error) {
 	return models, nil
 }
 
-// describeDialError turns a transport failure into words safe to show.
-// Transport errors never hold header values; the URL they may name holds
-// no credential (base URLs with user info are refused).
-func describeDialError(err error, timeout time.Duration) string {
+// ErrUnreachable is the one message of a probe whose provider could not be
+// reached, whatever the reason: a closed port, a reset, a timeout, an
+// unknown host, a TLS failure or a server that does not speak HTTP all
+// read the same, so the test endpoint tells an admin nothing about what
+// listens where that the answer of a real provider would not. The reason
+// is in Result.Cause, for the server's log.
+const ErrUnreachable = "upstream unreachable: check base_url, and that the provider is up"
+
+// describeDialError turns a transport failure into words safe to show:
+// the egress guard's refusal (which says only what the configuration
+// does), a cancellation, or ErrUnreachable.
+func describeDialError(err error) string {
 	var egress *EgressError
-	var dns *net.DNSError
-	var cert *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &egress):
 		return egress.Error()
-	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-		return fmt.Sprintf("the provider did not answer within %s", timeout)
 	case errors.Is(err, context.Canceled):
 		return "the request was canceled"
-	case errors.As(err, &dns):
-		if dns.IsNotFound {
-			return fmt.Sprintf("cannot resolve %s: no such host", dns.Name)
-		}
-		return fmt.Sprintf("cannot resolve %s", dns.Name)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused: nothing listens at base_url"
-	case errors.As(err, &cert):
-		return "TLS certificate not trusted: " + cert.Err.Error()
 	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	return "cannot reach the provider: " + err.Error()
-}
-
-func isTimeout(err error) bool {
-	var t interface{ Timeout() bool }
-	return errors.As(err, &t) && t.Timeout()
+	return ErrUnreachable
 }
 
 // errorIdentifier is the shape of the error codes providers return

@@ -179,9 +179,9 @@ func TestProbeFailures(t *testing.T) {
 		{"unauthorized", keybridge.ProviderOpenAI, unauthorized.URL, 401, "unauthorized: the provider rejected the key (HTTP 401, invalid_api_key)"},
 		{"metadata address", keybridge.ProviderOpenAI, "http://169.254.169.254/latest", 0, "egress refused: 169.254.169.254 is a link-local or cloud metadata address"},
 		{"metadata ipv6", keybridge.ProviderAnthropic, "http://[fd00:ec2::254]/", 0, "egress refused: fd00:ec2::254 is a link-local or cloud metadata address"},
-		{"timeout", keybridge.ProviderOpenAI, slow.URL, 0, "the provider did not answer within 300ms"},
+		{"timeout", keybridge.ProviderOpenAI, slow.URL, 0, upstream.ErrUnreachable},
 		{"redirect not followed", keybridge.ProviderOpenAI, redirect.URL, 302, "the provider redirected (not followed): check base_url (HTTP 302)"},
-		{"nothing listening", keybridge.ProviderOpenAI, closedURL, 0, "connection refused: nothing listens at base_url"},
+		{"nothing listening", keybridge.ProviderOpenAI, closedURL, 0, upstream.ErrUnreachable},
 		{"azure needs a base url", keybridge.ProviderAzureOpenAI, "", 0, "base_url is required for azure-openai providers"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -112,6 +112,22 @@ type Result struct {
 	// CheckedAt is when the provider was asked; with CachedProbe it may
 	// be up to the cache's TTL ago.
 	CheckedAt time.Time `json:"checked_at"`
+
+	cause error
+}
+
+// Cause is the transport error behind a Result whose provider could not be
+// reached (or whose model list was cut), for the server's log: the answer
+// shows only ErrUnreachable. It never holds a header, so never a key; the
+// URL it may name holds none.
+func (r Result) Cause() error { return r.cause }
+
+// Cached reports whether CachedProbe would answer key from the cache now.
+func (c *Client) Cached(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.cache[key]
+	return ok && time.Now().Before(e.expires)
 }
 
 // CachedProbe is Probe behind a cache of the client's TTL, keyed by key

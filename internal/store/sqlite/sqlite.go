@@ -9,6 +9,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -28,6 +29,9 @@ func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}
+	}
+	if err := makePrivate(path); err != nil {
+		return nil, err
 	}
 	// busy_timeout comes first so that the pragmas after it wait for a
 	// lock instead of failing. synchronous=FULL makes every acknowledged
@@ -79,4 +83,34 @@ func uniqueViolation(err error) bool {
 		return false
 	}
 	return e.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+}
+
+// makePrivate creates the database file, mode 0600, before SQLite does,
+// and takes group and other permissions off the files of an existing one.
+// The database holds every sealed secret and every key hash: it is kept
+// from other users like the master key. SQLite gives its -wal and -shm
+// files the database file's mode, so they are 0600 too.
+func makePrivate(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("create sqlite database: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("create sqlite database: %w", err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		st, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("stat %s: %w", p, err)
+		}
+		if mode := st.Mode().Perm(); mode&0o077 != 0 {
+			if err := os.Chmod(p, mode&^0o077); err != nil {
+				return fmt.Errorf("make %s private: %w", p, err)
+			}
+		}
+	}
+	return nil
 }

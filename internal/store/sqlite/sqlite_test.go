@@ -3,9 +3,12 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
+	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store/sqlite"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
@@ -100,4 +103,60 @@ func TestUsageRollupBackfill(t *testing.T) {
 
 func TestInvitationsCarryOver(t *testing.T) {
 	storetest.InvitationsCarryOver(t, storetest.SQLite, sqlite.Migrate)
+}
+
+// TestFilesArePrivate checks that the database and its -wal and -shm files
+// are created 0600 and a data directory Open creates is 0700, whatever the
+// umask, like the master key: they hold every sealed secret and key hash.
+// An existing database readable by others is made private.
+func TestFilesArePrivate(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "data")
+	path := filepath.Join(dir, "keybridge.db")
+	st, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatalf("Open = %v", err)
+	}
+	if err := st.CreateOrg(ctx, &keybridge.Org{Slug: "acme", Name: "Acme"}); err != nil {
+		t.Fatalf("CreateOrg = %v", err)
+	}
+	check := func(when string) {
+		t.Helper()
+		for name, want := range map[string]os.FileMode{dir: 0o700, path: 0o600, path + "-wal": 0o600, path + "-shm": 0o600} {
+			fi, err := os.Stat(name)
+			if err != nil {
+				t.Errorf("%s: stat %s: %v", when, filepath.Base(name), err)
+				continue
+			}
+			if got := fi.Mode().Perm(); got != want {
+				t.Errorf("%s: %s has mode %v, want %v", when, filepath.Base(name), got, want)
+			}
+		}
+	}
+	check("new database")
+	st.Close()
+
+	// SQLite removed -wal and -shm on close; empty ones stand in for
+	// those of a database that was not closed cleanly.
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err = sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatalf("reopen = %v", err)
+	}
+	defer st.Close()
+	check("reopened")
+	if _, err := st.Org(ctx, "acme"); err != nil {
+		t.Errorf("after the reopen, Org(acme) = %v, want the org written before", err)
+	}
 }
