@@ -52,7 +52,8 @@ func TestCanarySweep(t *testing.T) {
 	cheapPasswords(t)
 	dir := t.TempDir()
 	sw := newSweep(t)
-	srv := startServe(t, dir, "--log-level", "debug")
+	env := envOf(map[string]string{"KEYBRIDGE_METRICS_TOKEN": sw.metricsToken})
+	srv := startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", dir, "--log-level", "debug")
 	dbPath := filepath.Join(dir, "keybridge.db")
 	storage := []string{"--data-dir", dir}
 	mk, err := os.ReadFile(filepath.Join(dir, "master.key"))
@@ -60,7 +61,7 @@ func TestCanarySweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	sw.masterKey = strings.TrimSpace(string(mk))
-	sw.drive(srv, noEnv, storage)
+	sw.drive(srv, env, storage)
 	// The ciphertexts under the first data key, before the rewrap
 	// replaces them. The connection is closed before serve stops, so that
 	// serve's is the last and checkpoints the WAL into the main file.
@@ -74,11 +75,11 @@ func TestCanarySweep(t *testing.T) {
 	db := openDB()
 	sw.readSealed(db)
 	db.Close()
-	sw.keyring(noEnv, storage, "rotate", "rewrap", "status")
+	sw.keyring(env, storage, "rotate", "rewrap", "status")
 	sw.afterwards(srv)
 	sw.readSQLiteFiles(dbPath, "while serving")
 	sw.stopServe(srv)
-	sw.changeMaster(noEnv, storage)
+	sw.changeMaster(env, storage)
 	sw.readSQLiteFiles(dbPath, "after the checkpoint at close")
 	db = openDB()
 	defer db.Close()
@@ -109,8 +110,8 @@ func TestCanarySweepPostgres(t *testing.T) {
 	q.Del("search_path")
 	u.RawQuery = q.Encode()
 	master := base64.StdEncoding.EncodeToString(canaryBytes(t, 32))
-	env := envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": dbURL, "KEYBRIDGE_MASTER_KEY": master})
 	sw := newSweep(t)
+	env := envOf(map[string]string{"KEYBRIDGE_DATABASE_URL": dbURL, "KEYBRIDGE_MASTER_KEY": master, "KEYBRIDGE_METRICS_TOKEN": sw.metricsToken})
 	sw.masterKey = master
 	srv := startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "debug")
 	db, err := sql.Open("pgx", dbURL)
@@ -190,13 +191,17 @@ type sweep struct {
 	// secrets, which must never be forwarded.
 	upstreams         []*providertest.Server
 	ownerKey, betaKey string
+	// metricsToken is the bearer token /metrics requires.
+	metricsToken string
 	// counts of what the run went through, so the sweep cannot silently
 	// lose its reach.
 	statuses map[string]int
 }
 
 func newSweep(t *testing.T) *sweep {
-	return &sweep{t: t, statuses: map[string]int{}}
+	sw := &sweep{t: t, statuses: map[string]int{}}
+	sw.metricsToken = sw.plant("the metrics token", "")
+	return sw
 }
 
 // plant returns a new canary: prefix, a marker and 12 random bytes in hex.
@@ -1194,7 +1199,9 @@ func (sw *sweep) afterwards(srv *server) {
 	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/acme/audit-events/verify", key: ownerKey, want: 200})
 	anon.do(sweepReq{method: "GET", path: "/api/v1/orgs/beta/audit-events?limit=500", key: betaKey, want: 200})
 	sw.places[len(sw.places)-1].kind = "audit events (API)"
-	_, body = anon.do(sweepReq{method: "GET", path: "/metrics", want: 200})
+	anon.do(sweepReq{method: "GET", path: "/metrics", want: 401})
+	anon.do(sweepReq{method: "GET", path: "/metrics", key: sw.plant("a wrong metrics token", ""), want: 401})
+	_, body = anon.do(sweepReq{method: "GET", path: "/metrics", key: sw.metricsToken, want: 200})
 	sw.places[len(sw.places)-1].kind = "metrics"
 	for _, want := range []string{"keybridge_gateway_failovers_total", "keybridge_gateway_upstream_responses_total"} {
 		if !bytes.Contains(body, []byte(want)) {
