@@ -106,7 +106,11 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(ctx, &cfg, os.Stdout); err != nil {
+	runFn := run
+	if loadFor > 0 {
+		runFn = runLoad // bench/load.go
+	}
+	if err := runFn(ctx, &cfg, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)

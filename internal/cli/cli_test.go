@@ -304,9 +304,10 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Error("serve did not say loudly that it generated a master key")
 	}
 
-	// The UI's setup page, then the setup it posts.
+	// The UI's setup page (the single page whose script draws the setup
+	// form), then the setup it posts.
 	resp, page := srv.call(t, "GET", "/setup?token="+token, "", nil)
-	if resp.StatusCode != 200 || !strings.Contains(string(page), "setup-form") || resp.Header.Get("Referrer-Policy") != "no-referrer" {
+	if resp.StatusCode != 200 || !strings.Contains(string(page), `src="/ui/js/app.js"`) || resp.Header.Get("Referrer-Policy") != "no-referrer" {
 		t.Errorf("GET /setup = %d, Referrer-Policy %q", resp.StatusCode, resp.Header.Get("Referrer-Policy"))
 	}
 	resp, body := srv.call(t, "POST", "/api/v1/setup", "", map[string]string{"token": token, "org": "acme", "email": "admin@acme.test", "password": "end to end password"})

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -24,10 +25,12 @@ import (
 
 // conn is one upstream connection with its buffers.
 type conn struct {
-	nc  net.Conn
-	br  *bufio.Reader
-	bw  *bufio.Writer
-	key poolKey
+	nc net.Conn
+	// br reads nc through head, which bounds a response head.
+	head headLimit
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	key  poolKey
 	// idleSince is when the connection went back to the pool.
 	idleSince time.Time
 	// stop undoes the request's watch for its client going away; nil
@@ -124,8 +127,45 @@ func (c *client) connect(ctx context.Context, key poolKey) (*conn, error) {
 		}
 		nc = tc
 	}
-	return &conn{nc: nc, br: bufio.NewReaderSize(nc, bufSize), bw: bufio.NewWriterSize(nc, bufSize), key: key}, nil
+	cn := &conn{nc: nc, head: headLimit{r: nc}, bw: bufio.NewWriterSize(nc, bufSize), key: key}
+	cn.br = bufio.NewReaderSize(&cn.head, bufSize)
+	return cn, nil
 }
+
+// maxResponseHead bounds what is read of a provider's response head
+// (interim answers included), as net/http bounds a request's: a provider
+// that sends headers without end, or bytes that never make a line, must
+// not grow the gateway's memory until the header timeout.
+const maxResponseHead = 1 << 20
+
+var errHeadTooLarge = errors.New("the response head is over 1 MiB")
+
+// headLimit is a connection's reader: while on, it reads at most n bytes
+// more, then fails with errHeadTooLarge.
+type headLimit struct {
+	r  io.Reader
+	on bool
+	n  int
+}
+
+func (h *headLimit) Read(p []byte) (int, error) {
+	if !h.on {
+		return h.r.Read(p)
+	}
+	if h.n <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if len(p) > h.n {
+		p = p[:h.n]
+	}
+	n, err := h.r.Read(p)
+	h.n -= n
+	return n, err
+}
+
+// limit starts bounding the read of a response head; unlimit ends it.
+func (h *headLimit) limit()   { h.on, h.n = true, maxResponseHead }
+func (h *headLimit) unlimit() { h.on = false }
 
 // put returns a connection whose last response was read to its end.
 func (c *client) put(cn *conn) {

@@ -162,6 +162,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 		if err = x.writeRequest(cn.bw, k); err == nil {
 			err = cn.bw.Flush()
 		}
+		cn.head.limit()
 		if err == nil {
 			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout)); err == nil {
 				_, err = cn.br.Peek(1)
@@ -175,6 +176,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 			return nil, nil, err
 		}
 		resp, err := readResponse(cn.br, x.r.Method)
+		cn.head.unlimit()
 		if err != nil {
 			x.release(cn, false)
 			return nil, nil, err
@@ -450,15 +452,19 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	defer bufs.Put(bp)
 	buf := *bp
 	idle := x.g.opts.IdleTimeout
+	// The idle deadline moves at most once per slack (a second, less for
+	// short timeouts): moving a timer on every read of a stream costs
+	// more than the slack. It is moved before less than idle is left, and
+	// then to idle plus the slack: a silence of idle always passes, and
+	// a longer one is cut within the slack.
+	slack := min(time.Second, idle/4)
 	ctx := x.r.Context()
 	var deadline time.Time
 	for {
 		var n int
 		var err error
-		// The idle deadline moves at most once a second: moving a timer
-		// on every read of a stream costs more than the slack.
-		if now := time.Now(); deadline.Sub(now) < idle-time.Second {
-			deadline = now.Add(idle)
+		if now := time.Now(); deadline.Sub(now) < idle {
+			deadline = now.Add(idle + slack)
 			err = setReadDeadline(ctx, cn, deadline)
 		}
 		if err == nil {
@@ -482,6 +488,9 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 				return
 			}
 			x.respBytes += int64(len(out))
+			if sse {
+				x.midEvent = !endsEvent(out)
+			}
 			if x.stream && flusher != nil && !moreWaiting(cn) {
 				flusher.Flush()
 			}
@@ -498,6 +507,14 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	if flusher != nil {
 		flusher.Flush() // before the log line, not after it
 	}
+}
+
+// endsEvent reports whether an SSE stream's bytes so far, ending in b,
+// end at an event's end (a blank line).
+func endsEvent(b []byte) bool {
+	n := len(b)
+	return n >= 2 && (b[n-1] == '\n' && (b[n-2] == '\n' || n >= 4 && b[n-2] == '\r' && b[n-3] == '\n' && b[n-4] == '\r') ||
+		b[n-1] == '\r' && b[n-2] == '\r')
 }
 
 // endsSoon reports whether the provider's answer, given a moment, ends
@@ -544,6 +561,16 @@ func (x *exchange) cut(resp *http.Response, cn *conn, contentType string, err er
 	}
 	x.errCode = keybridge.EBadGateway
 	if ev := streamError(x.style, contentType, "Keybridge: "+why); ev != nil {
+		if x.midEvent {
+			// The provider broke off inside an event: it is ended
+			// first, or the error event would be read as the rest of
+			// it and lost.
+			end := "\n\n"
+			if x.style == keybridge.ProviderGoogle {
+				end = "\r\n\r\n"
+			}
+			x.w.Write([]byte(end))
+		}
 		x.w.Write(ev)
 		if f, ok := x.w.(http.Flusher); ok {
 			f.Flush()

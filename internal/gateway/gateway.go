@@ -323,6 +323,9 @@ type exchange struct {
 	// stream); hijacked: the connection left net/http (a WebSocket).
 	aborted  bool
 	hijacked bool
+	// midEvent: the last bytes an SSE answer passed on ended inside an
+	// event, so a cut must end that event before its error event.
+	midEvent bool
 	// hideUsage, when set, removes from the answer the usage-only chunk
 	// that include_usage, added by the gateway, makes the provider send.
 	hideUsage *usageChunkFilter

@@ -163,7 +163,7 @@ func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, createdKey{APIKey: k, Key: token})
+	writeOneTime(w, http.StatusCreated, createdKey{APIKey: k, Key: token})
 	return nil
 }
 
@@ -557,7 +557,7 @@ func (s *Server) rotateAPIKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, createdKey{APIKey: next, Key: token})
+	writeOneTime(w, http.StatusCreated, createdKey{APIKey: next, Key: token})
 	return nil
 }
 

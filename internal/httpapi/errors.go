@@ -72,6 +72,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
+// writeOneTime answers with v, which holds a secret shown this once (a key
+// plaintext, an AI key secret, an invitation token): no browser or proxy
+// may keep a copy of it.
+func writeOneTime(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, status, v)
+}
+
 // taken turns the store's conflict on a unique column into the 409 that
 // names the request's field; any other error passes through.
 func taken(err error, field, message string) error {

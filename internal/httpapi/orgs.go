@@ -316,7 +316,7 @@ func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out.InviteURL = s.publicURL(r) + "/invite?token=" + url.QueryEscape(out.InviteToken)
-	writeJSON(w, http.StatusCreated, out)
+	writeOneTime(w, http.StatusCreated, out)
 	return nil
 }
 
@@ -359,9 +359,38 @@ func (in *updateMemberRequest) Validate() error {
 	return nil
 }
 
+// memberTarget resolves {org} and its {userID} member (or pending
+// invitation) for a caller who needs members:write on it. Every member may
+// see the org's members and invitations, so the target is looked up
+// first: a user who is not in the org (another org's, or nobody's) is 404
+// to every caller who can see the org, and only then does a caller without
+// members:write get 403.
+func (s *Server) memberTarget(r *http.Request) (*keybridge.Org, keybridge.Role, error) {
+	ctx := r.Context()
+	org, _, err := s.org(r, keybridge.PermMembersRead)
+	if err != nil {
+		return nil, "", err
+	}
+	id := r.PathValue("userID")
+	_, err = s.store.Member(ctx, org.ID, id)
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		if _, err = s.store.Invitation(ctx, org.ID, id); keybridge.IsCode(err, keybridge.ENotFound) {
+			return nil, "", keybridge.Errorf(keybridge.ENotFound, "member not found")
+		}
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	role, err := s.auth.Authorize(ctx, principal(r), org, keybridge.PermMembersWrite)
+	if err != nil {
+		return nil, "", err
+	}
+	return org, role, nil
+}
+
 func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	org, role, err := s.org(r, keybridge.PermMembersWrite)
+	org, role, err := s.memberTarget(r)
 	if err != nil {
 		return err
 	}
@@ -453,7 +482,7 @@ func lastOwnerCheck(ctx context.Context, tx store.Store, orgID, what string) err
 
 func (s *Server) deleteMember(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	org, role, err := s.org(r, keybridge.PermMembersWrite)
+	org, role, err := s.memberTarget(r)
 	if err != nil {
 		return err
 	}

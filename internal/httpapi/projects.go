@@ -326,7 +326,7 @@ func (s *Server) createAIKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret})
+	writeOneTime(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret})
 	return nil
 }
 
@@ -348,9 +348,29 @@ func (in *updateAIKeyRequest) Validate() error {
 	return nil
 }
 
+// aiKeyTarget resolves {org}, {projectID} and its live AI key {id} for a
+// caller who needs projects:write on it. Every member may see a project's
+// AI keys, so the key is looked up first: one of another project (or
+// deleted, or unknown) is 404 to every caller who can see the project, and
+// only then does a caller without projects:write get 403.
+func (s *Server) aiKeyTarget(r *http.Request) (*keybridge.Org, *keybridge.Project, error) {
+	ctx := r.Context()
+	org, p, err := s.project(r, keybridge.PermProjectsRead)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := liveAIKey(ctx, s.store, p.ID, r.PathValue("id")); err != nil {
+		return nil, nil, err
+	}
+	if _, err := s.auth.Authorize(ctx, principal(r), org, keybridge.PermProjectsWrite); err != nil {
+		return nil, nil, err
+	}
+	return org, p, nil
+}
+
 func (s *Server) updateAIKey(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	org, p, err := s.project(r, keybridge.PermProjectsWrite)
+	org, p, err := s.aiKeyTarget(r)
 	if err != nil {
 		return err
 	}
@@ -420,7 +440,7 @@ func liveAIKey(ctx context.Context, st store.Store, projectID, id string) (*keyb
 
 func (s *Server) deleteAIKey(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	org, p, err := s.project(r, keybridge.PermProjectsWrite)
+	org, p, err := s.aiKeyTarget(r)
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,41 @@
 package httpapi
 
-import "net/http"
+import (
+	"net/http"
+	"strings"
+)
+
+// router is what routes registers on: the server's ServeMux, or the
+// recorder behind Routes.
+type router interface {
+	Handle(pattern string, handler http.Handler)
+}
+
+// Routes returns the pattern ("METHOD /path") of every operation of the
+// management API, in the order routes registers them. It is the one list
+// the tests check the OpenAPI document and the authorization matrix
+// against, so a new route cannot be missing from either. Patterns without
+// a method (the /api/ catch-all) and the web UI's pages are not operations
+// and are left out.
+func Routes() []string {
+	var rec patternRecorder
+	(&Server{}).routes(&rec)
+	return rec
+}
+
+// patternRecorder is a router that keeps the patterns with a method.
+type patternRecorder []string
+
+func (p *patternRecorder) Handle(pattern string, _ http.Handler) {
+	if strings.Contains(pattern, " ") {
+		*p = append(*p, pattern)
+	}
+}
 
 // routes is the whole HTTP surface of Keybridge. Every route here is in the
-// OpenAPI document and the reverse; a test keeps them in step.
-func (s *Server) routes(mux *http.ServeMux) {
+// OpenAPI document and the reverse, and has rows in the authorization
+// matrix; tests keep them in step through Routes.
+func (s *Server) routes(mux router) {
 	// Operations.
 	mux.Handle("GET /healthz", s.h(s.healthz))
 	mux.Handle("GET /readyz", s.h(s.readyz))

@@ -307,7 +307,7 @@ func (s *Server) startSession(w http.ResponseWriter, r *http.Request, u *keybrid
 		return err
 	}
 	s.setSessionCookie(w, r, token, sess.ExpiresAt)
-	writeJSON(w, status, loginResponse{User: u, CSRFToken: sess.CSRFToken, Org: org})
+	writeOneTime(w, status, loginResponse{User: u, CSRFToken: sess.CSRFToken, Org: org})
 	return nil
 }
 
@@ -358,7 +358,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.setSessionCookie(w, r, token, sess.ExpiresAt)
-	writeJSON(w, http.StatusOK, loginResponse{User: u, CSRFToken: sess.CSRFToken})
+	writeOneTime(w, http.StatusOK, loginResponse{User: u, CSRFToken: sess.CSRFToken})
 	return nil
 }
 
@@ -512,7 +512,7 @@ func (s *Server) acceptInvite(w http.ResponseWriter, r *http.Request) error {
 	}
 	if caller != nil {
 		// Already signed in: the session goes on, with its CSRF token.
-		writeJSON(w, http.StatusOK, loginResponse{User: u, CSRFToken: caller.SessionCSRF})
+		writeOneTime(w, http.StatusOK, loginResponse{User: u, CSRFToken: caller.SessionCSRF})
 		return nil
 	}
 	return s.startSession(w, r, u, nil, http.StatusOK)

@@ -1,7 +1,10 @@
 package web_test
 
 import (
+	"io/fs"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,10 +17,11 @@ func TestPages(t *testing.T) {
 		path, contentType, contains string
 		status                      int
 	}{
-		{"/", "text/html", `id="login-form"`, 200},
-		{"/setup?token=abc", "text/html", `id="setup-form"`, 200},
-		{"/invite?token=abc", "text/html", `id="invite-form"`, 200},
-		{"/ui/app.js", "text/javascript", "/api/v1/setup", 200},
+		{"/", "text/html", `src="/ui/js/app.js"`, 200},
+		{"/setup?token=abc", "text/html", `id="app"`, 200},
+		{"/invite?token=abc", "text/html", `id="app"`, 200},
+		{"/ui/js/app.js", "text/javascript", "hashchange", 200},
+		{"/ui/js/pages/auth.js", "text/javascript", "/api/v1/setup", 200},
 		{"/ui/style.css", "text/css", "body", 200},
 		{"/ui/missing.js", "", "", 404},
 	} {
@@ -56,5 +60,36 @@ func TestPages(t *testing.T) {
 		if strings.Contains(rec.Body.String(), "<script>") {
 			t.Errorf("GET %s: inline script, which the policy blocks", c.path)
 		}
+	}
+}
+
+// TestNoHTMLInjection reads every file of the UI for the ways a value
+// could reach the page as HTML or code, or a secret could outlive its
+// page: none may appear. Values go in as text (dom.js's h and
+// textContent); nothing is kept in localStorage.
+func TestNoHTMLInjection(t *testing.T) {
+	banned := []string{"innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "setAttribute(\"style\"", "style=", "localStorage", "javascript:", "<script>", "onclick=", "onload="}
+	files := 0
+	err := fs.WalkDir(os.DirFS("static"), ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		files++
+		b, err := os.ReadFile(filepath.Join("static", path))
+		if err != nil {
+			return err
+		}
+		for _, bad := range banned {
+			if strings.Contains(string(b), bad) {
+				t.Errorf("%s holds %q", path, bad)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < 10 {
+		t.Errorf("read %d files of the UI, want every page's", files)
 	}
 }
