@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -264,6 +265,9 @@ func (g *Gateway) Beside(api http.Handler) http.Handler {
 // ServeHTTP implements http.Handler for /gateway/{provider}/{path...}.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := exchange{g: g, w: w, r: r, start: time.Now(), id: g.ids.next()}
+	// Registered first, so it runs last: after finish has counted and
+	// logged the request, even when the panic came from there.
+	defer g.recoverPanic(x.id)
 	w.Header().Set("X-Keybridge-Request-Id", x.id)
 	g.m.active.Inc()
 	defer g.m.active.Dec()
@@ -273,6 +277,25 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.serve()
+}
+
+// recoverPanic logs a panic in the gateway's handling of a request and
+// aborts the answer, as a cut stream is aborted. The panic's value is not
+// logged: it could hold anything, a credential included; its type and the
+// stack say where it was. Re-panicking with http.ErrAbortHandler, which
+// net/http and the front both take silently, keeps net/http (serving
+// HTTP/2) from logging the value itself.
+func (g *Gateway) recoverPanic(requestID string) {
+	v := recover()
+	if v == nil || v == http.ErrAbortHandler {
+		if v != nil {
+			panic(v)
+		}
+		return
+	}
+	g.log.Error("gateway: panic serving a request", "request_id", requestID,
+		"panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
+	panic(http.ErrAbortHandler)
 }
 
 // exchange is one request passing through the gateway.
