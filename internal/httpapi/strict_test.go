@@ -155,3 +155,18 @@ func TestBodyContentType(t *testing.T) {
 	})
 	wantStatus(t, resp, raw, http.StatusOK)
 }
+
+// TestBaseURLNeedsHost: a base URL with a port and no host would dial this
+// machine; creating or testing a provider with one is a 400 on base_url.
+func TestBaseURLNeedsHost(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	for _, c := range []struct{ path, body string }{
+		{e.providersPath(""), `{"name":"nohost","type":"openai-compatible","base_url":"https://:443/v1"}`},
+		{e.providersPath("/test"), `{"type":"openai-compatible","base_url":"http://:8080","api_key":"sk-x"}`},
+	} {
+		resp, raw := e.do("POST", c.path, e.OwnerKey, c.body)
+		if got := wantError(t, resp, raw, keybridge.EInvalid); got.Error.Fields["base_url"] == "" {
+			t.Errorf("POST %s %s: fields = %v, want base_url", c.path, c.body, got.Error.Fields)
+		}
+	}
+}
