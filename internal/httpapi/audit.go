@@ -1,11 +1,13 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/audit"
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/retention"
 	"github.com/keybridge/keybridge/internal/store"
 )
 
@@ -135,11 +137,25 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
 	if until.IsZero() {
-		until = time.Now().UTC().Truncate(time.Microsecond)
+		until = now
 	}
-	if since.IsZero() {
+	// Rows older than the retention window are gone: a window that starts
+	// before it would answer smaller totals than the traffic had, as if
+	// they were whole. The default start moves up to what is kept (the
+	// answer's since says so); one asked for is refused.
+	kept := retention.UsageKeptSince(now, s.cfg.UsageRetention)
+	switch {
+	case since.IsZero() && !kept.IsZero() && !until.After(kept):
+		return keybridge.FieldError("until", fmt.Sprintf("must be after %s: older usage is no longer kept (usage retention)", kept.Format(time.RFC3339)))
+	case since.IsZero():
 		since = until.Add(-usageWindow)
+		if since.Before(kept) {
+			since = kept
+		}
+	case since.Before(kept):
+		return keybridge.FieldError("since", fmt.Sprintf("must not be before %s: older usage is no longer kept (usage retention)", kept.Format(time.RFC3339)))
 	}
 	if !since.Before(until) {
 		return keybridge.FieldError("since", "must be before until")

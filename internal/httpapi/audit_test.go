@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybridge/keybridge/internal/httpapi"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
@@ -356,7 +357,8 @@ func TestUsage(t *testing.T) {
 		if len(get("").Items[0].Series) != 0 {
 			t.Errorf("usage without bucket has a series; want none")
 		}
-		if got := get("?since=2020-01-01T00:00:00Z&until=2020-02-01T00:00:00Z"); got.Items == nil || len(got.Items) != 0 {
+		empty := "?since=" + now.Add(-60*24*time.Hour).Format(time.RFC3339) + "&until=" + now.Add(-50*24*time.Hour).Format(time.RFC3339)
+		if got := get(empty); got.Items == nil || len(got.Items) != 0 {
 			t.Errorf("usage of an empty window = %+v, want an empty items array", got)
 		}
 
@@ -380,4 +382,44 @@ func TestUsage(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestUsageSinceRetention: a usage window that starts before the rows
+// retention keeps is refused naming since, instead of answering the
+// smaller totals of what is left as if they were whole; the default
+// window is cut to what is kept.
+func TestUsageSinceRetention(t *testing.T) {
+	e := newEnvWith(t, storetest.SQLite(t), envOptions{Config: httpapi.Config{UsageRetention: 10 * 24 * time.Hour}})
+	now := time.Now().UTC()
+	kept := now.Add(-10 * 24 * time.Hour).Truncate(24 * time.Hour)
+	path := "/api/v1/orgs/" + e.Org.Slug + "/usage"
+	for _, c := range []struct {
+		query string
+		field string // "" when the query is answered
+	}{
+		{"?since=" + kept.Add(-time.Second).Format(time.RFC3339), "since"},
+		{"?since=" + now.Add(-60*24*time.Hour).Format(time.RFC3339), "since"},
+		{"?since=" + kept.Format(time.RFC3339), ""},
+		{"?until=" + kept.Add(-time.Hour).Format(time.RFC3339), "until"},
+		{"", ""},
+	} {
+		resp, raw := e.do("GET", path+c.query, e.OwnerKey, nil)
+		if c.field != "" {
+			if got := wantError(t, resp, raw, keybridge.EInvalid); got.Error.Fields[c.field] == "" {
+				t.Errorf("usage%s: fields = %v, want %s", c.query, got.Error.Fields, c.field)
+			}
+			continue
+		}
+		wantStatus(t, resp, raw, http.StatusOK)
+		got := decodeAs[struct {
+			Since time.Time `json:"since"`
+		}](t, raw)
+		if got.Since.Before(kept) {
+			t.Errorf("usage%s: since = %v, before the retention window's start %v", c.query, got.Since, kept)
+		}
+	}
+	// Rows kept forever: any since is answered.
+	forever := newEnvWith(t, storetest.SQLite(t), envOptions{Config: httpapi.Config{UsageRetention: -1}})
+	resp, raw := forever.do("GET", "/api/v1/orgs/"+forever.Org.Slug+"/usage?since=2001-01-01T00:00:00Z", forever.OwnerKey, nil)
+	wantStatus(t, resp, raw, http.StatusOK)
 }

@@ -2,11 +2,8 @@ package httpapi
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"reflect"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -23,6 +20,10 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 func (s *Server) h(fn handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := checkText(r); err != nil {
+			WriteError(w, r, s.log, err)
+			return
+		}
+		if err := bodyContentType(r); err != nil {
 			WriteError(w, r, s.log, err)
 			return
 		}
@@ -63,9 +64,11 @@ const maxBody = 1 << 20
 // Validator is a request body that can check itself.
 type Validator interface{ Validate() error }
 
-// decode reads r's JSON body into a T: at most maxBody bytes, unknown
-// fields rejected, exactly one JSON value, then T's own validation. Every
-// failure is a 4xx.
+// decode reads r's JSON body into a T: at most maxBody bytes, strictly
+// (decode.go: exact field names, no key twice, valid UTF-8, errors naming
+// the field as the API spells it), exactly one JSON value, then T's own
+// validation. Every failure is a 4xx. It is the only way a management
+// handler reads a body.
 func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	var v T
 	if err := decodeInto(w, r, &v); err != nil {
@@ -79,106 +82,17 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	return v, nil
 }
 
+// decodeInto is decode without the validation, for bodies that are not
+// one object (the array of leak reports).
 func decodeInto(w http.ResponseWriter, r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return keybridge.Errorf(keybridge.EInvalid, "Content-Type must be application/json")
+	if err := bodyContentType(r); err != nil {
+		return err
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return decodeError(err)
+	b, err := readBody(w, r)
+	if err != nil {
+		return err
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return decodeError(err)
-		}
-		return keybridge.Errorf(keybridge.EInvalid, "request body must hold one JSON value")
-	}
-	if holdsNUL(reflect.ValueOf(v), 0) {
-		// PostgreSQL refuses NUL in text; no name or secret of ours has one.
-		return keybridge.Errorf(keybridge.EInvalid, "strings in the request body must not hold NUL characters")
-	}
-	return nil
-}
-
-// holdsNUL reports whether any string reachable from v holds a NUL byte.
-func holdsNUL(v reflect.Value, depth int) bool {
-	if depth > 32 {
-		return false
-	}
-	switch v.Kind() {
-	case reflect.String:
-		return strings.IndexByte(v.String(), 0) >= 0
-	case reflect.Pointer, reflect.Interface:
-		return !v.IsNil() && holdsNUL(v.Elem(), depth+1)
-	case reflect.Struct:
-		for i := range v.NumField() {
-			if holdsNUL(v.Field(i), depth+1) {
-				return true
-			}
-		}
-	case reflect.Slice, reflect.Array:
-		for i := range v.Len() {
-			if holdsNUL(v.Index(i), depth+1) {
-				return true
-			}
-		}
-	case reflect.Map:
-		iter := v.MapRange()
-		for iter.Next() {
-			if holdsNUL(iter.Key(), depth+1) || holdsNUL(iter.Value(), depth+1) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// decodeError turns a JSON decoding failure into a client error.
-func decodeError(err error) error {
-	var mbe *http.MaxBytesError
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	var ke *keybridge.Error
-	switch {
-	case errors.As(err, &mbe):
-		return keybridge.Errorf(keybridge.ETooLarge, "request body is larger than %d bytes", mbe.Limit)
-	case errors.As(err, &ke):
-		return ke
-	case errors.Is(err, io.EOF):
-		return keybridge.Errorf(keybridge.EInvalid, "request body is empty")
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return keybridge.Errorf(keybridge.EInvalid, "request body is not valid JSON: unexpected end")
-	case errors.As(err, &syn):
-		return keybridge.Errorf(keybridge.EInvalid, "request body is not valid JSON at byte %d", syn.Offset)
-	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			return keybridge.Errorf(keybridge.EInvalid, "request body must be a JSON %s", typ.Type.Kind())
-		}
-		return &keybridge.Error{Code: keybridge.EInvalid, Message: fmt.Sprintf("%s: must be %s", field, jsonKind(typ.Type.Kind().String())),
-			Fields: map[string]string{field: "must be " + jsonKind(typ.Type.Kind().String())}}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return &keybridge.Error{Code: keybridge.EInvalid, Message: fmt.Sprintf("unknown field %q", name),
-			Fields: map[string]string{name: "unknown field"}}
-	}
-	return keybridge.Errorf(keybridge.EInvalid, "request body is not valid JSON")
-}
-
-func jsonKind(goKind string) string {
-	switch goKind {
-	case "string":
-		return "a string"
-	case "bool":
-		return "a boolean"
-	case "slice", "array":
-		return "an array"
-	case "map", "struct", "ptr":
-		return "an object"
-	}
-	return "a number"
+	return decodeJSON(b, v)
 }
 
 // list is the envelope of every list response (SPEC §1).

@@ -229,6 +229,7 @@ func TestLoginLogout(t *testing.T) {
 		tlsSrv := httptest.NewTLSServer(e.API)
 		defer tlsSrv.Close()
 		req, _ := http.NewRequest("POST", tlsSrv.URL+"/api/v1/auth/login", strings.NewReader(`{"email":"`+e.Owner.Email+`","password":"`+e.OwnerPassword+`"}`))
+		req.Header.Set("Content-Type", "application/json")
 		tresp, err := tlsSrv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)

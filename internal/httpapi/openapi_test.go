@@ -19,7 +19,7 @@ import (
 var update = flag.Bool("update", false, "rewrite golden files")
 
 // routesInSource is the API's route list, as a set.
-func routesInSource(t *testing.T) map[string]bool {
+func routesInSource(t testing.TB) map[string]bool {
 	t.Helper()
 	routes := map[string]bool{}
 	for _, r := range httpapi.Routes() {
@@ -45,7 +45,7 @@ type operation struct {
 
 var httpMethods = map[string]bool{"get": true, "put": true, "post": true, "delete": true, "options": true, "head": true, "patch": true, "trace": true}
 
-func fetchOpenAPI(t *testing.T) []byte {
+func fetchOpenAPI(t testing.TB) []byte {
 	t.Helper()
 	srv := httpapi.New(httpapi.Config{})
 	rec := httptest.NewRecorder()

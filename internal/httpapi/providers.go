@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -260,14 +259,14 @@ func (s *Server) listProviders(w http.ResponseWriter, r *http.Request) error {
 }
 
 type createProviderRequest struct {
-	Name        string                  `json:"name"`
-	DisplayName string                  `json:"display_name"`
-	Type        keybridge.ProviderType  `json:"type"`
-	BaseURL     string                  `json:"base_url"`
-	Enabled     *bool                   `json:"enabled"`
-	KeySource   keybridge.KeySource     `json:"key_source"`
-	Settings    json.RawMessage         `json:"settings"`
-	settings    keybridge.SettingsPatch `json:"-"`
+	Name        string                            `json:"name"`
+	DisplayName string                            `json:"display_name"`
+	Type        keybridge.ProviderType            `json:"type"`
+	BaseURL     string                            `json:"base_url"`
+	Enabled     *bool                             `json:"enabled"`
+	KeySource   keybridge.KeySource               `json:"key_source"`
+	Settings    optional[keybridge.SettingsPatch] `json:"settings"`
+	settings    keybridge.SettingsPatch           `json:"-"`
 }
 
 // Validate checks every field, reporting all that are wrong at once.
@@ -281,11 +280,7 @@ func (in *createProviderRequest) Validate() error {
 	if in.KeySource != "" && !validKeySource(in.KeySource) {
 		v.Add("key_source", "must be org, user or user_or_org")
 	}
-	patch, err := keybridge.ParseSettingsPatch(in.Settings)
-	if err != nil {
-		return err
-	}
-	in.settings = patch
+	in.settings = in.Settings.V
 	if in.BaseURL != "" {
 		in.BaseURL = normalizeBaseURL(v, in.BaseURL)
 	}
@@ -341,20 +336,20 @@ func (s *Server) getProvider(w http.ResponseWriter, r *http.Request) error {
 }
 
 type updateProviderRequest struct {
-	Name        *string                 `json:"name"`
-	DisplayName *string                 `json:"display_name"`
-	Type        *keybridge.ProviderType `json:"type"`
-	BaseURL     *string                 `json:"base_url"`
-	Enabled     *bool                   `json:"enabled"`
-	KeySource   *keybridge.KeySource    `json:"key_source"`
-	Settings    json.RawMessage         `json:"settings"`
-	settings    keybridge.SettingsPatch `json:"-"`
+	Name        *string                           `json:"name"`
+	DisplayName *string                           `json:"display_name"`
+	Type        *keybridge.ProviderType           `json:"type"`
+	BaseURL     *string                           `json:"base_url"`
+	Enabled     *bool                             `json:"enabled"`
+	KeySource   *keybridge.KeySource              `json:"key_source"`
+	Settings    optional[keybridge.SettingsPatch] `json:"settings"`
+	settings    keybridge.SettingsPatch           `json:"-"`
 }
 
 // Validate checks what can be checked without the stored provider.
 func (in *updateProviderRequest) Validate() error {
 	if in.Name == nil && in.DisplayName == nil && in.Type == nil && in.BaseURL == nil && in.Enabled == nil &&
-		in.KeySource == nil && len(in.Settings) == 0 {
+		in.KeySource == nil && !in.Settings.Set {
 		return keybridge.Errorf(keybridge.EInvalid, "nothing to change: send at least one of name, display_name, base_url, enabled, key_source, settings")
 	}
 	v := keybridge.Validation{}
@@ -372,11 +367,7 @@ func (in *updateProviderRequest) Validate() error {
 	if in.BaseURL != nil && strings.TrimSpace(*in.BaseURL) != "" {
 		*in.BaseURL = normalizeBaseURL(v, *in.BaseURL)
 	}
-	patch, err := keybridge.ParseSettingsPatch(in.Settings)
-	if err != nil {
-		return err
-	}
-	in.settings = patch
+	in.settings = in.Settings.V
 	return v.Err()
 }
 
@@ -687,11 +678,11 @@ func (s *Server) upstreamClient() *upstream.Client {
 var defaultUpstream = sync.OnceValue(func() *upstream.Client { return upstream.New(upstream.Options{}) })
 
 type testProviderRequest struct {
-	Type     keybridge.ProviderType  `json:"type"`
-	BaseURL  string                  `json:"base_url"`
-	APIKey   keybridge.Secret        `json:"api_key"`
-	Settings json.RawMessage         `json:"settings"`
-	settings keybridge.SettingsPatch `json:"-"`
+	Type     keybridge.ProviderType            `json:"type"`
+	BaseURL  string                            `json:"base_url"`
+	APIKey   keybridge.Secret                  `json:"api_key"`
+	Settings optional[keybridge.SettingsPatch] `json:"settings"`
+	settings keybridge.SettingsPatch           `json:"-"`
 }
 
 func (in *testProviderRequest) Validate() error {
@@ -709,11 +700,7 @@ func (in *testProviderRequest) Validate() error {
 	if in.Type == keybridge.ProviderBedrock && !in.APIKey.IsZero() {
 		v.Add("api_key", "bedrock providers take no keys: send settings.access_key and settings.access_key_secret")
 	}
-	patch, err := keybridge.ParseSettingsPatch(in.Settings)
-	if err != nil {
-		return err
-	}
-	in.settings = patch
+	in.settings = in.Settings.V
 	return v.Err()
 }
 

@@ -43,6 +43,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// UI, when set, serves the web UI's pages (/, /setup, /invite).
 	UI http.Handler
+	// UsageRetention is how long usage rows are kept (serve's
+	// --usage-retention; 0 means the default, negative forever): a usage
+	// query may not start before what is kept.
+	UsageRetention time.Duration
 	// Ready reports whether the database and key ring are ready.
 	Ready func(r *http.Request) error
 	// ProbesPerMinute is how many provider tests and usage requests an

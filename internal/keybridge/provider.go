@@ -73,10 +73,12 @@ func ValidateProviderName(name string) error {
 	return nil
 }
 
-// ValidateBaseURL checks that s is an absolute http or https URL.
+// ValidateBaseURL checks that s is an absolute http or https URL that
+// names a host: "https://:443" has a port and no host, and would dial this
+// machine.
 func ValidateBaseURL(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.User != nil {
 		return FieldError("base_url", "must be an absolute http or https URL")
 	}
 	return nil

@@ -1,9 +1,7 @@
 package keybridge
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -25,8 +23,9 @@ type ProviderSettings struct {
 }
 
 // SettingsPatch is a settings object as a request sends it: a nil field
-// was not sent. An empty secret counts as not sent, so that rotating one
-// secret never needs the others.
+// was not sent. The management API decodes it strictly (exact names, each
+// once); its errors name "settings.<field>". An empty secret counts as not
+// sent, so that rotating one secret never needs the others.
 type SettingsPatch struct {
 	Region          *string `json:"region"`
 	Model           *string `json:"model"`
@@ -45,32 +44,6 @@ var (
 	regionPattern     = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
 	apiVersionPattern = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$|^(v1|latest|preview)$`)
 )
-
-// ParseSettingsPatch decodes a request's settings object strictly: unknown
-// fields and values of the wrong JSON type are invalid_argument errors
-// naming the field. An absent or null object is an empty patch.
-func ParseSettingsPatch(raw json.RawMessage) (SettingsPatch, error) {
-	var p SettingsPatch
-	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
-		return p, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		var te *json.UnmarshalTypeError
-		switch {
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			return p, FieldError("settings."+name, "unknown setting")
-		case errors.As(err, &te) && te.Field != "":
-			return p, FieldError("settings."+te.Field, "must be a string")
-		case IsCode(err, EInvalid):
-			return p, FieldError("settings", "secret settings must be strings")
-		}
-		return p, FieldError("settings", "must be an object")
-	}
-	return p, nil
-}
 
 // Empty reports whether the patch sends nothing.
 func (p SettingsPatch) Empty() bool { return p == SettingsPatch{} }
@@ -139,8 +112,14 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 			v.Add(field, "access_key and access_key_secret go together")
 		}
 		for f, val := range map[string]string{"settings.model": s.Model, "settings.small_fast_model": s.SmallFastModel} {
-			if len(val) > 200 {
+			switch {
+			case len(val) > 200:
 				v.Add(f, "must be at most 200 characters")
+			case !modelIDText(val):
+				// Bedrock model IDs, inference profiles and ARNs are
+				// printable ASCII; anything else would not survive the
+				// sealed JSON (invalid UTF-8 becomes U+FFFD) or a URL path.
+				v.Add(f, "must be a Bedrock model ID or ARN: printable ASCII without spaces")
 			}
 		}
 	case ProviderAzureOpenAI:
@@ -149,6 +128,16 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 		}
 	}
 	return v.Err()
+}
+
+// modelIDText reports whether s is empty or printable ASCII without spaces.
+func modelIDText(s string) bool {
+	for i := range len(s) {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // Defaults fills what a type's settings default to.

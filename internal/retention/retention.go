@@ -53,6 +53,21 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// UsageKeptSince returns the oldest time from which usage rows are all
+// still there at now when they are kept for keep (0 means DefaultUsage):
+// the store cuts at the start of a UTC day (DeleteUsageBefore), so this is
+// the start of the UTC day keep before now. A negative keep keeps rows
+// forever and returns the zero time.
+func UsageKeptSince(now time.Time, keep time.Duration) time.Time {
+	if keep == 0 {
+		keep = DefaultUsage
+	}
+	if keep < 0 {
+		return time.Time{}
+	}
+	return now.Add(-keep).UTC().Truncate(24 * time.Hour)
+}
+
 // Run removes expired rows now and then every opts.Every until ctx ends.
 // A failed pass is logged and tried again at the next tick: retention is
 // housekeeping and must not stop the server.
