@@ -462,11 +462,17 @@ func (tb *tab) shot(name string) {
 		if err != nil {
 			tb.e.t.Fatalf("screenshot %s: %v", name, err)
 		}
-		// Readable at this width: nothing but a table's or a snippet's own
-		// scroller is wider than the screen, and every control has a name.
+		// Readable at this width: nothing but a snippet's own scroller is
+		// wider than the screen or its card, and every control has a name.
 		check, err := tb.eval(`(() => {
 			const bad = [];
 			if (document.documentElement.scrollWidth > window.innerWidth + 1) bad.push("the page is " + document.documentElement.scrollWidth + " px wide");
+			// Nor is a card's content wider than the card (hidden behind
+			// its edge or its scroller), unless it scrolls by design.
+			for (const c of document.querySelectorAll(".panel, .chart, .stat, .table-wrap, .empty, .dialog-body")) {
+				if (!c.getClientRects().length || c.closest(".scrolls")) continue;
+				if (c.scrollWidth > c.clientWidth + 1) bad.push((c.id || c.querySelector("[id]")?.id || c.closest("[id]")?.id || c.className) + " holds " + c.scrollWidth + " px in " + c.clientWidth + " px");
+			}
 			for (const c of document.querySelectorAll("input, select, textarea, button")) {
 				if (!c.getClientRects().length) continue;
 				const named = c.getAttribute("aria-label") || (c.id && document.querySelector("label[for='" + c.id + "']")) || c.closest("label") || (c.tagName === "BUTTON" && c.textContent.trim());

@@ -122,7 +122,7 @@ export async function dashboard() {
         timeChart({ id: "chart-tokens", title: "Tokens", ts, bucket: w.bucket, series: seriesOf(groups, nProvider, tokens) }),
         timeChart({ id: "chart-errors", title: "Errors", ts, bucket: w.bucket, series: seriesOf(groups, nProvider, (p) => p.errors) }),
         timeChart({ id: "chart-latency", title: "Latency", ts, bucket: w.bucket, kind: "line", unit: " ms", series: latencySeries(groups) })),
-      h("div", { class: "grid" },
+      h("div", { class: "grid tops" },
         topTable("Top providers", groups, nProvider, "top-providers"),
         topTable("Top models", byModel.items || [], nModel, "top-models"),
         topTable("Top keys", byKey.items || [], nKey, "top-keys"),
