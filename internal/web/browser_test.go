@@ -274,6 +274,16 @@ func (tb *tab) eval(js string) (string, error) {
 	return chromedp.Run(ctx, chromedp.Evaluate[string](js))
 }
 
+// eval1 evaluates js, failing the test on a script error.
+func (tb *tab) eval1(js string) string {
+	tb.e.t.Helper()
+	out, err := tb.eval(js)
+	if err != nil {
+		tb.e.t.Fatalf("%s: %s: %v", tb.name, js, err)
+	}
+	return out
+}
+
 func (tb *tab) mainText() string {
 	s, _ := tb.eval(`(document.body ? document.body.innerText : "").slice(0, 3000)`)
 	return s
@@ -963,6 +973,52 @@ func init() {
 		admin.click("Last 24 hours")
 		admin.until("24 hours", `return document.querySelector("#stat-requests .v") ? "ok" : "";`)
 		admin.shot("dashboard")
+
+		// A custom range of UTC days, kept in the address.
+		today := time.Now().UTC()
+		since, until := today.AddDate(0, 0, -1).Format(time.DateOnly), today.Format(time.DateOnly)
+		admin.click("Custom range")
+		admin.fill("Since (UTC)", since)
+		admin.fill("Until (UTC)", until)
+		admin.submit("Show range")
+		admin.until("custom range", `const s = document.querySelector("#stat-requests .v"); return location.hash === "#/dashboard?since=`+since+`&until=`+until+`" && s && s.textContent === `+jsq(want)+` ? "ok" : "";`)
+		admin.see("main .intro", since+" to "+until+", by hour")
+		admin.until("custom pressed", `return document.querySelector("button[aria-pressed=true]")?.textContent === "Custom range" ? "ok" : "";`)
+		// The page refuses a range that ends before it starts, beside the
+		// control, and asks the API nothing.
+		asked := len(e.rec.all())
+		admin.fill("Until (UTC)", today.AddDate(0, 0, -3).Format(time.DateOnly))
+		admin.submit("Show range")
+		admin.until("until refused", `const f = document.getElementById("range-form"); const c = f.elements.until; return c.getAttribute("aria-invalid") === "true" && c.parentElement.querySelector(".field-error").textContent === "must not be before since" ? "ok" : "";`)
+		if strings.Contains(admin.eval1(`location.hash`), "until="+today.AddDate(0, 0, -3).Format(time.DateOnly)) {
+			t.Error("a refused range reached the address")
+		}
+		for _, r := range e.rec.all()[asked:] {
+			if strings.Contains(r.path, "/usage?") {
+				t.Errorf("a range the page refused was asked of the API: %s", r.path)
+			}
+		}
+		// What only the API decides (here a year RFC 3339 cannot write;
+		// with usage retention, a start before what is kept) is its
+		// answer, each field beside its control.
+		admin.fill("Since (UTC)", "10000-01-01")
+		admin.fill("Until (UTC)", "10000-01-02")
+		admin.submit("Show range")
+		admin.until("API refusal", `const f = document.getElementById("range-form"); const c = f.elements.since; return c.getAttribute("aria-invalid") === "true" && c.parentElement.querySelector(".field-error").textContent.includes("RFC 3339") && [...f.querySelectorAll(".form-error code")].some((x) => x.textContent === "since") ? "ok" : "";`)
+		var refused bool
+		for _, r := range e.rec.all()[asked:] {
+			refused = refused || (strings.Contains(r.path, "/usage?") && r.status == 400)
+		}
+		if !refused {
+			t.Error("the API was not asked for (and did not refuse) the year 10000 range")
+		}
+		// A bookmark of the range opens it again, in a new page load.
+		admin.do("open the bookmarked range", chromedp.Navigate(e.url+"/#/usage?since="+since+"&until="+until), chromedp.Reload())
+		admin.until("usage of the range", `const t = document.querySelector("#usage table"); const f = document.getElementById("range-form"); return t && t.innerText.includes("openai\t`+want+`") && f && !f.classList.contains("hidden") && f.elements.since.value === `+jsq(since)+` && f.elements.until.value === `+jsq(until)+` ? "ok" : "";`)
+		admin.see("#usage-csv", "Download CSV")
+		if dl := admin.eval1(`document.getElementById("usage-csv").download`); !strings.HasSuffix(dl, since+"-"+until+".csv") {
+			t.Errorf("the CSV of the range downloads as %q, want it named after the range", dl)
+		}
 	})
 }
 
