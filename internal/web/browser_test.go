@@ -910,6 +910,54 @@ func init() {
 	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
 		admin.open("#/audit", "Audit log")
 		admin.see("#audit-events", "provider.create")
+		// Pages: 50 more events (the page's size) than there were, made
+		// through the API with the page's own session, push the oldest to
+		// page 2; Next and Previous walk there and back.
+		ctx, cancel := context.WithTimeout(admin.ctx, 2*stepTimeout)
+		made, err := chromedp.Run(ctx, chromedp.Evaluate[int](`(async () => {
+			const org = "/api/v1/orgs/acme/projects";
+			const p = (await (await fetch(org)).json()).items.find((x) => x.name === "web-app");
+			let n = 0;
+			for (let i = 0; i < 50; i++) {
+				const r = await fetch(org + "/" + p.id, {method: "PATCH", headers: {"Content-Type": "application/json", "X-CSRF-Token": sessionStorage.getItem("kb.csrf")}, body: JSON.stringify({description: "The storefront, take " + i})});
+				if (r.ok) n++;
+			}
+			return n;
+		})()`, chromedp.EvalAwaitPromise))
+		cancel()
+		if err != nil || made != 50 {
+			t.Fatalf("made %d project updates (%v), want 50", made, err)
+		}
+		admin.open("#/audit", "Audit log")
+		rowsJS := `[...document.querySelectorAll("#audit-events tbody tr")].map((r) => r.innerText)`
+		first := admin.until("page 1", `const rows = `+rowsJS+`; return rows.length === 50 && document.querySelector(".pager").innerText.includes("Page 1") ? JSON.stringify(rows) : "";`)
+		if strings.Count(first, "project.update") != 50 {
+			t.Errorf("page 1 of the audit log is not the 50 newest events (the project updates):\n%.500s", first)
+		}
+		admin.click("Next page")
+		second := admin.until("page 2", `const rows = `+rowsJS+`; return rows.length && document.querySelector(".pager").innerText.includes("Page 2") && !document.querySelector("#audit-events .loading") ? JSON.stringify(rows) : "";`)
+		var page1, page2 []string
+		if err := json.Unmarshal([]byte(first), &page1); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(second), &page2); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page2 {
+			for _, q := range page1 {
+				if r == q {
+					t.Errorf("an event is on pages 1 and 2: %q", r)
+				}
+			}
+		}
+		if !strings.Contains(second, "provider.create") {
+			t.Errorf("page 2 of the audit log lacks the oldest events (provider.create):\n%.500s", second)
+		}
+		admin.click("Previous page")
+		again := admin.until("page 1 again", `const rows = `+rowsJS+`; return rows.length && document.querySelector(".pager").innerText.includes("Page 1") && !document.querySelector("#audit-events .loading") ? JSON.stringify(rows) : "";`)
+		if again != first {
+			t.Errorf("page 1 after Previous differs from page 1 before:\n%.300s\nwant\n%.300s", again, first)
+		}
 		admin.fill("Action", "api_key.suspend")
 		admin.submit("Apply filters")
 		admin.until("filtered", `const t = document.querySelector("#audit-events table"); return t && t.tBodies[0].rows.length === 1 && t.innerText.includes("api_key.suspend") && t.innerText.includes("laptop") ? "ok" : "";`)
@@ -1030,5 +1078,49 @@ func init() {
 		admin.see("#connect-claude-code", "No enabled anthropic provider")
 		admin.see("#connect-curl", e.url+"/gateway/openai/chat/completions")
 		admin.shot("connect")
+	})
+}
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		// Azure OpenAI and an OpenAI-compatible server, both on the
+		// loopback mock (which serves Azure's paths too), tested before
+		// saving; each detail page shows the fields it was made with.
+		azureKey, compatKey := "azure-"+randomText(32), "sk-compat-"+randomText(32)
+		e.upstream.AddKey(azureKey)
+		e.upstream.AddKey(compatKey)
+		e.typed(azureKey)
+		e.typed(compatKey)
+		for _, p := range []struct{ typ, name, baseURL, version, key, typeName string }{
+			{"azure-openai", "azure", e.upstream.URL, "2024-10-21", azureKey, "Azure OpenAI"},
+			{"openai-compatible", "local", e.upstream.URL + "/v1", "", compatKey, "OpenAI-compatible"},
+		} {
+			admin.open("#/providers", "Providers")
+			admin.click("Add provider")
+			admin.fill("Type", p.typ)
+			admin.fill("Name", p.name)
+			admin.fill("Base URL", p.baseURL)
+			if p.version != "" {
+				admin.fill("API version", p.version)
+			}
+			admin.fill("Upstream API key", p.key)
+			admin.click("Test connection")
+			admin.see("dialog[open] .test-result", "reachable")
+			admin.notSee("dialog[open] .test-result", "unreachable")
+			admin.submit("Create provider")
+			admin.until(p.name+" page", `return document.querySelector("main h1")?.textContent === `+jsq(p.name)+` && document.querySelector("#provider-keys table") ? "ok" : "";`)
+			facts := admin.eval1(`document.querySelector("main dl.facts").innerText`)
+			for _, want := range []string{"Type\n" + p.typeName + "\n", "Base URL\n" + p.baseURL + "\n"} {
+				if !strings.Contains(facts, want) {
+					t.Errorf("%s: the provider's facts lack %q:\n%s", p.name, want, facts)
+				}
+			}
+			if p.version != "" && !strings.Contains(facts, "api_version\n"+p.version) {
+				t.Errorf("%s: the provider's facts lack its API version %s:\n%s", p.name, p.version, facts)
+			}
+			admin.see("#provider-keys", p.key[len(p.key)-4:])
+			e.never(p.key)
+			admin.canary()
+		}
 	})
 }
