@@ -1067,6 +1067,7 @@ func init() {
 		if dl := admin.eval1(`document.getElementById("usage-csv").download`); !strings.HasSuffix(dl, since+"-"+until+".csv") {
 			t.Errorf("the CSV of the range downloads as %q, want it named after the range", dl)
 		}
+		admin.shot("usage-range")
 	})
 }
 
