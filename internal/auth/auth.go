@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime/debug"
 	"strings"
@@ -70,6 +71,12 @@ type Options struct {
 	// such tokens are remembered (default 10,000; negative: none).
 	NegativeTTL       time.Duration
 	NegativeCacheSize int
+	// OutageGrace is how long keys verified before the database went
+	// away keep verifying while it cannot be reached (default 1 min;
+	// negative: not at all). It starts when the store's subscription
+	// stops hearing changes; a key reaching its own expiry meanwhile
+	// stops at once. See docs/scaling.md.
+	OutageGrace time.Duration
 
 	// Ring opens the sealed secrets of AWS AI keys, which VerifySigV4
 	// needs; nil refuses every SigV4 request.
@@ -83,6 +90,7 @@ const (
 	defaultCacheTTL      = time.Minute
 	defaultNegativeTTL   = 5 * time.Second
 	defaultNegativeSize  = 10_000
+	defaultOutageGrace   = time.Minute
 
 	// clockTick is how often Run advances the coarse clock, and
 	// clockSlack how far behind it may fall before a hit stops trusting
@@ -132,6 +140,7 @@ func New(st store.Store, opts Options) *Service {
 	setDefault(&opts.CacheTTL, defaultCacheTTL)
 	setDefault(&opts.NegativeTTL, defaultNegativeTTL)
 	setDefault(&opts.NegativeCacheSize, defaultNegativeSize)
+	setDefault(&opts.OutageGrace, defaultOutageGrace)
 	setDefault(&opts.LoginAccountIPLimit, defaultAccountIPLimit)
 	setDefault(&opts.LoginAccountLimit, defaultAccountLimit)
 	setDefault(&opts.LoginIPLimit, defaultIPLimit)
@@ -280,7 +289,7 @@ func (s *Service) invalidate(inv store.Invalidation) {
 	case store.InvalidateAll:
 		s.cache.clear(true)
 	case store.InvalidateDeaf:
-		s.cache.goDeaf()
+		s.cache.goDeaf(s.now(), int64(s.opts.OutageGrace))
 	default:
 		// A kind this version does not know may still concern a key.
 		s.cache.clear(false)
@@ -364,6 +373,9 @@ type CacheStats struct {
 	// from the store since New.
 	Hits   uint64
 	Misses uint64
+	// StaleHits counts verifications answered, while the database could
+	// not be reached, from the keys cached before it went away.
+	StaleHits uint64
 }
 
 // CacheStats returns the cache's current figures.
@@ -375,6 +387,7 @@ func (s *Service) CacheStats() CacheStats {
 		NegativeEntries: s.cache.neg.len(),
 		Hits:            hits,
 		Misses:          s.misses.Load(),
+		StaleHits:       s.cache.staleHits.Load(),
 	}
 }
 
@@ -472,6 +485,13 @@ func (s *Service) verifySlow(ctx context.Context, h [32]byte, kind credKind) (*k
 		e, err = s.loadAPIKey(ctx, h, now)
 	}
 	if err != nil {
+		if store.Unavailable(err) {
+			// The database is away: a key verified before it went keeps
+			// working for a while (docs/scaling.md); others get the 503.
+			if p, ok := s.cache.staleGet(&h, kind, now); ok {
+				return p, nil
+			}
+		}
 		return nil, err
 	}
 	if e == nil {
@@ -503,7 +523,7 @@ func (s *Service) loadAPIKey(ctx context.Context, h [32]byte, now int64) (*entry
 	if err != nil {
 		return nil, fmt.Errorf("look up API key: %w", err)
 	}
-	e := &entry{hash: h, kind: kindAPIKey, id: k.ID, userID: k.UserID, deadline: now + int64(s.opts.CacheTTL)}
+	e := &entry{hash: h, kind: kindAPIKey, id: k.ID, userID: k.UserID, deadline: now + int64(s.opts.CacheTTL), hard: math.MaxInt64}
 	if !k.Usable(time.Now()) {
 		// Refused until the key changes, which invalidates it.
 		return e, nil
@@ -528,11 +548,12 @@ func (s *Service) loadAPIKey(ctx context.Context, h [32]byte, now int64) (*entry
 		return nil, fmt.Errorf("look up key owner: %w", err)
 	}
 	if k.ExpiresAt != nil {
-		e.deadline = min(e.deadline, s.at(*k.ExpiresAt))
+		e.hard = min(e.hard, s.at(*k.ExpiresAt))
 	}
 	if k.GraceUntil != nil {
-		e.deadline = min(e.deadline, s.at(*k.GraceUntil))
+		e.hard = min(e.hard, s.at(*k.GraceUntil))
 	}
+	e.deadline = min(e.deadline, e.hard)
 	e.p = &keybridge.Principal{
 		Type:        keybridge.ActorAPIKey,
 		UserID:      k.UserID,
@@ -558,7 +579,7 @@ func (s *Service) loadAIKey(ctx context.Context, h [32]byte, now int64) (*entry,
 	if err != nil {
 		return nil, fmt.Errorf("look up AI key: %w", err)
 	}
-	e := &entry{hash: h, kind: kindAIKey, id: k.ID, deadline: now + int64(s.opts.CacheTTL)}
+	e := &entry{hash: h, kind: kindAIKey, id: k.ID, deadline: now + int64(s.opts.CacheTTL), hard: math.MaxInt64}
 	if k.DeletedAt != nil {
 		return e, nil
 	}

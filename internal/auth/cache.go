@@ -2,6 +2,7 @@ package auth
 
 import (
 	"encoding/binary"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -67,7 +68,10 @@ type entry struct {
 	userID   string // platform keys only: the owner whose role is part of the answer
 	// sig is what checking a signature takes; kindSigV4 entries only.
 	sig *sigV4Cred
-	_   [8]byte
+	// hard is the key's own end (expiry or grace end) on the Service's
+	// clock, which no outage of the store extends: an entry is served
+	// stale only before it (zero: never).
+	hard int64
 }
 
 // table is one shard's slots; len(slots) is a power of two. A slot holds
@@ -156,6 +160,21 @@ type cache struct {
 	dirty atomic.Pointer[entry]
 
 	neg negCache
+
+	// stale is what the cache held when it last went deaf, kept for
+	// while the store cannot be reached; nil when there is none. c.mu
+	// guards it: only verifications that found the store down read it.
+	stale *staleSet
+	// staleHits counts verifications answered from stale.
+	staleHits atomic.Uint64
+}
+
+// staleSet is the positive entries a cache held when its subscription
+// stopped hearing changes, until (on the Service's clock): for an outage
+// of the database, not for a subscription that merely dropped.
+type staleSet struct {
+	m     map[[32]byte]*entry
+	until int64
 }
 
 func newCache(size, negSize int) *cache {
@@ -384,13 +403,17 @@ func (c *cache) remove(e *entry) {
 	c.unindex(e)
 }
 
-// dropID drops the credential with this ID.
+// dropID drops the credential with this ID, from the stale set too: a
+// change this process commits reaches it even while it is deaf.
 func (c *cache) dropID(kind credKind, id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen.Add(1)
 	if e := c.byID[idKey{kind, id}]; e != nil {
 		c.remove(e)
+	}
+	if c.stale != nil {
+		maps.DeleteFunc(c.stale.m, func(_ [32]byte, e *entry) bool { return e.kind == kind && e.id == id })
 	}
 }
 
@@ -401,6 +424,9 @@ func (c *cache) dropUser(userID string) {
 	c.gen.Add(1)
 	for e := range c.byUser[userID] {
 		c.remove(e)
+	}
+	if c.stale != nil {
+		maps.DeleteFunc(c.stale.m, func(_ [32]byte, e *entry) bool { return e.userID == userID })
 	}
 }
 
@@ -416,12 +442,47 @@ func (c *cache) clear(goLive bool) {
 }
 
 // goDeaf drops everything and turns the cache off until the next
-// clear(true): the subscription may miss changes until then.
-func (c *cache) goDeaf() {
+// clear(true): the subscription may miss changes until then. When it was
+// live, the entries still valid at now are kept aside as the stale set
+// until now+grace (grace <= 0: none), for staleGet; a cache already deaf
+// keeps the set it has, so that repeated failures to reconnect never
+// extend it.
+func (c *cache) goDeaf(now, grace int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var stale *staleSet
+	if c.live && grace > 0 {
+		stale = &staleSet{m: map[[32]byte]*entry{}, until: now + grace}
+		for i := range c.shards {
+			t := c.shards[i].t.Load()
+			for j := range t.slots {
+				if e := t.slots[j].e.Load(); e != nil && e != tombstone && e.p != nil && now < e.deadline {
+					stale.m[e.hash] = e
+				}
+			}
+		}
+	} else if !c.live {
+		stale = c.stale
+	}
 	c.live = false
 	c.clearLocked()
+	c.stale = stale
+}
+
+// staleGet returns the principal of h from the stale set, if the set is
+// still good at now and the key's own end has not come.
+func (c *cache) staleGet(h *[32]byte, kind credKind, now int64) (*keybridge.Principal, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stale == nil || now >= c.stale.until {
+		return nil, false
+	}
+	e := c.stale.m[*h]
+	if e == nil || e.kind != kind || now >= e.hard {
+		return nil, false
+	}
+	c.staleHits.Add(1)
+	return e.p, true
 }
 
 func (c *cache) clearLocked() {
@@ -434,6 +495,7 @@ func (c *cache) clearLocked() {
 	c.byID = map[idKey]*entry{}
 	c.byUser = map[string]map[*entry]struct{}{}
 	c.neg.clear()
+	c.stale = nil
 }
 
 // setAccepting is called as Run starts (true) and ends (false). Ending

@@ -2,6 +2,10 @@ package auth_test
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -307,4 +311,105 @@ func TestCacheOffWhileDeaf(t *testing.T) {
 	if got := s.CacheStats(); !got.Live {
 		t.Errorf("hearing again: CacheStats = %+v, want live", got)
 	}
+}
+
+// outageStore is a relayStore whose lookups of credentials fail, while
+// down is set, as they do when the database cannot be reached.
+type outageStore struct {
+	*relayStore
+	down atomic.Bool
+}
+
+var errRefused = fmt.Errorf("connect: %w", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
+
+func (o *outageStore) APIKeyByHash(ctx context.Context, hash []byte) (*keybridge.APIKey, error) {
+	if o.down.Load() {
+		return nil, errRefused
+	}
+	return o.relayStore.APIKeyByHash(ctx, hash)
+}
+
+func (o *outageStore) AIKeyBySecretHash(ctx context.Context, hash []byte) (*keybridge.AIKey, error) {
+	if o.down.Load() {
+		return nil, errRefused
+	}
+	return o.relayStore.AIKeyBySecretHash(ctx, hash)
+}
+
+// While the database cannot be reached, keys verified before it went away
+// keep verifying for OutageGrace from the moment the subscription went
+// deaf, and no longer; a key the cache did not hold, or one that reaches
+// its own expiry meanwhile, is refused with the store's error (a 503 at the
+// edges), never answered 401 as if it were bad. When the subscription
+// hears again, the stale set is gone.
+func TestOutageGrace(t *testing.T) {
+	ctx := context.Background()
+	const grace = 2 * time.Second
+	relay := &relayStore{Store: storetest.SQLite(t), relay: make(chan store.Invalidation), applied: make(chan struct{})}
+	st := &outageStore{relayStore: relay}
+	f := newFixture(t, st)
+	opts := fastOptions()
+	opts.OutageGrace = grace
+	s := startService(t, st, opts)
+	tok, _ := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+	expiring, _ := f.newKey(t, f.owner, keybridge.AllPermissions, func(k *keybridge.APIKey) {
+		at := time.Now().Add(grace / 2)
+		k.ExpiresAt = &at
+	})
+	aiTok, _ := f.newAIKey(t, keybridge.AIOpenAI)
+	uncached, _ := f.newKey(t, f.owner, keybridge.AllPermissions, nil)
+	for _, verify := range []func() error{
+		func() error { _, err := s.VerifyAPIKey(ctx, tok); return err },
+		func() error { _, err := s.VerifyAPIKey(ctx, expiring); return err },
+		func() error { _, err := s.VerifyAISecret(ctx, aiTok); return err },
+	} {
+		if err := verify(); err != nil {
+			t.Fatalf("verify before the outage: %v", err)
+		}
+	}
+
+	st.down.Store(true)
+	wentDeaf := time.Now()
+	relay.send(store.Invalidation{Kind: store.InvalidateDeaf})
+	if p, err := s.VerifyAPIKey(ctx, tok); err != nil || p.UserID != f.owner.ID {
+		t.Errorf("VerifyAPIKey of a cached key during the outage = %v, %v; want its principal", p, err)
+	}
+	if _, err := s.VerifyAISecret(ctx, aiTok); err != nil {
+		t.Errorf("VerifyAISecret of a cached AI key during the outage = %v, want nil", err)
+	}
+	_, err := s.VerifyAPIKey(ctx, uncached)
+	if !store.Unavailable(err) {
+		t.Errorf("VerifyAPIKey of a key not cached during the outage = %v, want the store's unavailability", err)
+	}
+	// A reconnect that fails says deaf again: that must not extend the grace.
+	relay.send(store.Invalidation{Kind: store.InvalidateDeaf})
+	if got := s.CacheStats(); got.Live || got.StaleHits < 2 {
+		t.Errorf("during the outage CacheStats = %+v, want off with 2 stale hits", got)
+	}
+
+	time.Sleep(time.Until(wentDeaf.Add(grace/2 + 100*time.Millisecond)))
+	if _, err := s.VerifyAPIKey(ctx, expiring); !store.Unavailable(err) {
+		t.Errorf("VerifyAPIKey of a key past its expiry during the outage = %v, want the store's unavailability", err)
+	}
+	time.Sleep(time.Until(wentDeaf.Add(grace + 100*time.Millisecond)))
+	if _, err := s.VerifyAPIKey(ctx, tok); !store.Unavailable(err) {
+		t.Errorf("VerifyAPIKey of a cached key %v into the outage (grace %v) = %v, want the store's unavailability",
+			time.Since(wentDeaf).Round(time.Millisecond), grace, err)
+	}
+
+	// The database is back and the subscription hears again.
+	st.down.Store(false)
+	relay.send(store.Invalidation{Kind: store.InvalidateAll})
+	for _, k := range []string{tok, uncached} {
+		if _, err := s.VerifyAPIKey(ctx, k); err != nil {
+			t.Errorf("VerifyAPIKey after the outage = %v, want nil", err)
+		}
+	}
+	// A later outage starts a grace of its own, from what is cached then.
+	st.down.Store(true)
+	relay.send(store.Invalidation{Kind: store.InvalidateDeaf})
+	if _, err := s.VerifyAPIKey(ctx, uncached); err != nil {
+		t.Errorf("VerifyAPIKey of a key cached since, in a second outage = %v, want nil", err)
+	}
+	st.down.Store(false)
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -51,6 +52,7 @@ type serveConfig struct {
 	limitsWhenRedisDown  string
 	gatewayHeaderTimeout time.Duration
 	gatewayIdleTimeout   time.Duration
+	dbOutageGrace        time.Duration
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) error {
@@ -75,6 +77,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, getenv func(string) string) err
 		{&c.apiBodyTimeout, "api-body-timeout", "KEYBRIDGE_API_BODY_TIMEOUT", httpapi.DefaultBodyTimeout, "how long the management API waits for a request body, from its headers; later is 408 (KEYBRIDGE_API_BODY_TIMEOUT)"},
 		{&c.gatewayHeaderTimeout, "gateway-header-timeout", "KEYBRIDGE_GATEWAY_HEADER_TIMEOUT", gateway.DefaultHeaderTimeout, "how long the gateway waits for a provider's response headers (KEYBRIDGE_GATEWAY_HEADER_TIMEOUT)"},
 		{&c.gatewayIdleTimeout, "gateway-idle-timeout", "KEYBRIDGE_GATEWAY_IDLE_TIMEOUT", gateway.DefaultIdleTimeout, "how long a streamed answer may stay silent before the gateway ends it (KEYBRIDGE_GATEWAY_IDLE_TIMEOUT)"},
+		{&c.dbOutageGrace, "db-outage-grace", "KEYBRIDGE_DB_OUTAGE_GRACE", gateway.DefaultOutageGrace, "while the database cannot be reached, how long the keys and routes cached before keep serving the gateway; 0 refuses at once (KEYBRIDGE_DB_OUTAGE_GRACE)"},
 	}
 	for _, d := range durations {
 		def := d.def
@@ -184,7 +187,12 @@ func serve(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
-	authOpts := auth.Options{Logger: log, Ring: ring}
+	if cfg.dbOutageGrace < 0 {
+		return fmt.Errorf("%w: --db-outage-grace must not be negative", errUsage)
+	}
+	// Zero is the options' default; a negative grace is none.
+	outageGrace := cmp.Or(cfg.dbOutageGrace, -1)
+	authOpts := auth.Options{Logger: log, Ring: ring, OutageGrace: outageGrace}
 	if cfg.storage.RedisURL != "" {
 		opt, err := redis.ParseURL(cfg.storage.RedisURL)
 		if err != nil {
@@ -222,6 +230,7 @@ func serve(ctx context.Context, env *Env) error {
 		Guard: up.Guard(), Resolver: up.Resolver(),
 		MaxBody: cfg.gatewayMaxBody, HeaderTimeout: cfg.gatewayHeaderTimeout, IdleTimeout: cfg.gatewayIdleTimeout,
 		Redis: authOpts.Redis, LimitsWhenRedisDown: cfg.limitsWhenRedisDown,
+		OutageGrace: outageGrace,
 	})
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)

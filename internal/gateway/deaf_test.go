@@ -3,12 +3,18 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/keybridge/keybridge/internal/gateway"
+	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
@@ -84,5 +90,89 @@ func TestRoutesOffWhileDeaf(t *testing.T) {
 	e.api("PATCH", "/api/v1/orgs/acme/providers/oai", e.OwnerKey, map[string]any{"enabled": false}, http.StatusOK)
 	if got := call(); got != http.StatusNotFound {
 		t.Errorf("gateway after the provider was disabled while deaf = %d, want 404", got)
+	}
+}
+
+// downStore is a relayStore whose reads of routes and keys fail, while
+// down is set, as they do when the database cannot be reached.
+type downStore struct {
+	*relayStore
+	down atomic.Bool
+}
+
+var errDBRefused = fmt.Errorf("connect: %w", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
+
+func (d *downStore) Provider(ctx context.Context, orgID, idOrName string) (*keybridge.Provider, error) {
+	if d.down.Load() {
+		return nil, errDBRefused
+	}
+	return d.relayStore.Provider(ctx, orgID, idOrName)
+}
+
+func (d *downStore) ProviderKeys(ctx context.Context, providerID string) ([]keybridge.ProviderKey, error) {
+	if d.down.Load() {
+		return nil, errDBRefused
+	}
+	return d.relayStore.ProviderKeys(ctx, providerID)
+}
+
+func (d *downStore) APIKeyByHash(ctx context.Context, hash []byte) (*keybridge.APIKey, error) {
+	if d.down.Load() {
+		return nil, errDBRefused
+	}
+	return d.relayStore.APIKeyByHash(ctx, hash)
+}
+
+// While the store cannot be reached, the routes cached before the
+// subscription went deaf keep serving for the gateway's OutageGrace; a
+// provider not cached answers 503 (the store could not say it does not
+// exist), and so does every route once the grace is over. Once the store
+// is back and heard again, everything is served from it.
+func TestRoutesStaleWhileStoreDown(t *testing.T) {
+	const grace = 1500 * time.Millisecond
+	st := &downStore{relayStore: &relayStore{Store: storetest.SQLite(t)}}
+	e := newEnvWith(t, st, envOptions{Gateway: gateway.Options{OutageGrace: grace}})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"ok":true}`)
+	}))
+	defer up.Close()
+	for _, name := range []string{"oai", "cold"} {
+		e.provider(map[string]any{"name": name, "type": "openai", "base_url": up.URL + "/v1"})
+		e.addKey(name, canary(t, "sk-"), 0)
+	}
+	call := func(provider string) (int, string) {
+		t.Helper()
+		resp, body := e.do(e.post("/gateway/"+provider+"/chat/completions", e.OwnerKey, `{"model":"gpt"}`))
+		return resp.StatusCode, string(body)
+	}
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateAll})
+	if got, body := call("oai"); got != http.StatusOK {
+		t.Fatalf("gateway = %d %s, want 200", got, body)
+	}
+
+	st.down.Store(true)
+	deaf := time.Now()
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateDeaf})
+	if got, body := call("oai"); got != http.StatusOK {
+		t.Errorf("gateway to a cached route with the store down = %d %s, want 200", got, body)
+	}
+	if got, body := call("cold"); got != http.StatusServiceUnavailable || !strings.Contains(body, "database") {
+		t.Errorf("gateway to a route never cached with the store down = %d %s, want 503 naming the database", got, body)
+	}
+	// A reconnect that fails says deaf again: the grace is not extended.
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateDeaf})
+	time.Sleep(time.Until(deaf.Add(grace + 100*time.Millisecond)))
+	if got, body := call("oai"); got != http.StatusServiceUnavailable {
+		t.Errorf("gateway to a cached route %v into the outage (grace %v) = %d %s, want 503",
+			time.Since(deaf).Round(time.Millisecond), grace, got, body)
+	}
+
+	st.down.Store(false)
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateAll})
+	for _, p := range []string{"oai", "cold"} {
+		if got, body := call(p); got != http.StatusOK {
+			t.Errorf("gateway to %s after the store is back = %d %s, want 200", p, got, body)
+		}
 	}
 }

@@ -16,7 +16,7 @@ type gwError struct {
 	status int
 	code   string // a keybridge error code (SPEC §1)
 	msg    string
-	// retryAfter is the Retry-After of a 429, in seconds.
+	// retryAfter is the Retry-After of a 429 or 503, in seconds.
 	retryAfter int
 }
 

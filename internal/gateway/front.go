@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -287,7 +289,9 @@ func (c *frontConn) handle(w *frontWriter, req *http.Request) (aborted bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
-				c.f.g.log.Error("gateway: panic serving a request", "panic", v)
+				// ServeHTTP logs its own panics and aborts; this is
+				// one outside it. Not its value: it could hold a secret.
+				c.f.g.log.Error("gateway: panic serving a request", "panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
 			}
 			aborted = true
 		}

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -75,6 +76,12 @@ type Options struct {
 	// "refuse" answers 503.
 	Redis               *redis.Client
 	LimitsWhenRedisDown string
+	// OutageGrace is how long, once the store's subscription stops
+	// hearing changes, the routes and personal credentials cached before
+	// keep serving requests that find the store unreachable (default
+	// 1 min; negative: not at all), as auth.Options.OutageGrace does for
+	// keys.
+	OutageGrace time.Duration
 	// UsageQueue bounds the usage rows waiting to be written (default
 	// 10,000); past it rows are dropped and counted, never waited for.
 	UsageQueue int
@@ -85,7 +92,9 @@ const (
 	DefaultMaxBody       = 32 << 20
 	DefaultHeaderTimeout = 10 * time.Minute
 	DefaultIdleTimeout   = 5 * time.Minute
-	connectTimeout       = 10 * time.Second
+	// DefaultOutageGrace is Keybridge's own choice (docs/scaling.md).
+	DefaultOutageGrace = time.Minute
+	connectTimeout     = 10 * time.Second
 )
 
 // Gateway serves /gateway/. It is safe for concurrent use.
@@ -119,6 +128,9 @@ func New(opts Options) (*Gateway, error) {
 	if opts.MaxBody <= 0 {
 		opts.MaxBody = DefaultMaxBody
 	}
+	if opts.OutageGrace == 0 {
+		opts.OutageGrace = DefaultOutageGrace
+	}
 	if opts.HeaderTimeout <= 0 {
 		opts.HeaderTimeout = DefaultHeaderTimeout
 	}
@@ -128,7 +140,7 @@ func New(opts Options) (*Gateway, error) {
 	g := &Gateway{
 		opts:   opts,
 		log:    opts.Logger,
-		routes: newRoutes(opts.Store, opts.Ring),
+		routes: newRoutes(opts.Store, opts.Ring, opts.OutageGrace),
 		client: newClient(opts.Guard.Dialer(opts.Resolver).DialContext, opts.TLSConfig),
 		cool:   newCooldowns(),
 		m:      newMetrics(opts.Registerer),
@@ -253,6 +265,9 @@ func (g *Gateway) Beside(api http.Handler) http.Handler {
 // ServeHTTP implements http.Handler for /gateway/{provider}/{path...}.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := exchange{g: g, w: w, r: r, start: time.Now(), id: g.ids.next()}
+	// Registered first, so it runs last: after finish has counted and
+	// logged the request, even when the panic came from there.
+	defer g.recoverPanic(x.id)
 	w.Header().Set("X-Keybridge-Request-Id", x.id)
 	g.m.active.Inc()
 	defer g.m.active.Dec()
@@ -262,6 +277,25 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.serve()
+}
+
+// recoverPanic logs a panic in the gateway's handling of a request and
+// aborts the answer, as a cut stream is aborted. The panic's value is not
+// logged: it could hold anything, a credential included; its type and the
+// stack say where it was. Re-panicking with http.ErrAbortHandler, which
+// net/http and the front both take silently, keeps net/http (serving
+// HTTP/2) from logging the value itself.
+func (g *Gateway) recoverPanic(requestID string) {
+	v := recover()
+	if v == nil || v == http.ErrAbortHandler {
+		if v != nil {
+			panic(v)
+		}
+		return
+	}
+	g.log.Error("gateway: panic serving a request", "request_id", requestID,
+		"panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
+	panic(http.ErrAbortHandler)
 }
 
 // exchange is one request passing through the gateway.
@@ -355,7 +389,11 @@ func (x *exchange) serve() {
 	p, err := g.verify(r, token, sigv4, x.body)
 	if err != nil {
 		x.fail(verifyError(err))
-		if keybridge.ErrorCode(err) == keybridge.EInternal {
+		switch {
+		case keybridge.ErrorCode(err) != keybridge.EInternal:
+		case store.Unavailable(err):
+			g.log.WarnContext(r.Context(), "gateway: verify caller: database unavailable", "request_id", x.id, "err", err)
+		default:
 			g.log.ErrorContext(r.Context(), "gateway: verify caller", "request_id", x.id, "err", err)
 		}
 		return
@@ -367,6 +405,11 @@ func (x *exchange) serve() {
 	}
 	rt, err := g.routes.route(r.Context(), p.OrgID, x.name)
 	if err != nil {
+		if store.Unavailable(err) {
+			g.log.WarnContext(r.Context(), "gateway: load route: database unavailable", "request_id", x.id, "err", err)
+			x.fail(errDatabaseDown)
+			return
+		}
 		g.log.ErrorContext(r.Context(), "gateway: load route", "request_id", x.id, "err", err)
 		x.fail(newError(keybridge.EInternal, "internal error"))
 		return
@@ -438,6 +481,11 @@ func (g *Gateway) verify(r *http.Request, token string, sigv4 bool, body *[]byte
 	return nil, errNotKeybridgeKey
 }
 
+// errDatabaseDown answers a request that needs the database while it
+// cannot be reached and nothing cached can stand in (docs/scaling.md).
+var errDatabaseDown = &gwError{status: http.StatusServiceUnavailable, code: keybridge.EUnavailable,
+	msg: "Keybridge cannot reach its database; try again shortly", retryAfter: 1}
+
 var (
 	errNoKey = keybridge.Errorf(keybridge.EUnauthenticated,
 		"missing credentials: send a Keybridge key (kb_...) or AI key secret (kbs_...) as Authorization: Bearer, x-api-key, api-key, x-goog-api-key or ?key=")
@@ -449,6 +497,9 @@ var (
 // the refusal itself, or internal for a store that failed.
 func verifyError(err error) *gwError {
 	code := keybridge.ErrorCode(err)
+	if code == keybridge.EInternal && store.Unavailable(err) {
+		return errDatabaseDown
+	}
 	if code == keybridge.EInternal {
 		return newError(keybridge.EInternal, "internal error")
 	}

@@ -75,7 +75,10 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	e.Ring = ring
 	e.Auth = auth.New(st, auth.Options{Logger: logger, Ring: ring})
 	gopts := opts.Gateway
-	gopts.Store, gopts.Ring, gopts.Auth, gopts.Logger, gopts.RequestLog = st, ring, e.Auth, logger, e.logBuf
+	gopts.Store, gopts.Ring, gopts.Auth, gopts.Logger = st, ring, e.Auth, logger
+	if gopts.RequestLog == nil {
+		gopts.RequestLog = e.logBuf
+	}
 	if e.Gateway, err = gateway.New(gopts); err != nil {
 		cancel()
 		t.Fatal(err)

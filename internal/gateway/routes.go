@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"strings"
@@ -77,10 +78,19 @@ type routes struct {
 	mu     sync.Mutex // serializes writers of the maps
 	byName atomic.Pointer[map[routeKey]cached[route]]
 	creds  atomic.Pointer[map[credKey]cached[upstreamKey]]
+
+	// grace is how long, once the subscription went deaf, what was
+	// cached then stands in for a store that cannot be reached; staleUntil
+	// ends it, and staleRoutes and staleCreds hold it (mu guards the three;
+	// only requests that found the store down read them).
+	grace       int64
+	staleUntil  int64
+	staleRoutes map[routeKey]cached[route]
+	staleCreds  map[credKey]cached[upstreamKey]
 }
 
-func newRoutes(st store.Store, ring *secrets.Ring) *routes {
-	r := &routes{st: st, ring: ring, epoch: time.Now()}
+func newRoutes(st store.Store, ring *secrets.Ring, grace time.Duration) *routes {
+	r := &routes{st: st, ring: ring, epoch: time.Now(), grace: int64(grace)}
 	r.byName.Store(&map[routeKey]cached[route]{})
 	r.creds.Store(&map[credKey]cached[upstreamKey]{})
 	return r
@@ -97,6 +107,10 @@ func (r *routes) route(ctx context.Context, org, name string) (*route, error) {
 	gen := r.gen.Load()
 	rt, err := r.loadRoute(ctx, org, name)
 	if err != nil {
+		var v *route
+		if r.stale(err, func() bool { e, ok := r.staleRoutes[k]; v = e.v; return ok }) {
+			return v, nil
+		}
 		return nil, err
 	}
 	storeEntry(r, &r.byName, gen, k, rt)
@@ -116,6 +130,10 @@ func (r *routes) credential(ctx context.Context, user, provider string) (*upstre
 	switch {
 	case keybridge.IsCode(err, keybridge.ENotFound):
 	case err != nil:
+		var v *upstreamKey
+		if r.stale(err, func() bool { e, ok := r.staleCreds[k]; v = e.v; return ok }) {
+			return v, nil
+		}
 		return nil, fmt.Errorf("look up personal credential: %w", err)
 	default:
 		plain, err := r.ring.Open(c.Sealed, keybridge.SealedCredential.AD(c.ID))
@@ -126,6 +144,18 @@ func (r *routes) credential(ctx context.Context, user, provider string) (*upstre
 	}
 	storeEntry(r, &r.creds, gen, k, sec)
 	return sec, nil
+}
+
+// stale reports whether look, run under r.mu, found an answer among what
+// was cached when the subscription went deaf: only when err says the store
+// cannot be reached, and only until the grace ends.
+func (r *routes) stale(err error, look func() bool) bool {
+	if !store.Unavailable(err) {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.now() < r.staleUntil && look()
 }
 
 // storeEntry publishes a copy of m with k set to v, unless the cache is
@@ -231,9 +261,12 @@ func (r *routes) invalidate(inv store.Invalidation) {
 		r.drop(nil, func(k credKey) bool { return k.user == inv.ID })
 	case store.InvalidateAll:
 		r.drop(func(routeKey) bool { return true }, func(credKey) bool { return true })
+		r.mu.Lock()
+		r.staleUntil, r.staleRoutes, r.staleCreds = 0, nil, nil
+		r.mu.Unlock()
 		r.live.Store(true)
 	case store.InvalidateDeaf:
-		r.stop()
+		r.goDeaf()
 	case store.InvalidateAPIKey, store.InvalidateAIKey, store.InvalidateUser, store.InvalidateKeyRing:
 		// Caller credentials are auth's; the ring's rotation leaves opened
 		// secrets as they were.
@@ -248,11 +281,15 @@ func (r *routes) drop(routeMatch func(routeKey) bool, credMatch func(credKey) bo
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.gen.Add(1)
+	// A change this process commits reaches it even while deaf: the
+	// stale entries it concerns go too.
 	if routeMatch != nil {
 		dropFrom(&r.byName, routeMatch)
+		maps.DeleteFunc(r.staleRoutes, func(k routeKey, _ cached[route]) bool { return routeMatch(k) })
 	}
 	if credMatch != nil {
 		dropFrom(&r.creds, credMatch)
+		maps.DeleteFunc(r.staleCreds, func(k credKey, _ cached[upstreamKey]) bool { return credMatch(k) })
 	}
 }
 
@@ -267,9 +304,46 @@ func dropFrom[K comparable, T any](m *atomic.Pointer[map[K]cached[T]], match fun
 	m.Store(&next)
 }
 
-// stop turns the cache off, when the subscription ends or stops hearing
-// changes.
+// stop turns the cache off, and forgets what it set aside, when the
+// subscription ends.
 func (r *routes) stop() {
 	r.live.Store(false)
 	r.drop(func(routeKey) bool { return true }, func(credKey) bool { return true })
+	r.mu.Lock()
+	r.staleUntil, r.staleRoutes, r.staleCreds = 0, nil, nil
+	r.mu.Unlock()
+}
+
+// goDeaf turns the cache off when the subscription stops hearing changes.
+// If it was live, what it holds that is still valid is kept aside for the
+// grace, for requests that find the store down (docs/scaling.md); a cache
+// already deaf keeps what it set aside, so that failed reconnects never
+// extend the grace.
+func (r *routes) goDeaf() {
+	wasLive := r.live.Swap(false)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gen.Add(1)
+	if wasLive {
+		r.staleUntil, r.staleRoutes, r.staleCreds = 0, nil, nil
+		if r.grace > 0 {
+			now := r.now()
+			r.staleUntil = now + r.grace
+			r.staleRoutes = validAt(*r.byName.Load(), now)
+			r.staleCreds = validAt(*r.creds.Load(), now)
+		}
+	}
+	r.byName.Store(&map[routeKey]cached[route]{})
+	r.creds.Store(&map[credKey]cached[upstreamKey]{})
+}
+
+// validAt is a copy of m's entries whose deadline is after now.
+func validAt[K comparable, T any](m map[K]cached[T], now int64) map[K]cached[T] {
+	out := make(map[K]cached[T], len(m))
+	for k, v := range m {
+		if now < v.deadline {
+			out[k] = v
+		}
+	}
+	return out
 }

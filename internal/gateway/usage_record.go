@@ -57,6 +57,9 @@ type recorder struct {
 
 	depth   prometheus.GaugeFunc
 	dropped prometheus.Counter
+	// written counts rows whose batch committed: once it counts a row,
+	// the row is durable and is never written again.
+	written prometheus.Counter
 }
 
 // newRecorder returns a recorder writing to st with a queue of size rows
@@ -79,6 +82,10 @@ func newRecorder(st store.Store, log *slog.Logger, size int) *recorder {
 			Name: "keybridge_usage_dropped_total",
 			Help: "Usage rows lost: the queue was full, or the database refused them too many times.",
 		}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keybridge_usage_written_total",
+			Help: "Usage rows written: counted once the batch holding them committed.",
+		}),
 	}
 	// A function rather than a gauge set on every add: the request path
 	// pays nothing for it.
@@ -91,7 +98,7 @@ func newRecorder(st store.Store, log *slog.Logger, size int) *recorder {
 
 // collectors are the recorder's metrics, for a prometheus.Registerer.
 func (r *recorder) collectors() []prometheus.Collector {
-	return []prometheus.Collector{r.depth, r.dropped}
+	return []prometheus.Collector{r.depth, r.dropped, r.written}
 }
 
 // add queues u. It never blocks: with the queue full, u is dropped and
@@ -185,6 +192,7 @@ func (r *recorder) flush(ctx context.Context) (int, error) {
 	// batch whose commit did land conflicts instead of counting twice.
 	err := r.st.InsertUsage(ctx, batch)
 	if err == nil {
+		r.written.Add(float64(len(batch)))
 		r.retry, r.attempts = nil, 0
 		r.retried.Store(0)
 		return len(batch), nil

@@ -116,6 +116,9 @@ func TestRecorderBatches(t *testing.T) {
 	if got := recRequests(t, st, "small"); got != 300 {
 		t.Errorf("stored requests = %d, want 300", got)
 	}
+	if got := recMetric(t, r, "keybridge_usage_written_total"); got != 300 {
+		t.Errorf("keybridge_usage_written_total = %v after a committed batch of 300, want 300", got)
+	}
 
 	// A backlog goes out in full batches, one InsertUsage each.
 	for _, u := range recRows(1200, "big") {
@@ -195,6 +198,9 @@ func TestRecorderRetriesFailedBatches(t *testing.T) {
 	if got := recMetric(t, r, "keybridge_usage_queue_depth"); got != 3 {
 		t.Errorf("queue depth after a failed flush = %v, want the 3 rows kept", got)
 	}
+	if got := recMetric(t, r, "keybridge_usage_written_total"); got != 0 {
+		t.Errorf("keybridge_usage_written_total after a failed flush = %v, want 0", got)
+	}
 	r.add(recRows(1, "later")[0])
 	refuse(false)
 	if n, err := r.flush(ctx); n != 3 || err != nil {
@@ -206,6 +212,9 @@ func TestRecorderRetriesFailedBatches(t *testing.T) {
 	}
 	if got := recRequests(t, st, "later"); got != 1 {
 		t.Errorf("stored requests queued meanwhile = %d, want 1", got)
+	}
+	if got := recMetric(t, r, "keybridge_usage_written_total"); got != 4 {
+		t.Errorf("keybridge_usage_written_total after the retry = %v, want 4", got)
 	}
 
 	// A batch the database keeps refusing is given up after a bounded

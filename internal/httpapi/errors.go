@@ -8,7 +8,12 @@ import (
 	"strconv"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
 )
+
+// errDatabaseUnavailable is the message of the 503 answered while the
+// database cannot be reached.
+const errDatabaseUnavailable = "the database cannot be reached; try again shortly"
 
 // statuses maps each error code to its one HTTP status (SPEC §1).
 var statuses = map[string]int{
@@ -49,6 +54,15 @@ type errorDetail struct {
 func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	code := keybridge.ErrorCode(err)
 	body := errorBody{Error: errorDetail{Code: code, Message: keybridge.ErrorMessage(err)}}
+	if code == keybridge.EInternal && store.Unavailable(err) {
+		// The database is away (restarting, unreachable): a 503 the
+		// client may retry, not a 500. Nothing was changed.
+		log.WarnContext(r.Context(), "database unavailable", "err", err, "method", r.Method, "path", r.URL.Path,
+			"request_id", keybridge.RequestInfoFromContext(r.Context()).RequestID)
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: errorDetail{Code: keybridge.EUnavailable, Message: errDatabaseUnavailable}})
+		return
+	}
 	var e *keybridge.Error
 	if errors.As(err, &e) {
 		body.Error.Fields = e.Fields
