@@ -274,6 +274,16 @@ func (tb *tab) eval(js string) (string, error) {
 	return chromedp.Run(ctx, chromedp.Evaluate[string](js))
 }
 
+// eval1 evaluates js, failing the test on a script error.
+func (tb *tab) eval1(js string) string {
+	tb.e.t.Helper()
+	out, err := tb.eval(js)
+	if err != nil {
+		tb.e.t.Fatalf("%s: %s: %v", tb.name, js, err)
+	}
+	return out
+}
+
 func (tb *tab) mainText() string {
 	s, _ := tb.eval(`(document.body ? document.body.innerText : "").slice(0, 3000)`)
 	return s
@@ -462,11 +472,17 @@ func (tb *tab) shot(name string) {
 		if err != nil {
 			tb.e.t.Fatalf("screenshot %s: %v", name, err)
 		}
-		// Readable at this width: nothing but a table's or a snippet's own
-		// scroller is wider than the screen, and every control has a name.
+		// Readable at this width: nothing but a snippet's own scroller is
+		// wider than the screen or its card, and every control has a name.
 		check, err := tb.eval(`(() => {
 			const bad = [];
 			if (document.documentElement.scrollWidth > window.innerWidth + 1) bad.push("the page is " + document.documentElement.scrollWidth + " px wide");
+			// Nor is a card's content wider than the card (hidden behind
+			// its edge or its scroller), unless it scrolls by design.
+			for (const c of document.querySelectorAll(".panel, .chart, .stat, .table-wrap, .empty, .dialog-body")) {
+				if (!c.getClientRects().length || c.closest(".scrolls")) continue;
+				if (c.scrollWidth > c.clientWidth + 1) bad.push((c.id || c.querySelector("[id]")?.id || c.closest("[id]")?.id || c.className) + " holds " + c.scrollWidth + " px in " + c.clientWidth + " px");
+			}
 			for (const c of document.querySelectorAll("input, select, textarea, button")) {
 				if (!c.getClientRects().length) continue;
 				const named = c.getAttribute("aria-label") || (c.id && document.querySelector("label[for='" + c.id + "']")) || c.closest("label") || (c.tagName === "BUTTON" && c.textContent.trim());
@@ -894,6 +910,54 @@ func init() {
 	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
 		admin.open("#/audit", "Audit log")
 		admin.see("#audit-events", "provider.create")
+		// Pages: 50 more events (the page's size) than there were, made
+		// through the API with the page's own session, push the oldest to
+		// page 2; Next and Previous walk there and back.
+		ctx, cancel := context.WithTimeout(admin.ctx, 2*stepTimeout)
+		made, err := chromedp.Run(ctx, chromedp.Evaluate[int](`(async () => {
+			const org = "/api/v1/orgs/acme/projects";
+			const p = (await (await fetch(org)).json()).items.find((x) => x.name === "web-app");
+			let n = 0;
+			for (let i = 0; i < 50; i++) {
+				const r = await fetch(org + "/" + p.id, {method: "PATCH", headers: {"Content-Type": "application/json", "X-CSRF-Token": sessionStorage.getItem("kb.csrf")}, body: JSON.stringify({description: "The storefront, take " + i})});
+				if (r.ok) n++;
+			}
+			return n;
+		})()`, chromedp.EvalAwaitPromise))
+		cancel()
+		if err != nil || made != 50 {
+			t.Fatalf("made %d project updates (%v), want 50", made, err)
+		}
+		admin.open("#/audit", "Audit log")
+		rowsJS := `[...document.querySelectorAll("#audit-events tbody tr")].map((r) => r.innerText)`
+		first := admin.until("page 1", `const rows = `+rowsJS+`; return rows.length === 50 && document.querySelector(".pager").innerText.includes("Page 1") ? JSON.stringify(rows) : "";`)
+		if strings.Count(first, "project.update") != 50 {
+			t.Errorf("page 1 of the audit log is not the 50 newest events (the project updates):\n%.500s", first)
+		}
+		admin.click("Next page")
+		second := admin.until("page 2", `const rows = `+rowsJS+`; return rows.length && document.querySelector(".pager").innerText.includes("Page 2") && !document.querySelector("#audit-events .loading") ? JSON.stringify(rows) : "";`)
+		var page1, page2 []string
+		if err := json.Unmarshal([]byte(first), &page1); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(second), &page2); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page2 {
+			for _, q := range page1 {
+				if r == q {
+					t.Errorf("an event is on pages 1 and 2: %q", r)
+				}
+			}
+		}
+		if !strings.Contains(second, "provider.create") {
+			t.Errorf("page 2 of the audit log lacks the oldest events (provider.create):\n%.500s", second)
+		}
+		admin.click("Previous page")
+		again := admin.until("page 1 again", `const rows = `+rowsJS+`; return rows.length && document.querySelector(".pager").innerText.includes("Page 1") && !document.querySelector("#audit-events .loading") ? JSON.stringify(rows) : "";`)
+		if again != first {
+			t.Errorf("page 1 after Previous differs from page 1 before:\n%.300s\nwant\n%.300s", again, first)
+		}
 		admin.fill("Action", "api_key.suspend")
 		admin.submit("Apply filters")
 		admin.until("filtered", `const t = document.querySelector("#audit-events table"); return t && t.tBodies[0].rows.length === 1 && t.innerText.includes("api_key.suspend") && t.innerText.includes("laptop") ? "ok" : "";`)
@@ -957,6 +1021,53 @@ func init() {
 		admin.click("Last 24 hours")
 		admin.until("24 hours", `return document.querySelector("#stat-requests .v") ? "ok" : "";`)
 		admin.shot("dashboard")
+
+		// A custom range of UTC days, kept in the address.
+		today := time.Now().UTC()
+		since, until := today.AddDate(0, 0, -1).Format(time.DateOnly), today.Format(time.DateOnly)
+		admin.click("Custom range")
+		admin.fill("Since (UTC)", since)
+		admin.fill("Until (UTC)", until)
+		admin.submit("Show range")
+		admin.until("custom range", `const s = document.querySelector("#stat-requests .v"); return location.hash === "#/dashboard?since=`+since+`&until=`+until+`" && s && s.textContent === `+jsq(want)+` ? "ok" : "";`)
+		admin.see("main .intro", since+" to "+until+", by hour")
+		admin.until("custom pressed", `return document.querySelector("button[aria-pressed=true]")?.textContent === "Custom range" ? "ok" : "";`)
+		// The page refuses a range that ends before it starts, beside the
+		// control, and asks the API nothing.
+		asked := len(e.rec.all())
+		admin.fill("Until (UTC)", today.AddDate(0, 0, -3).Format(time.DateOnly))
+		admin.submit("Show range")
+		admin.until("until refused", `const f = document.getElementById("range-form"); const c = f.elements.until; return c.getAttribute("aria-invalid") === "true" && c.parentElement.querySelector(".field-error").textContent === "must not be before since" ? "ok" : "";`)
+		if strings.Contains(admin.eval1(`location.hash`), "until="+today.AddDate(0, 0, -3).Format(time.DateOnly)) {
+			t.Error("a refused range reached the address")
+		}
+		for _, r := range e.rec.all()[asked:] {
+			if strings.Contains(r.path, "/usage?") {
+				t.Errorf("a range the page refused was asked of the API: %s", r.path)
+			}
+		}
+		// What only the API decides (here a year RFC 3339 cannot write;
+		// with usage retention, a start before what is kept) is its
+		// answer, each field beside its control.
+		admin.fill("Since (UTC)", "10000-01-01")
+		admin.fill("Until (UTC)", "10000-01-02")
+		admin.submit("Show range")
+		admin.until("API refusal", `const f = document.getElementById("range-form"); const c = f.elements.since; return c.getAttribute("aria-invalid") === "true" && c.parentElement.querySelector(".field-error").textContent.includes("RFC 3339") && [...f.querySelectorAll(".form-error code")].some((x) => x.textContent === "since") ? "ok" : "";`)
+		var refused bool
+		for _, r := range e.rec.all()[asked:] {
+			refused = refused || (strings.Contains(r.path, "/usage?") && r.status == 400)
+		}
+		if !refused {
+			t.Error("the API was not asked for (and did not refuse) the year 10000 range")
+		}
+		// A bookmark of the range opens it again, in a new page load.
+		admin.do("open the bookmarked range", chromedp.Navigate(e.url+"/#/usage?since="+since+"&until="+until), chromedp.Reload())
+		admin.until("usage of the range", `const t = document.querySelector("#usage table"); const f = document.getElementById("range-form"); return t && t.innerText.includes("openai\t`+want+`") && f && !f.classList.contains("hidden") && f.elements.since.value === `+jsq(since)+` && f.elements.until.value === `+jsq(until)+` ? "ok" : "";`)
+		admin.see("#usage-csv", "Download CSV")
+		if dl := admin.eval1(`document.getElementById("usage-csv").download`); !strings.HasSuffix(dl, since+"-"+until+".csv") {
+			t.Errorf("the CSV of the range downloads as %q, want it named after the range", dl)
+		}
+		admin.shot("usage-range")
 	})
 }
 
@@ -968,5 +1079,49 @@ func init() {
 		admin.see("#connect-claude-code", "No enabled anthropic provider")
 		admin.see("#connect-curl", e.url+"/gateway/openai/chat/completions")
 		admin.shot("connect")
+	})
+}
+
+func init() {
+	uiSteps = append(uiSteps, func(t *testing.T, e *uiEnv, admin *tab) {
+		// Azure OpenAI and an OpenAI-compatible server, both on the
+		// loopback mock (which serves Azure's paths too), tested before
+		// saving; each detail page shows the fields it was made with.
+		azureKey, compatKey := "azure-"+randomText(32), "sk-compat-"+randomText(32)
+		e.upstream.AddKey(azureKey)
+		e.upstream.AddKey(compatKey)
+		e.typed(azureKey)
+		e.typed(compatKey)
+		for _, p := range []struct{ typ, name, baseURL, version, key, typeName string }{
+			{"azure-openai", "azure", e.upstream.URL, "2024-10-21", azureKey, "Azure OpenAI"},
+			{"openai-compatible", "local", e.upstream.URL + "/v1", "", compatKey, "OpenAI-compatible"},
+		} {
+			admin.open("#/providers", "Providers")
+			admin.click("Add provider")
+			admin.fill("Type", p.typ)
+			admin.fill("Name", p.name)
+			admin.fill("Base URL", p.baseURL)
+			if p.version != "" {
+				admin.fill("API version", p.version)
+			}
+			admin.fill("Upstream API key", p.key)
+			admin.click("Test connection")
+			admin.see("dialog[open] .test-result", "reachable")
+			admin.notSee("dialog[open] .test-result", "unreachable")
+			admin.submit("Create provider")
+			admin.until(p.name+" page", `return document.querySelector("main h1")?.textContent === `+jsq(p.name)+` && document.querySelector("#provider-keys table") ? "ok" : "";`)
+			facts := admin.eval1(`document.querySelector("main dl.facts").innerText`)
+			for _, want := range []string{"Type\n" + p.typeName + "\n", "Base URL\n" + p.baseURL + "\n"} {
+				if !strings.Contains(facts, want) {
+					t.Errorf("%s: the provider's facts lack %q:\n%s", p.name, want, facts)
+				}
+			}
+			if p.version != "" && !strings.Contains(facts, "api_version\n"+p.version) {
+				t.Errorf("%s: the provider's facts lack its API version %s:\n%s", p.name, p.version, facts)
+			}
+			admin.see("#provider-keys", p.key[len(p.key)-4:])
+			e.never(p.key)
+			admin.canary()
+		}
 	})
 }

@@ -80,7 +80,7 @@ export async function detail({ id }) {
     return table([
       { label: "Name", cell: (k) => h("strong", {}, k.name) },
       { label: "Type", cell: (k) => k.ai_type },
-      { label: "Key", cell: (k) => h("code", {}, k.key) },
+      { label: "Key", cell: (k) => h("code", { class: "wrap" }, k.key) },
       { label: "Limits", cell: limitsText },
       { label: "Created by", cell: (k) => who[k.created_by] || k.created_by || "—" },
       { label: "Last used", cell: (k) => ago(k.last_used_at) },
