@@ -347,7 +347,10 @@ func serve(ctx context.Context, env *Env) error {
 			err = srv.Close()
 		}
 		for range 2 {
-			if e := <-served; e != nil && !errors.Is(e, http.ErrServerClosed) {
+			// net/http's Serve answers ErrServerClosed once its Shutdown
+			// has begun; the front, shutting down beside it, may close
+			// the listener it hands connections through just before.
+			if e := <-served; e != nil && !errors.Is(e, http.ErrServerClosed) && !errors.Is(e, net.ErrClosed) {
 				err = errors.Join(err, e)
 			}
 		}
