@@ -505,18 +505,5 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 // usageOrgsBefore lists the orgs with daily totals before cut: every org
 // with raw rows before it.
 func (s *Store) usageOrgsBefore(ctx context.Context, cut any) ([]string, error) {
-	rows, err := s.query(ctx, `SELECT DISTINCT org_id FROM usage_rollup WHERE period = 'd' AND bucket < ?`, cut)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var orgs []string
-	for rows.Next() {
-		var org string
-		if err := rows.Scan(&org); err != nil {
-			return nil, err
-		}
-		orgs = append(orgs, org)
-	}
-	return orgs, rows.Err()
+	return s.queryStrings(ctx, `SELECT DISTINCT org_id FROM usage_rollup WHERE period = 'd' AND bucket < ?`, cut)
 }
