@@ -156,7 +156,7 @@ type env struct {
 	procs   []*proc
 	kb      *keybridgeRun
 	targets []*target
-	rssIdle map[string]int64 // VmRSS in KiB right after start
+	rssIdle map[string]int64 // VmRSS in KiB after start (keybridge: 2 s after, once settled)
 }
 
 func (e *env) close() {
@@ -219,6 +219,10 @@ func run(ctx context.Context, cfg *config, out io.Writer) error {
 			}
 			e.kb = kb
 			e.procs = append(e.procs, kb.proc)
+			// serve's start-up work (the dummy password hash's 64 MiB of
+			// argon2 memory, made and handed back) may still be under
+			// way just after provisioning: idle is what it settles to.
+			time.Sleep(2 * time.Second)
 			e.rssIdle[name] = vmRSS(kb.proc.pid)
 			logf("keybridge on %s (pid %d; profile it with: perf record -g -p %d), provider \"mock\" provisioned", kb.proc.addr, kb.proc.pid, kb.proc.pid)
 			t := add("keybridge", kb.proc, "/gateway/mock/chat/completions", "Authorization: Bearer "+kb.token)
