@@ -391,6 +391,11 @@ func matrixRows() []matrixRow {
 
 		// The caller itself (SPEC §2, §3, §6).
 		user("GET /api/v1/users/me", 200, path("/api/v1/users/me")),
+		// A name opens nothing: any caller, any key, changes its own
+		// (an extension of SPEC §2; docs).
+		user("PATCH /api/v1/users/me", 200, func(f *mfix, c *mcell) mreq {
+			return mreq{path: "/api/v1/users/me", body: map[string]string{"name": "Renamed " + f.uniq()}}
+		}),
 		user("GET /api/v1/orgs", 200, path("/api/v1/orgs")),
 		{route: "POST /api/v1/orgs", scope: scopeUser, ok: 201, objects: noObject, allKeys: true,
 			build: func(f *mfix, c *mcell) mreq {

@@ -48,6 +48,7 @@ func (s *Server) routes(mux router) {
 	mux.Handle("POST /api/v1/auth/logout", s.h(s.logout))
 	mux.Handle("POST /api/v1/auth/accept-invite", s.h(s.acceptInvite))
 	mux.Handle("GET /api/v1/users/me", s.authed(s.me))
+	mux.Handle("PATCH /api/v1/users/me", s.authed(s.updateMe))
 	mux.Handle("POST /api/v1/users/me/password", s.authed(s.changePassword))
 
 	// Orgs and members (SPEC §2).

@@ -394,13 +394,24 @@ func (in *acceptInviteRequest) Validate() error {
 		v.Add("password", "must be at most 256 characters")
 	}
 	if in.Name != nil {
-		n := strings.TrimSpace(*in.Name)
-		if n == "" || len(n) > 200 {
-			v.Add("name", "must be 1 to 200 characters")
+		n, why := userName(*in.Name)
+		if why != "" {
+			v.Add("name", why)
 		}
 		in.Name = &n
 	}
 	return v.Err()
+}
+
+// userName trims a user's display name as it is given by the user
+// (accepting an invitation, PATCH /users/me) and says what is wrong with
+// it ("" when nothing): 1 to 200 characters.
+func userName(n string) (string, string) {
+	n = strings.TrimSpace(n)
+	if n == "" || len(n) > 200 {
+		return n, "must be 1 to 200 characters"
+	}
+	return n, ""
 }
 
 var errNoInvitation = keybridge.Errorf(keybridge.ENotFound, "invitation not found, already used or expired")

@@ -594,6 +594,16 @@ func uiScenario(t *testing.T, e *uiEnv, admin *tab) {
 	if got := e.login("ada@acme.test", newPassword); got != 200 {
 		t.Errorf("login with the new password = %d, want 200", got)
 	}
+	// The name: an empty one is refused at its field, then a new one is
+	// saved, trimmed, and a new page load shows it.
+	admin.fill("Name", " ")
+	admin.submit("Save name")
+	admin.until("empty name refused", `const c = document.getElementById("name-form").elements.namedItem("name"); return c.getAttribute("aria-invalid") === "true" && c.parentElement.querySelector(".field-error").textContent.includes("1 to 200 characters") ? "ok" : "";`)
+	admin.fill("Name", "  Ada Lovelace ")
+	admin.submit("Save name")
+	admin.see(".toasts", "Name saved")
+	admin.do("reload the account page", chromedp.Reload())
+	admin.until("the new name after a reload", `const f = document.getElementById("name-form"); return f && document.querySelector("main h1")?.textContent === "Account" && f.elements.namedItem("name").value === "Ada Lovelace" ? "ok" : "";`)
 	admin.shot("account")
 	// A second org, and the switcher between the two.
 	admin.fill("Slug", "acme-labs")

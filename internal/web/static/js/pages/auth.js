@@ -85,6 +85,18 @@ export function onReloadMe(fn) { reloadMe = fn; }
 
 export function account() {
   const u = state.me.user;
+  const nm = form({
+    label: "Change name", submit: "Save name",
+    fields: [
+      { name: "name", label: "Name", value: u.name, required: true, keepEmpty: true, autocomplete: "name", hint: "How you are shown to the members of your organisations." },
+    ],
+    onSubmit: async (v) => {
+      await api("PATCH", "/api/v1/users/me", v);
+      toast("Name saved");
+      await reloadMe();
+    },
+  });
+  nm.el.id = "name-form";
   const pw = form({
     label: "Change password", submit: "Change password",
     fields: [
@@ -116,8 +128,8 @@ export function account() {
   return page("Account", { intro: "Who you are in Keybridge." },
     h("dl", { class: "facts" },
       h("dt", {}, "Email"), h("dd", { id: "account-email" }, u.email),
-      h("dt", {}, "Name"), h("dd", {}, u.name || "—"),
       h("dt", {}, "Organisations"), h("dd", {}, (state.me.orgs || []).map((o) => o.name + " (" + o.role + ")").join(", ") || "none")),
+    h("h2", {}, "Name"), nm.el,
     h("h2", {}, "Password"), pw.el,
     h("h2", {}, "New organisation"), h("p", { class: "muted" }, "You become its owner; switch between your organisations in the navigation."), org.el);
 }
