@@ -3,7 +3,6 @@ package httpapi
 import (
 	"net/http"
 
-	"github.com/keybridge/keybridge/internal/audit"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
 )
@@ -55,17 +54,7 @@ func (s *Server) updateMe(w http.ResponseWriter, r *http.Request) error {
 		if err := tx.UpdateUser(ctx, cur); err != nil {
 			return err
 		}
-		oms, err := tx.OrgsForUser(ctx, cur.ID)
-		if err != nil {
-			return err
-		}
-		res := keybridge.Resource{Type: "user", ID: cur.ID, Name: cur.Email}
-		for _, om := range oms {
-			if err := audit.Record(ctx, tx, om.Org.ID, "user.update", res, changes); err != nil {
-				return err
-			}
-		}
-		return nil
+		return recordUserChange(ctx, tx, cur, "user.update", changes)
 	})
 	if err != nil {
 		return err

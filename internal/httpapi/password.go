@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/keybridge/keybridge/internal/audit"
@@ -96,22 +97,28 @@ func (s *Server) changePassword(w http.ResponseWriter, r *http.Request) error {
 		if _, err := tx.DeleteUserSessions(ctx, cur.ID, keep); err != nil {
 			return err
 		}
-		oms, err := tx.OrgsForUser(ctx, cur.ID)
-		if err != nil {
-			return err
-		}
-		res := keybridge.Resource{Type: "user", ID: cur.ID, Name: cur.Email}
-		changes := map[string]keybridge.Change{"password": {Old: old, New: keybridge.Redacted}}
-		for _, om := range oms {
-			if err := audit.Record(ctx, tx, om.Org.ID, "user.password_change", res, changes); err != nil {
-				return err
-			}
-		}
-		return nil
+		return recordUserChange(ctx, tx, cur, "user.password_change", map[string]keybridge.Change{"password": {Old: old, New: keybridge.Redacted}})
 	})
 	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// recordUserChange audits a change to a user's own account in each org the
+// user belongs to: an account has no org of its own, and every org's admins
+// see what changed about their members.
+func recordUserChange(ctx context.Context, tx store.Store, u *keybridge.User, action string, changes map[string]keybridge.Change) error {
+	oms, err := tx.OrgsForUser(ctx, u.ID)
+	if err != nil {
+		return err
+	}
+	res := keybridge.Resource{Type: "user", ID: u.ID, Name: u.Email}
+	for _, om := range oms {
+		if err := audit.Record(ctx, tx, om.Org.ID, action, res, changes); err != nil {
+			return err
+		}
+	}
 	return nil
 }
