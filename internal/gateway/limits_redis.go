@@ -354,22 +354,27 @@ func (l *redisLimiter) take(keyID, budget string) []owed {
 	if len(os) == 0 {
 		return nil
 	}
-	n := 0
-	var carried []owed
-	for _, o := range os {
-		if o.period == "" || o.budget == budget {
-			carried = append(carried, o)
-		} else {
-			os[n] = o
-			n++
-		}
-	}
-	if n == 0 {
+	carried, rest := partition(os, func(o owed) bool { return o.period == "" || o.budget == budget })
+	if len(rest) == 0 {
 		delete(l.owed, keyID)
 	} else {
-		l.owed[keyID] = os[:n]
+		l.owed[keyID] = rest
 	}
 	return carried
+}
+
+// partition splits os into those that match, in a new slice, and the rest,
+// kept in os's own array.
+func partition(os []owed, match func(owed) bool) (matched, rest []owed) {
+	rest = os[:0]
+	for _, o := range os {
+		if match(o) {
+			matched = append(matched, o)
+		} else {
+			rest = append(rest, o)
+		}
+	}
+	return matched, rest
 }
 
 // appendOwed appends each settlement's six script arguments.
@@ -421,17 +426,8 @@ func (l *redisLimiter) flush(ctx context.Context) {
 		// period's end.
 		for len(os) > 0 {
 			b := os[0].budget
-			n := 0
 			var batch []owed
-			for _, o := range os {
-				if o.budget == b {
-					batch = append(batch, o)
-				} else {
-					os[n] = o
-					n++
-				}
-			}
-			os = os[:n]
+			batch, os = partition(os, func(o owed) bool { return o.budget == b })
 			keys := limitKeys(keyID, 0, "")
 			keys[6] = b // every owed names its budget key, "…:bud" when none
 			if err := l.send(ctx, keyID, keys, batch); err != nil {
