@@ -157,7 +157,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 		if err != nil {
 			return nil, nil, err
 		}
-		cn.stop = context.AfterFunc(ctx, func() { cn.nc.SetDeadline(aLongTimeAgo) })
+		watchClient(ctx, cn)
 		sent := time.Now()
 		if err = x.writeRequest(cn.bw, k); err == nil {
 			err = cn.bw.Flush()
@@ -197,13 +197,37 @@ func setReadDeadline(ctx context.Context, cn *conn, t time.Time) error {
 	return ctx.Err()
 }
 
+// watchClient has the client going away (ctx ending) poison cn's
+// deadline, which wakes whatever waits on the provider, until
+// unwatchClient.
+func watchClient(ctx context.Context, cn *conn) {
+	if fc, ok := ctx.(*frontCtx); ok {
+		fc.watchUpstream(cn)
+		cn.front = fc
+		return
+	}
+	cn.stop = context.AfterFunc(ctx, func() { cn.nc.SetDeadline(aLongTimeAgo) })
+}
+
+// unwatchClient ends watchClient; it reports false if the deadline was
+// poisoned meanwhile.
+func unwatchClient(cn *conn) bool {
+	ok := true
+	if cn.front != nil {
+		ok = cn.front.unwatchUpstream(cn)
+	} else if cn.stop != nil {
+		ok = cn.stop()
+	}
+	cn.front, cn.stop = nil, nil
+	return ok
+}
+
 // release gives a connection back: to the pool when its answer was read
 // whole and nothing poisoned its deadline, else closed.
 func (x *exchange) release(cn *conn, reuse bool) {
-	if cn.stop != nil && !cn.stop() {
+	if !unwatchClient(cn) {
 		reuse = false // the client went away: the deadline is spent
 	}
-	cn.stop = nil
 	if reuse {
 		x.g.client.put(cn)
 		return
@@ -602,8 +626,7 @@ func isUpgrade(r *http.Request) bool {
 // side closes.
 func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	x.status = resp.StatusCode
-	cn.stop() // the tunnel outlives nothing but its two connections
-	cn.stop = nil
+	unwatchClient(cn) // the tunnel outlives nothing but its two connections
 	cn.nc.SetDeadline(time.Time{})
 	hj, ok := x.w.(http.Hijacker)
 	if !ok {
