@@ -345,7 +345,7 @@ func (c *frontConn) serveOne() int {
 		return connClose
 	}
 	keep := !aborted && w.finish() && !req.Close && !w.closeAfter && !c.f.shutting.Load()
-	if keep {
+	if keep && req.Body != http.NoBody && !c.body.done {
 		// The handler reads the whole body; make sure, within reason.
 		// (Read to its end, the body never made the watch read it.)
 		if n, _ := io.CopyN(io.Discard, req.Body, maxLeftover+1); n > maxLeftover {
@@ -710,6 +710,36 @@ type frontWriter struct {
 	hijacked    bool
 	closeAfter  bool
 	failed      bool
+	// declared is the Content-Length setLength gave (-1: none; the
+	// header's, if any, counts then).
+	declared int64
+	// vals back the one-value headers setHeader sets.
+	vals  [3]string
+	nvals int
+}
+
+// setHeader sets a header of w's answer to one value; on Front's writer
+// without allocating its []string.
+func setHeader(w http.ResponseWriter, name, value string) {
+	if fw, ok := w.(*frontWriter); ok && fw.nvals < len(fw.vals) {
+		i := fw.nvals
+		fw.nvals++
+		fw.vals[i] = value
+		fw.header[name] = fw.vals[i : i+1 : i+1]
+		return
+	}
+	w.Header()[name] = []string{value}
+}
+
+// setLength declares the length of w's answer (Content-Length); on
+// Front's writer without formatting a string for the header map.
+func setLength(w http.ResponseWriter, n int64) {
+	if fw, ok := w.(*frontWriter); ok {
+		delete(fw.header, "Content-Length")
+		fw.declared = n
+		return
+	}
+	w.Header()["Content-Length"] = []string{strconv.FormatInt(n, 10)}
 }
 
 func (w *frontWriter) reset(c *frontConn, req *http.Request, wt *watch) {
@@ -719,7 +749,7 @@ func (w *frontWriter) reset(c *frontConn, req *http.Request, wt *watch) {
 	} else {
 		clear(h)
 	}
-	*w = frontWriter{c: c, req: req, watch: wt, header: h, length: -1}
+	*w = frontWriter{c: c, req: req, watch: wt, header: h, length: -1, declared: -1}
 }
 
 // Header implements http.ResponseWriter.
@@ -736,12 +766,19 @@ func (w *frontWriter) WriteHeader(code int) {
 	w.wroteHeader = true
 	bw := w.c.bw
 	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(code))
+	writeInt(bw, int64(code), 10)
 	bw.WriteByte(' ')
 	bw.WriteString(http.StatusText(code))
 	bw.WriteString("\r\n")
 	w.bodyless = code == http.StatusNoContent || code == http.StatusNotModified || w.req.Method == http.MethodHead
-	if cl := w.header["Content-Length"]; len(cl) == 1 {
+	if w.declared >= 0 {
+		w.length = w.declared
+		if _, ok := w.header["Content-Length"]; !ok {
+			bw.WriteString("Content-Length: ")
+			writeInt(bw, w.declared, 10)
+			bw.WriteString("\r\n")
+		}
+	} else if cl := w.header["Content-Length"]; len(cl) == 1 {
 		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 {
 			w.length = n
 		}
@@ -793,8 +830,7 @@ func (w *frontWriter) Write(p []byte) (int, error) {
 	}
 	bw := w.c.bw
 	if w.chunked {
-		var hex [16]byte
-		bw.Write(strconv.AppendInt(hex[:0], int64(len(p)), 16))
+		writeInt(bw, int64(len(p)), 16)
 		bw.WriteString("\r\n")
 	}
 	n, err := bw.Write(p)
