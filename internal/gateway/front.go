@@ -112,7 +112,7 @@ func (f *Front) Serve() error {
 		}
 		delay = 0
 		fc := &frontConn{f: f, nc: c, br: bufio.NewReaderSize(c, 4096)}
-		f.wg.Add(1) // done by whichever goroutine ends the connection
+		f.wg.Add(1)
 		go fc.serve()
 	}
 }
@@ -146,9 +146,8 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	}
 }
 
-// frontConn is one connection Front serves. One goroutine at a time
-// serves it: the one Serve started, or a watch's, which takes over when
-// the request it watched ends first (see watch).
+// frontConn is one connection Front serves, on the goroutine Serve
+// started for it.
 type frontConn struct {
 	f      *Front
 	nc     net.Conn
@@ -160,7 +159,8 @@ type frontConn struct {
 	body   eofBody
 	remote string
 	// deadline is nc's read deadline as last set (zero: none), by the
-	// goroutine serving the connection, or by its watch under watch.mu.
+	// goroutine serving the connection, or by its watch under watch.mu
+	// while the request runs.
 	// Pokes that end the connection (Shutdown's, a closing request's)
 	// are not recorded.
 	deadline time.Time
@@ -234,7 +234,7 @@ func (c *frontConn) serve() {
 }
 
 // run serves the connection's requests, the next one waited for up to
-// wait, until the connection ends or passes to its watch's goroutine.
+// wait, until the connection ends.
 func (c *frontConn) run(wait time.Duration) {
 	f := c.f
 	for {
@@ -268,11 +268,8 @@ func (c *frontConn) run(wait time.Duration) {
 			return
 		}
 		c.idle.Store(false)
-		switch c.serveOne() {
-		case connClose:
+		if c.serveOne() == connClose {
 			c.end(false)
-			return
-		case connPassed:
 			return
 		}
 		c.idle.Store(true)
@@ -293,9 +290,8 @@ func (c *frontConn) end(handed bool) {
 
 // What serveOne leaves the connection to.
 const (
-	connKeep   = iota // the next request
-	connClose         // closing
-	connPassed        // its watch's goroutine, which serves it from now on
+	connKeep  = iota // the next request
+	connClose        // closing
 )
 
 // serveOne reads and answers one gateway request; it says what becomes
@@ -396,23 +392,22 @@ func (b *eofBody) Read(p []byte) (int, error) {
 // client closes the connection (and the request's context is canceled)
 // or sends its next request early.
 //
-// The request and the watch's read meet at the end, and whichever comes
-// second carries the connection on: a request that ends first leaves the
-// read waiting for the next request, which the watch's goroutine then
-// serves; a read that returns first leaves its result for the request's
-// goroutine. Nothing wakes the read to end it (a wake-up, and a second
-// read, per request), except a hijack, which takes the connection.
+// A request that ends while the read waits does not wake it (a deadline
+// poke, a wake-up and a second read per request): the read goes on
+// waiting, for the next request now, and the request's goroutine waits
+// for what it returns, then serves on, its stack grown already. Only a
+// closing connection or a hijack wakes the read.
 //
 // Each connection has one, reused for its requests.
 type watch struct {
 	c     *frontConn
 	ctx   *frontCtx
 	timer *time.Timer
+	ended chan struct{} // a read that outlived its request returned
 
 	mu    sync.Mutex
 	state int   // watchIdle ... watchHijack
 	err   error // what the read returned, once watchSaw
-	ended chan struct{}
 }
 
 const (
@@ -420,8 +415,7 @@ const (
 	watchArmed          // the timer runs
 	watchRunning        // the watch's goroutine reads
 	watchSaw            // the read returned during the request: see err
-	watchDone           // the request ended first; the read carries on
-	watchClose          // the request ended first, closing the connection
+	watchDone           // the request ended first
 	watchHijack         // the request's handler takes the connection
 )
 
@@ -463,47 +457,27 @@ func (w *watch) run() {
 	for {
 		_, err := c.br.Peek(1)
 		w.mu.Lock()
-		switch w.state {
-		case watchRunning:
-			if err != nil && isTimeout(err) {
-				// The idle deadline of the previous wait passed during
-				// a long request (or a Shutdown poke came just before
-				// the request began; it ends at its end): read on.
-				c.deadline = time.Time{}
-				c.nc.SetReadDeadline(time.Time{})
-				w.mu.Unlock()
-				continue
-			}
-			w.state, w.err = watchSaw, err
-			w.mu.Unlock()
-			if err != nil {
-				ctx.cancel() // the client closed or broke the connection
-			}
-			return
-		case watchDone:
-			if err != nil && isTimeout(err) && !c.f.shutting.Load() && time.Now().Before(c.deadline) {
-				// A deadline that passed before the request's end set
-				// the next one: read on.
-				w.mu.Unlock()
-				continue
-			}
-			w.mu.Unlock()
-			if err != nil {
-				c.end(false)
-				return
-			}
-			// The next request: this goroutine serves the connection.
-			c.run(frontIdleTimeout)
-			return
-		case watchClose:
-			w.mu.Unlock()
-			c.end(false)
-			return
-		default: // watchHijack
+		if w.state != watchRunning {
+			// The request ended, or is hijacking the connection.
 			w.mu.Unlock()
 			w.ended <- struct{}{}
 			return
 		}
+		if err != nil && isTimeout(err) {
+			// The idle deadline of the wait before the request passed
+			// during it (or a Shutdown poke came just before it began;
+			// it ends at its end): read on.
+			c.deadline = time.Time{}
+			c.nc.SetReadDeadline(time.Time{})
+			w.mu.Unlock()
+			continue
+		}
+		w.state, w.err = watchSaw, err
+		w.mu.Unlock()
+		if err != nil {
+			ctx.cancel() // the client closed or broke the connection
+		}
+		return
 	}
 }
 
@@ -512,32 +486,44 @@ func (w *watch) run() {
 func (w *watch) end(keep bool) int {
 	c := w.c
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	switch w.state {
 	case watchArmed:
 		// Should the timer's run have started, it finds the state moved
 		// on and returns.
 		w.timer.Stop()
 	case watchRunning:
-		if !keep {
-			w.state = watchClose
-			c.nc.SetReadDeadline(aLongTimeAgo) // wakes the read, which closes
-			return connPassed
-		}
 		w.state = watchDone
-		c.readDeadline(frontIdleTimeout)
-		c.idle.Store(true)
-		if c.f.shutting.Load() {
-			// Shutdown's poke may have come before the deadline undid it.
+		if keep {
+			// The read waits for the next request.
+			c.readDeadline(frontIdleTimeout)
+			c.idle.Store(true)
+			if c.f.shutting.Load() {
+				// Shutdown's poke may have come before the deadline
+				// undid it.
+				c.nc.SetReadDeadline(aLongTimeAgo)
+			}
+		} else {
 			c.nc.SetReadDeadline(aLongTimeAgo)
 		}
-		return connPassed
+		w.mu.Unlock()
+		<-w.ended
+		w.mu.Lock()
+		w.state = watchIdle
+		w.mu.Unlock()
+		if !keep {
+			return connClose
+		}
+		// What the read returned is buffered, or its error (the
+		// deadline, the client's close) comes again to the next.
+		return connKeep
 	case watchSaw:
 		if w.err != nil {
+			w.mu.Unlock()
 			return connClose // the client is gone
 		}
 	}
 	w.state = watchIdle
+	w.mu.Unlock()
 	if !keep {
 		return connClose
 	}

@@ -35,8 +35,8 @@ func slowEnv(t *testing.T, delay time.Duration) (*env, string) {
 
 // A keep-alive connection carries on across requests slow enough to be
 // watched for the client going away, each answered whole, and none taken
-// for a client that left: the watch's read, waiting for the next request
-// when its request ends, serves it.
+// for a client that left: the watch's read, still waiting when its request
+// ends, waits for the next request.
 func TestKeepAliveAcrossWatchedRequests(t *testing.T) {
 	e, req := slowEnv(t, 5*time.Millisecond)
 	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
