@@ -419,6 +419,11 @@ func planUsage(since, until time.Time, days bool) usagePlan {
 	return p
 }
 
+// usageRawFrom is where a usage query reads raw rows: one org over a time
+// range, a range of the primary key of usage in SQLite, of usage_org_time
+// in PostgreSQL.
+const usageRawFrom = `FROM usage WHERE org_id = ? AND time >= ? AND time < ?`
+
 // QueryUsage implements store.UsageStore. A zero Until means now and a zero
 // Since means 30 days before Until. Groups come most requests first, then
 // by key; the key is "" for requests without that dimension (a request
@@ -487,8 +492,7 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 			return
 		}
 		arms = append(arms, `SELECT `+expr+` AS key, `+rawBucket+`1 AS requests, CASE WHEN status >= 400 THEN 1 ELSE 0 END AS errors,
-			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers, latency_ms AS latency_ms_sum
-			FROM usage WHERE org_id = ? AND time >= ? AND time < ?`)
+			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers, latency_ms AS latency_ms_sum `+usageRawFrom)
 		if series {
 			args = append(args, s.ts(r.from.Truncate(time.Hour)))
 		}
@@ -581,7 +585,7 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 // holds the writer for long. It returns how many raw rows went.
 func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, error) {
 	cut := s.ts(t.UTC().Truncate(usageDay))
-	// Raw rows are indexed by org and time only (an index on time alone
+	// Raw rows are ordered by org and time only (an index on time alone
 	// would cost every insert for a purge that runs once an hour), so the
 	// purge goes org by org. Every raw row has daily totals, which go
 	// last: an interrupted purge still finds its orgs next time.
@@ -594,7 +598,11 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 		for {
 			var n int64
 			err := s.write(ctx, func(tx *Store) error {
-				res, err := tx.exec(ctx, `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`, org, cut, usageDeleteChunk)
+				query, args := usageDeleteSQL, []any{org, org, cut, usageDeleteChunk}
+				if s.db.Dialect.Name != "sqlite" {
+					query, args = usageDeleteByIDSQL, []any{org, cut, usageDeleteChunk}
+				}
+				res, err := tx.exec(ctx, query, args...)
 				if err != nil {
 					return err
 				}
@@ -618,6 +626,17 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 	}
 	return total, nil
 }
+
+// usageDeleteSQL deletes a chunk of one org's raw rows before a cut, in
+// SQLite. The rows are named by (org, time, id), the primary key of usage
+// there, so that each is found by its key rather than by a scan of the
+// table. usageDeleteByIDSQL does it in PostgreSQL, where usage keeps its
+// primary key on id: there the (time, id) form would read every row of
+// the org for each chunk.
+const (
+	usageDeleteSQL     = `DELETE FROM usage WHERE org_id = ? AND (time, id) IN (SELECT time, id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`
+	usageDeleteByIDSQL = `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`
+)
 
 // usageOrgsBefore lists the orgs with daily totals before cut: every org
 // with raw rows before it.

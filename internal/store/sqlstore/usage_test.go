@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -205,5 +206,47 @@ func BenchmarkInsertUsage(b *testing.B) {
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*len(batch)), "cpu-µs/row")
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*len(batch)), "µs/row")
 		})
+	}
+}
+
+// TestUsagePlansUseKey checks, in SQLite, that every statement on raw usage
+// rows finds them by a range of the table's key rather than by a scan:
+// usage is the largest table by far, and a scan of it holds the writer
+// (retention's purge) or a reader (a usage query) for as long as it lasts.
+func TestUsagePlansUseKey(t *testing.T) {
+	st := storetest.SQLite(t).(*sqlstore.Store)
+	for _, q := range []struct {
+		name, sql string
+		args      []any
+	}{
+		{"query's raw rows", `SELECT model, latency_ms ` + sqlstore.UsageRawFrom, []any{"org", 0, 1}},
+		{"retention's purge", sqlstore.UsageDeleteSQL, []any{"org", "org", 1, 5000}},
+	} {
+		rows, err := st.DB().Write.Query(`EXPLAIN QUERY PLAN `+q.sql, q.args...)
+		if err != nil {
+			t.Fatalf("%s: %v", q.name, err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, notUsed int
+			var detail string
+			if err := rows.Scan(&id, &parent, &notUsed, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		searches := 0
+		for _, line := range plan {
+			if strings.HasPrefix(line, "SCAN usage") && !strings.HasPrefix(line, "SCAN usage_") {
+				t.Errorf("%s scans usage: %q", q.name, plan)
+			}
+			if strings.HasPrefix(line, "SEARCH usage USING PRIMARY KEY (org_id=? AND time") {
+				searches++
+			}
+		}
+		if searches == 0 {
+			t.Errorf("%s does not search usage by (org_id, time): %q", q.name, plan)
+		}
 	}
 }
