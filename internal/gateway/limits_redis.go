@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -30,8 +31,11 @@ const (
 var errLimitsDown = errors.New("limit counters unreachable")
 
 // redisLimiter keeps the counters in Redis, so every replica enforces one
-// limit. Each admit and each settle is one script call: one round trip
-// (EVALSHA; EVAL once more only after Redis lost its script cache).
+// limit. An admission that Redis decides is one script call: one round
+// trip (EVALSHA; EVAL once more only after Redis lost its script cache).
+// While a key is far from its limits, that call also hands the replica a
+// lease of capacity, and the key's next requests on this replica are
+// admitted from it in memory, with no round trip (see lease).
 //
 // A key's counters live under {kb:<keyID>}:…, one hash slot, so a Redis
 // Cluster can run the scripts. Every one expires: the windows 60 s after
@@ -50,10 +54,20 @@ type redisLimiter struct {
 	// next admission carries them in its own script call, so a busy key
 	// settles without a round trip of its own, and run sends what no
 	// admission took within settleDelay. Without run, settle is one call.
-	async atomic.Bool
-	mu    sync.Mutex
-	owed  map[string][]owed // by key ID
-	kick  chan struct{}
+	async   atomic.Bool
+	mu      sync.Mutex
+	owed    map[string][]owed        // by key ID
+	returns map[string][]leaseReturn // by key ID
+	kick    chan struct{}
+	// unsent are lease returns that could not reach Redis, sent again
+	// by run every leaseTTL/2 (at most maxUnsent keys of them).
+	unsent map[string][]leaseReturn
+
+	// leases are the keys' current leases on this replica, by key ID;
+	// noLeases turns them off (every admission goes to Redis).
+	lmu      sync.Mutex
+	leases   map[string]*lease
+	noLeases bool
 }
 
 // settleDelay bounds how long a settlement waits for its key's next
@@ -62,11 +76,14 @@ const settleDelay = 5 * time.Millisecond
 
 // owed is a settlement not yet in Redis.
 type owed struct {
-	seq, reserved, used, ms int64
-	tpm                     bool
-	period                  keybridge.BudgetPeriod // "": no budget
-	budget                  string                 // the budget's Redis key
-	budTTL                  int64                  // ms
+	// seq names the request in Redis: its admission's number, or for a
+	// request admitted from a lease, the lease's number and its own.
+	seq                string
+	reserved, used, ms int64
+	tpm                bool
+	period             keybridge.BudgetPeriod // "": no budget
+	budget             string                 // the budget's Redis key
+	budTTL             int64                  // ms
 }
 
 // newRedisLimiter returns a limiter on rdb; whenDown is LimitsLocal (also
@@ -80,17 +97,20 @@ func newRedisLimiter(rdb redis.Scripter, whenDown string, log *slog.Logger) (*re
 	}
 	m := newLimitMetrics()
 	return &redisLimiter{rdb: rdb, refuse: whenDown == LimitsRefuse, local: newMemLimiterMetrics(m), log: log, m: m,
-		owed: map[string][]owed{}, kick: make(chan struct{}, 1)}, nil
+		owed: map[string][]owed{}, returns: map[string][]leaseReturn{}, kick: make(chan struct{}, 1),
+		unsent: map[string][]leaseReturn{},
+		leases: map[string]*lease{}}, nil
 }
 
 func (l *redisLimiter) collectors() []prometheus.Collector {
 	return []prometheus.Collector{l.m.refusals, l.m.redisDown, l.m.redisOutage}
 }
 
-// limitLua is shared by both scripts. KEYS: 1 RPM log (member: seq), 2
-// TPM log (member: seq:tokens, score: settled at), 3 its sum, 4
-// reservations (member: seq:tokens, score: expires at), 5 their sum, 6
-// sequence, 7 the budget of the current period.
+// limitLua is shared by both scripts. KEYS: 1 RPM log (member: seq, or
+// L<lease>:<slot> for a lease's slots), 2 TPM log (member: seq:tokens,
+// score: settled at), 3 its sum, 4 reservations (member: seq:tokens or
+// L<lease>:tokens, score: expires at), 5 their sum, 6 sequence, 7 the
+// budget of the current period.
 const limitLua = `
 local function num(m) return tonumber(string.match(m, ':(%d+)$')) end
 -- trim drops the entries of log scored at or before cut, keeps sumKey the
@@ -109,21 +129,29 @@ local function trim(log, sumKey, cut)
   end
   return tonumber(redis.call('GET', sumKey) or '0')
 end
--- settle applies the owed settlements in ARGV from i on, n of them, 6
--- values each: seq, reservation, tokens used, 1 to count them in TPM, when
--- (ms), the budget's TTL in ms (0: no budget).
-local function settle(i, n)
-  for j = 0, n - 1 do
-    local k = i + j * 6
-    local seq, res, used = ARGV[k], tonumber(ARGV[k + 1]), tonumber(ARGV[k + 2])
-    if res > 0 and redis.call('ZREM', KEYS[4], seq .. ':' .. res) == 1 then
-      if redis.call('DECRBY', KEYS[5], res) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
-        redis.call('DEL', KEYS[5])
-      end
+-- unreserve drops the reservation of res tokens named id.
+local function unreserve(id, res)
+  if res > 0 and redis.call('ZREM', KEYS[4], id .. ':' .. res) == 1 then
+    if redis.call('DECRBY', KEYS[5], res) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
+      redis.call('DEL', KEYS[5])
     end
+  end
+end
+-- apply applies what a replica owes the key, from ARGV[i] on, and returns
+-- the index after it: a count of settlements, 6 values each (seq,
+-- reservation, tokens used, 1 to count them in TPM, when (ms), the
+-- budget's TTL in ms (0: no budget)); then a count of lease returns, each
+-- 4 values (lease, slots granted, slots used k, tokens to release) and
+-- the k times (ms) the used slots were taken at.
+local function apply(i)
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    local seq, used = ARGV[i], tonumber(ARGV[i + 2])
+    unreserve(seq, tonumber(ARGV[i + 1]))
     if used > 0 then
-      if ARGV[k + 3] == '1' then
-        local ms = tonumber(ARGV[k + 4])
+      if ARGV[i + 3] == '1' then
+        local ms = tonumber(ARGV[i + 4])
         trim(KEYS[2], KEYS[3], ms - 60000)
         if redis.call('ZADD', KEYS[2], ms, seq .. ':' .. used) == 1 then
           redis.call('INCRBY', KEYS[3], used)
@@ -131,22 +159,47 @@ local function settle(i, n)
         redis.call('PEXPIRE', KEYS[2], 60000)
         redis.call('PEXPIRE', KEYS[3], 60000)
       end
-      if tonumber(ARGV[k + 5]) > 0 then
+      if tonumber(ARGV[i + 5]) > 0 then
         redis.call('INCRBY', KEYS[7], used)
-        redis.call('PEXPIRE', KEYS[7], ARGV[k + 5])
+        redis.call('PEXPIRE', KEYS[7], ARGV[i + 5])
       end
     end
+    i = i + 6
   end
+  n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    local id, granted, k = 'L' .. ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    -- A used slot counts from when it was used; an unused one not at all.
+    for s = 1, k do redis.call('ZADD', KEYS[1], 'XX', ARGV[i + 3 + s], id .. ':' .. s) end
+    for s = k + 1, granted do redis.call('ZREM', KEYS[1], id .. ':' .. s) end
+    unreserve(id, tonumber(ARGV[i + 3]))
+    i = i + 4 + k
+  end
+  return i
 end
 `
 
+// rpmTTL is how long the RPM log outlives its last write: the window, and
+// a lease's slots, which count until the lease ends.
+var rpmTTL = strconv.FormatInt((limitWindow + leaseTTL).Milliseconds(), 10)
+
 // admitScript: ARGV 1 now (ms), 2 RPM, 3 TPM, 4 budget (0: none), 5
 // reservation, 6 ms until the budget period ends, 7 reserveTTL (ms), 8
-// pendingRetry (ms), 9 how many owed settlements follow (see settle), first
-// applied. It returns {admitted, seq, rpm, rpm wait, tpm, tpm wait,
-// budget, budget wait} as in tally.
+// pendingRetry (ms), 9 "1" to ask for a lease, 10 its slots and 11 tokens
+// wanted, 12 when it would end (ms); then what the replica owes (see
+// apply), applied first. It returns {admitted, seq, rpm, rpm wait, tpm,
+// tpm wait, budget, budget wait} as in tally, then {leased, slots,
+// tokens}: the lease granted, if any.
+//
+// A lease is granted only to an admitted request of a key that stays at
+// or under half of each of its limits with the lease counted, and is at
+// most 1% of each: it holds slots (2 at least) when the key has an RPM
+// limit, and tokens (maybe none) when it counts tokens. Its slots are in
+// the RPM log from now, scored at the lease's end until it is returned;
+// its tokens are one reservation.
 var admitScript = redis.NewScript(limitLua + `
-settle(10, tonumber(ARGV[9]))
+apply(13)
 local now, rpm, tpm, bud = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local from = now - 60000
 local rpmN, rpmWait, tpmN, tpmWait, budN, budWait = 0, 0, 0, 0, 0, 0
@@ -155,7 +208,7 @@ if rpm > 0 then
   rpmN = redis.call('ZCARD', KEYS[1])
   if rpmN >= rpm then
     local e = redis.call('ZRANGE', KEYS[1], rpmN - rpm, rpmN - rpm, 'WITHSCORES')
-    rpmWait = tonumber(e[2]) + 60000 - now
+    rpmWait = math.max(tonumber(e[2]) + 60000 - now, 1)
   end
 end
 local pend = 0
@@ -189,13 +242,13 @@ if bud > 0 then
   end
 end
 if rpmWait > 0 or tpmWait > 0 or budWait > 0 then
-  return {0, 0, rpmN, rpmWait, tpmN, tpmWait, budN, budWait}
+  return {0, 0, rpmN, rpmWait, tpmN, tpmWait, budN, budWait, 0, 0, 0}
 end
 local seq = redis.call('INCR', KEYS[6])
 redis.call('PEXPIRE', KEYS[6], ARGV[7])
 if rpm > 0 then
   redis.call('ZADD', KEYS[1], now, seq)
-  redis.call('PEXPIRE', KEYS[1], 60000)
+  redis.call('PEXPIRE', KEYS[1], ` + rpmTTL + `)
   rpmN = rpmN + 1
 end
 local reserve = tonumber(ARGV[5])
@@ -207,13 +260,47 @@ if (tpm > 0 or bud > 0) and reserve > 0 then
   tpmN = tpmN + reserve
   budN = budN + reserve
 end
-return {1, seq, rpmN, 0, tpmN, 0, budN, 0}
+local leased, slots, toks = 0, 0, 0
+if ARGV[9] == '1' then
+  slots, toks = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local ok = true
+  if rpm > 0 then
+    slots = math.min(slots, math.floor(rpm / 100), math.floor(rpm / 2) - rpmN)
+    ok = slots >= 2
+  else
+    slots = 0
+  end
+  if tpm > 0 then toks = math.min(toks, math.floor(tpm / 100), math.floor(tpm / 2) - tpmN) end
+  if bud > 0 then toks = math.min(toks, math.floor(bud / 100), math.floor(bud / 2) - budN) end
+  if tpm == 0 and bud == 0 then toks = 0 end
+  if ok and toks >= 0 then
+    leased = 1
+    local id = 'L' .. seq
+    if slots > 0 then
+      local z = {}
+      for s = 1, slots do
+        z[2 * s - 1] = ARGV[12]
+        z[2 * s] = id .. ':' .. s
+      end
+      redis.call('ZADD', KEYS[1], unpack(z))
+    end
+    if toks > 0 then
+      redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), id .. ':' .. toks)
+      redis.call('INCRBY', KEYS[5], toks)
+      redis.call('PEXPIRE', KEYS[4], ARGV[7])
+      redis.call('PEXPIRE', KEYS[5], ARGV[7])
+    end
+  else
+    slots, toks = 0, 0
+  end
+end
+return {1, seq, rpmN, 0, tpmN, 0, budN, 0, leased, slots, toks}
 `)
 
-// settleScript: ARGV 1 reserveTTL (ms), 2 how many owed settlements
-// follow (see settle).
+// settleScript: ARGV 1 reserveTTL (ms), then what the replica owes (see
+// apply).
 var settleScript = redis.NewScript(limitLua + `
-settle(3, tonumber(ARGV[2]))
+apply(2)
 redis.call('PEXPIRE', KEYS[6], ARGV[1])
 return 0
 `)
@@ -246,17 +333,27 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		_, end := period(ms, p)
 		budLeft = end - ms
 	}
+	if t, d, ok := l.fromLease(keyID, lim, reserve, ms, p); ok {
+		return t, d, nil
+	}
+	want, ret := l.endLease(keyID, lim, reserve, ms)
 	keys := limitKeys(keyID, ms, p)
-	carried := l.take(keyID, keys[6])
-	args := append(make([]any, 0, 9+6*len(carried)),
+	carried, returns := l.take(keyID, keys[6])
+	returns = append(returns, ret...)
+	asks := "0"
+	if want.ask {
+		asks = "1"
+	}
+	args := append(make([]any, 0, 14+6*len(carried)+4*len(returns)),
 		ms, max(lim.RateLimitRPM, 0), max(lim.RateLimitTPM, 0), bud, reserve, budLeft,
-		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), len(carried))
-	r, err := admitScript.Run(ctx, l.rdb, keys, appendOwed(args, carried)...).Int64Slice()
-	if err == nil && len(r) != 8 {
-		err = fmt.Errorf("admit script answered %d values, want 8", len(r))
+		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), asks, want.slots, want.tokens, ms+leaseTTL.Milliseconds())
+	r, err := admitScript.Run(ctx, l.rdb, keys, appendDebts(args, carried, returns)...).Int64Slice()
+	if err == nil && len(r) != 11 {
+		err = fmt.Errorf("admit script answered %d values, want 11", len(r))
 	}
 	if err != nil {
 		l.settleLocally(ctx, keyID, carried)
+		l.returnLater(keyID, returns)
 		if ctx.Err() != nil {
 			return ticket{}, decision{}, fmt.Errorf("count request in redis: %w", ctx.Err())
 		}
@@ -274,10 +371,14 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		l.m.refused(d.limit)
 		return ticket{}, d, nil
 	}
+	if r[8] == 1 {
+		l.grant(keyID, &lease{seq: r[1], lim: lim, until: ms + leaseTTL.Milliseconds(), slots: r[9],
+			tokens: r[10], free: r[10], base: t})
+	}
 	if !tokens {
 		return ticket{}, d, nil
 	}
-	return ticket{keyID: keyID, seq: r[1], reserved: reserve, tpm: lim.RateLimitTPM > 0, budget: p}, d, nil
+	return ticket{keyID: keyID, seq: strconv.FormatInt(r[1], 10), reserved: reserve, tpm: lim.RateLimitTPM > 0, budget: p}, d, nil
 }
 
 func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now time.Time) error {
@@ -294,35 +395,59 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 		_, end := period(ms, t.budget)
 		o.budTTL = end - ms + budgetSlack
 	}
+	var ret []leaseReturn
+	if t.lease != nil {
+		o.reserved = 0 // the lease holds the reservation
+		ret = l.settled(t.lease, o.used, t.reserved)
+	} else {
+		l.spent(t.keyID, o.used, t.reserved)
+	}
 	if l.async.Load() {
-		l.mu.Lock()
-		first := len(l.owed) == 0
-		l.owed[t.keyID] = append(l.owed[t.keyID], o)
-		l.mu.Unlock()
+		l.owe(t.keyID, []owed{o}, ret)
 		if !l.async.Load() {
 			l.flush(ctx) // run ended meanwhile: nobody else will
-		} else if first {
-			select {
-			case l.kick <- struct{}{}:
-			default:
-			}
 		}
 		return nil
 	}
-	return l.send(ctx, t.keyID, keys, []owed{o})
+	return l.send(ctx, t.keyID, keys, []owed{o}, ret)
 }
 
-// send writes a key's owed settlements in one script call. With Redis
-// down they count in this process; their reservations stay in Redis
-// until reserveTTL.
-func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed) error {
-	args := append(make([]any, 0, 2+6*len(os)), reserveTTL.Milliseconds(), len(os))
-	err := settleScript.Run(ctx, l.rdb, keys, appendOwed(args, os)...).Err()
+// owe queues settlements and lease returns for the key's next admission
+// or run to carry, and wakes run for the first of a batch.
+func (l *redisLimiter) owe(keyID string, os []owed, rs []leaseReturn) {
+	if len(os) == 0 && len(rs) == 0 {
+		return
+	}
+	l.mu.Lock()
+	first := len(l.owed) == 0 && len(l.returns) == 0
+	if len(os) > 0 {
+		l.owed[keyID] = append(l.owed[keyID], os...)
+	}
+	if len(rs) > 0 {
+		l.returns[keyID] = append(l.returns[keyID], rs...)
+	}
+	l.mu.Unlock()
+	if first {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// send writes a key's owed settlements and lease returns in one script
+// call. With Redis down the settlements count in this process; their
+// reservations stay in Redis until reserveTTL, and a lease's unused slots
+// until the window passes its end.
+func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed, rs []leaseReturn) error {
+	args := append(make([]any, 0, 3+6*len(os)+4*len(rs)), reserveTTL.Milliseconds())
+	err := settleScript.Run(ctx, l.rdb, keys, appendDebts(args, os, rs)...).Err()
 	if err == nil {
 		l.reachable(ctx)
 		return nil
 	}
 	l.settleLocally(ctx, keyID, os)
+	l.returnLater(keyID, rs)
 	if ctx.Err() != nil {
 		return fmt.Errorf("settle request in redis: %w", ctx.Err())
 	}
@@ -343,16 +468,17 @@ func (l *redisLimiter) settleLocally(ctx context.Context, keyID string, os []owe
 
 // take removes and returns what keyID owes into budget (the budget key of
 // the admission about to carry it; settlements into another period's
-// budget are left to run).
-func (l *redisLimiter) take(keyID, budget string) []owed {
-	if !l.async.Load() {
-		return nil
-	}
+// budget are left to run), and its lease returns.
+func (l *redisLimiter) take(keyID, budget string) ([]owed, []leaseReturn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	rs := l.returns[keyID]
+	if len(rs) > 0 {
+		delete(l.returns, keyID)
+	}
 	os := l.owed[keyID]
 	if len(os) == 0 {
-		return nil
+		return nil, rs
 	}
 	carried, rest := partition(os, func(o owed) bool { return o.period == "" || o.budget == budget })
 	if len(rest) == 0 {
@@ -360,7 +486,7 @@ func (l *redisLimiter) take(keyID, budget string) []owed {
 	} else {
 		l.owed[keyID] = rest
 	}
-	return carried
+	return carried, rs
 }
 
 // partition splits os into those that match, in a new slice, and the rest,
@@ -377,8 +503,10 @@ func partition(os []owed, match func(owed) bool) (matched, rest []owed) {
 	return matched, rest
 }
 
-// appendOwed appends each settlement's six script arguments.
-func appendOwed(args []any, os []owed) []any {
+// appendDebts appends the script arguments of settlements and lease
+// returns, as apply reads them.
+func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
+	args = append(args, len(os))
 	for _, o := range os {
 		tpm := "0"
 		if o.tpm {
@@ -386,19 +514,34 @@ func appendOwed(args []any, os []owed) []any {
 		}
 		args = append(args, o.seq, o.reserved, o.used, tpm, o.ms, o.budTTL)
 	}
+	args = append(args, len(rs))
+	for _, r := range rs {
+		args = append(args, r.seq, r.slots, len(r.at), r.tokens)
+		for _, ms := range r.at {
+			args = append(args, ms)
+		}
+	}
 	return args
 }
 
-// run carries owed settlements to Redis, settleDelay after the first of
-// a batch, until ctx ends; then it sends what is left and settles
+// run carries owed settlements and lease returns to Redis, settleDelay
+// after the first of a batch, and ends leases past their time, until ctx
+// ends; then it returns every lease, sends what is left and settles
 // synchronously again.
 func (l *redisLimiter) run(ctx context.Context) {
 	l.async.Store(true)
+	tick := time.NewTicker(leaseTTL / 2)
+	defer tick.Stop()
 	for {
 		select {
 		case <-l.kick:
+		case <-tick.C:
+			l.expire(time.Now().UnixMilli())
+			l.retryReturns()
+			continue
 		case <-ctx.Done():
 			l.async.Store(false)
+			l.expire(math.MaxInt64)
 			l.flush(context.WithoutCancel(ctx))
 			return
 		}
@@ -410,17 +553,29 @@ func (l *redisLimiter) run(ctx context.Context) {
 	}
 }
 
-// flush sends every owed settlement: one script call per key (and
-// budget period).
+// flush sends everything owed: one script call per key (and budget
+// period).
 func (l *redisLimiter) flush(ctx context.Context) {
 	l.mu.Lock()
-	all := l.owed
+	all, returns := l.owed, l.returns
 	if len(all) > 0 {
 		l.owed = map[string][]owed{}
+	}
+	if len(returns) > 0 {
+		l.returns = map[string][]leaseReturn{}
 	}
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	sendBatch := func(keyID, budget string, os []owed) {
+		keys := limitKeys(keyID, 0, "")
+		keys[6] = budget // every owed names its budget key, "…:bud" when none
+		rs := returns[keyID]
+		delete(returns, keyID)
+		if err := l.send(ctx, keyID, keys, os, rs); err != nil {
+			l.log.WarnContext(ctx, "gateway: settle limits", "err", err)
+		}
+	}
 	for keyID, os := range all {
 		// One call per budget key: a key's settlements may straddle a
 		// period's end.
@@ -428,18 +583,18 @@ func (l *redisLimiter) flush(ctx context.Context) {
 			b := os[0].budget
 			var batch []owed
 			batch, os = partition(os, func(o owed) bool { return o.budget == b })
-			keys := limitKeys(keyID, 0, "")
-			keys[6] = b // every owed names its budget key, "…:bud" when none
-			if err := l.send(ctx, keyID, keys, batch); err != nil {
-				l.log.WarnContext(ctx, "gateway: settle limits", "err", err)
-			}
+			sendBatch(keyID, b, batch)
 		}
+	}
+	for keyID := range returns {
+		sendBatch(keyID, limitKeys(keyID, 0, "")[6], nil)
 	}
 }
 
 // unreachable counts a call that failed, and logs the first of an outage.
 func (l *redisLimiter) unreachable(ctx context.Context, err error) {
 	l.m.redisDown.Inc()
+	l.endLeases() // from now on the policy decides
 	if l.down.CompareAndSwap(false, true) {
 		l.m.redisOutage.Set(1)
 		how := "counting limits in this process"
