@@ -29,9 +29,10 @@ import (
 //     goes to Redis. Its requests' tokens settle into the shared counters
 //     as others do; the reservation is released once the lease has ended
 //     and its last request has settled;
-//   - ends after leaseTTL, when it runs out, when the key's limits change,
+//   - ends after leaseTTL, when it runs out, when a call to Redis fails,
 //     or at shutdown, and the next admission asks for a fresh one, sized
-//     by what the last one served.
+//     by what the last one served. A request under other limits (the
+//     key's changed, or a WebSocket's charge) is not admitted from it.
 //
 // So every replica still counts against one limit and none can admit
 // past it from its leases. What a lease changes: Keybridge's remaining
@@ -67,6 +68,7 @@ type lease struct {
 	open     int64 // of them, not yet settled
 	base     tally // the key's counts at the grant, its own request included
 	ended    bool  // its slots went back (or will, with the next call)
+	asking   bool  // ended, and an admission is asking for the next
 	released bool  // its tokens went back (or will)
 }
 
@@ -135,12 +137,21 @@ func (l *redisLimiter) endLease(keyID string, lim keybridge.Limits, reserve, ms 
 	if ls == nil {
 		return ask, nil
 	}
-	delete(l.leases, keyID)
-	if ls.lim == lim {
-		ask.slots = min(max(2*int64(len(ls.at)), leaseMinSlots), leaseMaxSlots)
-		if tokens {
-			ask.tokens = max(ask.tokens, 2*ls.reserved+2*reserve)
-		}
+	if ls.lim != lim {
+		// Other limits: changed ones, whose lease ends with its time, or
+		// a WebSocket's later response, charged to the key (chargeOnly),
+		// which takes no lease and leaves the key's alone.
+		return leaseAsk{}, nil
+	}
+	// The ended lease stays until the next grant replaces it, so that of
+	// concurrent requests that find it used up, one asks for the next.
+	if ls.asking {
+		return leaseAsk{}, nil
+	}
+	ls.asking = true
+	ask.slots = min(max(2*int64(len(ls.at)), leaseMinSlots), leaseMaxSlots)
+	if tokens {
+		ask.tokens = max(ask.tokens, 2*ls.reserved+2*reserve)
 	}
 	return ask, ls.end()
 }
@@ -163,16 +174,24 @@ func (ls *lease) end() []leaseReturn {
 	return []leaseReturn{r}
 }
 
-// grant keeps a lease Redis granted for keyID.
+// grant keeps a lease Redis granted for keyID, or with ls nil notes that
+// it granted none.
 func (l *redisLimiter) grant(keyID string, ls *lease) {
 	l.lmu.Lock()
-	if old := l.leases[keyID]; old != nil {
-		// Two admissions of one key went to Redis at once: keep the
-		// newer lease, give the other back.
+	defer l.lmu.Unlock()
+	old := l.leases[keyID]
+	if ls == nil {
+		if old != nil && old.ended {
+			old.asking = false
+		}
+		return
+	}
+	if old != nil {
+		// The ended lease it follows, or one granted to another
+		// admission at the same time, given back.
 		l.owe(keyID, nil, old.end())
 	}
 	l.leases[keyID] = ls
-	l.lmu.Unlock()
 }
 
 // underHalf reports whether the key's token counts as this replica sees

@@ -106,28 +106,57 @@ func (l *redisLimiter) collectors() []prometheus.Collector {
 	return []prometheus.Collector{l.m.refusals, l.m.redisDown, l.m.redisOutage}
 }
 
-// limitLua is shared by both scripts. KEYS: 1 RPM log (member: seq, or
-// L<lease>:<slot> for a lease's slots), 2 TPM log (member: seq:tokens,
-// score: settled at), 3 its sum, 4 reservations (member: seq:tokens or
-// L<lease>:tokens, score: expires at), 5 their sum, 6 sequence, 7 the
-// budget of the current period.
-const limitLua = `
-local function num(m) return tonumber(string.match(m, ':(%d+)$')) end
+// limitLua is shared by both scripts. KEYS: 1 RPM log (member:
+// seq:count, score: admitted at), 2 TPM log (member: seq:tokens, score:
+// settled at), 3 TPM sum, 4 reservations (member: seq:tokens, score:
+// expires at), 5 their sum, 6 sequence, 7 the budget of the current
+// period, 8 RPM sum. A lease's members are named L<seq>.
+var limitLua = `
+-- num is an entry's count: what follows its last colon (1 for an RPM
+-- entry written before the log kept counts).
+local function num(m) return tonumber(string.match(m, ':(%d+)$')) or 1 end
 -- trim drops the entries of log scored at or before cut, keeps sumKey the
--- sum of the rest, and returns it.
+-- sum of the rest (made from the log if it has none), and returns it.
 local function trim(log, sumKey, cut)
   local old = redis.call('ZRANGEBYSCORE', log, '-inf', cut)
-  if #old > 0 then
-    local n = 0
-    for _, m in ipairs(old) do n = n + num(m) end
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', cut)
-    redis.call('DECRBY', sumKey, n)
-  end
+  if #old > 0 then redis.call('ZREMRANGEBYSCORE', log, '-inf', cut) end
   if redis.call('EXISTS', log) == 0 then
     redis.call('DEL', sumKey)
     return 0
   end
-  return tonumber(redis.call('GET', sumKey) or '0')
+  if redis.call('EXISTS', sumKey) == 0 then
+    local n = 0
+    for _, m in ipairs(redis.call('ZRANGE', log, 0, -1)) do n = n + num(m) end
+    redis.call('SET', sumKey, n, 'PX', math.max(redis.call('PTTL', log), 1))
+    return n
+  end
+  if #old == 0 then return tonumber(redis.call('GET', sumKey)) end
+  local n = 0
+  for _, m in ipairs(old) do n = n + num(m) end
+  return redis.call('DECRBY', sumKey, n)
+end
+-- add counts n at score ms in log as member id, with sumKey its sum, both
+-- kept ttl ms.
+local function add(log, sumKey, ms, id, n, ttl)
+  if redis.call('ZADD', log, ms, id .. ':' .. n) == 1 then
+    redis.call('INCRBY', sumKey, n)
+  end
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', sumKey, ttl)
+end
+-- wait is how long from now until the oldest entries of log holding need
+-- counts have left the window; dflt when it holds fewer.
+local function wait(log, need, now, dflt)
+  local acc, i = 0, 0
+  while true do
+    local page = redis.call('ZRANGE', log, i, i + 99, 'WITHSCORES')
+    if #page == 0 then return dflt end
+    for j = 1, #page, 2 do
+      acc = acc + num(page[j])
+      if acc >= need then return math.max(tonumber(page[j + 1]) + 60000 - now, 1) end
+    end
+    i = i + 100
+  end
 end
 -- unreserve drops the reservation of res tokens named id.
 local function unreserve(id, res)
@@ -141,8 +170,8 @@ end
 -- the index after it: a count of settlements, 6 values each (seq,
 -- reservation, tokens used, 1 to count them in TPM, when (ms), the
 -- budget's TTL in ms (0: no budget)); then a count of lease returns, each
--- 4 values (lease, slots granted, slots used k, tokens to release) and
--- the k times (ms) the used slots were taken at.
+-- 4 values (lease, slots granted, tokens to release, k) and k pairs (ms,
+-- slots used in that millisecond).
 local function apply(i)
   local n = tonumber(ARGV[i])
   i = i + 1
@@ -153,11 +182,7 @@ local function apply(i)
       if ARGV[i + 3] == '1' then
         local ms = tonumber(ARGV[i + 4])
         trim(KEYS[2], KEYS[3], ms - 60000)
-        if redis.call('ZADD', KEYS[2], ms, seq .. ':' .. used) == 1 then
-          redis.call('INCRBY', KEYS[3], used)
-        end
-        redis.call('PEXPIRE', KEYS[2], 60000)
-        redis.call('PEXPIRE', KEYS[3], 60000)
+        add(KEYS[2], KEYS[3], ms, seq, used, 60000)
       end
       if tonumber(ARGV[i + 5]) > 0 then
         redis.call('INCRBY', KEYS[7], used)
@@ -169,12 +194,18 @@ local function apply(i)
   n = tonumber(ARGV[i])
   i = i + 1
   for _ = 1, n do
-    local id, granted, k = 'L' .. ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    -- A used slot counts from when it was used; an unused one not at all.
-    for s = 1, k do redis.call('ZADD', KEYS[1], 'XX', ARGV[i + 3 + s], id .. ':' .. s) end
-    for s = k + 1, granted do redis.call('ZREM', KEYS[1], id .. ':' .. s) end
-    unreserve(id, tonumber(ARGV[i + 3]))
-    i = i + 4 + k
+    local id, granted, k = 'L' .. ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3])
+    -- The slots leave the log; the used ones come back at the times
+    -- they were used (unless the lease's entry left the window already).
+    if granted > 0 and redis.call('ZREM', KEYS[1], id .. ':' .. granted) == 1 then
+      redis.call('DECRBY', KEYS[8], granted)
+      for j = 0, k - 1 do
+        local ms = ARGV[i + 4 + 2 * j]
+        add(KEYS[1], KEYS[8], ms, id .. '.' .. ms, tonumber(ARGV[i + 5 + 2 * j]), ` + rpmTTL + `)
+      end
+    end
+    unreserve(id, tonumber(ARGV[i + 2]))
+    i = i + 4 + 2 * k
   end
   return i
 end
@@ -195,8 +226,8 @@ var rpmTTL = strconv.FormatInt((limitWindow + leaseTTL).Milliseconds(), 10)
 // A lease is granted only to an admitted request of a key that stays at
 // or under half of each of its limits with the lease counted, and is at
 // most 1% of each: it holds slots (2 at least) when the key has an RPM
-// limit, and tokens (maybe none) when it counts tokens. Its slots are in
-// the RPM log from now, scored at the lease's end until it is returned;
+// limit, and tokens (maybe none) when it counts tokens. Its slots are one
+// entry of the RPM log, scored at the lease's end until it is returned;
 // its tokens are one reservation.
 var admitScript = redis.NewScript(limitLua + `
 apply(13)
@@ -204,34 +235,14 @@ local now, rpm, tpm, bud = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3
 local from = now - 60000
 local rpmN, rpmWait, tpmN, tpmWait, budN, budWait = 0, 0, 0, 0, 0, 0
 if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', from)
-  rpmN = redis.call('ZCARD', KEYS[1])
-  if rpmN >= rpm then
-    local e = redis.call('ZRANGE', KEYS[1], rpmN - rpm, rpmN - rpm, 'WITHSCORES')
-    rpmWait = math.max(tonumber(e[2]) + 60000 - now, 1)
-  end
+  rpmN = trim(KEYS[1], KEYS[8], from)
+  if rpmN >= rpm then rpmWait = wait(KEYS[1], rpmN - rpm + 1, now, 1) end
 end
 local pend = 0
 if tpm > 0 or bud > 0 then pend = trim(KEYS[4], KEYS[5], now) end
 if tpm > 0 then
   tpmN = trim(KEYS[2], KEYS[3], from) + pend
-  if tpmN >= tpm then
-    tpmWait = tonumber(ARGV[8])
-    local need, acc, i = tpmN - tpm + 1, 0, 0
-    while true do
-      local page = redis.call('ZRANGE', KEYS[2], i, i + 99, 'WITHSCORES')
-      if #page == 0 then break end
-      for j = 1, #page, 2 do
-        acc = acc + num(page[j])
-        if acc >= need then
-          tpmWait = tonumber(page[j + 1]) + 60000 - now
-          break
-        end
-      end
-      if acc >= need then break end
-      i = i + 100
-    end
-  end
+  if tpmN >= tpm then tpmWait = wait(KEYS[2], tpmN - tpm + 1, now, tonumber(ARGV[8])) end
 end
 if bud > 0 then
   local used = tonumber(redis.call('GET', KEYS[7]) or '0')
@@ -247,16 +258,12 @@ end
 local seq = redis.call('INCR', KEYS[6])
 redis.call('PEXPIRE', KEYS[6], ARGV[7])
 if rpm > 0 then
-  redis.call('ZADD', KEYS[1], now, seq)
-  redis.call('PEXPIRE', KEYS[1], ` + rpmTTL + `)
+  add(KEYS[1], KEYS[8], now, seq, 1, ` + rpmTTL + `)
   rpmN = rpmN + 1
 end
 local reserve = tonumber(ARGV[5])
 if (tpm > 0 or bud > 0) and reserve > 0 then
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), seq .. ':' .. ARGV[5])
-  redis.call('INCRBY', KEYS[5], reserve)
-  redis.call('PEXPIRE', KEYS[4], ARGV[7])
-  redis.call('PEXPIRE', KEYS[5], ARGV[7])
+  add(KEYS[4], KEYS[5], now + tonumber(ARGV[7]), seq, reserve, ARGV[7])
   tpmN = tpmN + reserve
   budN = budN + reserve
 end
@@ -275,21 +282,8 @@ if ARGV[9] == '1' then
   if tpm == 0 and bud == 0 then toks = 0 end
   if ok and toks >= 0 then
     leased = 1
-    local id = 'L' .. seq
-    if slots > 0 then
-      local z = {}
-      for s = 1, slots do
-        z[2 * s - 1] = ARGV[12]
-        z[2 * s] = id .. ':' .. s
-      end
-      redis.call('ZADD', KEYS[1], unpack(z))
-    end
-    if toks > 0 then
-      redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), id .. ':' .. toks)
-      redis.call('INCRBY', KEYS[5], toks)
-      redis.call('PEXPIRE', KEYS[4], ARGV[7])
-      redis.call('PEXPIRE', KEYS[5], ARGV[7])
-    end
+    if slots > 0 then add(KEYS[1], KEYS[8], tonumber(ARGV[12]), 'L' .. seq, slots, ` + rpmTTL + `) end
+    if toks > 0 then add(KEYS[4], KEYS[5], now + tonumber(ARGV[7]), 'L' .. seq, toks, ARGV[7]) end
   else
     slots, toks = 0, 0
   end
@@ -314,7 +308,7 @@ func limitKeys(keyID string, ms int64, p keybridge.BudgetPeriod) []string {
 		start, _ := period(ms, p)
 		bud += ":" + string(p) + ":" + strconv.FormatInt(start/1000, 10)
 	}
-	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", pre + "seq", bud}
+	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", pre + "seq", bud, pre + "rpms"}
 }
 
 const budgetSlack = int64(time.Hour / time.Millisecond)
@@ -374,6 +368,8 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	if r[8] == 1 {
 		l.grant(keyID, &lease{seq: r[1], lim: lim, until: ms + leaseTTL.Milliseconds(), slots: r[9],
 			tokens: r[10], free: r[10], base: t})
+	} else if want.ask {
+		l.grant(keyID, nil)
 	}
 	if !tokens {
 		return ticket{}, d, nil
@@ -506,6 +502,7 @@ func partition(os []owed, match func(owed) bool) (matched, rest []owed) {
 // appendDebts appends the script arguments of settlements and lease
 // returns, as apply reads them.
 func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
+	os = mergeOwed(os)
 	args = append(args, len(os))
 	for _, o := range os {
 		tpm := "0"
@@ -516,12 +513,53 @@ func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
 	}
 	args = append(args, len(rs))
 	for _, r := range rs {
-		args = append(args, r.seq, r.slots, len(r.at), r.tokens)
-		for _, ms := range r.at {
-			args = append(args, ms)
+		n := len(args)
+		args = append(args, r.seq, r.slots, r.tokens, 0)
+		// The used slots, as (ms, how many) for each millisecond.
+		for i := 0; i < len(r.at); {
+			j := i + 1
+			for j < len(r.at) && r.at[j] == r.at[i] {
+				j++
+			}
+			args = append(args, r.at[i], j-i)
+			args[n+3] = args[n+3].(int) + 1
+			i = j
 		}
 	}
 	return args
+}
+
+// mergeOwed folds the tokens of settlements made in the same millisecond
+// into one: one TPM entry and one budget increment for all of them, as the
+// in-process window keeps one entry per millisecond. Each reservation is
+// still dropped by its own name.
+func mergeOwed(os []owed) []owed {
+	if len(os) < 2 {
+		return os
+	}
+	type group struct {
+		ms, budTTL int64
+		tpm        bool
+	}
+	out := make([]owed, 0, len(os))
+	at := make(map[group]int, 4)
+	for _, o := range os {
+		if o.reserved > 0 {
+			out = append(out, owed{seq: o.seq, reserved: o.reserved})
+		}
+		if o.used <= 0 {
+			continue
+		}
+		g := group{o.ms, o.budTTL, o.tpm}
+		if i, ok := at[g]; ok {
+			out[i].used += o.used
+			continue
+		}
+		at[g] = len(out)
+		o.reserved = 0
+		out = append(out, o)
+	}
+	return out
 }
 
 // run carries owed settlements and lease returns to Redis, settleDelay
