@@ -873,3 +873,26 @@ func TestRedisLeaseReleasesTokensAfterLastSettle(t *testing.T) {
 		t.Error("admitted from a lease granted under other limits")
 	}
 }
+
+// TestRedisRPMLogWithoutSum: entries an older replica wrote (one member
+// per request, no sum) count one each.
+func TestRedisRPMLogWithoutSum(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, ctx := newKeyID(), context.Background()
+	k := limitKeys(id, t0.UnixMilli(), "")
+	for i := range 3 {
+		rdb.ZAdd(ctx, k[0], redis.Z{Score: float64(t0.UnixMilli()), Member: strconv.Itoa(i + 1)})
+	}
+	rdb.PExpire(ctx, k[0], time.Minute)
+	lim := keybridge.Limits{RateLimitRPM: 4}
+	if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(time.Second)); !d.ok || d.rpmRemaining != 0 {
+		t.Fatalf("4th = %+v, want ok with none remaining", d)
+	}
+	if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(time.Second)); d.ok || d.retryAfter != limitWindow-time.Second {
+		t.Errorf("5th = %+v, want refused for 59s", d)
+	}
+}
