@@ -302,13 +302,24 @@ return 0
 // limitKeys are a key's counters in Redis, with the budget of the period
 // that holds ms (its start in seconds names it).
 func limitKeys(keyID string, ms int64, p keybridge.BudgetPeriod) []string {
+	return withBudget(keyID, budgetKey(keyID, ms, p))
+}
+
+// withBudget is limitKeys with the budget's key already made.
+func withBudget(keyID, bud string) []string {
 	pre := "{kb:" + keyID + "}:"
-	bud := pre + "bud"
+	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", pre + "seq", bud, pre + "rpms"}
+}
+
+// budgetKey is the Redis key of keyID's budget in the period p holding ms
+// (its start in seconds names it), "{kb:<keyID>}:bud" without one.
+func budgetKey(keyID string, ms int64, p keybridge.BudgetPeriod) string {
+	bud := "{kb:" + keyID + "}:bud"
 	if p != "" {
 		start, _ := period(ms, p)
 		bud += ":" + string(p) + ":" + strconv.FormatInt(start/1000, 10)
 	}
-	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", pre + "seq", bud, pre + "rpms"}
+	return bud
 }
 
 const budgetSlack = int64(time.Hour / time.Millisecond)
@@ -385,8 +396,7 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 		return l.local.settle(ctx, t, used, now)
 	}
 	ms := now.UnixMilli()
-	keys := limitKeys(t.keyID, ms, t.budget)
-	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: keys[6]}
+	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: budgetKey(t.keyID, ms, t.budget)}
 	if t.budget != "" {
 		_, end := period(ms, t.budget)
 		o.budTTL = end - ms + budgetSlack
@@ -405,7 +415,7 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 		}
 		return nil
 	}
-	return l.send(ctx, t.keyID, keys, []owed{o}, ret)
+	return l.send(ctx, t.keyID, withBudget(t.keyID, o.budget), []owed{o}, ret)
 }
 
 // owe queues settlements and lease returns for the key's next admission
@@ -606,8 +616,7 @@ func (l *redisLimiter) flush(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	sendBatch := func(keyID, budget string, os []owed) {
-		keys := limitKeys(keyID, 0, "")
-		keys[6] = budget // every owed names its budget key, "…:bud" when none
+		keys := withBudget(keyID, budget) // every owed names its budget key
 		rs := returns[keyID]
 		delete(returns, keyID)
 		if err := l.send(ctx, keyID, keys, os, rs); err != nil {
@@ -625,7 +634,7 @@ func (l *redisLimiter) flush(ctx context.Context) {
 		}
 	}
 	for keyID := range returns {
-		sendBatch(keyID, limitKeys(keyID, 0, "")[6], nil)
+		sendBatch(keyID, budgetKey(keyID, 0, ""), nil)
 	}
 }
 
