@@ -88,9 +88,6 @@ type leaseAsk struct {
 // fromLease admits a request from the key's lease, if it has one that
 // holds room for it.
 func (l *redisLimiter) fromLease(keyID string, lim keybridge.Limits, reserve, ms int64, p keybridge.BudgetPeriod) (ticket, decision, bool) {
-	if l.noLeases {
-		return ticket{}, decision{}, false
-	}
 	_, tokens := hasLimits(lim)
 	l.lmu.Lock()
 	ls := l.leases[keyID]
@@ -122,10 +119,7 @@ func (l *redisLimiter) fromLease(keyID string, lim keybridge.Limits, reserve, ms
 // endLease ends the key's lease, if any, before an admission goes to
 // Redis, and says what to ask for instead: enough for twice what the
 // last lease served, and for this request.
-func (l *redisLimiter) endLease(keyID string, lim keybridge.Limits, reserve, ms int64) (leaseAsk, []leaseReturn) {
-	if l.noLeases {
-		return leaseAsk{}, nil
-	}
+func (l *redisLimiter) endLease(keyID string, lim keybridge.Limits, reserve int64) (leaseAsk, []leaseReturn) {
 	_, tokens := hasLimits(lim)
 	ask := leaseAsk{ask: true, slots: leaseMinSlots}
 	if tokens {
@@ -205,9 +199,6 @@ func (ls *lease) underHalf() bool {
 // spent notes a settlement of keyID on this replica that Redis admitted:
 // what it reported beyond its reservation counts in the key's lease.
 func (l *redisLimiter) spent(keyID string, used, reserved int64) {
-	if l.noLeases {
-		return
-	}
 	l.lmu.Lock()
 	if ls := l.leases[keyID]; ls != nil {
 		ls.extra += used - reserved

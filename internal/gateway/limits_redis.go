@@ -63,11 +63,9 @@ type redisLimiter struct {
 	// by run every leaseTTL/2 (at most maxUnsent keys of them).
 	unsent map[string][]leaseReturn
 
-	// leases are the keys' current leases on this replica, by key ID;
-	// noLeases turns them off (every admission goes to Redis).
-	lmu      sync.Mutex
-	leases   map[string]*lease
-	noLeases bool
+	// leases are the keys' current leases on this replica, by key ID.
+	lmu    sync.Mutex
+	leases map[string]*lease
 }
 
 // settleDelay bounds how long a settlement waits for its key's next
@@ -341,7 +339,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	if t, d, ok := l.fromLease(keyID, lim, reserve, ms, p); ok {
 		return t, d, nil
 	}
-	want, ret := l.endLease(keyID, lim, reserve, ms)
+	want, ret := l.endLease(keyID, lim, reserve)
 	keys := limitKeys(keyID, ms, p)
 	carried, returns := l.take(keyID, keys[6])
 	returns = append(returns, ret...)
