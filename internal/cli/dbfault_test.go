@@ -387,6 +387,16 @@ func TestRedisStops(t *testing.T) {
 			if policy == "refuse" {
 				want = http.StatusServiceUnavailable
 			}
+			// The key's lease of capacity, taken from Redis before it
+			// stopped, admits until it ends (within a second); from the
+			// first failed call on, the policy decides.
+			gone := time.Now()
+			for deadline := gone.Add(5 * time.Second); invoke(limited.Key) != want || redisDown() != 1; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("5 s after Redis stopped: a key with limits still not %d, or keybridge_gateway_limits_redis_down = %v", want, redisDown())
+				}
+			}
+			t.Logf("--limits-when-redis-down %s applied %v after Redis stopped", policy, time.Since(gone).Round(time.Millisecond))
 			for range 3 {
 				if got := invoke(limited.Key); got != want {
 					t.Errorf("a key with limits, Redis down, --limits-when-redis-down %s = %d, want %d", policy, got, want)

@@ -88,13 +88,16 @@ var unlimited = decision{ok: true, rpmLimit: -1, rpmRemaining: -1, tokLimit: -1,
 // ticket is an admitted request's claim, settled when its response ends.
 type ticket struct {
 	keyID    string // empty: nothing to settle
-	seq      int64  // the reservation's number in Redis
+	seq      string // names the request in Redis (see owed.seq)
 	reserved int64
 	tpm      bool                   // settle into the TPM window
 	budget   keybridge.BudgetPeriod // settle into this budget; empty: none
 	// local is true when the reservation is held by this process's
 	// counters (no Redis, or Redis down at admission).
 	local bool
+	// lease is the lease the request was admitted from, which holds its
+	// reservation; nil for one that Redis admitted.
+	lease *lease
 }
 
 // tally is a key's standing at admission: the counts (including this

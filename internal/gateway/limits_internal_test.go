@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -632,6 +633,17 @@ func BenchmarkLimiter(b *testing.B) {
 	for name, newL := range limiters(b) {
 		b.Run(name, func(b *testing.B) {
 			l, id, ctx := newL(), newKeyID(), context.Background()
+			if rl, ok := l.(*redisLimiter); ok {
+				// As serve runs it: settlements carried or sent in
+				// batches, leases returned.
+				runCtx, cancel := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() { defer close(done); rl.run(runCtx) }()
+				defer func() { cancel(); <-done }()
+				for !rl.async.Load() {
+					time.Sleep(time.Millisecond)
+				}
+			}
 			now := time.Now()
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
@@ -670,5 +682,218 @@ func TestChargeOnlyCountsAtTheLimit(t *testing.T) {
 	}
 	if d.tokRemaining != 0 {
 		t.Errorf("tokens remaining = %d, want 0 after 150 of 100 counted", d.tokRemaining)
+	}
+}
+
+// bigLimits are far from reach: admissions lease capacity.
+var bigLimits = keybridge.Limits{RateLimitRPM: 1_000_000, RateLimitTPM: 1_000_000_000, TokenBudget: 1_000_000_000_000, BudgetPeriod: keybridge.BudgetMonth}
+
+// TestRedisLeaseSavesRoundTrips: a key far from its limits is admitted
+// from leases, nearly without round trips, and once the leases are
+// returned Redis holds exactly what was admitted and settled.
+func TestRedisLeaseSavesRoundTrips(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	var calls atomic.Int64
+	rdb.AddHook(countHook{func(string) { calls.Add(1) }})
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, ctx := newKeyID(), context.Background()
+	var admits int64
+	const n = 1000
+	for i := range n {
+		at := t0.Add(time.Duration(i) * 100 * time.Microsecond)
+		before := calls.Load()
+		tk, d := mustAdmit(t, l, id, bigLimits, 10, at)
+		admits += calls.Load() - before
+		if !d.ok || d.rpmRemaining != bigLimits.RateLimitRPM-int64(i+1) {
+			t.Fatalf("admit %d = %+v, want ok with %d requests remaining", i, d, bigLimits.RateLimitRPM-int64(i+1))
+		}
+		if err := l.settle(ctx, tk, 7, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Leases of 8, 16, … 256 slots, then of 256.
+	if admits > 12 {
+		t.Errorf("%d admissions made %d calls to Redis, want at most 12", n, admits)
+	}
+	t.Logf("%d admissions made %d calls to Redis", n, admits)
+	l.expire(math.MaxInt64)
+	l.flush(ctx)
+	k := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)
+	if got := rdb.Get(ctx, k[7]).Val(); got != strconv.Itoa(n) {
+		t.Errorf("RPM log counts %s, want %d", got, n)
+	}
+	var inLog int
+	for _, m := range rdb.ZRange(ctx, k[0], 0, -1).Val() {
+		c, _ := strconv.Atoi(m[strings.LastIndexByte(m, ':')+1:])
+		inLog += c
+	}
+	if inLog != n {
+		t.Errorf("RPM log entries sum to %d, want %d", inLog, n)
+	}
+	if got := rdb.Get(ctx, k[2]).Val(); got != strconv.Itoa(7*n) {
+		t.Errorf("TPM sum = %s, want %d", got, 7*n)
+	}
+	if got := rdb.Get(ctx, k[6]).Val(); got != strconv.Itoa(7*n) {
+		t.Errorf("budget = %s, want %d", got, 7*n)
+	}
+	if got := rdb.ZCard(ctx, k[3]).Val(); got != 0 {
+		t.Errorf("%d reservations left, want none: %v", got, rdb.ZRange(ctx, k[3], 0, -1).Val())
+	}
+	// Each used slot is scored at the time it was taken.
+	last := rdb.ZRangeWithScores(ctx, k[0], -1, -1).Val()
+	if want := float64(t0.Add((n - 1) * 100 * time.Microsecond).UnixMilli()); len(last) != 1 || last[0].Score != want {
+		t.Errorf("newest RPM entry %v, want scored %v", last, want)
+	}
+}
+
+// TestRedisLeaseTwoReplicasExact: two replicas leasing one key's capacity
+// admit exactly its RPM limit between them.
+func TestRedisLeaseTwoReplicasExact(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	var calls atomic.Int64
+	rdb.AddHook(countHook{func(string) { calls.Add(1) }})
+	a, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	b, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, lim := newKeyID(), keybridge.Limits{RateLimitRPM: 2000}
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 8 {
+		l := a
+		if w%2 == 1 {
+			l = b
+		}
+		wg.Go(func() {
+			for i := range 750 {
+				_, d, err := l.admit(context.Background(), id, lim, 0, t0.Add(time.Duration(i)*time.Millisecond))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.ok {
+					ok.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := ok.Load(); got != 2000 {
+		t.Errorf("two replicas admitted %d of 6000, want 2000", got)
+	}
+	// Up to half the limit, leases of 8 to 20 slots admit most requests.
+	if got := calls.Load(); got > 6000-800 {
+		t.Errorf("6000 admissions made %d calls to Redis, want leases to save 800 at least", got)
+	}
+}
+
+// TestRedisLeaseNearLimitIsExact: a key near its limit gets no lease, and
+// one lease never takes more than 1% of a limit or past half of it.
+func TestRedisLeaseNearLimitIsExact(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, lim := newKeyID(), keybridge.Limits{RateLimitRPM: 1000}
+	mustAdmit(t, l, id, lim, 0, t0)
+	ls := l.leases[id]
+	if ls == nil || ls.slots != leaseMinSlots {
+		t.Fatalf("lease %+v, want %d slots", ls, leaseMinSlots)
+	}
+	for i := 1; i < 500; i++ {
+		mustAdmit(t, l, id, lim, 0, t0)
+	}
+	if ls := l.leases[id]; ls != nil && !ls.ended && int64(len(ls.at)) < ls.slots {
+		t.Fatalf("lease with room left at half the limit: %+v", ls)
+	}
+	for ls := l.leases[id]; ls != nil && !ls.ended && int64(len(ls.at)) < ls.slots; ls = l.leases[id] {
+		mustAdmit(t, l, id, lim, 0, t0) // use up what is left of the last lease
+	}
+	mustAdmit(t, l, id, lim, 0, t0)
+	if ls := l.leases[id]; ls != nil && !ls.ended {
+		t.Fatalf("a lease past half the limit: %+v", ls)
+	}
+	// Tokens: a lease never holds more than 1% of TPM.
+	id2, lim2 := newKeyID(), keybridge.Limits{RateLimitTPM: 10_000}
+	mustAdmit(t, l, id2, lim2, 500, t0)
+	if ls := l.leases[id2]; ls == nil || ls.tokens != 100 || ls.slots != 0 {
+		t.Fatalf("token lease %+v, want 100 tokens and no slots", ls)
+	}
+	// A request whose cap does not fit the lease goes to Redis.
+	if tk, _ := mustAdmit(t, l, id2, lim2, 500, t0); tk.lease != nil {
+		t.Errorf("a 500-token request admitted from a 100-token lease")
+	}
+}
+
+// TestRedisLeaseReleasesTokensAfterLastSettle: an ended lease keeps its
+// reservation while a request admitted from it is open.
+func TestRedisLeaseReleasesTokensAfterLastSettle(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, ctx := newKeyID(), context.Background()
+	first, _ := mustAdmit(t, l, id, bigLimits, 10, t0)
+	tk, _ := mustAdmit(t, l, id, bigLimits, 10, t0)
+	if tk.lease == nil || first.lease != nil {
+		t.Fatalf("tickets %+v, %+v: want the second from a lease", first, tk)
+	}
+	k := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)
+	pend := func() string { return rdb.Get(ctx, k[4]).Val() }
+	if got := pend(); got != "90" { // 10 for the first, 80 leased
+		t.Fatalf("pending = %s, want 90", got)
+	}
+	l.expire(math.MaxInt64)
+	l.flush(ctx)
+	if got := pend(); got != "90" {
+		t.Errorf("pending after the lease ended with a request open = %s, want 90", got)
+	}
+	if err := l.settle(ctx, first, 3, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.settle(ctx, tk, 4, t0); err != nil {
+		t.Fatal(err)
+	}
+	if got := pend(); got != "" {
+		t.Errorf("pending after the last settle = %q, want none", got)
+	}
+	if got := rdb.Get(ctx, k[6]).Val(); got != "7" {
+		t.Errorf("budget = %s, want 7", got)
+	}
+	// Changed limits do not use the old lease.
+	mustAdmit(t, l, id, bigLimits, 0, t0)
+	other := bigLimits
+	other.RateLimitRPM++
+	if tk, _ := mustAdmit(t, l, id, other, 0, t0); tk.lease != nil {
+		t.Error("admitted from a lease granted under other limits")
+	}
+}
+
+// TestRedisRPMLogWithoutSum: entries an older replica wrote (one member
+// per request, no sum) count one each.
+func TestRedisRPMLogWithoutSum(t *testing.T) {
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, ctx := newKeyID(), context.Background()
+	k := limitKeys(id, t0.UnixMilli(), "")
+	for i := range 3 {
+		rdb.ZAdd(ctx, k[0], redis.Z{Score: float64(t0.UnixMilli()), Member: strconv.Itoa(i + 1)})
+	}
+	rdb.PExpire(ctx, k[0], time.Minute)
+	lim := keybridge.Limits{RateLimitRPM: 4}
+	if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(time.Second)); !d.ok || d.rpmRemaining != 0 {
+		t.Fatalf("4th = %+v, want ok with none remaining", d)
+	}
+	if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(time.Second)); d.ok || d.retryAfter != limitWindow-time.Second {
+		t.Errorf("5th = %+v, want refused for 59s", d)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -30,8 +31,11 @@ const (
 var errLimitsDown = errors.New("limit counters unreachable")
 
 // redisLimiter keeps the counters in Redis, so every replica enforces one
-// limit. Each admit and each settle is one script call: one round trip
-// (EVALSHA; EVAL once more only after Redis lost its script cache).
+// limit. An admission that Redis decides is one script call: one round
+// trip (EVALSHA; EVAL once more only after Redis lost its script cache).
+// While a key is far from its limits, that call also hands the replica a
+// lease of capacity, and the key's next requests on this replica are
+// admitted from it in memory, with no round trip (see lease).
 //
 // A key's counters live under {kb:<keyID>}:…, one hash slot, so a Redis
 // Cluster can run the scripts. Every one expires: the windows 60 s after
@@ -50,10 +54,18 @@ type redisLimiter struct {
 	// next admission carries them in its own script call, so a busy key
 	// settles without a round trip of its own, and run sends what no
 	// admission took within settleDelay. Without run, settle is one call.
-	async atomic.Bool
-	mu    sync.Mutex
-	owed  map[string][]owed // by key ID
-	kick  chan struct{}
+	async   atomic.Bool
+	mu      sync.Mutex
+	owed    map[string][]owed        // by key ID
+	returns map[string][]leaseReturn // by key ID
+	kick    chan struct{}
+	// unsent are lease returns that could not reach Redis, sent again
+	// by run every leaseTTL/2 (at most maxUnsent keys of them).
+	unsent map[string][]leaseReturn
+
+	// leases are the keys' current leases on this replica, by key ID.
+	lmu    sync.Mutex
+	leases map[string]*lease
 }
 
 // settleDelay bounds how long a settlement waits for its key's next
@@ -62,11 +74,14 @@ const settleDelay = 5 * time.Millisecond
 
 // owed is a settlement not yet in Redis.
 type owed struct {
-	seq, reserved, used, ms int64
-	tpm                     bool
-	period                  keybridge.BudgetPeriod // "": no budget
-	budget                  string                 // the budget's Redis key
-	budTTL                  int64                  // ms
+	// seq names the request in Redis: its admission's number, or for a
+	// request admitted from a lease, the lease's number and its own.
+	seq                string
+	reserved, used, ms int64
+	tpm                bool
+	period             keybridge.BudgetPeriod // "": no budget
+	budget             string                 // the budget's Redis key
+	budTTL             int64                  // ms
 }
 
 // newRedisLimiter returns a limiter on rdb; whenDown is LimitsLocal (also
@@ -80,105 +95,152 @@ func newRedisLimiter(rdb redis.Scripter, whenDown string, log *slog.Logger) (*re
 	}
 	m := newLimitMetrics()
 	return &redisLimiter{rdb: rdb, refuse: whenDown == LimitsRefuse, local: newMemLimiterMetrics(m), log: log, m: m,
-		owed: map[string][]owed{}, kick: make(chan struct{}, 1)}, nil
+		owed: map[string][]owed{}, returns: map[string][]leaseReturn{}, kick: make(chan struct{}, 1),
+		unsent: map[string][]leaseReturn{},
+		leases: map[string]*lease{}}, nil
 }
 
 func (l *redisLimiter) collectors() []prometheus.Collector {
 	return []prometheus.Collector{l.m.refusals, l.m.redisDown, l.m.redisOutage}
 }
 
-// limitLua is shared by both scripts. KEYS: 1 RPM log (member: seq), 2
-// TPM log (member: seq:tokens, score: settled at), 3 its sum, 4
-// reservations (member: seq:tokens, score: expires at), 5 their sum, 6
-// sequence, 7 the budget of the current period.
-const limitLua = `
-local function num(m) return tonumber(string.match(m, ':(%d+)$')) end
+// limitLua is shared by both scripts. KEYS: 1 RPM log (member:
+// seq:count, score: admitted at), 2 TPM log (member: seq:tokens, score:
+// settled at), 3 TPM sum, 4 reservations (member: seq:tokens, score:
+// expires at), 5 their sum, 6 sequence, 7 the budget of the current
+// period, 8 RPM sum. A lease's members are named L<seq>.
+var limitLua = `
+-- num is an entry's count: what follows its last colon (1 for an RPM
+-- entry written before the log kept counts).
+local function num(m) return tonumber(string.match(m, ':(%d+)$')) or 1 end
 -- trim drops the entries of log scored at or before cut, keeps sumKey the
--- sum of the rest, and returns it.
+-- sum of the rest (made from the log if it has none), and returns it.
 local function trim(log, sumKey, cut)
   local old = redis.call('ZRANGEBYSCORE', log, '-inf', cut)
-  if #old > 0 then
-    local n = 0
-    for _, m in ipairs(old) do n = n + num(m) end
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', cut)
-    redis.call('DECRBY', sumKey, n)
-  end
+  if #old > 0 then redis.call('ZREMRANGEBYSCORE', log, '-inf', cut) end
   if redis.call('EXISTS', log) == 0 then
     redis.call('DEL', sumKey)
     return 0
   end
-  return tonumber(redis.call('GET', sumKey) or '0')
+  if redis.call('EXISTS', sumKey) == 0 then
+    local n = 0
+    for _, m in ipairs(redis.call('ZRANGE', log, 0, -1)) do n = n + num(m) end
+    redis.call('SET', sumKey, n, 'PX', math.max(redis.call('PTTL', log), 1))
+    return n
+  end
+  if #old == 0 then return tonumber(redis.call('GET', sumKey)) end
+  local n = 0
+  for _, m in ipairs(old) do n = n + num(m) end
+  return redis.call('DECRBY', sumKey, n)
 end
--- settle applies the owed settlements in ARGV from i on, n of them, 6
--- values each: seq, reservation, tokens used, 1 to count them in TPM, when
--- (ms), the budget's TTL in ms (0: no budget).
-local function settle(i, n)
-  for j = 0, n - 1 do
-    local k = i + j * 6
-    local seq, res, used = ARGV[k], tonumber(ARGV[k + 1]), tonumber(ARGV[k + 2])
-    if res > 0 and redis.call('ZREM', KEYS[4], seq .. ':' .. res) == 1 then
-      if redis.call('DECRBY', KEYS[5], res) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
-        redis.call('DEL', KEYS[5])
-      end
+-- add counts n at score ms in log as member id, with sumKey its sum, both
+-- kept ttl ms.
+local function add(log, sumKey, ms, id, n, ttl)
+  if redis.call('ZADD', log, ms, id .. ':' .. n) == 1 then
+    redis.call('INCRBY', sumKey, n)
+  end
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', sumKey, ttl)
+end
+-- wait is how long from now until the oldest entries of log holding need
+-- counts have left the window; dflt when it holds fewer.
+local function wait(log, need, now, dflt)
+  local acc, i = 0, 0
+  while true do
+    local page = redis.call('ZRANGE', log, i, i + 99, 'WITHSCORES')
+    if #page == 0 then return dflt end
+    for j = 1, #page, 2 do
+      acc = acc + num(page[j])
+      if acc >= need then return math.max(tonumber(page[j + 1]) + 60000 - now, 1) end
     end
-    if used > 0 then
-      if ARGV[k + 3] == '1' then
-        local ms = tonumber(ARGV[k + 4])
-        trim(KEYS[2], KEYS[3], ms - 60000)
-        if redis.call('ZADD', KEYS[2], ms, seq .. ':' .. used) == 1 then
-          redis.call('INCRBY', KEYS[3], used)
-        end
-        redis.call('PEXPIRE', KEYS[2], 60000)
-        redis.call('PEXPIRE', KEYS[3], 60000)
-      end
-      if tonumber(ARGV[k + 5]) > 0 then
-        redis.call('INCRBY', KEYS[7], used)
-        redis.call('PEXPIRE', KEYS[7], ARGV[k + 5])
-      end
+    i = i + 100
+  end
+end
+-- unreserve drops the reservation of res tokens named id.
+local function unreserve(id, res)
+  if res > 0 and redis.call('ZREM', KEYS[4], id .. ':' .. res) == 1 then
+    if redis.call('DECRBY', KEYS[5], res) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
+      redis.call('DEL', KEYS[5])
     end
   end
 end
+-- apply applies what a replica owes the key, from ARGV[i] on, and returns
+-- the index after it: a count of settlements, 6 values each (seq,
+-- reservation, tokens used, 1 to count them in TPM, when (ms), the
+-- budget's TTL in ms (0: no budget)); then a count of lease returns, each
+-- 4 values (lease, slots granted, tokens to release, k) and k pairs (ms,
+-- slots used in that millisecond).
+local function apply(i)
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    local seq, used = ARGV[i], tonumber(ARGV[i + 2])
+    unreserve(seq, tonumber(ARGV[i + 1]))
+    if used > 0 then
+      if ARGV[i + 3] == '1' then
+        local ms = tonumber(ARGV[i + 4])
+        trim(KEYS[2], KEYS[3], ms - 60000)
+        add(KEYS[2], KEYS[3], ms, seq, used, 60000)
+      end
+      if tonumber(ARGV[i + 5]) > 0 then
+        redis.call('INCRBY', KEYS[7], used)
+        redis.call('PEXPIRE', KEYS[7], ARGV[i + 5])
+      end
+    end
+    i = i + 6
+  end
+  n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    local id, granted, k = 'L' .. ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3])
+    -- The slots leave the log; the used ones come back at the times
+    -- they were used (unless the lease's entry left the window already).
+    if granted > 0 and redis.call('ZREM', KEYS[1], id .. ':' .. granted) == 1 then
+      redis.call('DECRBY', KEYS[8], granted)
+      for j = 0, k - 1 do
+        local ms = ARGV[i + 4 + 2 * j]
+        add(KEYS[1], KEYS[8], ms, id .. '.' .. ms, tonumber(ARGV[i + 5 + 2 * j]), ` + rpmTTL + `)
+      end
+    end
+    unreserve(id, tonumber(ARGV[i + 2]))
+    i = i + 4 + 2 * k
+  end
+  return i
+end
 `
+
+// rpmTTL is how long the RPM log outlives its last write: the window, and
+// a lease's slots, which count until the lease ends.
+var rpmTTL = strconv.FormatInt((limitWindow + leaseTTL).Milliseconds(), 10)
 
 // admitScript: ARGV 1 now (ms), 2 RPM, 3 TPM, 4 budget (0: none), 5
 // reservation, 6 ms until the budget period ends, 7 reserveTTL (ms), 8
-// pendingRetry (ms), 9 how many owed settlements follow (see settle), first
-// applied. It returns {admitted, seq, rpm, rpm wait, tpm, tpm wait,
-// budget, budget wait} as in tally.
+// pendingRetry (ms), 9 "1" to ask for a lease, 10 its slots and 11 tokens
+// wanted, 12 when it would end (ms); then what the replica owes (see
+// apply), applied first. It returns {admitted, seq, rpm, rpm wait, tpm,
+// tpm wait, budget, budget wait} as in tally, then {leased, slots,
+// tokens}: the lease granted, if any.
+//
+// A lease is granted only to an admitted request of a key that stays at
+// or under half of each of its limits with the lease counted, and is at
+// most 1% of each: it holds slots (2 at least) when the key has an RPM
+// limit, and tokens (maybe none) when it counts tokens. Its slots are one
+// entry of the RPM log, scored at the lease's end until it is returned;
+// its tokens are one reservation.
 var admitScript = redis.NewScript(limitLua + `
-settle(10, tonumber(ARGV[9]))
+apply(13)
 local now, rpm, tpm, bud = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local from = now - 60000
 local rpmN, rpmWait, tpmN, tpmWait, budN, budWait = 0, 0, 0, 0, 0, 0
 if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', from)
-  rpmN = redis.call('ZCARD', KEYS[1])
-  if rpmN >= rpm then
-    local e = redis.call('ZRANGE', KEYS[1], rpmN - rpm, rpmN - rpm, 'WITHSCORES')
-    rpmWait = tonumber(e[2]) + 60000 - now
-  end
+  rpmN = trim(KEYS[1], KEYS[8], from)
+  if rpmN >= rpm then rpmWait = wait(KEYS[1], rpmN - rpm + 1, now, 1) end
 end
 local pend = 0
 if tpm > 0 or bud > 0 then pend = trim(KEYS[4], KEYS[5], now) end
 if tpm > 0 then
   tpmN = trim(KEYS[2], KEYS[3], from) + pend
-  if tpmN >= tpm then
-    tpmWait = tonumber(ARGV[8])
-    local need, acc, i = tpmN - tpm + 1, 0, 0
-    while true do
-      local page = redis.call('ZRANGE', KEYS[2], i, i + 99, 'WITHSCORES')
-      if #page == 0 then break end
-      for j = 1, #page, 2 do
-        acc = acc + num(page[j])
-        if acc >= need then
-          tpmWait = tonumber(page[j + 1]) + 60000 - now
-          break
-        end
-      end
-      if acc >= need then break end
-      i = i + 100
-    end
-  end
+  if tpmN >= tpm then tpmWait = wait(KEYS[2], tpmN - tpm + 1, now, tonumber(ARGV[8])) end
 end
 if bud > 0 then
   local used = tonumber(redis.call('GET', KEYS[7]) or '0')
@@ -189,31 +251,48 @@ if bud > 0 then
   end
 end
 if rpmWait > 0 or tpmWait > 0 or budWait > 0 then
-  return {0, 0, rpmN, rpmWait, tpmN, tpmWait, budN, budWait}
+  return {0, 0, rpmN, rpmWait, tpmN, tpmWait, budN, budWait, 0, 0, 0}
 end
 local seq = redis.call('INCR', KEYS[6])
 redis.call('PEXPIRE', KEYS[6], ARGV[7])
 if rpm > 0 then
-  redis.call('ZADD', KEYS[1], now, seq)
-  redis.call('PEXPIRE', KEYS[1], 60000)
+  add(KEYS[1], KEYS[8], now, seq, 1, ` + rpmTTL + `)
   rpmN = rpmN + 1
 end
 local reserve = tonumber(ARGV[5])
 if (tpm > 0 or bud > 0) and reserve > 0 then
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), seq .. ':' .. ARGV[5])
-  redis.call('INCRBY', KEYS[5], reserve)
-  redis.call('PEXPIRE', KEYS[4], ARGV[7])
-  redis.call('PEXPIRE', KEYS[5], ARGV[7])
+  add(KEYS[4], KEYS[5], now + tonumber(ARGV[7]), seq, reserve, ARGV[7])
   tpmN = tpmN + reserve
   budN = budN + reserve
 end
-return {1, seq, rpmN, 0, tpmN, 0, budN, 0}
+local leased, slots, toks = 0, 0, 0
+if ARGV[9] == '1' then
+  slots, toks = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local ok = true
+  if rpm > 0 then
+    slots = math.min(slots, math.floor(rpm / 100), math.floor(rpm / 2) - rpmN)
+    ok = slots >= 2
+  else
+    slots = 0
+  end
+  if tpm > 0 then toks = math.min(toks, math.floor(tpm / 100), math.floor(tpm / 2) - tpmN) end
+  if bud > 0 then toks = math.min(toks, math.floor(bud / 100), math.floor(bud / 2) - budN) end
+  if tpm == 0 and bud == 0 then toks = 0 end
+  if ok and toks >= 0 then
+    leased = 1
+    if slots > 0 then add(KEYS[1], KEYS[8], tonumber(ARGV[12]), 'L' .. seq, slots, ` + rpmTTL + `) end
+    if toks > 0 then add(KEYS[4], KEYS[5], now + tonumber(ARGV[7]), 'L' .. seq, toks, ARGV[7]) end
+  else
+    slots, toks = 0, 0
+  end
+end
+return {1, seq, rpmN, 0, tpmN, 0, budN, 0, leased, slots, toks}
 `)
 
-// settleScript: ARGV 1 reserveTTL (ms), 2 how many owed settlements
-// follow (see settle).
+// settleScript: ARGV 1 reserveTTL (ms), then what the replica owes (see
+// apply).
 var settleScript = redis.NewScript(limitLua + `
-settle(3, tonumber(ARGV[2]))
+apply(2)
 redis.call('PEXPIRE', KEYS[6], ARGV[1])
 return 0
 `)
@@ -221,13 +300,24 @@ return 0
 // limitKeys are a key's counters in Redis, with the budget of the period
 // that holds ms (its start in seconds names it).
 func limitKeys(keyID string, ms int64, p keybridge.BudgetPeriod) []string {
+	return withBudget(keyID, budgetKey(keyID, ms, p))
+}
+
+// withBudget is limitKeys with the budget's key already made.
+func withBudget(keyID, bud string) []string {
 	pre := "{kb:" + keyID + "}:"
-	bud := pre + "bud"
+	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", pre + "seq", bud, pre + "rpms"}
+}
+
+// budgetKey is the Redis key of keyID's budget in the period p holding ms
+// (its start in seconds names it), "{kb:<keyID>}:bud" without one.
+func budgetKey(keyID string, ms int64, p keybridge.BudgetPeriod) string {
+	bud := "{kb:" + keyID + "}:bud"
 	if p != "" {
 		start, _ := period(ms, p)
 		bud += ":" + string(p) + ":" + strconv.FormatInt(start/1000, 10)
 	}
-	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", pre + "seq", bud}
+	return bud
 }
 
 const budgetSlack = int64(time.Hour / time.Millisecond)
@@ -246,17 +336,27 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		_, end := period(ms, p)
 		budLeft = end - ms
 	}
+	if t, d, ok := l.fromLease(keyID, lim, reserve, ms, p); ok {
+		return t, d, nil
+	}
+	want, ret := l.endLease(keyID, lim, reserve)
 	keys := limitKeys(keyID, ms, p)
-	carried := l.take(keyID, keys[6])
-	args := append(make([]any, 0, 9+6*len(carried)),
+	carried, returns := l.take(keyID, keys[6])
+	returns = append(returns, ret...)
+	asks := "0"
+	if want.ask {
+		asks = "1"
+	}
+	args := append(make([]any, 0, 14+6*len(carried)+4*len(returns)),
 		ms, max(lim.RateLimitRPM, 0), max(lim.RateLimitTPM, 0), bud, reserve, budLeft,
-		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), len(carried))
-	r, err := admitScript.Run(ctx, l.rdb, keys, appendOwed(args, carried)...).Int64Slice()
-	if err == nil && len(r) != 8 {
-		err = fmt.Errorf("admit script answered %d values, want 8", len(r))
+		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), asks, want.slots, want.tokens, ms+leaseTTL.Milliseconds())
+	r, err := admitScript.Run(ctx, l.rdb, keys, appendDebts(args, carried, returns)...).Int64Slice()
+	if err == nil && len(r) != 11 {
+		err = fmt.Errorf("admit script answered %d values, want 11", len(r))
 	}
 	if err != nil {
 		l.settleLocally(ctx, keyID, carried)
+		l.returnLater(keyID, returns)
 		if ctx.Err() != nil {
 			return ticket{}, decision{}, fmt.Errorf("count request in redis: %w", ctx.Err())
 		}
@@ -274,10 +374,16 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		l.m.refused(d.limit)
 		return ticket{}, d, nil
 	}
+	if r[8] == 1 {
+		l.grant(keyID, &lease{seq: r[1], lim: lim, until: ms + leaseTTL.Milliseconds(), slots: r[9],
+			tokens: r[10], free: r[10], base: t})
+	} else if want.ask {
+		l.grant(keyID, nil)
+	}
 	if !tokens {
 		return ticket{}, d, nil
 	}
-	return ticket{keyID: keyID, seq: r[1], reserved: reserve, tpm: lim.RateLimitTPM > 0, budget: p}, d, nil
+	return ticket{keyID: keyID, seq: strconv.FormatInt(r[1], 10), reserved: reserve, tpm: lim.RateLimitTPM > 0, budget: p}, d, nil
 }
 
 func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now time.Time) error {
@@ -288,41 +394,64 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 		return l.local.settle(ctx, t, used, now)
 	}
 	ms := now.UnixMilli()
-	keys := limitKeys(t.keyID, ms, t.budget)
-	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: keys[6]}
+	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: budgetKey(t.keyID, ms, t.budget)}
 	if t.budget != "" {
 		_, end := period(ms, t.budget)
 		o.budTTL = end - ms + budgetSlack
 	}
+	var ret []leaseReturn
+	if t.lease != nil {
+		o.reserved = 0 // the lease holds the reservation
+		ret = l.settled(t.lease, o.used, t.reserved)
+	} else {
+		l.spent(t.keyID, o.used, t.reserved)
+	}
 	if l.async.Load() {
-		l.mu.Lock()
-		first := len(l.owed) == 0
-		l.owed[t.keyID] = append(l.owed[t.keyID], o)
-		l.mu.Unlock()
+		l.owe(t.keyID, []owed{o}, ret)
 		if !l.async.Load() {
 			l.flush(ctx) // run ended meanwhile: nobody else will
-		} else if first {
-			select {
-			case l.kick <- struct{}{}:
-			default:
-			}
 		}
 		return nil
 	}
-	return l.send(ctx, t.keyID, keys, []owed{o})
+	return l.send(ctx, t.keyID, withBudget(t.keyID, o.budget), []owed{o}, ret)
 }
 
-// send writes a key's owed settlements in one script call. With Redis
-// down they count in this process; their reservations stay in Redis
-// until reserveTTL.
-func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed) error {
-	args := append(make([]any, 0, 2+6*len(os)), reserveTTL.Milliseconds(), len(os))
-	err := settleScript.Run(ctx, l.rdb, keys, appendOwed(args, os)...).Err()
+// owe queues settlements and lease returns for the key's next admission
+// or run to carry, and wakes run for the first of a batch.
+func (l *redisLimiter) owe(keyID string, os []owed, rs []leaseReturn) {
+	if len(os) == 0 && len(rs) == 0 {
+		return
+	}
+	l.mu.Lock()
+	first := len(l.owed) == 0 && len(l.returns) == 0
+	if len(os) > 0 {
+		l.owed[keyID] = append(l.owed[keyID], os...)
+	}
+	if len(rs) > 0 {
+		l.returns[keyID] = append(l.returns[keyID], rs...)
+	}
+	l.mu.Unlock()
+	if first {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// send writes a key's owed settlements and lease returns in one script
+// call. With Redis down the settlements count in this process; their
+// reservations stay in Redis until reserveTTL, and a lease's unused slots
+// until the window passes its end.
+func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed, rs []leaseReturn) error {
+	args := append(make([]any, 0, 3+6*len(os)+4*len(rs)), reserveTTL.Milliseconds())
+	err := settleScript.Run(ctx, l.rdb, keys, appendDebts(args, os, rs)...).Err()
 	if err == nil {
 		l.reachable(ctx)
 		return nil
 	}
 	l.settleLocally(ctx, keyID, os)
+	l.returnLater(keyID, rs)
 	if ctx.Err() != nil {
 		return fmt.Errorf("settle request in redis: %w", ctx.Err())
 	}
@@ -343,16 +472,17 @@ func (l *redisLimiter) settleLocally(ctx context.Context, keyID string, os []owe
 
 // take removes and returns what keyID owes into budget (the budget key of
 // the admission about to carry it; settlements into another period's
-// budget are left to run).
-func (l *redisLimiter) take(keyID, budget string) []owed {
-	if !l.async.Load() {
-		return nil
-	}
+// budget are left to run), and its lease returns.
+func (l *redisLimiter) take(keyID, budget string) ([]owed, []leaseReturn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	rs := l.returns[keyID]
+	if len(rs) > 0 {
+		delete(l.returns, keyID)
+	}
 	os := l.owed[keyID]
 	if len(os) == 0 {
-		return nil
+		return nil, rs
 	}
 	carried, rest := partition(os, func(o owed) bool { return o.period == "" || o.budget == budget })
 	if len(rest) == 0 {
@@ -360,7 +490,7 @@ func (l *redisLimiter) take(keyID, budget string) []owed {
 	} else {
 		l.owed[keyID] = rest
 	}
-	return carried
+	return carried, rs
 }
 
 // partition splits os into those that match, in a new slice, and the rest,
@@ -377,8 +507,11 @@ func partition(os []owed, match func(owed) bool) (matched, rest []owed) {
 	return matched, rest
 }
 
-// appendOwed appends each settlement's six script arguments.
-func appendOwed(args []any, os []owed) []any {
+// appendDebts appends the script arguments of settlements and lease
+// returns, as apply reads them.
+func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
+	os = mergeOwed(os)
+	args = append(args, len(os))
 	for _, o := range os {
 		tpm := "0"
 		if o.tpm {
@@ -386,19 +519,75 @@ func appendOwed(args []any, os []owed) []any {
 		}
 		args = append(args, o.seq, o.reserved, o.used, tpm, o.ms, o.budTTL)
 	}
+	args = append(args, len(rs))
+	for _, r := range rs {
+		n := len(args)
+		args = append(args, r.seq, r.slots, r.tokens, 0)
+		// The used slots, as (ms, how many) for each millisecond.
+		for i := 0; i < len(r.at); {
+			j := i + 1
+			for j < len(r.at) && r.at[j] == r.at[i] {
+				j++
+			}
+			args = append(args, r.at[i], j-i)
+			args[n+3] = args[n+3].(int) + 1
+			i = j
+		}
+	}
 	return args
 }
 
-// run carries owed settlements to Redis, settleDelay after the first of
-// a batch, until ctx ends; then it sends what is left and settles
+// mergeOwed folds the tokens of settlements made in the same millisecond
+// into one: one TPM entry and one budget increment for all of them, as the
+// in-process window keeps one entry per millisecond. Each reservation is
+// still dropped by its own name.
+func mergeOwed(os []owed) []owed {
+	if len(os) < 2 {
+		return os
+	}
+	type group struct {
+		ms, budTTL int64
+		tpm        bool
+	}
+	out := make([]owed, 0, len(os))
+	at := make(map[group]int, 4)
+	for _, o := range os {
+		if o.reserved > 0 {
+			out = append(out, owed{seq: o.seq, reserved: o.reserved})
+		}
+		if o.used <= 0 {
+			continue
+		}
+		g := group{o.ms, o.budTTL, o.tpm}
+		if i, ok := at[g]; ok {
+			out[i].used += o.used
+			continue
+		}
+		at[g] = len(out)
+		o.reserved = 0
+		out = append(out, o)
+	}
+	return out
+}
+
+// run carries owed settlements and lease returns to Redis, settleDelay
+// after the first of a batch, and ends leases past their time, until ctx
+// ends; then it returns every lease, sends what is left and settles
 // synchronously again.
 func (l *redisLimiter) run(ctx context.Context) {
 	l.async.Store(true)
+	tick := time.NewTicker(leaseTTL / 2)
+	defer tick.Stop()
 	for {
 		select {
 		case <-l.kick:
+		case <-tick.C:
+			l.expire(time.Now().UnixMilli())
+			l.retryReturns()
+			continue
 		case <-ctx.Done():
 			l.async.Store(false)
+			l.expire(math.MaxInt64)
 			l.flush(context.WithoutCancel(ctx))
 			return
 		}
@@ -410,17 +599,28 @@ func (l *redisLimiter) run(ctx context.Context) {
 	}
 }
 
-// flush sends every owed settlement: one script call per key (and
-// budget period).
+// flush sends everything owed: one script call per key (and budget
+// period).
 func (l *redisLimiter) flush(ctx context.Context) {
 	l.mu.Lock()
-	all := l.owed
+	all, returns := l.owed, l.returns
 	if len(all) > 0 {
 		l.owed = map[string][]owed{}
+	}
+	if len(returns) > 0 {
+		l.returns = map[string][]leaseReturn{}
 	}
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	sendBatch := func(keyID, budget string, os []owed) {
+		keys := withBudget(keyID, budget) // every owed names its budget key
+		rs := returns[keyID]
+		delete(returns, keyID)
+		if err := l.send(ctx, keyID, keys, os, rs); err != nil {
+			l.log.WarnContext(ctx, "gateway: settle limits", "err", err)
+		}
+	}
 	for keyID, os := range all {
 		// One call per budget key: a key's settlements may straddle a
 		// period's end.
@@ -428,18 +628,18 @@ func (l *redisLimiter) flush(ctx context.Context) {
 			b := os[0].budget
 			var batch []owed
 			batch, os = partition(os, func(o owed) bool { return o.budget == b })
-			keys := limitKeys(keyID, 0, "")
-			keys[6] = b // every owed names its budget key, "…:bud" when none
-			if err := l.send(ctx, keyID, keys, batch); err != nil {
-				l.log.WarnContext(ctx, "gateway: settle limits", "err", err)
-			}
+			sendBatch(keyID, b, batch)
 		}
+	}
+	for keyID := range returns {
+		sendBatch(keyID, budgetKey(keyID, 0, ""), nil)
 	}
 }
 
 // unreachable counts a call that failed, and logs the first of an outage.
 func (l *redisLimiter) unreachable(ctx context.Context, err error) {
 	l.m.redisDown.Inc()
+	l.endLeases() // from now on the policy decides
 	if l.down.CompareAndSwap(false, true) {
 		l.m.redisOutage.Set(1)
 		how := "counting limits in this process"

@@ -3,13 +3,18 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
+	"testing/fstest"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store/sqlite"
+	"github.com/keybridge/keybridge/internal/store/sqlstore"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
@@ -158,5 +163,167 @@ func TestFilesArePrivate(t *testing.T) {
 	check("reopened")
 	if _, err := st.Org(ctx, "acme"); err != nil {
 		t.Errorf("after the reopen, Org(acme) = %v, want the org written before", err)
+	}
+}
+
+// TestUsageClusteredCarriesRows checks migration 0010 on a database the
+// migrations before it made: every raw usage row is still there with every
+// field, the usage queries answer the same, retention still purges, and a
+// retried batch whose commit did land still conflicts instead of counting
+// twice.
+func TestUsageClusteredCarriesRows(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "keybridge.db")
+	write, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write.SetMaxOpenConns(1)
+	defer write.Close()
+	db := &sqlstore.DB{Write: write, Read: write, Dialect: sqlstore.Dialect{Name: "sqlite", UniqueViolation: func(error) bool { return false }}}
+	before := fstest.MapFS{}
+	names, err := filepath.Glob("migrations/*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if base := filepath.Base(name); base < "0010" {
+			body, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[base] = &fstest.MapFile{Data: body}
+		}
+	}
+	if len(before) != 9 {
+		t.Fatalf("found %d migrations before 0010, want 9", len(before))
+	}
+	if err := sqlstore.Migrate(ctx, db, before, ""); err != nil {
+		t.Fatalf("migrate to 0009: %v", err)
+	}
+	st := sqlstore.New(db)
+
+	start := time.Date(2031, 5, 1, 7, 45, 0, 0, time.UTC)
+	var batch []keybridge.Usage
+	for i := range 1800 {
+		u := keybridge.Usage{
+			Time: start.Add(time.Duration(i) * 2 * time.Minute), OrgID: []string{"org-a", "org-b", "org-c"}[i%3],
+			ProviderID: fmt.Sprint("provider-", i%4), ProviderKeyID: fmt.Sprint("pk-", i%5), Model: fmt.Sprint("model-", i%6),
+			Status: []int{200, 200, 429, 500}[i%4], Stream: i%2 == 0, LatencyMS: float64(i) * 1.25, UpstreamLatencyMS: float64(i),
+			InputTokens: int64(i), OutputTokens: int64(2 * i), CacheReadTokens: int64(i % 7), CacheWriteTokens: int64(i % 11), Failovers: i % 3,
+		}
+		if i%4 == 0 {
+			u.AIKeyID, u.ProjectID = fmt.Sprint("aikey-", i%9), fmt.Sprint("project-", i%5)
+		} else {
+			u.UserID, u.APIKeyID = fmt.Sprint("user-", i%13), fmt.Sprint("apikey-", i%17)
+		}
+		if i%600 == 0 {
+			// Two rows of one org at one instant: the id tells them apart.
+			u.Time = start
+		}
+		batch = append(batch, u)
+	}
+	// A few batches, as the gateway writes them.
+	for chunk := range slices.Chunk(batch, 500) {
+		if err := st.InsertUsage(ctx, chunk); err != nil {
+			t.Fatalf("InsertUsage = %v", err)
+		}
+	}
+	dump := func() []string {
+		t.Helper()
+		rows, err := write.Query(`SELECT id, time, org_id, project_id, user_id, api_key_id, ai_key_id, provider_id, provider_key_id, model,
+			status, stream, latency_ms, upstream_latency_ms, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers
+			FROM usage ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			v := make([]any, 19)
+			p := make([]any, 19)
+			for i := range v {
+				p[i] = &v[i]
+			}
+			if err := rows.Scan(p...); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprintf("%#v", v))
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	queries := func() []string {
+		t.Helper()
+		var out []string
+		for _, org := range []string{"org-a", "org-b", "org-c"} {
+			for _, by := range []keybridge.UsageGroupBy{keybridge.GroupByProvider, keybridge.GroupByModel, keybridge.GroupByUser, keybridge.GroupByProject, keybridge.GroupByAPIKey} {
+				for _, b := range []keybridge.UsageBucket{keybridge.BucketNone, keybridge.BucketHour, keybridge.BucketDay} {
+					// Partial hours at both ends read raw rows.
+					q := keybridge.UsageQuery{OrgID: org, GroupBy: by, Since: start.Add(17 * time.Minute), Until: start.Add(55*time.Hour + 9*time.Minute), Bucket: b}
+					groups, err := st.QueryUsage(ctx, q)
+					if err != nil {
+						t.Fatalf("QueryUsage(%+v) = %v", q, err)
+					}
+					out = append(out, fmt.Sprintf("%s %s %s %+v", org, by, b, groups))
+				}
+			}
+		}
+		return out
+	}
+	rowsBefore, answersBefore := dump(), queries()
+	if len(rowsBefore) != len(batch) {
+		t.Fatalf("%d rows before migrating, want %d", len(rowsBefore), len(batch))
+	}
+
+	if err := sqlite.Migrate(ctx, db); err != nil {
+		t.Fatalf("migrate = %v", err)
+	}
+	var withoutRowid int
+	if err := write.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name = 'usage' AND sql LIKE '%WITHOUT ROWID%'`).Scan(&withoutRowid); err != nil || withoutRowid != 1 {
+		t.Fatalf("usage after migrating is not the clustered table (%d, %v)", withoutRowid, err)
+	}
+	var check string
+	if err := write.QueryRow(`PRAGMA integrity_check`).Scan(&check); err != nil || check != "ok" {
+		t.Fatalf("integrity_check = %q, %v", check, err)
+	}
+	if got := dump(); !slices.Equal(got, rowsBefore) {
+		t.Errorf("rows after migrating differ: %d rows, want %d", len(got), len(rowsBefore))
+	}
+	if got := queries(); !slices.Equal(got, answersBefore) {
+		for i := range got {
+			if got[i] != answersBefore[i] {
+				t.Errorf("after migrating:\n %s\nwant\n %s", got[i], answersBefore[i])
+				break
+			}
+		}
+	}
+	// The recorder retries a batch whose commit it did not see land with
+	// the same ids and times: the store must refuse it whole.
+	if err := st.InsertUsage(ctx, batch[:500]); err == nil {
+		t.Errorf("InsertUsage of rows already written = nil error, want a conflict")
+	}
+	if n := len(dump()); n != len(batch) {
+		t.Errorf("%d rows after the retried batch, want %d", n, len(batch))
+	}
+	// Retention purges through the new key: the first UTC day goes.
+	cut := start.Truncate(24 * time.Hour).Add(24 * time.Hour)
+	n, err := st.DeleteUsageBefore(ctx, cut)
+	if err != nil {
+		t.Fatalf("DeleteUsageBefore = %v", err)
+	}
+	var want, left int64
+	for _, u := range batch {
+		if u.Time.Before(cut) {
+			want++
+		}
+	}
+	if err := write.QueryRow(`SELECT COUNT(*) FROM usage WHERE time < ?`, cut.UnixMicro()).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if n != want || left != 0 {
+		t.Errorf("DeleteUsageBefore removed %d rows and left %d before the cut, want %d and 0", n, left, want)
 	}
 }

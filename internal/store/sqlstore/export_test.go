@@ -6,3 +6,9 @@ var RegisterSealed = registerSealed
 // Subscribers counts the subscriptions in place, so tests know when one
 // has joined.
 func Subscribers(s *Store) int { return len(s.db.hub.subscribers()) }
+
+// The statements that read or delete raw usage rows, for their query plans.
+const (
+	UsageRawFrom   = usageRawFrom
+	UsageDeleteSQL = usageDeleteSQL
+)

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -26,7 +27,7 @@ const (
 	// usageInsertChunk rows go in one INSERT: 19 parameters a row stays
 	// far below both engines' limit on parameters per statement.
 	usageInsertChunk = 500
-	// usageRollupChunk rollup rows go in one upsert (11 parameters a row).
+	// usageRollupChunk rollup rows go in one upsert (13 parameters a row).
 	usageRollupChunk = 500
 	// usageDeleteChunk rows are deleted per transaction, so retention
 	// never holds SQLite's single writer for long.
@@ -47,9 +48,10 @@ var usageDims = []struct {
 	{keybridge.GroupByAPIKey, "CASE WHEN api_key_id <> '' THEN api_key_id ELSE ai_key_id END"},
 }
 
-// usageGroupKey is the Go twin of the SQL expressions in usageDims.
-func usageGroupKey(u *keybridge.Usage, by keybridge.UsageGroupBy) string {
-	switch by {
+// usageGroupKey is the Go twin of the SQL expressions in usageDims: the
+// group key of u under usageDims[dim].
+func usageGroupKey(u *keybridge.Usage, dim int) string {
+	switch usageDims[dim].by {
 	case keybridge.GroupByProvider:
 		return u.ProviderID
 	case keybridge.GroupByModel:
@@ -67,18 +69,30 @@ func usageGroupKey(u *keybridge.Usage, by keybridge.UsageGroupBy) string {
 	return ""
 }
 
-// usageRollupKey names one row of usage_rollup.
+// usageRollupKey names one row of usage_rollup. It is a map key built
+// five times per raw row, so it holds no more strings than it must: the
+// dimension is its index in usageDims, the bucket its start in Unix
+// microseconds.
 type usageRollupKey struct {
 	org    string
-	dim    keybridge.UsageGroupBy
-	period string // "h" or "d"
-	bucket time.Time
 	key    string
+	bucket int64
+	dim    uint8
+	day    bool // period "d"; else "h"
 }
 
+func (k usageRollupKey) period() string {
+	if k.day {
+		return "d"
+	}
+	return "h"
+}
+
+// compareUsageRollupKeys orders keys as usage_rollup's primary key does:
+// org, dimension, period, bucket, key.
 func compareUsageRollupKeys(a, b usageRollupKey) int {
-	return cmp.Or(cmp.Compare(a.org, b.org), cmp.Compare(a.dim, b.dim), cmp.Compare(a.period, b.period),
-		a.bucket.Compare(b.bucket), cmp.Compare(a.key, b.key))
+	return cmp.Or(cmp.Compare(a.org, b.org), cmp.Compare(usageDims[a.dim].by, usageDims[b.dim].by),
+		cmp.Compare(a.period(), b.period()), cmp.Compare(a.bucket, b.bucket), cmp.Compare(a.key, b.key))
 }
 
 // usageSums are the additive totals of some requests: what a rollup row
@@ -140,17 +154,20 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 	if len(batch) == 0 {
 		return nil
 	}
-	// A full chunk's statement is prepared once: parsing 500 rows of
-	// placeholders costs SQLite about as much as inserting them.
-	var full *sql.Stmt
-	if s.tx == nil && len(batch) >= usageInsertChunk {
+	// The statements of full chunks are prepared once: parsing 500 rows
+	// of placeholders costs SQLite about as much as inserting them, and a
+	// few rollup rows' upsert as much as running it.
+	var st usageStmts
+	if s.tx == nil {
 		var err error
-		if full, err = s.prepare(ctx, usageInsertFull); err != nil {
-			return fmt.Errorf("prepare usage insert: %w", err)
+		if st, err = s.prepareUsage(ctx, len(batch) >= usageInsertChunk); err != nil {
+			return err
 		}
 	}
 	return s.write(ctx, func(tx *Store) error {
-		rollup := map[usageRollupKey]*usageSums{}
+		// One map lookup per dimension per row: an hour's totals point to
+		// their day's, which are added to row by row as before.
+		rollup := map[usageRollupKey]*usageTotals{}
 		for i := range batch {
 			u := &batch[i]
 			if u.ID == "" {
@@ -159,41 +176,87 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 			if u.Time.IsZero() {
 				u.Time = tx.Now()
 			}
-			t := u.Time.UTC().Truncate(time.Microsecond)
-			for _, d := range usageDims {
-				for _, b := range []struct {
-					period string
-					bucket time.Time
-				}{{"h", t.Truncate(time.Hour)}, {"d", t.Truncate(usageDay)}} {
-					k := usageRollupKey{u.OrgID, d.by, b.period, b.bucket, usageGroupKey(u, d.by)}
-					g := rollup[k]
-					if g == nil {
-						g = &usageSums{}
-						rollup[k] = g
+			hour := u.Time.UTC().Truncate(time.Hour).UnixMicro()
+			for d := range usageDims {
+				k := usageRollupKey{org: u.OrgID, key: usageGroupKey(u, d), bucket: hour, dim: uint8(d)}
+				g := rollup[k]
+				if g == nil {
+					g = &usageTotals{}
+					rollup[k] = g
+					dk := k
+					dk.day, dk.bucket = true, time.UnixMicro(hour).UTC().Truncate(usageDay).UnixMicro()
+					if g.day = rollup[dk]; g.day == nil {
+						g.day = &usageTotals{}
+						rollup[dk] = g.day
 					}
-					g.add(u)
 				}
+				g.add(u)
+				g.day.add(u)
 			}
 		}
 		for chunk := range slices.Chunk(batch, usageInsertChunk) {
-			if err := tx.insertUsageRows(ctx, chunk, full); err != nil {
+			if err := tx.insertUsageRows(ctx, chunk, st.insert); err != nil {
 				return fmt.Errorf("insert usage: %w", err)
 			}
 		}
 		// Upserts in key order: two replicas flushing at once take the
 		// rollup rows' locks in the same order and cannot deadlock.
 		keys := slices.SortedFunc(maps.Keys(rollup), compareUsageRollupKeys)
-		for chunk := range slices.Chunk(keys, usageRollupChunk) {
-			if err := tx.upsertUsageRollup(ctx, chunk, rollup); err != nil {
+		for len(keys) > 0 {
+			n, stmt := min(len(keys), usageRollupChunk), (*sql.Stmt)(nil)
+			for i, size := range usageUpsertSizes {
+				if st.upserts[i] != nil && n >= size {
+					n, stmt = size, st.upserts[i]
+					break
+				}
+			}
+			if err := tx.upsertUsageRollup(ctx, keys[:n], rollup, stmt); err != nil {
 				return fmt.Errorf("update usage rollup: %w", err)
 			}
+			keys = keys[n:]
 		}
 		return nil
 	})
 }
 
+// usageUpsertSizes are the sizes, in rows, of the rollup upserts
+// prepared in SQLite, largest first: a batch's rollup rows go in as few of
+// them as add up to their number. PostgreSQL gets one upsert of all of
+// them instead: there each statement is a round trip, and pgx already
+// keeps the statements it parsed.
+var usageUpsertSizes = [...]int{16, 4, 1}
+
 // usageInsertFull inserts a full chunk of raw rows.
 var usageInsertFull = usageInsertSQL(usageInsertChunk)
+
+// usageStmts are InsertUsage's prepared statements, nil where not
+// prepared: the insert of a full chunk of raw rows, and the upserts of
+// usageUpsertSizes rollup rows.
+type usageStmts struct {
+	insert  *sql.Stmt
+	upserts [len(usageUpsertSizes)]*sql.Stmt
+}
+
+// prepareUsage prepares the insert of a full chunk if full, and in SQLite
+// the upserts; outside a transaction only (see prepare).
+func (s *Store) prepareUsage(ctx context.Context, full bool) (usageStmts, error) {
+	var st usageStmts
+	var err error
+	if full {
+		if st.insert, err = s.prepare(ctx, usageInsertFull); err != nil {
+			return st, fmt.Errorf("prepare usage insert: %w", err)
+		}
+	}
+	if s.db.Dialect.Name != "sqlite" {
+		return st, nil
+	}
+	for i, n := range usageUpsertSizes {
+		if st.upserts[i], err = s.prepare(ctx, usageUpsertSQL(n)); err != nil {
+			return st, fmt.Errorf("prepare usage rollup upsert: %w", err)
+		}
+	}
+	return st, nil
+}
 
 // usageInsertSQL is the INSERT of n raw rows.
 func usageInsertSQL(n int) string {
@@ -210,14 +273,27 @@ func usageInsertSQL(n int) string {
 }
 
 // insertUsageRows inserts rows in the transaction s, with full (when
-// prepared) if they are a full chunk.
+// prepared) if they are a full chunk. Its arguments are most of what a
+// row costs in Go: the ints go as int64, which database/sql passes on as
+// they are instead of converting them by reflection, and a text column
+// equal to the row before's reuses its boxed value, so that the org, the
+// provider, the model, repeated from row to row, are not boxed again.
 func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage, full *sql.Stmt) error {
-	args := make([]any, 0, len(rows)*19)
+	argsp := usageArgsPool.Get().(*[]any)
+	defer func() {
+		clear(*argsp)
+		usageArgsPool.Put(argsp)
+	}()
+	args := (*argsp)[:0]
+	var org, project, user, apiKey, aiKey, provider, providerKey, model boxed
 	for i := range rows {
 		u := &rows[i]
-		args = append(args, u.ID, s.ts(u.Time), u.OrgID, u.ProjectID, u.UserID, u.APIKeyID, u.AIKeyID, u.ProviderID, u.ProviderKeyID,
-			u.Model, u.Status, u.Stream, u.LatencyMS, u.UpstreamLatencyMS, u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens, u.Failovers)
+		args = append(args, u.ID, s.ts(u.Time), org.of(u.OrgID), project.of(u.ProjectID), user.of(u.UserID), apiKey.of(u.APIKeyID),
+			aiKey.of(u.AIKeyID), provider.of(u.ProviderID), providerKey.of(u.ProviderKeyID), model.of(u.Model),
+			int64(u.Status), u.Stream, u.LatencyMS, u.UpstreamLatencyMS, u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens,
+			int64(u.Failovers))
 	}
+	*argsp = args
 	if full != nil && len(rows) == usageInsertChunk {
 		_, err := s.tx.StmtContext(ctx, full).ExecContext(ctx, args...)
 		return err
@@ -226,19 +302,61 @@ func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage, ful
 	return err
 }
 
-func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, totals map[usageRollupKey]*usageSums) error {
+// usageArgsPool holds the argument slices of full chunks (19 × 500
+// values), so that each flush does not allocate and clear a new one.
+var usageArgsPool = sync.Pool{New: func() any {
+	args := make([]any, 0, usageInsertChunk*19)
+	return &args
+}}
+
+// boxed is a string as a query argument, boxed once for a run of equal
+// values.
+type boxed struct {
+	s string
+	v any
+}
+
+func (b *boxed) of(s string) any {
+	if b.v == nil || s != b.s {
+		b.s, b.v = s, s
+	}
+	return b.v
+}
+
+// usageTotals are the totals of one rollup row in the making; an hour's
+// point to its day's.
+type usageTotals struct {
+	usageSums
+	day *usageTotals
+}
+
+// upsertUsageRollup adds the totals of keys to usage_rollup in the
+// transaction s, with stmt (when prepared) made for len(keys) rows.
+func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, totals map[usageRollupKey]*usageTotals, stmt *sql.Stmt) error {
+	args := make([]any, 0, len(keys)*13)
+	for _, k := range keys {
+		g := totals[k]
+		args = append(args, k.org, string(usageDims[k.dim].by), k.period(), s.ts(time.UnixMicro(k.bucket)), k.key,
+			g.requests, g.errors, g.input, g.output, g.cacheRead, g.cacheWrite, g.failovers, g.latencyMS)
+	}
+	if stmt != nil {
+		_, err := s.tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+		return err
+	}
+	_, err := s.exec(ctx, usageUpsertSQL(len(keys)), args...)
+	return err
+}
+
+// usageUpsertSQL is the upsert of n rollup rows.
+func usageUpsertSQL(n int) string {
 	var b strings.Builder
 	b.WriteString(`INSERT INTO usage_rollup (org_id, dim, period, bucket, key, requests, errors, input_tokens, output_tokens,
 		cache_read_tokens, cache_write_tokens, failovers, latency_ms_sum) VALUES `)
-	args := make([]any, 0, len(keys)*13)
-	for i, k := range keys {
+	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-		g := totals[k]
-		args = append(args, k.org, string(k.dim), k.period, s.ts(k.bucket), k.key,
-			g.requests, g.errors, g.input, g.output, g.cacheRead, g.cacheWrite, g.failovers, g.latencyMS)
 	}
 	b.WriteString(` ON CONFLICT (org_id, dim, period, bucket, key) DO UPDATE SET
 		requests = usage_rollup.requests + excluded.requests,
@@ -249,8 +367,7 @@ func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, to
 		cache_write_tokens = usage_rollup.cache_write_tokens + excluded.cache_write_tokens,
 		failovers = usage_rollup.failovers + excluded.failovers,
 		latency_ms_sum = usage_rollup.latency_ms_sum + excluded.latency_ms_sum`)
-	_, err := s.exec(ctx, b.String(), args...)
-	return err
+	return b.String()
 }
 
 // usageSpan is a half-open time range [from, to).
@@ -301,6 +418,11 @@ func planUsage(since, until time.Time, days bool) usagePlan {
 	p.days = usageSpan{ds, de}
 	return p
 }
+
+// usageRawFrom is where a usage query reads raw rows: one org over a time
+// range, a range of the primary key of usage in SQLite, of usage_org_time
+// in PostgreSQL.
+const usageRawFrom = `FROM usage WHERE org_id = ? AND time >= ? AND time < ?`
 
 // QueryUsage implements store.UsageStore. A zero Until means now and a zero
 // Since means 30 days before Until. Groups come most requests first, then
@@ -370,8 +492,7 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 			return
 		}
 		arms = append(arms, `SELECT `+expr+` AS key, `+rawBucket+`1 AS requests, CASE WHEN status >= 400 THEN 1 ELSE 0 END AS errors,
-			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers, latency_ms AS latency_ms_sum
-			FROM usage WHERE org_id = ? AND time >= ? AND time < ?`)
+			input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers, latency_ms AS latency_ms_sum `+usageRawFrom)
 		if series {
 			args = append(args, s.ts(r.from.Truncate(time.Hour)))
 		}
@@ -464,7 +585,7 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 // holds the writer for long. It returns how many raw rows went.
 func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, error) {
 	cut := s.ts(t.UTC().Truncate(usageDay))
-	// Raw rows are indexed by org and time only (an index on time alone
+	// Raw rows are ordered by org and time only (an index on time alone
 	// would cost every insert for a purge that runs once an hour), so the
 	// purge goes org by org. Every raw row has daily totals, which go
 	// last: an interrupted purge still finds its orgs next time.
@@ -477,7 +598,11 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 		for {
 			var n int64
 			err := s.write(ctx, func(tx *Store) error {
-				res, err := tx.exec(ctx, `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`, org, cut, usageDeleteChunk)
+				query, args := usageDeleteSQL, []any{org, org, cut, usageDeleteChunk}
+				if s.db.Dialect.Name != "sqlite" {
+					query, args = usageDeleteByIDSQL, []any{org, cut, usageDeleteChunk}
+				}
+				res, err := tx.exec(ctx, query, args...)
 				if err != nil {
 					return err
 				}
@@ -501,6 +626,17 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 	}
 	return total, nil
 }
+
+// usageDeleteSQL deletes a chunk of one org's raw rows before a cut, in
+// SQLite. The rows are named by (org, time, id), the primary key of usage
+// there, so that each is found by its key rather than by a scan of the
+// table. usageDeleteByIDSQL does it in PostgreSQL, where usage keeps its
+// primary key on id: there the (time, id) form would read every row of
+// the org for each chunk.
+const (
+	usageDeleteSQL     = `DELETE FROM usage WHERE org_id = ? AND (time, id) IN (SELECT time, id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`
+	usageDeleteByIDSQL = `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`
+)
 
 // usageOrgsBefore lists the orgs with daily totals before cut: every org
 // with raw rows before it.
