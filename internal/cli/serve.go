@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/gateway"
+	"github.com/keybridge/keybridge/internal/gctune"
 	"github.com/keybridge/keybridge/internal/httpapi"
 	"github.com/keybridge/keybridge/internal/retention"
 	"github.com/keybridge/keybridge/internal/upstream"
@@ -163,6 +165,11 @@ func serve(ctx context.Context, env *Env) error {
 	}
 	if cfg.metricsToken == "" {
 		cfg.metricsToken = cfg.metricsTokenEnv
+	}
+	// The collector runs less often while the live heap is small
+	// (docs/configuration.md); GOGC, set, is the operator's own choice.
+	if _, set := os.LookupEnv("GOGC"); !set {
+		defer gctune.Start(gctune.Budget, gctune.MaxPercent)()
 	}
 	deny, err := cfg.denyCIDRs()
 	if err != nil {

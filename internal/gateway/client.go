@@ -33,9 +33,10 @@ type conn struct {
 	key  poolKey
 	// idleSince is when the connection went back to the pool.
 	idleSince time.Time
-	// stop undoes the request's watch for its client going away; nil
-	// while the connection is idle.
-	stop func() bool
+	// stop or front undoes the request's watch for its client going
+	// away (watchClient); both nil while the connection is idle.
+	stop  func() bool
+	front *frontCtx
 }
 
 // poolKey says which connections can serve a request: same scheme and

@@ -157,7 +157,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *c
 		if err != nil {
 			return nil, nil, err
 		}
-		cn.stop = context.AfterFunc(ctx, func() { cn.nc.SetDeadline(aLongTimeAgo) })
+		watchClient(ctx, cn)
 		sent := time.Now()
 		if err = x.writeRequest(cn.bw, k); err == nil {
 			err = cn.bw.Flush()
@@ -197,13 +197,37 @@ func setReadDeadline(ctx context.Context, cn *conn, t time.Time) error {
 	return ctx.Err()
 }
 
+// watchClient has the client going away (ctx ending) poison cn's
+// deadline, which wakes whatever waits on the provider, until
+// unwatchClient.
+func watchClient(ctx context.Context, cn *conn) {
+	if fc, ok := ctx.(*frontCtx); ok {
+		fc.watchUpstream(cn)
+		cn.front = fc
+		return
+	}
+	cn.stop = context.AfterFunc(ctx, func() { cn.nc.SetDeadline(aLongTimeAgo) })
+}
+
+// unwatchClient ends watchClient; it reports false if the deadline was
+// poisoned meanwhile.
+func unwatchClient(cn *conn) bool {
+	ok := true
+	if cn.front != nil {
+		ok = cn.front.unwatchUpstream(cn)
+	} else if cn.stop != nil {
+		ok = cn.stop()
+	}
+	cn.front, cn.stop = nil, nil
+	return ok
+}
+
 // release gives a connection back: to the pool when its answer was read
 // whole and nothing poisoned its deadline, else closed.
 func (x *exchange) release(cn *conn, reuse bool) {
-	if cn.stop != nil && !cn.stop() {
+	if !unwatchClient(cn) {
 		reuse = false // the client went away: the deadline is spent
 	}
-	cn.stop = nil
 	if reuse {
 		x.g.client.put(cn)
 		return
@@ -245,18 +269,18 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 		}
 		query += "api-version=" + url.QueryEscape(v)
 	}
-	path := rt.basePath + x.rest
-	if path == "" {
-		path = "/"
-	}
 	upgrade := isUpgrade(r)
 	if rt.provider.Type == keybridge.ProviderBedrock {
+		path := rt.basePath + x.rest
+		if path == "" {
+			path = "/"
+		}
 		req, err := x.signBedrock(path, query, body)
 		if err != nil {
 			return err
 		}
 		// The signer put the query in canonical order: send it so.
-		writeHead(bw, r.Method, req.URL.RawPath, req.URL.RawQuery, rt.hostHdr)
+		writeHead(bw, r.Method, req.URL.RawPath, "", req.URL.RawQuery, rt.hostHdr)
 		for name, vv := range req.Header {
 			if name == "Host" || name == "Content-Length" {
 				continue
@@ -266,7 +290,7 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 			}
 		}
 	} else {
-		writeHead(bw, r.Method, path, query, rt.hostHdr)
+		writeHead(bw, r.Method, rt.basePath, x.rest, query, rt.hostHdr)
 		connHdr := r.Header["Connection"]
 		for name, vv := range r.Header {
 			if !x.forwarded(name, connHdr) {
@@ -276,8 +300,11 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 				writeHeader(bw, name, v)
 			}
 		}
-		if name, value := (upstream.Credential{Type: rt.provider.Type, Key: k.secret}).Header(); name != "" {
-			writeHeader(bw, name, value)
+		if name, prefix, key := (upstream.Credential{Type: rt.provider.Type, Key: k.secret}).HeaderParts(); name != "" {
+			bw.WriteString(name)
+			bw.WriteString(": ")
+			bw.WriteString(prefix)
+			writeHeaderValue(bw, key)
 		}
 	}
 	if upgrade {
@@ -285,7 +312,7 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 	}
 	if len(body) > 0 || methodHasBody(r.Method) {
 		bw.WriteString("Content-Length: ")
-		bw.WriteString(strconv.Itoa(len(body)))
+		writeInt(bw, int64(len(body)), 10)
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
@@ -293,10 +320,16 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 	return err
 }
 
-func writeHead(bw *bufio.Writer, method, path, query, host string) {
+// writeHead writes the request line, its path in two parts (base and
+// rest; "/" when both are empty), and the Host header.
+func writeHead(bw *bufio.Writer, method, base, rest, query, host string) {
 	bw.WriteString(method)
 	bw.WriteByte(' ')
-	bw.WriteString(path)
+	if base == "" && rest == "" {
+		bw.WriteByte('/')
+	}
+	bw.WriteString(base)
+	bw.WriteString(rest)
 	if query != "" {
 		bw.WriteByte('?')
 		bw.WriteString(query)
@@ -309,8 +342,21 @@ func writeHead(bw *bufio.Writer, method, path, query, host string) {
 func writeHeader(bw *bufio.Writer, name, value string) {
 	bw.WriteString(name)
 	bw.WriteString(": ")
+	writeHeaderValue(bw, value)
+}
+
+// writeHeaderValue writes a header's value and ends its line.
+func writeHeaderValue(bw *bufio.Writer, value string) {
 	bw.WriteString(value)
 	bw.WriteString("\r\n")
+}
+
+// writeInt writes n in base without allocating.
+func writeInt(bw *bufio.Writer, n int64, base int) {
+	if bw.Available() < 20 {
+		bw.Flush() // an error stays in bw, for the caller's next write
+	}
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), n, base))
 }
 
 func methodHasBody(m string) bool { return m == "POST" || m == "PUT" || m == "PATCH" }
@@ -434,7 +480,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		g.m.streams.Inc()
 		defer g.m.streams.Dec()
 	} else {
-		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		setLength(w, resp.ContentLength)
 	}
 	x.status = resp.StatusCode
 	x.setTiming()
@@ -583,12 +629,12 @@ func (x *exchange) cut(resp *http.Response, cn *conn, contentType string, err er
 func (x *exchange) setTiming() {
 	total := x.headersAt.Sub(x.start)
 	own := total - x.upstreamDur
-	b := make([]byte, 0, 64)
-	b = append(b, "keybridge;dur="...)
+	var buf [64]byte
+	b := append(buf[:0], "keybridge;dur="...)
 	b = strconv.AppendFloat(b, float64(own.Microseconds())/1000, 'f', 3, 64)
 	b = append(b, ", upstream;dur="...)
 	b = strconv.AppendFloat(b, float64(x.upstreamDur.Microseconds())/1000, 'f', 3, 64)
-	x.w.Header()["Server-Timing"] = []string{string(b)}
+	setHeader(x.w, "Server-Timing", string(b))
 }
 
 // isUpgrade reports whether r asks for a WebSocket.
@@ -602,8 +648,7 @@ func isUpgrade(r *http.Request) bool {
 // side closes.
 func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	x.status = resp.StatusCode
-	cn.stop() // the tunnel outlives nothing but its two connections
-	cn.stop = nil
+	unwatchClient(cn) // the tunnel outlives nothing but its two connections
 	cn.nc.SetDeadline(time.Time{})
 	hj, ok := x.w.(http.Hijacker)
 	if !ok {

@@ -146,15 +146,48 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	}
 }
 
-// frontConn is one connection Front serves.
+// frontConn is one connection Front serves, on the goroutine Serve
+// started for it.
 type frontConn struct {
-	f     *Front
-	nc    net.Conn
-	br    *bufio.Reader
-	bw    *bufio.Writer
-	idle  atomic.Bool
-	w     frontWriter
-	watch watch
+	f      *Front
+	nc     net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	idle   atomic.Bool
+	w      frontWriter
+	watch  watch
+	body   eofBody
+	remote string
+	// deadline is nc's read deadline as last set (zero: none), by the
+	// goroutine serving the connection, or by its watch under watch.mu
+	// while the request runs.
+	// Pokes that end the connection (Shutdown's, a closing request's)
+	// are not recorded.
+	deadline time.Time
+}
+
+// deadlineSlack is how much later than asked Front's connections may
+// time out waiting for a request: the deadline moves at most once per
+// slack, not for every request (moving a runtime timer costs).
+const deadlineSlack = time.Second
+
+// readDeadline makes nc's read deadline between wait and wait plus
+// deadlineSlack from now.
+func (c *frontConn) readDeadline(wait time.Duration) {
+	now := time.Now()
+	if d := c.deadline.Sub(now); d >= wait && d <= wait+deadlineSlack {
+		return
+	}
+	c.deadline = now.Add(wait + deadlineSlack)
+	c.nc.SetReadDeadline(c.deadline)
+}
+
+// clearDeadline removes nc's read deadline.
+func (c *frontConn) clearDeadline() {
+	if !c.deadline.IsZero() {
+		c.deadline = time.Time{}
+		c.nc.SetReadDeadline(time.Time{})
+	}
 }
 
 // gatewayPrefix is what a request line's target starts with for the gateway.
@@ -177,79 +210,115 @@ func (c *frontConn) isGatewayRequest() (bool, error) {
 	}
 }
 
+// headBuffered reports whether the buffer holds a whole request head, so
+// that reading it waits for nothing.
+func (c *frontConn) headBuffered() bool {
+	b, _ := c.br.Peek(c.br.Buffered())
+	return bytes.Contains(b, []byte("\r\n\r\n"))
+}
+
 func (c *frontConn) serve() {
 	f := c.f
-	defer f.wg.Done()
 	c.idle.Store(true)
 	f.mu.Lock()
 	f.conns[c] = struct{}{}
 	f.mu.Unlock()
-	handed := false
-	defer func() {
-		f.mu.Lock()
-		delete(f.conns, c)
-		f.mu.Unlock()
-		if !handed {
-			c.nc.Close()
-		}
-	}()
+	if ra := c.nc.RemoteAddr(); ra != nil {
+		c.remote = ra.String()
+	}
 	// A new connection gets the header timeout for its first request, as
 	// net/http gives it: a client that connects and sends nothing holds
 	// the connection no longer than one that sends headers slowly. Idle
 	// time between requests is the idle timeout.
-	wait := frontHeaderTimeout
+	c.run(frontHeaderTimeout)
+}
+
+// run serves the connection's requests, the next one waited for up to
+// wait, until the connection ends.
+func (c *frontConn) run(wait time.Duration) {
+	f := c.f
 	for {
 		// Checked after the deadline is set too: Shutdown's poke of an
 		// idle connection may have come just before it and been undone.
 		if f.shutting.Load() {
+			c.end(false)
 			return
 		}
-		c.nc.SetReadDeadline(time.Now().Add(wait))
+		c.readDeadline(wait)
 		wait = frontIdleTimeout
 		if f.shutting.Load() {
+			c.end(false)
 			return
 		}
 		gw, err := c.isGatewayRequest()
 		if err != nil {
+			c.end(false)
 			return
 		}
 		if !gw {
 			// Not ours: net/http serves the connection from here on,
 			// bytes already read included.
-			c.nc.SetReadDeadline(time.Time{})
+			c.clearDeadline()
 			select {
 			case f.handoff <- &peekedConn{Conn: c.nc, br: c.br}:
-				handed = true
+				c.end(true)
 			case <-f.closed:
+				c.end(false)
 			}
 			return
 		}
 		c.idle.Store(false)
-		if !c.serveOne() {
+		if c.serveOne() == connClose {
+			c.end(false)
 			return
 		}
 		c.idle.Store(true)
 	}
 }
 
-// serveOne reads and answers one gateway request; it reports whether the
-// connection may carry another.
-func (c *frontConn) serveOne() (keep bool) {
-	c.nc.SetReadDeadline(time.Now().Add(frontHeaderTimeout))
+// end forgets a connection and closes it, unless net/http has it.
+func (c *frontConn) end(handed bool) {
+	f := c.f
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.mu.Unlock()
+	if !handed {
+		c.nc.Close()
+	}
+	f.wg.Done()
+}
+
+// What serveOne leaves the connection to.
+const (
+	connKeep  = iota // the next request
+	connClose        // closing
+)
+
+// serveOne reads and answers one gateway request; it says what becomes
+// of the connection.
+func (c *frontConn) serveOne() int {
+	if !c.headBuffered() {
+		c.deadline = time.Now().Add(frontHeaderTimeout)
+		c.nc.SetReadDeadline(c.deadline)
+	}
 	req, err := http.ReadRequest(c.br)
 	if err != nil {
 		if !errors.Is(err, io.EOF) {
 			io.WriteString(c.nc, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
 		}
-		return false
+		return connClose
 	}
-	c.nc.SetReadDeadline(time.Time{})
+	// The deadline is for the request's head. Reading its body has none,
+	// as before; when the body is all buffered already nothing waits on
+	// the deadline until the next request, and it stays.
+	if !(req.ContentLength == 0 || req.ContentLength > 0 && len(req.TransferEncoding) == 0 && int64(c.br.Buffered()) >= req.ContentLength) {
+		c.clearDeadline()
+	}
 	if c.bw == nil {
 		c.bw = bufio.NewWriterSize(c.nc, 16<<10)
 	}
-	req.RemoteAddr = c.nc.RemoteAddr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	req.RemoteAddr = c.remote
+	ctx := &frontCtx{}
 	req = req.WithContext(ctx)
 	if header(req.Header, "Expect") == "100-continue" && req.ContentLength != 0 {
 		c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
@@ -258,29 +327,29 @@ func (c *frontConn) serveOne() (keep bool) {
 
 	w := &c.w
 	watch := &c.watch
-	watch.begin(c, cancel)
+	watch.begin(c, ctx)
 	w.reset(c, req, watch)
 	if req.Body != http.NoBody {
-		req.Body = &eofBody{ReadCloser: req.Body, onEOF: watch.arm}
+		c.body = eofBody{ReadCloser: req.Body, w: watch}
+		req.Body = &c.body
 	} else {
 		watch.arm()
 	}
 	aborted := c.handle(w, req)
-	watch.stop()
 	if w.hijacked {
-		return false
+		watch.stop()
+		return connClose
 	}
-	if aborted || !w.finish() {
-		return false
+	keep := !aborted && w.finish() && !req.Close && !w.closeAfter && !c.f.shutting.Load()
+	if keep && req.Body != http.NoBody && !c.body.done {
+		// The handler reads the whole body; make sure, within reason.
+		// (Read to its end, the body never made the watch read it.)
+		if n, _ := io.CopyN(io.Discard, req.Body, maxLeftover+1); n > maxLeftover {
+			keep = false
+		}
 	}
-	if req.Close || w.closeAfter || c.f.shutting.Load() || watch.sawEOF {
-		return false
-	}
-	// The handler reads the whole body; make sure, within reason.
-	if n, _ := io.CopyN(io.Discard, req.Body, maxLeftover+1); n > maxLeftover {
-		return false
-	}
-	return true
+	ctx.cancel() // the request is over: whatever it started ends
+	return watch.end(keep)
 }
 
 // handle runs the gateway on one request and reports whether it aborted
@@ -300,53 +369,67 @@ func (c *frontConn) handle(w *frontWriter, req *http.Request) (aborted bool) {
 	return false
 }
 
-// eofBody calls onEOF once its body has been read to the end: from then
-// on the connection can be watched without taking the body's bytes.
+// eofBody arms the watch once its body has been read to the end: from
+// then on the connection can be watched without taking the body's bytes.
 type eofBody struct {
 	io.ReadCloser
-	onEOF func()
-	done  bool
+	w    *watch
+	done bool
 }
 
 func (b *eofBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF && !b.done {
 		b.done = true
-		b.onEOF()
+		b.w.arm()
 	}
 	return n, err
 }
 
 // watch notices a client going away while its request is served: once
-// the request has taken watchDelay, a read on the idle connection returns
-// when the client closes it (and the request's context is canceled) or
-// sends its next request early (which stays buffered for later). Each
-// connection has one, reused for its requests.
+// the request has taken watchDelay, a goroutine reads the idle connection
+// (a Peek: what it reads stays buffered). The read returns when the
+// client closes the connection (and the request's context is canceled)
+// or sends its next request early.
+//
+// A request that ends while the read waits does not wake it (a deadline
+// poke, a wake-up and a second read per request): the read goes on
+// waiting, for the next request now, and the request's goroutine waits
+// for what it returns, then serves on, its stack grown already. Only a
+// closing connection or a hijack wakes the read.
+//
+// Each connection has one, reused for its requests.
 type watch struct {
-	c      *frontConn
-	cancel context.CancelFunc
-	state  atomic.Int32 // watchIdle, watchArmed, watchRunning, watchDone
-	timer  *time.Timer
-	ended  chan struct{} // a run that started has finished
-	sawEOF bool
+	c     *frontConn
+	ctx   *frontCtx
+	timer *time.Timer
+	ended chan struct{} // a read that outlived its request returned
+
+	mu    sync.Mutex
+	state int   // watchIdle ... watchHijack
+	err   error // what the read returned, once watchSaw
 }
 
 const (
-	watchIdle int32 = iota
-	watchArmed
-	watchRunning
-	watchDone
+	watchIdle    = iota // not armed
+	watchArmed          // the timer runs
+	watchRunning        // the watch's goroutine reads
+	watchSaw            // the read returned during the request: see err
+	watchDone           // the request ended first
+	watchHijack         // the request's handler takes the connection
 )
 
 // begin readies the watch for a request.
-func (w *watch) begin(c *frontConn, cancel context.CancelFunc) {
-	w.c, w.cancel, w.sawEOF = c, cancel, false
-	w.state.Store(watchIdle)
+func (w *watch) begin(c *frontConn, ctx *frontCtx) {
+	w.mu.Lock()
+	w.c, w.ctx, w.err = c, ctx, nil
+	w.state = watchIdle
 	if w.timer == nil {
 		w.ended = make(chan struct{}, 1)
 		w.timer = time.AfterFunc(time.Hour, w.run)
 		w.timer.Stop()
 	}
+	w.mu.Unlock()
 }
 
 // arm starts the delay; it runs once the request body is read.
@@ -354,46 +437,221 @@ func (w *watch) arm() {
 	if w.c.br.Buffered() > 0 {
 		return // the client already sent more: it is there
 	}
-	if w.state.CompareAndSwap(watchIdle, watchArmed) {
+	w.mu.Lock()
+	if w.state == watchIdle {
+		w.state = watchArmed
 		w.timer.Reset(watchDelay)
 	}
+	w.mu.Unlock()
 }
 
 func (w *watch) run() {
-	defer func() { w.ended <- struct{}{} }()
-	if !w.state.CompareAndSwap(watchArmed, watchRunning) {
+	w.mu.Lock()
+	if w.state != watchArmed {
+		w.mu.Unlock()
+		return // stopped before it ran
+	}
+	w.state = watchRunning
+	c, ctx := w.c, w.ctx
+	w.mu.Unlock()
+	for {
+		_, err := c.br.Peek(1)
+		w.mu.Lock()
+		if w.state != watchRunning {
+			// The request ended, or is hijacking the connection.
+			w.mu.Unlock()
+			w.ended <- struct{}{}
+			return
+		}
+		if err != nil && isTimeout(err) {
+			// The idle deadline of the wait before the request passed
+			// during it (or a Shutdown poke came just before it began;
+			// it ends at its end): read on.
+			c.deadline = time.Time{}
+			c.nc.SetReadDeadline(time.Time{})
+			w.mu.Unlock()
+			continue
+		}
+		w.state, w.err = watchSaw, err
+		w.mu.Unlock()
+		if err != nil {
+			ctx.cancel() // the client closed or broke the connection
+		}
 		return
-	}
-	c := w.c
-	c.nc.SetReadDeadline(time.Time{})
-	if w.state.Load() != watchRunning {
-		return // stopped meanwhile: its poke may have come before ours
-	}
-	_, err := c.br.Peek(1)
-	if err != nil && w.state.Load() == watchRunning {
-		// The client closed or broke the connection.
-		w.sawEOF = true
-		w.cancel()
 	}
 }
 
-// stop ends the watch at the end of a request, waiting for a run that
-// started.
-func (w *watch) stop() {
-	switch w.state.Swap(watchDone) {
-	case watchIdle, watchDone:
-		return
+// end meets the watch at the end of a request whose answer is complete;
+// keep says whether the connection may carry another.
+func (w *watch) end(keep bool) int {
+	c := w.c
+	w.mu.Lock()
+	switch w.state {
 	case watchArmed:
-		if w.timer.Stop() {
-			return // it never ran
+		// Should the timer's run have started, it finds the state moved
+		// on and returns.
+		w.timer.Stop()
+	case watchRunning:
+		w.state = watchDone
+		if keep {
+			// The read waits for the next request.
+			c.readDeadline(frontIdleTimeout)
+			c.idle.Store(true)
+			if c.f.shutting.Load() {
+				// Shutdown's poke may have come before the deadline
+				// undid it.
+				c.nc.SetReadDeadline(aLongTimeAgo)
+			}
+		} else {
+			c.nc.SetReadDeadline(aLongTimeAgo)
+		}
+		w.mu.Unlock()
+		<-w.ended
+		w.mu.Lock()
+		w.state = watchIdle
+		w.mu.Unlock()
+		if !keep {
+			return connClose
+		}
+		// What the read returned is buffered, or its error (the
+		// deadline, the client's close) comes again to the next.
+		return connKeep
+	case watchSaw:
+		if w.err != nil {
+			w.mu.Unlock()
+			return connClose // the client is gone
 		}
 	}
-	w.c.nc.SetReadDeadline(aLongTimeAgo)
-	<-w.ended
-	if !w.sawEOF {
-		// The poked Peek returned its timeout error; bufio keeps none.
-		w.c.nc.SetReadDeadline(time.Time{})
+	w.state = watchIdle
+	w.mu.Unlock()
+	if !keep {
+		return connClose
 	}
+	return connKeep
+}
+
+// stop takes the connection back from the watch, for a hijack, waiting
+// for a read that started.
+func (w *watch) stop() {
+	w.mu.Lock()
+	switch w.state {
+	case watchArmed:
+		w.timer.Stop()
+	case watchRunning:
+		w.state = watchHijack
+		w.mu.Unlock()
+		w.c.nc.SetReadDeadline(aLongTimeAgo)
+		<-w.ended
+		w.c.deadline = aLongTimeAgo // for Hijack to clear
+		w.mu.Lock()
+	}
+	w.state = watchHijack
+	w.mu.Unlock()
+}
+
+// frontCtx is the context of a request Front serves, canceled when the
+// client goes away and when the request ends. It costs less than
+// context.WithCancel and context.AfterFunc: its Done channel is made only
+// when asked for, and the upstream connection of the request registers
+// with it without a closure or a map (watchUpstream).
+type frontCtx struct {
+	mu       sync.Mutex
+	canceled atomic.Bool
+	done     chan struct{}
+	up       *conn
+	afters   []*ctxAfter
+}
+
+type ctxAfter struct{ f func() }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (c *frontCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *frontCtx) Value(any) any               { return nil }
+
+func (c *frontCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		if c.canceled.Load() {
+			c.done = closedChan
+		} else {
+			c.done = make(chan struct{})
+		}
+	}
+	return c.done
+}
+
+func (c *frontCtx) Err() error {
+	if c.canceled.Load() {
+		return context.Canceled
+	}
+	return nil
+}
+
+// AfterFunc is context.AfterFunc's, which uses it (and so does a
+// context derived from this one) rather than a goroutine waiting on Done.
+func (c *frontCtx) AfterFunc(f func()) (stop func() bool) {
+	a := &ctxAfter{f: f}
+	c.mu.Lock()
+	if c.canceled.Load() {
+		c.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	c.afters = append(c.afters, a)
+	c.mu.Unlock()
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i, b := range c.afters {
+			if b == a {
+				c.afters = append(c.afters[:i], c.afters[i+1:]...)
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func (c *frontCtx) cancel() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.canceled.Load() {
+		return
+	}
+	c.canceled.Store(true)
+	if c.done != nil {
+		close(c.done)
+	}
+	if c.up != nil {
+		c.up.nc.SetDeadline(aLongTimeAgo)
+	}
+	for _, a := range c.afters {
+		go a.f()
+	}
+	c.afters = nil
+}
+
+// watchUpstream has cancel poison cn's deadline, which wakes whatever
+// waits on the provider; unwatchUpstream undoes it, and reports false if
+// the poison came (or the request was over before it was asked).
+func (c *frontCtx) watchUpstream(cn *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.canceled.Load() {
+		cn.nc.SetDeadline(aLongTimeAgo)
+	}
+	c.up = cn
+}
+
+func (c *frontCtx) unwatchUpstream(cn *conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.up == cn {
+		c.up = nil
+	}
+	return !c.canceled.Load()
 }
 
 // peekedConn is a connection handed to net/http with the bytes Front
@@ -438,6 +696,36 @@ type frontWriter struct {
 	hijacked    bool
 	closeAfter  bool
 	failed      bool
+	// declared is the Content-Length setLength gave (-1: none; the
+	// header's, if any, counts then).
+	declared int64
+	// vals back the one-value headers setHeader sets.
+	vals  [3]string
+	nvals int
+}
+
+// setHeader sets a header of w's answer to one value; on Front's writer
+// without allocating its []string.
+func setHeader(w http.ResponseWriter, name, value string) {
+	if fw, ok := w.(*frontWriter); ok && fw.nvals < len(fw.vals) {
+		i := fw.nvals
+		fw.nvals++
+		fw.vals[i] = value
+		fw.header[name] = fw.vals[i : i+1 : i+1]
+		return
+	}
+	w.Header()[name] = []string{value}
+}
+
+// setLength declares the length of w's answer (Content-Length); on
+// Front's writer without formatting a string for the header map.
+func setLength(w http.ResponseWriter, n int64) {
+	if fw, ok := w.(*frontWriter); ok {
+		delete(fw.header, "Content-Length")
+		fw.declared = n
+		return
+	}
+	w.Header()["Content-Length"] = []string{strconv.FormatInt(n, 10)}
 }
 
 func (w *frontWriter) reset(c *frontConn, req *http.Request, wt *watch) {
@@ -447,7 +735,7 @@ func (w *frontWriter) reset(c *frontConn, req *http.Request, wt *watch) {
 	} else {
 		clear(h)
 	}
-	*w = frontWriter{c: c, req: req, watch: wt, header: h, length: -1}
+	*w = frontWriter{c: c, req: req, watch: wt, header: h, length: -1, declared: -1}
 }
 
 // Header implements http.ResponseWriter.
@@ -464,12 +752,19 @@ func (w *frontWriter) WriteHeader(code int) {
 	w.wroteHeader = true
 	bw := w.c.bw
 	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(code))
+	writeInt(bw, int64(code), 10)
 	bw.WriteByte(' ')
 	bw.WriteString(http.StatusText(code))
 	bw.WriteString("\r\n")
 	w.bodyless = code == http.StatusNoContent || code == http.StatusNotModified || w.req.Method == http.MethodHead
-	if cl := w.header["Content-Length"]; len(cl) == 1 {
+	if w.declared >= 0 {
+		w.length = w.declared
+		if _, ok := w.header["Content-Length"]; !ok {
+			bw.WriteString("Content-Length: ")
+			writeInt(bw, w.declared, 10)
+			bw.WriteString("\r\n")
+		}
+	} else if cl := w.header["Content-Length"]; len(cl) == 1 {
 		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 {
 			w.length = n
 		}
@@ -521,8 +816,7 @@ func (w *frontWriter) Write(p []byte) (int, error) {
 	}
 	bw := w.c.bw
 	if w.chunked {
-		var hex [16]byte
-		bw.Write(strconv.AppendInt(hex[:0], int64(len(p)), 16))
+		writeInt(bw, int64(len(p)), 16)
 		bw.WriteString("\r\n")
 	}
 	n, err := bw.Write(p)
@@ -558,6 +852,7 @@ func (w *frontWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errors.New("gateway: hijack after the headers were written")
 	}
 	w.watch.stop() // the tunnel reads the connection from now on
+	w.c.clearDeadline()
 	w.hijacked = true
 	return w.c.nc, bufio.NewReadWriter(w.c.br, w.c.bw), nil
 }

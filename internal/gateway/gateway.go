@@ -268,7 +268,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Registered first, so it runs last: after finish has counted and
 	// logged the request, even when the panic came from there.
 	defer g.recoverPanic(x.id)
-	w.Header().Set("X-Keybridge-Request-Id", x.id)
+	setHeader(w, "X-Keybridge-Request-Id", x.id)
 	g.m.active.Inc()
 	defer g.m.active.Dec()
 	defer x.finish()

@@ -54,6 +54,54 @@ type metrics struct {
 	active    prometheus.Gauge
 	added     prometheus.Histogram
 	tokens    [4]prometheus.Counter // input, output, cache_read, cache_write
+
+	// The children of requests and responses, by their labels.
+	requestsBy  counterCache[requestLabels]
+	responsesBy counterCache[responseLabels]
+}
+
+type requestLabels struct {
+	t     keybridge.ProviderType
+	class string
+}
+
+type responseLabels struct {
+	t      keybridge.ProviderType
+	status int
+}
+
+// counterCache holds a CounterVec's children by their labels:
+// WithLabelValues hashes its labels and takes a lock on every call, and
+// a status label is a number to format first. The map is copied on
+// write; there are a few dozen label sets at most.
+type counterCache[K comparable] struct {
+	m  atomic.Pointer[map[K]prometheus.Counter]
+	mu sync.Mutex
+}
+
+func (c *counterCache[K]) get(k K, child func() prometheus.Counter) prometheus.Counter {
+	if m := c.m.Load(); m != nil {
+		if ctr, ok := (*m)[k]; ok {
+			return ctr
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var old map[K]prometheus.Counter
+	if m := c.m.Load(); m != nil {
+		old = *m
+	}
+	if ctr, ok := old[k]; ok {
+		return ctr
+	}
+	m := make(map[K]prometheus.Counter, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	ctr := child()
+	m[k] = ctr
+	c.m.Store(&m)
+	return ctr
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -111,7 +159,17 @@ func (m *metrics) countTokens(t tokens) {
 }
 
 func (m *metrics) upstream(t keybridge.ProviderType, status int) {
-	m.responses.WithLabelValues(string(t), strconv.Itoa(status)).Inc()
+	m.responsesBy.get(responseLabels{t, status}, func() prometheus.Counter {
+		return m.responses.WithLabelValues(string(t), strconv.Itoa(status))
+	}).Inc()
+}
+
+// request counts a request answered with status.
+func (m *metrics) request(t keybridge.ProviderType, status int) {
+	class := statusClass(status)
+	m.requestsBy.get(requestLabels{t, class}, func() prometheus.Counter {
+		return m.requests.WithLabelValues(string(t), class)
+	}).Inc()
 }
 
 // statusClass is "2xx" and the like.
@@ -150,7 +208,7 @@ func (x *exchange) finish() {
 	if x.rt != nil {
 		pt = x.rt.provider.Type
 	}
-	g.m.requests.WithLabelValues(string(pt), statusClass(status)).Inc()
+	g.m.request(pt, status)
 	g.m.added.Observe(own.Seconds())
 	if x.body != nil {
 		if x.principal != nil {
@@ -159,22 +217,24 @@ func (x *exchange) finish() {
 		g.putBody(x.body)
 		x.body = nil
 	}
-	end := func() {
-		x.settle(status, total)
-		if ctx := x.r.Context(); g.log.Enabled(ctx, slog.LevelInfo) {
-			x.logLine(ctx, status, total, own)
-		}
-	}
 	if x.ticket.keyID != "" && g.opts.Redis != nil {
 		// Settling in Redis is a round trip: the connection's next
 		// request does not wait for it. The log line follows the
 		// settlement, as it does in process.
-		go end()
+		go x.end(status, total, own)
 	} else {
-		end()
+		x.end(status, total, own)
 	}
 	if x.aborted {
 		panic(http.ErrAbortHandler)
+	}
+}
+
+// end settles the request's accounting, then logs it.
+func (x *exchange) end(status int, total, own time.Duration) {
+	x.settle(status, total)
+	if ctx := x.r.Context(); x.g.log.Enabled(ctx, slog.LevelInfo) {
+		x.logLine(ctx, status, total, own)
 	}
 }
 

@@ -41,21 +41,28 @@ func (c Credential) SetHeader(h http.Header) {
 // openai-compatible, x-api-key for anthropic, api-key for azure-openai,
 // x-goog-api-key for google. It returns "" for bedrock and for an empty key.
 func (c Credential) Header() (name, value string) {
-	key := c.Key.Reveal()
+	name, prefix, key := c.HeaderParts()
+	return name, prefix + key
+}
+
+// HeaderParts is Header with the value in two parts, a scheme prefix
+// ("Bearer " or "") and the key, for a writer that need not join them.
+func (c Credential) HeaderParts() (name, prefix, key string) {
+	key = c.Key.Reveal()
 	if key == "" {
-		return "", ""
+		return "", "", ""
 	}
 	switch c.Type {
 	case keybridge.ProviderOpenAI, keybridge.ProviderOpenAICompatible:
-		return "Authorization", "Bearer " + key
+		return "Authorization", "Bearer ", key
 	case keybridge.ProviderAnthropic:
-		return "X-Api-Key", key
+		return "X-Api-Key", "", key
 	case keybridge.ProviderAzureOpenAI:
-		return "Api-Key", key
+		return "Api-Key", "", key
 	case keybridge.ProviderGoogle:
-		return "X-Goog-Api-Key", key
+		return "X-Goog-Api-Key", "", key
 	}
-	return "", ""
+	return "", "", ""
 }
 
 // BedrockService is the SigV4 signing name of Bedrock's runtime and
