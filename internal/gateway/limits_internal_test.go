@@ -58,6 +58,16 @@ func testRedis(t testing.TB) *redis.Client {
 	return rdb
 }
 
+// needRedis is testRedis for a test that needs it: without it, skipped.
+func needRedis(t *testing.T) *redis.Client {
+	t.Helper()
+	rdb := testRedis(t)
+	if rdb == nil {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
+	}
+	return rdb
+}
+
 // newKeyID is a fresh key, so runs on a shared Redis do not meet.
 func newKeyID() string {
 	b := make([]byte, 8)
@@ -278,10 +288,7 @@ func TestMemLimiterDropsIdleKeys(t *testing.T) {
 }
 
 func TestRedisLimiterTwoReplicasOneLimit(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	a, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
 	b, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
 	id, lim := newKeyID(), keybridge.Limits{RateLimitRPM: 100}
@@ -311,10 +318,7 @@ func TestRedisLimiterTwoReplicasOneLimit(t *testing.T) {
 // TestRedisLimiterRoundTrips counts the commands that reach Redis: one per
 // admit and one per settle, also after Redis forgot its scripts.
 func TestRedisLimiterRoundTrips(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	var cmds []string
 	var mu sync.Mutex
 	rdb.AddHook(countHook{func(name string) { mu.Lock(); cmds = append(cmds, name); mu.Unlock() }})
@@ -370,10 +374,7 @@ func TestRedisLimiterRoundTrips(t *testing.T) {
 // month's budget is not carried into this month's, and run's end sends
 // what is left.
 func TestRedisLimiterCarriesSettlements(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	var cmds []string
 	var mu sync.Mutex
 	rdb.AddHook(countHook{func(name string) { mu.Lock(); cmds = append(cmds, name); mu.Unlock() }})
@@ -692,10 +693,7 @@ var bigLimits = keybridge.Limits{RateLimitRPM: 1_000_000, RateLimitTPM: 1_000_00
 // from leases, nearly without round trips, and once the leases are
 // returned Redis holds exactly what was admitted and settled.
 func TestRedisLeaseSavesRoundTrips(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	var calls atomic.Int64
 	rdb.AddHook(countHook{func(string) { calls.Add(1) }})
 	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
@@ -752,10 +750,7 @@ func TestRedisLeaseSavesRoundTrips(t *testing.T) {
 // TestRedisLeaseTwoReplicasExact: two replicas leasing one key's capacity
 // admit exactly its RPM limit between them.
 func TestRedisLeaseTwoReplicasExact(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	var calls atomic.Int64
 	rdb.AddHook(countHook{func(string) { calls.Add(1) }})
 	a, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
@@ -794,10 +789,7 @@ func TestRedisLeaseTwoReplicasExact(t *testing.T) {
 // TestRedisLeaseNearLimitIsExact: a key near its limit gets no lease, and
 // one lease never takes more than 1% of a limit or past half of it.
 func TestRedisLeaseNearLimitIsExact(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
 	id, lim := newKeyID(), keybridge.Limits{RateLimitRPM: 1000}
 	mustAdmit(t, l, id, lim, 0, t0)
@@ -833,10 +825,7 @@ func TestRedisLeaseNearLimitIsExact(t *testing.T) {
 // TestRedisLeaseReleasesTokensAfterLastSettle: an ended lease keeps its
 // reservation while a request admitted from it is open.
 func TestRedisLeaseReleasesTokensAfterLastSettle(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
 	id, ctx := newKeyID(), context.Background()
 	first, _ := mustAdmit(t, l, id, bigLimits, 10, t0)
@@ -878,10 +867,7 @@ func TestRedisLeaseReleasesTokensAfterLastSettle(t *testing.T) {
 // TestRedisRPMLogWithoutSum: entries an older replica wrote (one member
 // per request, no sum) count one each.
 func TestRedisRPMLogWithoutSum(t *testing.T) {
-	rdb := testRedis(t)
-	if rdb == nil {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL not set")
-	}
+	rdb := needRedis(t)
 	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
 	id, ctx := newKeyID(), context.Background()
 	k := limitKeys(id, t0.UnixMilli(), "")
