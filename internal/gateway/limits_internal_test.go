@@ -571,28 +571,35 @@ func TestRedisLimiterClosedPort(t *testing.T) {
 
 // TestRedisLimiterServerStops runs a private redis-server and stops it
 // between two requests.
-func TestRedisLimiterServerStops(t *testing.T) {
+// ownRedis starts a redis-server of the test's own, and returns a client
+// of it and a function that starts it again once killed.
+func ownRedis(t *testing.T) (*redis.Client, *exec.Cmd, func() *exec.Cmd) {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("redis-server not installed")
 	}
 	addr := closedAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
+	t.Cleanup(func() { rdb.Close() })
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		for rdb.Ping(context.Background()).Err() != nil {
+			time.Sleep(10 * time.Millisecond)
+		}
 		return cmd
 	}
-	srv := start()
-	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
-	defer rdb.Close()
+	return rdb, start(), start
+}
+
+func TestRedisLimiterServerStops(t *testing.T) {
+	rdb, srv, start := ownRedis(t)
 	ctx := context.Background()
-	for rdb.Ping(ctx).Err() != nil {
-		time.Sleep(10 * time.Millisecond)
-	}
 	var warns atomic.Int64
 	log := slog.New(logCount{slog.NewTextHandler(&bytes.Buffer{}, nil), &warns})
 	l, _ := newRedisLimiter(rdb, LimitsLocal, log)
@@ -614,9 +621,6 @@ func TestRedisLimiterServerStops(t *testing.T) {
 		t.Errorf("outage gauge = %v, want 1", got)
 	}
 	start()
-	for rdb.Ping(ctx).Err() != nil {
-		time.Sleep(10 * time.Millisecond)
-	}
 	// Back on Redis (fresh, it lost everything): the budget there is whole.
 	if tk, d := mustAdmit(t, l, "k", lim, 0, t0); !d.ok || tk.local {
 		t.Errorf("admit after restart = %+v, %+v; want ok on redis", d, tk)
@@ -881,5 +885,36 @@ func TestRedisRPMLogWithoutSum(t *testing.T) {
 	}
 	if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(time.Second)); d.ok || d.retryAfter != limitWindow-time.Second {
 		t.Errorf("5th = %+v, want refused for 59s", d)
+	}
+}
+
+// TestRedisLeaseReturnsWaitForRedis: a lease that ends while Redis is
+// down is kept, and returned once Redis answers again.
+func TestRedisLeaseReturnsWaitForRedis(t *testing.T) {
+	rdb, srv, start := ownRedis(t)
+	l, _ := newRedisLimiter(rdb, LimitsLocal, nil)
+	ctx := context.Background()
+	mustAdmit(t, l, "k", bigLimits, 0, t0)
+	if tk, _ := mustAdmit(t, l, "k", bigLimits, 0, t0); tk.lease == nil {
+		t.Fatal("no lease")
+	}
+	srv.Process.Kill()
+	srv.Wait()
+	l.expire(math.MaxInt64)
+	l.flush(ctx)
+	if len(l.unsent) != 1 || !l.down.Load() {
+		t.Fatalf("unsent %v, down %v: want the return kept while Redis is down", l.unsent, l.down.Load())
+	}
+	start()
+	mustAdmit(t, l, "k", bigLimits, 0, t0) // Redis answers: the return is queued again
+	l.mu.Lock()
+	queued, unsent := len(l.returns), len(l.unsent)
+	l.mu.Unlock()
+	if queued != 1 || unsent != 0 {
+		t.Fatalf("after Redis came back: %d returns queued, %d kept; want 1 and 0", queued, unsent)
+	}
+	l.flush(ctx)
+	if len(l.unsent)+len(l.returns) != 0 {
+		t.Errorf("returns left after the flush: %v %v", l.unsent, l.returns)
 	}
 }

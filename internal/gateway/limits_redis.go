@@ -60,7 +60,7 @@ type redisLimiter struct {
 	returns map[string][]leaseReturn // by key ID
 	kick    chan struct{}
 	// unsent are lease returns that could not reach Redis, sent again
-	// by run every leaseTTL/2 (at most maxUnsent keys of them).
+	// once it answers (at most maxUnsent keys of them).
 	unsent map[string][]leaseReturn
 
 	// leases are the keys' current leases on this replica, by key ID.
@@ -583,7 +583,9 @@ func (l *redisLimiter) run(ctx context.Context) {
 		case <-l.kick:
 		case <-tick.C:
 			l.expire(time.Now().UnixMilli())
-			l.retryReturns()
+			if !l.down.Load() {
+				l.retryReturns()
+			}
 			continue
 		case <-ctx.Done():
 			l.async.Store(false)
@@ -652,6 +654,7 @@ func (l *redisLimiter) unreachable(ctx context.Context, err error) {
 
 func (l *redisLimiter) reachable(ctx context.Context) {
 	if l.down.Load() && l.down.CompareAndSwap(true, false) {
+		l.retryReturns() // held while Redis was down, so as not to keep dialing it
 		l.m.redisOutage.Set(0)
 		l.log.InfoContext(ctx, "redis reachable again for gateway limits")
 	}
