@@ -5,11 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -359,8 +357,8 @@ func (c *frontConn) handle(w *frontWriter, req *http.Request) (aborted bool) {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
 				// ServeHTTP logs its own panics and aborts; this is
-				// one outside it. Not its value: it could hold a secret.
-				c.f.g.log.Error("gateway: panic serving a request", "panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
+				// one outside it.
+				c.f.g.logPanic(v)
 			}
 			aborted = true
 		}

@@ -293,9 +293,15 @@ func (g *Gateway) recoverPanic(requestID string) {
 		}
 		return
 	}
-	g.log.Error("gateway: panic serving a request", "request_id", requestID,
-		"panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
+	g.logPanic(v, "request_id", requestID)
 	panic(http.ErrAbortHandler)
+}
+
+// logPanic logs a recovered panic v by its type and the stack, never its
+// value, with attrs.
+func (g *Gateway) logPanic(v any, attrs ...any) {
+	g.log.Error("gateway: panic serving a request",
+		append(attrs, "panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))...)
 }
 
 // exchange is one request passing through the gateway.
