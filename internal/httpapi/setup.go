@@ -624,7 +624,7 @@ func (s *Server) sessionCaller(r *http.Request) (*keybridge.Principal, error) {
 	if err != nil {
 		return nil, err
 	}
-	if subtle.ConstantTimeCompare([]byte(r.Header.Get("X-CSRF-Token")), []byte(p.SessionCSRF)) != 1 {
+	if !csrfOK(r, p) {
 		// Without its CSRF token the session vouches for nothing: the
 		// request is taken as not signed in, and must bring a password.
 		return nil, nil
