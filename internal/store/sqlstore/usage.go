@@ -229,6 +229,14 @@ var usageUpsertSizes = [...]int{16, 4, 1}
 // usageInsertFull inserts a full chunk of raw rows.
 var usageInsertFull = usageInsertSQL(usageInsertChunk)
 
+// usageUpsertFixed are the upserts of usageUpsertSizes rollup rows.
+var usageUpsertFixed = func() (q [len(usageUpsertSizes)]string) {
+	for i, n := range usageUpsertSizes {
+		q[i] = usageUpsertSQL(n)
+	}
+	return q
+}()
+
 // usageStmts are InsertUsage's prepared statements, nil where not
 // prepared: the insert of a full chunk of raw rows, and the upserts of
 // usageUpsertSizes rollup rows.
@@ -250,8 +258,8 @@ func (s *Store) prepareUsage(ctx context.Context, full bool) (usageStmts, error)
 	if s.db.Dialect.Name != "sqlite" {
 		return st, nil
 	}
-	for i, n := range usageUpsertSizes {
-		if st.upserts[i], err = s.prepare(ctx, usageUpsertSQL(n)); err != nil {
+	for i, q := range usageUpsertFixed {
+		if st.upserts[i], err = s.prepare(ctx, q); err != nil {
 			return st, fmt.Errorf("prepare usage rollup upsert: %w", err)
 		}
 	}
