@@ -124,10 +124,19 @@ func (r Result) Cause() error { return r.cause }
 
 // Cached reports whether CachedProbe would answer key from the cache now.
 func (c *Client) Cached(key string) bool {
+	_, ok := c.cached(key, time.Now())
+	return ok
+}
+
+// cached is key's result in the cache, if it is still fresh at now.
+func (c *Client) cached(key string, now time.Time) (Result, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.cache[key]
-	return ok && time.Now().Before(e.expires)
+	if !ok || !now.Before(e.expires) {
+		return Result{}, false
+	}
+	return e.res, true
 }
 
 // CachedProbe is Probe behind a cache of the client's TTL, keyed by key
@@ -137,11 +146,8 @@ func (c *Client) Cached(key string) bool {
 func (c *Client) CachedProbe(ctx context.Context, key string, refresh bool, t Target) (Result, bool) {
 	now := time.Now()
 	if !refresh {
-		c.mu.Lock()
-		e, ok := c.cache[key]
-		c.mu.Unlock()
-		if ok && now.Before(e.expires) {
-			return e.res, true
+		if res, ok := c.cached(key, now); ok {
+			return res, true
 		}
 	}
 	res := c.Probe(ctx, t)
