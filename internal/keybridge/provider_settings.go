@@ -115,7 +115,7 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 			switch {
 			case len(val) > 200:
 				v.Add(f, "must be at most 200 characters")
-			case !modelIDText(val):
+			case !visibleASCII(val):
 				// Bedrock model IDs, inference profiles and ARNs are
 				// printable ASCII; anything else would not survive the
 				// sealed JSON (invalid UTF-8 becomes U+FFFD) or a URL path.
@@ -130,8 +130,9 @@ func (s *ProviderSettings) Validate(t ProviderType) error {
 	return v.Err()
 }
 
-// modelIDText reports whether s is empty or printable ASCII without spaces.
-func modelIDText(s string) bool {
+// visibleASCII reports whether s is empty or printable ASCII without
+// spaces.
+func visibleASCII(s string) bool {
 	for i := range len(s) {
 		if s[i] < 0x21 || s[i] > 0x7e {
 			return false

@@ -145,10 +145,8 @@ func SecretProblem(s string) string {
 	case strings.ContainsAny(s, "\r\n\t \u0085\u2028\u2029"):
 		return "must not contain whitespace or line breaks"
 	}
-	for i := range len(s) {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return "must hold only printable ASCII characters, as provider keys do"
-		}
+	if !visibleASCII(s) {
+		return "must hold only printable ASCII characters, as provider keys do"
 	}
 	return ""
 }
