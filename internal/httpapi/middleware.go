@@ -108,21 +108,21 @@ func (s *Server) orgByRef(ctx context.Context, ref string, perm keybridge.Permis
 // caller who needs perm on it. read is what every member holds on such
 // objects: without it, or when load finds nothing (404), the caller learns
 // nothing more; only a caller who can see the object and lacks perm gets
-// 403.
-func (s *Server) orgChild(r *http.Request, read, perm keybridge.Permission, load func(org *keybridge.Org) error) (*keybridge.Org, error) {
-	org, _, err := s.org(r, read)
+// 403. It returns the caller's role in the org too.
+func (s *Server) orgChild(r *http.Request, read, perm keybridge.Permission, load func(org *keybridge.Org) error) (*keybridge.Org, keybridge.Role, error) {
+	org, role, err := s.org(r, read)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if err := load(org); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if perm != read {
-		if _, err := s.auth.Authorize(r.Context(), principal(r), org, perm); err != nil {
-			return nil, err
+		if role, err = s.auth.Authorize(r.Context(), principal(r), org, perm); err != nil {
+			return nil, "", err
 		}
 	}
-	return org, nil
+	return org, role, nil
 }
 
 // DefaultBodyTimeout is how long the management API waits for a request's

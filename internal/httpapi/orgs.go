@@ -366,26 +366,16 @@ func (in *updateMemberRequest) Validate() error {
 // to every caller who can see the org, and only then does a caller without
 // members:write get 403.
 func (s *Server) memberTarget(r *http.Request) (*keybridge.Org, keybridge.Role, error) {
-	ctx := r.Context()
-	org, _, err := s.org(r, keybridge.PermMembersRead)
-	if err != nil {
-		return nil, "", err
-	}
-	id := r.PathValue("userID")
-	_, err = s.store.Member(ctx, org.ID, id)
-	if keybridge.IsCode(err, keybridge.ENotFound) {
-		if _, err = s.store.Invitation(ctx, org.ID, id); keybridge.IsCode(err, keybridge.ENotFound) {
-			return nil, "", keybridge.Errorf(keybridge.ENotFound, "member not found")
+	return s.orgChild(r, keybridge.PermMembersRead, keybridge.PermMembersWrite, func(org *keybridge.Org) error {
+		ctx, id := r.Context(), r.PathValue("userID")
+		_, err := s.store.Member(ctx, org.ID, id)
+		if keybridge.IsCode(err, keybridge.ENotFound) {
+			if _, err = s.store.Invitation(ctx, org.ID, id); keybridge.IsCode(err, keybridge.ENotFound) {
+				return keybridge.Errorf(keybridge.ENotFound, "member not found")
+			}
 		}
-	}
-	if err != nil {
-		return nil, "", err
-	}
-	role, err := s.auth.Authorize(ctx, principal(r), org, keybridge.PermMembersWrite)
-	if err != nil {
-		return nil, "", err
-	}
-	return org, role, nil
+		return err
+	})
 }
 
 func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) error {

@@ -209,7 +209,7 @@ func allAIKeys(ctx context.Context, st store.Store, projectID string) ([]keybrid
 // can) but lacks perm.
 func (s *Server) project(r *http.Request, perm keybridge.Permission) (*keybridge.Org, *keybridge.Project, error) {
 	var p *keybridge.Project
-	org, err := s.orgChild(r, keybridge.PermProjectsRead, perm, func(org *keybridge.Org) (err error) {
+	org, _, err := s.orgChild(r, keybridge.PermProjectsRead, perm, func(org *keybridge.Org) (err error) {
 		p, err = s.store.Project(r.Context(), org.ID, r.PathValue("projectID"))
 		return err
 	})
@@ -354,15 +354,15 @@ func (in *updateAIKeyRequest) Validate() error {
 // deleted, or unknown) is 404 to every caller who can see the project, and
 // only then does a caller without projects:write get 403.
 func (s *Server) aiKeyTarget(r *http.Request) (*keybridge.Org, *keybridge.Project, error) {
-	ctx := r.Context()
-	org, p, err := s.project(r, keybridge.PermProjectsRead)
+	var p *keybridge.Project
+	org, _, err := s.orgChild(r, keybridge.PermProjectsRead, keybridge.PermProjectsWrite, func(org *keybridge.Org) (err error) {
+		if p, err = s.store.Project(r.Context(), org.ID, r.PathValue("projectID")); err != nil {
+			return err
+		}
+		_, err = liveAIKey(r.Context(), s.store, p.ID, r.PathValue("id"))
+		return err
+	})
 	if err != nil {
-		return nil, nil, err
-	}
-	if _, err := liveAIKey(ctx, s.store, p.ID, r.PathValue("id")); err != nil {
-		return nil, nil, err
-	}
-	if _, err := s.auth.Authorize(ctx, principal(r), org, keybridge.PermProjectsWrite); err != nil {
 		return nil, nil, err
 	}
 	return org, p, nil

@@ -115,7 +115,7 @@ func (s *Server) writeProvider(w http.ResponseWriter, status int, p *keybridge.P
 // lacks perm.
 func (s *Server) providerFor(r *http.Request, perm keybridge.Permission) (*keybridge.Org, *keybridge.Provider, error) {
 	var p *keybridge.Provider
-	org, err := s.orgChild(r, keybridge.PermProvidersRead, perm, func(org *keybridge.Org) (err error) {
+	org, _, err := s.orgChild(r, keybridge.PermProvidersRead, perm, func(org *keybridge.Org) (err error) {
 		p, err = s.store.Provider(r.Context(), org.ID, r.PathValue("provider"))
 		return err
 	})
