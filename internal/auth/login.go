@@ -368,18 +368,31 @@ return 0`)
 
 func (l *redisLimiter) acquire(ctx context.Context, keys []limitKey) time.Duration {
 	names := make([]string, len(keys))
-	args := make([]any, 1, len(keys)+1)
-	args[0] = l.window.Milliseconds()
+	limits := make([]int, len(keys))
 	for i, k := range keys {
-		names[i] = redisPrefix + k.name
-		args = append(args, k.limit)
+		names[i], limits[i] = redisPrefix+k.name, k.limit
 	}
-	ms, err := acquireScript.Run(ctx, l.rdb, names, args...).Int64()
+	wait, err := AcquireInRedis(ctx, l.rdb, names, limits, l.window)
 	if err != nil {
 		l.log.WarnContext(ctx, "count login attempt in redis; counting in this process", "err", err)
 		return l.fallback.acquire(ctx, keys)
 	}
-	return time.Duration(ms) * time.Millisecond
+	return wait
+}
+
+// AcquireInRedis counts one attempt against each of keys in Redis, in
+// windows of window that start with their first count, unless one is at
+// its limit (limits[i]): then it counts nothing and returns the wait
+// until every key is below its limit. It is the failed-login counters'
+// step (acquireScript), for other counters of the same kind.
+func AcquireInRedis(ctx context.Context, rdb redis.Scripter, keys []string, limits []int, window time.Duration) (time.Duration, error) {
+	args := make([]any, 1, len(limits)+1)
+	args[0] = window.Milliseconds()
+	for _, n := range limits {
+		args = append(args, n)
+	}
+	ms, err := acquireScript.Run(ctx, rdb, keys, args...).Int64()
+	return time.Duration(ms) * time.Millisecond, err
 }
 
 func (l *redisLimiter) release(ctx context.Context, keys []limitKey) {
