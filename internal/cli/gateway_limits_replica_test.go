@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -22,10 +21,7 @@ func TestGatewayLimitsAcrossReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two servers on PostgreSQL and Redis; skipped with -short")
 	}
-	redisURL := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
-	if redisURL == "" {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
-	}
+	redisURL := testRedisURL(t)
 	const (
 		rpm     = 40
 		workers = 4
@@ -116,10 +112,7 @@ func TestGatewayCooldownAcrossReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two servers on PostgreSQL and Redis; skipped with -short")
 	}
-	redisURL := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
-	if redisURL == "" {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
-	}
+	redisURL := testRedisURL(t)
 	env, owner := setupReplicas(t, postgresURL(t))
 	replicas := []*server{
 		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),

@@ -18,6 +18,17 @@ import (
 	"github.com/keybridge/keybridge/internal/cli"
 )
 
+// testRedisURL is KEYBRIDGE_TEST_REDIS_URL; without it the test is
+// skipped.
+func testRedisURL(t *testing.T) string {
+	t.Helper()
+	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
+	if url == "" {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
+	}
+	return url
+}
+
 // postgresURL returns the URL of a fresh schema on the server named by
 // KEYBRIDGE_TEST_POSTGRES_URL, dropped when t ends; it skips t without one.
 func postgresURL(t *testing.T) string {

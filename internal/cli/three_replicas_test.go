@@ -177,10 +177,7 @@ func TestThreeReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three serve processes on PostgreSQL and Redis; skipped with -short")
 	}
-	redisURL := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
-	if redisURL == "" {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
-	}
+	redisURL := testRedisURL(t)
 	env, owner := setupReplicas(t, postgresURL(t))
 	vars := map[string]string{"KEYBRIDGE_DATABASE_URL": env("KEYBRIDGE_DATABASE_URL"), "KEYBRIDGE_MASTER_KEY": env("KEYBRIDGE_MASTER_KEY")}
 	var reps []*replica
