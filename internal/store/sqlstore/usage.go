@@ -196,7 +196,9 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 		}
 		for chunk := range slices.Chunk(batch, usageInsertChunk) {
 			if err := tx.insertUsageRows(ctx, chunk, st.insert); err != nil {
-				return fmt.Errorf("insert usage: %w", err)
+				// Only an id can conflict, and ids are the ones given
+				// at a first try: that try committed.
+				return tx.conflict(fmt.Errorf("insert usage: %w", err), "usage rows already written")
 			}
 		}
 		// Upserts in key order: two replicas flushing at once take the
