@@ -47,13 +47,16 @@ type recorder struct {
 	// kick asks run for a flush before the tick: a full batch is queued.
 	kick chan struct{}
 
-	// retry is a batch whose InsertUsage failed, written again first by
-	// the next flush; attempts counts the times the database refused it
+	// retry holds the batches whose InsertUsage failed (and the one
+	// being written), written again first one first, before anything
+	// queued, each exactly as it was tried: a batch whose commit landed
+	// unheard is known as written (a conflict) only when written again
+	// whole. attempts counts the times the database refused retry[0]
 	// (not those it could not be reached). down is when the database
 	// became unavailable to writes, zero while it answers; downLost is
 	// lost then. All belong to the flushing goroutine; retried mirrors
-	// len(retry) for the gauge.
-	retry    []keybridge.Usage
+	// the rows in retry for the gauge.
+	retry    [][]keybridge.Usage
 	attempts int
 	retried  atomic.Int64
 	down     time.Time
@@ -172,7 +175,7 @@ func (r *recorder) run(ctx context.Context) error {
 			// A batch waiting to be retried waits for the tick: a full
 			// queue must not make a database that is down or refusing
 			// it be tried again at the pace of requests.
-			if r.retry == nil {
+			if len(r.retry) == 0 {
 				r.flushAll(ctx)
 			}
 		}
@@ -185,7 +188,7 @@ func (r *recorder) run(ctx context.Context) error {
 // the next tick.
 func (r *recorder) flushAll(ctx context.Context) {
 	for {
-		retried := r.retry != nil
+		retried := len(r.retry) > 0
 		n, err := r.flush(ctx)
 		if err != nil || n == 0 || !retried && n < recorderBatch {
 			return
@@ -203,9 +206,8 @@ func (r *recorder) flushAll(ctx context.Context) {
 // written again up to recorderAttempts times, then split to save the
 // rows it does not refuse (salvage).
 func (r *recorder) flush(ctx context.Context) (int, error) {
-	batch := r.retry
-	if batch == nil {
-		batch = make([]keybridge.Usage, 0, min(len(r.queue), recorderBatch))
+	if len(r.retry) == 0 {
+		batch := make([]keybridge.Usage, 0, min(len(r.queue), recorderBatch))
 	fill:
 		for len(batch) < recorderBatch {
 			select {
@@ -215,22 +217,22 @@ func (r *recorder) flush(ctx context.Context) (int, error) {
 				break fill
 			}
 		}
+		if len(batch) == 0 {
+			return 0, nil
+		}
+		r.setRetry([][]keybridge.Usage{batch})
 	}
-	if len(batch) == 0 {
-		return 0, nil
-	}
+	batch := r.retry[0]
 	err := r.write(ctx, batch)
 	switch {
 	case err == nil:
-		r.setRetry(nil)
+		r.replaceFirst(nil)
 		r.answered(ctx)
 		return len(batch), nil
 	case ctx.Err() != nil:
 		// Cut off by the shutdown, not refused: drain writes it.
-		r.setRetry(batch)
 		return len(batch), err
 	case store.Unavailable(err):
-		r.setRetry(batch)
 		r.unavailable(ctx, err)
 		return len(batch), err
 	}
@@ -240,30 +242,30 @@ func (r *recorder) flush(ctx context.Context) (int, error) {
 		if r.attempts == 1 {
 			r.log.WarnContext(ctx, "usage: the database refused a batch, will retry", "rows", len(batch), "err", err)
 		}
-		r.setRetry(batch)
 		return len(batch), err
 	}
 	attempts := r.attempts
-	r.setRetry(nil)
 	dropped, rest, uerr := r.salvage(ctx, batch)
+	r.replaceFirst(rest)
 	if dropped > 0 {
 		r.drop(dropped)
-		r.log.ErrorContext(ctx, "usage: rows dropped, the database refused them",
-			"rows", dropped, "written", len(batch)-dropped-len(rest), "attempts", attempts, "err", err)
-	}
-	if rest != nil {
-		// Cut off by an outage or the shutdown: kept, and tried afresh.
-		r.setRetry(rest)
-		if store.Unavailable(uerr) {
-			r.unavailable(ctx, uerr)
+		kept := 0
+		for _, b := range rest {
+			kept += len(b)
 		}
+		r.log.ErrorContext(ctx, "usage: rows dropped, the database refused them",
+			"rows", dropped, "written", len(batch)-dropped-kept, "attempts", attempts, "err", err)
+	}
+	if store.Unavailable(uerr) {
+		// Cut off by an outage: rest is kept, and tried afresh.
+		r.unavailable(ctx, uerr)
 	}
 	return len(batch), err
 }
 
 // write makes one InsertUsage of rows and counts them once written. A
-// conflict means they were: InsertUsage gave the rows their ids at a
-// first try, whose commit landed although its answer was lost.
+// conflict means they were: InsertUsage named them by the ids it gave
+// them at a first try, whose commit landed although its answer was lost.
 func (r *recorder) write(ctx context.Context, rows []keybridge.Usage) error {
 	err := r.st.InsertUsage(ctx, rows)
 	if keybridge.IsCode(err, keybridge.EConflict) {
@@ -282,8 +284,10 @@ func (r *recorder) write(ctx context.Context, rows []keybridge.Usage) error {
 // refusal is not one row's). A row with a NUL in its model, which
 // PostgreSQL refuses, costs itself and about twenty writes. It returns
 // how many rows it dropped and, when the database could not be reached
-// meanwhile or ctx ended, the rows it left unwritten, with that error.
-func (r *recorder) salvage(ctx context.Context, rows []keybridge.Usage) (dropped int, rest []keybridge.Usage, err error) {
+// meanwhile or ctx ended, the batches it left unwritten, with that
+// error: each as it was tried, for the commit of the last one may have
+// landed unheard.
+func (r *recorder) salvage(ctx context.Context, rows []keybridge.Usage) (dropped int, rest [][]keybridge.Usage, err error) {
 	if len(rows) < 2 {
 		return len(rows), nil, nil
 	}
@@ -292,10 +296,10 @@ func (r *recorder) salvage(ctx context.Context, rows []keybridge.Usage) (dropped
 	for i, h := range halves {
 		err := r.write(ctx, h)
 		if err != nil && (ctx.Err() != nil || store.Unavailable(err)) {
-			if i == 1 && !refused[0] {
-				return 0, h, err
+			if i == 0 || refused[0] {
+				return 0, halves[:], err
 			}
-			return 0, rows, err
+			return 0, halves[1:], err
 		}
 		refused[i] = err != nil
 	}
@@ -310,13 +314,21 @@ func (r *recorder) salvage(ctx context.Context, rows []keybridge.Usage) (dropped
 	return 0, nil, nil
 }
 
-// setRetry makes batch (nil: none) the one the next flush writes first.
-func (r *recorder) setRetry(batch []keybridge.Usage) {
-	if batch == nil {
-		r.attempts = 0
+// setRetry makes batches the ones written before anything queued, the
+// first one's count of refusals starting afresh.
+func (r *recorder) setRetry(batches [][]keybridge.Usage) {
+	r.retry, r.attempts = batches, 0
+	var n int64
+	for _, b := range batches {
+		n += int64(len(b))
 	}
-	r.retry = batch
-	r.retried.Store(int64(len(batch)))
+	r.retried.Store(n)
+}
+
+// replaceFirst puts the batches rest (none: nil) where retry[0] was,
+// once it is written or given up on.
+func (r *recorder) replaceFirst(rest [][]keybridge.Usage) {
+	r.setRetry(append(rest, r.retry[1:]...))
 }
 
 // unavailable notes that the database could not be reached for a write
@@ -327,7 +339,7 @@ func (r *recorder) unavailable(ctx context.Context, err error) {
 	}
 	r.down, r.downLost = time.Now(), r.lost.Load()
 	r.log.WarnContext(ctx, "usage: database unavailable, rows are kept and written once it is back",
-		"queued", len(r.queue)+len(r.retry), "err", err)
+		"queued", int64(len(r.queue))+r.retried.Load(), "err", err)
 }
 
 // answered notes that the database answered a write of usage, ending
@@ -337,7 +349,7 @@ func (r *recorder) answered(ctx context.Context) {
 		return
 	}
 	r.log.InfoContext(ctx, "usage: database available again, writing the rows kept",
-		"down", time.Since(r.down).Round(time.Millisecond).String(), "queued", len(r.queue)+len(r.retry),
+		"down", time.Since(r.down).Round(time.Millisecond).String(), "queued", int64(len(r.queue))+r.retried.Load(),
 		"dropped_meanwhile", r.lost.Load()-r.downLost)
 	r.down = time.Time{}
 }
@@ -391,15 +403,19 @@ func (r *recorder) drain(ctx context.Context) error {
 		if err == nil {
 			continue
 		}
-		// No time to wait for the database to come back: the batch is
-		// lost, whether flush gave up on it or not.
 		last = err
-		r.drop(len(r.retry))
-		r.setRetry(nil)
 		if store.Unavailable(err) {
 			break
 		}
+		// Refused, and kept for another try (not given up on and
+		// salvaged): there is no time for it.
+		if r.attempts > 0 {
+			r.drop(len(r.retry[0]))
+			r.replaceFirst(nil)
+		}
 	}
+	r.drop(int(r.retried.Load()))
+	r.setRetry(nil)
 	r.flushTouches(ctx)
 	r.drop(len(r.queue))
 	if lost := r.lost.Load() - lost; lost > 0 {

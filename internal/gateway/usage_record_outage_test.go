@@ -335,23 +335,21 @@ func TestRecorderLostAnswerCountsOnce(t *testing.T) {
 	}
 }
 
-// refuseModel makes the database refuse every usage row of model m, as
-// PostgreSQL refuses a NUL in text: the row is bad, not the database.
-func refuseModel(t *testing.T, st store.Store, m string) {
+// refusedModel returns a model whose usage rows the database refuses:
+// in PostgreSQL one with a NUL, which text cannot hold (the usage totals
+// keep models as text); in SQLite, which stores it, one a trigger on
+// those totals refuses. The row is bad, not the database.
+func refusedModel(t *testing.T, st store.Store) string {
 	t.Helper()
 	raw := storetest.RawOf(t, st)
-	stmts := []string{`CREATE TRIGGER refuse_model BEFORE INSERT ON usage WHEN NEW.model = '` + m + `' BEGIN SELECT RAISE(ABORT, 'model refused'); END`}
 	if raw.Postgres {
-		stmts = []string{
-			`CREATE FUNCTION refuse_model() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.model = '` + m + `' THEN RAISE EXCEPTION 'model refused'; END IF; RETURN NEW; END $$`,
-			`CREATE TRIGGER refuse_model BEFORE INSERT ON usage FOR EACH ROW EXECUTE FUNCTION refuse_model()`,
-		}
+		return "poison\x00"
 	}
-	for _, s := range stmts {
-		if _, err := raw.DB.Exec(s); err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
+	stmt := `CREATE TRIGGER refuse_model BEFORE INSERT ON usage_rollup WHEN NEW.key = 'poison' BEGIN SELECT RAISE(ABORT, 'model refused'); END`
+	if _, err := raw.DB.Exec(stmt); err != nil {
+		t.Fatalf("%s: %v", stmt, err)
 	}
+	return "poison"
 }
 
 // A batch the database refuses is still dropped after recorderAttempts
@@ -362,11 +360,11 @@ func TestRecorderDropsRefusedRows(t *testing.T) {
 		t.Run(e.Name, func(t *testing.T) {
 			ctx := context.Background()
 			st := &recStore{Store: e.New(t)}
-			refuseModel(t, st.Store, "poison")
+			poison := refusedModel(t, st.Store)
 			var log recLog
 			r := newRecorder(st, log.logger(), 1000)
 			rows := recRows(40, "good")
-			rows[17].Model = "poison"
+			rows[17].Model = poison
 			for _, u := range rows {
 				r.add(u)
 			}
@@ -409,7 +407,7 @@ func TestRecorderDropsRefusedRows(t *testing.T) {
 			}
 
 			// Refused as a whole: two more writes, then it is dropped.
-			for _, u := range recRows(30, "poison") {
+			for _, u := range recRows(30, poison) {
 				r.add(u)
 			}
 			before = len(st.insertSizes())
@@ -428,6 +426,53 @@ func TestRecorderDropsRefusedRows(t *testing.T) {
 				t.Errorf("stored requests after the drops = %d, want 1", got)
 			}
 		})
+	}
+}
+
+// An outage that cuts the search for a refused row short loses nothing:
+// the halves are kept as they were written, so the one whose commit
+// landed unheard is known as written when it is written again, and the
+// other is still written.
+func TestRecorderSalvageCutByAnOutage(t *testing.T) {
+	ctx := context.Background()
+	st := &unreachableStore{Store: storetest.SQLite(t)}
+	poison := refusedModel(t, st.Store)
+	var log recLog
+	r := newRecorder(st, log.logger(), 100)
+	rows := recRows(40, "good")
+	rows[27].Model = poison
+	for _, u := range rows {
+		r.add(u)
+	}
+	for range recorderAttempts - 1 {
+		r.flush(ctx)
+	}
+	// The last refusal: the first half is written, its answer lost.
+	st.loseAnswer.Store(true)
+	r.flush(ctx)
+	if st.loseAnswer.Load() {
+		t.Fatal("no half of the refused batch was written")
+	}
+	if got := recMetric(t, r, "keybridge_usage_queue_depth"); got != 40 {
+		t.Errorf("queue depth after the outage cut the search short = %v, want the 40 rows kept", got)
+	}
+	for range recorderAttempts + 1 {
+		r.flushAll(ctx)
+	}
+	if got := recRequests(t, st, "good"); got != 39 {
+		t.Errorf("stored requests = %d, want 39, each once", got)
+	}
+	if got := recMetric(t, r, "keybridge_usage_written_total"); got != 39 {
+		t.Errorf("keybridge_usage_written_total = %v, want 39", got)
+	}
+	if got := recMetric(t, r, "keybridge_usage_dropped_total"); got != 1 {
+		t.Errorf("keybridge_usage_dropped_total = %v, want the 1 refused row", got)
+	}
+	if got := recMetric(t, r, "keybridge_usage_queue_depth"); got != 0 {
+		t.Errorf("queue depth = %v, want 0", got)
+	}
+	if log.count("database unavailable") != 1 || log.count("database available again") != 1 {
+		t.Errorf("the outage was not logged once as it began and once as it ended:\n%s", log.String())
 	}
 }
 

@@ -315,7 +315,7 @@ func testUsage(t *testing.T, newStore Factory) {
 		}
 		err := st.InsertUsage(ctx, batch)
 		baseCode(t, "InsertUsage(the same batch again)", err, keybridge.EConflict)
-		// Partly new: still all or none.
+		// Rows written and a new one after them: still all or none.
 		again := append(slices.Clone(batch), keybridge.Usage{OrgID: "org", Time: t0.Add(2 * time.Minute), Model: "m", Status: 200, InputTokens: 4})
 		err = st.InsertUsage(ctx, again)
 		baseCode(t, "InsertUsage(a batch holding a written row)", err, keybridge.EConflict)
