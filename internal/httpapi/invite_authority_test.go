@@ -1,6 +1,8 @@
 package httpapi_test
 
 import (
+	"context"
+	"crypto/sha256"
 	"net/http"
 	"reflect"
 	"testing"
@@ -98,6 +100,21 @@ func TestInvitationNeedsInviterAuthority(t *testing.T) {
 			renewed := invite(t, secondKey, "renewed@x.test", "admin")
 			wantVoid(t, orphan)
 			wantJoins(t, renewed, "admin")
+		})
+		t.Run("no inviter recorded", func(t *testing.T) {
+			// As invitations carried over from before inviters were recorded.
+			ctx := context.Background()
+			inv := invite(t, e.OwnerKey, "carried-over@x.test", "member")
+			h := sha256.Sum256([]byte(inv.Token))
+			stored, err := e.Store.InvitationByHash(ctx, h[:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored.InvitedBy = ""
+			if err := e.Store.UpdateInvitation(ctx, stored); err != nil {
+				t.Fatal(err)
+			}
+			wantVoid(t, inv)
 		})
 		t.Run("role changed by another admin", func(t *testing.T) {
 			// Whoever changes the role of a pending invitation vouches for it.
