@@ -215,7 +215,9 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 				blob = packUsage(blob[:0], pk.hour, rows)
 				if _, err := tx.exec(ctx, `INSERT INTO usage_batches (org_id, hour, id, rows, data) VALUES (?, ?, ?, ?, ?)`,
 					pk.org, tx.ts(time.UnixMicro(pk.hour)), rows[0].ID, len(rows), blob); err != nil {
-					return fmt.Errorf("insert usage: %w", err)
+					// Only a name can conflict, and names are the IDs
+					// given at a first try: that try committed.
+					return tx.conflict(fmt.Errorf("insert usage: %w", err), "usage rows already written")
 				}
 			}
 		}

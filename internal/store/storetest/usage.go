@@ -300,6 +300,31 @@ func testUsage(t *testing.T, newStore Factory) {
 		}
 	})
 
+	// A batch written again, as a writer does when the answer to a commit
+	// that landed was lost, conflicts on the ids the first write gave
+	// it: no row and no total counts twice.
+	t.Run("RetriedBatch", func(t *testing.T) {
+		st := newStore(t)
+		t0 := time.Date(2031, 2, 1, 10, 0, 0, 0, time.UTC)
+		batch := []keybridge.Usage{
+			{OrgID: "org", Time: t0, Model: "m", Status: 200, InputTokens: 1},
+			{OrgID: "org", Time: t0.Add(time.Minute), Model: "m", Status: 200, InputTokens: 2},
+		}
+		if err := st.InsertUsage(ctx, batch); err != nil {
+			t.Fatalf("InsertUsage = %v", err)
+		}
+		err := st.InsertUsage(ctx, batch)
+		baseCode(t, "InsertUsage(the same batch again)", err, keybridge.EConflict)
+		// Rows written and a new one after them: still all or none.
+		again := append(slices.Clone(batch), keybridge.Usage{OrgID: "org", Time: t0.Add(2 * time.Minute), Model: "m", Status: 200, InputTokens: 4})
+		err = st.InsertUsage(ctx, again)
+		baseCode(t, "InsertUsage(a batch holding a written row)", err, keybridge.EConflict)
+		got, err := st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: keybridge.GroupByModel, Since: t0.Add(-48 * time.Hour), Until: t0.Add(48 * time.Hour)})
+		if want := []keybridge.UsageGroup{{Key: "m", Requests: 2, InputTokens: 3}}; err != nil || !UsageEqual(got, want) {
+			t.Errorf("QueryUsage after writing the batch again = %+v, %v; want %+v", got, err, want)
+		}
+	})
+
 	t.Run("RollbackWithTransaction", func(t *testing.T) {
 		st := newStore(t)
 		t0 := time.Date(2031, 2, 1, 10, 0, 0, 0, time.UTC)
