@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -19,34 +18,16 @@ import (
 	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/postgres"
 	"github.com/keybridge/keybridge/internal/store/storetest"
+	"github.com/keybridge/keybridge/internal/testsupport"
 )
 
 // recLog is a log the recorder writes to, from any goroutine.
-type recLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *recLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type recLog struct{ testsupport.SyncBuffer }
 
 func (l *recLog) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
-// count is how many lines hold s.
-func (l *recLog) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
-func (l *recLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// count is how many times s is in the log.
+func (l *recLog) count(s string) int { return strings.Count(l.String(), s) }
 
 // errConnRefused is what a write gets from a database whose server is
 // down: its connection refused.
