@@ -460,7 +460,7 @@ func (sw *sweep) readTables(db *sql.DB, listQuery string) {
 		sw.store(fmt.Sprintf("table %s (%d rows)", table, n), "table", out.Bytes())
 		sw.statuses["rows "+table] = n
 	}
-	for _, want := range []string{"usage", "audit_events", "provider_keys", "user_credentials", "ai_keys", "api_keys", "sessions", "member_invitations"} {
+	for _, want := range []string{"usage_batches", "audit_events", "provider_keys", "user_credentials", "ai_keys", "api_keys", "sessions", "member_invitations"} {
 		if sw.statuses["rows "+want] == 0 {
 			sw.t.Errorf("table %s has no rows: the sweep did not reach it", want)
 		}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/apikey"
 	"github.com/keybridge/keybridge/internal/cli"
+	"github.com/keybridge/keybridge/internal/testsupport"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -156,7 +157,7 @@ func TestSetupCommand(t *testing.T) {
 // server is a "keybridge serve" running in this process.
 type server struct {
 	url            string
-	stdout, stderr *syncBuffer
+	stdout, stderr *testsupport.SyncBuffer
 	stop           func() error
 }
 
@@ -171,7 +172,7 @@ func startServe(t *testing.T, dir string, extra ...string) *server {
 func startServeEnv(t *testing.T, getenv func(string) string, flags ...string) *server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	s := &server{stdout: &testsupport.SyncBuffer{}, stderr: &testsupport.SyncBuffer{}}
 	done := make(chan error, 1)
 	args := append([]string{"keybridge", "serve"}, flags...)
 	go func() { done <- cli.Run(ctx, args, getenv, strings.NewReader(""), s.stdout, s.stderr) }()
@@ -430,24 +431,6 @@ func (c *cookieClient) do(t *testing.T, base, method, path, csrf string, body an
 	out, _ := io.ReadAll(resp.Body)
 	c.cookies = append(c.cookies, resp.Cookies()...)
 	return resp, out
-}
-
-// syncBuffer collects a command's output while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestServeFromEnvironment configures serve only through KEYBRIDGE_*

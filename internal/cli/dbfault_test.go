@@ -101,6 +101,10 @@ func (pg *privatePostgres) stop(t *testing.T) {
 // that the test sees it end.
 const outageGrace = 4 * time.Second
 
+// dbOutage is how long TestDatabaseRestart keeps the database down: longer
+// than 10 retries, one a second, of the usage batch that found it gone.
+const dbOutage = 13 * time.Second
+
 // TestDatabaseRestart restarts Keybridge's PostgreSQL (a private cluster)
 // under gateway load and checks what an outage does:
 //
@@ -110,7 +114,9 @@ const outageGrace = 4 * time.Second
 //   - management writes answer 503 in the spec's error shape, code
 //     "unavailable", and /readyz is 503;
 //   - once the database is back, writes, new keys and the gateway work
-//     again without restarting Keybridge.
+//     again without restarting Keybridge;
+//   - no usage row of the requests served meanwhile is lost, however long
+//     the outage (dbOutage) lasted.
 func TestDatabaseRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and restarts a PostgreSQL cluster; skipped with -short")
@@ -249,6 +255,7 @@ func TestDatabaseRestart(t *testing.T) {
 		t.Errorf("a cached key was refused %v after the database began to stop, before --db-outage-grace %v", endedAfter, outageGrace)
 	}
 
+	time.Sleep(time.Until(down.Add(dbOutage)))
 	pg.start(t)
 	back := time.Now()
 	var recovered time.Duration
@@ -278,6 +285,26 @@ func TestDatabaseRestart(t *testing.T) {
 	close(stopLoad)
 	load.Wait()
 
+	// Every usage row of the outage was kept and is written: none dropped.
+	usageMetric := func(name string) float64 {
+		t.Helper()
+		_, out := srv.call(t, "GET", "/metrics", "", nil)
+		v, ok := metricValue(out, name)
+		if !ok {
+			t.Fatalf("no %s in /metrics", name)
+		}
+		return v
+	}
+	for deadline := time.Now().Add(20 * time.Second); usageMetric("keybridge_usage_queue_depth") != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("usage rows still waiting 20 s after the database came back: keybridge_usage_queue_depth = %v", usageMetric("keybridge_usage_queue_depth"))
+		}
+	}
+	if got := usageMetric("keybridge_usage_dropped_total"); got != 0 {
+		t.Errorf("keybridge_usage_dropped_total after an outage of %v = %v, want 0", dbOutage, got)
+	}
+	written := usageMetric("keybridge_usage_written_total")
+
 	mu.Lock()
 	defer mu.Unlock()
 	var okInGrace, refused int
@@ -294,6 +321,9 @@ func TestDatabaseRestart(t *testing.T) {
 	}
 	if okInGrace == 0 {
 		t.Error("no gateway request of the load succeeded while the database was down")
+	}
+	if written < float64(okInGrace) {
+		t.Errorf("keybridge_usage_written_total = %v, want at least the %d requests served while the database was down", written, okInGrace)
 	}
 	t.Logf("database down: cached keys kept working for %v after it began to stop (--db-outage-grace %v; %d requests of the load answered 200 meanwhile, %d answered 503); "+
 		"writes recovered %v after the database was back, without a restart",

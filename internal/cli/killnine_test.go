@@ -24,6 +24,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/cli"
 	"github.com/keybridge/keybridge/internal/providertest"
+	"github.com/keybridge/keybridge/internal/testsupport"
 )
 
 // childEnv, set in a child's environment, makes this test binary run
@@ -51,7 +52,7 @@ func TestMain(m *testing.M) {
 type child struct {
 	cmd  *exec.Cmd
 	url  string
-	logs *syncBuffer
+	logs *testsupport.SyncBuffer
 	done chan struct{}
 }
 
@@ -64,7 +65,7 @@ func startChild(t *testing.T, env []string, flags ...string) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &child{logs: &syncBuffer{}, done: make(chan struct{})}
+	c := &child{logs: &testsupport.SyncBuffer{}, done: make(chan struct{})}
 	c.cmd = exec.Command(self, append([]string{"serve", "--listen", "127.0.0.1:0"}, flags...)...)
 	c.cmd.Stdout, c.cmd.Stderr = c.logs, c.logs
 	c.cmd.Env = append([]string{childEnv + "=1", "PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)

@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/apikey"
 	"github.com/keybridge/keybridge/internal/cli"
+	"github.com/keybridge/keybridge/internal/testsupport"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,31 +42,13 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	return m, s
 }
 
-// lockedBuffer is a bytes.Buffer safe to read while setup writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestSetupAsksForPasswordOnTerminal: with stdin a terminal and no
 // --password-stdin, setup asks for the owner's password twice, without
 // echo, and the owner can then sign in with it.
 func TestSetupAsksForPasswordOnTerminal(t *testing.T) {
 	dir := t.TempDir()
 	master, slave := openPTY(t)
-	var typed lockedBuffer // what the terminal shows (echo)
+	var typed testsupport.SyncBuffer // what the terminal shows (echo)
 	go func() {
 		buf := make([]byte, 1024)
 		for {
@@ -78,7 +60,7 @@ func TestSetupAsksForPasswordOnTerminal(t *testing.T) {
 		}
 	}()
 	var stdout bytes.Buffer
-	var stderr lockedBuffer
+	var stderr testsupport.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- cli.Run(context.Background(), []string{"keybridge", "setup", "--data-dir", dir, "--org", "acme", "--email", "admin@acme.test"},

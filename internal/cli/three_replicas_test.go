@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/keybridge/keybridge/internal/cli"
+	"github.com/keybridge/keybridge/internal/testsupport"
 )
 
 // replicaArgsEnv, in a process's environment, makes TestReplicaProcess run
@@ -55,7 +56,7 @@ type replica struct {
 	name string
 	cmd  *exec.Cmd
 	url  string
-	logs *syncBuffer
+	logs *testsupport.SyncBuffer
 	done chan struct{}
 }
 
@@ -68,7 +69,7 @@ func startReplica(t *testing.T, name string, vars map[string]string, flags ...st
 		t.Fatal(err)
 	}
 	args, _ := json.Marshal(append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir()}, flags...))
-	r := &replica{name: name, logs: &syncBuffer{}, done: make(chan struct{})}
+	r := &replica{name: name, logs: &testsupport.SyncBuffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(self, "-test.run=^TestReplicaProcess$")
 	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 	r.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), replicaArgsEnv + "=" + string(args)}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
@@ -121,6 +122,17 @@ func (x *exchange) settle(status int, total time.Duration) {
 	g.record(x, status, total, tok, x.model(), now)
 }
 
+// storableText is s as the store can keep it in any engine: valid UTF-8
+// without NUL, which PostgreSQL refuses in text. A model read from an
+// escaped path (%00, %ff) or an escaped JSON string (\u0000) may hold
+// either; a row refused for it would be a request nobody was charged for.
+func storableText(s string) string {
+	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
 // total is what limits count: every token the answer reports.
 func (t tokens) total() int64 { return t.Input + t.Output + t.CacheRead + t.CacheWrite }
 
@@ -134,7 +146,7 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 		ProjectID:         p.ProjectID,
 		UserID:            p.UserID,
 		ProviderKeyID:     x.upstreamKey,
-		Model:             model,
+		Model:             storableText(model),
 		Status:            status,
 		Stream:            x.stream,
 		LatencyMS:         ms(total),

@@ -31,6 +31,7 @@ import (
 	"github.com/keybridge/keybridge/internal/secrets"
 	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/storetest"
+	"github.com/keybridge/keybridge/internal/testsupport"
 	"github.com/keybridge/keybridge/internal/upstream"
 )
 
@@ -52,7 +53,7 @@ type env struct {
 	Owner    *keybridge.User
 	OwnerKey string
 
-	logBuf *syncBuffer
+	logBuf *testsupport.SyncBuffer
 }
 
 // envOptions tunes newEnvWith.
@@ -65,7 +66,7 @@ func newEnv(t testing.TB) *env { return newEnvWith(t, storetest.SQLite(t), envOp
 func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, Store: st, logBuf: &syncBuffer{}}
+	e := &env{t: t, Store: st, logBuf: &testsupport.SyncBuffer{}}
 	logger := slog.New(slog.NewJSONHandler(e.logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ring, err := secrets.OpenRing(ctx, st, randomBytes(t, 32), secrets.Options{Logger: logger})
 	if err != nil {
@@ -274,23 +275,6 @@ func (e *env) waitLog(n int) string {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func randomBytes(t testing.TB, n int) []byte {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/gateway"
 	"github.com/keybridge/keybridge/internal/store/storetest"
+	"github.com/keybridge/keybridge/internal/testsupport"
 )
 
 // panicLog is a request log that panics with a value holding a secret, as
@@ -30,7 +31,7 @@ func TestRecoveredPanicLogsNoValue(t *testing.T) {
 	secret := canary(t, "sk-panic-")
 	e := newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{RequestLog: panicLog{secret}}})
 	// net/http logs what it recovers itself through the standard logger.
-	var std syncBuffer
+	var std testsupport.SyncBuffer
 	log.SetOutput(&std)
 	defer log.SetOutput(os.Stderr)
 

@@ -180,7 +180,7 @@ func TestRecorderRetriesFailedBatches(t *testing.T) {
 		t.Helper()
 		stmt := `DROP TRIGGER refuse_usage`
 		if on {
-			stmt = `CREATE TRIGGER refuse_usage BEFORE INSERT ON usage BEGIN SELECT RAISE(ABORT, 'usage writes refused'); END`
+			stmt = `CREATE TRIGGER refuse_usage BEFORE INSERT ON usage_batches BEGIN SELECT RAISE(ABORT, 'usage writes refused'); END`
 		}
 		if _, err := raw.DB.Exec(stmt); err != nil {
 			t.Fatalf("%s: %v", stmt, err)
@@ -354,7 +354,7 @@ func TestRecorderShutdownFlush(t *testing.T) {
 func TestRecorderShutdownReportsLoss(t *testing.T) {
 	st := newRecStore(t)
 	raw := storetest.RawOf(t, st.Store)
-	if _, err := raw.DB.Exec(`CREATE TRIGGER refuse_usage BEFORE INSERT ON usage BEGIN SELECT RAISE(ABORT, 'usage writes refused'); END`); err != nil {
+	if _, err := raw.DB.Exec(`CREATE TRIGGER refuse_usage BEFORE INSERT ON usage_batches BEGIN SELECT RAISE(ABORT, 'usage writes refused'); END`); err != nil {
 		t.Fatal(err)
 	}
 	r := newRecorder(st, nil, 5000)

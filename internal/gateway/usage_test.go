@@ -602,3 +602,29 @@ func TestUsageFailoversAndErrors(t *testing.T) {
 	noCanary(t, k1, append(u.answers, e.logs())...)
 	noCanary(t, k2, append(u.answers, e.logs())...)
 }
+
+// A model the store could not keep as text (a NUL, invalid UTF-8, both
+// reachable through escapes) is recorded with replacement characters,
+// on every engine: PostgreSQL refuses NUL in text, and a row refused for
+// it would be a request nobody was charged for.
+func TestUsageModelStorable(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnvWith(t, eng.New(t), envOptions{})
+			mock := providertest.NewOpenAI(t)
+			mock.Usage = providertest.Usage{Input: 3, Output: 4}
+			key := canary(t, "sk-proj-")
+			mock.AddKey(key)
+			e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": mock.URL + "/v1"})
+			e.addKey("oai", key, 0)
+			body := `{"model":"gpt\u0000x\udc00","messages":[{"role":"user","content":"hi"}]}`
+			resp, _ := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, body))
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d, want 200", resp.StatusCode)
+			}
+			settled(e, 1)
+			checkGroup(t, newUsageReader(e).wait("model", 1), "gpt\uFFFDx\uFFFD", tokens{requests: 1, input: 3, output: 4})
+		})
+	}
+}

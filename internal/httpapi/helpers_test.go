@@ -45,6 +45,7 @@ import (
 	"github.com/keybridge/keybridge/internal/secrets"
 	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/storetest"
+	"github.com/keybridge/keybridge/internal/testsupport"
 	"github.com/keybridge/keybridge/internal/upstream"
 )
 
@@ -75,7 +76,7 @@ type env struct {
 	// OwnerKey is a platform key of Owner in Org with every permission.
 	OwnerKey string
 
-	logBuf *syncBuffer
+	logBuf *testsupport.SyncBuffer
 	// Stop ends the server and the services behind it, for tests that
 	// close the store before they end; it runs when t ends otherwise.
 	Stop func()
@@ -114,7 +115,7 @@ func newEnv(t testing.TB, st store.Store) *env {
 func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, Store: st, logBuf: &syncBuffer{}}
+	e := &env{t: t, Store: st, logBuf: &testsupport.SyncBuffer{}}
 	e.MasterKey = randomBytes(t, 32)
 	logger := slog.New(slog.NewJSONHandler(e.logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
@@ -461,22 +462,4 @@ func randomBytes(t testing.TB, n int) []byte {
 		t.Fatalf("random: %v", err)
 	}
 	return b
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's concurrent log writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

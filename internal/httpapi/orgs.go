@@ -252,7 +252,9 @@ func memberResource(userID, email string) keybridge.Resource {
 // not, nothing differs: nothing of an account is used or shown, an
 // invitation is stored (or a pending one renewed: a new token, name, role
 // and seven days, the old link void) and answered with its own ID. The
-// user joins only by accepting it. Only an address that is already a
+// user joins only by accepting it, and only while the caller, recorded as
+// the inviter, may still grant the role (see liveInvitation). Only an
+// address that is already a
 // member of this org — which the inviter sees in the member list anyway —
 // is refused (409).
 func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
@@ -265,7 +267,8 @@ func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if in.Role == keybridge.RoleOwner && role != keybridge.RoleOwner {
+	if !role.MayGrant(in.Role) {
+		// role holds members:write (s.org checked it): only owner is out of reach.
 		return keybridge.Errorf(keybridge.EForbidden, "only owners may grant owner")
 	}
 	if in.Name == "" {
@@ -391,7 +394,7 @@ func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) error {
 	var m *keybridge.Member
 	err = s.store.InTx(ctx, func(tx store.Store) error {
 		if m, err = tx.Member(ctx, org.ID, r.PathValue("userID")); keybridge.IsCode(err, keybridge.ENotFound) {
-			m, err = updateInvitationRole(ctx, tx, org.ID, r.PathValue("userID"), role, in.Role)
+			m, err = updateInvitationRole(ctx, tx, org.ID, r.PathValue("userID"), principal(r).UserID, role, in.Role)
 			return err
 		}
 		if err != nil {
@@ -431,8 +434,10 @@ func (s *Server) updateMember(w http.ResponseWriter, r *http.Request) error {
 
 // updateInvitationRole changes the role a pending invitation will give.
 // An invited owner is no owner yet, so no last-owner rule applies, but
-// only owners may grant owner or take it from an invitation.
-func updateInvitationRole(ctx context.Context, tx store.Store, orgID, id string, callerRole, next keybridge.Role) (*keybridge.Member, error) {
+// only owners may grant owner or take it from an invitation. The caller
+// who changes the role becomes its inviter: the role stands on their
+// authority from then on (see liveInvitation).
+func updateInvitationRole(ctx context.Context, tx store.Store, orgID, id, callerID string, callerRole, next keybridge.Role) (*keybridge.Member, error) {
 	inv, err := tx.Invitation(ctx, orgID, id)
 	if err != nil {
 		return nil, keybridge.Errorf(keybridge.ENotFound, "member not found")
@@ -442,7 +447,7 @@ func updateInvitationRole(ctx context.Context, tx store.Store, orgID, id string,
 	}
 	if inv.Role != next {
 		old := inv.Role
-		inv.Role = next
+		inv.Role, inv.InvitedBy = next, callerID
 		if err := tx.UpdateInvitation(ctx, inv); err != nil {
 			return nil, err
 		}

@@ -529,7 +529,15 @@ func (s *Server) acceptInvite(w http.ResponseWriter, r *http.Request) error {
 	return s.startSession(w, r, u, nil, http.StatusOK)
 }
 
-// liveInvitation finds the pending, unexpired invitation of a token's hash.
+// liveInvitation finds the pending, unexpired invitation of a token's hash
+// whose inviter may still grant its role. The role stands on the authority
+// of whoever last set it (invited, re-invited or changed it while
+// pending): once they are demoted below it or out of the org, the
+// invitation is void, and answers like an unknown token, until someone who
+// may grant the role invites the address again. An invitation that names
+// no inviter (carried over from a release that did not record one) is
+// void too. Being read in the accepting transaction, the check holds on
+// every replica: the membership it reads is the database's.
 func liveInvitation(ctx context.Context, st store.Store, hash []byte) (*keybridge.Invitation, error) {
 	inv, err := st.InvitationByHash(ctx, hash)
 	if keybridge.IsCode(err, keybridge.ENotFound) {
@@ -539,6 +547,16 @@ func liveInvitation(ctx context.Context, st store.Store, hash []byte) (*keybridg
 		return nil, err
 	}
 	if !time.Now().Before(inv.ExpiresAt) {
+		return nil, errNoInvitation
+	}
+	inviter, err := st.Membership(ctx, inv.OrgID, inv.InvitedBy)
+	if keybridge.IsCode(err, keybridge.ENotFound) {
+		return nil, errNoInvitation
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !inviter.Role.MayGrant(inv.Role) {
 		return nil, errNoInvitation
 	}
 	return inv, nil

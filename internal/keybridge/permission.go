@@ -122,5 +122,14 @@ func (r Role) Permissions() Permission {
 	return 0
 }
 
+// MayGrant reports whether a member with role r may give role g to
+// someone, by inviting them or changing their role: it takes
+// members:write, and only owners grant owner. An invitation is checked
+// again when it is accepted, against the current role of whoever last
+// set its role.
+func (r Role) MayGrant(g Role) bool {
+	return r.Permissions().Has(PermMembersWrite) && g.Valid() && (g != RoleOwner || r == RoleOwner)
+}
+
 // Valid reports whether r is one of the three roles.
 func (r Role) Valid() bool { return r == RoleMember || r == RoleAdmin || r == RoleOwner }

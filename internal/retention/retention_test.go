@@ -1,14 +1,12 @@
 package retention_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,24 +15,8 @@ import (
 	"github.com/keybridge/keybridge/internal/retention"
 	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/storetest"
+	"github.com/keybridge/keybridge/internal/testsupport"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func appendAt(t *testing.T, st store.Store, org string, at time.Time, action string) {
 	t.Helper()
@@ -88,7 +70,7 @@ func TestOnce(t *testing.T) {
 					appendAt(t, st, "a", now.Add(-40*day), "old.two")
 					appendAt(t, st, "a", now.Add(-time.Hour), "recent")
 					appendAt(t, st, "b", now.Add(-time.Hour), "recent")
-					logs := &lockedBuffer{}
+					logs := &testsupport.SyncBuffer{}
 					tc.opts.Logger = slog.New(slog.NewJSONHandler(logs, nil))
 
 					rep, err := retention.Once(ctx, st, tc.opts)

@@ -381,7 +381,10 @@ type AuditBounds struct {
 
 // UsageStore stores gateway usage.
 type UsageStore interface {
-	// InsertUsage writes a batch of usage records.
+	// InsertUsage writes a batch of usage records, all or none, naming
+	// them by IDs it gives rows of batch. EConflict when the batch is
+	// stored already: written before, it committed although its caller
+	// never heard so. Nothing is written twice.
 	InsertUsage(ctx context.Context, batch []keybridge.Usage) error
 	// QueryUsage aggregates usage per q. EInvalid for an unknown GroupBy or Bucket.
 	QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybridge.UsageGroup, error)

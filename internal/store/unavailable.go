@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -29,6 +30,14 @@ func Unavailable(err error) bool {
 	}
 	var op *net.OpError
 	if errors.As(err, &op) {
+		return true
+	}
+	// An error that says the request never reached the server, read
+	// through the method pgx's errors have (a connection found closed
+	// once its socket went away, a write that sent nothing, a standby
+	// where a primary was wanted), unless the caller gave up on it.
+	var unsent interface{ SafeToRetry() bool }
+	if errors.As(err, &unsent) && unsent.SafeToRetry() && !errors.Is(err, context.Canceled) {
 		return true
 	}
 	// PostgreSQL's SQLSTATE, read through the method its driver's errors

@@ -43,6 +43,7 @@ import (
 	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/cli"
 	"github.com/keybridge/keybridge/internal/providertest"
+	"github.com/keybridge/keybridge/internal/testsupport"
 )
 
 // chromiumPath finds the browser, or "" when there is none.
@@ -75,24 +76,6 @@ func (r *recorder) all() []recorded {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]recorded(nil), r.resp...)
-}
-
-// syncBuffer is an io.Writer safe for serve's goroutines and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // uiEnv is one serve, its proxy, its upstream and a browser.
@@ -147,7 +130,7 @@ func startUI(t *testing.T) *uiEnv {
 	e.url = proxy.URL
 
 	ctx, cancel := context.WithCancel(context.Background())
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &testsupport.SyncBuffer{}, &testsupport.SyncBuffer{}
 	done := make(chan error, 1)
 	args := []string{"keybridge", "serve", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--public-url", proxy.URL}
 	noEnv := func(string) string { return "" }

@@ -12,3 +12,9 @@ const (
 	UsageRawFrom   = usageRawFrom
 	UsageDeleteSQL = usageDeleteSQL
 )
+
+// PackUsage and UnpackUsage are the encoding of usage_batches' rows.
+var (
+	PackUsage   = packUsage
+	UnpackUsage = unpackUsage
+)

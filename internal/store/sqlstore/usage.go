@@ -8,14 +8,13 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
 
-// Usage is kept twice: the raw rows (one per gateway request) and, in the
-// same transaction, per-org totals per group-by dimension per hour and per
+// Usage is kept twice: the raw rows (one per gateway request, packed in
+// usage_batches, see usage_pack.go) and, in the same transaction, per-org totals per group-by dimension per hour and per
 // UTC day (usage_rollup). A query over [since, until) reads whole days from
 // the daily totals, the whole hours around them from the hourly totals, and
 // only the partial hours at both ends from the raw rows, so its cost
@@ -24,14 +23,16 @@ import (
 
 const (
 	usageDay = 24 * time.Hour
-	// usageInsertChunk rows go in one INSERT: 19 parameters a row stays
-	// far below both engines' limit on parameters per statement.
-	usageInsertChunk = 500
+	// usageBatchRows raw rows at most go in one usage_batches row, so
+	// that reading one back never holds more than that many.
+	usageBatchRows = 500
 	// usageRollupChunk rollup rows go in one upsert (13 parameters a row).
 	usageRollupChunk = 500
-	// usageDeleteChunk rows are deleted per transaction, so retention
-	// never holds SQLite's single writer for long.
-	usageDeleteChunk = 5000
+	// usageDeleteChunk raw rows of usage, or usageDeleteBatches of
+	// usage_batches (up to 500 rows each), are deleted per transaction, so
+	// retention never holds SQLite's single writer for long.
+	usageDeleteChunk   = 5000
+	usageDeleteBatches = 20
 )
 
 // usageDims lists the group-by dimensions with the SQL expression that
@@ -146,21 +147,23 @@ func (t *usageSums) point(start time.Time) keybridge.UsagePoint {
 		CacheReadTokens: t.cacheRead, CacheWriteTokens: t.cacheWrite, Failovers: t.failovers, LatencyMSAvg: t.latencyAvg()}
 }
 
-// InsertUsage implements store.UsageStore. Rows without an ID get one and
-// rows without a time get the transaction's. The raw rows and the rollup
-// totals are written in one transaction, so a query never sees one without
-// the other.
+// InsertUsage implements store.UsageStore. Rows without a time get the
+// transaction's. The raw rows go packed, one usage_batches row per org and
+// hour and at most usageBatchRows rows (see usage_pack.go), named by their
+// first row's ID, which it is given if it has none: a retried batch whose
+// commit did land is refused whole as a conflict. The raw rows and the
+// rollup totals are written in one transaction, so a query never sees one
+// without the other.
 func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	// The statements of full chunks are prepared once: parsing 500 rows
-	// of placeholders costs SQLite about as much as inserting them, and a
-	// few rollup rows' upsert as much as running it.
+	// The rollup upserts are prepared once in SQLite: parsing a few rows'
+	// upsert costs it as much as running it.
 	var st usageStmts
 	if s.tx == nil {
 		var err error
-		if st, err = s.prepareUsage(ctx, len(batch) >= usageInsertChunk); err != nil {
+		if st, err = s.prepareUsage(ctx); err != nil {
 			return err
 		}
 	}
@@ -168,15 +171,24 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 		// One map lookup per dimension per row: an hour's totals point to
 		// their day's, which are added to row by row as before.
 		rollup := map[usageRollupKey]*usageTotals{}
+		type packKey struct {
+			org  string
+			hour int64
+		}
+		var packOrder []packKey
+		packs := map[packKey][]*keybridge.Usage{}
 		for i := range batch {
 			u := &batch[i]
-			if u.ID == "" {
-				u.ID = newID()
-			}
 			if u.Time.IsZero() {
 				u.Time = tx.Now()
 			}
-			hour := u.Time.UTC().Truncate(time.Hour).UnixMicro()
+			u.Time = u.Time.UTC().Truncate(time.Microsecond)
+			hour := u.Time.Truncate(time.Hour).UnixMicro()
+			pk := packKey{u.OrgID, hour}
+			if packs[pk] == nil {
+				packOrder = append(packOrder, pk)
+			}
+			packs[pk] = append(packs[pk], u)
 			for d := range usageDims {
 				k := usageRollupKey{org: u.OrgID, key: usageGroupKey(u, d), bucket: hour, dim: uint8(d)}
 				g := rollup[k]
@@ -194,9 +206,19 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 				g.day.add(u)
 			}
 		}
-		for chunk := range slices.Chunk(batch, usageInsertChunk) {
-			if err := tx.insertUsageRows(ctx, chunk, st.insert); err != nil {
-				return fmt.Errorf("insert usage: %w", err)
+		var blob []byte
+		for _, pk := range packOrder {
+			for rows := range slices.Chunk(packs[pk], usageBatchRows) {
+				if rows[0].ID == "" {
+					rows[0].ID = newID()
+				}
+				blob = packUsage(blob[:0], pk.hour, rows)
+				if _, err := tx.exec(ctx, `INSERT INTO usage_batches (org_id, hour, id, rows, data) VALUES (?, ?, ?, ?, ?)`,
+					pk.org, tx.ts(time.UnixMicro(pk.hour)), rows[0].ID, len(rows), blob); err != nil {
+					// Only a name can conflict, and names are the IDs
+					// given at a first try: that try committed.
+					return tx.conflict(fmt.Errorf("insert usage: %w", err), "usage rows already written")
+				}
 			}
 		}
 		// Upserts in key order: two replicas flushing at once take the
@@ -226,9 +248,6 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 // keeps the statements it parsed.
 var usageUpsertSizes = [...]int{16, 4, 1}
 
-// usageInsertFull inserts a full chunk of raw rows.
-var usageInsertFull = usageInsertSQL(usageInsertChunk)
-
 // usageUpsertFixed are the upserts of usageUpsertSizes rollup rows.
 var usageUpsertFixed = func() (q [len(usageUpsertSizes)]string) {
 	for i, n := range usageUpsertSizes {
@@ -238,97 +257,25 @@ var usageUpsertFixed = func() (q [len(usageUpsertSizes)]string) {
 }()
 
 // usageStmts are InsertUsage's prepared statements, nil where not
-// prepared: the insert of a full chunk of raw rows, and the upserts of
-// usageUpsertSizes rollup rows.
+// prepared: in SQLite, the upserts of usageUpsertSizes rollup rows.
 type usageStmts struct {
-	insert  *sql.Stmt
 	upserts [len(usageUpsertSizes)]*sql.Stmt
 }
 
-// prepareUsage prepares the insert of a full chunk if full, and in SQLite
-// the upserts; outside a transaction only (see prepare).
-func (s *Store) prepareUsage(ctx context.Context, full bool) (usageStmts, error) {
+// prepareUsage prepares, in SQLite, the rollup upserts; outside a
+// transaction only (see prepare).
+func (s *Store) prepareUsage(ctx context.Context) (usageStmts, error) {
 	var st usageStmts
-	var err error
-	if full {
-		if st.insert, err = s.prepare(ctx, usageInsertFull); err != nil {
-			return st, fmt.Errorf("prepare usage insert: %w", err)
-		}
-	}
 	if s.db.Dialect.Name != "sqlite" {
 		return st, nil
 	}
 	for i, q := range usageUpsertFixed {
+		var err error
 		if st.upserts[i], err = s.prepare(ctx, q); err != nil {
 			return st, fmt.Errorf("prepare usage rollup upsert: %w", err)
 		}
 	}
 	return st, nil
-}
-
-// usageInsertSQL is the INSERT of n raw rows.
-func usageInsertSQL(n int) string {
-	var b strings.Builder
-	b.WriteString(`INSERT INTO usage (id, time, org_id, project_id, user_id, api_key_id, ai_key_id, provider_id, provider_key_id,
-		model, status, stream, latency_ms, upstream_latency_ms, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers) VALUES `)
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-	}
-	return b.String()
-}
-
-// insertUsageRows inserts rows in the transaction s, with full (when
-// prepared) if they are a full chunk. Its arguments are most of what a
-// row costs in Go: the ints go as int64, which database/sql passes on as
-// they are instead of converting them by reflection, and a text column
-// equal to the row before's reuses its boxed value, so that the org, the
-// provider, the model, repeated from row to row, are not boxed again.
-func (s *Store) insertUsageRows(ctx context.Context, rows []keybridge.Usage, full *sql.Stmt) error {
-	argsp := usageArgsPool.Get().(*[]any)
-	defer func() {
-		clear(*argsp)
-		usageArgsPool.Put(argsp)
-	}()
-	args := (*argsp)[:0]
-	var org, project, user, apiKey, aiKey, provider, providerKey, model boxed
-	for i := range rows {
-		u := &rows[i]
-		args = append(args, u.ID, s.ts(u.Time), org.of(u.OrgID), project.of(u.ProjectID), user.of(u.UserID), apiKey.of(u.APIKeyID),
-			aiKey.of(u.AIKeyID), provider.of(u.ProviderID), providerKey.of(u.ProviderKeyID), model.of(u.Model),
-			int64(u.Status), u.Stream, u.LatencyMS, u.UpstreamLatencyMS, u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens,
-			int64(u.Failovers))
-	}
-	*argsp = args
-	if full != nil && len(rows) == usageInsertChunk {
-		_, err := s.tx.StmtContext(ctx, full).ExecContext(ctx, args...)
-		return err
-	}
-	_, err := s.exec(ctx, usageInsertSQL(len(rows)), args...)
-	return err
-}
-
-// usageArgsPool holds the argument slices of full chunks (19 × 500
-// values), so that each flush does not allocate and clear a new one.
-var usageArgsPool = sync.Pool{New: func() any {
-	args := make([]any, 0, usageInsertChunk*19)
-	return &args
-}}
-
-// boxed is a string as a query argument, boxed once for a run of equal
-// values.
-type boxed struct {
-	s string
-	v any
-}
-
-func (b *boxed) of(s string) any {
-	if b.v == nil || s != b.s {
-		b.s, b.v = s, s
-	}
-	return b.v
 }
 
 // usageTotals are the totals of one rollup row in the making; an hour's
@@ -427,9 +374,9 @@ func planUsage(since, until time.Time, days bool) usagePlan {
 	return p
 }
 
-// usageRawFrom is where a usage query reads raw rows: one org over a time
-// range, a range of the primary key of usage in SQLite, of usage_org_time
-// in PostgreSQL.
+// usageRawFrom is where a usage query reads the raw rows written before
+// usage_batches: one org over a time range, a range of the primary key of
+// usage in SQLite, of usage_org_time in PostgreSQL.
 const usageRawFrom = `FROM usage WHERE org_id = ? AND time >= ? AND time < ?`
 
 // QueryUsage implements store.UsageStore. A zero Until means now and a zero
@@ -440,10 +387,10 @@ const usageRawFrom = `FROM usage WHERE org_id = ? AND time >= ? AND time < ?`
 // day that has requests, oldest first, the first and last clipped to the
 // window. EInvalid for an unknown GroupBy or Bucket.
 func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybridge.UsageGroup, error) {
-	expr := ""
-	for _, d := range usageDims {
+	expr, dim := "", 0
+	for i, d := range usageDims {
 		if d.by == q.GroupBy {
-			expr = d.sql
+			expr, dim = d.sql, i
 		}
 	}
 	if expr == "" {
@@ -495,6 +442,8 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 		arms = append(arms, `SELECT key, `+bucketCol+sums+` FROM usage_rollup WHERE org_id = ? AND dim = ? AND period = ? AND bucket >= ? AND bucket < ?`)
 		args = append(args, q.OrgID, string(q.GroupBy), period, s.ts(r.from), s.ts(r.to))
 	}
+	// Raw rows written before usage_batches are still in usage, until
+	// retention removes them; the packed ones are added below.
 	rawArm := func(r usageSpan) {
 		if r.empty() {
 			return
@@ -518,17 +467,37 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 		CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT),
 		CAST(SUM(failovers) AS BIGINT), SUM(latency_ms_sum)
 		FROM (` + strings.Join(arms, " UNION ALL ") + `) t GROUP BY ` + groupBy
-	rows, err := s.query(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("query usage: %w", err)
-	}
-	defer rows.Close()
 	type point struct {
 		key   string
 		start time.Time
 	}
 	totals := map[string]*usageSums{}
 	points := map[point]*usageSums{}
+	// add adds t to key's totals and, with a series, to its point of the
+	// hour or day bucket falls in: hourly totals and raw rows fold into
+	// their day.
+	add := func(key string, bucket time.Time, t *usageSums) {
+		g := totals[key]
+		if g == nil {
+			g = &usageSums{}
+			totals[key] = g
+		}
+		g.merge(t)
+		if series {
+			k := point{key, bucket.Truncate(width)}
+			pt := points[k]
+			if pt == nil {
+				pt = &usageSums{}
+				points[k] = pt
+			}
+			pt.merge(t)
+		}
+	}
+	rows, err := s.query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("query usage: %w", err)
+	}
+	defer rows.Close()
 	for rows.Next() {
 		var (
 			key    string
@@ -542,25 +511,38 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
-		g := totals[key]
-		if g == nil {
-			g = &usageSums{}
-			totals[key] = g
-		}
-		g.merge(&t)
-		if series {
-			// Hourly totals and raw rows fold into their day.
-			k := point{key, bucket.Truncate(width)}
-			pt := points[k]
-			if pt == nil {
-				pt = &usageSums{}
-				points[k] = pt
-			}
-			pt.merge(&t)
-		}
+		add(key, bucket, &t)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	rows.Close()
+	for _, r := range p.raw {
+		if r.empty() {
+			continue
+		}
+		// A raw span lies within one hour: its rows are in that hour's
+		// batches, and one point of it.
+		hour := r.from.Truncate(time.Hour)
+		sums := map[string]*usageSums{}
+		err := s.unpackUsageHour(ctx, q.OrgID, hour, func(u *keybridge.Usage) {
+			if u.Time.Before(r.from) || !u.Time.Before(r.to) {
+				return
+			}
+			key := usageGroupKey(u, dim)
+			t := sums[key]
+			if t == nil {
+				t = &usageSums{}
+				sums[key] = t
+			}
+			t.add(u)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("query usage: %w", err)
+		}
+		for key, t := range sums {
+			add(key, hour, t)
+		}
 	}
 	out := make([]keybridge.UsageGroup, 0, len(totals))
 	index := make(map[string]int, len(totals))
@@ -585,6 +567,25 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 	return out, nil
 }
 
+// unpackUsageHour calls fn with each raw row of org filed under hour.
+func (s *Store) unpackUsageHour(ctx context.Context, org string, hour time.Time, fn func(u *keybridge.Usage)) error {
+	rows, err := s.query(ctx, `SELECT data FROM usage_batches WHERE org_id = ? AND hour = ?`, org, s.ts(hour))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var blob sql.RawBytes // unpackUsage copies what it keeps
+	for rows.Next() {
+		if err := rows.Scan(&blob); err != nil {
+			return err
+		}
+		if err := unpackUsage(blob, org, hour, fn); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
 // DeleteUsageBefore implements store.UsageStore. t is rounded down to the
 // start of its UTC day, so that the raw rows and the hourly and daily
 // totals always cover the same span and every query stays exact; usage is
@@ -603,29 +604,22 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 	}
 	var total int64
 	for _, org := range orgs {
-		for {
-			var n int64
-			err := s.write(ctx, func(tx *Store) error {
-				query, args := usageDeleteSQL, []any{org, org, cut, usageDeleteChunk}
-				if s.db.Dialect.Name != "sqlite" {
-					query, args = usageDeleteByIDSQL, []any{org, cut, usageDeleteChunk}
-				}
-				res, err := tx.exec(ctx, query, args...)
-				if err != nil {
+		for _, del := range [...]func(tx *Store, ctx context.Context, org string, cut any) (rows int64, more bool, err error){
+			(*Store).deleteUsageBatches, (*Store).deleteLegacyUsage,
+		} {
+			for more := true; more; {
+				var n int64
+				err := s.write(ctx, func(tx *Store) (err error) {
+					n, more, err = del(tx, ctx, org, cut)
 					return err
+				})
+				if err != nil {
+					return total, fmt.Errorf("delete usage: %w", err)
 				}
-				n, err = res.RowsAffected()
-				return err
-			})
-			if err != nil {
-				return total, fmt.Errorf("delete usage: %w", err)
-			}
-			total += n
-			if n < usageDeleteChunk {
-				break
-			}
-			if err := ctx.Err(); err != nil {
-				return total, err
+				total += n
+				if err := ctx.Err(); err != nil {
+					return total, err
+				}
 			}
 		}
 	}
@@ -635,12 +629,50 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 	return total, nil
 }
 
-// usageDeleteSQL deletes a chunk of one org's raw rows before a cut, in
-// SQLite. The rows are named by (org, time, id), the primary key of usage
-// there, so that each is found by its key rather than by a scan of the
-// table. usageDeleteByIDSQL does it in PostgreSQL, where usage keeps its
-// primary key on id: there the (time, id) form would read every row of
-// the org for each chunk.
+// deleteUsageBatches deletes, in the transaction s, up to
+// usageDeleteBatches of org's packed raw rows before cut (an hour's
+// start), and reports how many raw rows they held and whether there may
+// be more.
+func (s *Store) deleteUsageBatches(ctx context.Context, org string, cut any) (int64, bool, error) {
+	rows, err := s.query(ctx, `DELETE FROM usage_batches WHERE org_id = ? AND (hour, id) IN
+		(SELECT hour, id FROM usage_batches WHERE org_id = ? AND hour < ? LIMIT ?) RETURNING rows`, org, org, cut, usageDeleteBatches)
+	if err != nil {
+		return 0, false, err
+	}
+	defer rows.Close()
+	var total, n, batches int64
+	for rows.Next() {
+		if err := rows.Scan(&n); err != nil {
+			return 0, false, err
+		}
+		total += n
+		batches++
+	}
+	return total, batches == usageDeleteBatches, rows.Err()
+}
+
+// deleteLegacyUsage deletes, in the transaction s, up to usageDeleteChunk
+// of org's raw rows before cut in usage, where they were written before
+// usage_batches, and reports how many went and whether there may be more.
+// The rows are named by (org, time, id), the primary key of usage in
+// SQLite, so that each is found by its key rather than by a scan of the
+// table; in PostgreSQL, where usage keeps its primary key on id, by id:
+// there the (time, id) form would read every row of the org for each
+// chunk.
+func (s *Store) deleteLegacyUsage(ctx context.Context, org string, cut any) (int64, bool, error) {
+	query, args := usageDeleteSQL, []any{org, org, cut, usageDeleteChunk}
+	if s.db.Dialect.Name != "sqlite" {
+		query, args = usageDeleteByIDSQL, []any{org, cut, usageDeleteChunk}
+	}
+	res, err := s.exec(ctx, query, args...)
+	if err != nil {
+		return 0, false, err
+	}
+	n, err := res.RowsAffected()
+	return n, n == usageDeleteChunk, err
+}
+
+// usageDeleteSQL and usageDeleteByIDSQL are deleteLegacyUsage's deletes.
 const (
 	usageDeleteSQL     = `DELETE FROM usage WHERE org_id = ? AND (time, id) IN (SELECT time, id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`
 	usageDeleteByIDSQL = `DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE org_id = ? AND time < ? LIMIT ?)`

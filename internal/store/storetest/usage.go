@@ -193,15 +193,18 @@ func testUsage(t *testing.T, newStore Factory) {
 			u.ID, u.Time = "", edge.Add(d)
 			rows = append(rows, u)
 		}
-		for chunk := range slices.Chunk(rows, 777) {
+		// The first batch as an older release wrote it: a database
+		// upgraded since then has both kinds of raw rows, in the same hours.
+		LegacyUsage(t, st, rows[:777])
+		for chunk := range slices.Chunk(rows[777:], 777) {
 			if err := st.InsertUsage(ctx, chunk); err != nil {
 				t.Fatalf("InsertUsage = %v", err)
 			}
 		}
-		for i := range rows {
-			if rows[i].ID == "" {
-				t.Fatalf("InsertUsage left row %d without an ID", i)
-			}
+		// The recorder retries a batch whose commit it did not see land
+		// as it was: the store must refuse it whole.
+		if err := st.InsertUsage(ctx, rows[777:1554]); err == nil {
+			t.Errorf("InsertUsage of rows already written = nil error, want a conflict")
 		}
 		ranges := []struct{ since, until time.Time }{
 			{start.Add(-time.Hour), start.Add(8 * 24 * time.Hour)},                 // everything
@@ -267,45 +270,11 @@ func testUsage(t *testing.T, newStore Factory) {
 		}
 	})
 
-	t.Run("DeleteBefore", func(t *testing.T) {
-		st := newStore(t)
-		r := rand.New(rand.NewPCG(3, 4))
-		start := time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)
-		rows := usageRows(r, "org", 2000, start, 10*24*time.Hour)
-		if err := st.InsertUsage(ctx, rows); err != nil {
-			t.Fatalf("InsertUsage = %v", err)
-		}
-		// The cut is rounded down to its UTC day: rows from the start of
-		// day 4 stay, and so do the daily and hourly totals that hold them.
-		cut := start.Add(4*24*time.Hour + 15*time.Hour)
-		day := start.Add(4 * 24 * time.Hour)
-		var wantGone int64
-		var kept []keybridge.Usage
-		for _, u := range rows {
-			if u.Time.Before(day) {
-				wantGone++
-			} else {
-				kept = append(kept, u)
-			}
-		}
-		n, err := st.DeleteUsageBefore(ctx, cut)
-		if err != nil {
-			t.Fatalf("DeleteUsageBefore = %v", err)
-		}
-		if n != wantGone {
-			t.Errorf("DeleteUsageBefore = %d rows, want %d", n, wantGone)
-		}
-		for _, by := range usageGroupBys {
-			// A window reaching back past the cut sees only what is kept:
-			// the totals went with the rows.
-			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(-24 * time.Hour), Until: start.Add(11 * 24 * time.Hour)})
-			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: day.Add(-90 * time.Minute), Until: day.Add(26 * time.Hour)})
-			usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: day.Add(-90 * time.Minute), Until: day.Add(26 * time.Hour), Bucket: keybridge.BucketDay})
-		}
-		if n, err := st.DeleteUsageBefore(ctx, cut); err != nil || n != 0 {
-			t.Errorf("DeleteUsageBefore(again) = %d, %v; want 0", n, err)
-		}
-	})
+	// DeleteBefore runs on packed rows alone and on a database upgraded
+	// from a release that wrote a row per request, which has both.
+	for _, legacy := range []int{0, 700} {
+		t.Run(fmt.Sprint("DeleteBefore/legacy=", legacy), func(t *testing.T) { testUsageDeleteBefore(t, newStore, legacy) })
+	}
 
 	// AuditOrgs is how retention finds every audit chain to trim.
 	t.Run("RetentionAuditOrgs", func(t *testing.T) {
@@ -328,6 +297,31 @@ func testUsage(t *testing.T, newStore Factory) {
 		// org-a lost every event but keeps its chain: its anchor matters.
 		if want := []string{"", "org-a", "org-b"}; err != nil || !slices.Equal(got, want) {
 			t.Errorf("AuditOrgs = %q, %v; want %q", got, err, want)
+		}
+	})
+
+	// A batch written again, as a writer does when the answer to a commit
+	// that landed was lost, conflicts on the ids the first write gave
+	// it: no row and no total counts twice.
+	t.Run("RetriedBatch", func(t *testing.T) {
+		st := newStore(t)
+		t0 := time.Date(2031, 2, 1, 10, 0, 0, 0, time.UTC)
+		batch := []keybridge.Usage{
+			{OrgID: "org", Time: t0, Model: "m", Status: 200, InputTokens: 1},
+			{OrgID: "org", Time: t0.Add(time.Minute), Model: "m", Status: 200, InputTokens: 2},
+		}
+		if err := st.InsertUsage(ctx, batch); err != nil {
+			t.Fatalf("InsertUsage = %v", err)
+		}
+		err := st.InsertUsage(ctx, batch)
+		baseCode(t, "InsertUsage(the same batch again)", err, keybridge.EConflict)
+		// Rows written and a new one after them: still all or none.
+		again := append(slices.Clone(batch), keybridge.Usage{OrgID: "org", Time: t0.Add(2 * time.Minute), Model: "m", Status: 200, InputTokens: 4})
+		err = st.InsertUsage(ctx, again)
+		baseCode(t, "InsertUsage(a batch holding a written row)", err, keybridge.EConflict)
+		got, err := st.QueryUsage(ctx, keybridge.UsageQuery{OrgID: "org", GroupBy: keybridge.GroupByModel, Since: t0.Add(-48 * time.Hour), Until: t0.Add(48 * time.Hour)})
+		if want := []keybridge.UsageGroup{{Key: "m", Requests: 2, InputTokens: 3}}; err != nil || !UsageEqual(got, want) {
+			t.Errorf("QueryUsage after writing the batch again = %+v, %v; want %+v", got, err, want)
 		}
 	})
 
@@ -361,9 +355,7 @@ func UsageRollupBackfill(t *testing.T, newStore Factory, migrate func(context.Co
 	r := rand.New(rand.NewPCG(5, 6))
 	start := time.Date(2031, 5, 1, 7, 45, 0, 0, time.UTC)
 	rows := usageRows(r, "org", 1500, start, 3*24*time.Hour)
-	if err := st.InsertUsage(ctx, rows); err != nil {
-		t.Fatalf("InsertUsage = %v", err)
-	}
+	LegacyUsage(t, st, rows)
 	raw := RawOf(t, st)
 	for _, stmt := range []string{
 		`ALTER TABLE usage_rollup DROP COLUMN failovers`,
@@ -382,5 +374,80 @@ func UsageRollupBackfill(t *testing.T, newStore Factory, migrate func(context.Co
 			usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(-time.Hour), Until: start.Add(4 * 24 * time.Hour), Bucket: b})
 			usageCheck(t, st, rows, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(25 * time.Minute), Until: start.Add(50*time.Hour + 10*time.Minute), Bucket: b})
 		}
+	}
+}
+
+// LegacyUsage writes rows as releases before usage_batches did: their
+// totals through InsertUsage, the raw rows one per request in usage, for
+// tests of migrations and of databases upgraded from such a release. It
+// takes the whole of usage_batches back out, so the store must hold no
+// other packed rows.
+func LegacyUsage(t testing.TB, st store.Store, rows []keybridge.Usage) {
+	t.Helper()
+	if err := st.InsertUsage(context.Background(), rows); err != nil {
+		t.Fatalf("InsertUsage = %v", err)
+	}
+	raw := RawOf(t, st)
+	if _, err := raw.DB.Exec(`DELETE FROM usage_batches`); err != nil {
+		t.Fatal(err)
+	}
+	for i, u := range rows {
+		id := u.ID
+		if id == "" {
+			id = fmt.Sprintf("legacy-%s-%06d", u.Time.Format("20060102150405.000000"), i)
+		}
+		var at any = u.Time.UnixMicro()
+		if raw.Postgres {
+			at = u.Time
+		}
+		raw.Exec(t, `INSERT INTO usage (id, time, org_id, project_id, user_id, api_key_id, ai_key_id, provider_id, provider_key_id,
+			model, status, stream, latency_ms, upstream_latency_ms, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, failovers)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			id, at, u.OrgID, u.ProjectID, u.UserID, u.APIKeyID, u.AIKeyID, u.ProviderID, u.ProviderKeyID, u.Model,
+			u.Status, u.Stream, u.LatencyMS, u.UpstreamLatencyMS, u.InputTokens, u.OutputTokens, u.CacheReadTokens, u.CacheWriteTokens, u.Failovers)
+	}
+}
+
+// testUsageDeleteBefore checks retention, the first legacy rows written
+// as LegacyUsage does.
+func testUsageDeleteBefore(t *testing.T, newStore Factory, legacy int) {
+	ctx := context.Background()
+	st := newStore(t)
+	r := rand.New(rand.NewPCG(3, 4))
+	start := time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)
+	rows := usageRows(r, "org", 2000, start, 10*24*time.Hour)
+	LegacyUsage(t, st, rows[:legacy])
+	if err := st.InsertUsage(ctx, rows[legacy:]); err != nil {
+		t.Fatalf("InsertUsage = %v", err)
+	}
+	// The cut is rounded down to its UTC day: rows from the start of
+	// day 4 stay, and so do the daily and hourly totals that hold them.
+	cut := start.Add(4*24*time.Hour + 15*time.Hour)
+	day := start.Add(4 * 24 * time.Hour)
+	var wantGone int64
+	var kept []keybridge.Usage
+	for _, u := range rows {
+		if u.Time.Before(day) {
+			wantGone++
+		} else {
+			kept = append(kept, u)
+		}
+	}
+	n, err := st.DeleteUsageBefore(ctx, cut)
+	if err != nil {
+		t.Fatalf("DeleteUsageBefore = %v", err)
+	}
+	if n != wantGone {
+		t.Errorf("DeleteUsageBefore = %d rows, want %d", n, wantGone)
+	}
+	for _, by := range usageGroupBys {
+		// A window reaching back past the cut sees only what is kept:
+		// the totals went with the rows.
+		usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: start.Add(-24 * time.Hour), Until: start.Add(11 * 24 * time.Hour)})
+		usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: day.Add(-90 * time.Minute), Until: day.Add(26 * time.Hour)})
+		usageCheck(t, st, kept, keybridge.UsageQuery{OrgID: "org", GroupBy: by, Since: day.Add(-90 * time.Minute), Until: day.Add(26 * time.Hour), Bucket: keybridge.BucketDay})
+	}
+	if n, err := st.DeleteUsageBefore(ctx, cut); err != nil || n != 0 {
+		t.Errorf("DeleteUsageBefore(again) = %d, %v; want 0", n, err)
 	}
 }
