@@ -74,13 +74,16 @@ func (b *brEnv) aiKey(aiType string) (key, secret string) {
 }
 
 // client is the official Bedrock runtime client as a user sets it up for
-// Keybridge: the gateway's endpoint and the AI key pair, no retries.
+// Keybridge: the gateway's endpoint and the AI key pair, no retries. Its HTTP
+// client is providertest.AWSHTTPClient, which keeps the SDK's own race from
+// closing the connection under a stream.
 func (b *brEnv) client(provider, akid, secret string) *bedrockruntime.Client {
 	return bedrockruntime.New(bedrockruntime.Options{
 		Region:           brRegion,
 		BaseEndpoint:     aws.String(b.URL + "/gateway/" + provider),
 		Credentials:      credentials.NewStaticCredentialsProvider(akid, secret, ""),
 		RetryMaxAttempts: 1,
+		HTTPClient:       providertest.AWSHTTPClient(nil),
 	})
 }
 
@@ -96,6 +99,7 @@ func (b *brEnv) bearerClient(token string) *bedrockruntime.Client {
 		BearerAuthTokenProvider: bearer.StaticTokenProvider{Token: bearer.Token{Value: token}},
 		BearerAuthSigner:        plainBearer{},
 		RetryMaxAttempts:        1,
+		HTTPClient:              providertest.AWSHTTPClient(nil),
 	})
 }
 

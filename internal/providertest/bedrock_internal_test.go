@@ -3,6 +3,7 @@ package providertest
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -18,6 +19,7 @@ import (
 // and the SDK turns it into the exception's typed error.
 func TestEncodeException(t *testing.T) {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body) // the whole request, then the answer, as Bedrock does
 		enc := eventstream.NewEncoder()
 		w.Header().Set("Content-Type", "application/vnd.amazon.eventstream")
 		_, _ = w.Write(encodeEvent(enc, "messageStart", map[string]any{"role": "assistant"}))
@@ -27,6 +29,7 @@ func TestEncodeException(t *testing.T) {
 	c := bedrockruntime.New(bedrockruntime.Options{
 		Region: "us-east-1", BaseEndpoint: aws.String(hs.URL), RetryMaxAttempts: 1,
 		Credentials: credentials.NewStaticCredentialsProvider("AKIA", "secret", ""),
+		HTTPClient:  AWSHTTPClient(nil),
 	})
 	out, err := c.ConverseStream(context.Background(), &bedrockruntime.ConverseStreamInput{ModelId: aws.String("m")})
 	if err != nil {

@@ -44,13 +44,16 @@ func newBedrock(t *testing.T) *providertest.Server {
 }
 
 // bedrockClient is the official client pointed at url, signing with the
-// pair given and never retrying, so faults are seen as they are.
+// pair given and never retrying, so faults are seen as they are; its HTTP
+// client is AWSHTTPClient, so that the SDK's own race does not close the
+// connection under a stream.
 func bedrockClient(url, akid, secret string) *bedrockruntime.Client {
 	return bedrockruntime.New(bedrockruntime.Options{
 		Region:           bedrockRegion,
 		BaseEndpoint:     aws.String(url),
 		Credentials:      credentials.NewStaticCredentialsProvider(akid, secret, ""),
 		RetryMaxAttempts: 1,
+		HTTPClient:       providertest.AWSHTTPClient(nil),
 	})
 }
 
@@ -346,6 +349,7 @@ func TestBedrockRefusesBadSignatures(t *testing.T) {
 	other := bedrockruntime.New(bedrockruntime.Options{
 		Region: "us-east-1", BaseEndpoint: aws.String(s.URL), RetryMaxAttempts: 1,
 		Credentials: credentials.NewStaticCredentialsProvider(bedrockAKID, bedrockSecret, ""),
+		HTTPClient:  providertest.AWSHTTPClient(nil),
 	})
 	if _, err := other.Converse(context.Background(), converseInput(claudeModel)); err == nil {
 		t.Error("another region's signature: got success, want a refusal")
