@@ -14,8 +14,8 @@ import (
 )
 
 // Usage is kept twice: the raw rows (one per gateway request, packed in
-// usage_batches, see usage_pack.go) and, in the same transaction, per-org totals per group-by dimension per hour and per
-// UTC day (usage_rollup). A query over [since, until) reads whole days from
+// usage_batches, see usage_pack.go) and, in the same transaction, per-org
+// totals per group-by dimension per hour and per UTC day (usage_rollup). A query over [since, until) reads whole days from
 // the daily totals, the whole hours around them from the hourly totals, and
 // only the partial hours at both ends from the raw rows, so its cost
 // follows the number of groups and days, not the number of requests: a
@@ -517,6 +517,10 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 		return nil, err
 	}
 	rows.Close()
+	// The packed raw rows are read after the totals, not in their
+	// snapshot: a batch that commits in between counts in the partial
+	// hours and not yet in the whole ones. No request counts twice, and
+	// the next query sees the batch whole.
 	for _, r := range p.raw {
 		if r.empty() {
 			continue
