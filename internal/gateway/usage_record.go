@@ -281,8 +281,8 @@ func (r *recorder) write(ctx context.Context, rows []keybridge.Usage) error {
 // so that a row it refuses costs as few others as can be found cheaply:
 // a half refused is split again while its other half is written, and
 // dropped when it is one row or when both halves are refused (then the
-// refusal is not one row's). A row with a NUL in its model, which
-// PostgreSQL refuses, costs itself and about twenty writes. It returns
+// refusal is not one row's). One bad row in 500 costs itself and about
+// twenty writes. It returns
 // how many rows it dropped and, when the database could not be reached
 // meanwhile or ctx ended, the batches it left unwritten, with that
 // error: each as it was tried, for the commit of the last one may have

@@ -384,7 +384,9 @@ type UsageStore interface {
 	// InsertUsage writes a batch of usage records, all or none, naming
 	// them by IDs it gives rows of batch. EConflict when the batch is
 	// stored already: written before, it committed although its caller
-	// never heard so. Nothing is written twice.
+	// never heard so. Nothing is written twice. A retry must be the very
+	// batch InsertUsage was given, as it left it (it names the rows): a
+	// batch mixing written rows with new ones conflicts whole too.
 	InsertUsage(ctx context.Context, batch []keybridge.Usage) error
 	// QueryUsage aggregates usage per q. EInvalid for an unknown GroupBy or Bucket.
 	QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybridge.UsageGroup, error)

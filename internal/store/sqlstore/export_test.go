@@ -9,8 +9,10 @@ func Subscribers(s *Store) int { return len(s.db.hub.subscribers()) }
 
 // The statements that read or delete raw usage rows, for their query plans.
 const (
-	UsageRawFrom   = usageRawFrom
-	UsageDeleteSQL = usageDeleteSQL
+	UsageRawFrom          = usageRawFrom
+	UsageDeleteSQL        = usageDeleteSQL
+	UsageBatchesOfHour    = usageBatchesOfHour
+	UsageBatchesDeleteSQL = usageBatchesDeleteSQL
 )
 
 // PackUsage and UnpackUsage are the encoding of usage_batches' rows.

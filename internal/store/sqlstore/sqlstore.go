@@ -177,8 +177,8 @@ func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result
 // prepare returns query prepared on the writer pool, preparing it the
 // first time. It must be called outside a transaction: preparing takes a
 // writer connection, and SQLite has only one. A statement whose text is
-// as costly for the engine to parse as to run (the usage insert's 500
-// rows) is then parsed once per connection instead of once per batch.
+// as costly for the engine to parse as to run (the usage rollup's
+// upserts) is then parsed once per connection instead of once per batch.
 func (s *Store) prepare(ctx context.Context, query string) (*sql.Stmt, error) {
 	q := s.q(query)
 	if st, ok := s.db.prepared.Load(q); ok {

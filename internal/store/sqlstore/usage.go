@@ -29,10 +29,12 @@ const (
 	// usageRollupChunk rollup rows go in one upsert (13 parameters a row).
 	usageRollupChunk = 500
 	// usageDeleteChunk raw rows of usage, or usageDeleteBatches of
-	// usage_batches (up to 500 rows each), are deleted per transaction, so
-	// retention never holds SQLite's single writer for long.
+	// usage_batches, are deleted per transaction, so retention never
+	// holds SQLite's single writer for long. A batch holds up to 500 rows
+	// of a busy org, or one or two of a quiet one: the writer is held for
+	// a few milliseconds at most either way.
 	usageDeleteChunk   = 5000
-	usageDeleteBatches = 20
+	usageDeleteBatches = 200
 )
 
 // usageDims lists the group-by dimensions with the SQL expression that
@@ -206,15 +208,14 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 				g.day.add(u)
 			}
 		}
-		var blob []byte
+		blob := make([]byte, 0, 64*min(len(batch), usageBatchRows))
 		for _, pk := range packOrder {
 			for rows := range slices.Chunk(packs[pk], usageBatchRows) {
 				if rows[0].ID == "" {
 					rows[0].ID = newID()
 				}
 				blob = packUsage(blob[:0], pk.hour, rows)
-				if _, err := tx.exec(ctx, `INSERT INTO usage_batches (org_id, hour, id, rows, data) VALUES (?, ?, ?, ?, ?)`,
-					pk.org, tx.ts(time.UnixMicro(pk.hour)), rows[0].ID, len(rows), blob); err != nil {
+				if err := tx.insertUsageBatch(ctx, st.insert, pk.org, pk.hour, rows[0].ID, len(rows), blob); err != nil {
 					// Only a name can conflict, and names are the IDs
 					// given at a first try: that try committed.
 					return tx.conflict(fmt.Errorf("insert usage: %w", err), "usage rows already written")
@@ -256,21 +257,42 @@ var usageUpsertFixed = func() (q [len(usageUpsertSizes)]string) {
 	return q
 }()
 
+// usageBatchInsert writes one usage_batches row.
+const usageBatchInsert = `INSERT INTO usage_batches (org_id, hour, id, rows, data) VALUES (?, ?, ?, ?, ?)`
+
+// insertUsageBatch writes one usage_batches row in the transaction s, with
+// stmt when prepared.
+func (s *Store) insertUsageBatch(ctx context.Context, stmt *sql.Stmt, org string, hour int64, id string, rows int, data []byte) error {
+	args := []any{org, s.ts(time.UnixMicro(hour)), id, rows, data}
+	if stmt != nil {
+		_, err := s.tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+		return err
+	}
+	_, err := s.exec(ctx, usageBatchInsert, args...)
+	return err
+}
+
 // usageStmts are InsertUsage's prepared statements, nil where not
-// prepared: in SQLite, the upserts of usageUpsertSizes rollup rows.
+// prepared: in SQLite, the insert of a usage_batches row and the upserts
+// of usageUpsertSizes rollup rows. PostgreSQL's pgx keeps the statements
+// it parsed already.
 type usageStmts struct {
+	insert  *sql.Stmt
 	upserts [len(usageUpsertSizes)]*sql.Stmt
 }
 
-// prepareUsage prepares, in SQLite, the rollup upserts; outside a
+// prepareUsage prepares, in SQLite, InsertUsage's statements; outside a
 // transaction only (see prepare).
 func (s *Store) prepareUsage(ctx context.Context) (usageStmts, error) {
 	var st usageStmts
 	if s.db.Dialect.Name != "sqlite" {
 		return st, nil
 	}
+	var err error
+	if st.insert, err = s.prepare(ctx, usageBatchInsert); err != nil {
+		return st, fmt.Errorf("prepare usage insert: %w", err)
+	}
 	for i, q := range usageUpsertFixed {
-		var err error
 		if st.upserts[i], err = s.prepare(ctx, q); err != nil {
 			return st, fmt.Errorf("prepare usage rollup upsert: %w", err)
 		}
@@ -571,9 +593,19 @@ func (s *Store) QueryUsage(ctx context.Context, q keybridge.UsageQuery) ([]keybr
 	return out, nil
 }
 
+// usageBatchesOfHour reads one org's packed raw rows of one hour: a range
+// of usage_batches' primary key. usageBatchesDeleteSQL deletes a chunk of
+// one org's before a cut, found by the same key, and gives how many raw
+// rows each held.
+const (
+	usageBatchesOfHour    = `SELECT data FROM usage_batches WHERE org_id = ? AND hour = ?`
+	usageBatchesDeleteSQL = `DELETE FROM usage_batches WHERE org_id = ? AND (hour, id) IN
+		(SELECT hour, id FROM usage_batches WHERE org_id = ? AND hour < ? LIMIT ?) RETURNING rows`
+)
+
 // unpackUsageHour calls fn with each raw row of org filed under hour.
 func (s *Store) unpackUsageHour(ctx context.Context, org string, hour time.Time, fn func(u *keybridge.Usage)) error {
-	rows, err := s.query(ctx, `SELECT data FROM usage_batches WHERE org_id = ? AND hour = ?`, org, s.ts(hour))
+	rows, err := s.query(ctx, usageBatchesOfHour, org, s.ts(hour))
 	if err != nil {
 		return err
 	}
@@ -638,8 +670,7 @@ func (s *Store) DeleteUsageBefore(ctx context.Context, t time.Time) (int64, erro
 // start), and reports how many raw rows they held and whether there may
 // be more.
 func (s *Store) deleteUsageBatches(ctx context.Context, org string, cut any) (int64, bool, error) {
-	rows, err := s.query(ctx, `DELETE FROM usage_batches WHERE org_id = ? AND (hour, id) IN
-		(SELECT hour, id FROM usage_batches WHERE org_id = ? AND hour < ? LIMIT ?) RETURNING rows`, org, org, cut, usageDeleteBatches)
+	rows, err := s.query(ctx, usageBatchesDeleteSQL, org, org, cut, usageDeleteBatches)
 	if err != nil {
 		return 0, false, err
 	}

@@ -198,17 +198,21 @@ func BenchmarkInsertUsage(b *testing.B) {
 }
 
 // TestUsagePlansUseKey checks, in SQLite, that every statement on raw usage
-// rows finds them by a range of the table's key rather than by a scan:
-// usage is the largest table by far, and a scan of it holds the writer
+// rows finds them by a range of its table's key rather than by a scan: raw
+// usage is the largest data by far, and a scan of it holds the writer
 // (retention's purge) or a reader (a usage query) for as long as it lasts.
 func TestUsagePlansUseKey(t *testing.T) {
 	st := storetest.SQLite(t).(*sqlstore.Store)
 	for _, q := range []struct {
 		name, sql string
 		args      []any
+		table     string // what each statement must search by its key
+		key       string // the key's first columns, as the plan names them
 	}{
-		{"query's raw rows", `SELECT model, latency_ms ` + sqlstore.UsageRawFrom, []any{"org", 0, 1}},
-		{"retention's purge", sqlstore.UsageDeleteSQL, []any{"org", "org", 1, 5000}},
+		{"query's packed rows", sqlstore.UsageBatchesOfHour, []any{"org", 0}, "usage_batches", "(org_id=? AND hour=?)"},
+		{"retention's purge of packed rows", sqlstore.UsageBatchesDeleteSQL, []any{"org", "org", 1, 20}, "usage_batches", "(org_id=? AND hour<?)"},
+		{"query's older raw rows", `SELECT model, latency_ms ` + sqlstore.UsageRawFrom, []any{"org", 0, 1}, "usage", "(org_id=? AND time"},
+		{"retention's purge of older raw rows", sqlstore.UsageDeleteSQL, []any{"org", "org", 1, 5000}, "usage", "(org_id=? AND time"},
 	} {
 		rows, err := st.DB().Write.Query(`EXPLAIN QUERY PLAN `+q.sql, q.args...)
 		if err != nil {
@@ -226,15 +230,15 @@ func TestUsagePlansUseKey(t *testing.T) {
 		rows.Close()
 		searches := 0
 		for _, line := range plan {
-			if strings.HasPrefix(line, "SCAN usage") && !strings.HasPrefix(line, "SCAN usage_") {
-				t.Errorf("%s scans usage: %q", q.name, plan)
+			if line == "SCAN "+q.table || strings.HasPrefix(line, "SCAN "+q.table+" ") {
+				t.Errorf("%s scans %s: %q", q.name, q.table, plan)
 			}
-			if strings.HasPrefix(line, "SEARCH usage USING PRIMARY KEY (org_id=? AND time") {
+			if strings.HasPrefix(line, "SEARCH "+q.table+" USING ") && strings.Contains(line, q.key) {
 				searches++
 			}
 		}
 		if searches == 0 {
-			t.Errorf("%s does not search usage by (org_id, time): %q", q.name, plan)
+			t.Errorf("%s does not search %s by %s: %q", q.name, q.table, q.key, plan)
 		}
 	}
 }
