@@ -361,18 +361,7 @@ func TestRecorderDropsRefusedRows(t *testing.T) {
 			if _, err := r.flush(ctx); err == nil {
 				t.Fatal("last flush of a batch holding a refused row = nil, want its error")
 			}
-			if got := recMetric(t, r, "keybridge_usage_dropped_total"); got != 1 {
-				t.Errorf("dropped = %v, want the 1 refused row", got)
-			}
-			if got := recMetric(t, r, "keybridge_usage_written_total"); got != 39 {
-				t.Errorf("keybridge_usage_written_total = %v, want the 39 others", got)
-			}
-			if got := recRequests(t, st, "good"); got != 39 {
-				t.Errorf("stored requests = %d, want 39", got)
-			}
-			if got := recMetric(t, r, "keybridge_usage_queue_depth"); got != 0 {
-				t.Errorf("queue depth after giving up = %v, want 0", got)
-			}
+			checkRecorder(t, "after giving up on the refused row", r, st, recWant{stored: 39, written: 39, dropped: 1})
 			// 40 rows: 2 writes per halving, 6 halvings at most.
 			if got := len(st.insertSizes()) - before; got > 2*6+1 {
 				t.Errorf("the refused row was found in %d writes, want at most %d", got, 2*6+1)
@@ -440,18 +429,7 @@ func TestRecorderSalvageCutByAnOutage(t *testing.T) {
 	for range recorderAttempts + 1 {
 		r.flushAll(ctx)
 	}
-	if got := recRequests(t, st, "good"); got != 39 {
-		t.Errorf("stored requests = %d, want 39, each once", got)
-	}
-	if got := recMetric(t, r, "keybridge_usage_written_total"); got != 39 {
-		t.Errorf("keybridge_usage_written_total = %v, want 39", got)
-	}
-	if got := recMetric(t, r, "keybridge_usage_dropped_total"); got != 1 {
-		t.Errorf("keybridge_usage_dropped_total = %v, want the 1 refused row", got)
-	}
-	if got := recMetric(t, r, "keybridge_usage_queue_depth"); got != 0 {
-		t.Errorf("queue depth = %v, want 0", got)
-	}
+	checkRecorder(t, "once the database is back", r, st, recWant{stored: 39, written: 39, dropped: 1})
 	if log.count("database unavailable") != 1 || log.count("database available again") != 1 {
 		t.Errorf("the outage was not logged once as it began and once as it ended:\n%s", log.String())
 	}
@@ -487,5 +465,29 @@ func TestRecorderRetriesOnTheTickOnly(t *testing.T) {
 	ticks := int64(time.Since(start) / recorderEvery)
 	if got, most := st.inserts.Load(), 2+ticks; got > most {
 		t.Errorf("%d writes of usage with the database down over %d ticks, want at most %d", got, ticks, most)
+	}
+}
+
+// recWant is what a test expects of a recorder once it is done: the
+// requests of model "good" the store holds, and the written, dropped and
+// queue-depth metrics.
+type recWant struct {
+	stored                  int64
+	written, dropped, depth float64
+}
+
+// checkRecorder compares r and st with w, when naming the moment.
+func checkRecorder(t *testing.T, when string, r *recorder, st store.Store, w recWant) {
+	t.Helper()
+	if got := recRequests(t, st, "good"); got != w.stored {
+		t.Errorf("%s: stored requests = %d, want %d, each once", when, got, w.stored)
+	}
+	for _, m := range []struct {
+		name string
+		want float64
+	}{{"keybridge_usage_written_total", w.written}, {"keybridge_usage_dropped_total", w.dropped}, {"keybridge_usage_queue_depth", w.depth}} {
+		if got := recMetric(t, r, m.name); got != m.want {
+			t.Errorf("%s: %s = %v, want %v", when, m.name, got, m.want)
+		}
 	}
 }
