@@ -33,6 +33,11 @@ const (
 	recorderAttempts = 10
 	// recorderDrain bounds the last flush once run's context ends.
 	recorderDrain = 5 * time.Second
+	// recorderWriteTimeout bounds one write of usage: a database that
+	// takes the connection but does not answer is one that cannot be
+	// reached, and its batch is kept, instead of holding the recorder
+	// until TCP gives up.
+	recorderWriteTimeout = 30 * time.Second
 )
 
 // recorder writes usage rows in batches off the request path through a
@@ -74,6 +79,8 @@ type recorder struct {
 	// written counts rows whose batch committed: once it counts a row,
 	// the row is durable and is never written again.
 	written prometheus.Counter
+	// writeTimeout is recorderWriteTimeout; tests shorten it.
+	writeTimeout time.Duration
 }
 
 // newRecorder returns a recorder writing to st with a queue of size rows
@@ -89,6 +96,7 @@ func newRecorder(st store.Store, log *slog.Logger, size int) *recorder {
 		st:           st,
 		log:          log,
 		queue:        make(chan keybridge.Usage, size),
+		writeTimeout: recorderWriteTimeout,
 		kick:         make(chan struct{}, 1),
 		providerKeys: map[string]time.Time{},
 		credentials:  map[string]time.Time{},
@@ -267,7 +275,14 @@ func (r *recorder) flush(ctx context.Context) (int, error) {
 // conflict means they were: InsertUsage named them by the ids it gave
 // them at a first try, whose commit landed although its answer was lost.
 func (r *recorder) write(ctx context.Context, rows []keybridge.Usage) error {
-	err := r.st.InsertUsage(ctx, rows)
+	wctx, cancel := context.WithTimeout(ctx, r.writeTimeout)
+	defer cancel()
+	err := r.st.InsertUsage(wctx, rows)
+	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+		// Unanswered, not refused: the write may even land later, and
+		// then the batch written again conflicts, as a lost answer does.
+		err = keybridge.Errorf(keybridge.EUnavailable, "usage: the database did not answer within %v: %v", r.writeTimeout, err)
+	}
 	if keybridge.IsCode(err, keybridge.EConflict) {
 		err = nil
 	}

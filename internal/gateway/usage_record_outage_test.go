@@ -42,6 +42,7 @@ type unreachableStore struct {
 	store.Store
 	down       atomic.Bool
 	loseAnswer atomic.Bool
+	silent     atomic.Bool // takes writes and never answers them
 	inserts    atomic.Int64
 }
 
@@ -49,6 +50,10 @@ func (s *unreachableStore) InsertUsage(ctx context.Context, batch []keybridge.Us
 	s.inserts.Add(1)
 	if s.down.Load() {
 		return errConnRefused
+	}
+	if s.silent.Load() {
+		<-ctx.Done()
+		return ctx.Err()
 	}
 	err := s.Store.InsertUsage(ctx, batch)
 	if err == nil && s.loseAnswer.CompareAndSwap(true, false) {
@@ -313,6 +318,35 @@ func TestRecorderLostAnswerCountsOnce(t *testing.T) {
 	}
 	if got := recMetric(t, r, "keybridge_usage_queue_depth"); got != 0 {
 		t.Errorf("queue depth = %v, want 0", got)
+	}
+}
+
+// A database that takes a write and never answers is one that cannot be
+// reached: the write gives up after the recorder's timeout, and the batch
+// is kept and written once the database answers, not refused and dropped.
+func TestRecorderWriteTimesOut(t *testing.T) {
+	ctx := context.Background()
+	st := &unreachableStore{Store: storetest.SQLite(t)}
+	var log recLog
+	r := newRecorder(st, log.logger(), 100)
+	r.writeTimeout = 20 * time.Millisecond
+	for _, u := range recRows(5, "good") {
+		r.add(u)
+	}
+	st.silent.Store(true)
+	for range recorderAttempts + 1 {
+		if _, err := r.flush(ctx); !store.Unavailable(err) {
+			t.Fatalf("flush to a database that does not answer = %v, want the database unavailable", err)
+		}
+	}
+	checkRecorder(t, "while the database does not answer", r, st, recWant{depth: 5})
+	st.silent.Store(false)
+	if n, err := r.flush(ctx); n != 5 || err != nil {
+		t.Fatalf("flush once the database answers = %d, %v; want the 5 kept rows", n, err)
+	}
+	checkRecorder(t, "once it answers", r, st, recWant{stored: 5, written: 5})
+	if log.count("database unavailable") != 1 || log.count("database available again") != 1 {
+		t.Errorf("the silence was not logged once as it began and once as it ended:\n%s", log.String())
 	}
 }
 
