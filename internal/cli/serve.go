@@ -205,6 +205,7 @@ func serve(ctx context.Context, env *Env) error {
 		if err != nil {
 			return fmt.Errorf("%w: --redis-url: %v", errUsage, err)
 		}
+		redis.SetLogger(redisLogger{log})
 		authOpts.Redis = redis.NewClient(opt)
 		defer authOpts.Redis.Close()
 	}

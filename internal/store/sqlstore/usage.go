@@ -177,8 +177,18 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 			org  string
 			hour int64
 		}
-		var packOrder []packKey
-		packs := map[packKey][]*keybridge.Usage{}
+		// Rows come in runs of one org and hour, and often of one
+		// provider or model: each lookup is tried first on the previous
+		// row's, before the maps.
+		var packKeys []packKey
+		var packs [][]*keybridge.Usage
+		packOf := map[packKey]int{}
+		lastPack := -1
+		type hit struct {
+			k usageRollupKey
+			g *usageTotals
+		}
+		last := make([]hit, len(usageDims))
 		for i := range batch {
 			u := &batch[i]
 			if u.Time.IsZero() {
@@ -187,30 +197,39 @@ func (s *Store) InsertUsage(ctx context.Context, batch []keybridge.Usage) error 
 			u.Time = u.Time.UTC().Truncate(time.Microsecond)
 			hour := u.Time.Truncate(time.Hour).UnixMicro()
 			pk := packKey{u.OrgID, hour}
-			if packs[pk] == nil {
-				packOrder = append(packOrder, pk)
+			if lastPack < 0 || packKeys[lastPack] != pk {
+				n, ok := packOf[pk]
+				if !ok {
+					n = len(packs)
+					packOf[pk] = n
+					packKeys, packs = append(packKeys, pk), append(packs, nil)
+				}
+				lastPack = n
 			}
-			packs[pk] = append(packs[pk], u)
+			packs[lastPack] = append(packs[lastPack], u)
 			for d := range usageDims {
 				k := usageRollupKey{org: u.OrgID, key: usageGroupKey(u, d), bucket: hour, dim: uint8(d)}
-				g := rollup[k]
-				if g == nil {
-					g = &usageTotals{}
-					rollup[k] = g
-					dk := k
-					dk.day, dk.bucket = true, time.UnixMicro(hour).UTC().Truncate(usageDay).UnixMicro()
-					if g.day = rollup[dk]; g.day == nil {
-						g.day = &usageTotals{}
-						rollup[dk] = g.day
+				g := last[d].g
+				if g == nil || last[d].k != k {
+					if g = rollup[k]; g == nil {
+						g = &usageTotals{}
+						rollup[k] = g
+						dk := k
+						dk.day, dk.bucket = true, time.UnixMicro(hour).UTC().Truncate(usageDay).UnixMicro()
+						if g.day = rollup[dk]; g.day == nil {
+							g.day = &usageTotals{}
+							rollup[dk] = g.day
+						}
 					}
+					last[d] = hit{k, g}
 				}
 				g.add(u)
 				g.day.add(u)
 			}
 		}
 		blob := make([]byte, 0, 64*min(len(batch), usageBatchRows))
-		for _, pk := range packOrder {
-			for rows := range slices.Chunk(packs[pk], usageBatchRows) {
+		for n, pk := range packKeys {
+			for rows := range slices.Chunk(packs[n], usageBatchRows) {
 				if rows[0].ID == "" {
 					rows[0].ID = newID()
 				}
