@@ -472,17 +472,33 @@ func (c *cache) goDeaf(now, grace int64) {
 // staleGet returns the principal of h from the stale set, if the set is
 // still good at now and the key's own end has not come.
 func (c *cache) staleGet(h *[32]byte, kind credKind, now int64) (*keybridge.Principal, bool) {
+	if e := c.staleEntry(h, kind, now); e != nil {
+		return e.p, true
+	}
+	return nil, false
+}
+
+// staleEntry is staleGet's entry: a kindSigV4 caller needs the secret it
+// holds to check a signature. A set found past its end is dropped, so the
+// secrets of its SigV4 entries go with it.
+func (c *cache) staleEntry(h *[32]byte, kind credKind, now int64) *entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stale == nil || now >= c.stale.until {
-		return nil, false
+	if c.stale == nil {
+		return nil
+	}
+	if now >= c.stale.until {
+		// A cache already deaf keeps the set it has, none now: repeated
+		// failures to reconnect still find no grace.
+		c.stale = nil
+		return nil
 	}
 	e := c.stale.m[*h]
 	if e == nil || e.kind != kind || now >= e.hard {
-		return nil, false
+		return nil
 	}
 	c.staleHits.Add(1)
-	return e.p, true
+	return e
 }
 
 func (c *cache) clearLocked() {

@@ -413,3 +413,60 @@ func TestOutageGrace(t *testing.T) {
 	}
 	st.down.Store(false)
 }
+
+func (o *outageStore) AIKeyByKey(ctx context.Context, key string) (*keybridge.AIKey, error) {
+	if o.down.Load() {
+		return nil, errRefused
+	}
+	return o.relayStore.AIKeyByKey(ctx, key)
+}
+
+// A SigV4 pair verified before the database went away verifies from the
+// stale set for OutageGrace, as its secret does as a bearer token, its
+// signature still checked; a pair never verified gets the store's error.
+func TestOutageGraceSigV4(t *testing.T) {
+	ctx := context.Background()
+	const grace = time.Second
+	relay := &relayStore{Store: storetest.SQLite(t), relay: make(chan store.Invalidation), applied: make(chan struct{})}
+	st := &outageStore{relayStore: relay}
+	f := newFixture(t, st)
+	ring := f.openRing(t)
+	opts := fastOptions()
+	opts.OutageGrace, opts.Ring = grace, ring
+	s := startService(t, st, opts)
+	srv, verdicts := sigV4Server(t, s)
+	secret, k := f.newSealedAIKey(t, ring, keybridge.AIAWS)
+	neverSecret, never := f.newSealedAIKey(t, ring, keybridge.AIAWS)
+	if err := invoke(ctx, bedrockClient(srv, k.Key, secret, nil), modelWithColon); err != nil {
+		t.Fatalf("invoke before the outage: %v", err)
+	}
+	verdicts()
+
+	st.down.Store(true)
+	wentDeaf := time.Now()
+	relay.send(store.Invalidation{Kind: store.InvalidateDeaf})
+	invoke(ctx, bedrockClient(srv, k.Key, secret, nil), modelWithColon)
+	invoke(ctx, bedrockClient(srv, k.Key, secret+"x", nil), modelWithColon)
+	invoke(ctx, bedrockClient(srv, never.Key, neverSecret, nil), modelWithColon)
+	v := verdicts()
+	if len(v) != 3 {
+		t.Fatalf("%d verdicts, want 3", len(v))
+	}
+	if v[0].err != nil || v[0].p.KeyID != k.ID {
+		t.Errorf("VerifySigV4 of a pair verified before the outage = %v, %v; want its principal", v[0].p, v[0].err)
+	}
+	wantCode(t, "VerifySigV4 with a wrong secret during the outage", v[1].err, keybridge.EUnauthenticated)
+	if !store.Unavailable(v[2].err) {
+		t.Errorf("VerifySigV4 of a pair never verified during the outage = %v, want the store's unavailability", v[2].err)
+	}
+	if got := s.CacheStats(); got.StaleHits < 2 {
+		t.Errorf("CacheStats = %+v, want 2 stale hits", got)
+	}
+
+	time.Sleep(time.Until(wentDeaf.Add(grace + 100*time.Millisecond)))
+	invoke(ctx, bedrockClient(srv, k.Key, secret, nil), modelWithColon)
+	if v := verdicts(); len(v) != 1 || !store.Unavailable(v[0].err) {
+		t.Errorf("VerifySigV4 past the grace = %+v, want the store's unavailability", v)
+	}
+	st.down.Store(false)
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/keybridge/keybridge/internal/apikey"
 	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
 )
 
 // SigV4 (SPEC §7.2): the AWS SDKs and CLI sign each request with an AWS AI
@@ -130,7 +132,7 @@ func (s *Service) VerifySigV4(ctx context.Context, r *http.Request, payloadHash 
 	if v := r.Header.Get("X-Amz-Content-Sha256"); v != "" && v != "UNSIGNED-PAYLOAD" && v != payloadHash {
 		return nil, errBadSignature
 	}
-	e, err := s.sigV4Entry(ctx, a.keyID)
+	e, stale, err := s.sigV4Entry(ctx, a.keyID)
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +158,9 @@ func (s *Service) VerifySigV4(ctx context.Context, r *http.Request, payloadHash 
 	if list != a.signedHeaders || subtle.ConstantTimeCompare([]byte(sig), []byte(a.signature)) != 1 {
 		return nil, errBadSignature
 	}
-	if s.running.Load() {
+	if s.running.Load() && !stale {
+		// A use answered from the stale set is not recorded, as for a
+		// bearer secret: its entry left the cache.
 		s.cache.touch(e, s.clock.Load())
 	}
 	return e.p, nil
@@ -221,36 +225,45 @@ func headerKey(h http.Header, name string) (string, bool) {
 
 // sigV4Entry returns the cache entry of the AI key whose public key is
 // keyID, loading it on a miss; nil when the store knows no such live key.
-func (s *Service) sigV4Entry(ctx context.Context, keyID string) (*entry, error) {
+// While the store cannot be reached, a key verified before it went away
+// is found in the stale set, as a bearer secret is (docs/scaling.md), and
+// stale says so.
+func (s *Service) sigV4Entry(ctx context.Context, keyID string) (e *entry, stale bool, err error) {
 	h := sha256.Sum256([]byte(keyID))
 	i, key := slot(&h)
 	sh := &s.cache.shards[i]
 	if e := sh.t.Load().find(&h, key); e != nil && e.kind == kindSigV4 && s.clock.Load() < e.fastUntil {
 		sh.hits.Add(1)
-		return e, nil
+		return e, false, nil
 	}
 	now := s.now()
 	if e, sh := s.cache.get(&h); e != nil && e.kind == kindSigV4 && now < e.deadline {
 		sh.hits.Add(1)
-		return e, nil
+		return e, false, nil
 	}
 	if s.cache.neg.has(&h, now) {
-		return nil, nil
+		return nil, false, nil
 	}
 	s.misses.Add(1)
 	gen := s.cache.gen.Load()
-	e, err := s.loadSigV4Key(ctx, h, keyID, now)
-	if err != nil || e == nil {
-		if err == nil {
-			s.cache.neg.add(&h, now+int64(s.opts.NegativeTTL))
+	e, err = s.loadSigV4Key(ctx, h, keyID, now)
+	if err != nil {
+		if store.Unavailable(err) {
+			if e := s.cache.staleEntry(&h, kindSigV4, now); e != nil {
+				return e, true, nil
+			}
 		}
-		return nil, err
+		return nil, false, err
+	}
+	if e == nil {
+		s.cache.neg.add(&h, now+int64(s.opts.NegativeTTL))
+		return nil, false, nil
 	}
 	e.fastUntil = e.deadline - clockSlack
 	if e.deadline > now {
 		s.cache.put(e, gen)
 	}
-	return e, nil
+	return e, false, nil
 }
 
 // loadSigV4Key reads an AI key by its public key and opens its secret. It
@@ -264,7 +277,9 @@ func (s *Service) loadSigV4Key(ctx context.Context, h [32]byte, keyID string, no
 	if err != nil {
 		return nil, fmt.Errorf("look up AI key: %w", err)
 	}
-	e := &entry{hash: h, kind: kindSigV4, id: k.ID, deadline: now + int64(s.opts.CacheTTL), sig: &sigV4Cred{}}
+	// An AI key has no expiry or rotation grace of its own: like a
+	// bearer secret's, its entry may serve from the stale set (hard).
+	e := &entry{hash: h, kind: kindSigV4, id: k.ID, deadline: now + int64(s.opts.CacheTTL), hard: math.MaxInt64, sig: &sigV4Cred{}}
 	if k.AIType != keybridge.AIAWS || k.DeletedAt != nil {
 		return e, nil
 	}

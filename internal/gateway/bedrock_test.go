@@ -30,6 +30,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/gateway"
 	"github.com/keybridge/keybridge/internal/providertest"
+	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
@@ -53,7 +54,11 @@ type brEnv struct {
 }
 
 func newBrEnv(t *testing.T, opts envOptions) *brEnv {
-	e := newEnvWith(t, storetest.SQLite(t), opts)
+	return newBrEnvWith(t, storetest.SQLite(t), opts)
+}
+
+func newBrEnvWith(t *testing.T, st store.Store, opts envOptions) *brEnv {
+	e := newEnvWith(t, st, opts)
 	b := &brEnv{env: e, upAK: "AKIA" + strings.ToUpper(canary(t, "")[:16]), upSK: canary(t, "aws-secret/")}
 	b.mock = providertest.NewBedrock(t, brRegion, b.upAK, b.upSK)
 	b.mock.Usage = providertest.Usage{Input: 11, Output: 22, CacheRead: 3, CacheWrite: 4}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/gateway"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
@@ -123,6 +124,20 @@ func (d *downStore) APIKeyByHash(ctx context.Context, hash []byte) (*keybridge.A
 	return d.relayStore.APIKeyByHash(ctx, hash)
 }
 
+func (d *downStore) AIKeyBySecretHash(ctx context.Context, hash []byte) (*keybridge.AIKey, error) {
+	if d.down.Load() {
+		return nil, errDBRefused
+	}
+	return d.relayStore.AIKeyBySecretHash(ctx, hash)
+}
+
+func (d *downStore) AIKeyByKey(ctx context.Context, key string) (*keybridge.AIKey, error) {
+	if d.down.Load() {
+		return nil, errDBRefused
+	}
+	return d.relayStore.AIKeyByKey(ctx, key)
+}
+
 // While the store cannot be reached, the routes cached before the
 // subscription went deaf keep serving for the gateway's OutageGrace; a
 // provider not cached answers 503 (the store could not say it does not
@@ -174,5 +189,78 @@ func TestRoutesStaleWhileStoreDown(t *testing.T) {
 		if got, body := call(p); got != http.StatusOK {
 			t.Errorf("gateway to %s after the store is back = %d %s, want 200", p, got, body)
 		}
+	}
+}
+
+// An AWS AI key pair that signed requests (SigV4) before the store went
+// away keeps signing them for auth's OutageGrace, as a bearer key does:
+// its signature is still checked against its secret, from the cache. A
+// pair never verified, or one revoked before the outage (and heard), gets
+// 503, never 401; so does every pair once the grace is over.
+func TestSigV4StaleWhileStoreDown(t *testing.T) {
+	const grace = 1500 * time.Millisecond
+	ctx := context.Background()
+	st := &downStore{relayStore: &relayStore{Store: storetest.SQLite(t)}}
+	// The routes' grace is the default minute: a 503 past auth's grace is
+	// the key's.
+	b := newBrEnvWith(t, st, envOptions{Auth: auth.Options{OutageGrace: grace}})
+	newPair := func(project string) (id, key, secret string) {
+		t.Helper()
+		pid := b.api("POST", "/api/v1/orgs/acme/projects", b.OwnerKey, map[string]any{"name": project}, 201)["id"].(string)
+		out := b.api("POST", "/api/v1/orgs/acme/projects/"+pid+"/ai-keys", b.OwnerKey,
+			map[string]any{"name": "k", "ai_type": "AWS"}, 201)
+		return pid + "/ai-keys/" + out["id"].(string), out["key"].(string), out["secret"].(string)
+	}
+	revoked, revokedKey, revokedSecret := newPair("revoked")
+	_, neverKey, neverSecret := newPair("never")
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateAll})
+	for _, pair := range [][2]string{{b.awsKey, b.awsSecr}, {revokedKey, revokedSecret}} {
+		if _, err := b.client("br", pair[0], pair[1]).Converse(ctx, brConverse(brModel)); err != nil {
+			t.Fatalf("Converse before the outage: %v", err)
+		}
+	}
+	// Revoked, and heard by this replica, before the outage.
+	b.api("DELETE", "/api/v1/orgs/acme/projects/"+revoked, b.OwnerKey, nil, http.StatusNoContent)
+	revokedID := revoked[strings.LastIndexByte(revoked, '/')+1:]
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateAIKey, ID: revokedID})
+
+	st.down.Store(true)
+	deaf := time.Now()
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateDeaf})
+	served := len(b.mock.Requests())
+	for range 2 {
+		if _, err := b.client("br", b.awsKey, b.awsSecr).Converse(ctx, brConverse(brModel)); err != nil {
+			t.Errorf("Converse signed by a pair verified before the outage, with the store down: %v, want served", err)
+		}
+	}
+	if got := len(b.mock.Requests()) - served; got != 2 {
+		t.Errorf("the provider got %d requests during the outage, want 2", got)
+	}
+	_, err := b.client("br", b.awsKey, b.awsSecr+"x").Converse(ctx, brConverse(brModel))
+	brAPIError(t, err, 401, "UnrecognizedClientException", "unauthenticated", "AWS signature does not verify")
+	_, err = b.client("br", neverKey, neverSecret).Converse(ctx, brConverse(brModel))
+	brAPIError(t, err, 503, "ServiceUnavailableException", "unavailable", "database")
+	_, err = b.client("br", revokedKey, revokedSecret).Converse(ctx, brConverse(brModel))
+	brAPIError(t, err, 503, "ServiceUnavailableException", "unavailable", "database")
+	// A reconnect that fails says deaf again: the grace is not extended.
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateDeaf})
+
+	time.Sleep(time.Until(deaf.Add(grace + 100*time.Millisecond)))
+	_, err = b.client("br", b.awsKey, b.awsSecr).Converse(ctx, brConverse(brModel))
+	brAPIError(t, err, 503, "ServiceUnavailableException", "unavailable", "database")
+
+	st.down.Store(false)
+	st.send(t, 2, store.Invalidation{Kind: store.InvalidateAll})
+	for _, pair := range [][2]string{{b.awsKey, b.awsSecr}, {neverKey, neverSecret}} {
+		if _, err := b.client("br", pair[0], pair[1]).Converse(ctx, brConverse(brModel)); err != nil {
+			t.Errorf("Converse after the store is back: %v", err)
+		}
+	}
+	_, err = b.client("br", revokedKey, revokedSecret).Converse(ctx, brConverse(brModel))
+	brAPIError(t, err, 401, "UnrecognizedClientException", "unauthenticated", "AWS signature does not verify")
+	b.noKeybridgeSecrets(t, revokedKey, revokedSecret, neverKey, neverSecret)
+	logs := b.waitLog(len(b.mock.Requests()))
+	for _, secret := range []string{b.awsSecr, revokedSecret, neverSecret} {
+		noCanary(t, secret, logs)
 	}
 }

@@ -59,6 +59,8 @@ type env struct {
 // envOptions tunes newEnvWith.
 type envOptions struct {
 	Gateway gateway.Options
+	// Auth's Logger and Ring are the env's own.
+	Auth auth.Options
 }
 
 func newEnv(t testing.TB) *env { return newEnvWith(t, storetest.SQLite(t), envOptions{}) }
@@ -74,7 +76,9 @@ func newEnvWith(t testing.TB, st store.Store, opts envOptions) *env {
 		t.Fatalf("open key ring: %v", err)
 	}
 	e.Ring = ring
-	e.Auth = auth.New(st, auth.Options{Logger: logger, Ring: ring})
+	aopts := opts.Auth
+	aopts.Logger, aopts.Ring = logger, ring
+	e.Auth = auth.New(st, aopts)
 	gopts := opts.Gateway
 	gopts.Store, gopts.Ring, gopts.Auth, gopts.Logger = st, ring, e.Auth, logger
 	if gopts.RequestLog == nil {
