@@ -33,17 +33,25 @@ func slowEnv(t *testing.T, delay time.Duration) (*env, string) {
 	return e, req
 }
 
+// dialRaw opens a TCP connection to addr for raw HTTP/1.1, closed when
+// t ends.
+func dialRaw(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // A keep-alive connection carries on across requests slow enough to be
 // watched for the client going away, each answered whole, and none taken
 // for a client that left: the watch's read, still waiting when its request
 // ends, waits for the next request.
 func TestKeepAliveAcrossWatchedRequests(t *testing.T) {
 	e, req := slowEnv(t, 5*time.Millisecond)
-	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
 	br := bufio.NewReader(c)
 	const n = 20
 	for i := range n {
@@ -66,11 +74,7 @@ func TestKeepAliveAcrossWatchedRequests(t *testing.T) {
 // first gets both answers, in order.
 func TestPipelinedRequestDuringWatchedRequest(t *testing.T) {
 	e, req := slowEnv(t, 20*time.Millisecond)
-	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
 	br := bufio.NewReader(c)
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
@@ -99,11 +103,7 @@ func TestShutdownEndsConnectionIdleAfterWatchedRequest(t *testing.T) {
 	}
 	front := e.Gateway.Front(ln)
 	go front.Serve()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialRaw(t, ln.Addr().String())
 	br := bufio.NewReader(c)
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
@@ -130,10 +130,7 @@ func TestShutdownEndsConnectionIdleAfterWatchedRequest(t *testing.T) {
 // is logged as 499 and the connection ends.
 func TestClientLeavingWatchedRequest(t *testing.T) {
 	e, req := slowEnv(t, 200*time.Millisecond)
-	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
