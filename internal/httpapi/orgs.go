@@ -254,9 +254,8 @@ func memberResource(userID, email string) keybridge.Resource {
 // and seven days, the old link void) and answered with its own ID. The
 // user joins only by accepting it, and only while the caller, recorded as
 // the inviter, may still grant the role (see liveInvitation). Only an
-// address that is already a
-// member of this org — which the inviter sees in the member list anyway —
-// is refused (409).
+// address that is already a member of this org — which the inviter sees
+// in the member list anyway — is refused (409).
 func (s *Server) createMember(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	org, role, err := s.org(r, keybridge.PermMembersWrite)
