@@ -282,12 +282,17 @@ const usageBatchInsert = `INSERT INTO usage_batches (org_id, hour, id, rows, dat
 // insertUsageBatch writes one usage_batches row in the transaction s, with
 // stmt when prepared.
 func (s *Store) insertUsageBatch(ctx context.Context, stmt *sql.Stmt, org string, hour int64, id string, rows int, data []byte) error {
-	args := []any{org, s.ts(time.UnixMicro(hour)), id, rows, data}
+	return s.execPrepared(ctx, stmt, usageBatchInsert, org, s.ts(time.UnixMicro(hour)), id, rows, data)
+}
+
+// execPrepared runs, in the transaction s, stmt when prepared, else query.
+func (s *Store) execPrepared(ctx context.Context, stmt *sql.Stmt, query string, args ...any) error {
+	var err error
 	if stmt != nil {
-		_, err := s.tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
-		return err
+		_, err = s.tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+	} else {
+		_, err = s.exec(ctx, query, args...)
 	}
-	_, err := s.exec(ctx, usageBatchInsert, args...)
 	return err
 }
 
@@ -335,12 +340,11 @@ func (s *Store) upsertUsageRollup(ctx context.Context, keys []usageRollupKey, to
 		args = append(args, k.org, string(usageDims[k.dim].by), k.period(), s.ts(time.UnixMicro(k.bucket)), k.key,
 			g.requests, g.errors, g.input, g.output, g.cacheRead, g.cacheWrite, g.failovers, g.latencyMS)
 	}
-	if stmt != nil {
-		_, err := s.tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
-		return err
+	query := "" // built only when not prepared
+	if stmt == nil {
+		query = usageUpsertSQL(len(keys))
 	}
-	_, err := s.exec(ctx, usageUpsertSQL(len(keys)), args...)
-	return err
+	return s.execPrepared(ctx, stmt, query, args...)
 }
 
 // usageUpsertSQL is the upsert of n rollup rows.
