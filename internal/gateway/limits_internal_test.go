@@ -918,3 +918,29 @@ func TestRedisLeaseReturnsWaitForRedis(t *testing.T) {
 		t.Errorf("returns left after the flush: %v %v", l.unsent, l.returns)
 	}
 }
+
+// TestRedisLeaseReturnOutOfOrder: a lease's requests may be admitted at
+// times out of order (concurrent requests read the clock before they
+// take a slot); its return still counts every used slot in Redis, one
+// millisecond used twice apart included.
+func TestRedisLeaseReturnOutOfOrder(t *testing.T) {
+	rdb := needRedis(t)
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, ctx := newKeyID(), context.Background()
+	lim := keybridge.Limits{RateLimitRPM: 100_000}
+	times := []time.Duration{0, 1, 2, 1, 2, 0, 3} // ms after t0
+	for _, d := range times {
+		mustAdmit(t, l, id, lim, 0, t0.Add(d*time.Millisecond))
+	}
+	l.expire(math.MaxInt64)
+	l.flush(ctx)
+	k := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)
+	var inLog int
+	for _, m := range rdb.ZRange(ctx, k[0], 0, -1).Val() {
+		c, _ := strconv.Atoi(m[strings.LastIndexByte(m, ':')+1:])
+		inLog += c
+	}
+	if got := rdb.Get(ctx, k[7]).Val(); got != strconv.Itoa(len(times)) || inLog != len(times) {
+		t.Errorf("RPM log counts %s, its entries sum to %d; want %d requests: %v", got, inLog, len(times), rdb.ZRange(ctx, k[0], 0, -1).Val())
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -523,13 +524,18 @@ func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
 	for _, r := range rs {
 		n := len(args)
 		args = append(args, r.seq, r.slots, r.tokens, 0)
-		// The used slots, as (ms, how many) for each millisecond.
-		for i := 0; i < len(r.at); {
+		// The used slots, as (ms, how many) for each millisecond. They
+		// were taken in the order requests came, not always that of their
+		// times: sorted, each millisecond is one pair. Two pairs of one ms
+		// and one count would name one member, which Redis keeps once,
+		// and the window would lose slots: admissions past the limit.
+		at := slices.Sorted(slices.Values(r.at))
+		for i := 0; i < len(at); {
 			j := i + 1
-			for j < len(r.at) && r.at[j] == r.at[i] {
+			for j < len(at) && at[j] == at[i] {
 				j++
 			}
-			args = append(args, r.at[i], j-i)
+			args = append(args, at[i], j-i)
 			args[n+3] = args[n+3].(int) + 1
 			i = j
 		}
