@@ -100,7 +100,7 @@ func unmeterable(name string) bool {
 // settle ends the request's accounting: its reservation is replaced by
 // what the answer reported (a stream cut or abandoned included: a cancel
 // is never free), and its usage row is queued.
-func (x *exchange) settle(status int, total time.Duration) {
+func (x *exchange) settle(status int, total time.Duration, now time.Time) {
 	p := x.principal
 	if p == nil {
 		return // no key: no org to charge
@@ -110,7 +110,6 @@ func (x *exchange) settle(status int, total time.Duration) {
 		tok, _ = x.scan.Tokens()
 	}
 	g := x.g
-	now := time.Now()
 	if x.ticket.keyID != "" {
 		if err := g.lim.settle(context.WithoutCancel(x.r.Context()), x.ticket, tok.total(), now); err != nil {
 			g.log.WarnContext(x.r.Context(), "gateway: settle limits", "request_id", x.id, "err", err)

@@ -74,12 +74,12 @@ func newClient(dial func(ctx context.Context, network, addr string) (net.Conn, e
 	return &client{dial: dial, tlsConfig: tlsConfig, maxIdle: defaultMaxIdle, idleTTL: idleTTL, idle: map[poolKey][]*conn{}}
 }
 
-// get returns an idle connection for key, or dials a new one. reused
-// tells which: a reused connection may have been closed by the provider
-// meanwhile, and a request that fails on it before any answer is retried
-// once on a fresh one.
-func (c *client) get(ctx context.Context, key poolKey) (cn *conn, reused bool, err error) {
-	now := time.Now()
+// get returns an idle connection for key, or dials a new one; now is
+// the time, for the idle ones' age. reused tells which: a reused
+// connection may have been closed by the provider meanwhile, and a
+// request that fails on it before any answer is retried once on a fresh
+// one.
+func (c *client) get(ctx context.Context, key poolKey, now time.Time) (cn *conn, reused bool, err error) {
 	c.mu.Lock()
 	for list := c.idle[key]; len(list) > 0; list = c.idle[key] {
 		cn = list[len(list)-1]
@@ -168,9 +168,12 @@ func (h *headLimit) Read(p []byte) (int, error) {
 func (h *headLimit) limit()   { h.on, h.n = true, maxResponseHead }
 func (h *headLimit) unlimit() { h.on = false }
 
-// put returns a connection whose last response was read to its end.
+// put returns a connection whose last response was read to its end. It
+// keeps its read deadline, minutes ahead or a second for a discarded
+// answer: nothing reads an idle connection, and send sets the next
+// request's before it reads. Its write deadline is only ever set to
+// poison it, and a poisoned connection is closed, never put back.
 func (c *client) put(cn *conn) {
-	cn.nc.SetDeadline(time.Time{})
 	cn.idleSince = time.Now()
 	c.mu.Lock()
 	if list := c.idle[cn.key]; len(list) < c.maxIdle {

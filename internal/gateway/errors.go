@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream"
 
@@ -220,6 +221,14 @@ func hasMediaType(contentType, mt string) bool {
 	}
 	rest := contentType[len(mt):]
 	return rest == "" || rest[0] == ';' || rest[0] == ' '
+}
+
+// mediaType is a Content-Type's media type without its parameters, in
+// lower case: what mime.ParseMediaType returns for a valid one, without
+// its map of parameters. An invalid one is read as far as it goes.
+func mediaType(contentType string) string {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.ToLower(strings.TrimSpace(mt))
 }
 
 // equalFold is strings.EqualFold for ASCII.

@@ -51,7 +51,7 @@ func (x *exchange) forward(keys []*upstreamKey) {
 		}
 		tried++
 		x.upstreamKey, x.credentialID = k.id, k.credential
-		resp, cn, err := x.send(ctx, k)
+		resp, cn, err := x.send(ctx, k, now)
 		if err != nil {
 			if ctx.Err() != nil {
 				x.clientGone = true
@@ -147,18 +147,18 @@ func isTimeout(err error) bool {
 }
 
 // send writes the request with k's credential and reads the answer's
-// head. A reused connection that fails before answering anything was
-// closed by the provider while idle: the request is sent again, once, on
-// a fresh one.
-func (x *exchange) send(ctx context.Context, k *upstreamKey) (*http.Response, *conn, error) {
+// head; the time to it from sent (now: the provider's turn begins with
+// taking a connection to it, a dial included) is upstream time. A reused
+// connection that fails before answering anything was closed by the
+// provider while idle: the request is sent again, once, on a fresh one.
+func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*http.Response, *conn, error) {
 	g := x.g
 	for {
-		cn, reused, err := g.client.get(ctx, x.rt.pool)
+		cn, reused, err := g.client.get(ctx, x.rt.pool, sent)
 		if err != nil {
 			return nil, nil, err
 		}
 		watchClient(ctx, cn)
-		sent := time.Now()
 		if err = x.writeRequest(cn.bw, k); err == nil {
 			err = cn.bw.Flush()
 		}
@@ -506,13 +506,19 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	slack := min(time.Second, idle/4)
 	ctx := x.r.Context()
 	var deadline time.Time
+	// The head was read at headersAt: the first read needs no clock.
+	now := x.headersAt
 	for {
 		var n int
 		var err error
-		if now := time.Now(); deadline.Sub(now) < idle {
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if deadline.Sub(now) < idle {
 			deadline = now.Add(idle + slack)
 			err = setReadDeadline(ctx, cn, deadline)
 		}
+		now = time.Time{}
 		if err == nil {
 			n, err = resp.Body.Read(buf)
 		}

@@ -468,7 +468,7 @@ func (x *exchange) fields() *reqFields {
 // or not declared at all (clients forget).
 func isJSONBody(r *http.Request) bool {
 	ct := header(r.Header, "Content-Type")
-	return ct == "" || hasMediaType(ct, "application/json") || strings.HasSuffix(strings.SplitN(ct, ";", 2)[0], "+json")
+	return ct == "" || hasMediaType(ct, "application/json") || strings.HasSuffix(mediaType(ct), "+json")
 }
 
 // verify finds the caller: a platform key, an AI key secret, or an AWS AI

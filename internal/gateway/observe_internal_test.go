@@ -2,7 +2,10 @@ package gateway
 
 import (
 	"encoding/json"
+	"math/rand/v2"
+	"strconv"
 	"testing"
+	"time"
 )
 
 func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
@@ -11,6 +14,24 @@ func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
 		want, _ := json.Marshal(s)
 		if got := appendJSONString(nil, s); string(got) != string(want) {
 			t.Errorf("appendJSONString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+// The log line's milliseconds are what strconv writes for the float
+// they stand for, on the edges of each digit and at random.
+func TestLogMillisecondsMatchFloat(t *testing.T) {
+	us := []int64{0, 1, 9, 10, 100, 999, 1000, 1001, 1010, 1100, 12345, 99999, 100000, 999999999, 1e9, 1e9 + 1, 1e12, -1, -1500}
+	for range 100000 {
+		us = append(us, rand.Int64N(2e9))
+	}
+	for _, v := range us {
+		d := time.Duration(v) * time.Microsecond
+		var l logLineBuilder
+		l.ms("d", d)
+		want := `,"d":` + strconv.FormatFloat(float64(v)/1000, 'g', -1, 64)
+		if string(l.b) != want {
+			t.Fatalf("%d µs: got %s, want %s", v, l.b, want)
 		}
 	}
 }

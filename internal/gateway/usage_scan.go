@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"io"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -49,11 +48,7 @@ func newUsageScanner(t keybridge.ProviderType, path string, contentType string, 
 	if f == nil {
 		return nil
 	}
-	media := contentType
-	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
-		media = mt
-	}
-	media = strings.ToLower(media)
+	media := mediaType(contentType)
 	sse := media == "text/event-stream"
 	jsonBody := media == "application/json" || strings.HasSuffix(media, "+json")
 	if f != &formatBedrock {

@@ -11,9 +11,12 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -627,4 +630,55 @@ func TestUsageModelStorable(t *testing.T) {
 			checkGroup(t, newUsageReader(e).wait("model", 1), "gpt\uFFFDx\uFFFD", tokens{requests: 1, input: 3, output: 4})
 		})
 	}
+}
+
+// Usage is read whatever the answer's Content-Type adds to its media
+// type: parameters, capitals, spaces, even a parameter mime's parser
+// refuses. Each answer reports a different count, so that a type the
+// scanner skipped shows as a missing request's tokens.
+func TestUsageMediaTypeParameters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	types := []string{
+		"application/json; charset=utf-8",
+		"Application/JSON",
+		" application/json ;charset=UTF-8",
+		"application/json; charset", // no value: mime.ParseMediaType fails
+		"text/event-stream; charset=utf-8",
+		"Text/Event-Stream",
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		i, _ := strconv.Atoi(r.Header.Get("X-Case"))
+		w.Header().Set("Content-Type", types[i])
+		in, out := 10*(i+1), i+1
+		if strings.Contains(strings.ToLower(types[i]), "event-stream") {
+			fmt.Fprintf(w, "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n")
+			fmt.Fprintf(w, "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", in, out, in+out)
+			io.WriteString(w, "data: [DONE]\n\n")
+			return
+		}
+		fmt.Fprintf(w, `{"id":"c","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`, in, out, in+out)
+	}))
+	defer up.Close()
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	e.addKey("oai", canary(t, "sk-proj-"), 0)
+	var want tokens
+	for i, ct := range types {
+		body := `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
+		if strings.Contains(strings.ToLower(ct), "event-stream") {
+			body = `{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`
+		}
+		req := e.post("/gateway/oai/chat/completions", e.OwnerKey, body)
+		req.Header.Set("X-Case", strconv.Itoa(i))
+		resp, _ := e.do(req)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%q: status %d, want 200", ct, resp.StatusCode)
+		}
+		want.requests++
+		want.input += int64(10 * (i + 1))
+		want.output += int64(i + 1)
+	}
+	settled(e, len(types))
+	checkGroup(t, newUsageReader(e).wait("model", int64(len(types))), "gpt-4o", want)
 }
