@@ -147,8 +147,8 @@ func isTimeout(err error) bool {
 }
 
 // send writes the request with k's credential and reads the answer's
-// head; the time to it from sent (now: the provider's turn begins with
-// taking a connection to it, a dial included) is upstream time. A reused
+// head. Upstream time runs from sent, when k was tried: taking a
+// connection to the provider, a dial included, is its turn. A reused
 // connection that fails before answering anything was closed by the
 // provider while idle: the request is sent again, once, on a fresh one.
 func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*http.Response, *conn, error) {
@@ -508,17 +508,16 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	var deadline time.Time
 	// The head was read at headersAt: the first read needs no clock.
 	now := x.headersAt
+	if now.IsZero() {
+		now = time.Now()
+	}
 	for {
 		var n int
 		var err error
-		if now.IsZero() {
-			now = time.Now()
-		}
 		if deadline.Sub(now) < idle {
 			deadline = now.Add(idle + slack)
 			err = setReadDeadline(ctx, cn, deadline)
 		}
-		now = time.Time{}
 		if err == nil {
 			n, err = resp.Body.Read(buf)
 		}
@@ -554,6 +553,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 			x.cut(resp, cn, ct, err)
 			return
 		}
+		now = time.Now()
 	}
 	x.release(cn, !resp.Close)
 	if flusher != nil {
