@@ -231,6 +231,12 @@ func mediaType(contentType string) string {
 	return strings.ToLower(strings.TrimSpace(mt))
 }
 
+// jsonMedia reports whether a media type (from mediaType) is JSON:
+// application/json or a +json type.
+func jsonMedia(mt string) bool {
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}
+
 // equalFold is strings.EqualFold for ASCII.
 func equalFold(a, b string) bool {
 	if len(a) != len(b) {

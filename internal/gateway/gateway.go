@@ -468,7 +468,7 @@ func (x *exchange) fields() *reqFields {
 // or not declared at all (clients forget).
 func isJSONBody(r *http.Request) bool {
 	ct := header(r.Header, "Content-Type")
-	return ct == "" || hasMediaType(ct, "application/json") || strings.HasSuffix(mediaType(ct), "+json")
+	return ct == "" || hasMediaType(ct, "application/json") || jsonMedia(mediaType(ct))
 }
 
 // verify finds the caller: a platform key, an AI key secret, or an AWS AI

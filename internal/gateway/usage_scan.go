@@ -50,7 +50,7 @@ func newUsageScanner(t keybridge.ProviderType, path string, contentType string, 
 	}
 	media := mediaType(contentType)
 	sse := media == "text/event-stream"
-	jsonBody := media == "application/json" || strings.HasSuffix(media, "+json")
+	jsonBody := jsonMedia(media)
 	if f != &formatBedrock {
 		return newBodyScanner(f, sse, jsonBody)
 	}
