@@ -166,6 +166,36 @@ func (s *Service) VerifySigV4(ctx context.Context, r *http.Request, payloadHash 
 	return e.p, nil
 }
 
+// SigV4KeyPrincipal returns the principal of the AWS AI key whose public
+// key (kbk_...) is keyID, as VerifySigV4 would for a request it signed,
+// or unauthenticated once the key is deleted. It checks no signature: it
+// is for re-checking a caller already verified, such as an open WebSocket
+// whose upgrade was signed. Like VerifySigV4 it answers from the cache,
+// and from the stale set during a database outage.
+func (s *Service) SigV4KeyPrincipal(ctx context.Context, keyID string) (*keybridge.Principal, error) {
+	if !apikey.Valid(keyID, apikey.AIKeyPrefix) {
+		return nil, errBadSignature
+	}
+	e, _, err := s.sigV4Entry(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil || e.p == nil {
+		return nil, errBadSignature
+	}
+	return e.p, nil
+}
+
+// SigV4KeyID returns the public key (kbk_...) that signed r's SigV4
+// Authorization header, or "" when r carries none that parses.
+func SigV4KeyID(r *http.Request) string {
+	a, ok := parseSigV4(r.Header.Get("Authorization"))
+	if !ok {
+		return ""
+	}
+	return a.keyID
+}
+
 // signedRequest rebuilds from r what its client signed: method, host, the
 // path as sent, the query, and only the headers named as signed. X-Amz-Date
 // is left for the signer to set, from the time the caller parsed.

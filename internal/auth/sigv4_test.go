@@ -333,3 +333,68 @@ func BenchmarkVerifySigV4Hit(b *testing.B) {
 		}
 	}
 }
+
+// SigV4KeyPrincipal re-checks an AWS AI key by its public key alone, as an
+// open WebSocket whose upgrade was signed needs: the principal while the
+// key lives, unauthenticated once it is deleted.
+func TestSigV4KeyPrincipal(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t, eng.New(t))
+			ring := f.openRing(t)
+			opts := fastOptions()
+			opts.Ring = ring
+			s := startService(t, f.st, opts)
+
+			_, k := f.newSealedAIKey(t, ring, keybridge.AIAWS)
+			want := keybridge.Principal{
+				Type: keybridge.ActorAIKey, KeyID: k.ID, OrgID: f.org.ID, ProjectID: k.ProjectID,
+				AIType: keybridge.AIAWS, Permissions: keybridge.PermGatewayInvoke, Limits: k.Limits,
+			}
+			for range 2 { // loaded, then from the cache
+				if p, err := s.SigV4KeyPrincipal(ctx, k.Key); err != nil || *p != want {
+					t.Fatalf("SigV4KeyPrincipal(%s) = %+v, %v; want %+v", k.Key, p, err, want)
+				}
+			}
+			openaiSecret, openai := f.newSealedAIKey(t, ring, keybridge.AIOpenAI)
+			unknown, _ := apikey.Generate(apikey.AIKeyPrefix)
+			for name, id := range map[string]string{
+				"not an AWS key": openai.Key, "unknown key": unknown, "a secret": openaiSecret, "empty": "",
+			} {
+				if p, err := s.SigV4KeyPrincipal(ctx, id); p != nil || keybridge.ErrorCode(err) != keybridge.EUnauthenticated {
+					t.Errorf("%s: SigV4KeyPrincipal = %+v, %v; want unauthenticated", name, p, err)
+				}
+			}
+			if err := f.st.DeleteAIKey(ctx, k.ProjectID, k.ID); err != nil {
+				t.Fatalf("DeleteAIKey: %v", err)
+			}
+			deadline := time.Now().Add(time.Second)
+			for {
+				p, err := s.SigV4KeyPrincipal(ctx, k.Key)
+				if p == nil && keybridge.ErrorCode(err) == keybridge.EUnauthenticated {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("a second after DeleteAIKey, SigV4KeyPrincipal = %+v, %v; want unauthenticated", p, err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}
+
+func TestSigV4KeyID(t *testing.T) {
+	r := httptest.NewRequest("POST", "/model/m/invoke", nil)
+	if got := auth.SigV4KeyID(r); got != "" {
+		t.Errorf("no Authorization: got %q", got)
+	}
+	r.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=kbk_abc/20261202/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature="+strings.Repeat("0", 64))
+	if got := auth.SigV4KeyID(r); got != "kbk_abc" {
+		t.Errorf("SigV4KeyID = %q, want kbk_abc", got)
+	}
+	r.Header.Set("Authorization", "Bearer kbk_abc")
+	if got := auth.SigV4KeyID(r); got != "" {
+		t.Errorf("bearer: got %q", got)
+	}
+}

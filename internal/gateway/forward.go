@@ -651,7 +651,7 @@ func isUpgrade(r *http.Request) bool {
 
 // tunnel completes a WebSocket upgrade (SPEC §7.1): the provider's 101
 // goes to the client, then bytes pass both ways unchanged until either
-// side closes.
+// side closes, or the caller loses access (access.go).
 func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	x.status = resp.StatusCode
 	unwatchClient(cn) // the tunnel outlives nothing but its two connections
@@ -693,11 +693,24 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 		}
 		done <- struct{}{}
 	}
+	end := func() {
+		client.SetDeadline(aLongTimeAgo)
+		cn.nc.SetDeadline(aLongTimeAgo)
+	}
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	refusal := make(chan *gwError, 1)
+	go func() { refusal <- x.watchAccess(watchCtx, end) }()
 	go pipe(cn.nc, cbuf.Reader)
 	go pipe(client, io.TeeReader(cn.br, x.wsUsage()))
 	<-done
 	// One side closed: the other has nothing more to say to it.
-	client.SetDeadline(aLongTimeAgo)
-	cn.nc.SetDeadline(aLongTimeAgo)
+	end()
 	<-done
+	stopWatch()
+	if refused := <-refusal; refused != nil {
+		// Both connections are closed without a close frame: a frame of
+		// the provider's may have been half passed on.
+		x.errCode = refused.code
+		x.g.log.Info("gateway: WebSocket ended: its caller lost access", "request_id", x.id, "reason", refused.msg)
+	}
 }

@@ -392,7 +392,7 @@ func (x *exchange) serve() {
 			return
 		}
 	}
-	p, err := g.verify(r, token, sigv4, x.body)
+	p, err := g.verify(r.Context(), r, token, sigv4, x.body)
 	if err != nil {
 		x.fail(verifyError(err))
 		switch {
@@ -430,7 +430,7 @@ func (x *exchange) serve() {
 		x.fail(newError(keybridge.EForbidden, fmt.Sprintf("an AI key of type %s cannot reach %s providers", p.AIType, rt.provider.Type)))
 		return
 	}
-	keys, gerr := x.candidates()
+	keys, gerr := x.candidates(r.Context(), p, rt)
 	if gerr != nil {
 		x.fail(gerr)
 		return
@@ -473,14 +473,14 @@ func isJSONBody(r *http.Request) bool {
 
 // verify finds the caller: a platform key, an AI key secret, or an AWS AI
 // key's SigV4 signature.
-func (g *Gateway) verify(r *http.Request, token string, sigv4 bool, body *[]byte) (*keybridge.Principal, error) {
+func (g *Gateway) verify(ctx context.Context, r *http.Request, token string, sigv4 bool, body *[]byte) (*keybridge.Principal, error) {
 	switch {
 	case sigv4:
-		return g.verifySigV4(r, body)
+		return g.verifySigV4(ctx, r, body)
 	case strings.HasPrefix(token, "kb_"):
-		return g.opts.Auth.VerifyAPIKey(r.Context(), token)
+		return g.opts.Auth.VerifyAPIKey(ctx, token)
 	case strings.HasPrefix(token, "kbs_"):
-		return g.opts.Auth.VerifyAISecret(r.Context(), token)
+		return g.opts.Auth.VerifyAISecret(ctx, token)
 	case token == "":
 		return nil, errNoKey
 	}
@@ -512,10 +512,9 @@ func verifyError(err error) *gwError {
 	return newError(code, keybridge.ErrorMessage(err))
 }
 
-// candidates are the upstream credentials to try, in order, per the
-// provider's key_source (SPEC §7.2).
-func (x *exchange) candidates() ([]*upstreamKey, *gwError) {
-	p, rt := x.principal, x.rt
+// candidates are the upstream credentials to try for p on rt, in order,
+// per the provider's key_source (SPEC §7.2).
+func (x *exchange) candidates(ctx context.Context, p *keybridge.Principal, rt *route) ([]*upstreamKey, *gwError) {
 	if rt.provider.Type == keybridge.ProviderBedrock {
 		if rt.settings.AccessKey.IsZero() || rt.settings.AccessKeySecret.IsZero() {
 			return nil, newError(keybridge.EUnavailable, fmt.Sprintf("provider %q has no AWS access key in its settings", rt.provider.Name))
@@ -526,9 +525,9 @@ func (x *exchange) candidates() ([]*upstreamKey, *gwError) {
 		if p.Type == keybridge.ActorAIKey || p.UserID == "" {
 			return nil, nil
 		}
-		sec, err := x.g.routes.credential(x.r.Context(), p.UserID, rt.provider.ID)
+		sec, err := x.g.routes.credential(ctx, p.UserID, rt.provider.ID)
 		if err != nil {
-			x.g.log.ErrorContext(x.r.Context(), "gateway: load personal credential", "request_id", x.id, "err", err)
+			x.g.log.ErrorContext(ctx, "gateway: load personal credential", "request_id", x.id, "err", err)
 			return nil, newError(keybridge.EInternal, "internal error")
 		}
 		return sec, nil

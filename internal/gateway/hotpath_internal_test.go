@@ -40,7 +40,7 @@ func BenchmarkHotPath(b *testing.B) {
 					b.Fatal("parse")
 				}
 				tok, sig := callerToken(req, x.queryKey)
-				p, err := g.verify(req, tok, sig, nil)
+				p, err := g.verify(req.Context(), req, tok, sig, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

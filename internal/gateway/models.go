@@ -34,27 +34,38 @@ import (
 // allowModel enforces the caller's allowlist on the request, answering
 // 403 itself when it refuses. It needs the route and the body.
 func (x *exchange) allowModel() bool {
-	m := x.principal.AllowedModels
+	if refused := x.modelRefusal(x.principal.AllowedModels); refused != nil {
+		x.fail(refused)
+		return false
+	}
+	return true
+}
+
+// modelRefusal is why allowlist m refuses the request, or nil when it
+// allows it.
+func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 	if !m.Restricted() {
-		return true
+		return nil
 	}
 	path := x.rest
 	if hasDotSegment(path) {
 		// A proxy or server that resolves "/model/a/../b" would call
 		// another model than the one checked.
-		x.fail(newError(keybridge.EForbidden, "this key is limited to some models, and the request path holds a dot segment"))
-		return false
+		return newError(keybridge.EForbidden, "this key is limited to some models, and the request path holds a dot segment")
 	}
 	model, inPath := pathModel(x.rt.provider.Type, path)
 	if inPath {
 		if !m.Allows(model) {
-			x.fail(modelRefused(model))
-			return false
+			return modelRefused(model)
 		}
-		return true
+		return nil
+	}
+	var body []byte
+	if x.body != nil {
+		body = *x.body
 	}
 	var refused *gwError
-	named, ok := scanModels(*x.body, func(raw []byte, str bool) bool {
+	named, ok := scanModels(body, func(raw []byte, str bool) bool {
 		if !str {
 			refused = newError(keybridge.EForbidden, "this key is limited to some models, and the request's \"model\" is not a string")
 			return false
@@ -67,15 +78,11 @@ func (x *exchange) allowModel() bool {
 	})
 	switch {
 	case refused != nil:
-		x.fail(refused)
-		return false
-	case named && ok:
-		return true
-	case modelFree(x.r.Method, path):
-		return true
+		return refused
+	case named && ok, modelFree(x.r.Method, path):
+		return nil
 	}
-	x.fail(newError(keybridge.EForbidden, "this key is limited to some models, and the request names none: send the model in the JSON body's \"model\""))
-	return false
+	return newError(keybridge.EForbidden, "this key is limited to some models, and the request names none: send the model in the JSON body's \"model\"")
 }
 
 func modelRefused(model string) *gwError {

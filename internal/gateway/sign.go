@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
@@ -10,7 +11,7 @@ import (
 
 // verifySigV4 verifies an AWS-signed request's signature, made with an
 // AWS AI key pair, over its buffered body.
-func (g *Gateway) verifySigV4(r *http.Request, body *[]byte) (*keybridge.Principal, error) {
+func (g *Gateway) verifySigV4(ctx context.Context, r *http.Request, body *[]byte) (*keybridge.Principal, error) {
 	sum := sha256.Sum256(*body)
-	return g.opts.Auth.VerifySigV4(r.Context(), r, hex.EncodeToString(sum[:]))
+	return g.opts.Auth.VerifySigV4(ctx, r, hex.EncodeToString(sum[:]))
 }
