@@ -162,7 +162,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 		if err = x.writeRequest(cn.bw, k); err == nil {
 			err = cn.bw.Flush()
 		}
-		cn.head.limit()
+		cn.head.limit(maxResponseHead)
 		if err == nil {
 			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout)); err == nil {
 				_, err = cn.br.Peek(1)
