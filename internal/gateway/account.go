@@ -217,29 +217,52 @@ func modelFromPath(path string) string {
 // wsUsage returns the writer that reads usage from a WebSocket tunnel's
 // provider-to-client bytes: one usage row per response, each charged to
 // the key's limits as a request of its own.
-func (x *exchange) wsUsage() io.Writer {
+//
+// A response is admitted before it starts, as a request is: the first by
+// the upgrade, each later one at the end of the one before, before the
+// client has that end. When that admission is refused (the key is at a
+// limit, or its limits cannot be checked under the refuse policy),
+// refused is called: the tunnel must end once this response's last bytes
+// have passed. A response the client started anyway (it need not wait for
+// the one before) is still charged, at a limit or over.
+func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 	if x.principal == nil || x.rt == nil {
 		return io.Discard
 	}
-	first := true
+	ctx := context.Background()
+	admitted := true // the upgrade admitted the first response
 	return newWSUsageReader(func(tok tokens, model string) {
 		g := x.g
 		now := time.Now()
 		p := x.principal
-		if first {
-			first = false
+		limited := p.Limits != (keybridge.Limits{})
+		switch {
+		case admitted:
 			if x.ticket.keyID != "" {
-				g.lim.settle(context.Background(), x.ticket, tok.total(), now)
+				g.lim.settle(ctx, x.ticket, tok.total(), now)
 				x.ticket = ticket{}
 			}
-		} else if p.Limits != (keybridge.Limits{}) {
-			// Each later response counts as a request: it cannot be
-			// refused mid-socket, but it is charged, at a limit or over.
-			if t, _, err := g.lim.admit(context.Background(), p.KeyID, chargeOnly(p.Limits), 0, now); err == nil {
-				g.lim.settle(context.Background(), t, tok.total(), now)
+		case limited:
+			if t, _, err := g.lim.admit(ctx, p.KeyID, chargeOnly(p.Limits), 0, now); err == nil {
+				g.lim.settle(ctx, t, tok.total(), now)
 			}
 		}
+		admitted = false
 		g.record(x, http.StatusOK, time.Since(x.start), tok, model, now)
+		if !limited {
+			return
+		}
+		t, d, err := g.lim.admit(ctx, p.KeyID, p.Limits, 0, now)
+		switch {
+		case errors.Is(err, errLimitsDown):
+			refused(newError(keybridge.EUnavailable, "the gateway's rate limits cannot be checked now (Redis is unreachable)"))
+		case err != nil:
+			// Unchecked: the next response is charged when it ends.
+		case !d.ok:
+			refused(newError(keybridge.ERateLimited, refusalMessage(d.limit, p.Limits)))
+		default:
+			x.ticket, admitted = t, true
+		}
 	})
 }
 

@@ -142,7 +142,8 @@ const maxResponseHead = 1 << 20
 var errHeadTooLarge = errors.New("the response head is over 1 MiB")
 
 // headLimit is a connection's reader: while on, it reads at most n bytes
-// more, then fails with errHeadTooLarge.
+// more, then fails with errHeadTooLarge. It bounds the response heads
+// read from providers and the request heads Front reads from clients.
 type headLimit struct {
 	r  io.Reader
 	on bool
@@ -164,9 +165,14 @@ func (h *headLimit) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// limit starts bounding the read of a response head; unlimit ends it.
-func (h *headLimit) limit()   { h.on, h.n = true, maxResponseHead }
-func (h *headLimit) unlimit() { h.on = false }
+// limit starts bounding the read of a head to n bytes more; unlimit ends
+// it.
+func (h *headLimit) limit(n int) { h.on, h.n = true, n }
+func (h *headLimit) unlimit()    { h.on = false }
+
+// over reports whether the bound is on and all read: a read that failed
+// now wanted more of the head than the bound lets through.
+func (h *headLimit) over() bool { return h.on && h.n <= 0 }
 
 // put returns a connection whose last response was read to its end. It
 // keeps its read deadline, minutes ahead or a second for a discarded

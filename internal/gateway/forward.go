@@ -162,7 +162,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 		if err = x.writeRequest(cn.bw, k); err == nil {
 			err = cn.bw.Flush()
 		}
-		cn.head.limit()
+		cn.head.limit(maxResponseHead)
 		if err == nil {
 			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout)); err == nil {
 				_, err = cn.br.Peek(1)
@@ -700,17 +700,30 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	refusal := make(chan *gwError, 1)
 	go func() { refusal <- x.watchAccess(watchCtx, end) }()
+	// Set by the provider-to-client pipe, read once it has ended.
+	var overLimit *gwError
+	usage := x.wsUsage(func(e *gwError) {
+		overLimit = e
+		// Nothing more reaches the provider; what was read from it
+		// still passes, this response's end included.
+		cn.nc.SetDeadline(aLongTimeAgo)
+	})
 	go pipe(cn.nc, cbuf.Reader)
-	go pipe(client, io.TeeReader(cn.br, x.wsUsage()))
+	go pipe(client, io.TeeReader(cn.br, usage))
 	<-done
 	// One side closed: the other has nothing more to say to it.
 	end()
 	<-done
 	stopWatch()
-	if refused := <-refusal; refused != nil {
+	why := "its caller lost access"
+	refused := <-refusal
+	if refused == nil && overLimit != nil {
+		refused, why = overLimit, "its key is at a limit"
+	}
+	if refused != nil {
 		// Both connections are closed without a close frame: a frame of
 		// the provider's may have been half passed on.
 		x.errCode = refused.code
-		x.g.log.Info("gateway: WebSocket ended: its caller lost access", "request_id", x.id, "reason", refused.msg)
+		x.g.log.Info("gateway: WebSocket ended: "+why, "request_id", x.id, "reason", refused.msg)
 	}
 }

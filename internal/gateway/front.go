@@ -55,6 +55,19 @@ const (
 	// maxLeftover is how much of a request body the handler left unread
 	// is drained to keep the connection; past it the connection closes.
 	maxLeftover = 256 << 10
+	// maxRequestHead bounds a gateway request's head (request line and
+	// header lines, up to and including the blank line that ends them;
+	// never the body) as net/http's server bounds the rest: its default
+	// MaxHeaderBytes and the 4 KiB it allows over it for its read buffer.
+	// net/http accepts every head up to 1 MiB, and some up to this; Front
+	// accepts every head up to this, counted exactly. A longer one is
+	// answered 431 and the connection closes.
+	maxRequestHead = http.DefaultMaxHeaderBytes + 4096
+	// rstAvoidanceDelay is how long a connection closing with a request
+	// unread (a 431) waits after its answer and a FIN, as net/http's
+	// does, for the client to read the answer before the close's RST,
+	// which may make it drop the answer.
+	rstAvoidanceDelay = 500 * time.Millisecond
 )
 
 // Front returns a Front over ln serving the gateway's connections. Serve
@@ -109,7 +122,8 @@ func (f *Front) Serve() error {
 			return err
 		}
 		delay = 0
-		fc := &frontConn{f: f, nc: c, br: bufio.NewReaderSize(c, 4096)}
+		fc := &frontConn{f: f, nc: c, head: headLimit{r: c}}
+		fc.br = bufio.NewReaderSize(&fc.head, 4096)
 		f.wg.Add(1)
 		go fc.serve()
 	}
@@ -147,8 +161,11 @@ func (f *Front) Shutdown(ctx context.Context) error {
 // frontConn is one connection Front serves, on the goroutine Serve
 // started for it.
 type frontConn struct {
-	f      *Front
-	nc     net.Conn
+	f  *Front
+	nc net.Conn
+	// head is what br reads nc through: it bounds the read of each
+	// request's head.
+	head   headLimit
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idle   atomic.Bool
@@ -299,13 +316,22 @@ func (c *frontConn) serveOne() int {
 		c.deadline = time.Now().Add(frontHeaderTimeout)
 		c.nc.SetReadDeadline(c.deadline)
 	}
+	// The head starts at what br holds already (the request line peeked
+	// at, or what the last request's reads took of this one): what may
+	// still come off the connection for it is the rest of the bound.
+	c.head.limit(maxRequestHead - c.br.Buffered())
 	req, err := http.ReadRequest(c.br)
 	if err != nil {
-		if !errors.Is(err, io.EOF) {
+		if c.head.over() {
+			// As net/http answers it; the client may still be sending.
+			io.WriteString(c.nc, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n431 Request Header Fields Too Large")
+			c.closeWriteAndWait()
+		} else if !errors.Is(err, io.EOF) {
 			io.WriteString(c.nc, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
 		}
 		return connClose
 	}
+	c.head.unlimit()
 	// The deadline is for the request's head. Reading its body has none,
 	// as before; when the body is all buffered already nothing waits on
 	// the deadline until the next request, and it stays.
@@ -348,6 +374,22 @@ func (c *frontConn) serveOne() int {
 	}
 	ctx.cancel() // the request is over: whatever it started ends
 	return watch.end(keep)
+}
+
+// closeWriteAndWait ends the connection's writing side after a last
+// answer to a request left unread, and waits rstAvoidanceDelay (or until
+// Front closes) before the connection closes: closed with bytes unread,
+// it resets, and a client still sending may lose the answer to the reset.
+func (c *frontConn) closeWriteAndWait() {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	t := time.NewTimer(rstAvoidanceDelay)
+	select {
+	case <-t.C:
+	case <-c.f.closed:
+		t.Stop()
+	}
 }
 
 // handle runs the gateway on one request and reports whether it aborted

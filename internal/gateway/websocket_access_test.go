@@ -215,3 +215,78 @@ func TestWebSocketStaysOpenWhileStoreDown(t *testing.T) {
 		t.Errorf("a turn after the outage: got %q", got)
 	}
 }
+
+// A WebSocket's responses are admitted as requests are: each response's
+// end admits the next, and a key at a limit has its tunnel closed once
+// that response has passed, before the client can start another.
+func TestWebSocketEndsAtItsKeysLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		env       func(t *testing.T) *env
+		limits    map[string]any
+		responses int // served before the tunnel ends
+		reason    string
+	}{
+		// 50 tokens a response: the budget is spent by the second.
+		{"budget", newEnvT, map[string]any{"token_budget": 100, "budget_period": "day"}, 2, "spent its budget of 100 tokens"},
+		{"budget in Redis", limitEnv, map[string]any{"token_budget": 100, "budget_period": "day"}, 2, "spent its budget of 100 tokens"},
+		// The upgrade admits the first response, its end the second.
+		{"rpm", newEnvT, map[string]any{"rate_limit_rpm": 2}, 2, "limit of 2 requests per minute"},
+		{"tpm", newEnvT, map[string]any{"rate_limit_tpm": 150}, 3, "limit of 150 tokens per minute"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := tc.env(t)
+			mock, upKey := oaUpstream(t, e, "oai", "openai", "/v1", nil)
+			mock.Usage = providertest.Usage{Input: 10, Output: 40}
+			_, key := limitKey(e, tc.limits)
+			conn, err := oaClient(e, "oai", key).Responses.Connect(context.Background(), responses.ResponseConnectionOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Abort()
+			for i := range tc.responses {
+				if got := wsTurn(t, conn); got != oaText(5) {
+					t.Fatalf("response %d: got %q", i+1, got)
+				}
+			}
+			wsEnded(t, conn, 3*time.Second)
+			conn.Create(context.Background(), wsCreate())
+			time.Sleep(100 * time.Millisecond)
+			if n := len(mock.Requests()); n != 1+tc.responses {
+				t.Errorf("the provider saw %d requests, want the upgrade and %d responses", n, tc.responses)
+			}
+			logs := e.waitLog(1)
+			if !strings.Contains(logs, "WebSocket ended: its key is at a limit") || !strings.Contains(logs, tc.reason) {
+				t.Errorf("no log line says the tunnel ended at the key's limit (%s):\n%s", tc.reason, logs)
+			}
+			if !strings.Contains(logs, `"error":"rate_limited"`) {
+				t.Errorf("the request line does not carry rate_limited:\n%s", logs)
+			}
+			noCanary(t, upKey, logs)
+			// The key is refused a new socket, as it would be a request.
+			if _, err := oaClient(e, "oai", key).Responses.Connect(context.Background(), responses.ResponseConnectionOptions{}); err == nil {
+				t.Error("a new socket of a key at its limit was opened")
+			}
+		})
+	}
+
+	// Under its limits a socket serves on.
+	t.Run("under the limits", func(t *testing.T) {
+		e := newEnv(t)
+		mock, _ := oaUpstream(t, e, "oai", "openai", "/v1", nil)
+		mock.Usage = providertest.Usage{Input: 10, Output: 40}
+		_, key := limitKey(e, map[string]any{"token_budget": 1000, "budget_period": "day", "rate_limit_rpm": 50})
+		conn, err := oaClient(e, "oai", key).Responses.Connect(context.Background(), responses.ResponseConnectionOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Abort()
+		for i := range 5 {
+			if got := wsTurn(t, conn); got != oaText(5) {
+				t.Fatalf("response %d: got %q", i+1, got)
+			}
+		}
+	})
+}
+
+func newEnvT(t *testing.T) *env { return newEnv(t) }
