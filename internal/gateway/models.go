@@ -25,6 +25,10 @@ import (
 //     member of a JSON body (Bedrock's and Gemini's OpenAI-compatible
 //     endpoints take it there too).
 //
+// A path is the caller's as sent and, when that names no model, the whole
+// path the provider is sent, the base URL's path first: an Azure base URL
+// may end in /openai, the caller's path then starting at /deployments/.
+//
 // The upstream uses the path's model when there is one, so the body is
 // not read then. The query is never read: a ?model= parameter is not
 // what any of these APIs bills. Every top-level "model" is checked, not
@@ -54,6 +58,9 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 		return newError(keybridge.EForbidden, "this key is limited to some models, and the request path holds a dot segment")
 	}
 	model, inPath := pathModel(x.rt.provider.Type, path)
+	if !inPath && x.rt.basePath != "" {
+		model, inPath = pathModel(x.rt.provider.Type, x.rt.basePath+path)
+	}
 	if inPath {
 		if !m.Allows(model) {
 			return modelRefused(model)
