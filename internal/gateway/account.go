@@ -175,10 +175,17 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 	}
 }
 
-// model is the model a request names: the body's top-level model, else
-// Bedrock's /model/{id}/, Gemini's /models/{model}: or Azure's
+// model is the model a request names: for azure-openai, the deployment
+// in the path the provider is sent, which picks the model whatever the
+// body says; else the body's top-level model, else Bedrock's
+// /model/{id}/, Gemini's /models/{model}: or Azure's
 // /openai/deployments/{deployment}/ path.
 func (x *exchange) model() string {
+	if x.rt != nil && x.rt.provider.Type == keybridge.ProviderAzureOpenAI {
+		if d, ok := x.modelInPath(); ok {
+			return d
+		}
+	}
 	// What was scanned of the body counts; it is scanned now if no part
 	// of the gateway needed it yet (finish records before the body's
 	// buffer goes back to its pool).

@@ -25,6 +25,10 @@ import (
 //     member of a JSON body (Bedrock's and Gemini's OpenAI-compatible
 //     endpoints take it there too).
 //
+// A path is the caller's as sent and, when that names no model, the whole
+// path the provider is sent, the base URL's path first: an Azure base URL
+// may end in /openai, the caller's path then starting at /deployments/.
+//
 // The upstream uses the path's model when there is one, so the body is
 // not read then. The query is never read: a ?model= parameter is not
 // what any of these APIs bills. Every top-level "model" is checked, not
@@ -53,8 +57,7 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 		// another model than the one checked.
 		return newError(keybridge.EForbidden, "this key is limited to some models, and the request path holds a dot segment")
 	}
-	model, inPath := pathModel(x.rt.provider.Type, path)
-	if inPath {
+	if model, inPath := x.modelInPath(); inPath {
 		if !m.Allows(model) {
 			return modelRefused(model)
 		}
@@ -87,6 +90,21 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 
 func modelRefused(model string) *gwError {
 	return newError(keybridge.EForbidden, fmt.Sprintf("model %q is not allowed for this key: see the key's allowed_models", model))
+}
+
+// modelInPath returns the model the request's path names, if it names
+// one: the caller's path, else the whole path the provider is sent, the
+// base URL's path first.
+func (x *exchange) modelInPath() (string, bool) {
+	pt, base := x.rt.provider.Type, x.rt.basePath
+	if model, ok := pathModel(pt, x.rest); ok || base == "" {
+		return model, ok
+	}
+	if pt == keybridge.ProviderAzureOpenAI && base == "/openai" {
+		// Azure's usual base URL, read without joining the two paths.
+		return segmentAfter(x.rest, "/deployments/")
+	}
+	return pathModel(pt, base+x.rest)
 }
 
 // pathModel returns the model a provider's path names, if it names one.

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
 )
 
 // refModels is what encoding/json sees at the top level of body: each
@@ -148,5 +150,37 @@ func TestScanModelsAllocatesNothing(t *testing.T) {
 	body := chatBody()
 	if n := testing.AllocsPerRun(100, func() { scanModels(body, func([]byte, bool) bool { return true }) }); n != 0 {
 		t.Errorf("scanModels allocates %v times per body, want 0", n)
+	}
+}
+
+// The usage row's model is read on every request: from an Azure path,
+// base URL's path included, or from the scanned body, it costs no
+// allocation.
+func TestUsageModelAllocatesNothing(t *testing.T) {
+	azure := &keybridge.Provider{Type: keybridge.ProviderAzureOpenAI}
+	openai := &keybridge.Provider{Type: keybridge.ProviderOpenAI}
+	for _, tc := range []struct {
+		name       string
+		provider   *keybridge.Provider
+		base, rest string
+		want       string
+	}{
+		{"azure", azure, "", "/openai/deployments/gpt-4o/chat/completions", "gpt-4o"},
+		{"azure, base URL ending in /openai", azure, "/openai", "/deployments/gpt-4o/chat/completions", "gpt-4o"},
+		{"azure, no deployment", azure, "/openai", "/responses", "gpt-4o-mini"},
+		{"openai", openai, "/v1", "/chat/completions", "gpt-4o-mini"},
+	} {
+		x := &exchange{
+			rt:        &route{provider: tc.provider, basePath: tc.base},
+			rest:      tc.rest,
+			scanned:   true,
+			reqFields: reqFields{ok: true, model: "gpt-4o-mini"},
+		}
+		if got := x.model(); got != tc.want {
+			t.Errorf("%s: model() = %q, want %q", tc.name, got, tc.want)
+		}
+		if n := testing.AllocsPerRun(100, func() { x.model() }); n != 0 {
+			t.Errorf("%s: model() allocates %v times, want 0", tc.name, n)
+		}
 	}
 }

@@ -232,3 +232,32 @@ func TestAllowedModelsBedrockSigV4(t *testing.T) {
 	}
 	brAPIError(t, invoke(brModel), 403, "AccessDeniedException", "permission_denied", "is not allowed")
 }
+
+// On Azure the deployment in the path picks the model, whatever the body
+// says; that holds too when the provider's base URL already ends in
+// /openai, and the caller's path starts at /deployments/.
+func TestAllowedModelsAzureDeployment(t *testing.T) {
+	e := newEnv(t)
+	mock, _ := oaUpstream(t, e, "az", "azure-openai", "", nil)
+	sub, _ := oaUpstream(t, e, "azsub", "azure-openai", "/openai", nil)
+	key := restrictedKey(e, "gpt-4o-mini")
+	chat := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
+	for _, tc := range []struct {
+		name, path string
+		status     int
+	}{
+		{"an allowed deployment", "/gateway/az/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", 200},
+		{"a disallowed deployment, an allowed body model", "/gateway/az/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
+		{"base URL .../openai, an allowed deployment", "/gateway/azsub/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", 200},
+		{"base URL .../openai, a disallowed deployment", "/gateway/azsub/deployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
+	} {
+		before := len(mock.Requests()) + len(sub.Requests())
+		resp, body := e.do(e.post(tc.path, key, chat))
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: got %d %s, want %d", tc.name, resp.StatusCode, body, tc.status)
+		}
+		if n := len(mock.Requests()) + len(sub.Requests()) - before; tc.status == 403 && n != 0 {
+			t.Errorf("%s: the refused request reached the provider", tc.name)
+		}
+	}
+}

@@ -24,6 +24,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/bedrockruntime"
 	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/azure"
+	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/responses"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genai"
@@ -630,6 +632,70 @@ func TestUsageModelStorable(t *testing.T) {
 			checkGroup(t, newUsageReader(e).wait("model", 1), "gpt\uFFFDx\uFFFD", tokens{requests: 1, input: 3, output: 4})
 		})
 	}
+}
+
+// On Azure the deployment in the path picks the model, whatever the body's
+// "model" says, so the usage row records the deployment: from the
+// caller's path, and from the path the provider is sent when the base URL
+// already ends in /openai or names the deployment itself. A path that
+// names no deployment (Responses) records the body's model.
+func TestUsageModelAzureDeployment(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	az, _ := oaUpstream(t, e, "az", "azure-openai", "", nil)
+	sub, _ := oaUpstream(t, e, "azsub", "azure-openai", "/openai", nil)
+	pinned, _ := oaUpstream(t, e, "azdep", "azure-openai", "/openai/deployments/gpt-35-turbo", nil)
+	az.Usage = providertest.Usage{Input: 3, Output: 4}
+	sub.Usage = providertest.Usage{Input: 5, Output: 6}
+	pinned.Usage = providertest.Usage{Input: 7, Output: 8}
+	ctx := context.Background()
+	// The body names another model than the deployment the client is
+	// pointed at, as an Azure client configured with a deployment's URL
+	// sends whatever model its code names.
+	chat := openai.ChatCompletionNewParams{
+		Model:    "gpt-4o-mini",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+	}
+	for _, tc := range []struct {
+		name, base, wantURI string
+		mock                *providertest.Server
+	}{
+		{"deployment in the caller's path", "/gateway/az/openai/deployments/gpt-4o/",
+			"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", az},
+		{"base URL ending in /openai", "/gateway/azsub/deployments/gpt-4.1/",
+			"/openai/deployments/gpt-4.1/chat/completions?api-version=2024-10-21", sub},
+		{"base URL naming the deployment", "/gateway/azdep/",
+			"/openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-10-21", pinned},
+	} {
+		c := openai.NewClient(option.WithBaseURL(e.URL+tc.base), option.WithQuery("api-version", "2024-10-21"),
+			option.WithHeader("Api-Key", e.OwnerKey), option.WithMaxRetries(0))
+		if _, err := c.Chat.Completions.New(ctx, chat); err != nil {
+			t.Fatalf("%s: chat: %v", tc.name, err)
+		}
+		if got := tc.mock.Last().URI; got != tc.wantURI {
+			t.Errorf("%s: upstream URI: got %q, want %q", tc.name, got, tc.wantURI)
+		}
+		st := c.Chat.Completions.NewStreaming(ctx, chat)
+		for st.Next() {
+		}
+		if err := st.Err(); err != nil {
+			t.Fatalf("%s: chat stream: %v", tc.name, err)
+		}
+	}
+	c := openai.NewClient(azure.WithEndpoint(e.URL+"/gateway/az", "2024-10-21"), azure.WithAPIKey(e.OwnerKey),
+		azure.WithUnsafeAllowHTTP(), option.WithMaxRetries(0))
+	if _, err := c.Responses.New(ctx, responses.ResponseNewParams{Model: "o3-mini"}); err != nil {
+		t.Fatalf("responses: %v", err)
+	}
+	if got, want := az.Last().URI, "/openai/responses?api-version=2024-10-21"; got != want {
+		t.Errorf("responses: upstream URI: got %q, want %q", got, want)
+	}
+	settled(e, 7)
+	byModel := newUsageReader(e).wait("model", 7)
+	checkGroup(t, byModel, "gpt-4o", tokens{requests: 2, input: 6, output: 8})
+	checkGroup(t, byModel, "gpt-4.1", tokens{requests: 2, input: 10, output: 12})
+	checkGroup(t, byModel, "gpt-35-turbo", tokens{requests: 2, input: 14, output: 16})
+	checkGroup(t, byModel, "o3-mini", tokens{requests: 1, input: 3, output: 4})
 }
 
 // Usage is read whatever the answer's Content-Type adds to its media

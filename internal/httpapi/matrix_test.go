@@ -2,26 +2,33 @@ package httpapi_test
 
 // The authorization matrix: every route of httpapi.Routes() and the
 // gateway's, called by every kind of caller on every kind of object, each
-// answer compared with the status SPEC §1–§3 (and §7.2 for the gateway)
-// gives, as the rule function expect below spells it out. The expected
-// statuses are computed from the rules, never recorded from the server.
+// answer compared with the status SPEC §1–§3 (and §5, §7.1 and §7.2 for
+// the gateway) gives, as the rule function expect below spells it out.
+// The expected statuses are computed from the rules, never recorded from
+// the server.
 //
 // Callers (matrixCallers): no credential, a malformed one, a key with a
 // tampered checksum, an unknown key, suspended, revoked, expired and
 // rotated-out keys, a removed member's key, member, admin and owner keys,
 // a demoted admin's key, a key lacking the permission (an owner's
-// read-only key), another org's owner and member, AI key secrets and ids
-// (also a deleted one), an AWS AI key as a bearer and signing with SigV4
-// (also badly), sessions with the CSRF token, without it and with another
-// session's.
+// read-only key), another org's owner and member, AI key secrets of every
+// ai_type and ids (also a deleted one), an AWS AI key as a bearer and
+// signing with SigV4 (also badly), a platform key and an AI key with a
+// model allowlist, sessions with the CSRF token, without it and with
+// another session's.
 //
 // Objects: the caller's own org's, another org's addressed through the
 // caller's org (an id from elsewhere), another org's through its own path,
 // and an object of another parent (an upstream key of another provider, an
 // AI key of another project, another user's key or credential). On the
-// gateway: openai, anthropic, google, bedrock and key_source user
-// providers of the caller's org, another org's, a disabled and an unknown
-// one, each called in its own dialect against a loopback mock.
+// gateway: openai, anthropic, google, bedrock, azure-openai,
+// openai-compatible and key_source user providers of the caller's org,
+// another org's, a disabled and an unknown one, each called in its own
+// dialect against a loopback mock, and a WebSocket upgrade of the
+// Responses API on the OpenAI-style ones. Each gateway cell's request
+// carries a marker the gateway forwards; at the end, no refused cell's
+// marker may have reached a mock, and each allowed one must have reached
+// its own provider's mock once.
 //
 // Cells whose allowed answer changes or consumes their object (deletes,
 // status changes, one-per-user credentials) get a fresh object; everything
@@ -38,6 +45,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -47,6 +55,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/coder/websocket"
 	"github.com/google/uuid"
 
 	"github.com/keybridge/keybridge/internal/apikey"
@@ -100,6 +109,9 @@ type callerSpec struct {
 	// badSignature: a SigV4 caller signs with a wrong secret; wrongCSRF: a
 	// session sends another session's token.
 	badSignature, wrongCSRF bool
+	// allowlist: the key (a platform key or an AI key) has
+	// matrixAllowlist as its allowed_models (SPEC §7.2).
+	allowlist bool
 }
 
 func (c *callerSpec) ai() keybridge.AIType {
@@ -149,6 +161,9 @@ var matrixCallers = []callerSpec{
 	{name: "rotated-out-key", kind: credKey, role: keybridge.RoleOwner, status: "rotated"},
 	{name: "removed-member-key", kind: credKey, role: keybridge.RoleMember, removed: true},
 	{name: "member-key", kind: credKey, role: keybridge.RoleMember},
+	// Keys with a model allowlist: on the management API a member's key
+	// like any other; on the gateway limited to matrixAllowlist.
+	{name: "allowlisted-member-key", kind: credKey, role: keybridge.RoleMember, allowlist: true},
 	// An admin's key, made with every permission, after the admin was
 	// made a member: the key holds only what the role now grants.
 	{name: "demoted-admin-key", kind: credKey, role: keybridge.RoleMember, perms: keybridge.AllPermissions, demoted: true},
@@ -157,8 +172,12 @@ var matrixCallers = []callerSpec{
 	{name: "read-only-key", kind: credKey, role: keybridge.RoleOwner, perms: readOnly},
 	{name: "other-org-owner-key", kind: credKey, role: keybridge.RoleOwner, otherOrg: true},
 	{name: "ai-secret", kind: credAISecret},
+	{name: "allowlisted-ai-secret", kind: credAISecret, allowlist: true},
 	{name: "ai-key-id", kind: credAIKeyID},
 	{name: "deleted-ai-secret", kind: credAISecret, deleted: true},
+	{name: "anthropic-ai-secret", kind: credAISecret, aiType: keybridge.AIAnthropic},
+	{name: "google-ai-secret", kind: credAISecret, aiType: keybridge.AIGoogle},
+	{name: "other-ai-secret", kind: credAISecret, aiType: keybridge.AIOther},
 	{name: "aws-ai-secret", kind: credAISecret, aiType: keybridge.AIAWS},
 	{name: "aws-ai-sigv4", kind: credSigV4, aiType: keybridge.AIAWS},
 	{name: "aws-ai-sigv4-bad-signature", kind: credSigV4, aiType: keybridge.AIAWS, badSignature: true},
@@ -182,6 +201,8 @@ const (
 	gwGoogle                      // gateway: org A's google provider, the key in ?key= (POST) or x-goog-api-key (GET)
 	gwUserSource                  // gateway: org A's provider with key_source user, where no caller has a personal key
 	gwBedrock                     // gateway: org A's bedrock provider (POST only: the runtime has no GET)
+	gwAzure                       // gateway: org A's azure-openai provider, the key in api-key
+	gwCompat                      // gateway: org A's openai-compatible provider
 	gwForeign                     // gateway: a provider only org B has
 	gwDisabled                    // gateway: org A's disabled provider
 	gwUnknown                     // gateway: a name no org has
@@ -189,7 +210,7 @@ const (
 
 var objNames = map[objKind]string{
 	objOwn: "own", objForeignID: "other-org-id", objForeignOrg: "other-org", objOtherParent: "other-parent",
-	gwOpenAI: "openai", gwAnthropic: "anthropic", gwGoogle: "google", gwUserSource: "user-key-source", gwBedrock: "bedrock", gwForeign: "other-org-provider", gwDisabled: "disabled-provider",
+	gwOpenAI: "openai", gwAnthropic: "anthropic", gwGoogle: "google", gwUserSource: "user-key-source", gwBedrock: "bedrock", gwAzure: "azure-openai", gwCompat: "openai-compatible", gwForeign: "other-org-provider", gwDisabled: "disabled-provider",
 	gwUnknown: "unknown-provider",
 }
 
@@ -244,6 +265,8 @@ type matrixRow struct {
 	// inspect, when set, checks an allowed answer's body for what the
 	// caller must not see, and says what is wrong ("" when nothing).
 	inspect func(c *mcell, body []byte) string
+	// socket: a gateway row whose requests are WebSocket upgrades.
+	socket bool
 }
 
 // mreq is one cell's request, beside the caller's credential.
@@ -283,8 +306,12 @@ var (
 	objects4  = []objKind{objOwn, objForeignID, objForeignOrg, objOtherParent}
 	userObjs  = []objKind{objOwn, objForeignID, objOtherParent}
 	noObject  = []objKind{objOwn}
-	gwObjects = []objKind{gwOpenAI, gwAnthropic, gwGoogle, gwUserSource, gwForeign, gwDisabled, gwUnknown}
+	gwObjects = []objKind{gwOpenAI, gwAnthropic, gwGoogle, gwAzure, gwCompat, gwUserSource, gwForeign, gwDisabled, gwUnknown}
 	gwPOST    = append([]objKind{gwBedrock}, gwObjects...)
+	// gwSocket: the providers whose APIs have the Responses API over
+	// WebSocket (OpenAI's, and Azure's and compatible ones' alike), and
+	// those an upgrade must not reach.
+	gwSocket = []objKind{gwOpenAI, gwAzure, gwCompat, gwUserSource, gwForeign, gwDisabled, gwUnknown}
 )
 
 const (
@@ -540,6 +567,10 @@ func matrixRows() []matrixRow {
 		rows = append(rows, matrixRow{route: m + " " + gatewayRoute, scope: scopeGateway, ok: 200, objects: objs,
 			build: func(f *mfix, c *mcell) mreq { return f.gatewayRequest(c, m) }})
 	}
+	// The Responses API over WebSocket (SPEC §7.1): the upgrade is
+	// authorized like any request, and an allowed one is answered 101.
+	rows = append(rows, matrixRow{route: "GET " + gatewayRoute, variant: "WebSocket", scope: scopeGateway, ok: 101,
+		socket: true, objects: gwSocket, build: func(f *mfix, c *mcell) mreq { return f.socketRequest(c) }})
 	return rows
 }
 
@@ -669,6 +700,76 @@ func (r *matrixRow) expect(c *callerSpec, o objKind) (int, string) {
 	panic("unknown scope")
 }
 
+// gwType is the type of each gateway object's provider (SPEC §4); the
+// user provider and org B's are openai providers. Unknown and disabled
+// ones have none a caller could reach.
+var gwType = map[objKind]keybridge.ProviderType{
+	gwOpenAI: keybridge.ProviderOpenAI, gwAnthropic: keybridge.ProviderAnthropic, gwGoogle: keybridge.ProviderGoogle,
+	gwBedrock: keybridge.ProviderBedrock, gwAzure: keybridge.ProviderAzureOpenAI, gwCompat: keybridge.ProviderOpenAICompatible,
+	gwUserSource: keybridge.ProviderOpenAI, gwForeign: keybridge.ProviderOpenAI,
+}
+
+// aiReaches is which provider types each ai_type reaches (SPEC §5).
+var aiReaches = map[keybridge.AIType][]keybridge.ProviderType{
+	keybridge.AIOpenAI:    {keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI},
+	keybridge.AIAnthropic: {keybridge.ProviderAnthropic},
+	keybridge.AIGoogle:    {keybridge.ProviderGoogle},
+	keybridge.AIAWS:       {keybridge.ProviderBedrock},
+	keybridge.AIOther:     {keybridge.ProviderOpenAICompatible},
+}
+
+// matrixAllowlist is the allowed_models of the allowlist callers: the
+// openai and compatible calls' model, and Anthropic's by a pattern.
+var matrixAllowlist = []string{mdlOpenAI, "claude-*"}
+
+// The models the gateway cells call. An Azure call names its deployment in
+// the path and, as clients also do, a model in the body; the deployment
+// is what Azure runs.
+const (
+	mdlOpenAI       = "gpt-4o-mini"
+	mdlAnthropic    = "claude-3-5-haiku-latest"
+	mdlGemini       = "gemini-2.0-flash"
+	mdlBedrock      = "anthropic.claude-3-5-haiku"
+	azureDeployment = "gpt-4o"
+)
+
+// calledModel is the model a gateway cell's request calls, read where
+// SPEC §7.2 reads it (a Bedrock or Gemini path, else the body's "model")
+// and, for Azure, where docs/gateway.md "Model allowlists" does (the
+// deployment in the path); needed reports whether a request naming none
+// is refused: all but model lists (a GET of a models path), a WebSocket
+// upgrade included (docs/gateway.md "WebSocket").
+func (r *matrixRow) calledModel(o objKind) (model string, needed bool) {
+	switch {
+	case r.socket:
+		return "", true
+	case r.method() == "GET":
+		return "", false
+	}
+	switch gwType[o] {
+	case keybridge.ProviderAnthropic:
+		return mdlAnthropic, true
+	case keybridge.ProviderGoogle:
+		return mdlGemini, true
+	case keybridge.ProviderBedrock:
+		return mdlBedrock, true
+	case keybridge.ProviderAzureOpenAI:
+		return azureDeployment, true
+	}
+	return mdlOpenAI, true
+}
+
+// allowlisted reports whether model matches one of list's exact names or
+// prefix* patterns (SPEC §7.2).
+func allowlisted(list []string, model string) bool {
+	for _, p := range list {
+		if prefix, ok := strings.CutSuffix(p, "*"); (ok && strings.HasPrefix(model, prefix)) || p == model {
+			return true
+		}
+	}
+	return false
+}
+
 // expectGateway is SPEC §7.2 (and §5 for AI keys' types) for one cell.
 func (r *matrixRow) expectGateway(c *callerSpec, o objKind) (int, string) {
 	activeKey := c.activeKey()
@@ -679,14 +780,11 @@ func (r *matrixRow) expectGateway(c *callerSpec, o objKind) (int, string) {
 	if activeKey && !c.effective().Has(keybridge.PermGatewayInvoke) {
 		return 403, "no gateway:invoke (SPEC §7.2)"
 	}
-	inA := o == gwOpenAI || o == gwAnthropic || o == gwGoogle || o == gwUserSource || o == gwBedrock
+	inA := o != gwForeign && o != gwDisabled && o != gwUnknown
 	if exists := (c.org() == "A" && inA) || (c.org() == "B" && o == gwForeign); !exists {
 		return 404, "an unknown or disabled provider, or another org's (SPEC §7.1)"
 	}
-	// The providers' types: openai (also the user provider's), anthropic,
-	// google, bedrock.
-	reaches := map[keybridge.AIType]objKind{keybridge.AIOpenAI: gwOpenAI, keybridge.AIAWS: gwBedrock}[c.ai()]
-	if liveAI && o != reaches && !(o == gwUserSource && c.ai() == keybridge.AIOpenAI) {
+	if liveAI && !slices.Contains(aiReaches[c.ai()], gwType[o]) {
 		return 403, "an AI key on a provider of another type than its ai_type (SPEC §5, §7.2)"
 	}
 	if o == gwUserSource {
@@ -694,6 +792,15 @@ func (r *matrixRow) expectGateway(c *callerSpec, o objKind) (int, string) {
 			return 403, "an AI key acts for a project, not a person: a user provider refuses it (SPEC §7.2)"
 		}
 		return 403, "a user provider and no personal key (SPEC §6, §7.2)"
+	}
+	if c.allowlist {
+		model, needed := r.calledModel(o)
+		switch {
+		case model == "" && needed:
+			return 403, "a key with a model allowlist, and a request naming no model that is not a model list (SPEC §7.2; a WebSocket upgrade names none: docs/gateway.md)"
+		case model != "" && !allowlisted(matrixAllowlist, model):
+			return 403, fmt.Sprintf("model %q is not on the key's allowlist (SPEC §7.2)", model)
+		}
 	}
 	return r.ok, "allowed"
 }
@@ -723,6 +830,9 @@ type mcell struct {
 	fresh bool
 	// orgOverride: a fresh org the path names instead of org A or B.
 	orgOverride *keybridge.Org
+	// marker, on a gateway cell, is the cellHeader value that tells its
+	// request apart among those the mocks received.
+	marker string
 }
 
 // pathOrg is the org slug the request names.
@@ -781,6 +891,73 @@ type mfix struct {
 	// otherCSRF is the CSRF token of a session no caller uses.
 	otherCSRF string
 	gemini    *providertest.Server
+	// azure and compat are the mocks of the azure-openai and the
+	// openai-compatible provider (both OpenAI mocks, which serve Azure's
+	// paths too).
+	azure, compat         *providertest.Server
+	azureName, compatName string
+
+	// marks are the gateway cells run, by marker.
+	marksMu sync.Mutex
+	marks   map[string]cellMark
+}
+
+// cellMark is what the end of the run checks of a gateway cell: a refused
+// one must have reached no provider, an allowed one its own, once.
+type cellMark struct {
+	name    string
+	want    int
+	allowed bool
+	mock    *providertest.Server
+}
+
+// cellHeader carries a gateway cell's marker, which the gateway forwards
+// like any other header.
+const cellHeader = "X-Matrix-Cell"
+
+// mark registers a gateway cell and returns its marker.
+func (f *mfix) mark(m cellMark) string {
+	marker := fmt.Sprintf("cell-%d", f.seq.Add(1))
+	f.marksMu.Lock()
+	defer f.marksMu.Unlock()
+	f.marks[marker] = m
+	return marker
+}
+
+// reachedProviders checks what every mock received against the marked
+// cells: a request of a refused cell upstream is a failure however the
+// cell was answered, and an allowed cell must have reached its own
+// provider's mock exactly once (which also shows that the markers pass).
+func (f *mfix) reachedProviders() (failures []cellResult, upstream int) {
+	mocks := []*providertest.Server{f.openai, f.anthropic, f.gemini, f.bedrock, f.azure, f.compat}
+	seen := map[string]int{}
+	var out []cellResult
+	for _, m := range mocks {
+		for _, r := range m.Requests() {
+			upstream++
+			marker := r.Header.Get(cellHeader)
+			if marker == "" {
+				continue // a provider test or live usage probe of the management API
+			}
+			c, ok := f.marks[marker]
+			switch {
+			case !ok:
+				out = append(out, cellResult{"~" + marker, fmt.Sprintf("a provider received %s %s with the unknown cell marker %q", r.Method, r.URI, marker)})
+			case !c.allowed:
+				out = append(out, cellResult{c.name, fmt.Sprintf("%s: refused (want %d), yet its request reached a provider: %s %s", c.name, c.want, r.Method, r.URI)})
+			case m != c.mock:
+				out = append(out, cellResult{c.name, fmt.Sprintf("%s: reached another provider's upstream: %s %s", c.name, r.Method, r.URI)})
+			default:
+				seen[marker]++
+			}
+		}
+	}
+	for marker, c := range f.marks {
+		if c.allowed && seen[marker] != 1 {
+			out = append(out, cellResult{c.name, fmt.Sprintf("%s: allowed (want %d), and its provider received it %d times, want once", c.name, c.want, seen[marker])})
+		}
+	}
+	return out, upstream
 }
 
 // setupFailure is a set-up step that failed: a panic, so that a cell's
@@ -927,15 +1104,16 @@ func (f *mfix) newUser(org *keybridge.Org, role keybridge.Role) *keybridge.User 
 }
 
 // newKey stores a platform key of user in org and returns its id and
-// plaintext. status is as callerSpec's.
-func (f *mfix) newKey(orgID, userID string, perms keybridge.Permissions, status string) (string, string) {
+// plaintext. status is as callerSpec's; models, when given, are its
+// allowed_models.
+func (f *mfix) newKey(orgID, userID string, perms keybridge.Permissions, status string, models ...string) (string, string) {
 	token, err := apikey.Generate(apikey.PlatformPrefix)
 	if err != nil {
 		f.fatalf("%v", err)
 	}
 	h := apikey.Hash(token)
 	k := &keybridge.APIKey{OrgID: orgID, UserID: userID, Name: "matrix key", Prefix: apikey.Display(token),
-		Hash: h[:], Permissions: perms, Status: keybridge.KeyActive}
+		Hash: h[:], Permissions: perms, Status: keybridge.KeyActive, AllowedModels: models}
 	past := time.Now().Add(-time.Hour)
 	switch status {
 	case "suspended":
@@ -1045,6 +1223,10 @@ func (f *mfix) instantiate(spec *callerSpec, org *keybridge.Org, shared *orgShar
 		if perms == 0 {
 			perms = spec.role.Permissions()
 		}
+		if spec.allowlist {
+			_, c.token = f.newKey(org.ID, u.ID, perms, spec.status, matrixAllowlist...)
+			break
+		}
 		c.token = f.keyWithStatus(org, shared, u.ID, perms, spec.status)
 	case credSession:
 		c.cookie, c.csrf = f.login(c.client, u.Email)
@@ -1059,6 +1241,10 @@ func (f *mfix) instantiate(spec *callerSpec, org *keybridge.Org, shared *orgShar
 			if spec.badSignature {
 				c.sigSecret = secret + "x"
 			}
+		}
+		if spec.allowlist {
+			f.api("PATCH", "/api/v1/orgs/"+org.Slug+"/projects/"+shared.project+"/ai-keys/"+id, shared.adminKey,
+				map[string]any{"allowed_models": matrixAllowlist}, 200)
 		}
 		if spec.deleted {
 			f.api("DELETE", "/api/v1/orgs/"+org.Slug+"/projects/"+shared.project+"/ai-keys/"+id, shared.adminKey, nil, 204)
@@ -1100,10 +1286,12 @@ func newMatrixFixture(t testing.TB, e *env) *mfix {
 			panic(v)
 		}
 	}()
-	f := &mfix{t: t, e: e, openai: providertest.NewOpenAI(t), anthropic: providertest.NewAnthropic(t)}
+	f := &mfix{t: t, e: e, openai: providertest.NewOpenAI(t), anthropic: providertest.NewAnthropic(t),
+		azure: providertest.NewOpenAI(t), compat: providertest.NewOpenAI(t), marks: map[string]cellMark{}}
 	f.upstreamKey = "sk-matrix-upstream-0123456789abcdef"
-	f.openai.AddKey(f.upstreamKey)
-	f.anthropic.AddKey(f.upstreamKey)
+	for _, m := range []*providertest.Server{f.openai, f.anthropic, f.azure, f.compat} {
+		m.AddKey(f.upstreamKey)
+	}
 	tok, err := apikey.Generate(apikey.PlatformPrefix)
 	if err != nil {
 		t.Fatal(err)
@@ -1171,6 +1359,12 @@ func newMatrixFixture(t testing.TB, e *env) *mfix {
 	f.bedrock = providertest.NewBedrock(t, matrixRegion, ak, sk)
 	f.newProvider("A", f.bedrockName, map[string]any{"type": "bedrock", "base_url": f.bedrock.URL,
 		"settings": map[string]any{"region": matrixRegion, "access_key": ak, "access_key_secret": sk}})
+	f.azureName, f.compatName = "azure", "compatible"
+	az := f.newProvider("A", f.azureName, map[string]any{"type": "azure-openai", "base_url": f.azure.URL,
+		"settings": map[string]any{"api_version": matrixAzureVersion}})
+	f.newProviderKey("A", az, f.upstreamKey)
+	compat := f.newProvider("A", f.compatName, map[string]any{"type": "openai-compatible", "base_url": f.compat.URL + "/v1"})
+	f.newProviderKey("A", compat, f.upstreamKey)
 	f.loginEmail = f.newUser(e.Org, keybridge.RoleMember).Email
 	_, f.otherCSRF = f.login(f.newClient(), f.loginEmail)
 
@@ -1299,18 +1493,41 @@ func (f *mfix) credentialFor(c *mcell) string {
 	}
 }
 
+// gwName is the provider name a gateway cell's path holds.
+func (f *mfix) gwName(o objKind) string {
+	return map[objKind]string{gwOpenAI: f.openaiName, gwAnthropic: f.anthName, gwGoogle: f.googleName,
+		gwUserSource: f.userSourceName, gwBedrock: f.bedrockName, gwAzure: f.azureName, gwCompat: f.compatName,
+		gwForeign: f.foreignName, gwDisabled: f.disabledName, gwUnknown: "no-such-provider"}[o]
+}
+
+// gwMock is the mock a gateway object's provider forwards to.
+func (f *mfix) gwMock(o objKind) *providertest.Server {
+	switch gwType[o] {
+	case keybridge.ProviderAnthropic:
+		return f.anthropic
+	case keybridge.ProviderGoogle:
+		return f.gemini
+	case keybridge.ProviderBedrock:
+		return f.bedrock
+	case keybridge.ProviderAzureOpenAI:
+		return f.azure
+	case keybridge.ProviderOpenAICompatible:
+		return f.compat
+	}
+	return f.openai
+}
+
 // gatewayRequest is a call (POST) or a model list (GET) in the provider's
 // own dialect, with the caller's key where that provider's SDK puts it.
 func (f *mfix) gatewayRequest(c *mcell, method string) mreq {
-	name := map[objKind]string{gwOpenAI: f.openaiName, gwAnthropic: f.anthName, gwGoogle: f.googleName,
-		gwUserSource: f.userSourceName, gwBedrock: f.bedrockName, gwForeign: f.foreignName, gwDisabled: f.disabledName, gwUnknown: "no-such-provider"}[c.obj]
+	name := f.gwName(c.obj)
 	if c.obj == gwBedrock {
-		return mreq{path: "/gateway/" + name + "/model/anthropic.claude-3-5-haiku/converse",
+		return mreq{path: "/gateway/" + name + "/model/" + mdlBedrock + "/converse",
 			body: map[string]any{"messages": []map[string]any{{"role": "user", "content": []map[string]string{{"text": "hello"}}}}}}
 	}
 	if c.obj == gwGoogle {
 		if method == "POST" {
-			return mreq{path: "/gateway/" + name + "/v1beta/models/gemini-2.0-flash:generateContent", gwKeyQuery: true,
+			return mreq{path: "/gateway/" + name + "/v1beta/models/" + mdlGemini + ":generateContent", gwKeyQuery: true,
 				body: map[string]any{"contents": []map[string]any{{"role": "user", "parts": []map[string]string{{"text": "hello"}}}}}}
 		}
 		return mreq{path: "/gateway/" + name + "/v1beta/models", gwKeyHeader: "x-goog-api-key"}
@@ -1320,26 +1537,54 @@ func (f *mfix) gatewayRequest(c *mcell, method string) mreq {
 			gwKeyHeader: "x-api-key"}
 		if method == "POST" {
 			r.path = "/gateway/" + name + "/v1/messages"
-			r.body = map[string]any{"model": "claude-3-5-haiku-latest", "max_tokens": 16,
+			r.body = map[string]any{"model": mdlAnthropic, "max_tokens": 16,
 				"messages": []map[string]string{{"role": "user", "content": "hello"}}}
+		}
+		return r
+	}
+	chat := map[string]any{"model": mdlOpenAI, "messages": []map[string]string{{"role": "user", "content": "hello"}}}
+	if c.obj == gwAzure {
+		// As Azure clients call: the deployment in the path, the API
+		// version in the query (the model list leaves it to the
+		// provider's settings.api_version), the key in api-key.
+		r := mreq{path: "/gateway/" + name + "/openai/models", gwKeyHeader: "api-key"}
+		if method == "POST" {
+			r.path = "/gateway/" + name + "/openai/deployments/" + azureDeployment + "/chat/completions?api-version=" + matrixAzureVersion
+			r.body = chat
 		}
 		return r
 	}
 	r := mreq{path: "/gateway/" + name + "/models"}
 	if method == "POST" {
 		r.path = "/gateway/" + name + "/chat/completions"
-		r.body = map[string]any{"model": "gpt-4o-mini", "messages": []map[string]string{{"role": "user", "content": "hello"}}}
+		r.body = chat
 	}
 	return r
 }
+
+// socketRequest is the upgrade that opens the Responses API's WebSocket,
+// as Codex sends it (on Azure, with the key in api-key and the API version
+// left to the provider's settings).
+func (f *mfix) socketRequest(c *mcell) mreq {
+	name := f.gwName(c.obj)
+	if c.obj == gwAzure {
+		return mreq{path: "/gateway/" + name + "/openai/responses", gwKeyHeader: "api-key"}
+	}
+	return mreq{path: "/gateway/" + name + "/responses"}
+}
+
+const matrixAzureVersion = "2024-10-21"
 
 // run sends one cell's request and returns its status, headers and body.
 func (f *mfix) run(c *mcell) (int, http.Header, []byte) {
 	method := c.row.method()
 	req := c.row.build(f, c)
-	resp, b := f.send(c.caller.client, method, req.path, req.body, func(r *http.Request) {
+	prepare := func(r *http.Request) {
 		for k, v := range req.header {
 			r.Header.Set(k, v)
+		}
+		if c.marker != "" {
+			r.Header.Set(cellHeader, c.marker)
 		}
 		if tok := c.caller.token; tok != "" {
 			if req.gwKeyQuery {
@@ -1365,8 +1610,49 @@ func (f *mfix) run(c *mcell) (int, http.Header, []byte) {
 				r.Header.Set("X-CSRF-Token", token)
 			}
 		}
-	})
+	}
+	if c.row.socket {
+		return f.dialSocket(c.caller.client, req.path, prepare)
+	}
+	resp, b := f.send(c.caller.client, method, req.path, req.body, prepare)
 	return resp.StatusCode, resp.Header, b
+}
+
+// dialSocket opens a WebSocket at path with coder/websocket, prepare
+// applied to the upgrade request as it leaves. It returns the answer's
+// status (101 when the socket opened; it is closed at once), headers and
+// body.
+func (f *mfix) dialSocket(client *http.Client, path string, prepare func(*http.Request)) (int, http.Header, []byte) {
+	hc := *client
+	hc.Transport = preparing{base: client.Transport, prepare: prepare}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(f.url, "http")+path, &websocket.DialOptions{HTTPClient: &hc})
+	switch {
+	case err == nil:
+		conn.CloseNow()
+		return resp.StatusCode, resp.Header, nil
+	case resp == nil || resp.StatusCode == http.StatusSwitchingProtocols:
+		f.fatalf("upgrade %s: %v", path, err)
+	}
+	var b []byte
+	if resp.Body != nil {
+		b, _ = io.ReadAll(resp.Body)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// preparing applies prepare to a copy of each request before base sends
+// it: the WebSocket client builds its upgrade request itself.
+type preparing struct {
+	base    http.RoundTripper
+	prepare func(*http.Request)
+}
+
+func (p preparing) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	p.prepare(r)
+	return p.base.RoundTrip(r)
 }
 
 // signV4 signs r as an AWS SDK does, for service bedrock in matrixRegion.
@@ -1492,6 +1778,8 @@ func runMatrix(t *testing.T, f *mfix, rows []matrixRow) {
 	}
 	close(work)
 	wg.Wait()
+	reached, upstream := f.reachedProviders()
+	failures = append(failures, reached...)
 	sort.Slice(failures, func(i, k int) bool { return failures[i].key < failures[k].key })
 	for _, fl := range failures {
 		t.Error(fl.msg)
@@ -1511,8 +1799,8 @@ func runMatrix(t *testing.T, f *mfix, rows []matrixRow) {
 			variants++
 		}
 	}
-	t.Logf("authorization matrix: %d cells checked (%d rows: the %d API routes, %d variants and the gateway's GET and POST; × %d callers × their objects; expected %s), %d known exceptions, %d differing",
-		len(jobs), len(rows), len(httpapi.Routes()), variants, len(f.callers), strings.Join(split, ", "), excepted, len(failures))
+	t.Logf("authorization matrix: %d cells checked (%d rows: the %d API routes, %d variants and the gateway's GET and POST; × %d callers × their objects; expected %s), %d known exceptions, %d differing; %d gateway cells, whose providers received %d requests in all",
+		len(jobs), len(rows), len(httpapi.Routes()), variants, len(f.callers), strings.Join(split, ", "), excepted, len(failures), len(f.marks), upstream)
 }
 
 // check runs one cell and returns why it fails ("" if it does not), and
@@ -1540,8 +1828,11 @@ func (f *mfix) check(row *matrixRow, caller *callerInst, obj objKind, key string
 	if row.freshSession && caller.spec.kind == credSession {
 		cell.caller = f.instantiateBare(caller.spec, caller.org)
 	}
-	got, header, body := f.run(cell)
 	name := fmt.Sprintf("%s by %s on %s", row.name(), caller.spec.name, objNames[obj])
+	if row.scope == scopeGateway {
+		cell.marker = f.mark(cellMark{name: name, want: want, allowed: want < 400, mock: f.gwMock(obj)})
+	}
+	got, header, body := f.run(cell)
 	problem := ""
 	if got == want && row.inspect != nil {
 		problem = row.inspect(cell, body)
