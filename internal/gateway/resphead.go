@@ -55,7 +55,7 @@ func readPlainResponse(br *bufio.Reader, req *http.Request) *http.Response {
 		return nil
 	}
 	resp := &http.Response{
-		Status:     s[len(proto):nl-1],
+		Status:     s[len(proto) : nl-1],
 		StatusCode: code,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,

@@ -213,4 +213,3 @@ func BenchmarkReadResponseHead(b *testing.B) {
 		})
 	}
 }
-
