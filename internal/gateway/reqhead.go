@@ -66,25 +66,21 @@ func readPlainRequest(br *bufio.Reader) *http.Request {
 		}
 	}
 
-	// One string holds the whole head: the method, target and values
-	// are cut from it.
-	str, h, ok := plainHeader(head, nl+1)
-	if !ok {
+	var f fieldLines
+	if !f.read(head, nl+1) || f.hosts > 1 || f.lengths > 1 || f.codings > 0 {
 		return nil
 	}
-	method := str[:sp1]
-	target := str[sp1+1 : sp1+1+sp2]
+	// The method, target and values are cut from one string.
+	method := f.s[:sp1]
+	target := f.s[sp1+1 : sp1+1+sp2]
 	u, err := url.ParseRequestURI(target)
 	if err != nil {
 		return nil
 	}
-	if len(h["Host"]) > 1 || h["Transfer-Encoding"] != nil {
-		return nil
-	}
 	length := int64(0)
-	if cl := h["Content-Length"]; cl != nil {
+	if f.lengths == 1 {
 		var ok bool
-		if length, ok = parseLength(cl[0]); !ok {
+		if length, ok = parseLength(f.length); !ok {
 			return nil
 		}
 	}
@@ -92,18 +88,16 @@ func readPlainRequest(br *bufio.Reader) *http.Request {
 	if _, err := br.Discard(len(head) + 2); err != nil {
 		return nil // cannot happen: the bytes are buffered
 	}
-	host := header(h, "Host")
-	delete(h, "Host") // as net/http does: the Host field holds it
 	req := &http.Request{
 		Method:     method,
 		URL:        u,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
-		Header:     h,
-		Host:       host,
+		Header:     f.header("Host", ""), // as net/http does: the Host field holds it
+		Host:       f.host,
 		RequestURI: target,
-		Close:      hasToken(h["Connection"], "close"),
+		Close:      f.close,
 		Body:       http.NoBody,
 	}
 	if length > 0 {
@@ -115,26 +109,38 @@ func readPlainRequest(br *bufio.Reader) *http.Request {
 
 var crlfcrlf = []byte("\r\n\r\n")
 
-// plainHeader reads the header lines of head (a message head up to its
-// last line's CRLF, the blank line left out) from offset off, as
-// textproto's ReadMIMEHeader does, if every line is plain: no folding, no
-// bare LF, token names, valid values, at most maxPlainHeaders. The whole
-// head is made one string, from which every value is cut; it is returned
-// too. Pragma, Trailer and a second Content-Length, which net/http's
-// readers judge, are not plain.
-func plainHeader(head []byte, off int) (string, http.Header, bool) {
-	n := 0
-	for p := head[off:]; len(p) > 0; n++ {
+// fieldLines are a plain head's header lines, read as textproto's
+// ReadMIMEHeader reads them, before they become a map: what the readers
+// judge (Host, Content-Length, Transfer-Encoding, Connection) is noted on
+// the way, so that the map is hashed once per name.
+type fieldLines struct {
+	s     string // the whole head, which every name and value is cut from
+	n     int
+	names [maxPlainHeaders]string
+	vals  [maxPlainHeaders]string
+
+	hosts, lengths, codings int
+	host, length, coding    string // the first of each
+	close                   bool   // Connection holds the token close
+}
+
+// read reads the header lines of head (a message head up to its last
+// line's CRLF, the blank line left out) from offset off. It reports
+// false, for net/http to read the head, unless every line is plain: no
+// folding, no bare LF, a token name, a valid value, at most
+// maxPlainHeaders; Pragma and Trailer, which net/http's readers act on,
+// are not plain either.
+func (f *fieldLines) read(head []byte, off int) bool {
+	for p := head[off:]; len(p) > 0; f.n++ {
 		i := bytes.IndexByte(p, '\n')
-		if n == maxPlainHeaders || i < 1 || p[i-1] != '\r' || !plainField(p[:i-1]) {
-			return "", nil, false
+		if f.n == maxPlainHeaders || i < 1 || p[i-1] != '\r' || !plainField(p[:i-1]) {
+			return false
 		}
 		p = p[i+1:]
 	}
 	s := string(head)
-	h := make(http.Header, n)
-	strs := make([]string, n)
-	for off < len(s) {
+	f.s = s
+	for k := 0; off < len(s); k++ {
 		i := off + bytes.IndexByte(head[off:], '\n')
 		ln := head[off : i-1]
 		colon := bytes.IndexByte(ln, ':')
@@ -146,24 +152,68 @@ func plainHeader(head []byte, off int) (string, http.Header, bool) {
 		for ve > vs && (s[ve-1] == ' ' || s[ve-1] == '\t') {
 			ve--
 		}
-		if vv := h[name]; vv != nil {
-			if name == "Content-Length" {
-				return "", nil, false
+		v := s[vs:ve]
+		f.names[k], f.vals[k] = name, v
+		switch name {
+		case "Host":
+			if f.hosts == 0 {
+				f.host = v
 			}
-			h[name] = append(vv, s[vs:ve])
-		} else {
-			vv, strs = strs[:1:1], strs[1:]
-			vv[0] = s[vs:ve]
-			h[name] = vv
+			f.hosts++
+		case "Content-Length":
+			if f.lengths == 0 {
+				f.length = v
+			}
+			f.lengths++
+		case "Transfer-Encoding":
+			if f.codings == 0 {
+				f.coding = v
+			}
+			f.codings++
+		case "Connection":
+			f.close = f.close || hasToken(v, "close")
+		case "Pragma", "Trailer":
+			return false
 		}
 		off = i + 1
 	}
-	for _, name := range [...]string{"Pragma", "Trailer"} {
-		if _, ok := h[name]; ok {
-			return "", nil, false
+	return true
+}
+
+// header makes the lines a header map, leaving out the names drop holds
+// ("" drops nothing). Values of one name keep their order; each name is
+// hashed once.
+func (f *fieldLines) header(drop1, drop2 string) http.Header {
+	h := make(http.Header, f.n)
+	strs := make([]string, f.n)
+next:
+	for i := 0; i < f.n; i++ {
+		name := f.names[i]
+		if name == drop1 || name == drop2 {
+			continue
 		}
+		count := 1
+		for j := 0; j < f.n; j++ {
+			if j != i && f.names[j] == name {
+				if j < i {
+					continue next // made with its first line
+				}
+				count++
+			}
+		}
+		vv := strs[i : i+1 : i+1]
+		vv[0] = f.vals[i]
+		if count > 1 {
+			vv = make([]string, 0, count)
+			for j := i; j < f.n; j++ {
+				if f.names[j] == name {
+					vv = append(vv, f.vals[j])
+				}
+			}
+		}
+		h[name] = vv
 	}
-	return s, h, true
+	return h
 }
 
 // plainField reports whether a header line (without its CRLF) is one
@@ -200,7 +250,8 @@ var tchar = func() (t [128]byte) {
 }()
 
 // canonicalName is textproto's canonical form of a valid header name:
-// interned for the names clients usually send, a new string otherwise.
+// interned for the names clients and providers usually send, a new
+// string otherwise.
 func canonicalName(name []byte) string {
 	var buf [48]byte
 	if len(name) > len(buf) {
@@ -218,28 +269,119 @@ func canonicalName(name []byte) string {
 		c[i] = ch
 		upper = ch == '-'
 	}
-	if s, ok := commonNames[string(c)]; ok {
-		return s
+	// A switch on string(c) compares without converting c.
+	switch string(c) {
+	case "Accept":
+		return "Accept"
+	case "Accept-Encoding":
+		return "Accept-Encoding"
+	case "Accept-Language":
+		return "Accept-Language"
+	case "Alt-Svc":
+		return "Alt-Svc"
+	case "Anthropic-Beta":
+		return "Anthropic-Beta"
+	case "Anthropic-Version":
+		return "Anthropic-Version"
+	case "Api-Key":
+		return "Api-Key"
+	case "Authorization":
+		return "Authorization"
+	case "Cache-Control":
+		return "Cache-Control"
+	case "Cf-Ray":
+		return "Cf-Ray"
+	case "Connection":
+		return "Connection"
+	case "Content-Length":
+		return "Content-Length"
+	case "Content-Type":
+		return "Content-Type"
+	case "Date":
+		return "Date"
+	case "Expect":
+		return "Expect"
+	case "Host":
+		return "Host"
+	case "Idempotency-Key":
+		return "Idempotency-Key"
+	case "Openai-Beta":
+		return "Openai-Beta"
+	case "Openai-Organization":
+		return "Openai-Organization"
+	case "Openai-Processing-Ms":
+		return "Openai-Processing-Ms"
+	case "Openai-Project":
+		return "Openai-Project"
+	case "Openai-Version":
+		return "Openai-Version"
+	case "Request-Id":
+		return "Request-Id"
+	case "Server":
+		return "Server"
+	case "Set-Cookie":
+		return "Set-Cookie"
+	case "Strict-Transport-Security":
+		return "Strict-Transport-Security"
+	case "Traceparent":
+		return "Traceparent"
+	case "Tracestate":
+		return "Tracestate"
+	case "Transfer-Encoding":
+		return "Transfer-Encoding"
+	case "User-Agent":
+		return "User-Agent"
+	case "Vary":
+		return "Vary"
+	case "X-Amz-Content-Sha256":
+		return "X-Amz-Content-Sha256"
+	case "X-Amz-Date":
+		return "X-Amz-Date"
+	case "X-Amz-Security-Token":
+		return "X-Amz-Security-Token"
+	case "X-Amzn-Requestid":
+		return "X-Amzn-Requestid"
+	case "X-Api-Key":
+		return "X-Api-Key"
+	case "X-Goog-Api-Client":
+		return "X-Goog-Api-Client"
+	case "X-Goog-Api-Key":
+		return "X-Goog-Api-Key"
+	case "X-Ratelimit-Limit-Requests":
+		return "X-Ratelimit-Limit-Requests"
+	case "X-Ratelimit-Limit-Tokens":
+		return "X-Ratelimit-Limit-Tokens"
+	case "X-Ratelimit-Remaining-Requests":
+		return "X-Ratelimit-Remaining-Requests"
+	case "X-Ratelimit-Remaining-Tokens":
+		return "X-Ratelimit-Remaining-Tokens"
+	case "X-Ratelimit-Reset-Requests":
+		return "X-Ratelimit-Reset-Requests"
+	case "X-Ratelimit-Reset-Tokens":
+		return "X-Ratelimit-Reset-Tokens"
+	case "X-Request-Id":
+		return "X-Request-Id"
+	case "X-Stainless-Arch":
+		return "X-Stainless-Arch"
+	case "X-Stainless-Async":
+		return "X-Stainless-Async"
+	case "X-Stainless-Lang":
+		return "X-Stainless-Lang"
+	case "X-Stainless-Os":
+		return "X-Stainless-Os"
+	case "X-Stainless-Package-Version":
+		return "X-Stainless-Package-Version"
+	case "X-Stainless-Retry-Count":
+		return "X-Stainless-Retry-Count"
+	case "X-Stainless-Runtime":
+		return "X-Stainless-Runtime"
+	case "X-Stainless-Runtime-Version":
+		return "X-Stainless-Runtime-Version"
+	case "X-Stainless-Timeout":
+		return "X-Stainless-Timeout"
 	}
 	return string(c)
 }
-
-// commonNames interns the header names of the gateway's usual requests.
-var commonNames = func() map[string]string {
-	m := map[string]string{}
-	for _, n := range []string{
-		"Accept", "Accept-Encoding", "Accept-Language", "Anthropic-Beta", "Anthropic-Version",
-		"Api-Key", "Authorization", "Cache-Control", "Connection", "Content-Length", "Content-Type",
-		"Expect", "Host", "Openai-Beta", "Openai-Organization", "Openai-Project", "User-Agent",
-		"X-Amz-Content-Sha256", "X-Amz-Date", "X-Amz-Security-Token", "X-Api-Key", "X-Goog-Api-Key",
-		"X-Goog-Api-Client", "X-Request-Id", "X-Stainless-Arch", "X-Stainless-Async", "X-Stainless-Lang",
-		"X-Stainless-Os", "X-Stainless-Package-Version", "X-Stainless-Retry-Count", "X-Stainless-Runtime",
-		"X-Stainless-Runtime-Version", "X-Stainless-Timeout", "Idempotency-Key", "Traceparent", "Tracestate",
-	} {
-		m[n] = n
-	}
-	return m
-}()
 
 // parseLength reads a Content-Length value as net/http does (digits
 // only, leading zeros allowed), refusing what it would refuse or what
@@ -259,27 +401,25 @@ func parseLength(v string) (int64, bool) {
 	return n, true
 }
 
-// hasToken reports whether a comma-separated header holds token, in
-// ASCII case-insensitive comparison, as net/http's shouldClose reads
+// hasToken reports whether a comma-separated header value holds token,
+// compared in ASCII case-insensitively, as net/http's shouldClose reads
 // Connection.
-func hasToken(values []string, token string) bool {
-	for _, v := range values {
-		for len(v) > 0 {
-			var f string
-			if i := indexComma(v); i >= 0 {
-				f, v = v[:i], v[i+1:]
-			} else {
-				f, v = v, ""
-			}
-			for len(f) > 0 && (f[0] == ' ' || f[0] == '\t') {
-				f = f[1:]
-			}
-			for len(f) > 0 && (f[len(f)-1] == ' ' || f[len(f)-1] == '\t') {
-				f = f[:len(f)-1]
-			}
-			if asciiEqualFold(f, token) {
-				return true
-			}
+func hasToken(v, token string) bool {
+	for len(v) > 0 {
+		var f string
+		if i := indexComma(v); i >= 0 {
+			f, v = v[:i], v[i+1:]
+		} else {
+			f, v = v, ""
+		}
+		for len(f) > 0 && (f[0] == ' ' || f[0] == '\t') {
+			f = f[1:]
+		}
+		for len(f) > 0 && (f[len(f)-1] == ' ' || f[len(f)-1] == '\t') {
+			f = f[:len(f)-1]
+		}
+		if asciiEqualFold(f, token) {
+			return true
 		}
 	}
 	return false

@@ -13,7 +13,7 @@ import (
 // readPlainResponse reads a provider's answer head from what br has
 // buffered, as http.ReadResponse does for req, when it is plain: an
 // HTTP/1.1 status of 200–599 but 204 and 304, to a request other than
-// HEAD, with the header lines plainHeader reads and a body of one
+// HEAD, with plain header lines (fieldLines.read) and a body of one
 // Content-Length or chunked. Anything else (interim answers, no length,
 // other versions or codings) returns nil having consumed nothing, for
 // http.ReadResponse to read. reqhead_internal_test.go compares the two.
@@ -50,31 +50,38 @@ func readPlainResponse(br *bufio.Reader, req *http.Request) *http.Response {
 			return nil
 		}
 	}
-	s, h, ok := plainHeader(head, nl+1)
-	if !ok {
+	var f fieldLines
+	if !f.read(head, nl+1) || f.lengths > 1 {
 		return nil
 	}
 	resp := &http.Response{
-		Status:     s[len(proto) : nl-1],
+		Status:     f.s[len(proto) : nl-1],
 		StatusCode: code,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
-		Header:     h,
 		Request:    req,
+		// As net/http reads an answer: the connection's end is in
+		// Close, and Connection goes.
+		Close: f.close,
 	}
-	te, cl := h["Transfer-Encoding"], h["Content-Length"]
+	drop := ""
+	if f.close {
+		drop = "Connection"
+	}
 	switch {
-	case te != nil && cl == nil && len(te) == 1 && te[0] == "chunked":
-		delete(h, "Transfer-Encoding")
+	case f.codings == 1 && f.lengths == 0 && f.coding == "chunked":
+		// net/http moves the coding to TransferEncoding.
+		resp.Header = f.header("Transfer-Encoding", drop)
 		resp.ContentLength = -1
 		resp.TransferEncoding = []string{"chunked"}
 		resp.Body = &chunkedBody{br: br, cr: httputil.NewChunkedReader(br)}
-	case te == nil && cl != nil:
-		n, ok := parseLength(cl[0])
+	case f.codings == 0 && f.lengths == 1:
+		n, ok := parseLength(f.length)
 		if !ok {
 			return nil
 		}
+		resp.Header = f.header(drop, "")
 		resp.ContentLength = n
 		resp.Body = http.NoBody
 		if n > 0 {
@@ -82,12 +89,6 @@ func readPlainResponse(br *bufio.Reader, req *http.Request) *http.Response {
 		}
 	default:
 		return nil
-	}
-	if hasToken(h["Connection"], "close") {
-		// As net/http reads a response: the connection's end is in
-		// Close, and Connection goes.
-		resp.Close = true
-		delete(h, "Connection")
 	}
 	br.Discard(len(head) + 2)
 	return resp
