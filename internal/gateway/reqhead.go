@@ -18,7 +18,7 @@ import (
 // judgement, is read here instead: one string holds every value, the
 // usual names are interned, and one array backs the value slices. The
 // result is what http.ReadRequest returns for the same bytes, field for
-// field (reqhead_test.go checks it, and FuzzReadRequestHead keeps
+// field (reqhead_internal_test.go checks it, and FuzzReadRequestHead keeps
 // checking it). Anything else — another version, a folded or bare-LF
 // line, Transfer-Encoding, a duplicate Host or Content-Length, Pragma,
 // Trailer, a target not in origin form, a head not yet all buffered —
