@@ -32,6 +32,8 @@ targets='
 ./internal/gateway FuzzWSUsage
 ./internal/gateway FuzzScanReqBody
 ./internal/gateway FuzzScanModels
+./internal/gateway FuzzReadRequestHead
+./internal/gateway FuzzReadResponseHead
 ./internal/auth FuzzVerifySigV4
 ./internal/secrets FuzzOpen
 '

@@ -211,6 +211,9 @@ func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
 		req = &http.Request{Method: method}
 	}
 	for {
+		if resp := readPlainResponse(br, req); resp != nil {
+			return resp, nil
+		}
 		resp, err := http.ReadResponse(br, req)
 		if err != nil {
 			return nil, err

@@ -320,7 +320,7 @@ func (c *frontConn) serveOne() int {
 	// at, or what the last request's reads took of this one): what may
 	// still come off the connection for it is the rest of the bound.
 	c.head.limit(maxRequestHead - c.br.Buffered())
-	req, err := http.ReadRequest(c.br)
+	req, err := readRequest(c.br)
 	if err != nil {
 		if c.head.over() {
 			// As net/http answers it; the client may still be sending.
