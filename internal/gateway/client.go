@@ -37,6 +37,16 @@ type conn struct {
 	// away (watchClient); both nil while the connection is idle.
 	stop  func() bool
 	front *frontCtx
+	// readBy is nc's read deadline as last set by the request using the
+	// connection (setReadBy); a poisoned deadline (watchClient) is not
+	// recorded: a poisoned connection is never used again.
+	readBy time.Time
+}
+
+// setReadBy sets nc's read deadline to t and records it.
+func (cn *conn) setReadBy(t time.Time) {
+	cn.readBy = t
+	cn.nc.SetReadDeadline(t)
 }
 
 // poolKey says which connections can serve a request: same scheme and

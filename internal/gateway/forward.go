@@ -130,7 +130,7 @@ func (x *exchange) googleKeyInvalid(resp *http.Response, cn *conn) bool {
 	if x.rt.provider.Type != keybridge.ProviderGoogle || resp.StatusCode != http.StatusBadRequest {
 		return false
 	}
-	if setReadDeadline(x.r.Context(), cn, time.Now().Add(x.g.opts.IdleTimeout)) != nil {
+	if setReadDeadline(x.r.Context(), cn, time.Now().Add(x.g.opts.IdleTimeout), timerSlack(x.g.opts.IdleTimeout)) != nil {
 		return false
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxDiscard))
@@ -164,7 +164,7 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 		}
 		cn.head.limit(maxResponseHead)
 		if err == nil {
-			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout)); err == nil {
+			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout), timerSlack(g.opts.HeaderTimeout)); err == nil {
 				_, err = cn.br.Peek(1)
 			}
 		}
@@ -187,15 +187,27 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 	}
 }
 
-// setReadDeadline sets cn's read deadline, unless the client is already
-// gone. The watch that send starts poisons the deadline when the client
-// goes; a deadline set after that would undo it, so ctx is checked after
-// the deadline is set: either the check sees the client gone, or the
-// poisoning comes after.
-func setReadDeadline(ctx context.Context, cn *conn, t time.Time) error {
-	cn.nc.SetReadDeadline(t)
+// setReadDeadline makes cn's read deadline between t and t plus slack,
+// unless the client is already gone. A deadline already in that span
+// stays: moving a runtime timer costs, and connections that serve one
+// request after another ask for nearly the same deadline each time (the
+// header timeout's, from when the request was sent), so a deadline set
+// with slack ahead serves the next requests too.
+//
+// The watch that send starts poisons the deadline when the client goes;
+// a deadline set after that would undo it, so ctx is checked after the
+// deadline is set (or found in its span): either the check sees the
+// client gone, or the poisoning comes after.
+func setReadDeadline(ctx context.Context, cn *conn, t time.Time, slack time.Duration) error {
+	if d := cn.readBy.Sub(t); d < 0 || d > slack {
+		cn.setReadBy(t.Add(slack))
+	}
 	return ctx.Err()
 }
+
+// timerSlack is how much later than asked a timeout of d may fire: a
+// second, less for short timeouts.
+func timerSlack(d time.Duration) time.Duration { return min(time.Second, d/4) }
 
 // watchClient has the client going away (ctx ending) poison cn's
 // deadline, which wakes whatever waits on the provider, until
@@ -244,7 +256,7 @@ const maxDiscard = 64 << 10
 func (x *exchange) discard(resp *http.Response, cn *conn) {
 	reuse := false
 	if !resp.Close && resp.ContentLength >= 0 && resp.ContentLength <= maxDiscard {
-		cn.nc.SetReadDeadline(time.Now().Add(time.Second))
+		cn.setReadBy(time.Now().Add(time.Second))
 		_, err := io.Copy(io.Discard, resp.Body)
 		reuse = err == nil
 	}
@@ -498,14 +510,16 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	defer bufs.Put(bp)
 	buf := *bp
 	idle := x.g.opts.IdleTimeout
-	// The idle deadline moves at most once per slack (a second, less for
-	// short timeouts): moving a timer on every read of a stream costs
-	// more than the slack. It is moved before less than idle is left, and
-	// then to idle plus the slack: a silence of idle always passes, and
-	// a longer one is cut within the slack.
-	slack := min(time.Second, idle/4)
+	// The idle deadline moves at most once per slack: moving a timer on
+	// every read of a stream costs more than the slack. It is moved
+	// before less than idle is left, and then to idle plus the slack: a
+	// silence of idle always passes, and a longer one is cut within the
+	// slack. A body that is all buffered already (a short JSON answer)
+	// reads nothing from the connection: it needs no deadline, and the
+	// header timeout's stays for the connection's next request.
+	slack := timerSlack(idle)
+	whole := resp.ContentLength >= 0 && int64(cn.br.Buffered()) >= resp.ContentLength
 	ctx := x.r.Context()
-	var deadline time.Time
 	// The head was read at headersAt: the first read needs no clock.
 	now := x.headersAt
 	if now.IsZero() {
@@ -514,9 +528,8 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	for {
 		var n int
 		var err error
-		if deadline.Sub(now) < idle {
-			deadline = now.Add(idle + slack)
-			err = setReadDeadline(ctx, cn, deadline)
+		if !whole {
+			err = setReadDeadline(ctx, cn, now.Add(idle), slack)
 		}
 		if err == nil {
 			n, err = resp.Body.Read(buf)
