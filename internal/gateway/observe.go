@@ -400,6 +400,16 @@ func (l *logLineBuilder) headers(k string, h http.Header) {
 	l.b = append(l.b, '}')
 }
 
+// jsonSafe marks the ASCII bytes appendJSONString copies as they are:
+// all but controls, '"', '\\' and, as encoding/json escapes them, '<',
+// '>' and '&'.
+var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
 // appendJSONString appends s as a JSON string: quotes, backslashes and
 // control characters escaped, invalid UTF-8 replaced, as encoding/json does.
 func appendJSONString(b []byte, s string) []byte {
@@ -408,7 +418,7 @@ func appendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if jsonSafe[c] {
 				i++
 				continue
 			}

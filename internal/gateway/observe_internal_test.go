@@ -35,3 +35,15 @@ func TestLogMillisecondsMatchFloat(t *testing.T) {
 		}
 	}
 }
+
+// The log line's strings: a request id, a path, a model, a key prefix.
+func BenchmarkAppendJSONString(b *testing.B) {
+	strs := []string{"kb-4f3a9c2e1b7d-000000000042", "/v1/chat/completions", "gpt-4o-mini-2024-07-18", "kb_3xQ9abcd", "127.0.0.1:54321"}
+	buf := make([]byte, 0, 256)
+	for b.Loop() {
+		buf = buf[:0]
+		for _, s := range strs {
+			buf = appendJSONString(buf, s)
+		}
+	}
+}
