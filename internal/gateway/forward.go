@@ -309,6 +309,11 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 				continue
 			}
 			for _, v := range vv {
+				if name == "Sec-Websocket-Protocol" {
+					if v = withoutKeyProtocols(v); v == "" {
+						continue
+					}
+				}
 				writeHeader(bw, name, v)
 			}
 		}
@@ -395,6 +400,28 @@ func (x *exchange) forwarded(name string, connection []string) bool {
 		return false
 	}
 	return !strings.HasPrefix(name, "Proxy-") && !namedIn(connection, name)
+}
+
+// keyProtocol starts the WebSocket subprotocol in which OpenAI's browser
+// clients pass an API key (the Realtime API's
+// "openai-insecure-api-key.<key>"): a caller's Keybridge key put there
+// would reach the provider.
+const keyProtocol = "openai-insecure-api-key."
+
+// withoutKeyProtocols is a Sec-WebSocket-Protocol value without the
+// subprotocols that carry a key. The gateway's own credential goes in
+// its header; a caller's key never passes.
+func withoutKeyProtocols(v string) string {
+	if !strings.Contains(v, keyProtocol) {
+		return v
+	}
+	var kept []string
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" && !strings.HasPrefix(p, keyProtocol) {
+			kept = append(kept, p)
+		}
+	}
+	return strings.Join(kept, ", ")
 }
 
 // namedIn reports whether a Connection header names name.

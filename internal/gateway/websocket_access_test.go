@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/keybridge/keybridge/internal/auth"
@@ -290,3 +291,27 @@ func TestWebSocketEndsAtItsKeysLimit(t *testing.T) {
 }
 
 func newEnvT(t *testing.T) *env { return newEnv(t) }
+
+// A key a browser-style client puts in a WebSocket subprotocol
+// ("openai-insecure-api-key.<key>") never reaches the provider; the
+// other subprotocols pass as sent.
+func TestWebSocketKeySubprotocolStaysBehind(t *testing.T) {
+	e := newEnv(t)
+	mock, _ := oaUpstream(t, e, "oai", "openai", "/v1", nil)
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+e.OwnerKey)
+	conn, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(e.URL, "http")+"/gateway/oai/responses",
+		&websocket.DialOptions{HTTPHeader: h, Subprotocols: []string{"realtime", "openai-insecure-api-key." + e.OwnerKey, "openai-beta.realtime-v1"}})
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	conn.CloseNow()
+	reqs := mock.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("the provider saw %d requests, want the upgrade", len(reqs))
+	}
+	if got := reqs[0].Header.Get("Sec-Websocket-Protocol"); got != "realtime, openai-beta.realtime-v1" {
+		t.Errorf("Sec-WebSocket-Protocol upstream = %q, want the two subprotocols without the key", got)
+	}
+	noKeybridgeKeyUpstream(t, reqs, e.OwnerKey)
+}
