@@ -944,3 +944,55 @@ func TestRedisLeaseReturnOutOfOrder(t *testing.T) {
 		t.Errorf("RPM log counts %s, its entries sum to %d; want %d requests: %v", got, inLog, len(times), rdb.ZRange(ctx, k[0], 0, -1).Val())
 	}
 }
+
+// Settlements queued while run flushes are each sent once: admissions
+// carry a key's queued settlements, so run often finds nothing queued
+// when it wakes, while others queue more. The month's budget in Redis is
+// then the exact sum of the tokens settled.
+func TestRedisLimiterSettlesWhileFlushing(t *testing.T) {
+	rdb := needRedis(t)
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.run(ctx) }()
+	for !l.async.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	lim := keybridge.Limits{TokenBudget: 1 << 40, BudgetPeriod: keybridge.BudgetMonth}
+	const workers, rounds = 4, 300
+	ids := make([]string, workers)
+	for w := range ids {
+		ids[w] = newKeyID()
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				// Two keys each: one's admission carries, the other's
+				// settlements wait for run.
+				for _, id := range []string{ids[w], ids[(w+1)%workers]} {
+					tk, d, err := l.admit(ctx, id, lim, 10, t0)
+					if err != nil || !d.ok {
+						t.Errorf("admit: %v, %+v", err, d)
+						return
+					}
+					if err := l.settle(ctx, tk, 3, t0); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	<-done
+	for _, id := range ids {
+		key := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)[6]
+		if got, want := rdb.Get(context.Background(), key).Val(), strconv.Itoa(2*rounds*3); got != want {
+			t.Errorf("key %s: budget used = %s, want %s", id, got, want)
+		}
+	}
+}

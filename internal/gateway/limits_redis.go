@@ -611,12 +611,19 @@ func (l *redisLimiter) run(ctx context.Context) {
 // period).
 func (l *redisLimiter) flush(ctx context.Context) {
 	l.mu.Lock()
+	// What is taken is this flush's alone: an empty map stays the
+	// limiter's (settle and admit queue into it meanwhile), so it is not
+	// taken at all, never read or changed here without the lock.
 	all, returns := l.owed, l.returns
 	if len(all) > 0 {
 		l.owed = map[string][]owed{}
+	} else {
+		all = nil
 	}
 	if len(returns) > 0 {
 		l.returns = map[string][]leaseReturn{}
+	} else {
+		returns = nil
 	}
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
