@@ -16,7 +16,7 @@ import (
 // HEAD, with plain header lines (fieldLines.read) and a body of one
 // Content-Length or chunked. Anything else (interim answers, no length,
 // other versions or codings) returns nil having consumed nothing, for
-// http.ReadResponse to read. reqhead_internal_test.go compares the two.
+// http.ReadResponse to read. resphead_internal_test.go compares the two.
 func readPlainResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	if req.Method == http.MethodHead {
 		return nil
