@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"strings"
 )
 
 // readRequest reads the next request from br as http.ReadRequest does.
@@ -407,7 +408,7 @@ func parseLength(v string) (int64, bool) {
 func hasToken(v, token string) bool {
 	for len(v) > 0 {
 		var f string
-		if i := indexComma(v); i >= 0 {
+		if i := strings.IndexByte(v, ','); i >= 0 {
 			f, v = v[:i], v[i+1:]
 		} else {
 			f, v = v, ""
@@ -418,41 +419,11 @@ func hasToken(v, token string) bool {
 		for len(f) > 0 && (f[len(f)-1] == ' ' || f[len(f)-1] == '\t') {
 			f = f[:len(f)-1]
 		}
-		if asciiEqualFold(f, token) {
+		if equalFold(f, token) { // ASCII only: "cloſe" is not "close", as to net/http
 			return true
 		}
 	}
 	return false
-}
-
-func indexComma(s string) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == ',' {
-			return i
-		}
-	}
-	return -1
-}
-
-// asciiEqualFold is strings.EqualFold for ASCII only: "cloſe" is not
-// "close" here, as it is not to net/http.
-func asciiEqualFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // lengthBody is a request body of a known length read from the

@@ -162,10 +162,17 @@ func TestOneByteFromPlainHeads(t *testing.T) {
 		"GET /a?b HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 2\r\nX:  v \r\n\r\nhi",
 	}
 	special := []byte{0, '\t', '\n', '\r', ' ', '"', '%', '(', '+', ',', '-', '/', '0', '9', ':', ';', '?', 'A', 'a', 0x7f, 0x80, 0xc5, 0xff}
-	cases, plain := 0, 0
+	cases, plain := oneByteAway(seeds, special, func(b []byte) bool { return readBoth(t, b) })
+	t.Logf("%d heads, %d of them read as plain", cases, plain)
+}
+
+// oneByteAway calls read on every input one byte away from a seed: a
+// byte changed to one of special, one of special inserted, a byte
+// deleted. It counts the inputs, and those read reports true for.
+func oneByteAway(seeds []string, special []byte, read func([]byte) bool) (cases, plain int) {
 	check := func(b []byte) {
 		cases++
-		if readBoth(t, b) {
+		if read(b) {
 			plain++
 		}
 	}
@@ -180,7 +187,7 @@ func TestOneByteFromPlainHeads(t *testing.T) {
 			check([]byte(s[:i] + s[i+1:]))
 		}
 	}
-	t.Logf("%d heads, %d of them read as plain", cases, plain)
+	return cases, plain
 }
 
 func FuzzReadRequestHead(f *testing.F) {

@@ -152,24 +152,7 @@ func TestOneByteFromPlainResponses(t *testing.T) {
 		sseHead + "5\r\ndata:\r\n3\r\n\n\n\r\n0\r\n\r\n",
 	}
 	special := []byte{0, '\t', '\n', '\r', ' ', ',', '-', '0', '1', '9', ':', ';', 'A', 'a', 'F', 0x7f, 0x80, 0xff}
-	cases, plain := 0, 0
-	check := func(b []byte) {
-		cases++
-		if readBothResponses(t, b, "POST") {
-			plain++
-		}
-	}
-	for _, s := range seeds {
-		for i := range len(s) {
-			for _, c := range special {
-				b := []byte(s)
-				b[i] = c
-				check(b)
-				check([]byte(s[:i] + string([]byte{c}) + s[i:]))
-			}
-			check([]byte(s[:i] + s[i+1:]))
-		}
-	}
+	cases, plain := oneByteAway(seeds, special, func(b []byte) bool { return readBothResponses(t, b, "POST") })
 	t.Logf("%d answers, %d of them read as plain", cases, plain)
 }
 
