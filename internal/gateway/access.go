@@ -9,8 +9,8 @@ import (
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
 
-// An open WebSocket tunnel is checked again and again, not only at its
-// upgrade: a key revoked, suspended or expired, a lost gateway:invoke, a
+// An open WebSocket tunnel, and a stream as its bytes flow (relay), is
+// checked again and again, not only when it began: a key revoked, suspended or expired, a lost gateway:invoke, a
 // deleted AI key or membership, a disabled provider or a removed upstream
 // credential ends the tunnels it opened within tunnelRecheck plus the
 // time the change takes to reach this replica's caches, as it refuses the

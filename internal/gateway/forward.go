@@ -552,6 +552,10 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	if now.IsZero() {
 		now = time.Now()
 	}
+	// A stream's caller is checked again as its bytes flow, as an open
+	// WebSocket's is (access.go): a revoked key's stream ends within
+	// tunnelRecheck of the provider's next bytes.
+	checked := now
 	for {
 		var n int
 		var err error
@@ -594,6 +598,15 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 			return
 		}
 		now = time.Now()
+		if x.stream && now.Sub(checked) >= tunnelRecheck {
+			checked = now
+			if refused := x.stillAllowed(ctx); refused != nil {
+				x.release(cn, false)
+				x.endStream(ct, refused.code, refused.msg)
+				x.g.log.InfoContext(ctx, "gateway: stream ended: its caller lost access", "request_id", x.id, "reason", refused.msg)
+				return
+			}
+		}
 	}
 	x.release(cn, !resp.Close)
 	if flusher != nil {
@@ -651,7 +664,14 @@ func (x *exchange) cut(resp *http.Response, cn *conn, contentType string, err er
 	if isTimeout(err) {
 		why = fmt.Sprintf("the provider sent nothing for %s", x.g.opts.IdleTimeout)
 	}
-	x.errCode = keybridge.EBadGateway
+	x.endStream(contentType, keybridge.EBadGateway, why)
+}
+
+// endStream ends a stream before its end, the provider's connection
+// already let go: an error event with why in the stream's format, then
+// the answer aborted, so no client takes it for a finished one.
+func (x *exchange) endStream(contentType, code, why string) {
+	x.errCode = code
 	if ev := streamError(x.style, contentType, "Keybridge: "+why); ev != nil {
 		if x.midEvent {
 			// The provider broke off inside an event: it is ended

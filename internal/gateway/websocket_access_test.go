@@ -315,3 +315,49 @@ func TestWebSocketKeySubprotocolStaysBehind(t *testing.T) {
 	}
 	noKeybridgeKeyUpstream(t, reqs, e.OwnerKey)
 }
+
+// A stream already flowing ends when its key is revoked: within the
+// recheck interval of the provider's next bytes, with an error event in
+// the provider's shape, and the provider's connection let go.
+func TestStreamEndsWhenItsCallerLosesAccess(t *testing.T) {
+	e := newEnv(t)
+	mock, upKey := oaUpstream(t, e, "oai", "openai", "/v1", nil)
+	id, key := wsKey(e, nil)
+	// Two events, a pause longer than the recheck interval, the rest.
+	mock.Fault("", providertest.Fault{StallAfter: 2, StallFor: 3 * tunnelRecheckForTest})
+	st := oaClient(e, "oai", key).Chat.Completions.NewStreaming(context.Background(), oaChat())
+	var text strings.Builder
+	for i := 0; st.Next(); i++ {
+		if i == 0 {
+			e.api("POST", "/api/v1/api-keys/"+id+"/revoke", e.OwnerKey, nil, http.StatusOK)
+		}
+		if len(st.Current().Choices) > 0 {
+			text.WriteString(st.Current().Choices[0].Delta.Content)
+		}
+	}
+	if err := st.Err(); err == nil || !strings.Contains(err.Error(), "Keybridge: ") {
+		t.Fatalf("stream error = %v, want Keybridge's error event", err)
+	}
+	if got := text.String(); got == oaText(5) || !strings.HasPrefix(oaText(5), got) {
+		t.Errorf("the client got %q: want the start of %q, cut", got, oaText(5))
+	}
+	logs := e.waitLog(1)
+	if !strings.Contains(logs, "stream ended: its caller lost access") || !strings.Contains(logs, `"error":"unauthenticated"`) {
+		t.Errorf("no log line says the stream ended for its revoked key:\n%s", logs)
+	}
+	noCanary(t, upKey, logs)
+
+	// A stream whose key keeps its access runs to its end through the
+	// same pause.
+	_, other := wsKey(e, nil)
+	st = oaClient(e, "oai", other).Chat.Completions.NewStreaming(context.Background(), oaChat())
+	text.Reset()
+	for st.Next() {
+		if len(st.Current().Choices) > 0 {
+			text.WriteString(st.Current().Choices[0].Delta.Content)
+		}
+	}
+	if err := st.Err(); err != nil || text.String() != oaText(5) {
+		t.Errorf("a stream of a key in good standing: %q, %v; want %q", text.String(), err, oaText(5))
+	}
+}
