@@ -162,25 +162,32 @@ func isUsageOnlyChunk(ev []byte) bool {
 }
 
 // hasEmptyChoices reports whether ev holds "choices" followed by an
-// empty array, white space allowed: a scan, no decoding.
+// empty array, white space allowed: a scan, no decoding. It looks from
+// each ']' back, since a chunk has few of them and '"' is everywhere.
 func hasEmptyChoices(ev []byte) bool {
-	if bytes.IndexByte(ev, ']') < 0 {
-		return false
-	}
-	key := []byte(`"choices"`)
-	for {
-		i := bytes.Index(ev, key)
+	const key = `"choices"`
+	for off := 0; ; {
+		i := bytes.IndexByte(ev[off:], ']')
 		if i < 0 {
 			return false
 		}
-		j := skipSpace(ev, i+len(key))
-		if j < len(ev) && ev[j] == ':' {
-			if j = skipSpace(ev, j+1); j < len(ev) && ev[j] == '[' {
-				if j = skipSpace(ev, j+1); j < len(ev) && ev[j] == ']' {
+		i += off
+		if j := skipSpaceBack(ev, i); j > 0 && ev[j-1] == '[' {
+			if j = skipSpaceBack(ev, j-1); j > 0 && ev[j-1] == ':' {
+				if j = skipSpaceBack(ev, j-1); j >= len(key) && string(ev[j-len(key):j]) == key {
 					return true
 				}
 			}
 		}
-		ev = ev[i+len(key):]
+		off = i + 1
 	}
+}
+
+// skipSpaceBack is skipSpace backwards: the end of what precedes b[:i]'s
+// trailing white space.
+func skipSpaceBack(b []byte, i int) int {
+	for i > 0 && (b[i-1] == ' ' || b[i-1] == '\t' || b[i-1] == '\n' || b[i-1] == '\r') {
+		i--
+	}
+	return i
 }
