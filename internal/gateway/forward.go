@@ -554,7 +554,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	}
 	// A stream's caller is checked again as its bytes flow, as an open
 	// WebSocket's is (access.go): a revoked key's stream ends within
-	// tunnelRecheck of the provider's next bytes.
+	// tunnelRecheck of the provider's next bytes, before they pass.
 	checked := now
 	for {
 		var n int
@@ -564,6 +564,19 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		}
 		if err == nil {
 			n, err = resp.Body.Read(buf)
+			if err == nil || x.stream {
+				now = time.Now() // for the next deadline, or the check below
+			}
+		}
+		if x.stream && n > 0 && now.Sub(checked) >= tunnelRecheck {
+			// Before any of these bytes pass.
+			checked = now
+			if refused := x.stillAllowed(ctx); refused != nil {
+				x.release(cn, false)
+				x.endStream(ct, refused.code, refused.msg)
+				x.g.log.InfoContext(ctx, "gateway: stream ended: its caller lost access", "request_id", x.id, "reason", refused.msg)
+				return
+			}
 		}
 		out := buf[:n]
 		if x.scan != nil && n > 0 {
@@ -597,16 +610,6 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 			x.cut(resp, cn, ct, err)
 			return
 		}
-		now = time.Now()
-		if x.stream && now.Sub(checked) >= tunnelRecheck {
-			checked = now
-			if refused := x.stillAllowed(ctx); refused != nil {
-				x.release(cn, false)
-				x.endStream(ct, refused.code, refused.msg)
-				x.g.log.InfoContext(ctx, "gateway: stream ended: its caller lost access", "request_id", x.id, "reason", refused.msg)
-				return
-			}
-		}
 	}
 	x.release(cn, !resp.Close)
 	if flusher != nil {
@@ -635,8 +638,11 @@ func (x *exchange) endsSoon(resp *http.Response, cn *conn) bool {
 	return n == 0 && err == io.EOF
 }
 
-// endGrace is how long endsSoon waits for the end of an answer.
-const endGrace = 50 * time.Millisecond
+// endGrace is how long endsSoon waits for the end of an answer. Only a
+// silent provider makes it wait that long (one still streaming answers the
+// read at once), and on a busy machine the end of a finished answer can
+// take tens of milliseconds to follow its last event.
+const endGrace = 250 * time.Millisecond
 
 // moreWaiting reports whether the provider has sent more than the
 // framing's leftovers (a chunk's trailing CRLF, part of the next chunk's
