@@ -66,17 +66,24 @@ func readBoth(t testing.TB, in []byte) (plain bool) {
 	if g, w := view(got), view(want); !reflect.DeepEqual(g, w) {
 		t.Fatalf("%q (plain path: %v):\n got %+v\nwant %+v", in, plain, g, w)
 	}
-	gb, gberr := io.ReadAll(got.Body)
-	wb, wberr := io.ReadAll(want.Body)
+	sameRest(t, in, got.Body, want.Body, br1, br2)
+	return plain
+}
+
+// sameRest fails t unless two readings of in give the same body, read to
+// its end (its error included), and leave the same bytes after it.
+func sameRest(t testing.TB, in []byte, got, want io.Reader, gotConn, wantConn *bufio.Reader) {
+	t.Helper()
+	gb, gberr := io.ReadAll(got)
+	wb, wberr := io.ReadAll(want)
 	if !bytes.Equal(gb, wb) || !errors.Is(gberr, wberr) && (gberr == nil || wberr == nil || gberr.Error() != wberr.Error()) {
 		t.Fatalf("%q: body %q, %v; want %q, %v", in, gb, gberr, wb, wberr)
 	}
-	gr, _ := io.ReadAll(br1)
-	wr, _ := io.ReadAll(br2)
+	gr, _ := io.ReadAll(gotConn)
+	wr, _ := io.ReadAll(wantConn)
 	if !bytes.Equal(gr, wr) {
 		t.Fatalf("%q: left %q after the body, want %q", in, gr, wr)
 	}
-	return plain
 }
 
 func TestReadRequestPlainHeads(t *testing.T) {

@@ -74,16 +74,7 @@ func readBothResponses(t testing.TB, in []byte, method string) (plain bool) {
 	if g, w := view(got), view(want); !reflect.DeepEqual(g, w) {
 		t.Fatalf("%q (plain path: %v):\n got %+v\nwant %+v", in, plain, g, w)
 	}
-	gb, gberr := io.ReadAll(got.Body)
-	wb, wberr := io.ReadAll(want.Body)
-	if !bytes.Equal(gb, wb) || !errors.Is(gberr, wberr) && (gberr == nil || wberr == nil || gberr.Error() != wberr.Error()) {
-		t.Fatalf("%q: body %q, %v; want %q, %v", in, gb, gberr, wb, wberr)
-	}
-	gr, _ := io.ReadAll(br1)
-	wr, _ := io.ReadAll(br2)
-	if !bytes.Equal(gr, wr) {
-		t.Fatalf("%q: left %q after the body, want %q", in, gr, wr)
-	}
+	sameRest(t, in, got.Body, want.Body, br1, br2)
 	return plain
 }
 
