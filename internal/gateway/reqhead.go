@@ -39,19 +39,11 @@ const maxPlainHeaders = 64
 // readPlainRequest reads a plain request head from what br has buffered,
 // or returns nil having consumed nothing.
 func readPlainRequest(br *bufio.Reader) *http.Request {
-	b, _ := br.Peek(br.Buffered())
-	end := bytes.Index(b, crlfcrlf)
-	if end < 0 {
+	head, line, ok := bufferedHead(br)
+	if !ok {
 		return nil
 	}
-	head := b[:end+2] // the request line and the header lines, each with its CRLF
-
 	// The request line: method SP origin-form target SP HTTP/1.1.
-	nl := bytes.IndexByte(head, '\n')
-	if nl < 1 || head[nl-1] != '\r' {
-		return nil
-	}
-	line := head[:nl-1]
 	sp1 := bytes.IndexByte(line, ' ')
 	if sp1 < 1 || !isToken(line[:sp1]) {
 		return nil
@@ -68,7 +60,7 @@ func readPlainRequest(br *bufio.Reader) *http.Request {
 	}
 
 	var f fieldLines
-	if !f.read(head, nl+1) || f.hosts > 1 || f.lengths > 1 || f.codings > 0 {
+	if !f.read(head, len(line)+2) || f.hosts > 1 || f.lengths > 1 || f.codings > 0 {
 		return nil
 	}
 	// The method, target and values are cut from one string.
@@ -109,6 +101,25 @@ func readPlainRequest(br *bufio.Reader) *http.Request {
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
+
+// bufferedHead returns the message head br holds whole: from its first
+// line to the last header line's CRLF, the blank line after it left out
+// (what follows the head starts len(head)+2 on), and the first line
+// without its CRLF. ok is false when br holds no whole head, or the first
+// line does not end in CRLF.
+func bufferedHead(br *bufio.Reader) (head, first []byte, ok bool) {
+	b, _ := br.Peek(br.Buffered())
+	end := bytes.Index(b, crlfcrlf)
+	if end < 0 {
+		return nil, nil, false
+	}
+	head = b[:end+2]
+	nl := bytes.IndexByte(head, '\n')
+	if nl < 1 || head[nl-1] != '\r' {
+		return nil, nil, false
+	}
+	return head, head[:nl-1], true
+}
 
 // fieldLines are a plain head's header lines, read as textproto's
 // ReadMIMEHeader reads them, before they become a map: what the readers
@@ -222,10 +233,13 @@ next:
 // of valid bytes; no folding (a line starting with a space or tab).
 func plainField(ln []byte) bool {
 	colon := bytes.IndexByte(ln, ':')
-	if colon < 1 || !isToken(ln[:colon]) {
-		return false
-	}
-	for _, c := range ln[colon+1:] {
+	return colon > 0 && isToken(ln[:colon]) && validText(ln[colon+1:])
+}
+
+// validText reports whether b holds no control byte but horizontal tab:
+// what net/http takes in a field value or a reason phrase.
+func validText(b []byte) bool {
+	for _, c := range b {
 		if c < ' ' && c != '\t' || c == 0x7f {
 			return false
 		}

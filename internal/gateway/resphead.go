@@ -21,19 +21,12 @@ func readPlainResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	if req.Method == http.MethodHead {
 		return nil
 	}
-	b, _ := br.Peek(br.Buffered())
-	end := bytes.Index(b, crlfcrlf)
-	if end < 0 {
-		return nil
-	}
-	head := b[:end+2]
-	nl := bytes.IndexByte(head, '\n')
-	// "HTTP/1.1 " DIGIT DIGIT DIGIT [ SP reason ] CRLF
+	head, line, ok := bufferedHead(br)
+	// "HTTP/1.1 " DIGIT DIGIT DIGIT [ SP reason ]
 	const proto = "HTTP/1.1 "
-	if nl < len(proto)+4 || head[nl-1] != '\r' || string(head[:len(proto)]) != proto {
+	if !ok || len(line) < len(proto)+3 || string(line[:len(proto)]) != proto {
 		return nil
 	}
-	line := head[:nl-1]
 	code := 0
 	for _, c := range line[len(proto) : len(proto)+3] {
 		if c < '0' || c > '9' {
@@ -42,20 +35,15 @@ func readPlainResponse(br *bufio.Reader, req *http.Request) *http.Response {
 		code = code*10 + int(c-'0')
 	}
 	if code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified ||
-		len(line) > len(proto)+3 && line[len(proto)+3] != ' ' {
+		len(line) > len(proto)+3 && line[len(proto)+3] != ' ' || !validText(line[len(proto)+3:]) {
 		return nil
 	}
-	for _, c := range line[len(proto)+3:] {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return nil
-		}
-	}
 	var f fieldLines
-	if !f.read(head, nl+1) || f.lengths > 1 {
+	if !f.read(head, len(line)+2) || f.lengths > 1 {
 		return nil
 	}
 	resp := &http.Response{
-		Status:     f.s[len(proto) : nl-1],
+		Status:     f.s[len(proto):len(line)],
 		StatusCode: code,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,

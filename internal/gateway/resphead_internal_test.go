@@ -161,29 +161,20 @@ func FuzzReadResponseHead(f *testing.F) {
 }
 
 func BenchmarkReadResponseHead(b *testing.B) {
-	in := []byte(openaiHead + `{"ok":true}`)
 	req := &http.Request{Method: "POST"}
-	for _, bc := range []struct {
-		name string
-		read func(*bufio.Reader) (*http.Response, error)
-	}{
-		{"plain", func(br *bufio.Reader) (*http.Response, error) { return readResponse(br, "POST") }},
-		{"net-http", func(br *bufio.Reader) (*http.Response, error) { return http.ReadResponse(br, req) }},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			r := bytes.NewReader(in)
-			br := bufio.NewReaderSize(r, 4096)
-			b.ReportAllocs()
-			for b.Loop() {
-				r.Reset(in)
-				br.Reset(r)
-				br.Peek(1)
-				resp, err := bc.read(br)
-				if err != nil {
-					b.Fatal(err)
-				}
-				io.Copy(io.Discard, resp.Body)
+	benchHeadReaders(b, []byte(openaiHead+`{"ok":true}`),
+		func(br *bufio.Reader) (io.Reader, error) {
+			resp, err := readResponse(br, "POST")
+			if err != nil {
+				return nil, err
 			}
+			return resp.Body, nil
+		},
+		func(br *bufio.Reader) (io.Reader, error) {
+			resp, err := http.ReadResponse(br, req)
+			if err != nil {
+				return nil, err
+			}
+			return resp.Body, nil
 		})
-	}
 }
