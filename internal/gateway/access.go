@@ -62,17 +62,19 @@ func (x *exchange) stillAllowed(ctx context.Context) *gwError {
 		return nil
 	case err != nil:
 		return newError(keybridge.ErrorCode(err), keybridge.ErrorMessage(err))
-	case !p.Permissions.Has(keybridge.PermGatewayInvoke):
-		return newError(keybridge.EForbidden, "this key lacks the gateway:invoke permission")
+	}
+	if refused := invokeRefusal(p); refused != nil {
+		return refused
 	}
 	rt, err := g.routes.route(ctx, p.OrgID, x.name)
 	switch {
 	case err != nil:
 		return nil
 	case rt == nil || rt.provider.ID != x.rt.provider.ID:
-		return newError(keybridge.ENotFound, fmt.Sprintf("provider %q not found", x.name))
-	case p.Type == keybridge.ActorAIKey && !p.AIType.Allows(rt.provider.Type):
-		return newError(keybridge.EForbidden, fmt.Sprintf("an AI key of type %s cannot reach %s providers", p.AIType, rt.provider.Type))
+		return providerNotFound(x.name)
+	}
+	if refused := typeRefusal(p, rt); refused != nil {
+		return refused
 	}
 	if refused := x.modelRefusal(p.AllowedModels); refused != nil {
 		return refused

@@ -405,8 +405,8 @@ func (x *exchange) serve() {
 		return
 	}
 	x.principal = p
-	if !p.Permissions.Has(keybridge.PermGatewayInvoke) {
-		x.fail(newError(keybridge.EForbidden, "this key lacks the gateway:invoke permission"))
+	if refused := invokeRefusal(p); refused != nil {
+		x.fail(refused)
 		return
 	}
 	rt, err := g.routes.route(r.Context(), p.OrgID, x.name)
@@ -422,12 +422,12 @@ func (x *exchange) serve() {
 	}
 	if rt == nil {
 		x.styled = true // an unknown provider answers the §1 shape
-		x.fail(newError(keybridge.ENotFound, fmt.Sprintf("provider %q not found", x.name)))
+		x.fail(providerNotFound(x.name))
 		return
 	}
 	x.rt, x.style, x.styled = rt, rt.provider.Type, true
-	if p.Type == keybridge.ActorAIKey && !p.AIType.Allows(rt.provider.Type) {
-		x.fail(newError(keybridge.EForbidden, fmt.Sprintf("an AI key of type %s cannot reach %s providers", p.AIType, rt.provider.Type)))
+	if refused := typeRefusal(p, rt); refused != nil {
+		x.fail(refused)
 		return
 	}
 	keys, gerr := x.candidates(r.Context(), p, rt)
@@ -450,6 +450,29 @@ func (x *exchange) serve() {
 	}
 	x.meter = metered(rt.provider.Type, x.rest)
 	x.forward(keys)
+}
+
+// invokeRefusal is why p may not use the gateway, or nil.
+func invokeRefusal(p *keybridge.Principal) *gwError {
+	if !p.Permissions.Has(keybridge.PermGatewayInvoke) {
+		return newError(keybridge.EForbidden, "this key lacks the gateway:invoke permission")
+	}
+	return nil
+}
+
+// providerNotFound is the answer for a provider name the caller's org
+// has no enabled provider by.
+func providerNotFound(name string) *gwError {
+	return newError(keybridge.ENotFound, fmt.Sprintf("provider %q not found", name))
+}
+
+// typeRefusal is why p, an AI key of another type, may not reach rt's
+// provider, or nil.
+func typeRefusal(p *keybridge.Principal, rt *route) *gwError {
+	if p.Type == keybridge.ActorAIKey && !p.AIType.Allows(rt.provider.Type) {
+		return newError(keybridge.EForbidden, fmt.Sprintf("an AI key of type %s cannot reach %s providers", p.AIType, rt.provider.Type))
+	}
+	return nil
 }
 
 // fields reads the request body's top-level fields once, for the first
