@@ -94,26 +94,46 @@ func modelRefused(model string) *gwError {
 
 // modelInPath returns the model the request's path names, if it names
 // one: the caller's path, else the whole path the provider is sent, the
-// base URL's path first.
+// base URL's path first. Where the model sits at a fixed prefix, the two
+// paths are read without being joined.
 func (x *exchange) modelInPath() (string, bool) {
 	pt, base := x.rt.provider.Type, x.rt.basePath
 	if model, ok := pathModel(pt, x.rest); ok || base == "" {
 		return model, ok
 	}
-	if pt == keybridge.ProviderAzureOpenAI && base == "/openai" {
-		// Azure's usual base URL, read without joining the two paths.
-		return segmentAfter(x.rest, "/deployments/")
+	prefix := modelPrefix(pt)
+	switch {
+	case pt == keybridge.ProviderGoogle:
+		return pathModel(pt, base+x.rest)
+	case prefix == "":
+		return "", false // the type's paths name no model
+	case strings.HasPrefix(prefix, base):
+		// The joined path starts with prefix if the caller's holds the
+		// rest of it: Azure's usual base URL, /openai.
+		return segmentAfter(x.rest, prefix[len(base):])
+	case strings.HasPrefix(base, prefix):
+		return pathModel(pt, base+x.rest) // the base URL names the model
 	}
-	return pathModel(pt, base+x.rest)
+	return "", false
+}
+
+// modelPrefix is the path prefix after which a provider type's paths name
+// their model, "" for the types whose paths name none at a fixed place.
+func modelPrefix(pt keybridge.ProviderType) string {
+	switch pt {
+	case keybridge.ProviderBedrock:
+		return "/model/"
+	case keybridge.ProviderAzureOpenAI:
+		return "/openai/deployments/"
+	}
+	return ""
 }
 
 // pathModel returns the model a provider's path names, if it names one.
 func pathModel(pt keybridge.ProviderType, path string) (string, bool) {
 	switch pt {
-	case keybridge.ProviderBedrock:
-		return segmentAfter(path, "/model/")
-	case keybridge.ProviderAzureOpenAI:
-		return segmentAfter(path, "/openai/deployments/")
+	case keybridge.ProviderBedrock, keybridge.ProviderAzureOpenAI:
+		return segmentAfter(path, modelPrefix(pt))
 	case keybridge.ProviderGoogle:
 		// /v1beta/models/{model}:generateContent, or without a version.
 		rest, ok := strings.CutPrefix(path, "/models/")

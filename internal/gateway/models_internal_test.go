@@ -184,3 +184,29 @@ func TestUsageModelAllocatesNothing(t *testing.T) {
 		}
 	}
 }
+
+// modelInPath reads the path the provider is sent, base URL's path first,
+// as pathModel reads the two joined, for every base and path shape.
+func TestModelInPathReadsTheJoinedPath(t *testing.T) {
+	bases := []string{"", "/openai", "/openai/deployments", "/openai/deployments/pinned", "/v1", "/model", "/x/model",
+		"/v1beta", "/o", "/openai/deploy"}
+	rests := []string{"/chat/completions", "/deployments/gpt-4o/chat/completions", "/openai/deployments/gpt-4o/chat/completions",
+		"/model/anthropic.claude/invoke", "/claude/invoke", "/gpt-4o/chat/completions", "/models/gemini-2.0:generateContent",
+		"/penai/deployments/x/y", "ments/x/chat", "/", ""}
+	for _, pt := range []keybridge.ProviderType{keybridge.ProviderOpenAI, keybridge.ProviderAnthropic, keybridge.ProviderGoogle,
+		keybridge.ProviderBedrock, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible} {
+		for _, base := range bases {
+			for _, rest := range rests {
+				x := &exchange{rt: &route{provider: &keybridge.Provider{Type: pt}, basePath: base}, rest: rest}
+				gotM, gotOK := x.modelInPath()
+				wantM, wantOK := pathModel(pt, rest)
+				if !wantOK {
+					wantM, wantOK = pathModel(pt, base+rest)
+				}
+				if gotM != wantM || gotOK != wantOK {
+					t.Errorf("%s, base %q, path %q: modelInPath = %q, %v; want %q, %v", pt, base, rest, gotM, gotOK, wantM, wantOK)
+				}
+			}
+		}
+	}
+}
