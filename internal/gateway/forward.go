@@ -633,16 +633,37 @@ func (x *exchange) endsSoon(resp *http.Response, cn *conn) bool {
 		return false
 	}
 	cn.nc.SetReadDeadline(time.Now().Add(endGrace))
+	if len(resp.TransferEncoding) > 0 && resp.TransferEncoding[0] == "chunked" {
+		// A chunked body's reader keeps the error of the read the watch
+		// cut short, and would give it again: the end is read off the
+		// connection instead.
+		return chunkedEndNext(cn.br)
+	}
 	var b [1]byte
 	n, err := resp.Body.Read(b[:])
 	return n == 0 && err == io.EOF
 }
 
-// endGrace is how long endsSoon waits for the end of an answer. Only a
-// silent provider makes it wait that long (one still streaming answers the
-// read at once), and on a busy machine the end of a finished answer can
-// take tens of milliseconds to follow its last event.
-const endGrace = 250 * time.Millisecond
+// chunkedEndNext reports whether the next bytes br reads, waiting up to
+// its connection's deadline, end a chunked body with nothing more: the
+// last chunk and an empty trailer ("0\r\n\r\n"), after the CRLF that ends
+// the chunk before it if that was not read yet. Anything else (a chunk
+// extension, a trailer field, more data) is no end.
+func chunkedEndNext(br *bufio.Reader) bool {
+	const end = "0\r\n\r\n"
+	skip := 0
+	if b, err := br.Peek(1); err == nil && b[0] == '\r' {
+		skip = 2
+		if b, err := br.Peek(2); err != nil || string(b) != "\r\n" {
+			return false
+		}
+	}
+	b, err := br.Peek(skip + len(end))
+	return err == nil && string(b[skip:]) == end
+}
+
+// endGrace is how long endsSoon waits for the end of an answer.
+const endGrace = 50 * time.Millisecond
 
 // moreWaiting reports whether the provider has sent more than the
 // framing's leftovers (a chunk's trailing CRLF, part of the next chunk's
