@@ -17,10 +17,7 @@ import (
 func FuzzVerifySigV4(f *testing.F) {
 	ctx := context.Background()
 	fx := newFixture(f, storetest.SQLite(f))
-	ring := fx.openRing(f)
-	opts := fastOptions()
-	opts.Ring = ring
-	s := startService(f, fx.st, opts)
+	ring, s := fx.ringService(f)
 	secret, k := fx.newSealedAIKey(f, ring, keybridge.AIAWS)
 	signed, hash := signedInvoke(f, k.Key, secret)
 	auth, date, path := signed.Header.Get("Authorization"), signed.Header.Get("X-Amz-Date"), signed.URL.Path

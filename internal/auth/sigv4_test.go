@@ -27,6 +27,15 @@ import (
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
+// ringService starts a Service over the fixture's store with a key ring
+// of its own, as SigV4 needs, and returns both.
+func (f *fixture) ringService(t testing.TB) (*secrets.Ring, *auth.Service) {
+	ring := f.openRing(t)
+	opts := fastOptions()
+	opts.Ring = ring
+	return ring, startService(t, f.st, opts)
+}
+
 // openRing opens a key ring over the fixture's store with a random
 // master key.
 func (f *fixture) openRing(t testing.TB) *secrets.Ring {
@@ -176,10 +185,7 @@ func TestVerifySigV4(t *testing.T) {
 		t.Run(eng.Name, func(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t, eng.New(t))
-			ring := f.openRing(t)
-			opts := fastOptions()
-			opts.Ring = ring
-			s := startService(t, f.st, opts)
+			ring, s := f.ringService(t)
 			srv, verdicts := sigV4Server(t, s)
 
 			secret, k := f.newSealedAIKey(t, ring, keybridge.AIAWS)
@@ -317,10 +323,7 @@ func signedInvoke(tb testing.TB, keyID, secret string) (*http.Request, string) {
 func BenchmarkVerifySigV4Hit(b *testing.B) {
 	ctx := context.Background()
 	f := newFixture(b, storetest.SQLite(b))
-	ring := f.openRing(b)
-	opts := fastOptions()
-	opts.Ring = ring
-	s := startService(b, f.st, opts)
+	ring, s := f.ringService(b)
 	secret, k := f.newSealedAIKey(b, ring, keybridge.AIAWS)
 	r, hash := signedInvoke(b, k.Key, secret)
 	if _, err := s.VerifySigV4(ctx, r, hash); err != nil {
@@ -342,10 +345,7 @@ func TestSigV4KeyPrincipal(t *testing.T) {
 		t.Run(eng.Name, func(t *testing.T) {
 			ctx := context.Background()
 			f := newFixture(t, eng.New(t))
-			ring := f.openRing(t)
-			opts := fastOptions()
-			opts.Ring = ring
-			s := startService(t, f.st, opts)
+			ring, s := f.ringService(t)
 
 			_, k := f.newSealedAIKey(t, ring, keybridge.AIAWS)
 			want := keybridge.Principal{
