@@ -38,11 +38,18 @@ import (
 // key's ID and plaintext.
 func limitKey(e *env, limits map[string]any) (id, key string) {
 	e.t.Helper()
-	body := map[string]any{"org": "acme", "name": "limited", "permissions": []string{"gateway:invoke"}}
-	maps.Copy(body, limits)
-	out := e.api("POST", "/api/v1/api-keys", e.OwnerKey, body, http.StatusCreated)
+	out := newInvokeKey(e, limits)
 	checkLimitFields(e.t, out, limits)
 	return out["id"].(string), out["key"].(string)
+}
+
+// newInvokeKey creates a platform key of the owner's with gateway:invoke
+// and fields, and returns the API's answer.
+func newInvokeKey(e *env, fields map[string]any) map[string]any {
+	e.t.Helper()
+	body := map[string]any{"org": "acme", "name": "limited", "permissions": []string{"gateway:invoke"}}
+	maps.Copy(body, fields)
+	return e.api("POST", "/api/v1/api-keys", e.OwnerKey, body, http.StatusCreated)
 }
 
 // checkLimitFields checks that a key as the API shows it has limits.

@@ -26,11 +26,7 @@ import (
 // id and plaintext.
 func wsKey(e *env, fields map[string]any) (id, key string) {
 	e.t.Helper()
-	body := map[string]any{"name": "ws", "permissions": []string{"gateway:invoke", "providers:read"}}
-	for k, v := range fields {
-		body[k] = v
-	}
-	out := e.api("POST", "/api/v1/api-keys", e.OwnerKey, body, http.StatusCreated)
+	out := newInvokeKey(e, fields)
 	return out["id"].(string), out["key"].(string)
 }
 
