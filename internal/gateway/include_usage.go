@@ -86,30 +86,53 @@ type usageChunkFilter struct {
 const maxHeldEvent = 64 << 10
 
 // filter returns what of p (and what was held) may go to the client now.
+// While nothing is held or dropped, that is a prefix of p itself: events
+// pass without a copy.
 func (f *usageChunkFilter) filter(p []byte) []byte {
-	f.out = f.out[:0]
 	data := p
-	if len(f.pending) > 0 {
+	held := len(f.pending) > 0
+	if held {
 		f.pending = append(f.pending, p...)
 		data = f.pending
 	}
+	f.out = f.out[:0]
+	dropped := false
+	off := 0
 	for {
-		end, n := eventEnd(data)
+		end, n := eventEnd(data[off:])
 		if end < 0 {
 			break
 		}
-		ev := data[:end+n]
-		if !isUsageOnlyChunk(ev) {
+		ev := data[off : off+end+n]
+		switch {
+		case isUsageOnlyChunk(ev):
+			if !dropped {
+				f.out = append(f.out, data[:off]...)
+				dropped = true
+			}
+		case dropped:
 			f.out = append(f.out, ev...)
 		}
-		data = data[end+n:]
+		off += len(ev)
 	}
-	if len(data) > maxHeldEvent {
-		f.out = append(f.out, data...)
-		data = nil
+	if rest := data[off:]; len(rest) > maxHeldEvent {
+		// No usage-only chunk is this long: it passes unexamined.
+		if dropped {
+			f.out = append(f.out, rest...)
+		}
+		off = len(data)
 	}
-	f.pending = append(f.pending[:0], data...)
-	return f.out
+	out := data[:off]
+	switch {
+	case dropped:
+		out = f.out
+	case held:
+		// data is pending, which is about to keep only the rest.
+		out = append(f.out, out...)
+		f.out = out
+	}
+	f.pending = append(f.pending[:0], data[off:]...)
+	return out
 }
 
 // flush returns what is held, at the end of the stream.
@@ -151,14 +174,19 @@ func isUsageOnlyChunk(ev []byte) bool {
 	if !ok {
 		return false
 	}
-	var chunk struct {
-		Choices []json.RawMessage `json:"choices"`
-		Usage   json.RawMessage   `json:"usage"`
-	}
-	if json.Unmarshal(bytes.TrimSpace(data), &chunk) != nil {
-		return false
-	}
-	return chunk.Choices != nil && len(chunk.Choices) == 0 && len(chunk.Usage) > 0 && string(chunk.Usage) != "null"
+	// The members as encoding/json would take them: the last of a name
+	// wins.
+	var emptyChoices, usage bool
+	ok = scanTopLevel(bytes.TrimSpace(data), func(key, val []byte, _ bool) bool {
+		switch string(key) {
+		case `"choices"`:
+			emptyChoices = val[0] == '[' && skipSpace(val, 1) == len(val)-1
+		case `"usage"`:
+			usage = val[0] == '{'
+		}
+		return true
+	})
+	return ok && emptyChoices && usage
 }
 
 // hasEmptyChoices reports whether ev holds "choices" followed by an

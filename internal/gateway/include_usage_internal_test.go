@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"math/rand/v2"
 	"testing"
 )
@@ -58,5 +59,37 @@ func TestHasEmptyChoicesMatchesForwardScan(t *testing.T) {
 	}
 	if matched < 1000 {
 		t.Errorf("only %d of the random inputs hold empty choices: the test reaches too little", matched)
+	}
+}
+
+// usageOnlyByDecoding is isUsageOnlyChunk by encoding/json: the reading
+// the scan must agree with on every chunk a provider sends.
+func usageOnlyByDecoding(ev []byte) bool {
+	data, ok := bytes.CutPrefix(bytes.TrimSpace(ev), []byte("data:"))
+	if !ok {
+		return false
+	}
+	var chunk struct {
+		Choices []json.RawMessage `json:"choices"`
+		Usage   json.RawMessage   `json:"usage"`
+	}
+	if json.Unmarshal(bytes.TrimSpace(data), &chunk) != nil {
+		return false
+	}
+	return chunk.Choices != nil && len(chunk.Choices) == 0 && len(chunk.Usage) > 0 && chunk.Usage[0] == '{'
+}
+
+func TestIsUsageOnlyChunkMatchesDecoding(t *testing.T) {
+	for _, s := range []string{
+		`data: {"choices":[],"usage":{"prompt_tokens":3}}`, "data:{\"choices\" : [ ] ,\n\"usage\":{}}\r\n\r\n",
+		`data: {"choices":[],"usage":null}`, `data: {"choices":[{}],"usage":{}}`, `data: {"usage":{}}`,
+		`data: {"choices":[],"usage":{},"choices":[1]}`, `data: {"choices":[1],"usage":{},"choices":[]}`,
+		`data: {"choices":[],"usage":{},"usage":null}`, `data: {"x":{"choices":[],"usage":{}}}`,
+		`data: {"choices":[],"usage":{}`, `data: {"choices":[],"usage":{}}x`, `event: x`, `data: [DONE]`,
+		`data: {"choices":[],"usage":{"a":"}"}}`, `{"choices":[],"usage":{}}`,
+	} {
+		if got, want := isUsageOnlyChunk([]byte(s)), usageOnlyByDecoding([]byte(s)); got != want {
+			t.Errorf("isUsageOnlyChunk(%q) = %v, want %v", s, got, want)
+		}
 	}
 }

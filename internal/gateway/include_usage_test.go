@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -79,6 +80,48 @@ func TestUsageChunkFilterAtEverySplit(t *testing.T) {
 			if string(got) != want {
 				t.Fatalf("split at %d, %d: got %q, want %q", i, j, got, want)
 			}
+		}
+	}
+}
+
+// TestUsageChunkFilterReusedBuffer reads a stream as the gateway does,
+// every read into the same buffer: what the filter returns is written out
+// before the next read, and what it holds must not be the buffer's.
+func TestUsageChunkFilterReusedBuffer(t *testing.T) {
+	events := []string{
+		"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n",
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\r\n\r\n",
+		"data: {\"choices\":[{\"delta\":{\"content\":\"" + strings.Repeat("x", 70<<10) + "\"}}]}\n\n",
+		": keep-alive\n\n",
+		"data: [DONE]\n\n",
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 200 {
+		var stream, want strings.Builder
+		for range 1 + r.IntN(8) {
+			i := r.IntN(len(events))
+			if i == 2 && r.IntN(4) > 0 {
+				i = 0 // the long one now and then
+			}
+			stream.WriteString(events[i])
+			if i != 1 {
+				want.WriteString(events[i])
+			}
+		}
+		f := gateway.NewUsageChunkFilter()
+		buf := make([]byte, 32<<10)
+		var got []byte
+		for rest := stream.String(); len(rest) > 0; {
+			n := copy(buf[:1+r.IntN(len(buf))], rest)
+			rest = rest[n:]
+			got = append(got, f.FilterInPlace(buf[:n])...)
+			for i := range buf {
+				buf[i] = '#'
+			}
+		}
+		got = append(got, f.Flush()...)
+		if string(got) != want.String() {
+			t.Fatalf("got %d bytes, want %d: %.200q", len(got), want.Len(), got)
 		}
 	}
 }
