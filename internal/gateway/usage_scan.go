@@ -41,7 +41,7 @@ const maxUsageEvent = 1 << 20
 // request path, from its Content-Type; nil when the answer carries no usage
 // (e.g. a model list) or cannot be read (a compressed body).
 func newUsageScanner(t keybridge.ProviderType, path string, contentType string, h http.Header) usageScanner {
-	if ce := h.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+	if ce := header(h, "Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		return nil
 	}
 	f := usageFormatFor(t, path)
@@ -1051,6 +1051,8 @@ type jwalk struct {
 	st     uint8
 	esc    bool
 	depth  int
+	skipTo int  // in jsSkip: the depth the container closes to
+	skStr  bool // in jsSkip: inside a string
 	frames [6]int16 // nodes of the wanted containers at depth 1..nf; -1 a root array
 	nf     int
 	leaf   int // node of the value about to start, -1: unwanted
@@ -1076,6 +1078,7 @@ const (
 	jsStr                 // in a string value
 	jsScalar              // in a number or literal
 	jsAfter               // after a value
+	jsSkip                // inside an unwanted container, down to depth skipTo
 )
 
 func (w *jwalk) init(sc *jschema) { w.sc = sc }
@@ -1112,6 +1115,9 @@ func (w *jwalk) write(p []byte) {
 		switch w.st {
 		case jsKeyStr, jsStr:
 			p = w.inString(p)
+			continue
+		case jsSkip:
+			p = w.skip(p)
 			continue
 		case jsScalar:
 			c := p[0]
@@ -1189,8 +1195,7 @@ func (w *jwalk) startValue(c byte) {
 			w.st = jsKey
 			return
 		}
-		w.depth++
-		w.st, w.leaf = jsValue, -1
+		w.skipContainer()
 	case '[':
 		if wanted && w.depth == 0 && w.leaf == 0 {
 			w.frames[0] = -1
@@ -1199,8 +1204,7 @@ func (w *jwalk) startValue(c byte) {
 			w.st, w.leaf = jsValue, 0
 			return
 		}
-		w.depth++
-		w.st, w.leaf = jsValue, -1
+		w.skipContainer()
 	case '}', ']':
 		w.close()
 	case '"':
@@ -1245,6 +1249,67 @@ func (w *jwalk) close() {
 	}
 	w.depth--
 	w.st, w.leaf = jsAfter, -1
+}
+
+// skipContainer enters a container the schema wants nothing of: nothing
+// inside it can be wanted, so it is passed counting only its brackets.
+func (w *jwalk) skipContainer() {
+	w.skipTo = w.depth
+	w.depth++
+	w.st, w.leaf, w.skStr = jsSkip, -1, false
+}
+
+// skip reads an unwanted container's bytes up to its closing bracket:
+// strings at the speed of bytes.IndexByte, the rest a byte at a time
+// looking only at brackets and quotes.
+func (w *jwalk) skip(p []byte) []byte {
+	for len(p) > 0 {
+		if w.skStr {
+			if w.esc {
+				w.esc = false
+				p = p[1:]
+				continue
+			}
+			q := bytes.IndexByte(p, '"')
+			seg := p
+			if q >= 0 {
+				seg = p[:q]
+			}
+			if b := bytes.IndexByte(seg, '\\'); b >= 0 {
+				w.esc = true
+				p = p[b+1:]
+				continue
+			}
+			if q < 0 {
+				return nil
+			}
+			w.skStr = false
+			p = p[q+1:]
+		}
+		for i, c := range p {
+			switch c {
+			case '"':
+				w.skStr = true
+			case '{', '[':
+				w.depth++
+				continue
+			case '}', ']':
+				if w.depth--; w.depth == w.skipTo {
+					w.st = jsAfter
+					return p[i+1:]
+				}
+				continue
+			default:
+				continue
+			}
+			p = p[i+1:]
+			break
+		}
+		if !w.skStr {
+			return nil
+		}
+	}
+	return nil
 }
 
 // match finds the key just read among the children of the current object.
