@@ -724,10 +724,24 @@ func (x *exchange) setTiming() {
 	own := total - x.upstreamDur
 	var buf [64]byte
 	b := append(buf[:0], "keybridge;dur="...)
-	b = strconv.AppendFloat(b, float64(own.Microseconds())/1000, 'f', 3, 64)
+	b = appendMillis(b, own)
 	b = append(b, ", upstream;dur="...)
-	b = strconv.AppendFloat(b, float64(x.upstreamDur.Microseconds())/1000, 'f', 3, 64)
+	b = appendMillis(b, x.upstreamDur)
 	setHeader(x.w, "Server-Timing", string(b))
+}
+
+// appendMillis appends d in milliseconds with three decimals, as
+// strconv.AppendFloat(b, float64(d.Microseconds())/1000, 'f', 3, 64) does,
+// with integer arithmetic.
+func appendMillis(b []byte, d time.Duration) []byte {
+	us := d.Microseconds()
+	if us < 0 {
+		b = append(b, '-')
+		us = -us
+	}
+	b = strconv.AppendInt(b, us/1000, 10)
+	f := us % 1000
+	return append(b, '.', byte('0'+f/100), byte('0'+f/10%10), byte('0'+f%10))
 }
 
 // isUpgrade reports whether r asks for a WebSocket.

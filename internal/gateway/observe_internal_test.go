@@ -36,6 +36,22 @@ func TestLogMillisecondsMatchFloat(t *testing.T) {
 	}
 }
 
+// Server-Timing's milliseconds are what strconv writes with three
+// decimals, at every carry and at random.
+func TestServerTimingMillisecondsMatchFloat(t *testing.T) {
+	us := []int64{0, 1, 9, 10, 99, 100, 999, 1000, 1001, 1010, 1100, 12345, 999999999, 1e12, -1, -999, -1000, -1500}
+	for range 100000 {
+		us = append(us, rand.Int64N(2e9)-1e9)
+	}
+	for _, v := range us {
+		d := time.Duration(v) * time.Microsecond
+		want := strconv.FormatFloat(float64(v)/1000, 'f', 3, 64)
+		if got := appendMillis(nil, d); string(got) != want {
+			t.Fatalf("%d µs: got %s, want %s", v, got, want)
+		}
+	}
+}
+
 // The log line's strings: a request id, a path, a model, a key prefix.
 func BenchmarkAppendJSONString(b *testing.B) {
 	strs := []string{"kb-4f3a9c2e1b7d-000000000042", "/v1/chat/completions", "gpt-4o-mini-2024-07-18", "kb_3xQ9abcd", "127.0.0.1:54321"}

@@ -66,9 +66,12 @@ func readPlainRequest(br *bufio.Reader) *http.Request {
 	// The method, target and values are cut from one string.
 	method := f.s[:sp1]
 	target := f.s[sp1+1 : sp1+1+sp2]
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
-		return nil
+	u := plainRequestURI(target)
+	if u == nil {
+		var err error
+		if u, err = url.ParseRequestURI(target); err != nil {
+			return nil
+		}
 	}
 	length := int64(0)
 	if f.lengths == 1 {
@@ -99,6 +102,28 @@ func readPlainRequest(br *bufio.Reader) *http.Request {
 	}
 	return req
 }
+
+// plainRequestURI is url.ParseRequestURI(target) for an origin-form
+// target whose path needs no unescaping and would not be escaped again
+// (so RawPath stays empty), or nil for any other.
+func plainRequestURI(target string) *url.URL {
+	path, query, hasQuery := strings.Cut(target, "?")
+	for i := 0; i < len(path); i++ {
+		if !pathSafe[path[i]] {
+			return nil
+		}
+	}
+	return &url.URL{Path: path, RawQuery: query, ForceQuery: hasQuery && query == ""}
+}
+
+// pathSafe marks the bytes url.URL keeps in a path as they are: unreserved
+// and the reserved ones a path may hold unescaped.
+var pathSafe = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~$&+,/:;=@", byte(c)) >= 0
+	}
+	return t
+}()
 
 var crlfcrlf = []byte("\r\n\r\n")
 

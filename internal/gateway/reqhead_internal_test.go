@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -248,5 +250,36 @@ func benchHeadReaders(b *testing.B, in []byte, plain, netHTTP func(*bufio.Reader
 				io.Copy(io.Discard, body)
 			}
 		})
+	}
+}
+
+// plainRequestURI is url.ParseRequestURI wherever it answers: targets
+// from the bytes a path or query is made of, the escaping ones included.
+func TestPlainRequestURIMatchesParse(t *testing.T) {
+	parts := []string{"/", "/", "a", "Z", "0", "-", "_", ".", "~", "$", "&", "+", ",", ":", ";", "=", "@",
+		"?", "?", "#", "%", "%2F", "%zz", "!", "'", "(", ")", "*", "[", "]", "\"", "<", "{", "|", "\\", "^", "`", "é"}
+	targets := []string{"/", "/v1/chat/completions", "/a?", "/a??", "/a?b=c&d", "//x", "/a:b/c", "/models/gemini:generateContent?key=k"}
+	r := rand.New(rand.NewPCG(5, 6))
+	for range 100_000 {
+		b := "/"
+		for range r.IntN(10) {
+			b += parts[r.IntN(len(parts))]
+		}
+		targets = append(targets, b)
+	}
+	fast := 0
+	for _, target := range targets {
+		got := plainRequestURI(target)
+		if got == nil {
+			continue
+		}
+		fast++
+		want, err := url.ParseRequestURI(target)
+		if err != nil || *got != *want {
+			t.Fatalf("plainRequestURI(%q) = %#v; ParseRequestURI: %#v, %v", target, got, want, err)
+		}
+	}
+	if fast < 10_000 {
+		t.Errorf("only %d targets took the plain path: the test reaches too little", fast)
 	}
 }
