@@ -109,6 +109,7 @@ func TestUsageOpenAIChat(t *testing.T) {
 	stream := sse(events...)
 	for _, c := range []scanCase{
 		{name: "json", body: `{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"\"usage\": {\"prompt_tokens\": 9}","usage":{"prompt_tokens":9,"completion_tokens":9}}}],"usage":` + usage + `,"system_fingerprint":"fp"}`, want: want},
+		{name: "json brackets and escapes in skipped containers", body: `{"choices":[{"message":{"content":"]}\\\\","refusal":"\\\"}]","x":[[{"usage":{"prompt_tokens":5}}],"[{"]}}],"logprobs":{"usage":[{}]},"usage":` + usage + `}`, want: want},
 		{name: "json with spaces", body: "{\n  \"usage\" : {\n    \"prompt_tokens\" : 1000 , \"completion_tokens\": 77,\n \"prompt_tokens_details\": { \"cached_tokens\": 300 }\n  }\n}\n", want: want},
 		{name: "sse", contentType: "text/event-stream; charset=utf-8", body: stream, want: want},
 		{name: "sse crlf", contentType: "text/event-stream", body: strings.ReplaceAll(stream, "\n", "\r\n"), want: want},
