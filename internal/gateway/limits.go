@@ -59,6 +59,9 @@ type limiter interface {
 	// reported (input + output + cache read + cache write), also for
 	// aborted streams: a cancel is never free.
 	settle(ctx context.Context, t ticket, used int64, now time.Time) error
+	// settleWaits reports whether settle waits for a round trip before it
+	// returns, so that the request's end should not wait for it.
+	settleWaits() bool
 	// collectors are the limiter's metrics, to register once.
 	collectors() []prometheus.Collector
 }
@@ -242,6 +245,8 @@ func newMemLimiterMetrics(m *limitMetrics) *memLimiter {
 	}
 	return l
 }
+
+func (l *memLimiter) settleWaits() bool { return false }
 
 func (l *memLimiter) collectors() []prometheus.Collector {
 	return []prometheus.Collector{l.m.refusals}

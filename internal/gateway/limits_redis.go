@@ -101,6 +101,9 @@ func newRedisLimiter(rdb redis.Scripter, whenDown string, log *slog.Logger) (*re
 		leases: map[string]*lease{}}, nil
 }
 
+// settleWaits: while run carries settlements, settle only queues them.
+func (l *redisLimiter) settleWaits() bool { return !l.async.Load() }
+
 func (l *redisLimiter) collectors() []prometheus.Collector {
 	return []prometheus.Collector{l.m.refusals, l.m.redisDown, l.m.redisOutage}
 }

@@ -218,10 +218,11 @@ func (x *exchange) finish() {
 		g.putBody(x.body)
 		x.body = nil
 	}
-	if x.ticket.keyID != "" && g.opts.Redis != nil {
-		// Settling in Redis is a round trip: the connection's next
+	if x.ticket.keyID != "" && g.lim.settleWaits() {
+		// Settling is a round trip to Redis: the connection's next
 		// request does not wait for it. The log line follows the
-		// settlement, as it does in process.
+		// settlement, as it does otherwise. (While the limiter runs,
+		// settlements only queue, and the request ends them itself.)
 		go x.end(status, total, own, now)
 	} else {
 		x.end(status, total, own, now)
