@@ -1051,8 +1051,8 @@ type jwalk struct {
 	st     uint8
 	esc    bool
 	depth  int
-	skipTo int  // in jsSkip: the depth the container closes to
-	skStr  bool // in jsSkip: inside a string
+	skipTo int      // in jsSkip: the depth the container closes to
+	skStr  bool     // in jsSkip: inside a string
 	frames [6]int16 // nodes of the wanted containers at depth 1..nf; -1 a root array
 	nf     int
 	leaf   int // node of the value about to start, -1: unwanted
