@@ -75,13 +75,36 @@ func (x *exchange) setLimitHeaders(h http.Header) {
 		return
 	}
 	d := x.limits
+	// The four numbers are cut from one string and their value slices
+	// from one array: two allocations, not eight.
+	var buf [80]byte
+	b := buf[:0]
+	var ends [4]int
 	if d.rpmLimit >= 0 {
-		h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(d.rpmLimit, 10)}
-		h["X-Ratelimit-Remaining-Requests"] = []string{strconv.FormatInt(max(d.rpmRemaining, 0), 10)}
+		b = strconv.AppendInt(b, d.rpmLimit, 10)
+		ends[0] = len(b)
+		b = strconv.AppendInt(b, max(d.rpmRemaining, 0), 10)
+		ends[1] = len(b)
 	}
 	if d.tokLimit >= 0 {
-		h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(d.tokLimit, 10)}
-		h["X-Ratelimit-Remaining-Tokens"] = []string{strconv.FormatInt(max(d.tokRemaining, 0), 10)}
+		b = strconv.AppendInt(b, d.tokLimit, 10)
+		ends[2] = len(b)
+		b = strconv.AppendInt(b, max(d.tokRemaining, 0), 10)
+		ends[3] = len(b)
+	}
+	str := string(b)
+	vals := make([]string, 4)
+	set := func(i int, name string, start int) {
+		vals[i] = str[start:ends[i]]
+		h[name] = vals[i : i+1 : i+1]
+	}
+	if d.rpmLimit >= 0 {
+		set(0, "X-Ratelimit-Limit-Requests", 0)
+		set(1, "X-Ratelimit-Remaining-Requests", ends[0])
+	}
+	if d.tokLimit >= 0 {
+		set(2, "X-Ratelimit-Limit-Tokens", ends[1])
+		set(3, "X-Ratelimit-Remaining-Tokens", ends[2])
 	}
 }
 
