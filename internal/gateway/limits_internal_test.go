@@ -996,3 +996,20 @@ func TestRedisLimiterSettlesWhileFlushing(t *testing.T) {
 		}
 	}
 }
+
+// The cached budget keys are budgetKey's, across the ends of days and
+// months and with clocks that step back.
+func TestRedisBudgetKeyCache(t *testing.T) {
+	l := &redisLimiter{}
+	t0 := time.Date(2026, 12, 31, 23, 59, 59, 0, time.UTC).UnixMilli()
+	for _, step := range []int64{0, 999, 1, 1, -2, 86_400_000, -86_400_000 * 40, 1, 0} {
+		t0 += step
+		for _, id := range []string{"a", "b"} {
+			for _, p := range []keybridge.BudgetPeriod{keybridge.BudgetDay, keybridge.BudgetMonth, ""} {
+				if got, want := l.budgetKey(id, t0, p), budgetKey(id, t0, p); got != want {
+					t.Fatalf("at %s, %s %q: %s, want %s", time.UnixMilli(t0).UTC(), id, p, got, want)
+				}
+			}
+		}
+	}
+}

@@ -67,6 +67,49 @@ type redisLimiter struct {
 	// leases are the keys' current leases on this replica, by key ID.
 	lmu    sync.Mutex
 	leases map[string]*lease
+
+	// budKeys are the keys' budget keys of the periods now running, so
+	// that admissions and settlements do not build them anew.
+	bmu     sync.Mutex
+	budKeys map[budgetSlot]budgetName
+}
+
+type budgetSlot struct {
+	keyID string
+	p     keybridge.BudgetPeriod
+}
+
+// budgetName is a budget's Redis key for the period [start, end).
+type budgetName struct {
+	start, end int64
+	key        string
+}
+
+// maxBudgetKeys bounds budKeys: past it the cache starts over.
+const maxBudgetKeys = 10_000
+
+// budgetKey is budgetKey(keyID, ms, p), from the cache while ms is in
+// the period the cached key names.
+func (l *redisLimiter) budgetKey(keyID string, ms int64, p keybridge.BudgetPeriod) string {
+	if p == "" {
+		return budgetKey(keyID, ms, p)
+	}
+	slot := budgetSlot{keyID, p}
+	l.bmu.Lock()
+	n, ok := l.budKeys[slot]
+	l.bmu.Unlock()
+	if ok && n.start <= ms && ms < n.end {
+		return n.key
+	}
+	n.start, n.end = period(ms, p)
+	n.key = budgetKey(keyID, ms, p)
+	l.bmu.Lock()
+	if l.budKeys == nil || len(l.budKeys) >= maxBudgetKeys {
+		l.budKeys = make(map[budgetSlot]budgetName)
+	}
+	l.budKeys[slot] = n
+	l.bmu.Unlock()
+	return n.key
 }
 
 // settleDelay bounds how long a settlement waits for its key's next
@@ -344,7 +387,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		return t, d, nil
 	}
 	want, ret := l.endLease(keyID, lim, reserve)
-	keys := limitKeys(keyID, ms, p)
+	keys := withBudget(keyID, l.budgetKey(keyID, ms, p))
 	carried, returns := l.take(keyID, keys[6])
 	returns = append(returns, ret...)
 	asks := "0"
@@ -398,7 +441,7 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 		return l.local.settle(ctx, t, used, now)
 	}
 	ms := now.UnixMilli()
-	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: budgetKey(t.keyID, ms, t.budget)}
+	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: l.budgetKey(t.keyID, ms, t.budget)}
 	if t.budget != "" {
 		_, end := period(ms, t.budget)
 		o.budTTL = end - ms + budgetSlack
