@@ -424,13 +424,12 @@ func withoutKeyProtocols(v string) string {
 	return strings.Join(kept, ", ")
 }
 
-// namedIn reports whether a Connection header names name.
+// namedIn reports whether a Connection header names name, each of its
+// lines read as hasToken reads one.
 func namedIn(connection []string, name string) bool {
 	for _, v := range connection {
-		for f := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(f), name) {
-				return true
-			}
+		if hasToken(v, name) {
+			return true
 		}
 	}
 	return false

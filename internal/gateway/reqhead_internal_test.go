@@ -283,3 +283,25 @@ func TestPlainRequestURIMatchesParse(t *testing.T) {
 		t.Errorf("only %d targets took the plain path: the test reaches too little", fast)
 	}
 }
+
+// A Connection header names a field as net/http reads it: comma lists
+// over any number of lines, blanks and tabs around each name, ASCII case
+// folded and nothing else ("\u212a", the Kelvin sign, is no "K").
+func TestNamedIn(t *testing.T) {
+	for _, c := range []struct {
+		lines []string
+		name  string
+		want  bool
+	}{
+		{[]string{"keep-alive, X-Trace"}, "X-Trace", true},
+		{[]string{"close", " \tx-trace\t "}, "X-Trace", true},
+		{[]string{"X-Tracer"}, "X-Trace", false},
+		{[]string{"\u212aeep-Alive"}, "Keep-Alive", false},
+		{[]string{",,"}, "X-Trace", false},
+		{nil, "X-Trace", false},
+	} {
+		if got := namedIn(c.lines, c.name); got != c.want {
+			t.Errorf("namedIn(%q, %q) = %v, want %v", c.lines, c.name, got, c.want)
+		}
+	}
+}
