@@ -75,36 +75,31 @@ func (x *exchange) setLimitHeaders(h http.Header) {
 		return
 	}
 	d := x.limits
-	// The four numbers are cut from one string and their value slices
-	// from one array: two allocations, not eight.
+	// The numbers are cut from one string and their value slices from
+	// one array: two allocations, not one per header and value.
 	var buf [80]byte
 	b := buf[:0]
+	var names [4]string
 	var ends [4]int
+	n := 0
+	add := func(name string, v int64) {
+		b = strconv.AppendInt(b, v, 10)
+		names[n], ends[n] = name, len(b)
+		n++
+	}
 	if d.rpmLimit >= 0 {
-		b = strconv.AppendInt(b, d.rpmLimit, 10)
-		ends[0] = len(b)
-		b = strconv.AppendInt(b, max(d.rpmRemaining, 0), 10)
-		ends[1] = len(b)
+		add("X-Ratelimit-Limit-Requests", d.rpmLimit)
+		add("X-Ratelimit-Remaining-Requests", max(d.rpmRemaining, 0))
 	}
 	if d.tokLimit >= 0 {
-		b = strconv.AppendInt(b, d.tokLimit, 10)
-		ends[2] = len(b)
-		b = strconv.AppendInt(b, max(d.tokRemaining, 0), 10)
-		ends[3] = len(b)
+		add("X-Ratelimit-Limit-Tokens", d.tokLimit)
+		add("X-Ratelimit-Remaining-Tokens", max(d.tokRemaining, 0))
 	}
-	str := string(b)
-	vals := make([]string, 4)
-	set := func(i int, name string, start int) {
+	str, vals, start := string(b), make([]string, n), 0
+	for i := range n {
 		vals[i] = str[start:ends[i]]
-		h[name] = vals[i : i+1 : i+1]
-	}
-	if d.rpmLimit >= 0 {
-		set(0, "X-Ratelimit-Limit-Requests", 0)
-		set(1, "X-Ratelimit-Remaining-Requests", ends[0])
-	}
-	if d.tokLimit >= 0 {
-		set(2, "X-Ratelimit-Limit-Tokens", ends[1])
-		set(3, "X-Ratelimit-Remaining-Tokens", ends[2])
+		h[names[i]] = vals[i : i+1 : i+1]
+		start = ends[i]
 	}
 }
 

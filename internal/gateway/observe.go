@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -366,13 +367,9 @@ func (l *logLineBuilder) ms(k string, d time.Duration) {
 		return
 	}
 	l.key(k)
-	l.b = strconv.AppendInt(l.b, us/1000, 10)
-	if f := us % 1000; f != 0 {
-		l.b = append(l.b, '.', byte('0'+f/100), byte('0'+f/10%10), byte('0'+f%10))
-		for l.b[len(l.b)-1] == '0' {
-			l.b = l.b[:len(l.b)-1]
-		}
-	}
+	l.b = appendMillis(l.b, d)
+	l.b = bytes.TrimRight(l.b, "0")
+	l.b = bytes.TrimSuffix(l.b, []byte("."))
 }
 
 // flag appends k: true.

@@ -1259,55 +1259,30 @@ func (w *jwalk) skipContainer() {
 	w.st, w.leaf, w.skStr = jsSkip, -1, false
 }
 
-// skip reads an unwanted container's bytes up to its closing bracket:
-// strings at the speed of bytes.IndexByte, the rest a byte at a time
+// skip reads an unwanted container's bytes up to its closing bracket,
 // looking only at brackets and quotes.
 func (w *jwalk) skip(p []byte) []byte {
 	for len(p) > 0 {
 		if w.skStr {
-			if w.esc {
-				w.esc = false
-				p = p[1:]
-				continue
-			}
-			q := bytes.IndexByte(p, '"')
-			seg := p
-			if q >= 0 {
-				seg = p[:q]
-			}
-			if b := bytes.IndexByte(seg, '\\'); b >= 0 {
-				w.esc = true
-				p = p[b+1:]
-				continue
-			}
-			if q < 0 {
-				return nil
-			}
-			w.skStr = false
-			p = p[q+1:]
+			_, rest, closed := w.strPart(p)
+			p, w.skStr = rest, !closed
+			continue
 		}
-		for i, c := range p {
-			switch c {
+		i := 0
+		for ; i < len(p) && !w.skStr; i++ {
+			switch p[i] {
 			case '"':
 				w.skStr = true
 			case '{', '[':
 				w.depth++
-				continue
 			case '}', ']':
 				if w.depth--; w.depth == w.skipTo {
 					w.st = jsAfter
 					return p[i+1:]
 				}
-				continue
-			default:
-				continue
 			}
-			p = p[i+1:]
-			break
 		}
-		if !w.skStr {
-			return nil
-		}
+		p = p[i:]
 	}
 	return nil
 }
@@ -1328,24 +1303,10 @@ func (w *jwalk) match() int {
 
 // inString reads string bytes up to the closing quote.
 func (w *jwalk) inString(p []byte) []byte {
-	if w.esc {
-		w.esc = false
-		w.collect(p[:1])
-		return p[1:]
-	}
-	q := bytes.IndexByte(p, '"')
-	seg := p
-	if q >= 0 {
-		seg = p[:q]
-	}
-	if b := bytes.IndexByte(seg, '\\'); b >= 0 {
-		w.collect(p[:b+1])
-		w.esc = true
-		return p[b+1:]
-	}
+	seg, rest, closed := w.strPart(p)
 	w.collect(seg)
-	if q < 0 {
-		return nil
+	if !closed {
+		return rest
 	}
 	if w.st == jsKeyStr {
 		w.st = jsColon
@@ -1355,7 +1316,31 @@ func (w *jwalk) inString(p []byte) []byte {
 		}
 		w.st, w.leaf = jsAfter, -1
 	}
-	return p[q+1:]
+	return rest
+}
+
+// strPart reads a string's bytes up to its next escape or its closing
+// quote, at the speed of bytes.IndexByte: seg is what of p belongs to the
+// string as sent (an escape's backslash and the escaped byte included),
+// rest what follows, closed whether the closing quote was read.
+func (w *jwalk) strPart(p []byte) (seg, rest []byte, closed bool) {
+	if w.esc {
+		w.esc = false
+		return p[:1], p[1:], false
+	}
+	q := bytes.IndexByte(p, '"')
+	seg = p
+	if q >= 0 {
+		seg = p[:q]
+	}
+	if b := bytes.IndexByte(seg, '\\'); b >= 0 {
+		w.esc = true
+		return p[:b+1], p[b+1:], false
+	}
+	if q < 0 {
+		return p, nil, false
+	}
+	return seg, p[q+1:], true
 }
 
 // collect keeps the bytes of a key, or of a wanted string.
