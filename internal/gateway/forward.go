@@ -477,13 +477,16 @@ func (x *exchange) signBedrock(path, query string, body []byte) (*http.Request, 
 	return req, nil
 }
 
-// hopResponse lists response headers that never pass (SPEC §7.2).
+// hopResponse lists response headers that never pass: the hop-by-hop
+// ones (SPEC §7.2), and Keybridge's own X-Keybridge-* from a provider
+// that is itself a Keybridge, which would otherwise stand for this one's
+// request id or pass the provider's answer off as this gateway's error.
 func hopResponse(name string) bool {
 	switch name {
 	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length":
 		return true
 	}
-	return strings.HasPrefix(name, "Proxy-")
+	return strings.HasPrefix(name, "Proxy-") || strings.HasPrefix(name, "X-Keybridge-")
 }
 
 // bufs are the buffers answers are copied through.
@@ -771,6 +774,11 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	defer cn.nc.Close()
 	x.hijacked = true
 	x.setTiming()
+	for name := range resp.Header {
+		if strings.HasPrefix(name, "X-Keybridge-") {
+			delete(resp.Header, name)
+		}
+	}
 	resp.Header.Set("X-Keybridge-Request-Id", x.id)
 	resp.Header["Server-Timing"] = x.w.Header()["Server-Timing"]
 	x.setLimitHeaders(resp.Header)

@@ -24,6 +24,10 @@ func TestForwardsWithUpstreamCredential(t *testing.T) {
 		gotBody = string(b)
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Request-Id", "req_upstream")
+		// A provider that is itself a Keybridge: its own headers do not
+		// stand for this gateway's.
+		w.Header().Set("X-Keybridge-Request-Id", "req_upstream_keybridge")
+		w.Header().Set("X-Keybridge-Error", "rate_limited")
 		fmt.Fprint(w, `{"ok":true}`)
 	}))
 	defer up.Close()
@@ -43,8 +47,12 @@ func TestForwardsWithUpstreamCredential(t *testing.T) {
 	if gotBody != `{"model":"gpt"}` {
 		t.Errorf("upstream body = %q", gotBody)
 	}
-	if resp.Header.Get("X-Request-Id") != "req_upstream" || resp.Header.Get("X-Keybridge-Request-Id") == "" {
-		t.Errorf("ids = %q, %q", resp.Header.Get("X-Request-Id"), resp.Header.Get("X-Keybridge-Request-Id"))
+	if ids := resp.Header.Values("X-Keybridge-Request-Id"); resp.Header.Get("X-Request-Id") != "req_upstream" ||
+		len(ids) != 1 || ids[0] == "" || ids[0] == "req_upstream_keybridge" {
+		t.Errorf("ids = %q, %q", resp.Header.Get("X-Request-Id"), ids)
+	}
+	if v, ok := resp.Header["X-Keybridge-Error"]; ok {
+		t.Errorf("the provider's X-Keybridge-Error passed: %q", v)
 	}
 	if st := resp.Header.Get("Server-Timing"); !strings.HasPrefix(st, "keybridge;dur=") || !strings.Contains(st, "upstream;dur=") {
 		t.Errorf("Server-Timing = %q", st)
