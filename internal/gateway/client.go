@@ -188,9 +188,10 @@ func (h *headLimit) over() bool { return h.on && h.n <= 0 }
 // keeps its read deadline, minutes ahead or a second for a discarded
 // answer: nothing reads an idle connection, and send sets the next
 // request's before it reads. Its write deadline is only ever set to
-// poison it, and a poisoned connection is closed, never put back.
-func (c *client) put(cn *conn) {
-	cn.idleSince = time.Now()
+// poison it, and a poisoned connection is closed, never put back. now
+// is when the connection was last read, where its idle time starts.
+func (c *client) put(cn *conn, now time.Time) {
+	cn.idleSince = now
 	c.mu.Lock()
 	if list := c.idle[cn.key]; len(list) < c.maxIdle {
 		c.idle[cn.key] = append(list, cn)

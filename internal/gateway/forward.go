@@ -241,7 +241,11 @@ func (x *exchange) release(cn *conn, reuse bool) {
 		reuse = false // the client went away: the deadline is spent
 	}
 	if reuse {
-		x.g.client.put(cn)
+		at := x.readAt
+		if at.IsZero() {
+			at = time.Now()
+		}
+		x.g.client.put(cn, at)
 		return
 	}
 	cn.nc.Close()
@@ -502,11 +506,26 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	w := x.w
 	h := w.Header()
 	connHdr := resp.Header["Connection"]
-	for name, vv := range resp.Header {
-		if hopResponse(name) || namedIn(connHdr, name) {
-			continue
+	if fw, ok := w.(*frontWriter); ok {
+		// The answer's header map, made for this answer alone, becomes
+		// the writer's, with the few headers set so far moved into it:
+		// cheaper than copying every header of the answer.
+		for name := range resp.Header {
+			if hopResponse(name) || namedIn(connHdr, name) {
+				delete(resp.Header, name)
+			}
 		}
-		h[name] = vv
+		for name, vv := range h {
+			resp.Header[name] = vv
+		}
+		fw.header, h = resp.Header, resp.Header
+	} else {
+		for name, vv := range resp.Header {
+			if hopResponse(name) || namedIn(connHdr, name) {
+				continue
+			}
+			h[name] = vv
+		}
 	}
 	x.setLimitHeaders(h)
 	ct := header(resp.Header, "Content-Type")
@@ -566,7 +585,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		}
 		if err == nil {
 			n, err = resp.Body.Read(buf)
-			if err == nil || x.stream {
+			if err == nil && !whole || x.stream {
 				now = time.Now() // for the next deadline, or the check below
 			}
 		}
@@ -613,6 +632,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 			return
 		}
 	}
+	x.readAt = now
 	x.release(cn, !resp.Close)
 	if flusher != nil {
 		flusher.Flush() // before the log line, not after it

@@ -326,10 +326,13 @@ type exchange struct {
 	body      *[]byte
 
 	// What happened, for the log line and metrics.
-	status       int
-	upstreamKey  string
-	upstreamDur  time.Duration
-	headersAt    time.Time
+	status      int
+	upstreamKey string
+	upstreamDur time.Duration
+	headersAt   time.Time
+	// readAt is when the answer was last read from its connection,
+	// which goes back to the pool from then; zero: not yet known.
+	readAt       time.Time
 	failovers    int
 	stream       bool
 	errCode      string
