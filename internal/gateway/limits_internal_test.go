@@ -997,8 +997,8 @@ func TestRedisLimiterSettlesWhileFlushing(t *testing.T) {
 	}
 }
 
-// The cached budget keys are budgetKey's, across the ends of days and
-// months and with clocks that step back.
+// The cached budget keys are budgetKey's, and their ends period's, across
+// the ends of days and months and with clocks that step back.
 func TestRedisBudgetKeyCache(t *testing.T) {
 	l := &redisLimiter{}
 	t0 := time.Date(2026, 12, 31, 23, 59, 59, 0, time.UTC).UnixMilli()
@@ -1006,8 +1006,12 @@ func TestRedisBudgetKeyCache(t *testing.T) {
 		t0 += step
 		for _, id := range []string{"a", "b"} {
 			for _, p := range []keybridge.BudgetPeriod{keybridge.BudgetDay, keybridge.BudgetMonth, ""} {
-				if got, want := l.budgetKey(id, t0, p), budgetKey(id, t0, p); got != want {
+				got, end := l.budgetKey(id, t0, p)
+				if want := budgetKey(id, t0, p); got != want {
 					t.Fatalf("at %s, %s %q: %s, want %s", time.UnixMilli(t0).UTC(), id, p, got, want)
+				}
+				if _, want := period(t0, p); p != "" && end != want {
+					t.Fatalf("at %s, %s %q: ends %d, want %d", time.UnixMilli(t0).UTC(), id, p, end, want)
 				}
 			}
 		}

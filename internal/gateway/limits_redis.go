@@ -89,27 +89,28 @@ type budgetName struct {
 const maxBudgetKeys = 10_000
 
 // budgetKey is budgetKey(keyID, ms, p), from the cache while ms is in
-// the period the cached key names.
-func (l *redisLimiter) budgetKey(keyID string, ms int64, p keybridge.BudgetPeriod) string {
+// the period the cached key names, and the end of that period (0
+// without one).
+func (l *redisLimiter) budgetKey(keyID string, ms int64, p keybridge.BudgetPeriod) (key string, end int64) {
 	if p == "" {
-		return budgetKey(keyID, ms, p)
+		return budgetKey(keyID, ms, p), 0
 	}
 	slot := budgetSlot{keyID, p}
 	l.bmu.Lock()
 	n, ok := l.budKeys[slot]
 	l.bmu.Unlock()
 	if ok && n.start <= ms && ms < n.end {
-		return n.key
+		return n.key, n.end
 	}
 	n.start, n.end = period(ms, p)
-	n.key = budgetKey(keyID, ms, p)
+	n.key = periodKey(keyID, p, n.start)
 	l.bmu.Lock()
 	if l.budKeys == nil || len(l.budKeys) >= maxBudgetKeys {
 		l.budKeys = make(map[budgetSlot]budgetName)
 	}
 	l.budKeys[slot] = n
 	l.bmu.Unlock()
-	return n.key
+	return n.key, n.end
 }
 
 // settleDelay bounds how long a settlement waits for its key's next
@@ -359,12 +360,17 @@ func withBudget(keyID, bud string) []string {
 // budgetKey is the Redis key of keyID's budget in the period p holding ms
 // (its start in seconds names it), "{kb:<keyID>}:bud" without one.
 func budgetKey(keyID string, ms int64, p keybridge.BudgetPeriod) string {
-	bud := "{kb:" + keyID + "}:bud"
-	if p != "" {
-		start, _ := period(ms, p)
-		bud += ":" + string(p) + ":" + strconv.FormatInt(start/1000, 10)
+	if p == "" {
+		return "{kb:" + keyID + "}:bud"
 	}
-	return bud
+	start, _ := period(ms, p)
+	return periodKey(keyID, p, start)
+}
+
+// periodKey is the Redis key of keyID's budget in the period p that
+// starts at start (ms).
+func periodKey(keyID string, p keybridge.BudgetPeriod, start int64) string {
+	return "{kb:" + keyID + "}:bud:" + string(p) + ":" + strconv.FormatInt(start/1000, 10)
 }
 
 const budgetSlack = int64(time.Hour / time.Millisecond)
@@ -380,14 +386,16 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	var p keybridge.BudgetPeriod
 	if hasBudget(lim) {
 		bud, p = lim.TokenBudget, lim.BudgetPeriod
-		_, end := period(ms, p)
-		budLeft = end - ms
 	}
 	if t, d, ok := l.fromLease(keyID, lim, reserve, ms, p); ok {
 		return t, d, nil
 	}
 	want, ret := l.endLease(keyID, lim, reserve)
-	keys := withBudget(keyID, l.budgetKey(keyID, ms, p))
+	bk, end := l.budgetKey(keyID, ms, p)
+	if p != "" {
+		budLeft = end - ms
+	}
+	keys := withBudget(keyID, bk)
 	carried, returns := l.take(keyID, keys[6])
 	returns = append(returns, ret...)
 	asks := "0"
@@ -441,9 +449,9 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 		return l.local.settle(ctx, t, used, now)
 	}
 	ms := now.UnixMilli()
-	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: l.budgetKey(t.keyID, ms, t.budget)}
+	bk, end := l.budgetKey(t.keyID, ms, t.budget)
+	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: bk}
 	if t.budget != "" {
-		_, end := period(ms, t.budget)
 		o.budTTL = end - ms + budgetSlack
 	}
 	var ret []leaseReturn
