@@ -490,8 +490,11 @@ func hopResponse(name string) bool {
 	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length":
 		return true
 	}
-	return strings.HasPrefix(name, "Proxy-") || strings.HasPrefix(name, "X-Keybridge-")
+	return strings.HasPrefix(name, "Proxy-") || keybridgeHeader(name)
 }
+
+// keybridgeHeader reports whether a header is one of Keybridge's own.
+func keybridgeHeader(name string) bool { return strings.HasPrefix(name, "X-Keybridge-") }
 
 // bufs are the buffers answers are copied through.
 var bufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -795,7 +798,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	x.hijacked = true
 	x.setTiming()
 	for name := range resp.Header {
-		if strings.HasPrefix(name, "X-Keybridge-") {
+		if keybridgeHeader(name) {
 			delete(resp.Header, name)
 		}
 	}

@@ -7,6 +7,7 @@ package gateway_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -230,5 +231,37 @@ func TestWebSocketUpgradeCarriesLimitHeaders(t *testing.T) {
 	}
 	if got := resp.Header.Get("X-Ratelimit-Remaining-Requests"); got != "4" {
 		t.Errorf("x-ratelimit-remaining-requests = %q, want 4", got)
+	}
+}
+
+// A provider that is itself a Keybridge answers the upgrade with its own
+// X-Keybridge-* headers: the 101 the client gets carries this gateway's.
+func TestWebSocketUpgradeKeepsKeybridgeHeaders(t *testing.T) {
+	e := newEnv(t)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Keybridge-Request-Id", "req_upstream_keybridge")
+		w.Header().Set("X-Keybridge-Error", "rate_limited")
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	}))
+	defer up.Close()
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	e.addKey("oai", "sk-upstream-ws", 0)
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+e.OwnerKey)
+	conn, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(e.URL, "http")+"/gateway/oai/responses",
+		&websocket.DialOptions{HTTPHeader: h})
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	defer conn.CloseNow()
+	if ids := resp.Header.Values("X-Keybridge-Request-Id"); len(ids) != 1 || ids[0] == "" || ids[0] == "req_upstream_keybridge" {
+		t.Errorf("X-Keybridge-Request-Id = %q, want this gateway's", ids)
+	}
+	if v, ok := resp.Header["X-Keybridge-Error"]; ok {
+		t.Errorf("the provider's X-Keybridge-Error passed: %q", v)
 	}
 }
