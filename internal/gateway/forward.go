@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -509,26 +510,19 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	w := x.w
 	h := w.Header()
 	connHdr := resp.Header["Connection"]
+	for name := range resp.Header {
+		if hopResponse(name) || namedIn(connHdr, name) {
+			delete(resp.Header, name)
+		}
+	}
 	if fw, ok := w.(*frontWriter); ok {
 		// The answer's header map, made for this answer alone, becomes
 		// the writer's, with the few headers set so far moved into it:
 		// cheaper than copying every header of the answer.
-		for name := range resp.Header {
-			if hopResponse(name) || namedIn(connHdr, name) {
-				delete(resp.Header, name)
-			}
-		}
-		for name, vv := range h {
-			resp.Header[name] = vv
-		}
+		maps.Copy(resp.Header, h)
 		fw.header, h = resp.Header, resp.Header
 	} else {
-		for name, vv := range resp.Header {
-			if hopResponse(name) || namedIn(connHdr, name) {
-				continue
-			}
-			h[name] = vv
-		}
+		maps.Copy(h, resp.Header)
 	}
 	x.setLimitHeaders(h)
 	ct := header(resp.Header, "Content-Type")
