@@ -326,7 +326,7 @@ func (c *frontConn) serveOne() int {
 			// As net/http answers it; the client may still be sending.
 			io.WriteString(c.nc, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n431 Request Header Fields Too Large")
 			c.closeWriteAndWait()
-		} else if !errors.Is(err, io.EOF) {
+		} else if !quietReadError(err) {
 			io.WriteString(c.nc, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
 		}
 		return connClose
@@ -374,6 +374,15 @@ func (c *frontConn) serveOne() int {
 	}
 	ctx.cancel() // the request is over: whatever it started ends
 	return watch.end(keep)
+}
+
+// quietReadError reports whether a request head that could not be read
+// ends its connection without an answer, as net/http's server ends it:
+// the client closed or broke the connection, or took longer than the
+// header timeout to send the head. Anything else is a bad request.
+func quietReadError(err error) bool {
+	var oe *net.OpError
+	return errors.Is(err, io.EOF) || isTimeout(err) || errors.As(err, &oe) && oe.Op == "read"
 }
 
 // closeWriteAndWait ends the connection's writing side after a last
