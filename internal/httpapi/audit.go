@@ -30,7 +30,12 @@ func rfc3339Param(r *http.Request, name string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, keybridge.FieldError(name, "must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
 	}
-	return t.UTC(), nil
+	// In UTC a time of the year 9999 in a zone west of it may be of the
+	// year 10000, which no RFC 3339 answer can hold.
+	if t = t.UTC(); t.Year() < 0 || t.Year() > 9999 {
+		return time.Time{}, keybridge.FieldError(name, "must be within the years 0000 to 9999 in UTC")
+	}
+	return t, nil
 }
 
 // sinceUntilParams reads ?since= and ?until=; when both are set since must come first.

@@ -163,6 +163,7 @@ func TestAuditEvents(t *testing.T) {
 			{"a bad since", "/audit-events?since=yesterday", adminKey, keybridge.EInvalid, "since"},
 			{"a date without time", "/audit-events?until=2026-01-02", adminKey, keybridge.EInvalid, "until"},
 			{"until before since", "/audit-events?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "until"},
+			{"an until of the year 10000 in UTC", "/audit-events?until=" + url.QueryEscape("9999-12-31T23:00:00-05:00"), adminKey, keybridge.EInvalid, "until"},
 			{"a bad cursor", "/audit-events?cursor=nope", adminKey, keybridge.EInvalid, "cursor"},
 			{"a bad limit", "/audit-events?limit=501", adminKey, keybridge.EInvalid, "limit"},
 		} {
@@ -371,6 +372,8 @@ func TestUsage(t *testing.T) {
 			{"a bad since", "?since=last-week", adminKey, keybridge.EInvalid, "since"},
 			{"until before since", "?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "until"},
 			{"since after the default until", "?since=2999-01-01T00:00:00Z", adminKey, keybridge.EInvalid, "since"},
+			{"an until of the year 10000 in UTC", "?until=" + url.QueryEscape("9999-12-31T23:00:00-05:00"), adminKey, keybridge.EInvalid, "until"},
+			{"... with a series", "?bucket=day&until=" + url.QueryEscape("9999-12-31T23:00:00-05:00"), adminKey, keybridge.EInvalid, "until"},
 			{"members may not read usage", "", memberKey, keybridge.EForbidden, ""},
 			{"no credentials", "", "", keybridge.EUnauthenticated, ""},
 			{"another org's caller", "", other.OwnerKey, keybridge.ENotFound, ""},

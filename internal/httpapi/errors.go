@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -77,13 +78,21 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	writeJSON(w, Status(code), body)
 }
 
-// writeJSON answers with v as JSON.
+// writeJSON answers with v as JSON. v is encoded before the status is
+// sent: a value that cannot be encoded (a bug) is answered 500 in the
+// error shape, not with a success and a broken body.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		buf.Reset()
+		enc.Encode(errorBody{Error: errorDetail{Code: keybridge.EInternal, Message: "internal error"}})
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(v)
+	w.Write(buf.Bytes())
 }
 
 // writeOneTime answers with v, which holds a secret shown this once (a key
