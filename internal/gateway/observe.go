@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -473,7 +474,26 @@ func redactHeaders(h http.Header) map[string]string {
 		}
 		if len(vv) > 0 {
 			out[name] = vv[0]
+			if name == "Sec-Websocket-Protocol" {
+				out[name] = redactKeyProtocols(vv[0])
+			}
 		}
 	}
 	return out
+}
+
+// redactKeyProtocols is a Sec-WebSocket-Protocol value with the key of
+// each subprotocol that carries one (keyProtocol) redacted.
+func redactKeyProtocols(v string) string {
+	if !strings.Contains(v, keyProtocol) {
+		return v
+	}
+	ps := strings.Split(v, ",")
+	for i, p := range ps {
+		if p = strings.TrimSpace(p); strings.HasPrefix(p, keyProtocol) {
+			p = keyProtocol + keybridge.Redacted
+		}
+		ps[i] = p
+	}
+	return strings.Join(ps, ", ")
 }

@@ -81,3 +81,26 @@ func TestForwardsWithUpstreamCredential(t *testing.T) {
 		t.Errorf("debug log line headers = %v, want Authorization redacted", line["headers"])
 	}
 }
+
+// The debug log line's headers never hold a key, not even one a browser
+// client put in its WebSocket subprotocols.
+func TestDebugLogRedactsKeyProtocols(t *testing.T) {
+	e := newEnv(t)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"ok":true}`)
+	}))
+	defer up.Close()
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	e.addKey("oai", canary(t, "sk-"), 0)
+	req := e.post("/gateway/oai/chat/completions", e.OwnerKey, `{"model":"gpt"}`)
+	req.Header.Set("Sec-WebSocket-Protocol", "realtime, openai-insecure-api-key."+e.OwnerKey+", openai-beta.realtime-v1")
+	if resp, body := e.do(req); resp.StatusCode != 200 {
+		t.Fatalf("= %d %s", resp.StatusCode, body)
+	}
+	logs := e.waitLog(1)
+	noCanary(t, e.OwnerKey, logs)
+	if !strings.Contains(logs, `"Sec-Websocket-Protocol":"realtime, openai-insecure-api-key.[redacted], openai-beta.realtime-v1"`) {
+		t.Errorf("debug log line does not show the protocols redacted:\n%s", logs)
+	}
+}
