@@ -193,15 +193,15 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 	}
 }
 
-// model is the model a request names: for azure-openai, the deployment
-// in the path the provider is sent, which picks the model whatever the
-// body says; else the body's top-level model, else Bedrock's
-// /model/{id}/, Gemini's /models/{model}: or Azure's
-// /openai/deployments/{deployment}/ path.
+// model is the model a request names, as the allowlist reads it: the
+// path's where the provider's path picks the model whatever the body says
+// (Bedrock's /model/{id}/, Gemini's /models/{model}:, Azure's
+// deployment); else the body's top-level model; else a model the path
+// names otherwise (GET /v1/models/{model}).
 func (x *exchange) model() string {
-	if x.rt != nil && x.rt.provider.Type == keybridge.ProviderAzureOpenAI {
-		if d, ok := x.modelInPath(); ok {
-			return d
+	if x.rt != nil {
+		if m, ok := x.modelInPath(); ok {
+			return m
 		}
 	}
 	// What was scanned of the body counts; it is scanned now if no part
@@ -212,10 +212,10 @@ func (x *exchange) model() string {
 			return m
 		}
 	}
-	return modelFromPath(x.rest)
+	return modelFromPath(x.path)
 }
 
-// modelFromPath reads the model from a Bedrock or Gemini path.
+// modelFromPath reads a model from a path of any provider type.
 func modelFromPath(path string) string {
 	path, _, _ = strings.Cut(path, "?")
 	if rest, ok := strings.CutPrefix(path, "/model/"); ok {

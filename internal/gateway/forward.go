@@ -527,7 +527,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	x.setLimitHeaders(h)
 	ct := header(resp.Header, "Content-Type")
 	if x.meter && resp.StatusCode < 300 {
-		x.scan = newUsageScanner(x.rt.provider.Type, x.rest, ct, resp.Header)
+		x.scan = newUsageScanner(x.rt.provider.Type, x.path, ct, resp.Header)
 	}
 	sse := hasMediaType(ct, "text/event-stream")
 	x.stream = resp.ContentLength < 0 || sse || hasMediaType(ct, "application/vnd.amazon.eventstream")

@@ -316,6 +316,9 @@ type exchange struct {
 	// (raw bytes, from its leading slash), the query without key, and
 	// key's value (Gemini's REST style of passing the caller's key).
 	name, rest, query, queryKey string
+	// path is rest as the gateway reads it to tell what the request
+	// does (canonicalPath); rest is what is sent.
+	path string
 
 	// style is whose error shape the answer takes, once styled: the
 	// provider's, or guessed from the request before it is known.
@@ -381,8 +384,58 @@ func (x *exchange) parseTarget() bool {
 		return false
 	}
 	x.name, x.rest = name, path[len(name):]
+	x.path = canonicalPath(x.rest)
 	x.query, x.queryKey = splitKeyParam(query)
 	return true
+}
+
+// canonicalPath is a request path as the gateway reads it to tell what
+// the request does (its model, whether it is metered, how its answer is
+// read), which must be what the provider reads it as: percent-encoded
+// unreserved characters (letters, digits and "-._~", which RFC 3986 makes
+// equivalent to their encodings) decoded, and runs of slashes made one.
+// Other escapes stay (the %2F of an ARN). The path is sent as it came.
+func canonicalPath(p string) string {
+	if strings.IndexByte(p, '%') < 0 && !strings.Contains(p, "//") {
+		return p
+	}
+	b := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' && i+2 < len(p) {
+			if d, ok := unhex(p[i+1], p[i+2]); ok && unreserved(d) {
+				c = d
+				i += 2
+			}
+		} else if c == '/' && len(b) > 0 && b[len(b)-1] == '/' {
+			continue
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+func unhex(hi, lo byte) (byte, bool) {
+	h, ok1 := hexValue(hi)
+	l, ok2 := hexValue(lo)
+	return h<<4 | l, ok1 && ok2
+}
+
+func hexValue(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// unreserved reports whether c is an RFC 3986 unreserved character.
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
 
 // serve authenticates, routes and forwards.
@@ -444,14 +497,14 @@ func (x *exchange) serve() {
 	if !x.allowModel() {
 		return
 	}
-	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.rest, f) {
+	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.path, f) {
 		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body, f)...)
 		x.hideUsage = &usageChunkFilter{}
 	}
 	if !x.admit() {
 		return
 	}
-	x.meter = metered(rt.provider.Type, x.rest)
+	x.meter = metered(rt.provider.Type, x.path)
 	x.forward(keys)
 }
 
@@ -662,7 +715,7 @@ func (x *exchange) fail(e *gwError) {
 		return
 	}
 	if !x.styled {
-		x.style, x.styled = guessStyle(x.r, x.rest), true
+		x.style, x.styled = guessStyle(x.r, x.path), true
 	}
 	x.headersAt = time.Now()
 	x.setTiming()

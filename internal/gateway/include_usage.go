@@ -3,7 +3,6 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
-	"strings"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
@@ -22,7 +21,7 @@ func wantsUsageInjected(t keybridge.ProviderType, path string, f *reqFields) boo
 	default:
 		return false
 	}
-	if !strings.HasSuffix(path, "/chat/completions") || !f.ok || !f.stream {
+	if !hasSuffixFold(path, "/chat/completions") || !f.ok || !f.stream {
 		return false
 	}
 	if f.streamOptions == nil || string(f.streamOptions) == "null" {

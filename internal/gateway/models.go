@@ -51,7 +51,7 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 	if !m.Restricted() {
 		return nil
 	}
-	path := x.rest
+	path := x.path
 	if hasDotSegment(path) {
 		// A proxy or server that resolves "/model/a/../b" would call
 		// another model than the one checked.
@@ -98,21 +98,21 @@ func modelRefused(model string) *gwError {
 // paths are read without being joined.
 func (x *exchange) modelInPath() (string, bool) {
 	pt, base := x.rt.provider.Type, x.rt.basePath
-	if model, ok := pathModel(pt, x.rest); ok || base == "" {
+	if model, ok := pathModel(pt, x.path); ok || base == "" {
 		return model, ok
 	}
 	prefix := modelPrefix(pt)
 	switch {
 	case pt == keybridge.ProviderGoogle:
-		return pathModel(pt, base+x.rest)
+		return pathModel(pt, base+x.path)
 	case prefix == "":
 		return "", false // the type's paths name no model
 	case strings.HasPrefix(prefix, base):
 		// The joined path starts with prefix if the caller's holds the
 		// rest of it: Azure's usual base URL, /openai.
-		return segmentAfter(x.rest, prefix[len(base):])
+		return segmentAfter(x.path, prefix[len(base):])
 	case strings.HasPrefix(base, prefix):
-		return pathModel(pt, base+x.rest) // the base URL names the model
+		return pathModel(pt, base+x.path) // the base URL names the model
 	}
 	return "", false
 }
@@ -136,10 +136,10 @@ func pathModel(pt keybridge.ProviderType, path string) (string, bool) {
 		return segmentAfter(path, modelPrefix(pt))
 	case keybridge.ProviderGoogle:
 		// /v1beta/models/{model}:generateContent, or without a version.
-		rest, ok := strings.CutPrefix(path, "/models/")
-		if !ok {
-			if i := strings.Index(path, "/models/"); i > 0 && strings.IndexByte(path[1:i], '/') < 0 {
-				rest, ok = path[i+len("/models/"):], true
+		rest, ok := cutPrefixFold(path, "/models/")
+		if !ok && len(path) > 0 {
+			if v := strings.IndexByte(path[1:], '/'); v >= 0 {
+				rest, ok = cutPrefixFold(path[1+v:], "/models/")
 			}
 		}
 		if !ok {
@@ -160,7 +160,7 @@ func pathModel(pt keybridge.ProviderType, path string) (string, bool) {
 // segmentAfter returns the URL-unescaped path segment after prefix, when
 // path starts with it.
 func segmentAfter(path, prefix string) (string, bool) {
-	rest, ok := strings.CutPrefix(path, prefix)
+	rest, ok := cutPrefixFold(path, prefix)
 	if !ok {
 		return "", false
 	}
@@ -172,6 +172,16 @@ func segmentAfter(path, prefix string) (string, bool) {
 		return u, true
 	}
 	return seg, true // a model nobody allows: refused
+}
+
+// cutPrefixFold is strings.CutPrefix with the prefix matched in any
+// letter case: a provider that reads its paths so must not find a model
+// where the allowlist found none.
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) < len(prefix) || !strings.EqualFold(s[:len(prefix)], prefix) {
+		return s, false
+	}
+	return s[len(prefix):], true
 }
 
 // hasDotSegment reports whether path holds a "." or ".." segment, as sent

@@ -172,7 +172,7 @@ func TestUsageModelAllocatesNothing(t *testing.T) {
 	} {
 		x := &exchange{
 			rt:        &route{provider: tc.provider, basePath: tc.base},
-			rest:      tc.rest,
+			path:      tc.rest,
 			scanned:   true,
 			reqFields: reqFields{ok: true, model: "gpt-4o-mini"},
 		}
@@ -197,7 +197,7 @@ func TestModelInPathReadsTheJoinedPath(t *testing.T) {
 		keybridge.ProviderBedrock, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible} {
 		for _, base := range bases {
 			for _, rest := range rests {
-				x := &exchange{rt: &route{provider: &keybridge.Provider{Type: pt}, basePath: base}, rest: rest}
+				x := &exchange{rt: &route{provider: &keybridge.Provider{Type: pt}, basePath: base}, path: rest}
 				gotM, gotOK := x.modelInPath()
 				wantM, wantOK := pathModel(pt, rest)
 				if !wantOK {
@@ -208,5 +208,28 @@ func TestModelInPathReadsTheJoinedPath(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// canonicalPath decodes exactly the escapes of unreserved characters and
+// makes runs of slashes one; every other byte stays as sent.
+func TestCanonicalPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/v1/chat/completions", "/v1/chat/completions"},
+		{"/openai/%64eployments/gpt-4%6F/chat", "/openai/deployments/gpt-4o/chat"},
+		{"/%41%7a%30%2D%2e%5F%7E", "/Az0-._~"},
+		{"/model/arn%3Aaws%3Abedrock%2Fx/invoke", "/model/arn%3Aaws%3Abedrock%2Fx/invoke"},
+		{"/a%2F%2Fb", "/a%2F%2Fb"}, // encoded slashes are not path separators
+		{"//v1///models//x", "/v1/models/x"},
+		{"/model/a/%2E%2E/b", "/model/a/../b"},
+		{"/%", "/%"}, {"/%6", "/%6"}, {"/%zz", "/%zz"}, {"/%%41", "/%A"},
+		{"", ""},
+	} {
+		if got := canonicalPath(tc.in); got != tc.want {
+			t.Errorf("canonicalPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { canonicalPath("/v1/chat/completions") }); n != 0 {
+		t.Errorf("a plain path allocates %v times, want 0", n)
 	}
 }

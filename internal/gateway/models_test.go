@@ -199,6 +199,14 @@ func TestAllowedModelsGemini(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Errorf("disallowed path model with allowed body and query: %d %s, want 403", resp.StatusCode, body)
 	}
+	// The path as the provider reads it, however it is spelled.
+	for _, path := range []string{"/v1beta/%6Dodels/gemini-2.5-pro:generateContent", "/v1beta/Models/gemini-2.5-pro:generateContent",
+		"//v1beta//models/gemini-2.5-pro:generateContent", "/%6Dodels/gemini-2.5-pro:generateContent"} {
+		resp, body := g.do(g.post("/gateway/gem"+path, key, `{"model":"`+gemModel+`","contents":[]}`))
+		if resp.StatusCode != 403 {
+			t.Errorf("%s with an allowed body model: %d %s, want 403", path, resp.StatusCode, body)
+		}
+	}
 	if n := len(g.mock.Requests()) - before; n != 0 {
 		t.Errorf("%d refused requests reached the provider", n)
 	}
@@ -221,6 +229,14 @@ func TestAllowedModelsBedrockSigV4(t *testing.T) {
 	}
 	before := len(b.mock.Requests())
 	brAPIError(t, invoke(brARN), 403, "AccessDeniedException", "permission_denied", "is not allowed")
+	// The path as the provider reads it, however it is spelled; the
+	// secret as a bearer token.
+	for _, path := range []string{"/%6Dodel/forbidden.model/converse", "/Model/forbidden.model/converse", "//model/forbidden.model/converse"} {
+		resp, body := b.do(b.post("/gateway/br"+path, out["secret"].(string), `{"messages":[]}`))
+		if resp.StatusCode != 403 {
+			t.Errorf("%s: %d %s, want 403", path, resp.StatusCode, body)
+		}
+	}
 	if n := len(b.mock.Requests()) - before; n != 0 {
 		t.Errorf("%d refused requests reached the provider", n)
 	}
@@ -250,6 +266,14 @@ func TestAllowedModelsAzureDeployment(t *testing.T) {
 		{"a disallowed deployment, an allowed body model", "/gateway/az/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
 		{"base URL .../openai, an allowed deployment", "/gateway/azsub/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", 200},
 		{"base URL .../openai, a disallowed deployment", "/gateway/azsub/deployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
+		// A path the provider reads as one with a deployment, spelled
+		// otherwise: percent-encoded letters, a doubled slash, capitals.
+		{"a disallowed deployment, percent-encoded", "/gateway/az/openai/%64eployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
+		{"a disallowed deployment, percent-encoded in its name", "/gateway/az/openai/deployments/gpt-4%6F/chat/completions?api-version=2024-10-21", 403},
+		{"a disallowed deployment after a doubled slash", "/gateway/az/openai//deployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
+		{"a disallowed deployment, in capitals", "/gateway/az/openai/Deployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
+		{"base URL .../openai, a disallowed deployment, percent-encoded", "/gateway/azsub/%64eployments/gpt-4o/chat/completions?api-version=2024-10-21", 403},
+		{"an allowed deployment, percent-encoded", "/gateway/az/openai/%64eployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", 200},
 	} {
 		before := len(mock.Requests()) + len(sub.Requests())
 		resp, body := e.do(e.post(tc.path, key, chat))

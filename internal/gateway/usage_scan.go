@@ -74,31 +74,40 @@ func newUsageScanner(t keybridge.ProviderType, path string, contentType string, 
 // of provider type t, or nil for the paths whose answers carry none (a
 // model list, a token count). It is also what the gateway meters: those
 // paths get uncompressed answers.
+//
+// Paths are matched in any letter case: a provider that reads its paths
+// so must not serve unmetered what would be metered in lower case.
 func usageFormatFor(t keybridge.ProviderType, path string) *usageFormat {
 	path, _, _ = strings.Cut(path, "?")
 	switch t {
 	case keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible:
 		switch {
-		case strings.HasSuffix(path, "/responses"):
+		case hasSuffixFold(path, "/responses"):
 			return &formatResponses
-		case strings.HasSuffix(path, "/completions"), strings.HasSuffix(path, "/embeddings"):
+		case hasSuffixFold(path, "/completions"), hasSuffixFold(path, "/embeddings"):
 			return &formatChat
 		}
 	case keybridge.ProviderAnthropic:
-		if strings.HasSuffix(path, "/messages") {
+		if hasSuffixFold(path, "/messages") {
 			return &formatAnthropic
 		}
 	case keybridge.ProviderGoogle:
-		if strings.Contains(path, ":generateContent") || strings.Contains(path, ":streamGenerateContent") {
+		// The action ends the path: /v1beta/models/{model}:{action}.
+		action := path[strings.LastIndexByte(path, ':')+1:]
+		if strings.EqualFold(action, "generateContent") || strings.EqualFold(action, "streamGenerateContent") {
 			return &formatGemini
 		}
 	case keybridge.ProviderBedrock:
-		switch path[strings.LastIndexByte(path, '/')+1:] {
+		switch strings.ToLower(path[strings.LastIndexByte(path, '/')+1:]) {
 		case "invoke", "converse", "invoke-with-response-stream", "converse-stream":
 			return &formatBedrock
 		}
 	}
 	return nil
+}
+
+func hasSuffixFold(s, suffix string) bool {
+	return len(s) >= len(suffix) && strings.EqualFold(s[len(s)-len(suffix):], suffix)
 }
 
 // newBodyScanner reads a whole-body format as SSE or as JSON.

@@ -748,3 +748,32 @@ func TestUsageMediaTypeParameters(t *testing.T) {
 	settled(e, len(types))
 	checkGroup(t, newUsageReader(e).wait("model", int64(len(types))), "gpt-4o", want)
 }
+
+// A path is metered, and its row names its model, as the provider reads
+// the path: spelled with percent-encoded letters it is the same path.
+// The path's model is the row's, whatever the body names.
+func TestUsagePathAsTheProviderReadsIt(t *testing.T) {
+	t.Parallel()
+	g := newGemEnv(t, envOptions{}, 1) // Input 10, Output 30 (6 thoughts), CacheRead 4
+	resp, body := g.do(g.post("/gateway/gem/v1beta/%6Dodels/gemini-2.5-pro:gener%61teContent", g.OwnerKey,
+		`{"model":"gemini-body","contents":[{"parts":[{"text":"hi"}]}]}`))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("generateContent = %d %s", resp.StatusCode, body)
+	}
+
+	mock := providertest.NewOpenAI(t)
+	mock.Usage = providertest.Usage{Input: 100, Output: 40, CacheRead: 30}
+	upKey := canary(t, "sk-")
+	mock.AddKey(upKey)
+	g.provider(map[string]any{"name": "oai", "type": "openai", "base_url": mock.URL + "/v1"})
+	g.addKey("oai", upKey, 0)
+	resp, body = g.do(g.post("/gateway/oai/chat/complet%69ons", g.OwnerKey,
+		`{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	if resp.StatusCode != http.StatusOK || strings.Contains(string(body), `"total_tokens"`) {
+		t.Fatalf("chat stream = %d %s, want 200 without the usage chunk", resp.StatusCode, body)
+	}
+	settled(g.env, 2)
+	byModel := newUsageReader(g.env).wait("model", 2)
+	checkGroup(t, byModel, "gemini-2.5-pro", tokens{requests: 1, input: 10, output: 30, cacheRead: 4})
+	checkGroup(t, byModel, "gpt-4o-mini", tokens{requests: 1, input: 100, output: 40, cacheRead: 30})
+}
