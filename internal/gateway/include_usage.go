@@ -36,14 +36,15 @@ func wantsUsageInjected(t keybridge.ProviderType, path string, f *reqFields) boo
 	return opts.IncludeUsage == nil || !*opts.IncludeUsage
 }
 
-// injectIncludeUsage returns body with stream_options.include_usage set.
-// Without stream_options it is added after the opening brace, every other
-// byte kept; otherwise the object is merged (rare: a client that sets
-// stream options mostly asks for usage too).
+// injectIncludeUsage returns body with stream_options.include_usage set,
+// every other byte kept: without stream_options, the member is added
+// after the opening brace; otherwise include_usage is added to each
+// stream_options object, or its value made true (each of them, should a
+// client send a member twice: parsers differ on which one counts).
 func injectIncludeUsage(body []byte, f *reqFields) []byte {
+	out := make([]byte, 0, len(body)+40)
 	if f.streamOptions == nil {
 		i := bytes.IndexByte(body, '{')
-		out := make([]byte, 0, len(body)+40)
 		out = append(out, body[:i+1]...)
 		out = append(out, `"stream_options":{"include_usage":true}`...)
 		if rest := bytes.TrimSpace(body[i+1:]); len(rest) > 0 && rest[0] != '}' {
@@ -51,24 +52,44 @@ func injectIncludeUsage(body []byte, f *reqFields) []byte {
 		}
 		return append(out, body[i+1:]...)
 	}
-	var top map[string]json.RawMessage
-	if json.Unmarshal(body, &top) != nil {
-		return body
-	}
-	var opts map[string]json.RawMessage
-	if so := top["stream_options"]; json.Unmarshal(so, &opts) != nil || opts == nil {
-		opts = map[string]json.RawMessage{}
-	}
-	opts["include_usage"] = json.RawMessage("true")
-	b, err := json.Marshal(opts)
-	if err != nil {
-		return body
-	}
-	top["stream_options"] = b
-	if b, err = json.Marshal(top); err != nil {
-		return body
-	}
-	return b
+	out, _ = replaceMembers(out, body, "stream_options", func(out, v []byte) []byte {
+		switch {
+		case string(v) == "null":
+			return append(out, `{"include_usage":true}`...)
+		case v[0] != '{':
+			return append(out, v...) // not ours to mend: the provider refuses it
+		}
+		n := len(out)
+		out, found := replaceMembers(out, v, "include_usage", func(out, _ []byte) []byte { return append(out, "true"...) })
+		if found {
+			return out
+		}
+		out = append(out[:n], '{')
+		out = append(out, `"include_usage":true`...)
+		if rest := bytes.TrimSpace(v[1:]); rest[0] != '}' {
+			out = append(out, ',')
+		}
+		return append(out, v[1:]...)
+	})
+	return out
+}
+
+// replaceMembers appends JSON object obj to out with the value of each
+// top-level member named name (escapes decoded) replaced by what with
+// appends in its place, and reports whether there was one; every other
+// byte stays.
+func replaceMembers(out, obj []byte, name string, with func(out, val []byte) []byte) ([]byte, bool) {
+	last, found := 0, false
+	scanTopLevel(obj, func(key, val []byte, _ bool) bool {
+		if string(memberName(key)) == name {
+			at := cap(obj) - cap(val) // val is obj[at : at+len(val)]
+			out = append(out, obj[last:at]...)
+			out = with(out, val)
+			last, found = at+len(val), true
+		}
+		return true
+	})
+	return append(out, obj[last:]...), found
 }
 
 // usageChunkFilter drops, from an SSE stream of chat completion chunks,

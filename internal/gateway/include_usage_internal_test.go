@@ -93,3 +93,34 @@ func TestIsUsageOnlyChunkMatchesDecoding(t *testing.T) {
 		}
 	}
 }
+
+// include_usage is set by adding it or by making its value true; every
+// other byte of the body stays as sent.
+func TestInjectIncludeUsageKeepsTheBody(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{`{"stream":true,"messages":[{"content":"a<b & c"}]}`,
+			`{"stream_options":{"include_usage":true},"stream":true,"messages":[{"content":"a<b & c"}]}`},
+		{` { "stream" : true } `, ` {"stream_options":{"include_usage":true}, "stream" : true } `},
+		{`{"stream":true,"stream_options":{"include_usage":false},"z":"a<b","a":1}`,
+			`{"stream":true,"stream_options":{"include_usage":true},"z":"a<b","a":1}`},
+		{`{"stream":true,"stream_options":{ "x" : 1 },"z":"\u003c"}`,
+			`{"stream":true,"stream_options":{"include_usage":true, "x" : 1 },"z":"\u003c"}`},
+		{`{"stream":true,"stream_options":{ }}`, `{"stream":true,"stream_options":{"include_usage":true }}`},
+		{`{"stream":true,"stream_options":null}`, `{"stream":true,"stream_options":{"include_usage":true}}`},
+		{`{"stream":true,"stream_options":{"include_usage":null,"include_usage":false}}`,
+			`{"stream":true,"stream_options":{"include_usage":true,"include_usage":true}}`},
+		{`{"stream":true,"stream_opt\u0069ons":{"include_us\u0061ge":false}}`,
+			`{"stream":true,"stream_opt\u0069ons":{"include_us\u0061ge":true}}`},
+		{`{"stream_options":{"include_usage":true},"stream":true,"stream_options":{}}`,
+			`{"stream_options":{"include_usage":true},"stream":true,"stream_options":{"include_usage":true}}`},
+	} {
+		f := scanReqBody([]byte(tc.body))
+		if !wantsUsageInjected("openai", "/chat/completions", &f) {
+			t.Errorf("%s: no injection wanted", tc.body)
+			continue
+		}
+		if got := string(injectIncludeUsage([]byte(tc.body), &f)); got != tc.want {
+			t.Errorf("injectIncludeUsage(%s)\n = %s\nwant %s", tc.body, got, tc.want)
+		}
+	}
+}

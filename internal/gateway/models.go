@@ -238,7 +238,7 @@ func jsonString(raw []byte) string {
 }
 
 // scanModels walks the top level of the JSON object body and calls visit
-// with the value of each "model" member: the string token, quotes and
+// with the value of each "model" member (its name in any letter case): the string token, quotes and
 // escapes as sent, and str=true; or for a value of another kind, its raw
 // bytes and str=false. It stops when visit returns false. named reports
 // whether any "model" member was seen; ok whether body is one JSON object
@@ -254,7 +254,9 @@ func scanModels(body []byte, visit func(raw []byte, str bool) bool) (named, ok b
 		if key == nil {
 			return true
 		}
-		if string(key) != `"model"` && !(bytes.IndexByte(key, '\\') >= 0 && jsonString(key) == "model") {
+		// In any letter case: Go's encoding/json, behind many
+		// OpenAI-compatible servers, reads "Model" as "model".
+		if !bytes.EqualFold(memberName(key), []byte("model")) {
 			return true
 		}
 		named = true

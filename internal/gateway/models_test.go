@@ -72,6 +72,7 @@ func TestAllowedModelsOpenAI(t *testing.T) {
 		{"no model, ?model= given", "/gateway/oa/chat/completions?model=gpt-4o-mini", `{"messages":[]}`},
 		{"an allowed model, then a duplicate that is not", "/gateway/oa/chat/completions", `{"model":"gpt-4o-mini","messages":[],"model":"gpt-4o"}`},
 		{"an escaped disallowed model", "/gateway/oa/chat/completions", `{"mod\u0065l":"gpt-4\u006f"}`},
+		{"an allowed model, then one in capitals that is not", "/gateway/oa/chat/completions", `{"model":"gpt-4o-mini","Model":"gpt-4o"}`},
 		{"a model that is not a string", "/gateway/oa/chat/completions", `{"model":["gpt-4o-mini"]}`},
 		{"not JSON", "/gateway/oa/chat/completions", `model=gpt-4o-mini`},
 		{"a dot segment", "/gateway/oa/models/../chat/completions", `{"model":"gpt-4o-mini"}`},

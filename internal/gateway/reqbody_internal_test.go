@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 )
@@ -65,5 +66,39 @@ func BenchmarkScanReqBody(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		scanReqBody(body)
+	}
+}
+
+// Member names are read as providers' parsers read them: escapes decoded
+// everywhere, any letter case for the model and the output caps, and the
+// caps nested in Gemini's and Converse's options counted, times the
+// choices asked for.
+func TestScanReqBodyNames(t *testing.T) {
+	for _, tc := range []struct {
+		body   string
+		model  string
+		stream bool
+		opts   string
+		max    int64
+	}{
+		{`{"str\u0065am":true,"stream_opt\u0069ons":{"include_usage":false}}`, "", true, `{"include_usage":false}`, 0},
+		{`{"Stream":true,"STREAM_OPTIONS":{}}`, "", false, "", 0}, // OpenAI reads neither
+		{`{"Model":"gpt-4o"}`, "gpt-4o", false, "", 0},
+		{`{"m\u006fdel":"a","MODEL":"b"}`, "b", false, "", 0},
+		{`{"Max_Tokens":10,"max_t\u006fkens":20}`, "", false, "", 20},
+		{`{"max_tokens":100,"n":3}`, "", false, "", 300},
+		{`{"generationConfig":{"maxOutputTokens":50,"candidateCount":2}}`, "", false, "", 100},
+		{`{"generation_config":{"max_output_tokens":60}}`, "", false, "", 60},
+		{`{"inferenceConfig":{"maxTokens":70},"max_gen_len":10}`, "", false, "", 70},
+		{`{"max_gen_len":80}`, "", false, "", 80},
+		{`{"max_tokens":99999999999999999999999}`, "", false, "", math.MaxInt64},
+		{`{"max_tokens":4611686018427387904,"n":4}`, "", false, "", math.MaxInt64},
+		{`{"max_tokens":-5,"n":-2}`, "", false, "", 0},
+	} {
+		f := scanReqBody([]byte(tc.body))
+		if !f.ok || f.model != tc.model || f.stream != tc.stream || string(f.streamOptions) != tc.opts || f.maxTokens != tc.max {
+			t.Errorf("scanReqBody(%s) = model %q stream %v options %s max %d; want %q %v %s %d",
+				tc.body, f.model, f.stream, f.streamOptions, f.maxTokens, tc.model, tc.stream, tc.opts, tc.max)
+		}
 	}
 }
