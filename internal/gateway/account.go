@@ -151,7 +151,9 @@ func storableText(s string) string {
 }
 
 // total is what limits count: every token the answer reports.
-func (t tokens) total() int64 { return t.Input + t.Output + t.CacheRead + t.CacheWrite }
+func (t tokens) total() int64 {
+	return addSat(addSat(t.Input, t.Output), addSat(t.CacheRead, t.CacheWrite))
+}
 
 // record queues one usage row of x, for an answer naming model, and the
 // last use at now of the upstream credential it went through.

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -164,8 +165,19 @@ type usageFormat struct {
 
 // openaiTokens: the prompt count includes the cached part (OpenAI chat and
 // Responses, Gemini).
+// A cached part larger than the prompt (a provider's error) leaves no
+// input, rather than a negative count that would credit the key's limits.
 func openaiTokens(v *[nSlots]int64) tokens {
-	return tokens{Input: v[slotIn] - v[slotRead], CacheRead: v[slotRead], Output: v[slotOut] + v[slotThoughts]}
+	return tokens{Input: max(v[slotIn]-v[slotRead], 0), CacheRead: v[slotRead], Output: addSat(v[slotOut], v[slotThoughts])}
+}
+
+// addSat is a+b for counts, which are never negative, at most
+// math.MaxInt64: a count beyond it must not wrap into a credit.
+func addSat(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // anthropicTokens: the input count excludes the cached parts (Anthropic,

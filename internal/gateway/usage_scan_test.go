@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -118,6 +119,10 @@ func TestUsageOpenAIChat(t *testing.T) {
 		{name: "sse without usage", contentType: "text/event-stream", body: sse(ev("", chunk(0)), ev("", "[DONE]")), wantNone: true},
 		{name: "sse named events", contentType: "text/event-stream", body: ": comment\nevent: chunk\nid: 1\ndata: {\"usage\":" + usage + "}\n\n", want: want},
 		{name: "embeddings", path: "/v1/embeddings", body: `{"object":"list","data":[{"embedding":[0.1,-0.2,1e-3]}],"usage":{"prompt_tokens":42,"total_tokens":42}}`, want: tokens{Input: 42}},
+		// A provider's nonsense counts no negative input, which would
+		// credit the key's limits.
+		{name: "more cached than the prompt", body: `{"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":30}}}`,
+			want: tokens{Input: 0, Output: 5, CacheRead: 30}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.t = keybridge.ProviderOpenAI
@@ -650,4 +655,16 @@ func TestUsageFromMocks(t *testing.T) {
 			t.Errorf("responses = %+v, want %+v", seen, want)
 		}
 	})
+}
+
+// Counts a provider reports past int64 when summed stay at its largest:
+// a sum that wrapped would credit the key's limits.
+func TestTokenSumsSaturate(t *testing.T) {
+	v := [nSlots]int64{slotOut: math.MaxInt64, slotThoughts: 5}
+	if got := openaiTokens(&v).Output; got != math.MaxInt64 {
+		t.Errorf("output = %d, want %d", got, int64(math.MaxInt64))
+	}
+	if got := (tokens{Input: math.MaxInt64, Output: 1, CacheRead: 1, CacheWrite: math.MaxInt64}).total(); got != math.MaxInt64 {
+		t.Errorf("total = %d, want %d", got, int64(math.MaxInt64))
+	}
 }
