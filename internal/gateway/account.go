@@ -136,7 +136,7 @@ func (x *exchange) settle(status int, total time.Duration, now time.Time) {
 	if x.hijacked {
 		return // a WebSocket records one row per response it carried
 	}
-	g.record(x, status, total, tok, x.model(), now)
+	g.record(x, x.start, status, total, x.upstreamDur, tok, x.model(), now)
 }
 
 // storableText is s as the store can keep it in any engine: valid UTF-8
@@ -155,12 +155,13 @@ func (t tokens) total() int64 {
 	return addSat(addSat(t.Input, t.Output), addSat(t.CacheRead, t.CacheWrite))
 }
 
-// record queues one usage row of x, for an answer naming model, and the
-// last use at now of the upstream credential it went through.
-func (g *Gateway) record(x *exchange, status int, total time.Duration, tok tokens, model string, now time.Time) {
+// record queues one usage row of x, for an answer that began at start,
+// took total (upstream of it), and names model, and the last use at now
+// of the upstream credential it went through.
+func (g *Gateway) record(x *exchange, start time.Time, status int, total, upstream time.Duration, tok tokens, model string, now time.Time) {
 	p := x.principal
 	u := keybridge.Usage{
-		Time:              x.start.UTC(),
+		Time:              start.UTC(),
 		OrgID:             p.OrgID,
 		ProjectID:         p.ProjectID,
 		UserID:            p.UserID,
@@ -169,7 +170,7 @@ func (g *Gateway) record(x *exchange, status int, total time.Duration, tok token
 		Status:            status,
 		Stream:            x.stream,
 		LatencyMS:         ms(total),
-		UpstreamLatencyMS: ms(x.upstreamDur),
+		UpstreamLatencyMS: ms(upstream),
 		InputTokens:       tok.Input,
 		OutputTokens:      tok.Output,
 		CacheReadTokens:   tok.CacheRead,
@@ -258,9 +259,24 @@ func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 	}
 	ctx := context.Background()
 	admitted := true // the upgrade admitted the first response
-	return newWSUsageReader(func(tok tokens, model string) {
+	first := true
+	var began time.Time // the provider's first bytes of the response under way
+	r := newWSUsageReader(func(tok tokens, model string) {
 		g := x.g
 		now := time.Now()
+		// The first response began with the upgrade that asked for it,
+		// whose upstream time is its own. Each later one began when the
+		// provider's first bytes after the one before came (the client's
+		// frames are not read), and its time is all the provider's: the
+		// gateway only relays frames.
+		start, upstream := x.start, x.upstreamDur
+		if !first {
+			if start = began; start.IsZero() {
+				start = now // its first bytes came with its end
+			}
+			upstream = now.Sub(start)
+		}
+		first, began = false, time.Time{}
 		p := x.principal
 		limited := p.Limits != (keybridge.Limits{})
 		switch {
@@ -275,7 +291,7 @@ func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 			}
 		}
 		admitted = false
-		g.record(x, http.StatusOK, time.Since(x.start), tok, model, now)
+		g.record(x, start, http.StatusOK, now.Sub(start), upstream, tok, model, now)
 		if !limited {
 			return
 		}
@@ -291,7 +307,17 @@ func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 			x.ticket, admitted = t, true
 		}
 	})
+	return writerFunc(func(p []byte) (int, error) {
+		if began.IsZero() {
+			began = time.Now()
+		}
+		return r.Write(p)
+	})
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // chargeOnly is lim with the same limits counted but none reachable: an
 // admission under it always passes and still counts the request and its

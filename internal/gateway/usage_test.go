@@ -377,6 +377,10 @@ func TestUsageOpenAIResponses(t *testing.T) {
 		t.Fatal(err)
 	}
 	for turn := range 2 {
+		if turn > 0 {
+			// A pause between responses is neither's time.
+			time.Sleep(time.Second)
+		}
 		if got := wsTurnUsage(t, conn); got != 50+10 {
 			t.Errorf("turn %d: the client saw input_tokens %d, want the provider's 60", turn, got)
 		}
@@ -390,6 +394,9 @@ func TestUsageOpenAIResponses(t *testing.T) {
 	byKey := u.wait("api_key", 3)
 	checkGroup(t, byKey, ownerID, tokens{requests: 1, input: 50, output: 20, cacheRead: 10})
 	checkGroup(t, byKey, ai.id, tokens{requests: 2, input: 100, output: 40, cacheRead: 20})
+	if avg := byKey[ai.id].LatencyMSAvg; avg >= 250 {
+		t.Errorf("the socket's responses took %v ms on average: the pause between them was counted", avg)
+	}
 	byModel := u.get("model", "")
 	checkGroup(t, byModel, "gpt-4o-mini", tokens{requests: 1, input: 50, output: 20, cacheRead: 10})
 	checkGroup(t, byModel, "gpt-4o", tokens{requests: 2, input: 100, output: 40, cacheRead: 20})
