@@ -259,10 +259,17 @@ func (s *Server) getAPIKey(w http.ResponseWriter, r *http.Request) error {
 }
 
 type updateKeyRequest struct {
-	Name         optional[string]                 `json:"name"`
-	Description  optional[string]                 `json:"description"`
-	Permissions  optional[keybridge.Permissions]  `json:"permissions"`
-	ExpiresAt    optional[time.Time]              `json:"expires_at"`
+	Name        optional[string]                `json:"name"`
+	Description optional[string]                `json:"description"`
+	Permissions optional[keybridge.Permissions] `json:"permissions"`
+	ExpiresAt   optional[time.Time]             `json:"expires_at"`
+	limitsPatch
+}
+
+// limitsPatch is the part of a key's PATCH that sets its gateway limits
+// (SPEC §7.6) and model allowlist (§7.2): the same fields, read the same
+// way, for platform keys and AI keys.
+type limitsPatch struct {
 	RateLimitRPM optional[int64]                  `json:"rate_limit_rpm"`
 	RateLimitTPM optional[int64]                  `json:"rate_limit_tpm"`
 	TokenBudget  optional[int64]                  `json:"token_budget"`
@@ -271,9 +278,48 @@ type updateKeyRequest struct {
 	AllowedModels optional[keybridge.ModelAllowlist] `json:"allowed_models"`
 }
 
+func (in *limitsPatch) empty() bool {
+	return !in.RateLimitRPM.Set && !in.RateLimitTPM.Set && !in.TokenBudget.Set && !in.BudgetPeriod.Set &&
+		!in.AllowedModels.Set
+}
+
+// apply writes the sent fields onto a key's limits and model list and
+// records in changes what changed, for the audit log. null is the field's
+// zero: a limit of 0 (unlimited), no budget period, every model. The
+// caller validates the result.
+func (in *limitsPatch) apply(lim *keybridge.Limits, models *keybridge.ModelAllowlist, changes map[string]keybridge.Change) {
+	old := *lim
+	for _, l := range []struct {
+		name string
+		in   optional[int64]
+		dst  *int64
+		old  int64
+	}{
+		{"rate_limit_rpm", in.RateLimitRPM, &lim.RateLimitRPM, old.RateLimitRPM},
+		{"rate_limit_tpm", in.RateLimitTPM, &lim.RateLimitTPM, old.RateLimitTPM},
+		{"token_budget", in.TokenBudget, &lim.TokenBudget, old.TokenBudget},
+	} {
+		if l.in.Set {
+			*l.dst = l.in.V
+			diff(changes, l.name, l.old, *l.dst)
+		}
+	}
+	if in.BudgetPeriod.Set {
+		lim.BudgetPeriod = in.BudgetPeriod.V
+		diff(changes, "budget_period", old.BudgetPeriod, lim.BudgetPeriod)
+	}
+	if in.AllowedModels.Set {
+		was := *models
+		*models = in.AllowedModels.V
+		if !slices.Equal(was, *models) {
+			changes["allowed_models"] = keybridge.Change{Old: was, New: *models}
+		}
+	}
+}
+
 // apply writes the sent fields onto k and returns what changed, for the
-// audit log. null clears expires_at and the limits, and is refused
-// elsewhere.
+// audit log. null clears expires_at, the limits and allowed_models, and is
+// refused elsewhere.
 func (in *updateKeyRequest) apply(k *keybridge.APIKey) (map[string]keybridge.Change, error) {
 	v := keybridge.Validation{}
 	for field, o := range map[string]bool{"name": in.Name.Null, "description": in.Description.Null, "permissions": in.Permissions.Null} {
@@ -315,31 +361,7 @@ func (in *updateKeyRequest) apply(k *keybridge.APIKey) (map[string]keybridge.Cha
 			changes["expires_at"] = keybridge.Change{Old: old.ExpiresAt, New: k.ExpiresAt}
 		}
 	}
-	for _, l := range []struct {
-		name string
-		in   optional[int64]
-		dst  *int64
-		old  int64
-	}{
-		{"rate_limit_rpm", in.RateLimitRPM, &k.RateLimitRPM, old.RateLimitRPM},
-		{"rate_limit_tpm", in.RateLimitTPM, &k.RateLimitTPM, old.RateLimitTPM},
-		{"token_budget", in.TokenBudget, &k.TokenBudget, old.TokenBudget},
-	} {
-		if l.in.Set {
-			*l.dst = l.in.V // null is zero: unlimited
-			diff(changes, l.name, l.old, *l.dst)
-		}
-	}
-	if in.BudgetPeriod.Set {
-		k.BudgetPeriod = in.BudgetPeriod.V
-		diff(changes, "budget_period", old.BudgetPeriod, k.BudgetPeriod)
-	}
-	if in.AllowedModels.Set {
-		k.AllowedModels = in.AllowedModels.V // null is empty: every model
-		if !slices.Equal(old.AllowedModels, k.AllowedModels) {
-			changes["allowed_models"] = keybridge.Change{Old: old.AllowedModels, New: k.AllowedModels}
-		}
-	}
+	in.limitsPatch.apply(&k.Limits, &k.AllowedModels, changes)
 	if err := k.Validate(); err != nil {
 		return nil, err
 	}
@@ -347,9 +369,7 @@ func (in *updateKeyRequest) apply(k *keybridge.APIKey) (map[string]keybridge.Cha
 }
 
 func (in *updateKeyRequest) empty() bool {
-	return !in.Name.Set && !in.Description.Set && !in.Permissions.Set && !in.ExpiresAt.Set &&
-		!in.RateLimitRPM.Set && !in.RateLimitTPM.Set && !in.TokenBudget.Set && !in.BudgetPeriod.Set &&
-		!in.AllowedModels.Set
+	return !in.Name.Set && !in.Description.Set && !in.Permissions.Set && !in.ExpiresAt.Set && in.limitsPatch.empty()
 }
 
 func equalTimes(a, b *time.Time) bool {

@@ -21,6 +21,7 @@ var strictTargets = []func() any{
 	func() any { return new(updateProviderRequest) },
 	func() any { return new(testProviderRequest) },
 	func() any { return new([]leakReport) },
+	func() any { return new(updateAIKeyRequest) },
 }
 
 // FuzzDecodeJSON checks the strict decoder against encoding/json: whatever

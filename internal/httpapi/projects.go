@@ -330,20 +330,19 @@ func (s *Server) createAIKey(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// updateAIKeyRequest is an AI key's PATCH: its name, and its limits and
+// model list read exactly as a platform key's are.
 type updateAIKeyRequest struct {
-	Name         *string                 `json:"name"`
-	RateLimitRPM *int64                  `json:"rate_limit_rpm"`
-	RateLimitTPM *int64                  `json:"rate_limit_tpm"`
-	TokenBudget  *int64                  `json:"token_budget"`
-	BudgetPeriod *keybridge.BudgetPeriod `json:"budget_period"`
-	// AllowedModels replaces the list; [] allows every model.
-	AllowedModels *keybridge.ModelAllowlist `json:"allowed_models"`
+	Name optional[string] `json:"name"`
+	limitsPatch
 }
 
 func (in *updateAIKeyRequest) Validate() error {
-	if in.Name == nil && in.RateLimitRPM == nil && in.RateLimitTPM == nil && in.TokenBudget == nil && in.BudgetPeriod == nil &&
-		in.AllowedModels == nil {
+	if !in.Name.Set && in.limitsPatch.empty() {
 		return keybridge.Errorf(keybridge.EInvalid, "nothing to change: send name, a limit or allowed_models")
+	}
+	if in.Name.Null {
+		return keybridge.FieldError("name", "must not be null")
 	}
 	return nil
 }
@@ -384,24 +383,13 @@ func (s *Server) updateAIKey(w http.ResponseWriter, r *http.Request) error {
 		if k, err = liveAIKey(ctx, tx, p.ID, r.PathValue("id")); err != nil {
 			return err
 		}
-		before := aiKeyFields(k)
-		if in.Name != nil {
-			k.Name = strings.TrimSpace(*in.Name)
+		changes := map[string]keybridge.Change{}
+		if in.Name.Set {
+			name := strings.TrimSpace(in.Name.V)
+			diff(changes, "name", k.Name, name)
+			k.Name = name
 		}
-		set := func(dst *int64, src *int64) {
-			if src != nil {
-				*dst = *src
-			}
-		}
-		set(&k.RateLimitRPM, in.RateLimitRPM)
-		set(&k.RateLimitTPM, in.RateLimitTPM)
-		set(&k.TokenBudget, in.TokenBudget)
-		if in.BudgetPeriod != nil {
-			k.BudgetPeriod = *in.BudgetPeriod
-		}
-		if in.AllowedModels != nil {
-			k.AllowedModels = *in.AllowedModels
-		}
+		in.limitsPatch.apply(&k.Limits, &k.AllowedModels, changes)
 		v := keybridge.Validation{}
 		validateAIKeyName(v, k.Name)
 		k.Limits.Validate(v)
@@ -409,8 +397,7 @@ func (s *Server) updateAIKey(w http.ResponseWriter, r *http.Request) error {
 		if err := v.Err(); err != nil {
 			return err
 		}
-		changes := audit.Diff(before, aiKeyFields(k))
-		if changes == nil {
+		if len(changes) == 0 {
 			return nil
 		}
 		if err := tx.UpdateAIKey(ctx, k); err != nil {

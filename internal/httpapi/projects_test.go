@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -516,4 +517,130 @@ func TestAWSAIKeySealsItsSecret(t *testing.T) {
 			t.Errorf("the AWS and OPENAI secrets must both work as bearer tokens")
 		}
 	})
+}
+
+// keyLimitsJSON is what a key of either kind shows of its name, limits and
+// model allowlist.
+type keyLimitsJSON struct {
+	Name          string   `json:"name"`
+	RateLimitRPM  int64    `json:"rate_limit_rpm"`
+	RateLimitTPM  int64    `json:"rate_limit_tpm"`
+	TokenBudget   int64    `json:"token_budget"`
+	BudgetPeriod  *string  `json:"budget_period"`
+	AllowedModels []string `json:"allowed_models"`
+}
+
+// keyKind makes keys of one kind through the API: create takes the body's
+// limits and allowed_models and returns the path the key is changed at,
+// and read returns the key as the API then lists it.
+type keyKind struct {
+	name   string
+	create func(limits map[string]any) string
+	read   func(path string) []byte
+}
+
+// keyKinds are platform keys and AI keys, which take the same limits.
+func (e *env) keyKinds() []keyKind {
+	e.t.Helper()
+	p := e.pjCreate(e.Org, e.OwnerKey, "limits")
+	return []keyKind{{
+		name: "platform key",
+		create: func(limits map[string]any) string {
+			body := map[string]any{"permissions": []string{"gateway:invoke"}}
+			for k, v := range limits {
+				body[k] = v
+			}
+			return "/api/v1/api-keys/" + e.newKey(e.OwnerKey, body).ID
+		},
+		read: func(path string) []byte {
+			resp, body := e.do("GET", path, e.OwnerKey, nil)
+			wantStatus(e.t, resp, body, http.StatusOK)
+			return body
+		},
+	}, {
+		name: "AI key",
+		create: func(limits map[string]any) string {
+			body := map[string]any{"name": "k", "ai_type": "OPENAI"}
+			for k, v := range limits {
+				body[k] = v
+			}
+			return pjPath(e.Org, "/"+p.ID+"/ai-keys/"+e.pjAIKey(e.Org, e.OwnerKey, p.ID, body).ID)
+		},
+		read: func(path string) []byte {
+			resp, body := e.do("GET", pjPath(e.Org, "/"+p.ID+"/ai-keys"), e.OwnerKey, nil)
+			wantStatus(e.t, resp, body, http.StatusOK)
+			var list pjList[json.RawMessage]
+			if err := json.Unmarshal(body, &list); err != nil {
+				e.t.Fatalf("decode AI key list %s: %v", body, err)
+			}
+			for _, k := range list.Items {
+				if id := decodeAs[pjAIKey](e.t, k).ID; strings.HasSuffix(path, "/"+id) {
+					return k
+				}
+			}
+			e.t.Fatalf("AI key %s is not listed: %s", path, body)
+			return nil
+		},
+	}}
+}
+
+// TestKeyPatchLimits checks that a PATCH of an AI key reads the limits and
+// allowed_models as a PATCH of a platform key does: null sets a limit to 0
+// and allows every model, omitted fields stay, and the same bodies are
+// refused naming the same field.
+func TestKeyPatchLimits(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	limits := map[string]any{"rate_limit_rpm": 60, "rate_limit_tpm": 6000, "token_budget": 1000, "budget_period": "day",
+		"allowed_models": []string{"gpt-4o"}}
+	day := "day"
+	kept := keyLimitsJSON{RateLimitRPM: 60, RateLimitTPM: 6000, TokenBudget: 1000, BudgetPeriod: &day, AllowedModels: []string{"gpt-4o"}}
+	with := func(change func(*keyLimitsJSON)) keyLimitsJSON {
+		l := kept
+		change(&l)
+		return l
+	}
+	cases := []struct {
+		name, body string
+		want       keyLimitsJSON // Name "": the key keeps its name
+		field      string        // a 400 naming this field
+	}{
+		{"rpm null", `{"rate_limit_rpm":null}`, with(func(l *keyLimitsJSON) { l.RateLimitRPM = 0 }), ""},
+		{"tpm null and a name", `{"rate_limit_tpm":null,"name":"renamed"}`, with(func(l *keyLimitsJSON) { l.RateLimitTPM, l.Name = 0, "renamed" }), ""},
+		{"budget and period null", `{"token_budget":null,"budget_period":null}`, with(func(l *keyLimitsJSON) { l.TokenBudget, l.BudgetPeriod = 0, nil }), ""},
+		{"allowed_models null", `{"allowed_models":null}`, with(func(l *keyLimitsJSON) { l.AllowedModels = []string{} }), ""},
+		{"allowed_models empty", `{"allowed_models":[]}`, with(func(l *keyLimitsJSON) { l.AllowedModels = []string{} }), ""},
+		{"limits 0", `{"rate_limit_rpm":0,"rate_limit_tpm":0}`, with(func(l *keyLimitsJSON) { l.RateLimitRPM, l.RateLimitTPM = 0, 0 }), ""},
+		{"new values", `{"rate_limit_rpm":5,"token_budget":7,"budget_period":"month","allowed_models":["claude-*"]}`,
+			with(func(l *keyLimitsJSON) {
+				month := "month"
+				l.RateLimitRPM, l.TokenBudget, l.BudgetPeriod, l.AllowedModels = 5, 7, &month, []string{"claude-*"}
+			}), ""},
+		{"the period of a budget null", `{"budget_period":null}`, keyLimitsJSON{}, "budget_period"},
+		{"name null", `{"name":null,"rate_limit_rpm":5}`, keyLimitsJSON{}, "name"},
+		{"a negative limit", `{"rate_limit_tpm":-1}`, keyLimitsJSON{}, "rate_limit_tpm"},
+		{"a bad list", `{"allowed_models":["a*b"]}`, keyLimitsJSON{}, "allowed_models"},
+	}
+	for _, kind := range e.keyKinds() {
+		for _, tc := range cases {
+			path := kind.create(limits)
+			resp, body := e.do("PATCH", path, e.OwnerKey, tc.body)
+			if tc.field != "" {
+				wantInvalidField(t, resp, body, tc.field)
+				continue
+			}
+			wantStatus(t, resp, body, http.StatusOK)
+			for _, answer := range []struct {
+				name string
+				body []byte
+			}{{"PATCH answer", body}, {"key read after", kind.read(path)}} {
+				got := decodeAs[keyLimitsJSON](t, answer.body)
+				if tc.want.Name == "" {
+					got.Name = ""
+				}
+				if !reflect.DeepEqual(got, tc.want) {
+					t.Errorf("%s, PATCH %s: %s = %s, want %+v", kind.name, tc.body, answer.name, answer.body, tc.want)
+				}
+			}
+		}
+	}
 }
