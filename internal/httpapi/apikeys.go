@@ -306,7 +306,8 @@ func (in *limitsPatch) apply(lim *keybridge.Limits, models *keybridge.ModelAllow
 	}
 	if in.BudgetPeriod.Set {
 		lim.BudgetPeriod = in.BudgetPeriod.V
-		diff(changes, "budget_period", old.BudgetPeriod, lim.BudgetPeriod)
+		// As a string: the audit log has always recorded no period as "".
+		diff(changes, "budget_period", string(old.BudgetPeriod), string(lim.BudgetPeriod))
 	}
 	if in.AllowedModels.Set {
 		was := *models

@@ -14,6 +14,7 @@ import (
 	"github.com/keybridge/keybridge/internal/httpapi"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
 // keyJSON is a platform key as the API shows it.
@@ -560,4 +561,105 @@ func TestRotateExpiredKey(t *testing.T) {
 		resp, raw := e.do("POST", "/api/v1/api-keys/"+k.ID+"/rotate", e.OwnerKey, map[string]int{"grace_period_seconds": 0})
 		wantError(t, resp, raw, keybridge.EConflict)
 	})
+}
+
+// TestKeyAnswersShowEveryLimit checks that every answer holding a key, of
+// either kind, shows all its limits even when it has none (SPEC §3): 0 for
+// a limit, null for the budget period, [] for the model list.
+func TestKeyAnswersShowEveryLimit(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	check := func(what string, body []byte, wantKeys int) {
+		t.Helper()
+		var one map[string]any
+		if err := json.Unmarshal(body, &one); err != nil {
+			t.Fatalf("%s: decode %s: %v", what, body, err)
+		}
+		keys := []any{one}
+		if items, ok := one["items"].([]any); ok {
+			keys = items
+		}
+		if len(keys) != wantKeys {
+			t.Fatalf("%s: %d keys in %s, want %d", what, len(keys), body, wantKeys)
+		}
+		for _, k := range keys {
+			k := k.(map[string]any)
+			for _, f := range []string{"rate_limit_rpm", "rate_limit_tpm", "token_budget"} {
+				if v, ok := k[f]; !ok || v != float64(0) {
+					t.Errorf("%s: %s = %v (sent: %t), want 0 in %s", what, f, v, ok, body)
+				}
+			}
+			if v, ok := k["budget_period"]; !ok || v != nil {
+				t.Errorf("%s: budget_period = %v (sent: %t), want null in %s", what, v, ok, body)
+			}
+			if v, ok := k["allowed_models"].([]any); !ok || len(v) != 0 {
+				t.Errorf("%s: allowed_models = %v, want [] in %s", what, k["allowed_models"], body)
+			}
+		}
+	}
+	call := func(method, path string, body any, want int) []byte {
+		t.Helper()
+		resp, raw := e.do(method, path, e.OwnerKey, body)
+		wantStatus(t, resp, raw, want)
+		return raw
+	}
+
+	created := call("POST", "/api/v1/api-keys", map[string]any{"name": "plain", "permissions": []string{"gateway:invoke"}}, http.StatusCreated)
+	check("platform key create", created, 1)
+	id := decodeAs[keyJSON](t, created).ID
+	path := "/api/v1/api-keys/" + id
+	check("platform key get", call("GET", path, nil, http.StatusOK), 1)
+	check("platform key list", call("GET", "/api/v1/api-keys", nil, http.StatusOK), 2) // the owner's own key too
+	check("org key list", call("GET", "/api/v1/orgs/"+e.Org.Slug+"/api-keys", nil, http.StatusOK), 2)
+	check("platform key PATCH", call("PATCH", path, map[string]any{"name": "plain-2"}, http.StatusOK), 1)
+	check("suspend", call("POST", path+"/suspend", nil, http.StatusOK), 1)
+	check("reactivate", call("POST", path+"/reactivate", nil, http.StatusOK), 1)
+	rotated := call("POST", path+"/rotate", map[string]any{"grace_period_seconds": 0}, http.StatusCreated)
+	check("rotate", rotated, 1)
+	check("revoke", call("POST", "/api/v1/api-keys/"+decodeAs[keyJSON](t, rotated).ID+"/revoke", nil, http.StatusOK), 1)
+
+	p := e.pjCreate(e.Org, e.OwnerKey, "plain")
+	keys := pjPath(e.Org, "/"+p.ID+"/ai-keys")
+	created = call("POST", keys, map[string]any{"name": "plain", "ai_type": "OPENAI"}, http.StatusCreated)
+	check("AI key create", created, 1)
+	check("AI key list", call("GET", keys, nil, http.StatusOK), 1)
+	check("AI key PATCH", call("PATCH", keys+"/"+decodeAs[pjCreated](t, created).ID, map[string]any{"name": "plain-2"}, http.StatusOK), 1)
+}
+
+// TestKeyAuditKeepsEmptyPeriod checks that the audit log records a budget
+// period that is cleared as "", as it always has, although key answers
+// show no period as null.
+func TestKeyAuditKeepsEmptyPeriod(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	for _, kind := range e.keyKinds() {
+		path := kind.create(map[string]any{"token_budget": 5, "budget_period": "day"})
+		resp, body := e.do("PATCH", path, e.OwnerKey, `{"token_budget":null,"budget_period":null}`)
+		wantStatus(t, resp, body, http.StatusOK)
+		id := path[strings.LastIndex(path, "/")+1:]
+		events, _, err := e.Store.ListAuditEvents(context.Background(), store.AuditFilter{OrgID: e.Org.ID, ResourceID: id}, store.Page{Limit: store.MaxLimit})
+		if err != nil {
+			t.Fatalf("ListAuditEvents = %v", err)
+		}
+		var found bool
+		for _, ev := range events {
+			if !strings.HasSuffix(ev.Action, ".update") {
+				continue
+			}
+			found = true
+			if c := ev.Changes["budget_period"]; c.Old != "day" || c.New != "" {
+				t.Errorf("%s: %s budget_period change = %#v, want day to \"\"", kind.name, ev.Action, c)
+			}
+		}
+		if !found {
+			t.Errorf("%s: no update event among %d", kind.name, len(events))
+		}
+	}
+	p := e.pjCreate(e.Org, e.OwnerKey, "no budget")
+	k := e.pjAIKey(e.Org, e.OwnerKey, p.ID, map[string]any{"name": "k", "ai_type": "OPENAI"})
+	events, _, err := e.Store.ListAuditEvents(context.Background(), store.AuditFilter{OrgID: e.Org.ID, ResourceID: k.ID}, store.Page{Limit: store.MaxLimit})
+	if err != nil || len(events) != 1 {
+		t.Fatalf("ListAuditEvents(new AI key) = %d events, %v; want its create", len(events), err)
+	}
+	if c, ok := events[0].Changes["budget_period"]; !ok || c.Old != nil || c.New != "" {
+		t.Errorf("ai_key.create budget_period change = %#v (recorded: %t), want none to \"\"", c, ok)
+	}
 }

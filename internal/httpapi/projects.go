@@ -265,22 +265,27 @@ func validateAIKeyName(v keybridge.Validation, name string) {
 	}
 }
 
-// createAIKeyResponse is SPEC §5's answer: the only place the secret ever
-// appears.
+// createAIKeyResponse is SPEC §5's answer, the only place the secret ever
+// appears, with the limits and model list the key got, as every key
+// answer shows them (SPEC §3).
 type createAIKeyResponse struct {
 	Success bool   `json:"success"`
 	ID      string `json:"id"`
 	Key     string `json:"key"`
 	Secret  string `json:"secret"`
+	keybridge.Limits
+	AllowedModels keybridge.ModelAllowlist `json:"allowed_models"`
 }
 
 // aiKeyFields is what the audit log records of an AI key: never the
-// secret, which the key struct does not even carry in JSON.
+// secret, which the key struct does not even carry in JSON. No budget
+// period is recorded as "", as it always has been (a key answer shows
+// null).
 func aiKeyFields(k *keybridge.AIKey) map[string]any {
 	return map[string]any{
 		"name": k.Name, "ai_type": k.AIType, "key": k.Key, "project_id": k.ProjectID,
 		"rate_limit_rpm": k.RateLimitRPM, "rate_limit_tpm": k.RateLimitTPM,
-		"token_budget": k.TokenBudget, "budget_period": k.BudgetPeriod,
+		"token_budget": k.TokenBudget, "budget_period": string(k.BudgetPeriod),
 		"allowed_models": k.AllowedModels,
 	}
 }
@@ -326,7 +331,8 @@ func (s *Server) createAIKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeOneTime(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret})
+	writeOneTime(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret,
+		Limits: k.Limits, AllowedModels: k.AllowedModels})
 	return nil
 }
 

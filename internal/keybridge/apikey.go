@@ -1,6 +1,7 @@
 package keybridge
 
 import (
+	"encoding/json"
 	"strings"
 	"time"
 )
@@ -24,13 +25,25 @@ const (
 	BudgetMonth BudgetPeriod = "month"
 )
 
+// MarshalJSON implements json.Marshaler. No period is null, not "", so a
+// key answer shows budget_period as it shows the other things a key may
+// lack (expires_at, last_used_at).
+func (p BudgetPeriod) MarshalJSON() ([]byte, error) {
+	if p == "" {
+		return []byte("null"), nil
+	}
+	return json.Marshal(string(p))
+}
+
 // Limits are the optional gateway limits of a platform key or AI key.
-// Zero means unlimited.
+// Zero means unlimited. Every key answer shows all of them (SPEC §3), 0
+// and a null period included, so a client reads a key without limits the
+// same way as one with them.
 type Limits struct {
-	RateLimitRPM int64        `json:"rate_limit_rpm,omitempty"`
-	RateLimitTPM int64        `json:"rate_limit_tpm,omitempty"`
-	TokenBudget  int64        `json:"token_budget,omitempty"`
-	BudgetPeriod BudgetPeriod `json:"budget_period,omitempty"`
+	RateLimitRPM int64        `json:"rate_limit_rpm"`
+	RateLimitTPM int64        `json:"rate_limit_tpm"`
+	TokenBudget  int64        `json:"token_budget"`
+	BudgetPeriod BudgetPeriod `json:"budget_period"`
 }
 
 // Validate checks that limits are not negative and that a budget has a period.
