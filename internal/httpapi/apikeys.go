@@ -285,8 +285,11 @@ func (in *limitsPatch) empty() bool {
 
 // apply writes the sent fields onto a key's limits and model list and
 // records in changes what changed, for the audit log. null is the field's
-// zero: a limit of 0 (unlimited), no budget period, every model. The
-// caller validates the result.
+// zero: a limit of 0 (unlimited), no budget period, every model. A key
+// left without a budget keeps no period either: clearing token_budget
+// clears budget_period with it, and so does any change of a key that an
+// earlier version let hold a period alone. A period sent beside no budget
+// is left for validation to refuse. The caller validates the result.
 func (in *limitsPatch) apply(lim *keybridge.Limits, models *keybridge.ModelAllowlist, changes map[string]keybridge.Change) {
 	old := *lim
 	for _, l := range []struct {
@@ -306,9 +309,12 @@ func (in *limitsPatch) apply(lim *keybridge.Limits, models *keybridge.ModelAllow
 	}
 	if in.BudgetPeriod.Set {
 		lim.BudgetPeriod = in.BudgetPeriod.V
-		// As a string: the audit log has always recorded no period as "".
-		diff(changes, "budget_period", string(old.BudgetPeriod), string(lim.BudgetPeriod))
 	}
+	if lim.TokenBudget == 0 && (!in.BudgetPeriod.Set || in.BudgetPeriod.Null) {
+		lim.BudgetPeriod = ""
+	}
+	// As a string: the audit log has always recorded no period as "".
+	diff(changes, "budget_period", string(old.BudgetPeriod), string(lim.BudgetPeriod))
 	if in.AllowedModels.Set {
 		was := *models
 		*models = in.AllowedModels.V

@@ -631,7 +631,7 @@ func TestKeyAnswersShowEveryLimit(t *testing.T) {
 func TestKeyAuditKeepsEmptyPeriod(t *testing.T) {
 	e := newEnv(t, storetest.SQLite(t))
 	for _, kind := range e.keyKinds() {
-		path := kind.create(map[string]any{"token_budget": 5, "budget_period": "day"})
+		path := kind.create(e, map[string]any{"token_budget": 5, "budget_period": "day"})
 		resp, body := e.do("PATCH", path, e.OwnerKey, `{"token_budget":null,"budget_period":null}`)
 		wantStatus(t, resp, body, http.StatusOK)
 		id := path[strings.LastIndex(path, "/")+1:]

@@ -536,44 +536,69 @@ type keyLimitsJSON struct {
 	AllowedModels []string `json:"allowed_models"`
 }
 
-// keyKind makes keys of one kind through the API: create takes the body's
-// limits and allowed_models and returns the path the key is changed at,
-// and read returns the key as the API then lists it.
+// keyKind is one kind of key, made and read through the API.
 type keyKind struct {
-	name   string
-	create func(limits map[string]any) string
-	read   func(path string) []byte
+	name string
+	// createPath is where a key is created, with base and its limits as
+	// the body; the key is then at createPath/{id}.
+	createPath string
+	base       map[string]any
+	// read returns the key at path as the API then lists it.
+	read func(path string) []byte
+	// store writes lim onto the key at path behind the API's back, as
+	// rows written by earlier versions may hold it.
+	store func(path string, lim keybridge.Limits)
+}
+
+// body is a create body for this kind with limits.
+func (k keyKind) body(limits map[string]any) map[string]any {
+	body := map[string]any{}
+	for _, m := range []map[string]any{k.base, limits} {
+		for f, v := range m {
+			body[f] = v
+		}
+	}
+	return body
+}
+
+// create makes a key of this kind with limits and returns its path.
+func (k keyKind) create(e *env, limits map[string]any) string {
+	e.t.Helper()
+	resp, body := e.do("POST", k.createPath, e.OwnerKey, k.body(limits))
+	wantStatus(e.t, resp, body, http.StatusCreated)
+	return k.createPath + "/" + decodeAs[struct{ ID string }](e.t, body).ID
 }
 
 // keyKinds are platform keys and AI keys, which take the same limits.
 func (e *env) keyKinds() []keyKind {
 	e.t.Helper()
 	p := e.pjCreate(e.Org, e.OwnerKey, "limits")
+	aiKeys := pjPath(e.Org, "/"+p.ID+"/ai-keys")
 	return []keyKind{{
-		name: "platform key",
-		create: func(limits map[string]any) string {
-			body := map[string]any{"permissions": []string{"gateway:invoke"}}
-			for k, v := range limits {
-				body[k] = v
-			}
-			return "/api/v1/api-keys/" + e.newKey(e.OwnerKey, body).ID
-		},
+		name:       "platform key",
+		createPath: "/api/v1/api-keys",
+		base:       map[string]any{"name": "k", "permissions": []string{"gateway:invoke"}},
 		read: func(path string) []byte {
 			resp, body := e.do("GET", path, e.OwnerKey, nil)
 			wantStatus(e.t, resp, body, http.StatusOK)
 			return body
 		},
-	}, {
-		name: "AI key",
-		create: func(limits map[string]any) string {
-			body := map[string]any{"name": "k", "ai_type": "OPENAI"}
-			for k, v := range limits {
-				body[k] = v
+		store: func(path string, lim keybridge.Limits) {
+			k, err := e.Store.APIKey(context.Background(), path[strings.LastIndex(path, "/")+1:])
+			if err != nil {
+				e.t.Fatalf("APIKey = %v", err)
 			}
-			return pjPath(e.Org, "/"+p.ID+"/ai-keys/"+e.pjAIKey(e.Org, e.OwnerKey, p.ID, body).ID)
+			k.Limits = lim
+			if err := e.Store.UpdateAPIKey(context.Background(), k); err != nil {
+				e.t.Fatalf("UpdateAPIKey = %v", err)
+			}
 		},
+	}, {
+		name:       "AI key",
+		createPath: aiKeys,
+		base:       map[string]any{"name": "k", "ai_type": "OPENAI"},
 		read: func(path string) []byte {
-			resp, body := e.do("GET", pjPath(e.Org, "/"+p.ID+"/ai-keys"), e.OwnerKey, nil)
+			resp, body := e.do("GET", aiKeys, e.OwnerKey, nil)
 			wantStatus(e.t, resp, body, http.StatusOK)
 			var list pjList[json.RawMessage]
 			if err := json.Unmarshal(body, &list); err != nil {
@@ -587,7 +612,48 @@ func (e *env) keyKinds() []keyKind {
 			e.t.Fatalf("AI key %s is not listed: %s", path, body)
 			return nil
 		},
+		store: func(path string, lim keybridge.Limits) {
+			k, err := e.Store.AIKey(context.Background(), p.ID, path[strings.LastIndex(path, "/")+1:])
+			if err != nil {
+				e.t.Fatalf("AIKey = %v", err)
+			}
+			k.Limits = lim
+			if err := e.Store.UpdateAIKey(context.Background(), k); err != nil {
+				e.t.Fatalf("UpdateAIKey = %v", err)
+			}
+		},
 	}}
+}
+
+// TestKeyPeriodNeedsBudget checks that neither kind of key is created
+// with a budget period but no budget, which limits nothing and most
+// likely forgot the budget, and that a key which holds one anyway is not
+// stuck with it.
+func TestKeyPeriodNeedsBudget(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	for _, kind := range e.keyKinds() {
+		for _, limits := range []map[string]any{
+			{"budget_period": "day"},
+			{"token_budget": 0, "budget_period": "month"},
+			{"token_budget": nil, "budget_period": "day", "rate_limit_rpm": 5},
+		} {
+			resp, body := e.do("POST", kind.createPath, e.OwnerKey, kind.body(limits))
+			wantInvalidField(t, resp, body, "budget_period")
+		}
+		path := kind.create(e, map[string]any{"token_budget": 10, "budget_period": "day"})
+		if got := decodeAs[keyLimitsJSON](t, kind.read(path)); got.TokenBudget != 10 || got.BudgetPeriod == nil || *got.BudgetPeriod != "day" {
+			t.Errorf("%s with a budget and its period = %+v, want 10 a day", kind.name, got)
+		}
+
+		// A key that holds a period without a budget, as earlier versions
+		// let one be made, can still be changed, and loses the period.
+		kind.store(path, keybridge.Limits{RateLimitRPM: 5, BudgetPeriod: keybridge.BudgetDay})
+		resp, body := e.do("PATCH", path, e.OwnerKey, map[string]any{"name": "renamed"})
+		wantStatus(t, resp, body, http.StatusOK)
+		if got := decodeAs[keyLimitsJSON](t, kind.read(path)); got.Name != "renamed" || got.RateLimitRPM != 5 || got.BudgetPeriod != nil {
+			t.Errorf("%s with a stray period, renamed = %+v, want renamed, rpm 5 and no period", kind.name, got)
+		}
+	}
 }
 
 // TestKeyPatchLimits checks that a PATCH of an AI key reads the limits and
@@ -607,28 +673,42 @@ func TestKeyPatchLimits(t *testing.T) {
 	}
 	cases := []struct {
 		name, body string
-		want       keyLimitsJSON // Name "": the key keeps its name
-		field      string        // a 400 naming this field
+		want       keyLimitsJSON  // Name "": the key keeps its name
+		field      string         // a 400 naming this field
+		start      map[string]any // the key's limits before; nil: limits
 	}{
-		{"rpm null", `{"rate_limit_rpm":null}`, with(func(l *keyLimitsJSON) { l.RateLimitRPM = 0 }), ""},
-		{"tpm null and a name", `{"rate_limit_tpm":null,"name":"renamed"}`, with(func(l *keyLimitsJSON) { l.RateLimitTPM, l.Name = 0, "renamed" }), ""},
-		{"budget and period null", `{"token_budget":null,"budget_period":null}`, with(func(l *keyLimitsJSON) { l.TokenBudget, l.BudgetPeriod = 0, nil }), ""},
-		{"allowed_models null", `{"allowed_models":null}`, with(func(l *keyLimitsJSON) { l.AllowedModels = []string{} }), ""},
-		{"allowed_models empty", `{"allowed_models":[]}`, with(func(l *keyLimitsJSON) { l.AllowedModels = []string{} }), ""},
-		{"limits 0", `{"rate_limit_rpm":0,"rate_limit_tpm":0}`, with(func(l *keyLimitsJSON) { l.RateLimitRPM, l.RateLimitTPM = 0, 0 }), ""},
+		{"rpm null", `{"rate_limit_rpm":null}`, with(func(l *keyLimitsJSON) { l.RateLimitRPM = 0 }), "", nil},
+		{"tpm null and a name", `{"rate_limit_tpm":null,"name":"renamed"}`, with(func(l *keyLimitsJSON) { l.RateLimitTPM, l.Name = 0, "renamed" }), "", nil},
+		{"budget and period null", `{"token_budget":null,"budget_period":null}`, with(func(l *keyLimitsJSON) { l.TokenBudget, l.BudgetPeriod = 0, nil }), "", nil},
+		{"allowed_models null", `{"allowed_models":null}`, with(func(l *keyLimitsJSON) { l.AllowedModels = []string{} }), "", nil},
+		{"allowed_models empty", `{"allowed_models":[]}`, with(func(l *keyLimitsJSON) { l.AllowedModels = []string{} }), "", nil},
+		{"limits 0", `{"rate_limit_rpm":0,"rate_limit_tpm":0}`, with(func(l *keyLimitsJSON) { l.RateLimitRPM, l.RateLimitTPM = 0, 0 }), "", nil},
 		{"new values", `{"rate_limit_rpm":5,"token_budget":7,"budget_period":"month","allowed_models":["claude-*"]}`,
 			with(func(l *keyLimitsJSON) {
 				month := "month"
 				l.RateLimitRPM, l.TokenBudget, l.BudgetPeriod, l.AllowedModels = 5, 7, &month, []string{"claude-*"}
-			}), ""},
-		{"the period of a budget null", `{"budget_period":null}`, keyLimitsJSON{}, "budget_period"},
-		{"name null", `{"name":null,"rate_limit_rpm":5}`, keyLimitsJSON{}, "name"},
-		{"a negative limit", `{"rate_limit_tpm":-1}`, keyLimitsJSON{}, "rate_limit_tpm"},
-		{"a bad list", `{"allowed_models":["a*b"]}`, keyLimitsJSON{}, "allowed_models"},
+			}), "", nil},
+		{"the period of a budget null", `{"budget_period":null}`, keyLimitsJSON{}, "budget_period", nil},
+		{"name null", `{"name":null,"rate_limit_rpm":5}`, keyLimitsJSON{}, "name", nil},
+		{"a negative limit", `{"rate_limit_tpm":-1}`, keyLimitsJSON{}, "rate_limit_tpm", nil},
+		{"a bad list", `{"allowed_models":["a*b"]}`, keyLimitsJSON{}, "allowed_models", nil},
+
+		// A period belongs to its budget: clearing the budget clears it,
+		// and a period without a budget is refused.
+		{"budget null", `{"token_budget":null}`, with(func(l *keyLimitsJSON) { l.TokenBudget, l.BudgetPeriod = 0, nil }), "", nil},
+		{"budget 0", `{"token_budget":0}`, with(func(l *keyLimitsJSON) { l.TokenBudget, l.BudgetPeriod = 0, nil }), "", nil},
+		{"budget null, a period sent", `{"token_budget":null,"budget_period":"month"}`, keyLimitsJSON{}, "budget_period", nil},
+		{"a period for a key without a budget", `{"budget_period":"day"}`, keyLimitsJSON{}, "budget_period", map[string]any{"rate_limit_rpm": 60}},
+		{"a budget and its period for a key without one", `{"token_budget":9,"budget_period":"day"}`,
+			keyLimitsJSON{RateLimitRPM: 60, TokenBudget: 9, BudgetPeriod: &day, AllowedModels: []string{}}, "", map[string]any{"rate_limit_rpm": 60}},
 	}
 	for _, kind := range e.keyKinds() {
 		for _, tc := range cases {
-			path := kind.create(limits)
+			start := tc.start
+			if start == nil {
+				start = limits
+			}
+			path := kind.create(e, start)
 			resp, body := e.do("PATCH", path, e.OwnerKey, tc.body)
 			if tc.field != "" {
 				wantInvalidField(t, resp, body, tc.field)

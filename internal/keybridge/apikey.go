@@ -46,7 +46,9 @@ type Limits struct {
 	BudgetPeriod BudgetPeriod `json:"budget_period"`
 }
 
-// Validate checks that limits are not negative and that a budget has a period.
+// Validate checks that limits are not negative, that a budget has a
+// period and that a period has a budget: a period alone limits nothing,
+// and is most likely a budget forgotten.
 func (l *Limits) Validate(v Validation) {
 	if l.RateLimitRPM < 0 {
 		v.Add("rate_limit_rpm", "must not be negative")
@@ -63,6 +65,9 @@ func (l *Limits) Validate(v Validation) {
 			v.Add("budget_period", "is required with token_budget: day or month")
 		}
 	case BudgetDay, BudgetMonth:
+		if l.TokenBudget == 0 {
+			v.Add("budget_period", "needs a token_budget; leave it out (or null) when the key has no budget")
+		}
 	default:
 		v.Add("budget_period", "must be day or month")
 	}

@@ -2,6 +2,7 @@ package keybridge_test
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -25,6 +26,39 @@ func TestLimitsJSON(t *testing.T) {
 		var back keybridge.Limits
 		if err := json.Unmarshal(got, &back); err != nil || back != tc.l {
 			t.Errorf("Unmarshal(%s) = %+v, %v; want %+v", got, back, err, tc.l)
+		}
+	}
+}
+
+func TestLimitsValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		l     keybridge.Limits
+		field string // "": valid
+	}{
+		{"none", keybridge.Limits{}, ""},
+		{"every limit", keybridge.Limits{RateLimitRPM: 1, RateLimitTPM: 2, TokenBudget: 3, BudgetPeriod: keybridge.BudgetDay}, ""},
+		{"negative rpm", keybridge.Limits{RateLimitRPM: -1}, "rate_limit_rpm"},
+		{"negative tpm", keybridge.Limits{RateLimitTPM: -1}, "rate_limit_tpm"},
+		{"negative budget", keybridge.Limits{TokenBudget: -1, BudgetPeriod: keybridge.BudgetDay}, "token_budget"},
+		{"a budget without a period", keybridge.Limits{TokenBudget: 3}, "budget_period"},
+		{"a period without a budget", keybridge.Limits{BudgetPeriod: keybridge.BudgetMonth}, "budget_period"},
+		{"an unknown period", keybridge.Limits{TokenBudget: 3, BudgetPeriod: "week"}, "budget_period"},
+	} {
+		v := keybridge.Validation{}
+		tc.l.Validate(v)
+		err := v.Err()
+		if tc.field == "" {
+			if err != nil {
+				t.Errorf("%s: Validate(%+v) = %v, want nil", tc.name, tc.l, err)
+			}
+			continue
+		}
+		var e *keybridge.Error
+		if !errors.As(err, &e) || e.Code != keybridge.EInvalid || e.Fields[tc.field] == "" {
+			t.Errorf("%s: Validate(%+v) = %v, want invalid_argument naming %s", tc.name, tc.l, err, tc.field)
+		} else if len(e.Fields) != 1 {
+			t.Errorf("%s: Validate(%+v) names %v, want only %s", tc.name, tc.l, e.Fields, tc.field)
 		}
 	}
 }
