@@ -149,14 +149,17 @@ func isTimeout(err error) bool {
 
 // send writes the request with k's credential and reads the answer's
 // head. Upstream time runs from sent, when k was tried: taking a
-// connection to the provider, a dial included, is its turn. A reused
-// connection that fails before answering anything was closed by the
-// provider while idle: the request is sent again, once, on a fresh one.
+// connection to the provider, a dial included, is its turn, and so is
+// the wait of an attempt that fails (a timeout, a refused or broken
+// connection). A reused connection that fails before answering anything
+// was closed by the provider while idle: the request is sent again, once,
+// on a fresh one.
 func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*http.Response, *conn, error) {
 	g := x.g
 	for {
 		cn, reused, err := g.client.get(ctx, x.rt.pool, sent)
 		if err != nil {
+			x.upstreamDur += time.Since(sent)
 			return nil, nil, err
 		}
 		watchClient(ctx, cn)
@@ -174,11 +177,13 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 			if reused && ctx.Err() == nil && !isTimeout(err) {
 				continue
 			}
+			x.upstreamDur += time.Since(sent)
 			return nil, nil, err
 		}
 		resp, err := readResponse(cn.br, x.r.Method)
 		cn.head.unlimit()
 		if err != nil {
+			x.upstreamDur += time.Since(sent)
 			x.release(cn, false)
 			return nil, nil, err
 		}
