@@ -280,3 +280,24 @@ func TestAdminEditEndsARest(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A Retry-After of 0 is the shortest wait there is: with another key
+// asking for two minutes, the client is told to retry after a second
+// (the least Keybridge sends), not two minutes.
+func TestExhaustedByRateLimitsTakesARetryAfterOfZero(t *testing.T) {
+	e := newEnv(t)
+	up := newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	k1, k2 := canary(t, "sk-"), canary(t, "sk-")
+	e.addKey("oai", k1, 0)
+	e.addKey("oai", k2, 1)
+	up.on(k1, status(429, "Retry-After", "0"))
+	up.on(k2, status(429, "Retry-After", "120"))
+	resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	if resp.StatusCode != 429 {
+		t.Fatalf("= %d %s, want 429", resp.StatusCode, body)
+	}
+	if ra := resp.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("Retry-After = %q, want 1 (k1's 0, at least 1)", ra)
+	}
+}

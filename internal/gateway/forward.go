@@ -32,17 +32,22 @@ func (x *exchange) forward(keys []*upstreamKey) {
 	g := x.g
 	ctx := x.r.Context()
 	var seen []string
+	// rateLimited: some key was; soonest is the shortest wait one of them
+	// asked for (a Retry-After of 0 included).
 	rateLimited := false
 	var soonest time.Duration
+	limit := func(d time.Duration) {
+		if !rateLimited || d < soonest {
+			soonest = d
+		}
+		rateLimited = true
+	}
 	tried := 0
 	for _, k := range keys {
 		now := time.Now()
 		if cd, resting := g.cool.check(k.id, now); resting && k.id != "" {
 			if cd.limited {
-				rateLimited = true
-				if d := cd.until.Sub(now); soonest == 0 || d < soonest {
-					soonest = d
-				}
+				limit(cd.until.Sub(now))
 			}
 			continue
 		}
@@ -84,10 +89,7 @@ func (x *exchange) forward(keys []*upstreamKey) {
 			if d, ok := g.cool.fail(k.id, st, resp.Header, time.Now()); ok {
 				g.m.cooldowns.Inc()
 				if resp.StatusCode == http.StatusTooManyRequests {
-					rateLimited = true
-					if soonest == 0 || d < soonest {
-						soonest = d
-					}
+					limit(d)
 				}
 			}
 			x.discard(resp, cn)
