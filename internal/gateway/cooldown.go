@@ -51,14 +51,15 @@ func (c *cooldowns) check(key string, now time.Time) (cooldown, bool) {
 	return cd, ok && now.Before(cd.until)
 }
 
-// fail records a failover-worthy answer of key and returns its rest, if
-// the status calls for one.
+// fail records a failover-worthy answer of key and returns its rest;
+// rested reports whether the status called for one and key was put to
+// rest.
 //
 // A credential with no ID (a personal key, Bedrock's settings) is not
 // rested: it is the request's only candidate, and its state would be
-// shared with every other user's. Its rest is still returned, for the
-// answer's Retry-After.
-func (c *cooldowns) fail(key string, status int, h http.Header, now time.Time) (time.Duration, bool) {
+// shared with every other user's. The rest a 429 asks of it is still
+// returned, for the answer's Retry-After.
+func (c *cooldowns) fail(key string, status int, h http.Header, now time.Time) (rest time.Duration, rested bool) {
 	if key == "" {
 		if status != http.StatusTooManyRequests {
 			return 0, false
@@ -67,7 +68,7 @@ func (c *cooldowns) fail(key string, status int, h http.Header, now time.Time) (
 		if !ok {
 			d = cooldownBase
 		}
-		return min(d, cooldownMax), true
+		return min(d, cooldownMax), false
 	}
 	var d time.Duration
 	c.mu.Lock()

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keybridge/keybridge/internal/gateway"
+	"github.com/keybridge/keybridge/internal/providertest"
 )
 
 // keyedUpstream answers per upstream key: behave[key] decides, else 200.
@@ -299,5 +305,57 @@ func TestExhaustedByRateLimitsTakesARetryAfterOfZero(t *testing.T) {
 	}
 	if ra := resp.Header.Get("Retry-After"); ra != "1" {
 		t.Errorf("Retry-After = %q, want 1 (k1's 0, at least 1)", ra)
+	}
+}
+
+// counterValue reads an unlabelled counter from reg (0 when it has not
+// been gathered yet).
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// keybridge_gateway_cooldowns_total counts keys put to rest: a personal
+// credential's 429 and a bedrock provider's, whose one credential is
+// never rested, are not counted; an org key's is.
+func TestCooldownsCountOnlyRests(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	b := newBrEnv(t, envOptions{Gateway: gateway.Options{Registerer: reg}})
+	up := newKeyedUpstream(t)
+	personal, orgKey := canary(t, "sk-mine-"), canary(t, "sk-org-")
+	b.provider(map[string]any{"name": "mine", "type": "openai", "base_url": up.URL + "/v1", "key_source": "user"})
+	b.api("POST", "/api/v1/users/me/credentials", b.OwnerKey, map[string]any{"org": "acme", "provider": "mine", "api_key": personal}, http.StatusCreated)
+	b.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	b.addKey("oai", orgKey, 0)
+	up.on(personal, status(429, "Retry-After", "30"))
+	up.on(orgKey, status(429, "Retry-After", "30"))
+	const cooldowns = "keybridge_gateway_cooldowns_total"
+
+	if resp, body := b.do(b.post("/gateway/mine/chat/completions", b.OwnerKey, `{}`)); resp.StatusCode != 429 {
+		t.Fatalf("personal credential answering 429: %d %s, want 429", resp.StatusCode, body)
+	}
+	b.mock.Fault(b.upAK, providertest.Fault{Status: 429, RetryAfter: "30", Times: 1})
+	if _, err := b.client("br", b.awsKey, b.awsSecr).Converse(context.Background(), brConverse(brModel)); err == nil {
+		t.Fatal("bedrock answering 429: no error")
+	}
+	b.waitLog(2)
+	if n := counterValue(t, reg, cooldowns); n != 0 {
+		t.Errorf("%s = %v after 429s of credentials that are never rested, want 0", cooldowns, n)
+	}
+	if resp, body := b.do(b.post("/gateway/oai/chat/completions", b.OwnerKey, `{}`)); resp.StatusCode != 429 {
+		t.Fatalf("org key answering 429: %d %s, want 429", resp.StatusCode, body)
+	}
+	b.waitLog(3)
+	if n := counterValue(t, reg, cooldowns); n != 1 {
+		t.Errorf("%s = %v after an org key's 429, want 1", cooldowns, n)
 	}
 }

@@ -86,11 +86,12 @@ func (x *exchange) forward(keys []*upstreamKey) {
 			st = http.StatusUnauthorized
 		}
 		if failsOver(st) {
-			if d, ok := g.cool.fail(k.id, st, resp.Header, time.Now()); ok {
+			d, rested := g.cool.fail(k.id, st, resp.Header, time.Now())
+			if rested {
 				g.m.cooldowns.Inc()
-				if resp.StatusCode == http.StatusTooManyRequests {
-					limit(d)
-				}
+			}
+			if resp.StatusCode == http.StatusTooManyRequests {
+				limit(d)
 			}
 			x.discard(resp, cn)
 			seen = append(seen, strconv.Itoa(resp.StatusCode))
