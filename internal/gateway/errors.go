@@ -164,13 +164,14 @@ func awsErrorType(status int) string {
 }
 
 // streamError is the event that tells a streaming client its stream was
-// cut (SPEC §7.5), in the stream's own format: an SSE event for st's SSE
-// streams, an exception message for AWS event streams. It is nil for
-// bodies that have no events (a JSON body cut short is only aborted).
-func streamError(st style, contentType string, msg string) []byte {
+// cut (SPEC §7.5), in the stream's own format: e in st's error shape as
+// an SSE event for SSE streams, an exception message with e's message
+// for AWS event streams (internalServerException, which every Bedrock
+// stream's SDK models). It is nil for bodies that have no events (a JSON
+// body cut short is only aborted).
+func streamError(st style, contentType string, e *gwError) []byte {
 	switch {
 	case hasMediaType(contentType, "text/event-stream"):
-		e := &gwError{status: http.StatusBadGateway, code: keybridge.EBadGateway, msg: msg}
 		var b bytes.Buffer
 		switch st {
 		case keybridge.ProviderAnthropic, keybridge.ProviderBedrock:
@@ -192,7 +193,7 @@ func streamError(st style, contentType string, msg string) []byte {
 		b.WriteString("\n\n")
 		return b.Bytes()
 	case hasMediaType(contentType, "application/vnd.amazon.eventstream"):
-		payload, _ := json.Marshal(map[string]string{"message": msg})
+		payload, _ := json.Marshal(map[string]string{"message": e.msg})
 		var b bytes.Buffer
 		err := eventstream.NewEncoder().Encode(&b, eventstream.Message{
 			Headers: eventstream.Headers{

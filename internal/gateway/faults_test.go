@@ -231,8 +231,8 @@ type faultProvider struct {
 	events  []string
 	partial string
 	// errorEvent checks the stream's error event (its event name and
-	// decoded data).
-	errorEvent func(name string, data map[string]any) bool
+	// decoded data) for an error of code and status.
+	errorEvent func(name string, data map[string]any, code string, status int) bool
 	// errorBody checks a gateway error answer in the provider's shape.
 	errorBody func(body []byte, code string) bool
 }
@@ -242,9 +242,9 @@ var faultProviders = []faultProvider{
 		typ: "openai", base: "/v1", path: "/chat/completions",
 		events:  []string{"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hel\"}}]}\n\n", "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n"},
 		partial: "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"del",
-		errorEvent: func(name string, d map[string]any) bool {
+		errorEvent: func(name string, d map[string]any, code string, _ int) bool {
 			e, _ := d["error"].(map[string]any)
-			return name == "" && e["code"] == "bad_gateway" && e["type"] == "server_error" && strings.HasPrefix(fmt.Sprint(e["message"]), "Keybridge: ")
+			return name == "" && e["code"] == code && e["type"] == "server_error" && strings.HasPrefix(fmt.Sprint(e["message"]), "Keybridge: ")
 		},
 		errorBody: func(b []byte, code string) bool {
 			var v errorShape
@@ -255,7 +255,7 @@ var faultProviders = []faultProvider{
 		typ: "anthropic", base: "", path: "/v1/messages",
 		events:  []string{"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n", "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n"},
 		partial: "event: content_block_delta\ndata: {\"type\":\"content_bl",
-		errorEvent: func(name string, d map[string]any) bool {
+		errorEvent: func(name string, d map[string]any, _ string, _ int) bool {
 			e, _ := d["error"].(map[string]any)
 			return name == "error" && d["type"] == "error" && e["type"] == "api_error" && strings.HasPrefix(fmt.Sprint(e["message"]), "Keybridge: ")
 		},
@@ -271,9 +271,10 @@ var faultProviders = []faultProvider{
 		typ: "google", base: "", path: "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
 		events:  []string{"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hel\"}]}}]}\r\n\r\n", "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"lo\"}]}}]}\r\n\r\n"},
 		partial: "data: {\"candidates\":[{\"cont",
-		errorEvent: func(name string, d map[string]any) bool {
+		errorEvent: func(name string, d map[string]any, _ string, status int) bool {
 			e, _ := d["error"].(map[string]any)
-			return name == "" && e["code"] == float64(502) && e["status"] == "UNAVAILABLE" && strings.HasPrefix(fmt.Sprint(e["message"]), "Keybridge: ")
+			want := map[int]string{502: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}[status]
+			return name == "" && e["code"] == float64(status) && e["status"] == want && strings.HasPrefix(fmt.Sprint(e["message"]), "Keybridge: ")
 		},
 		errorBody: func(b []byte, _ string) bool {
 			var v struct {
@@ -442,8 +443,8 @@ func runFaults(t *testing.T, e *faultEnv, p faultProvider) {
 	}
 	// cutStream wants the stream's complete events, then (cut inside an
 	// event) what came of the broken one, ended, then its error event as
-	// the last event, then an abort.
-	cutStream := func(t *testing.T, name string, events int, midEvent bool) {
+	// the last event (504's for a stall, 502's otherwise), then an abort.
+	cutStream := func(t *testing.T, name string, events int, midEvent, stalled bool) {
 		t.Helper()
 		resp, body, err := e.call(ctx, p, name, true)
 		if resp.StatusCode != 200 {
@@ -459,9 +460,13 @@ func runFaults(t *testing.T, e *faultEnv, p faultProvider) {
 		if last != events && !(midEvent && last == events+1) {
 			t.Fatalf("stream = %q: %d events, want %d then the error event", body, len(names), events)
 		}
+		code, status := "bad_gateway", http.StatusBadGateway
+		if stalled {
+			code, status = "gateway_timeout", http.StatusGatewayTimeout
+		}
 		var d map[string]any
-		if err := json.Unmarshal([]byte(datas[last]), &d); err != nil || !p.errorEvent(names[last], d) {
-			t.Errorf("last event = %q %q (%v), want %s's error event", names[last], datas[last], err, p.typ)
+		if err := json.Unmarshal([]byte(datas[last]), &d); err != nil || !p.errorEvent(names[last], d, code, status) {
+			t.Errorf("last event = %q %q (%v), want %s's error event of %s", names[last], datas[last], err, p.typ, code)
 		}
 		for i := range events {
 			if err := json.Unmarshal([]byte(datas[i]), &d); err != nil {
@@ -556,23 +561,23 @@ func runFaults(t *testing.T, e *faultEnv, p faultProvider) {
 	})
 	t.Run("reset mid-stream", func(t *testing.T) {
 		name, _ := e.provider(p, rawStream(sse, p.events, (*rawConn).rst))
-		cutStream(t, name, len(p.events), false)
+		cutStream(t, name, len(p.events), false, false)
 	})
 	t.Run("reset mid-event", func(t *testing.T) {
 		name, _ := e.provider(p, rawStream(sse, []string{all + p.partial}, (*rawConn).rst))
-		cutStream(t, name, len(p.events), true)
+		cutStream(t, name, len(p.events), true, false)
 	})
 	t.Run("bad chunked encoding", func(t *testing.T) {
 		name, _ := e.provider(p, rawStream(sse, p.events, func(c *rawConn) { io.WriteString(c, "zz\r\nnot a chunk\r\n"); c.waitClosed() }))
-		cutStream(t, name, len(p.events), false)
+		cutStream(t, name, len(p.events), false, false)
 	})
 	t.Run("stalled stream", func(t *testing.T) {
 		name, _ := e.provider(p, rawStream(sse, p.events, (*rawConn).waitClosed))
-		cutStream(t, name, len(p.events), false)
+		cutStream(t, name, len(p.events), false, true)
 	})
 	t.Run("stalled mid-event", func(t *testing.T) {
 		name, _ := e.provider(p, rawStream(sse, []string{all + p.partial}, (*rawConn).waitClosed))
-		cutStream(t, name, len(p.events), true)
+		cutStream(t, name, len(p.events), true, true)
 	})
 	t.Run("truncated Content-Length", func(t *testing.T) {
 		name, _ := e.provider(p, func(c *rawConn, _ *http.Request) bool {

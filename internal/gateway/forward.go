@@ -714,19 +714,25 @@ func (x *exchange) cut(resp *http.Response, cn *conn, contentType string, err er
 		return
 	}
 	x.release(cn, false)
-	why := "the provider's response was cut short"
+	code, why := keybridge.EBadGateway, "the provider's response was cut short"
 	if isTimeout(err) {
-		why = fmt.Sprintf("the provider sent nothing for %s", x.g.opts.IdleTimeout)
+		code, why = codeGatewayTimeout, fmt.Sprintf("the provider sent nothing for %s", x.g.opts.IdleTimeout)
 	}
-	x.endStream(contentType, keybridge.EBadGateway, why)
+	x.endStream(contentType, code, why)
 }
 
 // endStream ends a stream before its end, the provider's connection
-// already let go: an error event with why in the stream's format, then
-// the answer aborted, so no client takes it for a finished one.
+// already let go: an error event of code with why in the stream's
+// format, then the answer aborted, so no client takes it for a finished
+// one. The request is recorded with that error's status, not the one the
+// stream began with: what the client got is an error.
 func (x *exchange) endStream(contentType, code, why string) {
-	x.errCode = code
-	if ev := streamError(x.style, contentType, "Keybridge: "+why); ev != nil {
+	e := newError(code, "Keybridge: "+why)
+	if e.status == 0 {
+		e.status = http.StatusBadGateway
+	}
+	x.status, x.errCode = e.status, code
+	if ev := streamError(x.style, contentType, e); ev != nil {
 		if x.midEvent {
 			// The provider broke off inside an event: it is ended
 			// first, or the error event would be read as the rest of

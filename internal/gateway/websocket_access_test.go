@@ -341,6 +341,9 @@ func TestStreamEndsWhenItsCallerLosesAccess(t *testing.T) {
 	if !strings.Contains(logs, "stream ended: its caller lost access") || !strings.Contains(logs, `"error":"unauthenticated"`) {
 		t.Errorf("no log line says the stream ended for its revoked key:\n%s", logs)
 	}
+	if !strings.Contains(logs, `"status":401`) {
+		t.Errorf("the request is not recorded with the refusal's 401:\n%s", logs)
+	}
 	noCanary(t, upKey, logs)
 
 	// A stream whose key keeps its access runs to its end through the

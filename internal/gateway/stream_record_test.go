@@ -1,0 +1,139 @@
+package gateway_test
+
+// What a streamed answer is recorded as (SPEC §7.7, §7.8): its usage
+// row's status and stream flag, the request metric and the log line.
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keybridge/keybridge/internal/gateway"
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/storetest"
+)
+
+// rowStore is a real store that keeps a copy of every usage row written
+// to it, for the fields the usage API does not aggregate.
+type rowStore struct {
+	store.Store
+	mu   sync.Mutex
+	rows []keybridge.Usage
+}
+
+func (s *rowStore) InsertUsage(ctx context.Context, batch []keybridge.Usage) error {
+	err := s.Store.InsertUsage(ctx, batch)
+	if err == nil {
+		s.mu.Lock()
+		s.rows = append(s.rows, batch...)
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// wait returns the rows once there are n, at most 5 seconds.
+func (s *rowStore) wait(t *testing.T, n int) []keybridge.Usage {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		rows := append([]keybridge.Usage(nil), s.rows...)
+		s.mu.Unlock()
+		if len(rows) >= n {
+			return rows
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d usage rows after 5 s, want %d", len(rows), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// newRowEnv is a fault env over a rowStore, with a metrics registry.
+func newRowEnv(t *testing.T, opts gateway.Options) (*faultEnv, *rowStore, *prometheus.Registry) {
+	rs := &rowStore{Store: storetest.SQLite(t)}
+	reg := prometheus.NewRegistry()
+	opts.Registerer = reg
+	e := &faultEnv{env: newEnvWith(t, rs, envOptions{Gateway: opts}), up: newRawUpstream(t),
+		client: &http.Client{Transport: &http.Transport{}, Timeout: outerDeadline}}
+	t.Cleanup(e.client.CloseIdleConnections)
+	return e, rs, reg
+}
+
+// requestsOfClass reads keybridge_gateway_requests_total{status=class}.
+func requestsOfClass(t *testing.T, reg *prometheus.Registry, class string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, f := range families {
+		if f.GetName() != "keybridge_gateway_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "status" && l.GetValue() == class {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}
+
+// A stream the provider breaks off after its first event began as a 200,
+// but the client got an error event and an aborted answer: the row, the
+// request metric and the log line record the status of that error, 502
+// for a cut and 504 for the idle timeout, and the usage API counts it as
+// an error.
+func TestCutStreamIsRecordedAsItsError(t *testing.T) {
+	p := faultProviders[0]
+	sse := "text/event-stream"
+	for _, tc := range []struct {
+		name   string
+		end    func(c *rawConn)
+		status int
+		code   string
+	}{
+		{"hung up", (*rawConn).rst, http.StatusBadGateway, "bad_gateway"},
+		{"silent past the idle timeout", (*rawConn).waitClosed, http.StatusGatewayTimeout, "gateway_timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, rows, reg := newRowEnv(t, gateway.Options{IdleTimeout: faultIdleTimeout})
+			name, _ := e.provider(p, rawStream(sse, p.events[:1], tc.end))
+			resp, body, err := e.call(context.Background(), p, name, true)
+			if resp.StatusCode != http.StatusOK || err == nil {
+				t.Fatalf("= %d %q (%v), want the stream's 200, then an abort", resp.StatusCode, body, err)
+			}
+			if _, datas := sseEvents(string(body)); len(datas) != 2 || !strings.Contains(datas[1], `"code":"`+tc.code+`"`) {
+				t.Errorf("stream = %q, want the first event, then an error event of %s", body, tc.code)
+			}
+			got := rows.wait(t, 1)
+			if len(got) != 1 || got[0].Status != tc.status || !got[0].Stream {
+				t.Errorf("usage rows = %+v, want one streamed row of status %d", got, tc.status)
+			}
+			u := newUsageReader(e.env)
+			for _, g := range u.wait("provider", 1) {
+				if g.Errors != 1 {
+					t.Errorf("usage API: %d errors, want 1", g.Errors)
+				}
+			}
+			logs := e.waitLog(1)
+			if want := fmt.Sprintf(`"status":%d`, tc.status); !strings.Contains(logs, want) || !strings.Contains(logs, `"upstream_status":200`) {
+				t.Errorf("log line does not say %s with the provider's 200:\n%s", want, logs)
+			}
+			if n := requestsOfClass(t, reg, "5xx"); n != 1 {
+				t.Errorf("keybridge_gateway_requests_total{status=\"5xx\"} = %v, want 1", n)
+			}
+		})
+	}
+}
