@@ -509,7 +509,7 @@ func keybridgeHeader(name string) bool { return strings.HasPrefix(name, "X-Keybr
 var bufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // relay passes an answer to the client as it arrives: headers, then the
-// body, each read flushed at once when the answer streams (SPEC §7.5).
+// body, each read flushed at once when the answer flows (SPEC §7.5).
 func (x *exchange) relay(resp *http.Response, cn *conn) {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		x.tunnel(resp, cn)
@@ -538,14 +538,23 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		x.scan = newUsageScanner(x.rt.provider.Type, x.path, ct, resp.Header)
 	}
 	sse := hasMediaType(ct, "text/event-stream")
-	x.stream = resp.ContentLength < 0 || sse || hasMediaType(ct, "application/vnd.amazon.eventstream")
-	if x.stream {
+	events := sse || hasMediaType(ct, "application/vnd.amazon.eventstream")
+	// An answer of events, or of a length not known ahead (chunked),
+	// flows: it passes as it arrives, each read flushed (SPEC §7.5), and
+	// a proxy in front is asked to pass it so too. Whether it is a
+	// stream, for the usage row, the log line and the gauge, is whether
+	// the request asked for one: a provider may send any answer chunked.
+	flows := events || resp.ContentLength < 0
+	x.stream = events || x.streamingRequest()
+	if flows {
 		h.Set("X-Accel-Buffering", "no")
+	} else {
+		setLength(w, resp.ContentLength)
+	}
+	if x.stream {
 		g := x.g
 		g.m.streams.Inc()
 		defer g.m.streams.Dec()
-	} else {
-		setLength(w, resp.ContentLength)
 	}
 	x.status = resp.StatusCode
 	x.setTiming()
@@ -555,7 +564,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	// from the provider: never held back, but what arrived together
 	// (headers and a first event, or a burst of events) leaves in one
 	// write.
-	if x.stream && flusher != nil && !moreWaiting(cn) {
+	if flows && flusher != nil && !moreWaiting(cn) {
 		flusher.Flush() // the client learns the stream has begun
 	}
 
@@ -590,11 +599,11 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		}
 		if err == nil {
 			n, err = resp.Body.Read(buf)
-			if err == nil && !whole || x.stream {
+			if err == nil && !whole || flows {
 				now = time.Now() // for the next deadline, or the check below
 			}
 		}
-		if x.stream && n > 0 && now.Sub(checked) >= tunnelRecheck {
+		if flows && n > 0 && now.Sub(checked) >= tunnelRecheck {
 			// Before any of these bytes pass.
 			checked = now
 			if refused := x.stillAllowed(ctx); refused != nil {
@@ -625,7 +634,7 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 			if sse {
 				x.midEvent = !endsEvent(out)
 			}
-			if x.stream && flusher != nil && !moreWaiting(cn) {
+			if flows && flusher != nil && !moreWaiting(cn) {
 				flusher.Flush()
 			}
 		}
@@ -642,6 +651,18 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 	if flusher != nil {
 		flusher.Flush() // before the log line, not after it
 	}
+}
+
+// streamingRequest reports whether the request asks for a streamed
+// answer: Gemini's :streamGenerateContent (a JSON array sent as it is
+// made, without alt=sse), Bedrock's invoke-with-response-stream and
+// converse-stream, or a JSON body's "stream": true. The body was scanned
+// before the request went out: this reads what that found.
+func (x *exchange) streamingRequest() bool {
+	p := x.rest
+	return strings.HasSuffix(p, ":streamGenerateContent") ||
+		strings.HasSuffix(p, "/invoke-with-response-stream") || strings.HasSuffix(p, "/converse-stream") ||
+		x.fields().stream
 }
 
 // endsEvent reports whether an SSE stream's bytes so far, ending in b,

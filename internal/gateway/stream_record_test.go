@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httputil"
 	"strings"
 	"sync"
 	"testing"
@@ -135,5 +136,65 @@ func TestCutStreamIsRecordedAsItsError(t *testing.T) {
 				t.Errorf("keybridge_gateway_requests_total{status=\"5xx\"} = %v, want 1", n)
 			}
 		})
+	}
+}
+
+// rawChunked answers 200 with a body of content type ct sent chunked, in
+// the parts given, properly ended.
+func rawChunked(ct string, parts ...string) rawFault {
+	return func(c *rawConn, _ *http.Request) bool {
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n", ct)
+		cw := httputil.NewChunkedWriter(c)
+		for _, p := range parts {
+			if _, err := cw.Write([]byte(p)); err != nil {
+				return false
+			}
+		}
+		if cw.Close() != nil {
+			return false
+		}
+		_, err := c.Write([]byte("\r\n"))
+		return err == nil
+	}
+}
+
+// A row's stream says whether the request was a streaming one, not how
+// the provider framed its answer: a chat completion that did not ask to
+// stream is no stream though its answer came chunked, and Gemini's
+// :streamGenerateContent is one without alt=sse (a JSON array), chunked
+// or not. Whatever comes chunked still passes as it arrives, unbuffered.
+func TestStreamIsWhatTheRequestAskedFor(t *testing.T) {
+	e, rows, _ := newRowEnv(t, gateway.Options{})
+	oai := faultProviders[0]
+	gem := faultProviders[2]
+	chat := `{"id":"c1","object":"chat.completion","choices":[]}`
+	array := []string{`[{"candidates":[{"content":{"parts":[{"text":"hel"}]}}]}`, `,` + "\r\n" + `{"candidates":[{"content":{"parts":[{"text":"lo"}]}}]}]`}
+	oaiName, _ := e.provider(oai, rawChunked("application/json", chat[:10], chat[10:]))
+	gemChunked, _ := e.provider(gem, rawChunked("application/json", array...))
+	gemWhole, _ := e.provider(gem, rawJSON(200, strings.Join(array, "")))
+	for _, tc := range []struct {
+		name, path, model, body string
+		stream, flows           bool
+	}{
+		{"chunked JSON chat", "/gateway/" + oaiName + "/chat/completions", "gpt-chunked", chat, false, true},
+		{"chunked Gemini stream", "/gateway/" + gemChunked + "/v1beta/models/gemini-chunked:streamGenerateContent", "gemini-chunked", strings.Join(array, ""), true, true},
+		{"Gemini stream with a length", "/gateway/" + gemWhole + "/v1beta/models/gemini-whole:streamGenerateContent", "gemini-whole", strings.Join(array, ""), true, false},
+	} {
+		resp, body := e.do(e.post(tc.path, e.OwnerKey, `{"model":"`+tc.model+`","messages":[]}`))
+		if resp.StatusCode != http.StatusOK || string(body) != tc.body {
+			t.Errorf("%s: = %d %q, want 200 %q", tc.name, resp.StatusCode, body, tc.body)
+		}
+		if got := resp.Header.Get("X-Accel-Buffering") == "no"; got != tc.flows {
+			t.Errorf("%s: X-Accel-Buffering = %q, want \"no\" only on an answer that passes as it arrives", tc.name, resp.Header.Get("X-Accel-Buffering"))
+		}
+	}
+	byModel := map[string]keybridge.Usage{}
+	for _, r := range rows.wait(t, 3) {
+		byModel[r.Model] = r
+	}
+	for model, want := range map[string]bool{"gpt-chunked": false, "gemini-chunked": true, "gemini-whole": true} {
+		if r, ok := byModel[model]; !ok || r.Stream != want {
+			t.Errorf("row of %s: %+v, want stream=%v", model, r, want)
+		}
 	}
 }
