@@ -154,9 +154,14 @@ func isTimeout(err error) bool {
 // head. Upstream time runs from sent, when k was tried: taking a
 // connection to the provider, a dial included, is its turn, and so is
 // the wait of an attempt that fails (a timeout, a refused or broken
-// connection). A reused connection that fails before answering anything
-// was closed by the provider while idle: the request is sent again, once,
-// on a fresh one.
+// connection).
+//
+// A reused connection may have been closed by the provider while idle:
+// the request then fails at once, in its write or with the end of the
+// connection read right after it, before any answer. Such a request is
+// sent again on a fresh connection, not counted as a failover. One that
+// failed later, or on a fresh connection, may have been processed (and
+// billed): it is never sent again on the same key.
 func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*http.Response, *conn, error) {
 	g := x.g
 	for {
@@ -170,14 +175,15 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 			err = cn.bw.Flush()
 		}
 		cn.head.limit(maxResponseHead)
-		if err == nil {
+		written := err == nil
+		if written {
 			if err = setReadDeadline(ctx, cn, sent.Add(g.opts.HeaderTimeout), timerSlack(g.opts.HeaderTimeout)); err == nil {
 				_, err = cn.br.Peek(1)
 			}
 		}
 		if err != nil {
 			x.release(cn, false)
-			if reused && ctx.Err() == nil && !isTimeout(err) {
+			if reused && ctx.Err() == nil && !isTimeout(err) && (!written || time.Since(sent) < idleCloseWindow) {
 				continue
 			}
 			x.upstreamDur += time.Since(sent)
@@ -195,6 +201,16 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 		return resp, cn, nil
 	}
 }
+
+// idleCloseWindow is how soon after a request went out on a reused
+// connection a failure with no answer is taken for the provider having
+// closed that connection while idle. The end of such a connection is
+// usually read at once, having arrived before the request was written;
+// when the two cross, it comes within a round trip. A provider does not
+// process a request in that time and then drop it unanswered; one that
+// drops it after longer may have done the work, and the request is not
+// sent again.
+const idleCloseWindow = 500 * time.Millisecond
 
 // setReadDeadline makes cn's read deadline between t and t plus slack,
 // unless the client is already gone. A deadline already in that span
