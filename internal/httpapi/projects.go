@@ -265,16 +265,14 @@ func validateAIKeyName(v keybridge.Validation, name string) {
 	}
 }
 
-// createAIKeyResponse is SPEC §5's answer, the only place the secret ever
-// appears, with the limits and model list the key got, as every key
-// answer shows them (SPEC §3).
+// createAIKeyResponse is SPEC §5's answer, exactly: the only place the
+// secret ever appears. The key's limits are in the list's and PATCH's
+// answers.
 type createAIKeyResponse struct {
 	Success bool   `json:"success"`
 	ID      string `json:"id"`
 	Key     string `json:"key"`
 	Secret  string `json:"secret"`
-	keybridge.Limits
-	AllowedModels keybridge.ModelAllowlist `json:"allowed_models"`
 }
 
 // aiKeyFields is what the audit log records of an AI key: never the
@@ -331,8 +329,7 @@ func (s *Server) createAIKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeOneTime(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret,
-		Limits: k.Limits, AllowedModels: k.AllowedModels})
+	writeOneTime(w, http.StatusCreated, createAIKeyResponse{Success: true, ID: k.ID, Key: k.Key, Secret: secret})
 	return nil
 }
 

@@ -52,18 +52,12 @@ type pjList[T any] struct {
 	NextCursor string `json:"next_cursor"`
 }
 
-// pjCreated is the create answer of an AI key: exactly SPEC §5's fields
-// and the limits and model list every key answer shows (SPEC §3).
+// pjCreated is the create answer of an AI key, exactly SPEC §5's fields.
 type pjCreated struct {
-	Success       bool     `json:"success"`
-	ID            string   `json:"id"`
-	Key           string   `json:"key"`
-	Secret        string   `json:"secret"`
-	RateLimitRPM  int64    `json:"rate_limit_rpm"`
-	RateLimitTPM  int64    `json:"rate_limit_tpm"`
-	TokenBudget   int64    `json:"token_budget"`
-	BudgetPeriod  *string  `json:"budget_period"`
-	AllowedModels []string `json:"allowed_models"`
+	Success bool   `json:"success"`
+	ID      string `json:"id"`
+	Key     string `json:"key"`
+	Secret  string `json:"secret"`
 }
 
 func pjPath(org *keybridge.Org, rest string) string {
@@ -85,7 +79,7 @@ func (e *env) pjAIKey(org *keybridge.Org, key, projectID string, body map[string
 	dec := json.NewDecoder(strings.NewReader(string(out)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&got); err != nil {
-		e.t.Fatalf("create AI key answer %s is not {success, id, key, secret} with the limits: %v", out, err)
+		e.t.Fatalf("create AI key answer %s is not {success, id, key, secret}: %v", out, err)
 	}
 	return got
 }
