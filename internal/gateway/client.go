@@ -87,8 +87,8 @@ func newClient(dial func(ctx context.Context, network, addr string) (net.Conn, e
 // get returns an idle connection for key, or dials a new one; now is
 // the time, for the idle ones' age. reused tells which: a reused
 // connection may have been closed by the provider meanwhile, and a
-// request that fails on it before any answer is retried once on a fresh
-// one.
+// request that fails on it before any answer, and at once (send,
+// idleCloseWindow), is sent again once on a fresh one.
 func (c *client) get(ctx context.Context, key poolKey, now time.Time) (cn *conn, reused bool, err error) {
 	c.mu.Lock()
 	for list := c.idle[key]; len(list) > 0; list = c.idle[key] {
