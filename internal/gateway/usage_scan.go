@@ -877,8 +877,11 @@ type wsUsageReader struct {
 	masked bool
 	mpos   int
 	text   bool // the message being received is a text message
-	skip   bool // ... but too large to read
-	msg    []byte
+	// walking: the message outgrew maxUsageEvent, and its bytes go to
+	// the walker as they come instead of being held (a response's end
+	// holds its whole output, which may be that long).
+	walking bool
+	msg     []byte
 }
 
 func (r *wsUsageReader) Write(p []byte) (int, error) {
@@ -952,7 +955,7 @@ func (r *wsUsageReader) frame() {
 	r.ctrl = op >= 8
 	switch op {
 	case 1: // text: a new message
-		r.text, r.skip, r.msg = true, false, r.msg[:0]
+		r.text, r.walking, r.msg = true, false, r.msg[:0]
 	case 2: // binary
 		r.text = false
 	}
@@ -962,12 +965,17 @@ func (r *wsUsageReader) frame() {
 }
 
 func (r *wsUsageReader) data(p []byte) {
-	if r.ctrl || !r.text || r.skip {
+	if r.ctrl || !r.text {
 		return
 	}
-	if len(r.msg)+len(p) > maxUsageEvent {
-		r.skip, r.msg = true, r.msg[:0]
-		return
+	if !r.walking && len(r.msg)+len(p) > maxUsageEvent {
+		r.walking = true
+		r.w.begin()
+		r.w.clear(^uint16(0))
+		r.w.write(r.msg)
+	}
+	if r.walking {
+		r.msg = r.msg[:0]
 	}
 	start := len(r.msg)
 	r.msg = append(r.msg, p...)
@@ -977,6 +985,9 @@ func (r *wsUsageReader) data(p []byte) {
 			r.mpos++
 		}
 	}
+	if r.walking {
+		r.w.write(r.msg)
+	}
 }
 
 func (r *wsUsageReader) frameEnd() {
@@ -984,12 +995,15 @@ func (r *wsUsageReader) frameEnd() {
 		return
 	}
 	r.text = false
-	if r.skip || !formatResponses.mayCarry(r.msg) {
-		return
+	if !r.walking {
+		if !formatResponses.mayCarry(r.msg) {
+			return
+		}
+		r.w.begin()
+		r.w.clear(^uint16(0))
+		r.w.write(r.msg)
 	}
-	r.w.begin()
-	r.w.clear(^uint16(0))
-	r.w.write(r.msg)
+	r.walking = false
 	r.w.end()
 	if r.w.set&(1<<slotType) == 0 || !isResponseDone(r.w.str(slotType)) {
 		return

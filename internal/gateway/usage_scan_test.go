@@ -517,6 +517,35 @@ func TestWSUsageReader(t *testing.T) {
 	}
 }
 
+// A response whose end is longer than a message the reader holds (its
+// whole output is in it) is walked as it comes, and counted; the next
+// message is read as ever.
+func TestWSUsageReaderLongMessage(t *testing.T) {
+	huge := fmt.Appendf(nil, `{"type":"response.completed","response":{"model":"gpt-5","output":[{"type":"message","content":[{"type":"output_text","text":"%s"}]}],"usage":{"input_tokens":4,"output_tokens":300000}}}`,
+		strings.Repeat(`x\"`, maxUsageEvent/2))
+	next := []byte(`{"type":"response.completed","response":{"model":"m","usage":{"input_tokens":1,"output_tokens":2}}}`)
+	want := []wsSeen{{tokens{Input: 4, Output: 300000}, "gpt-5"}, {tokens{Input: 1, Output: 2}, "m"}}
+	for _, mask := range []bool{false, true} {
+		var stream []byte
+		stream = append(stream, wsFrame(false, 1, huge[:maxUsageEvent-10], mask)...)
+		stream = append(stream, wsFrame(true, 0, huge[maxUsageEvent-10:], mask)...)
+		stream = append(stream, wsFrame(true, 1, huge, mask)...)
+		stream = append(stream, wsFrame(true, 1, next, mask)...)
+		for _, size := range []int{len(stream), 4096, 1000003} {
+			var seen []wsSeen
+			w := newWSUsageReader(func(t tokens, model string) { seen = append(seen, wsSeen{t, model}) })
+			for p := stream; len(p) > 0; {
+				n := min(size, len(p))
+				w.Write(bytes.Clone(p[:n]))
+				p = p[n:]
+			}
+			if len(seen) != 3 || seen[0] != want[0] || seen[1] != want[0] || seen[2] != want[1] {
+				t.Errorf("mask %v, writes of %d: saw %+v, want %+v twice, then %+v", mask, size, seen, want[0], want[1])
+			}
+		}
+	}
+}
+
 // The event stream decodes base64 in the payload: a chunk without it, or
 // with bytes that are not base64, is skipped.
 func TestUsageBedrockBadChunk(t *testing.T) {
