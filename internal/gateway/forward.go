@@ -675,9 +675,9 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 // converse-stream, or a JSON body's "stream": true. The body was scanned
 // before the request went out: this reads what that found.
 func (x *exchange) streamingRequest() bool {
-	p := x.rest
-	return strings.HasSuffix(p, ":streamGenerateContent") ||
-		strings.HasSuffix(p, "/invoke-with-response-stream") || strings.HasSuffix(p, "/converse-stream") ||
+	p := x.path
+	return hasSuffixFold(p, ":streamGenerateContent") ||
+		hasSuffixFold(p, "/invoke-with-response-stream") || hasSuffixFold(p, "/converse-stream") ||
 		x.fields().stream
 }
 
