@@ -135,15 +135,21 @@ func pathModel(pt keybridge.ProviderType, path string) (string, bool) {
 	case keybridge.ProviderBedrock, keybridge.ProviderAzureOpenAI:
 		return segmentAfter(path, modelPrefix(pt))
 	case keybridge.ProviderGoogle:
-		// /v1beta/models/{model}:generateContent, or without a version.
-		rest, ok := cutPrefixFold(path, "/models/")
-		if !ok && len(path) > 0 {
+		// /v1beta/models/{model}:generateContent, or without a version;
+		// a tuned model, /v1beta/tunedModels/{id}:generateContent, is
+		// named as Google names it, "tunedModels/{id}".
+		if len(path) > 0 && !hasPrefixFold(path, "/models/") && !hasPrefixFold(path, "/tunedModels/") {
 			if v := strings.IndexByte(path[1:], '/'); v >= 0 {
-				rest, ok = cutPrefixFold(path[1+v:], "/models/")
+				path = path[1+v:] // past the version
 			}
 		}
+		kind := ""
+		rest, ok := cutPrefixFold(path, "/models/")
 		if !ok {
-			return "", false
+			if rest, ok = cutPrefixFold(path, "/tunedModels/"); !ok {
+				return "", false
+			}
+			kind = "tunedModels/"
 		}
 		seg, _, _ := strings.Cut(rest, "/")
 		seg, err := url.PathUnescape(seg)
@@ -152,7 +158,7 @@ func pathModel(pt keybridge.ProviderType, path string) (string, bool) {
 		}
 		model, _, hasAction := strings.Cut(seg, ":")
 		// GET /v1beta/models/{model} reads about a model, calling none.
-		return model, hasAction
+		return kind + model, hasAction
 	}
 	return "", false
 }
@@ -182,6 +188,11 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 		return s, false
 	}
 	return s[len(prefix):], true
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	_, ok := cutPrefixFold(s, prefix)
+	return ok
 }
 
 // hasDotSegment reports whether path holds a "." or ".." segment, as sent

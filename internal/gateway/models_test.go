@@ -8,6 +8,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/anthropics/anthropic-sdk-go"
@@ -200,6 +201,17 @@ func TestAllowedModelsGemini(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Errorf("disallowed path model with allowed body and query: %d %s, want 403", resp.StatusCode, body)
 	}
+	// A tuned model is named as Google names it.
+	tuned := restrictedKey(g.env, "tunedModels/mine-*")
+	resp, body = g.do(g.post("/gateway/gem/v1beta/tunedModels/mine-1:generateContent", tuned, `{"contents":[]}`))
+	if resp.Header.Get("X-Keybridge-Error") != "" {
+		t.Errorf("an allowed tuned model: Keybridge refused it: %d %s", resp.StatusCode, body)
+	}
+	resp, body = g.do(g.post("/gateway/gem/v1beta/tunedModels/theirs:generateContent", tuned, `{"contents":[]}`))
+	if resp.StatusCode != 403 || !strings.Contains(string(body), `tunedModels/theirs`) {
+		t.Errorf("a tuned model not on the list: %d %s, want 403 naming it", resp.StatusCode, body)
+	}
+	before = len(g.mock.Requests())
 	// The path as the provider reads it, however it is spelled.
 	for _, path := range []string{"/v1beta/%6Dodels/gemini-2.5-pro:generateContent", "/v1beta/Models/gemini-2.5-pro:generateContent",
 		"//v1beta//models/gemini-2.5-pro:generateContent", "/%6Dodels/gemini-2.5-pro:generateContent"} {
