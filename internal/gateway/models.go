@@ -58,6 +58,12 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 		return newError(keybridge.EForbidden, "this key is limited to some models, and the request path holds a dot segment")
 	}
 	if model, inPath := x.modelInPath(); inPath {
+		if strings.IndexByte(model, '/') >= 0 && hasDotSegment(model) {
+			// An ARN's %2F decoded: "allowed%2F..%2Fother" matches
+			// "allowed*" but names another model to a server that
+			// decodes it and resolves the dots.
+			return newError(keybridge.EForbidden, "this key is limited to some models, and the request path's model holds a dot segment")
+		}
 		if !m.Allows(model) {
 			return modelRefused(model)
 		}

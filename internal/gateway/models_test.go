@@ -7,6 +7,7 @@ package gateway_test
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -258,6 +259,12 @@ func TestAllowedModelsBedrockSigV4(t *testing.T) {
 		map[string]any{"allowed_models": []string{"arn:aws:bedrock:us-east-1:123456789012:inference-profile/*"}}, 200)
 	if err := invoke(brARN); err != nil {
 		t.Errorf("ARN allowed by a pattern: %v", err)
+	}
+	// Dots in an ARN's escaped slashes match the pattern, but name
+	// another model to a server that resolves them.
+	dotted := "/gateway/br/model/" + url.PathEscape("arn:aws:bedrock:us-east-1:123456789012:inference-profile/../../other") + "/converse"
+	if resp, body := b.do(b.post(dotted, out["secret"].(string), `{"messages":[]}`)); resp.StatusCode != 403 {
+		t.Errorf("%s: %d %s, want 403", dotted, resp.StatusCode, body)
 	}
 	brAPIError(t, invoke(brModel), 403, "AccessDeniedException", "permission_denied", "is not allowed")
 }
