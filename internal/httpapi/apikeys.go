@@ -158,6 +158,14 @@ func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) error {
 		if len(k.AllowedModels) > 0 {
 			changes["allowed_models"] = keybridge.Change{Old: nil, New: k.AllowedModels}
 		}
+		for name, n := range map[string]int64{"rate_limit_rpm": k.RateLimitRPM, "rate_limit_tpm": k.RateLimitTPM, "token_budget": k.TokenBudget} {
+			if n != 0 {
+				changes[name] = keybridge.Change{Old: nil, New: n}
+			}
+		}
+		if k.BudgetPeriod != "" {
+			changes["budget_period"] = keybridge.Change{Old: nil, New: string(k.BudgetPeriod)}
+		}
 		return audit.Record(ctx, tx, org.ID, "api_key.create", keyResource(k), changes)
 	})
 	if err != nil {

@@ -662,3 +662,25 @@ func TestKeyAuditKeepsEmptyPeriod(t *testing.T) {
 		t.Errorf("ai_key.create budget_period change = %#v (recorded: %t), want none to \"\"", c, ok)
 	}
 }
+
+// A platform key's create event records the limits it was made with, as
+// an AI key's does.
+func TestKeyCreateAuditRecordsLimits(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	resp, body := e.do("POST", "/api/v1/api-keys", e.OwnerKey, `{"name":"limited","permissions":["gateway:invoke"],"rate_limit_rpm":5,"token_budget":100,"budget_period":"day"}`)
+	wantStatus(t, resp, body, http.StatusCreated)
+	id := decodeAs[keyJSON](t, body).ID
+	events, _, err := e.Store.ListAuditEvents(context.Background(), store.AuditFilter{OrgID: e.Org.ID, ResourceID: id}, store.Page{Limit: store.MaxLimit})
+	if err != nil || len(events) != 1 || events[0].Action != "api_key.create" {
+		t.Fatalf("ListAuditEvents = %+v, %v; want the key's create", events, err)
+	}
+	ch := events[0].Changes
+	for name, want := range map[string]any{"rate_limit_rpm": 5.0, "token_budget": 100.0, "budget_period": "day"} {
+		if c, ok := ch[name]; !ok || c.Old != nil || fmt.Sprint(c.New) != fmt.Sprint(want) {
+			t.Errorf("api_key.create %s change = %#v (recorded: %t), want none to %v", name, c, ok, want)
+		}
+	}
+	if _, ok := ch["rate_limit_tpm"]; ok {
+		t.Errorf("api_key.create records rate_limit_tpm, which the key does not have")
+	}
+}
