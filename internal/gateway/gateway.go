@@ -710,6 +710,9 @@ func (g *Gateway) putBody(bp *[]byte) {
 // fail answers e unless the client is gone or the answer has begun.
 func (x *exchange) fail(e *gwError) {
 	x.status, x.errCode = e.status, e.code
+	// A refused stream request is recorded as one: whether a request is
+	// a stream is what it asked for.
+	x.stream = x.stream || x.body != nil && x.streamingRequest()
 	if x.clientGone || x.r.Context().Err() != nil {
 		x.clientGone = true
 		return

@@ -198,3 +198,25 @@ func TestStreamIsWhatTheRequestAskedFor(t *testing.T) {
 		}
 	}
 }
+
+// A stream request the gateway refuses itself is recorded as a stream
+// too: whether a request is one is what it asked for.
+func TestRefusedStreamIsAStream(t *testing.T) {
+	e, rows, _ := newRowEnv(t, gateway.Options{})
+	name, _ := e.provider(faultProviders[0], rawJSON(200, `{}`))
+	key := restrictedKey(e.env, "gpt-allowed")
+	for _, body := range []string{`{"model":"gpt-refused","stream":true,"messages":[]}`, `{"model":"gpt-refused-too","messages":[]}`} {
+		if resp, b := e.do(e.post("/gateway/"+name+"/chat/completions", key, body)); resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s: = %d %s, want 403", body, resp.StatusCode, b)
+		}
+	}
+	byModel := map[string]keybridge.Usage{}
+	for _, r := range rows.wait(t, 2) {
+		byModel[r.Model] = r
+	}
+	for model, want := range map[string]bool{"gpt-refused": true, "gpt-refused-too": false} {
+		if r, ok := byModel[model]; !ok || r.Stream != want || r.Status != http.StatusForbidden {
+			t.Errorf("row of %s: %+v, want status 403 and stream=%v", model, r, want)
+		}
+	}
+}
