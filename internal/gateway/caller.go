@@ -44,21 +44,23 @@ func callerToken(r *http.Request, queryKey string) (token string, sigv4 bool) {
 	return queryKey, false
 }
 
-// splitKeyParam removes the key parameter from a raw query, keeping every
-// other byte as sent, and returns its unescaped value.
+// splitKeyParam removes every key parameter from a raw query, keeping
+// every other byte as sent, and returns the first one's unescaped value.
+// A name is read as the provider reads it: "%6Bey" is "key".
 func splitKeyParam(raw string) (rest, key string) {
-	if !strings.Contains(raw, "key=") {
+	if !strings.Contains(raw, "key") && !strings.Contains(raw, "%") {
 		return raw, ""
 	}
 	var b strings.Builder
 	for part := range strings.SplitSeq(raw, "&") {
-		if v, ok := strings.CutPrefix(part, "key="); ok {
+		name, v, _ := strings.Cut(part, "=")
+		if name != "key" && strings.IndexByte(name, '%') >= 0 {
+			name, _ = url.QueryUnescape(name)
+		}
+		if name == "key" {
 			if u, err := url.QueryUnescape(v); err == nil && key == "" {
 				key = u
 			}
-			continue
-		}
-		if part == "key" {
 			continue
 		}
 		if b.Len() > 0 {

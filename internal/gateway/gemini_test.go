@@ -238,6 +238,10 @@ func TestGeminiKeyInQuery(t *testing.T) {
 		{"?key=" + g.OwnerKey + "&alt=sse", "?alt=sse"},
 		{"?alt=sse&key=" + g.OwnerKey + "&x=a%2Fb+c", "?alt=sse&x=a%2Fb+c"},
 		{"?key=" + g.OwnerKey, ""},
+		// The name spelled as the provider reads it, and every copy.
+		{"?%6Bey=" + g.OwnerKey + "&alt=sse", "?alt=sse"},
+		{"?alt=sse&k%65y=" + g.OwnerKey, "?alt=sse"},
+		{"?key=" + g.OwnerKey + "&%6B%65%79=" + g.OwnerKey + "&key", ""},
 	} {
 		req := g.post("/gateway/gem/v1beta/models/"+gemModel+":streamGenerateContent"+tc.query, "", body)
 		resp, got := g.do(req)
