@@ -437,16 +437,20 @@ func (x *exchange) forwarded(name string, connection []string) bool {
 // would reach the provider.
 const keyProtocol = "openai-insecure-api-key."
 
+// isKeyProtocol reports whether a WebSocket subprotocol carries a key:
+// keyProtocol's, its prefix in any letter case, or a Keybridge key sent
+// as a subprotocol of its own.
+func isKeyProtocol(p string) bool {
+	return hasPrefixFold(p, keyProtocol) || strings.HasPrefix(p, "kb_") || strings.HasPrefix(p, "kbs_")
+}
+
 // withoutKeyProtocols is a Sec-WebSocket-Protocol value without the
 // subprotocols that carry a key. The gateway's own credential goes in
 // its header; a caller's key never passes.
 func withoutKeyProtocols(v string) string {
-	if !strings.Contains(v, keyProtocol) {
-		return v
-	}
 	var kept []string
 	for p := range strings.SplitSeq(v, ",") {
-		if p = strings.TrimSpace(p); p != "" && !strings.HasPrefix(p, keyProtocol) {
+		if p = strings.TrimSpace(p); p != "" && !isKeyProtocol(p) {
 			kept = append(kept, p)
 		}
 	}

@@ -482,16 +482,16 @@ func redactHeaders(h http.Header) map[string]string {
 	return out
 }
 
-// redactKeyProtocols is a Sec-WebSocket-Protocol value with the key of
-// each subprotocol that carries one (keyProtocol) redacted.
+// redactKeyProtocols is a Sec-WebSocket-Protocol value with each
+// subprotocol that carries a key (isKeyProtocol) redacted.
 func redactKeyProtocols(v string) string {
-	if !strings.Contains(v, keyProtocol) {
-		return v
-	}
 	ps := strings.Split(v, ",")
 	for i, p := range ps {
-		if p = strings.TrimSpace(p); strings.HasPrefix(p, keyProtocol) {
+		switch p = strings.TrimSpace(p); {
+		case hasPrefixFold(p, keyProtocol):
 			p = keyProtocol + keybridge.Redacted
+		case isKeyProtocol(p):
+			p = keybridge.Redacted
 		}
 		ps[i] = p
 	}

@@ -94,13 +94,13 @@ func TestDebugLogRedactsKeyProtocols(t *testing.T) {
 	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
 	e.addKey("oai", canary(t, "sk-"), 0)
 	req := e.post("/gateway/oai/chat/completions", e.OwnerKey, `{"model":"gpt"}`)
-	req.Header.Set("Sec-WebSocket-Protocol", "realtime, openai-insecure-api-key."+e.OwnerKey+", openai-beta.realtime-v1")
+	req.Header.Set("Sec-WebSocket-Protocol", "realtime, OpenAI-Insecure-API-Key."+e.OwnerKey+", openai-beta.realtime-v1, "+e.OwnerKey)
 	if resp, body := e.do(req); resp.StatusCode != 200 {
 		t.Fatalf("= %d %s", resp.StatusCode, body)
 	}
 	logs := e.waitLog(1)
 	noCanary(t, e.OwnerKey, logs)
-	if !strings.Contains(logs, `"Sec-Websocket-Protocol":"realtime, openai-insecure-api-key.[redacted], openai-beta.realtime-v1"`) {
+	if !strings.Contains(logs, `"Sec-Websocket-Protocol":"realtime, openai-insecure-api-key.[redacted], openai-beta.realtime-v1, [redacted]"`) {
 		t.Errorf("debug log line does not show the protocols redacted:\n%s", logs)
 	}
 }

@@ -289,15 +289,17 @@ func TestWebSocketEndsAtItsKeysLimit(t *testing.T) {
 func newEnvT(t *testing.T) *env { return newEnv(t) }
 
 // A key a browser-style client puts in a WebSocket subprotocol
-// ("openai-insecure-api-key.<key>") never reaches the provider; the
-// other subprotocols pass as sent.
+// ("openai-insecure-api-key.<key>", in any letter case, or a Keybridge
+// key alone) never reaches the provider; the other subprotocols pass as
+// sent.
 func TestWebSocketKeySubprotocolStaysBehind(t *testing.T) {
 	e := newEnv(t)
 	mock, _ := oaUpstream(t, e, "oai", "openai", "/v1", nil)
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+e.OwnerKey)
 	conn, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(e.URL, "http")+"/gateway/oai/responses",
-		&websocket.DialOptions{HTTPHeader: h, Subprotocols: []string{"realtime", "openai-insecure-api-key." + e.OwnerKey, "openai-beta.realtime-v1"}})
+		&websocket.DialOptions{HTTPHeader: h, Subprotocols: []string{"realtime", "openai-insecure-api-key." + e.OwnerKey, "openai-beta.realtime-v1",
+			"OpenAI-Insecure-API-Key." + e.OwnerKey, e.OwnerKey}})
 	if err != nil {
 		t.Fatalf("upgrade: %v", err)
 	}
