@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"hash/maphash"
+	"math"
 	"sync"
 	"time"
 
@@ -28,6 +29,9 @@ import (
 //     so a request is admitted however large its reservation: a declared
 //     output cap above TPM must not lock a key out for good. Concurrent
 //     requests therefore overshoot by at most their own reservations.
+//   - A reservation is at most the key's tightest token limit (see
+//     reservation): a cap above it holds the key at its limit while the
+//     request runs, as the limit itself would, and no more.
 //   - Retry-After is the wait until the key is below every limit it is at:
 //     for RPM and TPM until enough of the window's entries leave it, for
 //     the budget until the period ends. When only unsettled reservations
@@ -43,7 +47,44 @@ const (
 	// idleSweep is how often each shard of the in-process counters drops
 	// the keys that have nothing left to count.
 	idleSweep = time.Minute
+
+	// maxTokens bounds one count of tokens: a reservation, or what one
+	// answer reported. No real request comes near it (2^40, over a
+	// trillion tokens), and under it the counts and their sums that the
+	// Redis scripts make stay integers that Lua's numbers (doubles) hold
+	// exactly.
+	maxTokens = 1 << 40
+	// maxLimit bounds a limit as counted: a larger one counts as this
+	// (2^50 tokens or requests: never reached), for the same reason.
+	maxLimit = 1 << 50
 )
+
+// reservation is what a request that declares cap reserves under lim:
+// the cap, but at most the key's tightest token limit. A larger one could
+// hold the key no further past its limit than the limit itself does, and
+// an unbounded one would overflow the counters that add it.
+func reservation(lim keybridge.Limits, cap int64) int64 {
+	r := min(max(cap, 0), maxTokens)
+	if lim.RateLimitTPM > 0 {
+		r = min(r, lim.RateLimitTPM)
+	}
+	if hasBudget(lim) {
+		r = min(r, lim.TokenBudget)
+	}
+	return r
+}
+
+// counted is what one answer's tokens count: used, at most maxTokens.
+func counted(used int64) int64 { return min(max(used, 0), maxTokens) }
+
+// addSat is a+b for counts (a, b >= 0), at most math.MaxInt64: counts
+// that saturate hold a key at its limits rather than wrap below them.
+func addSat(a, b int64) int64 {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
+}
 
 // limiter enforces a key's keybridge.Limits (RateLimitRPM, RateLimitTPM,
 // TokenBudget with BudgetPeriod).
@@ -297,14 +338,14 @@ func (l *memLimiter) admit(_ context.Context, keyID string, lim keybridge.Limits
 	if !limited {
 		return ticket{}, unlimited, nil
 	}
-	reserve = max(reserve, 0)
+	reserve = reservation(lim, reserve)
 	ms := now.UnixMilli()
 	from := ms - windowMs
 	s := l.shard(keyID)
 	var t tally
 	s.mu.Lock()
 	k := s.counts(keyID, ms)
-	if n := lim.RateLimitRPM; n > 0 {
+	if n := min(lim.RateLimitRPM, maxLimit); n > 0 {
 		k.rpm.trim(from)
 		t.rpm = k.rpm.sum
 		if t.rpm >= n {
@@ -312,9 +353,9 @@ func (l *memLimiter) admit(_ context.Context, keyID string, lim keybridge.Limits
 			t.rpmWait = w
 		}
 	}
-	if n := lim.RateLimitTPM; n > 0 {
+	if n := min(lim.RateLimitTPM, maxLimit); n > 0 {
 		k.tpm.trim(from)
-		t.tpm = k.tpm.sum + k.pending
+		t.tpm = addSat(k.tpm.sum, k.pending)
 		if t.tpm >= n {
 			w, ok := k.tpm.wait(t.tpm-n+1, ms)
 			if !ok {
@@ -324,11 +365,12 @@ func (l *memLimiter) admit(_ context.Context, keyID string, lim keybridge.Limits
 		}
 	}
 	if hasBudget(lim) {
+		n := min(lim.TokenBudget, maxLimit)
 		used := k.budget(ms, lim.BudgetPeriod)
-		t.bud = used + k.pending
-		if t.bud >= lim.TokenBudget {
+		t.bud = addSat(used, k.pending)
+		if t.bud >= n {
 			t.budWait = time.Duration(k.budEnd-ms) * time.Millisecond
-			if used < lim.TokenBudget {
+			if used < n {
 				t.budWait = min(t.budWait, pendingRetry)
 			}
 		}
@@ -340,10 +382,10 @@ func (l *memLimiter) admit(_ context.Context, keyID string, lim keybridge.Limits
 			t.rpm++
 		}
 		if tokens {
-			k.pending += reserve
+			k.pending = addSat(k.pending, reserve)
 			k.open++
-			t.tpm += reserve
-			t.bud += reserve
+			t.tpm = addSat(t.tpm, reserve)
+			t.bud = addSat(t.bud, reserve)
 		}
 	}
 	s.mu.Unlock()
@@ -366,7 +408,7 @@ func (l *memLimiter) settle(_ context.Context, t ticket, used int64, now time.Ti
 	if t.keyID == "" {
 		return nil
 	}
-	ms := now.UnixMilli()
+	ms, used := now.UnixMilli(), counted(used)
 	s := l.shard(t.keyID)
 	s.mu.Lock()
 	k := s.counts(t.keyID, ms)
@@ -383,7 +425,7 @@ func (l *memLimiter) settle(_ context.Context, t ticket, used int64, now time.Ti
 		}
 		if t.budget != "" {
 			k.budget(ms, t.budget)
-			k.budUsed += used
+			k.budUsed = addSat(k.budUsed, used)
 		}
 	}
 	s.mu.Unlock()
@@ -421,11 +463,11 @@ func (w *window) trim(from int64) {
 // newest entry: it leaves the window later, which errs toward the limit.
 func (w *window) add(ms, n int64) {
 	if last := len(w.e) - 1; last >= w.head && w.e[last].at >= ms {
-		w.e[last].n += n
+		w.e[last].n = addSat(w.e[last].n, n)
 	} else {
 		w.e = append(w.e, windowEntry{ms, n})
 	}
-	w.sum += n
+	w.sum = addSat(w.sum, n)
 }
 
 // wait returns how long from ms until the oldest entries holding need

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -86,6 +87,12 @@ func checkRetryAfter(t *testing.T, h http.Header, lo, hi int) {
 // counters are per key ID, so runs on one Redis never meet.
 func limitEnv(t *testing.T) *env {
 	t.Helper()
+	return limitEnvPolicy(t, gateway.LimitsLocal)
+}
+
+// limitEnvPolicy is limitEnv with whenDown as --limits-when-redis-down.
+func limitEnvPolicy(t *testing.T, whenDown string) *env {
+	t.Helper()
 	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
 	if url == "" {
 		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
@@ -96,7 +103,7 @@ func limitEnv(t *testing.T) *env {
 	}
 	rdb := redis.NewClient(opt)
 	t.Cleanup(func() { rdb.Close() })
-	return newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{Redis: rdb}})
+	return newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{Redis: rdb, LimitsWhenRedisDown: whenDown}})
 }
 
 // unreachableRedis is a client of a port nothing listens on.
@@ -468,4 +475,81 @@ func TestLimitsWhenRedisDown(t *testing.T) {
 			Redis: unreachableRedis(t), LimitsWhenRedisDown: gateway.LimitsLocal}})
 		checkRPM(t, e, 2)
 	})
+}
+
+// A declared output cap far above the key's limits reserves the tightest
+// of them and no more: while that request runs the key is at its limit,
+// and once it ends its tokens count as any others. Neither an overflow
+// in process nor a number Redis's scripts cannot take switches the
+// limits off or passes for an outage (the Redis runs refuse while Redis
+// is down, so an outage would answer 503).
+func TestLimitHugeOutputCap(t *testing.T) {
+	checkHugeCap(t, newEnv(t))
+}
+
+func checkHugeCap(t *testing.T, e *env) {
+	t.Helper()
+	ctx := context.Background()
+	mock, _ := oaUpstream(t, e, "oa", "openai", "/v1", nil)
+	mock.Usage = providertest.Usage{Input: 100, Output: 50} // 150 tokens an answer
+	withCap := func(n int64) openai.ChatCompletionNewParams {
+		p := oaChat()
+		p.MaxTokens = openai.Int(n)
+		return p
+	}
+	logged := 0
+	for _, huge := range []int64{math.MaxInt64, 1e17, 1e14} {
+		_, key := limitKey(e, map[string]any{"rate_limit_tpm": 1000, "token_budget": 5000, "budget_period": "month"})
+		c := oaClient(e, "oa", key)
+		// 150 tokens are counted already.
+		if _, err := c.Chat.Completions.New(ctx, oaChat()); err != nil {
+			t.Fatal(err)
+		}
+		logged++
+		e.waitLog(logged)
+		// The huge request is held until the others have been tried.
+		seen := len(mock.Requests())
+		mock.Fault("", providertest.Fault{StallBefore: 300 * time.Millisecond, Times: 1})
+		done := make(chan http.Header, 1)
+		go func() {
+			var resp *http.Response
+			if _, err := c.Chat.Completions.New(ctx, withCap(huge), option.WithResponseInto(&resp)); err != nil {
+				t.Errorf("max_tokens %d: %v", huge, err)
+				done <- nil
+				return
+			}
+			done <- resp.Header
+		}()
+		for deadline := time.Now().Add(5 * time.Second); len(mock.Requests()) == seen; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("max_tokens %d never reached the provider", huge)
+			}
+		}
+		// It reserved the whole minute: the key is at its limit until it ends.
+		for range 3 {
+			_, err := c.Chat.Completions.New(ctx, withCap(900))
+			apiErr := checkOAError(t, err, http.StatusTooManyRequests, keybridge.ERateLimited, "rate_limit_error", "limit of 1000 tokens per minute")
+			checkHeader(t, apiErr.Response.Header, "X-Ratelimit-Remaining-Tokens", "0")
+			checkHeader(t, apiErr.Response.Header, "Retry-After", "1")
+		}
+		h := <-done
+		if h == nil {
+			t.FailNow()
+		}
+		checkHeader(t, h, "X-Ratelimit-Limit-Tokens", "1000")
+		checkHeader(t, h, "X-Ratelimit-Remaining-Tokens", "0")
+		logged += 4
+		e.waitLog(logged)
+		// It settled its 150 tokens: 700 of the minute are left, and a
+		// request reserving 500 leaves 200.
+		var resp *http.Response
+		if _, err := c.Chat.Completions.New(ctx, withCap(500), option.WithResponseInto(&resp)); err != nil {
+			t.Fatalf("after max_tokens %d ended: %v", huge, err)
+		}
+		checkHeader(t, resp.Header, "X-Ratelimit-Remaining-Tokens", "200")
+		logged++
+		if t.Failed() {
+			t.Fatalf("max_tokens %d: see above", huge)
+		}
+	}
 }
