@@ -1017,3 +1017,63 @@ func TestRedisBudgetKeyCache(t *testing.T) {
 		}
 	}
 }
+
+// Counts at the bounds, in Redis: a reservation and settlements of
+// maxTokens each, many in one millisecond (one TPM entry for all of
+// them, past 1e14), under limits of maxLimit and more. Every entry the
+// scripts write names its count in digits, and the sums agree with the
+// entries, so the window counts down exactly as they leave it.
+func TestRedisCountsAtTheBounds(t *testing.T) {
+	rdb := needRedis(t)
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+	id, ctx := newKeyID(), context.Background()
+	lim := keybridge.Limits{RateLimitRPM: math.MaxInt64, RateLimitTPM: math.MaxInt64, TokenBudget: maxLimit, BudgetPeriod: keybridge.BudgetMonth}
+	const n = 200
+	var tks []ticket
+	for range n {
+		tk, d := mustAdmit(t, l, id, lim, math.MaxInt64, t0)
+		if !d.ok || tk.reserved != maxTokens {
+			t.Fatalf("admit = %+v, %+v; want ok, reserving %d", d, tk, int64(maxTokens))
+		}
+		tks = append(tks, tk)
+	}
+	l.async.Store(true) // the settlements queue, to go in one call
+	for _, tk := range tks {
+		if err := l.settle(ctx, tk, math.MaxInt64, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.async.Store(false)
+	l.expire(math.MaxInt64)
+	l.flush(ctx)
+	if l.down.Load() || counterValue(t, l.m.redisDown) != 0 {
+		t.Fatal("Redis taken for down")
+	}
+	k := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)
+	sumOf := func(log string) int64 {
+		var sum int64
+		for _, m := range rdb.ZRange(ctx, log, 0, -1).Val() {
+			c, err := strconv.ParseInt(m[strings.LastIndexByte(m, ':')+1:], 10, 64)
+			if err != nil {
+				t.Errorf("%s holds %q, not a count in digits", log, m)
+			}
+			sum += c
+		}
+		return sum
+	}
+	want := strconv.FormatInt(n*maxTokens, 10)
+	if got, entries := rdb.Get(ctx, k[2]).Val(), sumOf(k[1]); got != want || strconv.FormatInt(entries, 10) != want {
+		t.Errorf("TPM sum %s, its entries %d; want %s", got, entries, want)
+	}
+	if got := rdb.Get(ctx, k[6]).Val(); got != want {
+		t.Errorf("budget used %s, want %s", got, want)
+	}
+	if got := rdb.ZCard(ctx, k[3]).Val(); got != 0 {
+		t.Errorf("%d reservations left, want none", got)
+	}
+	// The sum is made again from the entries when it is gone.
+	rdb.Del(ctx, k[2])
+	if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(time.Second)); !d.ok || d.tokRemaining != maxLimit-n*maxTokens {
+		t.Errorf("admit with the sum made again = %+v, want %d tokens remaining", d, int64(maxLimit-n*maxTokens))
+	}
+}

@@ -158,6 +158,11 @@ func (l *redisLimiter) collectors() []prometheus.Collector {
 // expires at), 5 their sum, 6 sequence, 7 the budget of the current
 // period, 8 RPM sum. A lease's members are named L<seq>.
 var limitLua = `
+-- int is the decimal text of the integer n. Lua's own text of a number
+-- (tostring, ..) has 14 significant digits, so 1e14 and up would come
+-- out as 1e+14 (which num reads as 1, and INCRBY refuses), and Redis's
+-- text of a number argument is its own: counts are passed as int(n).
+local function int(n) return string.format('%d', n) end
 -- num is an entry's count: what follows its last colon (1 for an RPM
 -- entry written before the log kept counts).
 local function num(m) return tonumber(string.match(m, ':(%d+)$')) or 1 end
@@ -173,19 +178,19 @@ local function trim(log, sumKey, cut)
   if redis.call('EXISTS', sumKey) == 0 then
     local n = 0
     for _, m in ipairs(redis.call('ZRANGE', log, 0, -1)) do n = n + num(m) end
-    redis.call('SET', sumKey, n, 'PX', math.max(redis.call('PTTL', log), 1))
+    redis.call('SET', sumKey, int(n), 'PX', math.max(redis.call('PTTL', log), 1))
     return n
   end
   if #old == 0 then return tonumber(redis.call('GET', sumKey)) end
   local n = 0
   for _, m in ipairs(old) do n = n + num(m) end
-  return redis.call('DECRBY', sumKey, n)
+  return redis.call('DECRBY', sumKey, int(n))
 end
 -- add counts n at score ms in log as member id, with sumKey its sum, both
 -- kept ttl ms.
 local function add(log, sumKey, ms, id, n, ttl)
-  if redis.call('ZADD', log, ms, id .. ':' .. n) == 1 then
-    redis.call('INCRBY', sumKey, n)
+  if redis.call('ZADD', log, ms, id .. ':' .. int(n)) == 1 then
+    redis.call('INCRBY', sumKey, int(n))
   end
   redis.call('PEXPIRE', log, ttl)
   redis.call('PEXPIRE', sumKey, ttl)
@@ -206,8 +211,8 @@ local function wait(log, need, now, dflt)
 end
 -- unreserve drops the reservation of res tokens named id.
 local function unreserve(id, res)
-  if res > 0 and redis.call('ZREM', KEYS[4], id .. ':' .. res) == 1 then
-    if redis.call('DECRBY', KEYS[5], res) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
+  if res > 0 and redis.call('ZREM', KEYS[4], id .. ':' .. int(res)) == 1 then
+    if redis.call('DECRBY', KEYS[5], int(res)) <= 0 or redis.call('EXISTS', KEYS[4]) == 0 then
       redis.call('DEL', KEYS[5])
     end
   end
@@ -231,7 +236,7 @@ local function apply(i)
         add(KEYS[2], KEYS[3], ms, seq, used, 60000)
       end
       if tonumber(ARGV[i + 5]) > 0 then
-        redis.call('INCRBY', KEYS[7], used)
+        redis.call('INCRBY', KEYS[7], int(used))
         redis.call('PEXPIRE', KEYS[7], ARGV[i + 5])
       end
     end
@@ -243,8 +248,8 @@ local function apply(i)
     local id, granted, k = 'L' .. ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3])
     -- The slots leave the log; the used ones come back at the times
     -- they were used (unless the lease's entry left the window already).
-    if granted > 0 and redis.call('ZREM', KEYS[1], id .. ':' .. granted) == 1 then
-      redis.call('DECRBY', KEYS[8], granted)
+    if granted > 0 and redis.call('ZREM', KEYS[1], id .. ':' .. int(granted)) == 1 then
+      redis.call('DECRBY', KEYS[8], int(granted))
       for j = 0, k - 1 do
         local ms = ARGV[i + 4 + 2 * j]
         add(KEYS[1], KEYS[8], ms, id .. '.' .. ms, tonumber(ARGV[i + 5 + 2 * j]), ` + rpmTTL + `)
@@ -380,12 +385,14 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	if !limited {
 		return ticket{}, unlimited, nil
 	}
-	reserve = max(reserve, 0)
+	// Every number the scripts see is an integer under 2^53, which Lua's
+	// numbers hold exactly.
+	reserve = reservation(lim, reserve)
 	ms := now.UnixMilli()
 	var bud, budLeft int64
 	var p keybridge.BudgetPeriod
 	if hasBudget(lim) {
-		bud, p = lim.TokenBudget, lim.BudgetPeriod
+		bud, p = min(lim.TokenBudget, maxLimit), lim.BudgetPeriod
 	}
 	if t, d, ok := l.fromLease(keyID, lim, reserve, ms, p); ok {
 		return t, d, nil
@@ -403,7 +410,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		asks = "1"
 	}
 	args := append(make([]any, 0, 14+6*len(carried)+4*len(returns)),
-		ms, max(lim.RateLimitRPM, 0), max(lim.RateLimitTPM, 0), bud, reserve, budLeft,
+		ms, min(max(lim.RateLimitRPM, 0), maxLimit), min(max(lim.RateLimitTPM, 0), maxLimit), bud, reserve, budLeft,
 		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), asks, want.slots, want.tokens, ms+leaseTTL.Milliseconds())
 	r, err := admitScript.Run(ctx, l.rdb, keys, appendDebts(args, carried, returns)...).Int64Slice()
 	if err == nil && len(r) != 11 {
@@ -450,7 +457,7 @@ func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now tim
 	}
 	ms := now.UnixMilli()
 	bk, end := l.budgetKey(t.keyID, ms, t.budget)
-	o := owed{seq: t.seq, reserved: t.reserved, used: max(used, 0), ms: ms, tpm: t.tpm, period: t.budget, budget: bk}
+	o := owed{seq: t.seq, reserved: t.reserved, used: counted(used), ms: ms, tpm: t.tpm, period: t.budget, budget: bk}
 	if t.budget != "" {
 		o.budTTL = end - ms + budgetSlack
 	}

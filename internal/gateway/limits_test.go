@@ -487,6 +487,10 @@ func TestLimitHugeOutputCap(t *testing.T) {
 	checkHugeCap(t, newEnv(t))
 }
 
+func TestLimitHugeOutputCapRedis(t *testing.T) {
+	checkHugeCap(t, limitEnvPolicy(t, gateway.LimitsRefuse))
+}
+
 func checkHugeCap(t *testing.T, e *env) {
 	t.Helper()
 	ctx := context.Background()
