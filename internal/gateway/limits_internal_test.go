@@ -1077,3 +1077,24 @@ func TestRedisCountsAtTheBounds(t *testing.T) {
 		t.Errorf("admit with the sum made again = %+v, want %d tokens remaining", d, int64(maxLimit-n*maxTokens))
 	}
 }
+
+// A script that fails on an answering Redis (here a key of the wrong
+// type where a counter should be) fails its request, and is no outage:
+// not counted, not logged as one, and not answered 503 by "refuse".
+func TestRedisScriptErrorIsNoOutage(t *testing.T) {
+	rdb := needRedis(t)
+	var warns atomic.Int64
+	log := slog.New(logCount{slog.NewTextHandler(&bytes.Buffer{}, nil), &warns})
+	l, _ := newRedisLimiter(rdb, LimitsRefuse, log)
+	id, ctx := newKeyID(), context.Background()
+	k := limitKeys(id, t0.UnixMilli(), "")
+	rdb.Set(ctx, k[3], "not a sorted set", time.Minute)
+	_, _, err := l.admit(ctx, id, keybridge.Limits{RateLimitTPM: 1000}, 10, t0)
+	if err == nil || errors.Is(err, errLimitsDown) {
+		t.Errorf("admit = %v, want the script's error, not errLimitsDown", err)
+	}
+	if l.down.Load() || counterValue(t, l.m.redisDown) != 0 || counterValue(t, l.m.redisOutage) != 0 || warns.Load() != 0 {
+		t.Errorf("down %v, down counter %v, outage gauge %v, %d warnings: want no outage", l.down.Load(),
+			counterValue(t, l.m.redisDown), counterValue(t, l.m.redisOutage), warns.Load())
+	}
+}

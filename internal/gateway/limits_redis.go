@@ -414,7 +414,13 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), asks, want.slots, want.tokens, ms+leaseTTL.Milliseconds())
 	r, err := admitScript.Run(ctx, l.rdb, keys, appendDebts(args, carried, returns)...).Int64Slice()
 	if err == nil && len(r) != 11 {
-		err = fmt.Errorf("admit script answered %d values, want 11", len(r))
+		return ticket{}, decision{}, fmt.Errorf("count request in redis: the admit script answered %d values, want 11", len(r))
+	}
+	if err != nil && !unavailable(err) {
+		// Redis is up and ran the script, which failed: what it applied
+		// of the carried settlements stays applied, and sent again they
+		// could count twice (or fail again).
+		return ticket{}, decision{}, fmt.Errorf("count request in redis: %w", err)
 	}
 	if err != nil {
 		l.settleLocally(ctx, keyID, carried)
@@ -511,6 +517,9 @@ func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os
 	if err == nil {
 		l.reachable(ctx)
 		return nil
+	}
+	if !unavailable(err) {
+		return fmt.Errorf("settle request in redis: %w", err) // as in admit
 	}
 	l.settleLocally(ctx, keyID, os)
 	l.returnLater(keyID, rs)
@@ -710,6 +719,23 @@ func (l *redisLimiter) flush(ctx context.Context) {
 	for keyID := range returns {
 		sendBatch(keyID, budgetKey(keyID, 0, ""), nil)
 	}
+}
+
+// unavailable reports whether err, from a script call, means that Redis
+// cannot serve the limits now: no answer (refused, reset, timed out), or
+// an answer saying it cannot (loading, busy, read-only, out of memory, no
+// access). Any other answer is Redis running the script and the script
+// failing, which is no outage: counting such requests in this process, or
+// ending the leases, would not help, and its error is the request's.
+func unavailable(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return true
+	}
+	return redis.IsLoadingError(err) || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
+		redis.IsTryAgainError(err) || redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) ||
+		redis.IsOOMError(err) || redis.IsAuthError(err) || redis.IsPermissionError(err) ||
+		redis.HasErrorPrefix(err, "BUSY") || redis.HasErrorPrefix(err, "MISCONF")
 }
 
 // unreachable counts a call that failed, and logs the first of an outage.
