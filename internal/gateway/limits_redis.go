@@ -117,6 +117,9 @@ func (l *redisLimiter) budgetKey(keyID string, ms int64, p keybridge.BudgetPerio
 // admission to carry it to Redis.
 const settleDelay = 5 * time.Millisecond
 
+// redisCallTimeout bounds one script call, whoever waits for it.
+const redisCallTimeout = time.Second
+
 // owed is a settlement not yet in Redis.
 type owed struct {
 	// seq names the request in Redis: its admission's number, or for a
@@ -412,6 +415,12 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	args := append(make([]any, 0, 14+6*len(carried)+4*len(returns)),
 		ms, min(max(lim.RateLimitRPM, 0), maxLimit), min(max(lim.RateLimitTPM, 0), maxLimit), bud, reserve, budLeft,
 		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), asks, want.slots, want.tokens, ms+leaseTTL.Milliseconds())
+	// Once sent, the script counts the request and its reservation
+	// whether or not its caller still waits for the answer: a caller that
+	// leaves meanwhile must not leave them in Redis with no ticket to
+	// settle them, so the call is seen through, for at most its own time.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), redisCallTimeout)
+	defer cancel()
 	r, err := admitScript.Run(ctx, l.rdb, keys, appendDebts(args, carried, returns)...).Int64Slice()
 	if err == nil && len(r) != 11 {
 		return ticket{}, decision{}, fmt.Errorf("count request in redis: the admit script answered %d values, want 11", len(r))
@@ -425,10 +434,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	if err != nil {
 		l.settleLocally(ctx, keyID, carried)
 		l.returnLater(keyID, returns)
-		if ctx.Err() != nil {
-			return ticket{}, decision{}, fmt.Errorf("count request in redis: %w", ctx.Err())
-		}
-		l.unreachable(ctx, err)
+		l.unreachable(ctx, err) // no answer in redisCallTimeout is one too
 		if l.refuse {
 			return ticket{}, decision{}, fmt.Errorf("count request: %w: %w", errLimitsDown, err)
 		}
@@ -513,6 +519,8 @@ func (l *redisLimiter) owe(keyID string, os []owed, rs []leaseReturn) {
 // until the window passes its end.
 func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed, rs []leaseReturn) error {
 	args := append(make([]any, 0, 3+6*len(os)+4*len(rs)), reserveTTL.Milliseconds())
+	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
+	defer cancel()
 	err := settleScript.Run(ctx, l.rdb, keys, appendDebts(args, os, rs)...).Err()
 	if err == nil {
 		l.reachable(ctx)
@@ -523,9 +531,6 @@ func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os
 	}
 	l.settleLocally(ctx, keyID, os)
 	l.returnLater(keyID, rs)
-	if ctx.Err() != nil {
-		return fmt.Errorf("settle request in redis: %w", ctx.Err())
-	}
 	l.unreachable(ctx, err)
 	if l.refuse {
 		return fmt.Errorf("settle request: %w: %w", errLimitsDown, err)

@@ -557,3 +557,79 @@ func checkHugeCap(t *testing.T, e *env) {
 		}
 	}
 }
+
+// replyHeld holds the answers to limit scripts: each waits hold after
+// Redis ran it, and ends early with the context's error if the caller's
+// context ends meanwhile, as go-redis does when a context ends while it
+// waits for an answer (with ContextTimeoutEnabled, or between retries).
+type replyHeld struct {
+	hold time.Duration
+	ran  chan struct{} // one send per script that ran, if anyone listens
+}
+
+func (h replyHeld) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h replyHeld) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h replyHeld) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if cmd.Name() != "evalsha" && cmd.Name() != "eval" {
+			return err
+		}
+		select {
+		case h.ran <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			cmd.SetErr(ctx.Err())
+			return ctx.Err()
+		case <-time.After(h.hold):
+			return err
+		}
+	}
+}
+
+// A client that leaves while its admission is on its way to Redis leaves
+// nothing counted there: Redis counted the request and its reservation,
+// so the admission is seen through and the request settled.
+func TestLimitClientGoneDuringAdmission(t *testing.T) {
+	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
+	if url == "" {
+		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	held := replyHeld{hold: 300 * time.Millisecond, ran: make(chan struct{})}
+	rdb.AddHook(held)
+	e := newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{Redis: rdb}})
+	oaUpstream(t, e, "oa", "openai", "/v1", nil)
+	// A TPM of 150 and a cap of 100: too near the limit for a lease, so
+	// the request's own reservation is the only one.
+	keyID, key := limitKey(e, map[string]any{"rate_limit_tpm": 150})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-held.ran; cancel() }()
+	chat := oaChat()
+	chat.MaxTokens = openai.Int(100)
+	if _, err := oaClient(e, "oa", key).Chat.Completions.New(ctx, chat); !errors.Is(err, context.Canceled) {
+		t.Fatalf("request = %v, want it canceled", err)
+	}
+	res := "{kb:" + keyID + "}:res"
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		n, err := rdb.ZCard(context.Background(), res).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5 s after the client left, Redis holds reservations %v", rdb.ZRange(context.Background(), res, 0, -1).Val())
+		}
+	}
+}
