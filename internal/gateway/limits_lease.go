@@ -45,8 +45,9 @@ const (
 	leaseTTL      = time.Second
 	leaseMinSlots = 8
 	leaseMaxSlots = 256
-	// maxUnsent bounds the returns kept while Redis is down; past it
-	// they are dropped, and what they held in Redis expires there.
+	// maxUnsent bounds the keys whose returns (and, apart, whose
+	// un-reserves) are kept while Redis is down; past it they are
+	// dropped, and what they held in Redis expires there.
 	maxUnsent = 10000
 )
 
@@ -261,15 +262,43 @@ func (l *redisLimiter) returnLater(keyID string, rs []leaseReturn) {
 	l.mu.Unlock()
 }
 
-// retryReturns queues the returns that could not reach Redis once more.
+// unreserveLater keeps the reservations of settlements that could not
+// reach Redis for run to send again: an un-reserve names its reservation,
+// so sending it late, or twice, is harmless. Their tokens were counted in
+// this process instead.
+func (l *redisLimiter) unreserveLater(keyID string, os []owed) {
+	var un []owed
+	for _, o := range os {
+		if o.reserved > 0 {
+			un = append(un, owed{seq: o.seq, reserved: o.reserved, ms: o.ms, budget: budgetKey(keyID, 0, "")})
+		}
+	}
+	if len(un) == 0 {
+		return
+	}
+	l.mu.Lock()
+	if _, ok := l.unreserved[keyID]; ok || len(l.unreserved) < maxUnsent {
+		l.unreserved[keyID] = append(l.unreserved[keyID], un...)
+	}
+	l.mu.Unlock()
+}
+
+// retryReturns queues the returns and un-reserves that could not reach
+// Redis once more.
 func (l *redisLimiter) retryReturns() {
 	l.mu.Lock()
-	unsent := l.unsent
+	unsent, unreserved := l.unsent, l.unreserved
 	if len(unsent) > 0 {
 		l.unsent = map[string][]leaseReturn{}
+	}
+	if len(unreserved) > 0 {
+		l.unreserved = map[string][]owed{}
 	}
 	l.mu.Unlock()
 	for keyID, rs := range unsent {
 		l.owe(keyID, nil, rs)
+	}
+	for keyID, os := range unreserved {
+		l.owe(keyID, os, nil)
 	}
 }

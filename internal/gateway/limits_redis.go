@@ -60,9 +60,12 @@ type redisLimiter struct {
 	owed    map[string][]owed        // by key ID
 	returns map[string][]leaseReturn // by key ID
 	kick    chan struct{}
-	// unsent are lease returns that could not reach Redis, sent again
-	// once it answers (at most maxUnsent keys of them).
-	unsent map[string][]leaseReturn
+	// unsent are lease returns that could not reach Redis, and
+	// unreserved the reservations of settlements that could not (their
+	// tokens counted in process), sent again once it answers (at most
+	// maxUnsent keys of each).
+	unsent     map[string][]leaseReturn
+	unreserved map[string][]owed
 
 	// leases are the keys' current leases on this replica, by key ID.
 	lmu    sync.Mutex
@@ -144,7 +147,7 @@ func newRedisLimiter(rdb redis.Scripter, whenDown string, log *slog.Logger) (*re
 	m := newLimitMetrics()
 	return &redisLimiter{rdb: rdb, refuse: whenDown == LimitsRefuse, local: newMemLimiterMetrics(m), log: log, m: m,
 		owed: map[string][]owed{}, returns: map[string][]leaseReturn{}, kick: make(chan struct{}, 1),
-		unsent: map[string][]leaseReturn{},
+		unsent: map[string][]leaseReturn{}, unreserved: map[string][]owed{},
 		leases: map[string]*lease{}}, nil
 }
 
@@ -434,6 +437,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	if err != nil {
 		l.settleLocally(ctx, keyID, carried)
 		l.returnLater(keyID, returns)
+		l.unreserveLater(keyID, carried)
 		l.unreachable(ctx, err) // no answer in redisCallTimeout is one too
 		if l.refuse {
 			return ticket{}, decision{}, fmt.Errorf("count request: %w: %w", errLimitsDown, err)
@@ -514,9 +518,8 @@ func (l *redisLimiter) owe(keyID string, os []owed, rs []leaseReturn) {
 }
 
 // send writes a key's owed settlements and lease returns in one script
-// call. With Redis down the settlements count in this process; their
-// reservations stay in Redis until reserveTTL, and a lease's unused slots
-// until the window passes its end.
+// call. With Redis down the settlements count in this process, and their
+// reservations and the lease returns are sent again once it answers.
 func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed, rs []leaseReturn) error {
 	args := append(make([]any, 0, 3+6*len(os)+4*len(rs)), reserveTTL.Milliseconds())
 	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
@@ -531,6 +534,7 @@ func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os
 	}
 	l.settleLocally(ctx, keyID, os)
 	l.returnLater(keyID, rs)
+	l.unreserveLater(keyID, os)
 	l.unreachable(ctx, err)
 	if l.refuse {
 		return fmt.Errorf("settle request: %w: %w", errLimitsDown, err)
@@ -548,13 +552,23 @@ func (l *redisLimiter) settleLocally(ctx context.Context, keyID string, os []owe
 
 // take removes and returns what keyID owes into budget (the budget key of
 // the admission about to carry it; settlements into another period's
-// budget are left to run), and its lease returns.
+// budget are left to run), and its lease returns, with what of either
+// could not reach Redis before: the admission about to go must not find
+// the key held by what its own replica has given back.
 func (l *redisLimiter) take(keyID, budget string) ([]owed, []leaseReturn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	rs := l.returns[keyID]
 	if len(rs) > 0 {
 		delete(l.returns, keyID)
+	}
+	if u := l.unsent[keyID]; len(u) > 0 {
+		rs = append(rs, u...)
+		delete(l.unsent, keyID)
+	}
+	if u := l.unreserved[keyID]; len(u) > 0 {
+		l.owed[keyID] = append(l.owed[keyID], u...)
+		delete(l.unreserved, keyID)
 	}
 	os := l.owed[keyID]
 	if len(os) == 0 {
