@@ -272,10 +272,18 @@ type keyCounts struct {
 	open    int64  // tickets not yet settled: the key is in use
 	seen    int64  // ms of the last admission or settlement
 
-	budPeriod        keybridge.BudgetPeriod
-	budStart, budEnd int64 // ms
-	budUsed          int64 // tokens settled in [budStart, budEnd)
+	// day and month are the budgets of the current day and month, each
+	// kept whichever period the key's limits name now: a key switched to
+	// the other kind and back finds what it spent, as in Redis, which
+	// keeps a key per period.
+	day, month budgetCount
 }
+
+// budgetCount is the tokens settled in one period [start, end) (ms).
+type budgetCount struct{ start, end, used int64 }
+
+// spent reports whether b holds tokens of a period not ended at ms.
+func (b *budgetCount) spent(ms int64) bool { return b.used > 0 && b.end > ms }
 
 func newMemLimiter() *memLimiter { return newMemLimiterMetrics(newLimitMetrics()) }
 
@@ -316,21 +324,24 @@ func (s *limitShard) counts(keyID string, ms int64) *keyCounts {
 func (s *limitShard) sweep(ms int64) {
 	s.swept = ms
 	for id, k := range s.keys {
-		if k.open == 0 && k.seen <= ms-windowMs && (k.budUsed == 0 || k.budEnd <= ms) {
+		if k.open == 0 && k.seen <= ms-windowMs && !k.day.spent(ms) && !k.month.spent(ms) {
 			delete(s.keys, id)
 		}
 	}
 }
 
-// budget brings the key's budget to the period holding ms and returns
-// the tokens settled in it. A change of period kind starts afresh.
-func (k *keyCounts) budget(ms int64, p keybridge.BudgetPeriod) int64 {
-	if p != k.budPeriod || ms < k.budStart || ms >= k.budEnd {
-		k.budPeriod = p
-		k.budStart, k.budEnd = period(ms, p)
-		k.budUsed = 0
+// budget brings the key's budget of kind p to the period holding ms and
+// returns it.
+func (k *keyCounts) budget(ms int64, p keybridge.BudgetPeriod) *budgetCount {
+	b := &k.day
+	if p == keybridge.BudgetMonth {
+		b = &k.month
 	}
-	return k.budUsed
+	if ms < b.start || ms >= b.end {
+		b.start, b.end = period(ms, p)
+		b.used = 0
+	}
+	return b
 }
 
 func (l *memLimiter) admit(_ context.Context, keyID string, lim keybridge.Limits, reserve int64, now time.Time) (ticket, decision, error) {
@@ -366,10 +377,11 @@ func (l *memLimiter) admit(_ context.Context, keyID string, lim keybridge.Limits
 	}
 	if hasBudget(lim) {
 		n := min(lim.TokenBudget, maxLimit)
-		used := k.budget(ms, lim.BudgetPeriod)
+		b := k.budget(ms, lim.BudgetPeriod)
+		used := b.used
 		t.bud = addSat(used, k.pending)
 		if t.bud >= n {
-			t.budWait = time.Duration(k.budEnd-ms) * time.Millisecond
+			t.budWait = time.Duration(b.end-ms) * time.Millisecond
 			if used < n {
 				t.budWait = min(t.budWait, pendingRetry)
 			}
@@ -424,8 +436,8 @@ func (l *memLimiter) settle(_ context.Context, t ticket, used int64, now time.Ti
 			k.tpm.add(ms, used)
 		}
 		if t.budget != "" {
-			k.budget(ms, t.budget)
-			k.budUsed = addSat(k.budUsed, used)
+			b := k.budget(ms, t.budget)
+			b.used = addSat(b.used, used)
 		}
 	}
 	s.mu.Unlock()

@@ -220,6 +220,34 @@ func TestLimitBudgetDay(t *testing.T) {
 	}
 }
 
+// A key's budget_period switched to the other kind and back finds what
+// it spent in each period kept: switching does not start a budget afresh.
+func TestLimitBudgetPeriodSwitched(t *testing.T) {
+	for name, newL := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			l, id := newL(), newKeyID()
+			month := keybridge.Limits{TokenBudget: 500, BudgetPeriod: keybridge.BudgetMonth}
+			day := keybridge.Limits{TokenBudget: 500, BudgetPeriod: keybridge.BudgetDay}
+			at := time.Date(2026, 5, 4, 6, 0, 0, 0, time.UTC)
+			tk, _ := mustAdmit(t, l, id, month, 0, at)
+			l.settle(ctx, tk, 500, at)
+			tk, d := mustAdmit(t, l, id, day, 0, at.Add(time.Minute))
+			if !d.ok || d.tokRemaining != 500 {
+				t.Fatalf("switched to day = %+v, want ok with the day's whole budget", d)
+			}
+			l.settle(ctx, tk, 10, at.Add(time.Minute))
+			_, d = mustAdmit(t, l, id, month, 0, at.Add(2*time.Minute))
+			if d.ok || d.limit != limitBudget {
+				t.Errorf("switched back to month = %+v, want refused: the month's budget is spent", d)
+			}
+			if _, d = mustAdmit(t, l, id, day, 0, at.Add(3*time.Minute)); !d.ok || d.tokRemaining != 490 {
+				t.Errorf("switched to day again = %+v, want ok with 490 tokens remaining", d)
+			}
+		})
+	}
+}
+
 func TestLimitConcurrentBudgetOvershoot(t *testing.T) {
 	for name, newL := range limiters(t) {
 		t.Run(name, func(t *testing.T) {
