@@ -625,6 +625,18 @@ func ownRedis(t *testing.T, args ...string) (*redis.Client, *exec.Cmd, func() *e
 	return rdb, start(), start
 }
 
+// waitBack waits until l has found Redis back: its probe asks every
+// redisRetry at most.
+func waitBack(t *testing.T, l *redisLimiter) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); l.down.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis not found back 5 s after it started")
+		}
+		l.probeSoon()
+	}
+}
+
 func TestRedisLimiterServerStops(t *testing.T) {
 	rdb, srv, start := ownRedis(t)
 	ctx := context.Background()
@@ -649,6 +661,7 @@ func TestRedisLimiterServerStops(t *testing.T) {
 		t.Errorf("outage gauge = %v, want 1", got)
 	}
 	start()
+	waitBack(t, l)
 	// Back on Redis (fresh, it lost everything): the budget there is whole.
 	if tk, d := mustAdmit(t, l, "k", lim, 0, t0); !d.ok || tk.local {
 		t.Errorf("admit after restart = %+v, %+v; want ok on redis", d, tk)
@@ -935,6 +948,7 @@ func TestRedisLeaseReturnsWaitForRedis(t *testing.T) {
 		t.Fatalf("unsent %v, down %v: want the return kept while Redis is down", l.unsent, l.down.Load())
 	}
 	start()
+	waitBack(t, l)
 	// Redis answers: the key's admission carries the return.
 	if tk, d := mustAdmit(t, l, "k", bigLimits, 0, t0); !d.ok || tk.local {
 		t.Fatalf("admit once Redis is back = %+v, %+v; want ok in Redis", d, tk)
@@ -1157,11 +1171,59 @@ func TestRedisUnreserveWaitsForRedis(t *testing.T) {
 		t.Fatal("settling with Redis gone: not down")
 	}
 	start()
+	waitBack(t, l)
 	tk, d = mustAdmit(t, l, "k", lim, 0, t0.Add(2*time.Second))
 	if !d.ok || tk.local || d.tokRemaining != 1000 {
 		t.Errorf("admit once Redis is back = %+v, %+v; want ok in Redis with 1000 tokens remaining", d, tk)
 	}
 	if got := rdb.ZCard(ctx, limitKeys("k", 0, "")[3]).Val(); got != 0 {
 		t.Errorf("%d reservations left in Redis, want none", got)
+	}
+}
+
+// A Redis that takes connections and never answers costs one call its
+// timeout; from then on, while it is known down, admissions and
+// settlements do not wait on it, and a probe in the background asks it
+// again every redisRetry.
+func TestRedisDownIsNotWaitedOn(t *testing.T) {
+	hole, err := net.Listen("tcp", "127.0.0.1:0") // nothing reads what it takes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: hole.Addr().String(), MaxRetries: -1, DialerRetries: 1,
+		DialTimeout: 200 * time.Millisecond, ReadTimeout: 200 * time.Millisecond})
+	defer rdb.Close()
+	var calls atomic.Int64
+	rdb.AddHook(countHook{func(string) { calls.Add(1) }})
+	l, _ := newRedisLimiter(rdb, LimitsLocal, nil)
+	ctx := context.Background()
+	lim := keybridge.Limits{RateLimitRPM: 1000, RateLimitTPM: 100000}
+	start := time.Now()
+	if tk, d := mustAdmit(t, l, "k", lim, 10, t0); !d.ok || !tk.local || !l.down.Load() {
+		t.Fatalf("first admit = %+v, %+v, down %v; want ok locally, Redis down", d, tk, l.down.Load())
+	}
+	first := time.Since(start)
+	start = time.Now()
+	const n = 50
+	for range n {
+		tk, d := mustAdmit(t, l, "k", lim, 10, t0)
+		if !d.ok || !tk.local {
+			t.Fatalf("admit with Redis down = %+v, %+v; want ok locally", d, tk)
+		}
+		l.settle(ctx, tk, 5, t0)
+	}
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Errorf("%d admissions and settlements with Redis known down took %v (the first %v), want no wait on Redis", n, took, first)
+	}
+	// The probes: one call every redisRetry at most, none of them a
+	// request's.
+	time.Sleep(2 * redisRetry)
+	mustAdmit(t, l, "k", lim, 10, t0)
+	if got := calls.Load(); got > 4 {
+		t.Errorf("%d calls to Redis, want the first admission's and a probe or two", got)
+	}
+	if got := counterValue(t, l.m.redisDown); got != n+2 {
+		t.Errorf("redis down counter = %v, want %d: every admission made without Redis (local tickets settle locally)", got, n+2)
 	}
 }

@@ -49,7 +49,12 @@ type redisLimiter struct {
 	local  *memLimiter
 	log    *slog.Logger
 	m      *limitMetrics
-	down   atomic.Bool
+	// down is set from a call that found Redis unreachable until one
+	// finds it back. Meanwhile requests do not wait on Redis: a probe
+	// (probe) asks it, in the background, every redisRetry at most.
+	down      atomic.Bool
+	probing   atomic.Bool
+	nextProbe atomic.Int64 // unix ms
 
 	// While run runs, settlements are owed rather than sent: the key's
 	// next admission carries them in its own script call, so a busy key
@@ -122,6 +127,12 @@ const settleDelay = 5 * time.Millisecond
 
 // redisCallTimeout bounds one script call, whoever waits for it.
 const redisCallTimeout = time.Second
+
+// redisRetry is how often, at most, a probe asks a Redis that was found
+// unreachable whether it is back: a request's limits come back to Redis
+// within about that much of its return, and meanwhile no request waits
+// on it.
+const redisRetry = 500 * time.Millisecond
 
 // owed is a settlement not yet in Redis.
 type owed struct {
@@ -403,6 +414,9 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	if t, d, ok := l.fromLease(keyID, lim, reserve, ms, p); ok {
 		return t, d, nil
 	}
+	if l.down.Load() {
+		return l.admitDown(ctx, keyID, lim, reserve, now)
+	}
 	want, ret := l.endLease(keyID, lim, reserve)
 	bk, end := l.budgetKey(keyID, ms, p)
 	if p != "" {
@@ -435,9 +449,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		return ticket{}, decision{}, fmt.Errorf("count request in redis: %w", err)
 	}
 	if err != nil {
-		l.settleLocally(ctx, keyID, carried)
-		l.returnLater(keyID, returns)
-		l.unreserveLater(keyID, carried)
+		l.keepForRedis(keyID, carried, returns)
 		l.unreachable(ctx, err) // no answer in redisCallTimeout is one too
 		if l.refuse {
 			return ticket{}, decision{}, fmt.Errorf("count request: %w: %w", errLimitsDown, err)
@@ -521,6 +533,15 @@ func (l *redisLimiter) owe(keyID string, os []owed, rs []leaseReturn) {
 // call. With Redis down the settlements count in this process, and their
 // reservations and the lease returns are sent again once it answers.
 func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os []owed, rs []leaseReturn) error {
+	if l.down.Load() {
+		l.probeSoon()
+		l.m.redisDown.Inc()
+		l.keepForRedis(keyID, os, rs)
+		if l.refuse {
+			return fmt.Errorf("settle request: %w", errLimitsDown)
+		}
+		return nil
+	}
 	args := append(make([]any, 0, 3+6*len(os)+4*len(rs)), reserveTTL.Milliseconds())
 	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
 	defer cancel()
@@ -532,9 +553,7 @@ func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os
 	if !unavailable(err) {
 		return fmt.Errorf("settle request in redis: %w", err) // as in admit
 	}
-	l.settleLocally(ctx, keyID, os)
-	l.returnLater(keyID, rs)
-	l.unreserveLater(keyID, os)
+	l.keepForRedis(keyID, os, rs)
 	l.unreachable(ctx, err)
 	if l.refuse {
 		return fmt.Errorf("settle request: %w: %w", errLimitsDown, err)
@@ -542,11 +561,57 @@ func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os
 	return nil
 }
 
-// settleLocally counts settlements that could not reach Redis in this
-// process's counters.
-func (l *redisLimiter) settleLocally(ctx context.Context, keyID string, os []owed) {
+// keepForRedis deals with what could not reach Redis: the settlements'
+// tokens count in this process's counters, and their reservations and
+// the lease returns wait for Redis to answer again.
+func (l *redisLimiter) keepForRedis(keyID string, os []owed, rs []leaseReturn) {
 	for _, o := range os {
-		l.local.settle(ctx, ticket{keyID: keyID, tpm: o.tpm, budget: o.period}, o.used, time.UnixMilli(o.ms))
+		l.local.settle(context.Background(), ticket{keyID: keyID, tpm: o.tpm, budget: o.period}, o.used, time.UnixMilli(o.ms))
+	}
+	l.returnLater(keyID, rs)
+	l.unreserveLater(keyID, os)
+}
+
+// admitDown admits a request while Redis is known to be down, as the
+// policy says, without waiting on Redis.
+func (l *redisLimiter) admitDown(ctx context.Context, keyID string, lim keybridge.Limits, reserve int64, now time.Time) (ticket, decision, error) {
+	l.probeSoon()
+	l.m.redisDown.Inc()
+	if l.refuse {
+		return ticket{}, decision{}, fmt.Errorf("count request: %w", errLimitsDown)
+	}
+	return l.local.admit(ctx, keyID, lim, reserve, now)
+}
+
+// probeSoon starts a probe of Redis in the background, unless one runs
+// or one began less than redisRetry ago.
+func (l *redisLimiter) probeSoon() {
+	now := time.Now().UnixMilli()
+	next := l.nextProbe.Load()
+	if now < next || !l.nextProbe.CompareAndSwap(next, now+redisRetry.Milliseconds()) || !l.probing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer l.probing.Store(false)
+		l.probe(context.Background())
+	}()
+}
+
+// probe asks Redis whether it answers again, and if it does, says so:
+// the next requests go to it.
+func (l *redisLimiter) probe(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
+	defer cancel()
+	var err error
+	if p, ok := l.rdb.(interface {
+		Ping(context.Context) *redis.StatusCmd
+	}); ok {
+		err = p.Ping(ctx).Err()
+	} else {
+		err = l.rdb.ScriptExists(ctx, admitScript.Hash()).Err()
+	}
+	if err == nil || !unavailable(err) {
+		l.reachable(ctx)
 	}
 }
 
@@ -678,7 +743,9 @@ func (l *redisLimiter) run(ctx context.Context) {
 		case <-l.kick:
 		case <-tick.C:
 			l.expire(time.Now().UnixMilli())
-			if !l.down.Load() {
+			if l.down.Load() {
+				l.probeSoon() // so that Redis's return is seen without traffic
+			} else {
 				l.retryReturns()
 			}
 			continue
@@ -762,6 +829,7 @@ func (l *redisLimiter) unreachable(ctx context.Context, err error) {
 	l.m.redisDown.Inc()
 	l.endLeases() // from now on the policy decides
 	if l.down.CompareAndSwap(false, true) {
+		l.nextProbe.Store(time.Now().Add(redisRetry).UnixMilli())
 		l.m.redisOutage.Set(1)
 		how := "counting limits in this process"
 		if l.refuse {
