@@ -454,3 +454,73 @@ func TestRedisStops(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisBlackholed points serve at a Redis that takes connections and
+// never answers (a host gone quiet, a dropped route): under the default
+// local policy, a key with limits is served on this replica's counters,
+// the first request waiting at most for the client's short timeouts and
+// the next ones not waiting on Redis at all while it is known down.
+func TestRedisBlackholed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out Redis timeouts; skipped with -short")
+	}
+	t.Parallel()
+	// Connections complete in the kernel's backlog; nothing reads them.
+	hole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hole.Close() })
+	dir := t.TempDir()
+	owner := setupOwner(t, noEnv, "--data-dir", dir)
+	srv := startServe(t, dir, "--redis-url", "redis://"+hole.Addr().String()+"/0")
+	up := providertest.NewOpenAI(t)
+	up.AddKey("sk-redis-hole-upstream-key-0000000000")
+	for _, c := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/api/v1/orgs/acme/providers", map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}},
+		{"/api/v1/orgs/acme/providers/oai/keys", map[string]any{"api_key": "sk-redis-hole-upstream-key-0000000000"}},
+	} {
+		if resp, out := srv.call(t, "POST", c.path, owner, c.body); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %s = %d %s", c.path, resp.StatusCode, out)
+		}
+	}
+	resp, out := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "limited", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": 100000})
+	var limited struct{ Key string }
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(out, &limited) != nil {
+		t.Fatalf("create a key with limits = %d %s", resp.StatusCode, out)
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	invoke := func() time.Duration {
+		t.Helper()
+		req, _ := http.NewRequest("POST", srv.url+"/gateway/oai/chat/completions",
+			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+limited.Key)
+		req.Header.Set("Content-Type", "application/json")
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("gateway: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("gateway = %d, want 200 on this replica's counters", resp.StatusCode)
+		}
+		return time.Since(start)
+	}
+	if d := invoke(); d > 2*time.Second {
+		t.Errorf("first request with Redis blackholed took %v, want at most 2 s", d)
+	}
+	var total time.Duration
+	const n = 20
+	for range n {
+		total += invoke()
+	}
+	if total > n*100*time.Millisecond {
+		t.Errorf("%d requests with Redis known down took %v, want no wait on Redis (%v at most)", n, total, n*100*time.Millisecond)
+	}
+	t.Logf("with Redis blackholed: %d requests after the first took %v", n, total)
+}
