@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"io"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -169,15 +168,6 @@ type usageFormat struct {
 // input, rather than a negative count that would credit the key's limits.
 func openaiTokens(v *[nSlots]int64) tokens {
 	return tokens{Input: max(v[slotIn]-v[slotRead], 0), CacheRead: v[slotRead], Output: addSat(v[slotOut], v[slotThoughts])}
-}
-
-// addSat is a+b for counts, which are never negative, at most
-// math.MaxInt64: a count beyond it must not wrap into a credit.
-func addSat(a, b int64) int64 {
-	if a > math.MaxInt64-b {
-		return math.MaxInt64
-	}
-	return a + b
 }
 
 // anthropicTokens: the input count excludes the cached parts (Anthropic,
