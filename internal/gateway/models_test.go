@@ -202,6 +202,9 @@ func TestAllowedModelsGemini(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Errorf("disallowed path model with allowed body and query: %d %s, want 403", resp.StatusCode, body)
 	}
+	if n := len(g.mock.Requests()) - before; n != 0 {
+		t.Errorf("%d refused requests reached the provider", n)
+	}
 	// A tuned model is named as Google names it.
 	tuned := restrictedKey(g.env, "tunedModels/mine-*")
 	resp, body = g.do(g.post("/gateway/gem/v1beta/tunedModels/mine-1:generateContent", tuned, `{"contents":[]}`))
