@@ -376,24 +376,7 @@ func TestRedisStops(t *testing.T) {
 			dir := t.TempDir()
 			owner := setupOwner(t, noEnv, "--data-dir", dir)
 			srv := startServe(t, dir, "--redis-url", "redis://127.0.0.1:"+port+"/0", "--limits-when-redis-down", policy)
-			up := providertest.NewOpenAI(t)
-			up.AddKey("sk-redis-stop-upstream-key-000000000")
-			for _, c := range []struct {
-				path string
-				body map[string]any
-			}{
-				{"/api/v1/orgs/acme/providers", map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}},
-				{"/api/v1/orgs/acme/providers/oai/keys", map[string]any{"api_key": "sk-redis-stop-upstream-key-000000000"}},
-			} {
-				if resp, out := srv.call(t, "POST", c.path, owner, c.body); resp.StatusCode != http.StatusCreated {
-					t.Fatalf("POST %s = %d %s", c.path, resp.StatusCode, out)
-				}
-			}
-			resp, out := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "limited", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": 100000})
-			var limited struct{ Key string }
-			if resp.StatusCode != http.StatusCreated || json.Unmarshal(out, &limited) != nil {
-				t.Fatalf("create a key with limits = %d %s", resp.StatusCode, out)
-			}
+			limited := limitedGateway(t, srv, owner, "sk-redis-stop-upstream-key-000000000")
 			invoke := func(key string) int {
 				resp, out := srv.call(t, "POST", "/gateway/oai/chat/completions", key,
 					map[string]any{"model": "gpt-4o-mini", "messages": []map[string]string{{"role": "user", "content": "hi"}}})
@@ -407,7 +390,7 @@ func TestRedisStops(t *testing.T) {
 				v, _ := metricValue(out, "keybridge_gateway_limits_redis_down")
 				return v
 			}
-			if got := invoke(limited.Key); got != http.StatusOK {
+			if got := invoke(limited); got != http.StatusOK {
 				t.Fatalf("a key with limits, Redis up = %d, want 200", got)
 			}
 
@@ -421,14 +404,14 @@ func TestRedisStops(t *testing.T) {
 			// stopped, admits until it ends (within a second); from the
 			// first failed call on, the policy decides.
 			gone := time.Now()
-			for deadline := gone.Add(5 * time.Second); invoke(limited.Key) != want || redisDown() != 1; time.Sleep(20 * time.Millisecond) {
+			for deadline := gone.Add(5 * time.Second); invoke(limited) != want || redisDown() != 1; time.Sleep(20 * time.Millisecond) {
 				if time.Now().After(deadline) {
 					t.Fatalf("5 s after Redis stopped: a key with limits still not %d, or keybridge_gateway_limits_redis_down = %v", want, redisDown())
 				}
 			}
 			t.Logf("--limits-when-redis-down %s applied %v after Redis stopped", policy, time.Since(gone).Round(time.Millisecond))
 			for range 3 {
-				if got := invoke(limited.Key); got != want {
+				if got := invoke(limited); got != want {
 					t.Errorf("a key with limits, Redis down, --limits-when-redis-down %s = %d, want %d", policy, got, want)
 				}
 			}
@@ -442,7 +425,7 @@ func TestRedisStops(t *testing.T) {
 			startRedis()
 			back := time.Now()
 			for deadline := back.Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-				if invoke(limited.Key) == http.StatusOK && redisDown() == 0 {
+				if invoke(limited) == http.StatusOK && redisDown() == 0 {
 					break
 				}
 				if time.Now().After(deadline) {
@@ -474,30 +457,13 @@ func TestRedisBlackholed(t *testing.T) {
 	dir := t.TempDir()
 	owner := setupOwner(t, noEnv, "--data-dir", dir)
 	srv := startServe(t, dir, "--redis-url", "redis://"+hole.Addr().String()+"/0")
-	up := providertest.NewOpenAI(t)
-	up.AddKey("sk-redis-hole-upstream-key-0000000000")
-	for _, c := range []struct {
-		path string
-		body map[string]any
-	}{
-		{"/api/v1/orgs/acme/providers", map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}},
-		{"/api/v1/orgs/acme/providers/oai/keys", map[string]any{"api_key": "sk-redis-hole-upstream-key-0000000000"}},
-	} {
-		if resp, out := srv.call(t, "POST", c.path, owner, c.body); resp.StatusCode != http.StatusCreated {
-			t.Fatalf("POST %s = %d %s", c.path, resp.StatusCode, out)
-		}
-	}
-	resp, out := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "limited", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": 100000})
-	var limited struct{ Key string }
-	if resp.StatusCode != http.StatusCreated || json.Unmarshal(out, &limited) != nil {
-		t.Fatalf("create a key with limits = %d %s", resp.StatusCode, out)
-	}
+	limited := limitedGateway(t, srv, owner, "sk-redis-hole-upstream-key-0000000000")
 	client := &http.Client{Timeout: 10 * time.Second}
 	invoke := func() time.Duration {
 		t.Helper()
 		req, _ := http.NewRequest("POST", srv.url+"/gateway/oai/chat/completions",
 			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
-		req.Header.Set("Authorization", "Bearer "+limited.Key)
+		req.Header.Set("Authorization", "Bearer "+limited)
 		req.Header.Set("Content-Type", "application/json")
 		start := time.Now()
 		resp, err := client.Do(req)
@@ -523,4 +489,30 @@ func TestRedisBlackholed(t *testing.T) {
 		t.Errorf("%d requests with Redis known down took %v, want no wait on Redis (%v at most)", n, total, n*100*time.Millisecond)
 	}
 	t.Logf("with Redis blackholed: %d requests after the first took %v", n, total)
+}
+
+// limitedGateway gives srv provider oai, a mock OpenAI upstream whose key
+// is upKey, and returns a new key of owner's with an RPM limit (too high
+// to reach), so every gateway request goes through the limiter.
+func limitedGateway(t *testing.T, srv *server, owner, upKey string) string {
+	t.Helper()
+	up := providertest.NewOpenAI(t)
+	up.AddKey(upKey)
+	for _, c := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/api/v1/orgs/acme/providers", map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}},
+		{"/api/v1/orgs/acme/providers/oai/keys", map[string]any{"api_key": upKey}},
+	} {
+		if resp, out := srv.call(t, "POST", c.path, owner, c.body); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %s = %d %s", c.path, resp.StatusCode, out)
+		}
+	}
+	resp, out := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "limited", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": 100000})
+	var limited struct{ Key string }
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(out, &limited) != nil {
+		t.Fatalf("create a key with limits = %d %s", resp.StatusCode, out)
+	}
+	return limited.Key
 }
