@@ -93,6 +93,13 @@ func limitEnv(t *testing.T) *env {
 // limitEnvPolicy is limitEnv with whenDown as --limits-when-redis-down.
 func limitEnvPolicy(t *testing.T, whenDown string) *env {
 	t.Helper()
+	return newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{Redis: needRedis(t), LimitsWhenRedisDown: whenDown}})
+}
+
+// needRedis is a client of KEYBRIDGE_TEST_REDIS_URL, closed when t ends;
+// without it, t is skipped.
+func needRedis(t *testing.T) *redis.Client {
+	t.Helper()
 	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
 	if url == "" {
 		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
@@ -103,7 +110,7 @@ func limitEnvPolicy(t *testing.T, whenDown string) *env {
 	}
 	rdb := redis.NewClient(opt)
 	t.Cleanup(func() { rdb.Close() })
-	return newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{Redis: rdb, LimitsWhenRedisDown: whenDown}})
+	return rdb
 }
 
 // unreachableRedis is a client of a port nothing listens on.
@@ -595,16 +602,7 @@ func (h replyHeld) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // nothing counted there: Redis counted the request and its reservation,
 // so the admission is seen through and the request settled.
 func TestLimitClientGoneDuringAdmission(t *testing.T) {
-	url := os.Getenv("KEYBRIDGE_TEST_REDIS_URL")
-	if url == "" {
-		t.Skip("KEYBRIDGE_TEST_REDIS_URL is not set")
-	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	t.Cleanup(func() { rdb.Close() })
+	rdb := needRedis(t)
 	held := replyHeld{hold: 300 * time.Millisecond, ran: make(chan struct{})}
 	rdb.AddHook(held)
 	e := newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{Redis: rdb}})
