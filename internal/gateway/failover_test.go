@@ -199,12 +199,7 @@ func TestFailover(t *testing.T) {
 }
 
 func TestExhaustedByRefusalsIs502WithoutTheirBodies(t *testing.T) {
-	e := newEnv(t)
-	up := newKeyedUpstream(t)
-	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
-	k1, k2 := canary(t, "sk-"), canary(t, "sk-")
-	e.addKey("oai", k1, 0)
-	e.addKey("oai", k2, 1)
+	e, up, k1, k2, _ := twoKeys(t)
 	up.on(k1, status(401))
 	up.on(k2, status(500))
 	resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
@@ -263,12 +258,7 @@ func TestConnectionErrorsFailOverThen502(t *testing.T) {
 }
 
 func TestAdminEditEndsARest(t *testing.T) {
-	e := newEnv(t)
-	up := newKeyedUpstream(t)
-	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
-	k1, k2 := canary(t, "sk-"), canary(t, "sk-")
-	id1 := e.addKey("oai", k1, 0)
-	e.addKey("oai", k2, 1)
+	e, up, k1, _, id1 := twoKeys(t)
 	up.on(k1, status(401))
 	e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`)) // k1 refused: it rests 5 minutes
 	up.on(k1, nil)                                                  // the admin fixed the account
@@ -291,12 +281,7 @@ func TestAdminEditEndsARest(t *testing.T) {
 // asking for two minutes, the client is told to retry after a second
 // (the least Keybridge sends), not two minutes.
 func TestExhaustedByRateLimitsTakesARetryAfterOfZero(t *testing.T) {
-	e := newEnv(t)
-	up := newKeyedUpstream(t)
-	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
-	k1, k2 := canary(t, "sk-"), canary(t, "sk-")
-	e.addKey("oai", k1, 0)
-	e.addKey("oai", k2, 1)
+	e, up, k1, k2, _ := twoKeys(t)
 	up.on(k1, status(429, "Retry-After", "0"))
 	up.on(k2, status(429, "Retry-After", "120"))
 	resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
@@ -358,4 +343,16 @@ func TestCooldownsCountOnlyRests(t *testing.T) {
 	if n := counterValue(t, reg, cooldowns); n != 1 {
 		t.Errorf("%s = %v after an org key's 429, want 1", cooldowns, n)
 	}
+}
+
+// twoKeys is an env with provider oai on a keyed upstream and two canary
+// keys, k1 tried first; id1 is k1's id.
+func twoKeys(t *testing.T) (e *env, up *keyedUpstream, k1, k2, id1 string) {
+	e = newEnv(t)
+	up = newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	k1, k2 = canary(t, "sk-"), canary(t, "sk-")
+	id1 = e.addKey("oai", k1, 0)
+	e.addKey("oai", k2, 1)
+	return e, up, k1, k2, id1
 }
