@@ -63,13 +63,7 @@ func (r *relayStore) send(t *testing.T, n int, inv store.Invalidation) {
 func TestRoutesOffWhileDeaf(t *testing.T) {
 	st := &relayStore{Store: storetest.SQLite(t)}
 	e := newEnvWith(t, st, envOptions{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"ok":true}`)
-	}))
-	defer up.Close()
-	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
-	e.addKey("oai", canary(t, "sk-"), 0)
+	okProvider(t, e)
 	call := func() int {
 		t.Helper()
 		resp, _ := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{"model":"gpt"}`))

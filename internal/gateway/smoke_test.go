@@ -86,13 +86,7 @@ func TestForwardsWithUpstreamCredential(t *testing.T) {
 // client put in its WebSocket subprotocols.
 func TestDebugLogRedactsKeyProtocols(t *testing.T) {
 	e := newEnv(t)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"ok":true}`)
-	}))
-	defer up.Close()
-	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
-	e.addKey("oai", canary(t, "sk-"), 0)
+	okProvider(t, e)
 	req := e.post("/gateway/oai/chat/completions", e.OwnerKey, `{"model":"gpt"}`)
 	req.Header.Set("Sec-WebSocket-Protocol", "realtime, OpenAI-Insecure-API-Key."+e.OwnerKey+", openai-beta.realtime-v1, "+e.OwnerKey)
 	if resp, body := e.do(req); resp.StatusCode != 200 {
@@ -103,4 +97,16 @@ func TestDebugLogRedactsKeyProtocols(t *testing.T) {
 	if !strings.Contains(logs, `"Sec-Websocket-Protocol":"realtime, openai-insecure-api-key.[redacted], openai-beta.realtime-v1, [redacted]"`) {
 		t.Errorf("debug log line does not show the protocols redacted:\n%s", logs)
 	}
+}
+
+// okProvider gives e provider oai, an openai upstream answering every
+// request 200 {"ok":true}, with one canary key.
+func okProvider(t *testing.T, e *env) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"ok":true}`)
+	}))
+	t.Cleanup(up.Close)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	e.addKey("oai", canary(t, "sk-"), 0)
 }
