@@ -32,9 +32,12 @@ type usageScanner interface {
 	Tokens() (tokens, bool)
 }
 
-// maxUsageEvent bounds what a scanner buffers of one event or message:
-// larger ones are skipped, so a huge response cannot make the gateway hold
-// a huge buffer.
+// maxUsageEvent bounds what a scanner buffers of one event or message,
+// so a huge response cannot make the gateway hold a huge buffer. A larger
+// unnamed SSE event or AWS event-stream message is skipped: the events
+// that carry usage there are small. Named SSE events are walked as they
+// come, whatever their length, and so is a WebSocket message past it: a
+// Responses API's last event holds the whole output.
 const maxUsageEvent = 1 << 20
 
 // newUsageScanner picks the scanner for a response of provider type t to a
