@@ -164,11 +164,14 @@ func isTimeout(err error) bool {
 // billed): it is never sent again on the same key.
 func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*http.Response, *conn, error) {
 	g := x.g
+	failed := func(err error) (*http.Response, *conn, error) {
+		x.upstreamDur += time.Since(sent)
+		return nil, nil, err
+	}
 	for {
 		cn, reused, err := g.client.get(ctx, x.rt.pool, sent)
 		if err != nil {
-			x.upstreamDur += time.Since(sent)
-			return nil, nil, err
+			return failed(err)
 		}
 		watchClient(ctx, cn)
 		if err = x.writeRequest(cn.bw, k); err == nil {
@@ -186,15 +189,13 @@ func (x *exchange) send(ctx context.Context, k *upstreamKey, sent time.Time) (*h
 			if reused && ctx.Err() == nil && !isTimeout(err) && (!written || time.Since(sent) < idleCloseWindow) {
 				continue
 			}
-			x.upstreamDur += time.Since(sent)
-			return nil, nil, err
+			return failed(err)
 		}
 		resp, err := readResponse(cn.br, x.r.Method)
 		cn.head.unlimit()
 		if err != nil {
-			x.upstreamDur += time.Since(sent)
 			x.release(cn, false)
-			return nil, nil, err
+			return failed(err)
 		}
 		x.headersAt = time.Now()
 		x.upstreamDur += x.headersAt.Sub(sent)

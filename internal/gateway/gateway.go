@@ -14,6 +14,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -402,9 +403,10 @@ func canonicalPath(p string) string {
 	b := make([]byte, 0, len(p))
 	for i := 0; i < len(p); i++ {
 		c := p[i]
+		var d [1]byte
 		if c == '%' && i+2 < len(p) {
-			if d, ok := unhex(p[i+1], p[i+2]); ok && unreserved(d) {
-				c = d
+			if _, err := hex.Decode(d[:], []byte(p[i+1:i+3])); err == nil && unreserved(d[0]) {
+				c = d[0]
 				i += 2
 			}
 		} else if c == '/' && len(b) > 0 && b[len(b)-1] == '/' {
@@ -413,24 +415,6 @@ func canonicalPath(p string) string {
 		b = append(b, c)
 	}
 	return string(b)
-}
-
-func unhex(hi, lo byte) (byte, bool) {
-	h, ok1 := hexValue(hi)
-	l, ok2 := hexValue(lo)
-	return h<<4 | l, ok1 && ok2
-}
-
-func hexValue(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // unreserved reports whether c is an RFC 3986 unreserved character.

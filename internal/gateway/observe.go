@@ -472,12 +472,14 @@ func redactHeaders(h http.Header) map[string]string {
 			out[name] = keybridge.Redacted
 			continue
 		}
-		if len(vv) > 0 {
-			out[name] = vv[0]
-			if name == "Sec-Websocket-Protocol" {
-				out[name] = redactKeyProtocols(vv[0])
-			}
+		if len(vv) == 0 {
+			continue
 		}
+		v := vv[0]
+		if name == "Sec-Websocket-Protocol" {
+			v = redactKeyProtocols(v)
+		}
+		out[name] = v
 	}
 	return out
 }

@@ -166,8 +166,7 @@ type usageFormat struct {
 }
 
 // openaiTokens: the prompt count includes the cached part (OpenAI chat and
-// Responses, Gemini).
-// A cached part larger than the prompt (a provider's error) leaves no
+// Responses, Gemini). A cached part larger than the prompt (a provider's error) leaves no
 // input, rather than a negative count that would credit the key's limits.
 func openaiTokens(v *[nSlots]int64) tokens {
 	return tokens{Input: max(v[slotIn]-v[slotRead], 0), CacheRead: v[slotRead], Output: addSat(v[slotOut], v[slotThoughts])}
@@ -963,9 +962,7 @@ func (r *wsUsageReader) data(p []byte) {
 	}
 	if !r.walking && len(r.msg)+len(p) > maxUsageEvent {
 		r.walking = true
-		r.w.begin()
-		r.w.clear(^uint16(0))
-		r.w.write(r.msg)
+		r.walk()
 	}
 	if r.walking {
 		r.msg = r.msg[:0]
@@ -983,6 +980,13 @@ func (r *wsUsageReader) data(p []byte) {
 	}
 }
 
+// walk starts the walker on a new message, with what is held of it.
+func (r *wsUsageReader) walk() {
+	r.w.begin()
+	r.w.clear(^uint16(0))
+	r.w.write(r.msg)
+}
+
 func (r *wsUsageReader) frameEnd() {
 	if r.ctrl || !r.fin || !r.text {
 		return
@@ -992,9 +996,7 @@ func (r *wsUsageReader) frameEnd() {
 		if !formatResponses.mayCarry(r.msg) {
 			return
 		}
-		r.w.begin()
-		r.w.clear(^uint16(0))
-		r.w.write(r.msg)
+		r.walk()
 	}
 	r.walking = false
 	r.w.end()
