@@ -261,7 +261,7 @@ func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 	admitted := true // the upgrade admitted the first response
 	first := true
 	var began time.Time // the provider's first bytes of the response under way
-	r := newWSUsageReader(func(tok tokens, model string) {
+	r := newWSUsageReader(func(tok tokens, model string, status int) {
 		g := x.g
 		now := time.Now()
 		// The first response began with the upgrade that asked for it,
@@ -291,7 +291,7 @@ func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 			}
 		}
 		admitted = false
-		g.record(x, start, http.StatusOK, now.Sub(start), upstream, tok, model, now)
+		g.record(x, start, status, now.Sub(start), upstream, tok, model, now)
 		if !limited {
 			return
 		}

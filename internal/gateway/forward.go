@@ -668,6 +668,11 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		}
 	}
 	x.readAt = now
+	if x.scan != nil {
+		if st := x.scan.Failure(); st != 0 {
+			x.status = st // the provider failed the response in its body
+		}
+	}
 	x.release(cn, !resp.Close)
 	if flusher != nil {
 		flusher.Flush() // before the log line, not after it

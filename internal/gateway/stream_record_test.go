@@ -220,3 +220,77 @@ func TestRefusedStreamIsAStream(t *testing.T) {
 		}
 	}
 }
+
+// A stream the provider fails in band (an error event after its 200) is
+// recorded with the status the provider gives that error, not the 200 it
+// began with, and charged what it read: the row, the request metric and
+// the log line say so, the usage API counts it as an error, and the
+// client gets the stream exactly as the provider sent it. The Anthropic
+// SDK reading it through the gateway proves the error event is one it
+// reads as the stream's failure.
+func TestStreamFailedInBandIsRecordedAsItsError(t *testing.T) {
+	e, rows, reg := newRowEnv(t, gateway.Options{})
+	sse := "text/event-stream"
+	oai, ant, gem := faultProviders[0], faultProviders[1], faultProviders[2]
+	antEvents := []string{ant.events[0], ant.events[1],
+		"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"}
+	oaiEvents := []string{oai.events[0],
+		"data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n"}
+	gemEvents := []string{gem.events[0],
+		"data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n"}
+	antName, _ := e.provider(ant, rawChunked(sse, antEvents...))
+	oaiName, _ := e.provider(oai, rawChunked(sse, oaiEvents...))
+	gemName, _ := e.provider(gem, rawChunked(sse, gemEvents...))
+
+	st := antClient(e.env, antName, e.OwnerKey, false).Messages.NewStreaming(context.Background(), antMessage())
+	n := 0
+	for st.Next() {
+		n++
+	}
+	if err := st.Err(); n != 2 || err == nil || !strings.Contains(err.Error(), "overloaded_error") {
+		t.Errorf("Anthropic SDK: %d events, then %v; want 2, then the overloaded_error", n, err)
+	}
+	st.Close()
+	for _, tc := range []struct{ path, model, want string }{
+		{"/gateway/" + oaiName + "/chat/completions", "gpt-failed", strings.Join(oaiEvents, "")},
+		{"/gateway/" + gemName + "/v1beta/models/gemini-failed:streamGenerateContent?alt=sse", "gemini-failed", strings.Join(gemEvents, "")},
+	} {
+		resp, body := e.do(e.post(tc.path, e.OwnerKey, `{"model":"`+tc.model+`","stream":true,"messages":[]}`))
+		if resp.StatusCode != http.StatusOK || string(body) != tc.want {
+			t.Errorf("%s: = %d %q, want the provider's 200 %q", tc.model, resp.StatusCode, body, tc.want)
+		}
+	}
+
+	byModel := map[string]keybridge.Usage{}
+	for _, r := range rows.wait(t, 3) {
+		byModel[r.Model] = r
+	}
+	for model, want := range map[string]keybridge.Usage{
+		"claude-sonnet-4-5": {Status: 529, InputTokens: 3, OutputTokens: 1},
+		"gpt-failed":        {Status: http.StatusInternalServerError},
+		"gemini-failed":     {Status: http.StatusServiceUnavailable},
+	} {
+		r := byModel[model]
+		if r.Status != want.Status || !r.Stream || r.InputTokens != want.InputTokens || r.OutputTokens != want.OutputTokens {
+			t.Errorf("row of %s: %+v, want a stream of status %d with %d input and %d output tokens", model, r, want.Status, want.InputTokens, want.OutputTokens)
+		}
+	}
+	u := newUsageReader(e.env)
+	for _, g := range u.wait("provider", 3) {
+		if g.Errors != 1 {
+			t.Errorf("usage API, provider %s: %d errors, want 1", g.Key, g.Errors)
+		}
+	}
+	logs := e.waitLog(3)
+	for _, status := range []string{`"status":529`, `"status":500`, `"status":503`} {
+		if !strings.Contains(logs, status) {
+			t.Errorf("log lines do not say %s:\n%s", status, logs)
+		}
+	}
+	if strings.Count(logs, `"upstream_status":200`) != 3 {
+		t.Errorf("log lines do not all keep the provider's 200:\n%s", logs)
+	}
+	if n := requestsOfClass(t, reg, "5xx"); n != 3 {
+		t.Errorf("keybridge_gateway_requests_total{status=\"5xx\"} = %v, want 3", n)
+	}
+}

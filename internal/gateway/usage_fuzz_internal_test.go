@@ -46,7 +46,14 @@ func cuts(b []byte, a, c uint16) [][]byte {
 	return [][]byte{b[:i], b[i:j], b[j:]}
 }
 
-func scanUsageParts(which int, parts [][]byte) (tokens, bool) {
+// scanned is what a scanner read of a body: its tokens and its failure.
+type scanned struct {
+	t       tokens
+	ok      bool
+	failure int
+}
+
+func scanUsageParts(which int, parts [][]byte) scanned {
 	c := fuzzScanners[which]
 	s := newUsageScanner(c.t, c.path, c.ctype, http.Header{})
 	for _, p := range parts {
@@ -54,7 +61,8 @@ func scanUsageParts(which int, parts [][]byte) (tokens, bool) {
 		s.Write(q)
 		clear(q)
 	}
-	return s.Tokens()
+	t, ok := s.Tokens()
+	return scanned{t, ok, s.Failure()}
 }
 
 // FuzzUsageScan drives the SSE, JSON and AWS event-stream usage scanners.
@@ -70,15 +78,17 @@ func FuzzUsageScan(f *testing.F) {
 		`{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3}}`,
 		"\x00\x00\x00\x55\x00\x00\x00\x3b\x00\x00\x00\x00",
 		`{"usage":{"inputTokens":4,"outputTokens":2,"cacheReadInputTokens":1}}`,
+		"data: {\"error\":{\"type\":\"server_error\"}}\n\n",
+		"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
 	} {
 		f.Add(uint8(i), []byte(body), uint16(7), uint16(40))
 	}
 	f.Fuzz(func(t *testing.T, which uint8, body []byte, a, c uint16) {
 		w := int(which) % len(fuzzScanners)
-		whole, okWhole := scanUsageParts(w, [][]byte{body})
-		split, okSplit := scanUsageParts(w, cuts(body, a, c))
-		if whole != split || okWhole != okSplit {
-			t.Fatalf("%+v: whole = %+v, %v; split = %+v, %v", fuzzScanners[w], whole, okWhole, split, okSplit)
+		whole := scanUsageParts(w, [][]byte{body})
+		split := scanUsageParts(w, cuts(body, a, c))
+		if whole != split {
+			t.Fatalf("%+v: whole = %+v; split = %+v", fuzzScanners[w], whole, split)
 		}
 	})
 }
@@ -93,7 +103,7 @@ func FuzzWSUsage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, stream []byte, a, c uint16) {
 		run := func(parts [][]byte) []wsSeen {
 			var seen []wsSeen
-			w := newWSUsageReader(func(t tokens, model string) { seen = append(seen, wsSeen{t, model}) })
+			w := newWSUsageReader(func(t tokens, model string, status int) { seen = append(seen, wsSeen{t, model, status}) })
 			for _, p := range parts {
 				q := bytes.Clone(p)
 				if n, err := w.Write(q); n != len(q) || err != nil {

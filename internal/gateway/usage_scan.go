@@ -30,6 +30,9 @@ type usageScanner interface {
 	// Tokens is what was seen so far with the cumulative rules applied;
 	// false: nothing seen.
 	Tokens() (tokens, bool)
+	// Failure is the status of an error the provider reported in the
+	// body (usage_fail.go), 0 if none.
+	Failure() int
 }
 
 // maxUsageEvent bounds what a scanner buffers of one event or message,
@@ -139,9 +142,11 @@ const (
 	slotThoughts
 	nSlots
 
-	// String slots, for a response event's type and model.
+	// String slots, for a response event's type and model, and an
+	// error's code or type.
 	slotType  = 8
 	slotModel = 9
+	slotErr   = 10
 )
 
 const numericSlots = 1<<nSlots - 1
@@ -163,6 +168,16 @@ type usageFormat struct {
 	// lazy formats report only the last usage object, so only the last
 	// event holding one is kept and walked when the tokens are asked for.
 	lazy bool
+	// failure is the status of a response the provider failed in its
+	// body, from the error's code or type (slotErr; empty when it named
+	// none); nil: the format's bodies report no failures.
+	failure func(code []byte) int
+	// mayFail is the cheap test of an unnamed event's data for a
+	// failure; nil: only named events report one.
+	mayFail func(data []byte) bool
+	// errorEvents: the format's named SSE event "error" reports a
+	// failure, and only that; its usage-like fields count for nothing.
+	errorEvents bool
 }
 
 // openaiTokens: the prompt count includes the cached part (OpenAI chat and
@@ -184,9 +199,12 @@ var (
 			jleaf{"usage.prompt_tokens", slotIn},
 			jleaf{"usage.prompt_tokens_details.cached_tokens", slotRead},
 			jleaf{"usage.completion_tokens", slotOut},
+			jleaf{"error.type", slotErr},
 		),
 		tokens:   openaiTokens,
 		mayCarry: func(d []byte) bool { return hasObject(d, keyUsage) },
+		failure:  openaiFailure,
+		mayFail:  isErrorObject,
 	}
 	formatResponses = usageFormat{
 		schema: newSchema([]string{"usage", "response.usage"},
@@ -198,21 +216,30 @@ var (
 			jleaf{"response.usage.output_tokens", slotOut},
 			jleaf{"response.model", slotModel},
 			jleaf{"type", slotType},
+			// A failed response's error, a body's, an error event's.
+			jleaf{"response.error.code", slotErr},
+			jleaf{"error.code", slotErr},
+			jleaf{"code", slotErr},
 		),
-		tokens:    openaiTokens,
-		wantEvent: isResponseDone,
-		mayCarry:  func(d []byte) bool { return hasObject(d, keyUsage) },
-		typed:     true,
+		tokens:      openaiTokens,
+		wantEvent:   isResponseDone,
+		mayCarry:    func(d []byte) bool { return hasObject(d, keyUsage) },
+		typed:       true,
+		failure:     openaiFailure,
+		mayFail:     func(d []byte) bool { return keyFailed.index(d) >= 0 },
+		errorEvents: true,
 	}
 	formatAnthropic = usageFormat{
 		// message_delta's usage is cumulative and may repeat the input
 		// fields: each field's last value counts, so nothing is reset.
-		schema: newSchema(nil, anthropicLeaves("usage", "message.usage")...),
+		schema: newSchema(nil, append(anthropicLeaves("usage", "message.usage"), jleaf{"error.type", slotErr})...),
 		tokens: anthropicTokens,
 		wantEvent: func(n []byte) bool {
 			return string(n) == "message_start" || string(n) == "message_delta"
 		},
-		mayCarry: func(d []byte) bool { return hasObject(d, keyUsage) },
+		mayCarry:    func(d []byte) bool { return hasObject(d, keyUsage) },
+		failure:     anthropicFailure,
+		errorEvents: true,
 	}
 	formatGemini = usageFormat{
 		schema: newSchema([]string{"usageMetadata"},
@@ -220,10 +247,13 @@ var (
 			jleaf{"usageMetadata.cachedContentTokenCount", slotRead},
 			jleaf{"usageMetadata.candidatesTokenCount", slotOut},
 			jleaf{"usageMetadata.thoughtsTokenCount", slotThoughts},
+			jleaf{"error.status", slotErr},
 		),
 		tokens:   openaiTokens,
 		mayCarry: func(d []byte) bool { return hasObject(d, keyUsageMetadata) },
 		lazy:     true,
+		failure:  geminiFailure,
+		mayFail:  isErrorObject,
 	}
 	// formatBedrock covers every body Bedrock's runtime answers with:
 	// Anthropic's on invoke of Claude (and inside stream chunks), Converse's
@@ -267,6 +297,21 @@ func anthropicLeaves(prefixes ...string) []jleaf {
 		)
 	}
 	return l
+}
+
+// failureOf is the status of the failure a walker has seen in f's
+// bodies, 0 if none: an error's code or type, or a Responses event that
+// says its response failed.
+func failureOf(f *usageFormat, w *jwalk) int {
+	switch {
+	case f.failure == nil:
+		return 0
+	case w.set&(1<<slotErr) != 0:
+		return f.failure(w.str(slotErr))
+	case f.typed && w.set&(1<<slotType) != 0 && string(w.str(slotType)) == "response.failed":
+		return f.failure(nil)
+	}
+	return 0
 }
 
 // isResponseDone reports whether a Responses event type is one whose
@@ -354,6 +399,7 @@ type jsonScanner struct {
 
 func (s *jsonScanner) Write(p []byte)         { s.w.write(p) }
 func (s *jsonScanner) Tokens() (tokens, bool) { return walkerTokens(s.f, &s.w) }
+func (s *jsonScanner) Failure() int           { return failureOf(s.f, &s.w) }
 
 // bedrockBodyScanner reads a Bedrock body's usage, and falls back on the
 // token-count headers for bodies whose usage it does not know (models
@@ -382,6 +428,9 @@ func (s *bedrockBodyScanner) Tokens() (tokens, bool) {
 	}
 	return s.head.t, s.head.ok
 }
+
+// Failure: a Bedrock body that failed is an error answer, never read.
+func (s *bedrockBodyScanner) Failure() int { return 0 }
 
 // bedrockHeaderTokens reads the x-amzn-bedrock-*-token-count headers.
 func bedrockHeaderTokens(h http.Header) headerTokens {
@@ -422,10 +471,13 @@ type sseScanner struct {
 	hasData  bool   // the event has had a data line
 	skip     bool   // the event cannot carry usage, or outgrew maxUsageEvent
 	direct   bool   // data goes straight to the walker: the name asked for it
+	errOnly  bool   // the event is the format's error event: only its error counts
 	data     []byte // the event's data, for unnamed events
 	pending  []byte // a lazy format's last event holding usage
 	dirty    bool   // pending has not been walked
 	snapshot [nSlots]int64
+	snapSet  uint16
+	failed   int // the status of a failure the stream reported, 0 if none
 }
 
 // Line positions.
@@ -561,7 +613,12 @@ func (s *sseScanner) endLine() {
 	if s.kind != fieldEvent || s.skip || s.f.wantEvent == nil {
 		return
 	}
-	if s.nlen > len(s.name) || !s.f.wantEvent(s.name[:s.nlen]) {
+	name := s.name[:min(s.nlen, len(s.name))]
+	s.errOnly = s.f.errorEvents && s.nlen == len("error") && string(name) == "error"
+	if s.errOnly {
+		// What it says of usage is undone at its end.
+		s.snapshot, s.snapSet = s.w.vals, s.w.set
+	} else if s.nlen > len(s.name) || !s.f.wantEvent(name) {
 		s.skip, s.data = true, s.data[:0]
 		return
 	}
@@ -579,32 +636,65 @@ func (s *sseScanner) dispatch() {
 	case s.skip, !s.hasData:
 	case s.direct:
 		s.w.end()
-	case s.f.mayCarry(s.data):
+		if s.errOnly {
+			s.w.vals, s.w.set = s.snapshot, s.snapSet|s.w.set&(1<<slotErr)
+			if s.noteFailure(); s.failed == 0 {
+				s.failed = s.f.failure(nil) // it failed, whatever it said
+			}
+			break
+		}
+		s.noteFailure()
+	default:
+		fails := s.failed == 0 && s.f.mayFail != nil && s.f.mayFail(s.data)
 		if s.f.lazy {
-			s.pending, s.data = s.data, s.pending
-			s.dirty = true
+			// An error is read as it comes; usage only from the last
+			// event holding one.
+			if fails {
+				s.walk(s.data)
+				s.noteFailure()
+			}
+			if s.f.mayCarry(s.data) {
+				s.pending, s.data = s.data, s.pending
+				s.dirty = true
+			}
+			break
+		}
+		if !fails && !s.f.mayCarry(s.data) {
 			break
 		}
 		s.snapshot = s.w.vals
 		set := s.w.set
-		s.w.begin()
 		s.w.clear(1<<slotType | 1<<slotModel)
-		s.w.write(s.data)
-		s.w.end()
+		s.walk(s.data)
 		if s.f.typed && (s.w.set&(1<<slotType) == 0 || !isResponseDone(s.w.str(slotType))) {
 			s.w.vals, s.w.set = s.snapshot, set
 		}
+		s.noteFailure()
 	}
-	s.nlen, s.hasData, s.skip, s.direct = 0, false, false, false
+	s.nlen, s.hasData, s.skip, s.direct, s.errOnly = 0, false, false, false, false
 	s.data = s.data[:0]
 }
+
+// walk walks one event's data.
+func (s *sseScanner) walk(data []byte) {
+	s.w.begin()
+	s.w.write(data)
+	s.w.end()
+}
+
+// noteFailure keeps the first failure the walker has seen.
+func (s *sseScanner) noteFailure() {
+	if s.failed == 0 {
+		s.failed = failureOf(s.f, &s.w)
+	}
+}
+
+func (s *sseScanner) Failure() int { return s.failed }
 
 func (s *sseScanner) Tokens() (tokens, bool) {
 	if s.dirty {
 		s.dirty = false
-		s.w.begin()
-		s.w.write(s.pending)
-		s.w.end()
+		s.walk(s.pending)
 	}
 	return walkerTokens(s.f, &s.w)
 }
@@ -627,6 +717,8 @@ type eventStreamScanner struct {
 	hdr   []byte
 	pay   []byte
 	dec   []byte
+	// failed is the status of the exception the stream ended with.
+	failed int
 }
 
 const (
@@ -642,6 +734,7 @@ const (
 	evOther uint8 = iota
 	evChunk
 	evMetadata
+	evException // the stream fails: :exception-type says why
 )
 
 func (s *eventStreamScanner) Write(p []byte) {
@@ -676,10 +769,14 @@ func (s *eventStreamScanner) Write(p []byte) {
 			if s.n < s.need {
 				return
 			}
-			s.typ = eventKind(s.hdr)
+			var exception []byte
+			s.typ, exception = eventKind(s.hdr)
+			if s.typ == evException && s.failed == 0 {
+				s.failed = bedrockFailure(exception)
+			}
 			s.n, s.need = 0, s.after
 			s.pay = s.pay[:0]
-			if s.typ == evOther || s.after > maxUsageEvent {
+			if s.typ == evOther || s.typ == evException || s.after > maxUsageEvent {
 				s.part, s.need = esSkip, s.after+4
 			} else {
 				s.part = esPayload
@@ -709,13 +806,13 @@ func (s *eventStreamScanner) Write(p []byte) {
 }
 
 // eventKind reads an event-stream message's headers for its
-// :message-type and :event-type.
-func eventKind(h []byte) uint8 {
-	event, typ := true, []byte(nil)
+// :message-type and :event-type, or an exception's :exception-type.
+func eventKind(h []byte) (kind uint8, exception []byte) {
+	msgType, typ := []byte("event"), []byte(nil)
 	for len(h) > 0 {
 		nl := int(h[0])
 		if len(h) < 1+nl+1 {
-			return evOther
+			return evOther, nil
 		}
 		name := h[1 : 1+nl]
 		vt := h[1+nl]
@@ -735,35 +832,39 @@ func eventKind(h []byte) uint8 {
 			size = 16
 		case 6, 7:
 			if len(h) < 2 {
-				return evOther
+				return evOther, nil
 			}
 			size = 2 + int(binary.BigEndian.Uint16(h))
 		default:
-			return evOther
+			return evOther, nil
 		}
 		if len(h) < size {
-			return evOther
+			return evOther, nil
 		}
 		if vt == 7 {
 			v := h[2:size]
 			switch string(name) {
 			case ":message-type":
-				event = string(v) == "event"
+				msgType = v
 			case ":event-type":
 				typ = v
+			case ":exception-type":
+				exception = v
 			}
 		}
 		h = h[size:]
 	}
 	switch {
-	case !event:
-		return evOther
+	case string(msgType) == "exception":
+		return evException, exception
+	case string(msgType) != "event":
+		return evOther, nil
 	case string(typ) == "chunk":
-		return evChunk
+		return evChunk, nil
 	case string(typ) == "metadata":
-		return evMetadata
+		return evMetadata, nil
 	}
-	return evOther
+	return evOther, nil
 }
 
 var bytesKey = []byte(`"bytes"`)
@@ -841,12 +942,14 @@ func (s *eventStreamScanner) payload() {
 }
 
 func (s *eventStreamScanner) Tokens() (tokens, bool) { return walkerTokens(&formatBedrock, &s.w) }
+func (s *eventStreamScanner) Failure() int           { return s.failed }
 
 // newWSUsageReader reads the server-to-client bytes of a WebSocket
 // connection carrying the OpenAI Responses API and calls onResponse once per
 // response.completed, response.incomplete or response.failed event, with
-// its tokens and the model the response names.
-func newWSUsageReader(onResponse func(t tokens, model string)) io.Writer {
+// its tokens, the model the response names, and the status it is recorded
+// with: 200, or a failed response's (usage_fail.go).
+func newWSUsageReader(onResponse func(t tokens, model string, status int)) io.Writer {
 	r := &wsUsageReader{on: onResponse}
 	r.w.init(&formatResponses.schema)
 	return r
@@ -856,7 +959,7 @@ func newWSUsageReader(onResponse func(t tokens, model string)) io.Writer {
 // relays no compressed sockets' usage): text messages, possibly
 // fragmented, with control frames between their fragments.
 type wsUsageReader struct {
-	on func(tokens, string)
+	on func(tokens, string, int)
 	w  jwalk
 
 	hdr    [14]byte
@@ -993,7 +1096,7 @@ func (r *wsUsageReader) frameEnd() {
 	}
 	r.text = false
 	if !r.walking {
-		if !formatResponses.mayCarry(r.msg) {
+		if !formatResponses.mayCarry(r.msg) && !formatResponses.mayFail(r.msg) {
 			return
 		}
 		r.walk()
@@ -1004,14 +1107,17 @@ func (r *wsUsageReader) frameEnd() {
 		return
 	}
 	t, ok := walkerTokens(&formatResponses, &r.w)
-	if !ok {
+	status := http.StatusOK
+	if f := failureOf(&formatResponses, &r.w); f != 0 {
+		status = f
+	} else if !ok {
 		return
 	}
 	var model string
 	if r.w.set&(1<<slotModel) != 0 {
 		model = string(r.w.str(slotModel))
 	}
-	r.on(t, model)
+	r.on(t, model, status)
 }
 
 // jschema is a trie of the JSON paths a walker wants: numbers into numeric
@@ -1095,8 +1201,8 @@ type jwalk struct {
 
 	vals [nSlots]int64
 	set  uint16
-	strs [2][128]byte
-	slen [2]int
+	strs [3][128]byte
+	slen [3]int
 }
 
 // Walker states.

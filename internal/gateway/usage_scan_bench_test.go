@@ -128,7 +128,7 @@ func BenchmarkWSUsageReader(b *testing.B) {
 	}
 	stream = append(stream, wsFrame(true, 1, []byte(`{"type":"response.completed","response":{"id":"resp_1","object":"response","status":"completed","model":"gpt-5","output":[{"type":"message","content":[{"type":"output_text","text":"`+strings.Repeat("word ", 20)+`"}]}],"usage":{"input_tokens":1200,"input_tokens_details":{"cached_tokens":200},"output_tokens":345,"output_tokens_details":{"reasoning_tokens":100},"total_tokens":1545}}}`), false)...)
 	n := 0
-	w := newWSUsageReader(func(tokens, string) { n++ })
+	w := newWSUsageReader(func(tokens, string, int) { n++ })
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -34,6 +34,7 @@ type scanCase struct {
 	body        string
 	want        tokens
 	wantNone    bool // no usage in the body at all
+	failure     int  // the status of the failure the body reports
 }
 
 // checkSplits feeds the body whole, split in two at every position, and a
@@ -45,7 +46,7 @@ func checkSplits(t *testing.T, c scanCase) {
 	if h == nil {
 		h = http.Header{}
 	}
-	scan := func(parts ...[]byte) (tokens, bool) {
+	scan := func(parts ...[]byte) (tokens, bool, int) {
 		s := newUsageScanner(c.t, c.path, c.contentType, h)
 		if s == nil {
 			t.Fatalf("newUsageScanner(%s, %q, %q) = nil, want a scanner", c.t, c.path, c.contentType)
@@ -59,10 +60,14 @@ func checkSplits(t *testing.T, c scanCase) {
 				q[i] = 'X'
 			}
 		}
-		return s.Tokens()
+		tok, ok := s.Tokens()
+		return tok, ok, s.Failure()
 	}
-	check := func(how string, got tokens, ok bool) {
+	check := func(how string, got tokens, ok bool, failure int) {
 		t.Helper()
+		if failure != c.failure {
+			t.Fatalf("%s: Failure() = %d, want %d", how, failure, c.failure)
+		}
 		if c.wantNone {
 			if ok {
 				t.Fatalf("%s: Tokens() = %+v, true; want nothing seen", how, got)
@@ -73,18 +78,18 @@ func checkSplits(t *testing.T, c scanCase) {
 			t.Fatalf("%s: Tokens() = %+v, %v; want %+v, true", how, got, ok, c.want)
 		}
 	}
-	got, ok := scan(body)
-	check("whole", got, ok)
+	got, ok, failure := scan(body)
+	check("whole", got, ok, failure)
 	for i := 0; i <= len(body); i++ {
-		got, ok := scan(body[:i], body[i:])
-		check(fmt.Sprintf("split at %d", i), got, ok)
+		got, ok, failure := scan(body[:i], body[i:])
+		check(fmt.Sprintf("split at %d", i), got, ok, failure)
 	}
 	parts := make([][]byte, len(body))
 	for i := range body {
 		parts[i] = body[i : i+1]
 	}
-	got, ok = scan(parts...)
-	check("byte by byte", got, ok)
+	got, ok, failure = scan(parts...)
+	check("byte by byte", got, ok, failure)
 }
 
 func sse(events ...string) string { return strings.Join(events, "") }
@@ -118,6 +123,14 @@ func TestUsageOpenAIChat(t *testing.T) {
 		{name: "sse data split over lines", contentType: "text/event-stream", body: "data: {\"usage\":\ndata: {\"prompt_tokens\":1000,\"completion_tokens\":77,\ndata:\"prompt_tokens_details\":{\"cached_tokens\":300}}}\n\n", want: want},
 		{name: "sse without usage", contentType: "text/event-stream", body: sse(ev("", chunk(0)), ev("", "[DONE]")), wantNone: true},
 		{name: "sse named events", contentType: "text/event-stream", body: ": comment\nevent: chunk\nid: 1\ndata: {\"usage\":" + usage + "}\n\n", want: want},
+		// An error chunk fails the stream: counted as far as it went,
+		// recorded with the error's status.
+		{name: "sse error chunk", contentType: "text/event-stream", body: sse(ev("", chunk(0)), ev("", `{"id":"c","choices":[],"usage":`+usage+`}`),
+			ev("", `{"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}`)), want: want, failure: 500},
+		{name: "sse error chunk, rate limit", contentType: "text/event-stream", body: sse(ev("", chunk(0)),
+			ev("", `{"error":{"message":"slow down","type":"tokens","param":null,"code":"rate_limit_exceeded"}}`)), wantNone: true, failure: 429},
+		{name: "sse error inside a chunk is text", contentType: "text/event-stream", body: sse(ev("", `{"choices":[{"delta":{"content":"\"error\":{\"type\":\"x\"}"}}],"usage":null}`)), wantNone: true},
+		{name: "json error", body: `{"error":{"message":"bad","type":"invalid_request_error","param":"messages","code":null}}`, wantNone: true, failure: 400},
 		{name: "embeddings", path: "/v1/embeddings", body: `{"object":"list","data":[{"embedding":[0.1,-0.2,1e-3]}],"usage":{"prompt_tokens":42,"total_tokens":42}}`, want: tokens{Input: 42}},
 		// A provider's nonsense counts no negative input, which would
 		// credit the key's limits.
@@ -155,13 +168,34 @@ func TestUsageOpenAIResponses(t *testing.T) {
 		{name: "sse unnamed decoy only", body: sse(ev("", created), ev("", decoy)), wantNone: true},
 	}
 	for _, typ := range []string{"response.completed", "response.incomplete", "response.failed"} {
+		failure := 0
+		if typ == "response.failed" {
+			failure = 500 // it names no error code
+		}
 		cases = append(cases, scanCase{name: "sse " + typ, body: sse(
 			ev("response.created", created), ev("response.output_item.done", decoy),
 			ev("response.output_text.delta", delta), ev(typ, done(typ)),
 			// Only the done events count, even when another one carries a
 			// response with usage.
-			ev("response.output_item.done", decoy), ev("error", decoy)), want: want})
+			ev("response.output_item.done", decoy)), want: want, failure: failure})
 	}
+	failed := func(code string) string {
+		return `{"type":"response.failed","sequence_number":9,"response":{"id":"r","status":"failed","model":"gpt-5","error":{"code":"` + code + `","message":"m"},"usage":` + usage + `}}`
+	}
+	cases = append(cases,
+		scanCase{name: "sse failed, server error", body: sse(ev("response.created", created), ev("response.failed", failed("server_error"))), want: want, failure: 500},
+		scanCase{name: "sse failed, rate limit", body: sse(ev("response.created", created), ev("response.failed", failed("rate_limit_exceeded"))), want: want, failure: 429},
+		scanCase{name: "sse failed, bad image", body: sse(ev("response.created", created), ev("response.failed", failed("invalid_image_url"))), want: want, failure: 400},
+		scanCase{name: "sse unnamed failed, no usage", body: sse(ev("", created),
+			ev("", `{"type":"response.failed","response":{"error":{"code":"vector_store_timeout","message":"m"},"usage":null}}`)), wantNone: true, failure: 504},
+		// An error event fails the stream, and what it holds that looks
+		// like usage counts for nothing.
+		scanCase{name: "sse error event", body: sse(ev("response.created", created), ev("response.output_text.delta", delta),
+			ev("error", `{"type":"error","code":"rate_limit_exceeded","message":"m","param":null,"response":{"usage":{"input_tokens":7,"output_tokens":7}}}`)), wantNone: true, failure: 429},
+		scanCase{name: "sse error event after the end", body: sse(ev("response.completed", done("response.completed")), ev("error", decoy)), want: want, failure: 500},
+		scanCase{name: "json failed", contentType: "application/json", body: `{"id":"r","object":"response","status":"failed","error":{"code":"server_error","message":"m"},"usage":` + usage + `}`, want: want, failure: 500},
+		scanCase{name: "json done", contentType: "application/json", body: `{"id":"r","object":"response","status":"completed","error":null,"usage":` + usage + `}`, want: want},
+	)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			for _, pt := range []keybridge.ProviderType{keybridge.ProviderOpenAI, keybridge.ProviderAzureOpenAI, keybridge.ProviderOpenAICompatible} {
@@ -197,7 +231,15 @@ func TestUsageAnthropic(t *testing.T) {
 			want: tokens{Input: 50, Output: 200, CacheRead: 3000, CacheWrite: 2000}},
 		{name: "sse cut after message_start", contentType: "text/event-stream", body: sse(ev("message_start", start), ev("content_block_delta", block)),
 			want: tokens{Input: 50, Output: 1, CacheRead: 3000, CacheWrite: 2000}},
-		{name: "sse error", contentType: "text/event-stream", body: ev("error", `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`), wantNone: true},
+		{name: "sse error", contentType: "text/event-stream", body: ev("error", `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`), wantNone: true, failure: 529},
+		// A stream that fails after its start is charged what it read,
+		// and recorded with the error's status; the error's own fields
+		// that look like usage count for nothing.
+		{name: "sse error mid-stream", contentType: "text/event-stream", body: sse(ev("message_start", start), ev("content_block_delta", block), ev("message_delta", delta1),
+			ev("error", `{"type":"error","error":{"type":"api_error","message":"Internal server error"},"usage":{"output_tokens":9999}}`)),
+			want: tokens{Input: 50, Output: 200, CacheRead: 3000, CacheWrite: 2000}, failure: 500},
+		{name: "sse error without a type", contentType: "text/event-stream", body: sse(ev("message_start", start), ev("error", `{"type":"error"}`)),
+			want: tokens{Input: 50, Output: 1, CacheRead: 3000, CacheWrite: 2000}, failure: 500},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.t, c.path = keybridge.ProviderAnthropic, "/v1/messages"
@@ -243,6 +285,13 @@ func TestUsageGemini(t *testing.T) {
 			body: sse(ev("", chunks[0]), ev("", chunk("d", 31, 0, false, true))), want: tokens{Input: 1000, Output: 31}},
 		{name: "array, last counts whole", path: "/v1/models/m:streamGenerateContent", contentType: "application/json",
 			body: "[" + chunks[0] + ",\n" + chunk("d", 31, 0, false, true) + "]", want: tokens{Input: 1000, Output: 31}},
+		// A stream the provider fails is counted as far as it went.
+		{name: "sse error", path: "/v1beta/models/m:streamGenerateContent", contentType: "text/event-stream",
+			body: sse(ev("", chunks[0]), ev("", chunks[1]), ev("", `{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}`)),
+			want: tokens{Input: 600, Output: 70, CacheRead: 400}, failure: 503},
+		{name: "array error", path: "/v1beta/models/m:streamGenerateContent", contentType: "application/json",
+			body: "[" + chunks[0] + ",\n" + `{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}` + "]",
+			want: tokens{Input: 600, Output: 60, CacheRead: 400}, failure: 429},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.t = keybridge.ProviderGoogle
@@ -345,7 +394,9 @@ func TestUsageBedrockEventStream(t *testing.T) {
 		{name: "invoke anthropic cut", path: "/model/anthropic.claude/invoke-with-response-stream", body: string(cut), want: tokens{Input: 50, Output: 400, CacheRead: 3000, CacheWrite: 2000}},
 		{name: "invoke nova", path: "/model/amazon.nova-pro-v1:0/invoke-with-response-stream", body: string(nova), want: tokens{Input: 60, Output: 70, CacheRead: 80, CacheWrite: 5}},
 		{name: "converse", path: "/model/amazon.nova-pro-v1:0/converse-stream", body: string(converse), want: tokens{Input: 90, Output: 91, CacheRead: 92, CacheWrite: 93}},
-		{name: "exception", path: "/model/anthropic.claude/invoke-with-response-stream", body: string(failed), want: tokens{Input: 50, Output: 1, CacheRead: 3000, CacheWrite: 2000}},
+		{name: "exception", path: "/model/anthropic.claude/invoke-with-response-stream", body: string(failed), want: tokens{Input: 50, Output: 1, CacheRead: 3000, CacheWrite: 2000}, failure: 424},
+		{name: "throttled", path: "/model/amazon.nova-pro-v1:0/converse-stream", body: string(slicesConcat(esMessage(t, "event", "messageStart", []byte(`{"role":"assistant"}`)),
+			esMessage(t, "exception", "throttlingException", []byte(`{"message":"Too many tokens"}`)))), wantNone: true, failure: 429},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.t, c.contentType = keybridge.ProviderBedrock, "application/vnd.amazon.eventstream"
@@ -445,8 +496,9 @@ func wsFrame(fin bool, op byte, payload []byte, mask bool) []byte {
 }
 
 type wsSeen struct {
-	t     tokens
-	model string
+	t      tokens
+	model  string
+	status int
 }
 
 func TestWSUsageReader(t *testing.T) {
@@ -457,10 +509,14 @@ func TestWSUsageReader(t *testing.T) {
 	second := []byte(`{"response":{"model":"gpt-5-mini","usage":{"input_tokens":10,"output_tokens":3}},"type":"response.incomplete"}`)
 	big := completed("gpt-5"+strings.Repeat("x", 70000), 1, 0, 1)
 	want := []wsSeen{
-		{tokens{Input: 1000, Output: 345, CacheRead: 200}, "gpt-5"},
-		{tokens{Input: 10, Output: 3}, "gpt-5-mini"},
-		{tokens{Input: 1, Output: 1}, ("gpt-5" + strings.Repeat("x", 70000))[:128]},
-		{tokens{Input: 1000, Output: 345, CacheRead: 200}, "gpt-5"},
+		{tokens{Input: 1000, Output: 345, CacheRead: 200}, "gpt-5", 200},
+		{tokens{Input: 10, Output: 3}, "gpt-5-mini", 200},
+		// A failed response is a row, with the error's status, even
+		// without usage.
+		{tokens{}, "gpt-5", 500},
+		{tokens{Input: 5, Output: 6}, "gpt-5", 429},
+		{tokens{Input: 1, Output: 1}, ("gpt-5" + strings.Repeat("x", 70000))[:128], 200},
+		{tokens{Input: 1000, Output: 345, CacheRead: 200}, "gpt-5", 200},
 	}
 	for _, mask := range []bool{false, true} {
 		var stream []byte
@@ -476,6 +532,10 @@ func TestWSUsageReader(t *testing.T) {
 		add(wsFrame(true, 10, nil, mask))
 		add(wsFrame(true, 0, first[100:], mask))
 		add(wsFrame(true, 1, second, mask))
+		add(wsFrame(true, 1, []byte(`{"type":"response.failed","response":{"model":"gpt-5","error":{"code":"server_error","message":"m"},"usage":null}}`), mask))
+		// An error event is no response's end: no row.
+		add(wsFrame(true, 1, []byte(`{"type":"error","code":"rate_limit_exceeded","message":"m"}`), mask))
+		add(wsFrame(true, 1, []byte(`{"type":"response.failed","response":{"model":"gpt-5","error":{"code":"rate_limit_exceeded","message":"m"},"usage":{"input_tokens":5,"output_tokens":6}}}`), mask))
 		add(wsFrame(true, 1, big, mask))
 		add(wsFrame(false, 1, first[:10], mask))
 		add(wsFrame(false, 0, nil, mask))
@@ -484,7 +544,7 @@ func TestWSUsageReader(t *testing.T) {
 
 		run := func(parts ...[]byte) []wsSeen {
 			var seen []wsSeen
-			w := newWSUsageReader(func(t tokens, model string) { seen = append(seen, wsSeen{t, model}) })
+			w := newWSUsageReader(func(t tokens, model string, status int) { seen = append(seen, wsSeen{t, model, status}) })
 			for _, p := range parts {
 				q := bytes.Clone(p)
 				if n, err := w.Write(q); n != len(q) || err != nil {
@@ -524,7 +584,7 @@ func TestWSUsageReaderLongMessage(t *testing.T) {
 	huge := fmt.Appendf(nil, `{"type":"response.completed","response":{"model":"gpt-5","output":[{"type":"message","content":[{"type":"output_text","text":"%s"}]}],"usage":{"input_tokens":4,"output_tokens":300000}}}`,
 		strings.Repeat(`x\"`, maxUsageEvent/2))
 	next := []byte(`{"type":"response.completed","response":{"model":"m","usage":{"input_tokens":1,"output_tokens":2}}}`)
-	want := []wsSeen{{tokens{Input: 4, Output: 300000}, "gpt-5"}, {tokens{Input: 1, Output: 2}, "m"}}
+	want := []wsSeen{{tokens{Input: 4, Output: 300000}, "gpt-5", 200}, {tokens{Input: 1, Output: 2}, "m", 200}}
 	for _, mask := range []bool{false, true} {
 		var stream []byte
 		stream = append(stream, wsFrame(false, 1, huge[:maxUsageEvent-10], mask)...)
@@ -533,7 +593,7 @@ func TestWSUsageReaderLongMessage(t *testing.T) {
 		stream = append(stream, wsFrame(true, 1, next, mask)...)
 		for _, size := range []int{len(stream), 4096, 1000003} {
 			var seen []wsSeen
-			w := newWSUsageReader(func(t tokens, model string) { seen = append(seen, wsSeen{t, model}) })
+			w := newWSUsageReader(func(t tokens, model string, status int) { seen = append(seen, wsSeen{t, model, status}) })
 			for p := stream; len(p) > 0; {
 				n := min(size, len(p))
 				w.Write(bytes.Clone(p[:n]))
@@ -665,7 +725,7 @@ func TestUsageFromMocks(t *testing.T) {
 			t.Fatalf("upgrade: %v, %v", resp, err)
 		}
 		var seen []wsSeen
-		w := newWSUsageReader(func(t tokens, model string) { seen = append(seen, wsSeen{t, model}) })
+		w := newWSUsageReader(func(t tokens, model string, status int) { seen = append(seen, wsSeen{t, model, status}) })
 		for _, model := range []string{"gpt-5", "gpt-5-mini"} {
 			if _, err := conn.Write(wsFrame(true, 1, []byte(`{"type":"response.create","model":"`+model+`","input":"hi"}`), true)); err != nil {
 				t.Fatal(err)
@@ -679,7 +739,7 @@ func TestUsageFromMocks(t *testing.T) {
 			}
 			_, _ = w.Write(buf[:n])
 		}
-		want := []wsSeen{{noWrite, "gpt-5"}, {noWrite, "gpt-5-mini"}}
+		want := []wsSeen{{noWrite, "gpt-5", 200}, {noWrite, "gpt-5-mini", 200}}
 		if seen[0] != want[0] || seen[1] != want[1] {
 			t.Errorf("responses = %+v, want %+v", seen, want)
 		}
