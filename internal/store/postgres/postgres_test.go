@@ -135,3 +135,7 @@ func TestUsageRollupBackfill(t *testing.T) {
 func TestInvitationsCarryOver(t *testing.T) {
 	storetest.InvitationsCarryOver(t, storetest.Postgres, postgres.Migrate)
 }
+
+func TestBudgetPeriodsWithoutBudgetCleared(t *testing.T) {
+	storetest.BudgetPeriodsWithoutBudgetCleared(t, storetest.Postgres, postgres.Migrate)
+}

@@ -111,6 +111,10 @@ func TestInvitationsCarryOver(t *testing.T) {
 	storetest.InvitationsCarryOver(t, storetest.SQLite, sqlite.Migrate)
 }
 
+func TestBudgetPeriodsWithoutBudgetCleared(t *testing.T) {
+	storetest.BudgetPeriodsWithoutBudgetCleared(t, storetest.SQLite, sqlite.Migrate)
+}
+
 // TestFilesArePrivate checks that the database and its -wal and -shm files
 // are created 0600 and a data directory Open creates is 0700, whatever the
 // umask, like the master key: they hold every sealed secret and key hash.

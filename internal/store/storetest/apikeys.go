@@ -9,6 +9,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
+	"github.com/keybridge/keybridge/internal/store/sqlstore"
 )
 
 func testAPIKeys(t *testing.T, newStore Factory) {
@@ -189,4 +190,53 @@ func apiKeyString(k *keybridge.APIKey) string {
 		k.ID, k.OrgID, k.UserID, k.Name, k.Description, k.Prefix, k.Hash, k.Permissions, k.Status, k.Limits,
 		k.CreatedAt.UTC().Format(time.RFC3339Nano), k.UpdatedAt.UTC().Format(time.RFC3339Nano),
 		tp(k.LastUsedAt), tp(k.ExpiresAt), tp(k.RevokedAt), tp(k.GraceUntil), k.RotatedFrom)
+}
+
+// BudgetPeriodsWithoutBudgetCleared checks the migration that clears the
+// budget period of keys stored with one but no budget (the API refuses
+// such a key now): those show no period after it, platform keys and AI
+// keys alike, and a key with a budget keeps its period.
+func BudgetPeriodsWithoutBudgetCleared(t *testing.T, newStore Factory, migrate func(context.Context, *sqlstore.DB) error) {
+	ctx := context.Background()
+	st := newStore(t)
+	org := baseOrg(t, st, "acme")
+	u := baseUser(t, st, "owner@example.com")
+	apiKey := func(name string, lim keybridge.Limits) *keybridge.APIKey {
+		k := &keybridge.APIKey{OrgID: org.ID, UserID: u.ID, Name: name, Prefix: "kb_" + name, Hash: baseHash(name),
+			Permissions: keybridge.AllPermissions, Status: keybridge.KeyActive, Limits: lim}
+		if err := st.CreateAPIKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	p := projProject(t, st, org.ID, "web")
+	aiKey := func(name string, lim keybridge.Limits) *keybridge.AIKey {
+		k := &keybridge.AIKey{ProjectID: p.ID, OrgID: org.ID, Name: name, AIType: keybridge.AIOther, Key: "kbk_" + name, SecretHash: baseHash(name), Limits: lim}
+		if err := st.CreateAIKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	stale := keybridge.Limits{RateLimitRPM: 60, BudgetPeriod: keybridge.BudgetMonth}
+	budgeted := keybridge.Limits{TokenBudget: 5000, BudgetPeriod: keybridge.BudgetDay}
+	staleAPI, budgetedAPI := apiKey("stale", stale), apiKey("budgeted", budgeted)
+	staleAI, budgetedAI := aiKey("stale", stale), aiKey("budgeted", budgeted)
+
+	RawOf(t, st).Exec(t, `DELETE FROM schema_migrations WHERE name LIKE '%_budget_period_without_budget.sql'`)
+	if err := migrate(ctx, st.(*sqlstore.Store).DB()); err != nil {
+		t.Fatalf("migrate = %v", err)
+	}
+	want := map[string]keybridge.Limits{"stale": {RateLimitRPM: 60}, "budgeted": budgeted}
+	for _, k := range []*keybridge.APIKey{staleAPI, budgetedAPI} {
+		got, err := st.APIKey(ctx, k.ID)
+		if err != nil || got.Limits != want[k.Name] {
+			t.Errorf("platform key %s after the migration: %+v, %v; want limits %+v", k.Name, got, err, want[k.Name])
+		}
+	}
+	for _, k := range []*keybridge.AIKey{staleAI, budgetedAI} {
+		got, err := st.AIKey(ctx, p.ID, k.ID)
+		if err != nil || got.Limits != want[k.Name] {
+			t.Errorf("AI key %s after the migration: %+v, %v; want limits %+v", k.Name, got, err, want[k.Name])
+		}
+	}
 }
