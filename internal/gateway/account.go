@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -218,26 +217,19 @@ func (x *exchange) model() string {
 	return modelFromPath(x.path)
 }
 
-// modelFromPath reads a model from a path of any provider type.
+// modelFromPath reads a model from a path of any provider type, as the
+// allowlist reads one from its provider's paths (pathModel).
 func modelFromPath(path string) string {
 	path, _, _ = strings.Cut(path, "?")
-	if rest, ok := strings.CutPrefix(path, "/model/"); ok {
-		id, _, _ := strings.Cut(rest, "/")
-		if u, err := url.PathUnescape(id); err == nil {
-			return u
-		}
-		return id
-	}
-	if _, rest, ok := strings.Cut(path, "/openai/deployments/"); ok {
-		d, _, _ := strings.Cut(rest, "/")
-		return d
-	}
-	if i := strings.Index(path, "/models/"); i >= 0 {
-		m := path[i+len("/models/"):]
-		if j := strings.IndexAny(m, ":/"); j >= 0 {
-			m = m[:j]
-		}
+	if m, ok := segmentAfter(path, "/model/"); ok {
 		return m
+	}
+	for _, marker := range []string{"/openai/deployments/", "/models/"} {
+		if i := strings.Index(path, marker); i >= 0 {
+			m, _ := segmentAfter(path[i:], marker)
+			m, _, _ = strings.Cut(m, ":")
+			return m
+		}
 	}
 	return ""
 }

@@ -233,3 +233,24 @@ func TestCanonicalPath(t *testing.T) {
 		t.Errorf("a plain path allocates %v times, want 0", n)
 	}
 }
+
+// modelFromPath, the usage row's last resort (an unknown provider, a path
+// whose type names no model at a fixed place), reads a model as the
+// allowlist reads one: the segment unescaped, the prefix in any case.
+func TestModelFromPath(t *testing.T) {
+	for path, want := range map[string]string{
+		"/model/anthropic.claude-v2%3A1/invoke":           "anthropic.claude-v2:1",
+		"/Model/amazon.nova-pro-v1:0/converse":            "amazon.nova-pro-v1:0",
+		"/openai/deployments/gpt-4o/chat/completions":     "gpt-4o",
+		"/openai/deployments/my%20deploy/chat":            "my deploy",
+		"/v1beta/models/gemini-2.0-flash:generateContent": "gemini-2.0-flash",
+		"/v1/models/gpt-4o":                               "gpt-4o",
+		"/v1/models/gpt-4o?x=/model/other":                "gpt-4o",
+		"/v1/chat/completions":                            "",
+		"":                                                "",
+	} {
+		if got := modelFromPath(path); got != want {
+			t.Errorf("modelFromPath(%q) = %q, want %q", path, got, want)
+		}
+	}
+}
