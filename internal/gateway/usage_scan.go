@@ -614,7 +614,7 @@ func (s *sseScanner) endLine() {
 		return
 	}
 	name := s.name[:min(s.nlen, len(s.name))]
-	s.errOnly = s.f.errorEvents && s.nlen == len("error") && string(name) == "error"
+	s.errOnly = s.f.errorEvents && string(name) == "error"
 	if s.errOnly {
 		// What it says of usage is undone at its end.
 		s.snapshot, s.snapSet = s.w.vals, s.w.set
