@@ -460,24 +460,24 @@ func TestRedisLimiterCarriesSettlements(t *testing.T) {
 	mustAdmit(t, l, id, lim, 0, april)
 	keysAt := func(tm time.Time) []string { return limitKeys(id, tm.UnixMilli(), keybridge.BudgetMonth) }
 	deadline := time.Now().Add(5 * time.Second)
-	for rdb.Get(context.Background(), keysAt(at)[6]).Val() != "120" {
+	for rdb.Get(context.Background(), keysAt(at)[5]).Val() != "120" {
 		if time.Now().After(deadline) {
-			t.Fatalf("March budget = %q, want 120", rdb.Get(context.Background(), keysAt(at)[6]).Val())
+			t.Fatalf("March budget = %q, want 120", rdb.Get(context.Background(), keysAt(at)[5]).Val())
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if got := rdb.Get(context.Background(), keysAt(april)[6]).Val(); got != "" {
+	if got := rdb.Get(context.Background(), keysAt(april)[5]).Val(); got != "" {
 		t.Errorf("April budget = %q, want nothing used", got)
 	}
 	// run's end sends what is owed.
 	tk, _ = mustAdmit(t, l, id, lim, 100, april)
 	l.mu.Lock()
 	l.owed[id] = append(l.owed[id], owed{seq: tk.seq, reserved: tk.reserved, used: 7, ms: april.UnixMilli(), tpm: true,
-		period: keybridge.BudgetMonth, budget: keysAt(april)[6], budTTL: time.Hour.Milliseconds()})
+		period: keybridge.BudgetMonth, budget: keysAt(april)[5], budTTL: time.Hour.Milliseconds()})
 	l.mu.Unlock()
 	cancel()
 	<-done
-	if got := rdb.Get(context.Background(), keysAt(april)[6]).Val(); got != "7" {
+	if got := rdb.Get(context.Background(), keysAt(april)[5]).Val(); got != "7" {
 		t.Errorf("April budget after run ended = %q, want 7", got)
 	}
 	if l.async.Load() {
@@ -765,7 +765,7 @@ func TestRedisLeaseSavesRoundTrips(t *testing.T) {
 	l.expire(math.MaxInt64)
 	l.flush(ctx)
 	k := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)
-	if got := rdb.Get(ctx, k[7]).Val(); got != strconv.Itoa(n) {
+	if got := rdb.Get(ctx, k[6]).Val(); got != strconv.Itoa(n) {
 		t.Errorf("RPM log counts %s, want %d", got, n)
 	}
 	var inLog int
@@ -779,7 +779,7 @@ func TestRedisLeaseSavesRoundTrips(t *testing.T) {
 	if got := rdb.Get(ctx, k[2]).Val(); got != strconv.Itoa(7*n) {
 		t.Errorf("TPM sum = %s, want %d", got, 7*n)
 	}
-	if got := rdb.Get(ctx, k[6]).Val(); got != strconv.Itoa(7*n) {
+	if got := rdb.Get(ctx, k[5]).Val(); got != strconv.Itoa(7*n) {
 		t.Errorf("budget = %s, want %d", got, 7*n)
 	}
 	if got := rdb.ZCard(ctx, k[3]).Val(); got != 0 {
@@ -897,7 +897,7 @@ func TestRedisLeaseReleasesTokensAfterLastSettle(t *testing.T) {
 	if got := pend(); got != "" {
 		t.Errorf("pending after the last settle = %q, want none", got)
 	}
-	if got := rdb.Get(ctx, k[6]).Val(); got != "7" {
+	if got := rdb.Get(ctx, k[5]).Val(); got != "7" {
 		t.Errorf("budget = %s, want 7", got)
 	}
 	// Changed limits do not use the old lease.
@@ -986,7 +986,7 @@ func TestRedisLeaseReturnOutOfOrder(t *testing.T) {
 		c, _ := strconv.Atoi(m[strings.LastIndexByte(m, ':')+1:])
 		inLog += c
 	}
-	if got := rdb.Get(ctx, k[7]).Val(); got != strconv.Itoa(len(times)) || inLog != len(times) {
+	if got := rdb.Get(ctx, k[6]).Val(); got != strconv.Itoa(len(times)) || inLog != len(times) {
 		t.Errorf("RPM log counts %s, its entries sum to %d; want %d requests: %v", got, inLog, len(times), rdb.ZRange(ctx, k[0], 0, -1).Val())
 	}
 }
@@ -1036,7 +1036,7 @@ func TestRedisLimiterSettlesWhileFlushing(t *testing.T) {
 	cancel()
 	<-done
 	for _, id := range ids {
-		key := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)[6]
+		key := limitKeys(id, t0.UnixMilli(), keybridge.BudgetMonth)[5]
 		if got, want := rdb.Get(context.Background(), key).Val(), strconv.Itoa(2*rounds*3); got != want {
 			t.Errorf("key %s: budget used = %s, want %s", id, got, want)
 		}
@@ -1111,7 +1111,7 @@ func TestRedisCountsAtTheBounds(t *testing.T) {
 	if got, entries := rdb.Get(ctx, k[2]).Val(), sumOf(k[1]); got != want || strconv.FormatInt(entries, 10) != want {
 		t.Errorf("TPM sum %s, its entries %d; want %s", got, entries, want)
 	}
-	if got := rdb.Get(ctx, k[6]).Val(); got != want {
+	if got := rdb.Get(ctx, k[5]).Val(); got != want {
 		t.Errorf("budget used %s, want %s", got, want)
 	}
 	if got := rdb.ZCard(ctx, k[3]).Val(); got != 0 {
@@ -1226,4 +1226,58 @@ func TestRedisDownIsNotWaitedOn(t *testing.T) {
 	if got := counterValue(t, l.m.redisDown); got != n+2 {
 		t.Errorf("redis down counter = %v, want %d: every admission made without Redis (local tickets settle locally)", got, n+2)
 	}
+}
+
+// An admission whose answer is lost (Redis ran the script, and the reply
+// never came) leaves nothing of itself in Redis once Redis answers again:
+// neither its reservation, which would hold the key's tokens for
+// reserveTTL, nor the tokens of the lease it was granted and never knew.
+func TestRedisLostAnswerLeavesNothing(t *testing.T) {
+	rdb, shared := needRedis(t), testRedis(t) // a client of its own to hook, one to look
+	var lose atomic.Bool
+	rdb.AddHook(loseHook{&lose})
+	l, _ := newRedisLimiter(rdb, LimitsLocal, nil)
+	ctx := context.Background()
+	id := newKeyID()
+	lim := keybridge.Limits{RateLimitTPM: 1_000_000} // far from it: a lease is granted
+	k := limitKeys(id, t0.UnixMilli(), "")
+
+	lose.Store(true)
+	tk, d := mustAdmit(t, l, id, lim, 1000, t0)
+	if !d.ok || !tk.local || !l.down.Load() {
+		t.Fatalf("admit whose answer was lost = %+v, %+v, down %v; want ok in process, Redis taken for down", d, tk, l.down.Load())
+	}
+	if got := shared.ZRange(ctx, k[3], 0, -1).Val(); len(got) != 2 {
+		t.Fatalf("reservations in Redis after the lost answer = %v, want 2: the request's and its lease's", got)
+	}
+	lose.Store(false)
+	waitBack(t, l)
+	if _, d := mustAdmit(t, l, id, lim, 0, t0.Add(time.Second)); !d.ok || d.tokRemaining != lim.RateLimitTPM {
+		t.Errorf("admit once Redis answers = %+v, want ok with all %d tokens remaining", d, lim.RateLimitTPM)
+	}
+	if got := shared.ZRange(ctx, k[3], 0, -1).Val(); len(got) != 0 {
+		t.Errorf("reservations left in Redis = %v, want none", got)
+	}
+	if got := shared.Get(ctx, k[4]).Val(); got != "" && got != "0" {
+		t.Errorf("reserved sum in Redis = %q, want none", got)
+	}
+}
+
+// loseHook, while on, lets script calls run and then reports their
+// answers lost, as a read that timed out.
+type loseHook struct{ on *atomic.Bool }
+
+func (h loseHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h loseHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if err == nil && h.on.Load() && strings.HasPrefix(cmd.Name(), "eval") {
+			err = &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+			cmd.SetErr(err)
+		}
+		return err
+	}
+}
+func (h loseHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }

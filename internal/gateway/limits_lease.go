@@ -54,7 +54,7 @@ const (
 // lease is one key's lease on this replica. Its fields are guarded by the
 // limiter's lmu.
 type lease struct {
-	seq   int64 // the admission that granted it names it in Redis: L<seq>
+	seq   string // the admission that granted it names it in Redis: L<seq>
 	lim   keybridge.Limits
 	until int64 // ms: admits before this
 	slots int64 // RPM slots granted
@@ -74,10 +74,15 @@ type lease struct {
 }
 
 // leaseReturn gives a lease's capacity back: its unused slots, its used
-// ones rescored at the times in at, and tokens (0: none now).
+// ones rescored at the times in at, and tokens (0: none now). With
+// forget, it is the lease an admission whose answer was lost may have
+// been granted, of which nothing is known: its tokens go, whatever they
+// were.
 type leaseReturn struct {
-	seq, slots, tokens int64
-	at                 []int64
+	seq           string
+	slots, tokens int64
+	at            []int64
+	forget        bool
 }
 
 // leaseAsk is what an admission asks Redis to lease.
@@ -113,7 +118,7 @@ func (l *redisLimiter) fromLease(keyID string, lim keybridge.Limits, reserve, ms
 	if !tokens {
 		return ticket{}, d, true
 	}
-	seq := "L" + strconv.FormatInt(ls.seq, 10) + "." + strconv.FormatInt(n, 10)
+	seq := "L" + ls.seq + "." + strconv.FormatInt(n, 10)
 	return ticket{keyID: keyID, seq: seq, reserved: reserve, tpm: lim.RateLimitTPM > 0, budget: p, lease: ls}, d, true
 }
 

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,7 +42,7 @@ var errLimitsDown = errors.New("limit counters unreachable")
 //
 // A key's counters live under {kb:<keyID>}:…, one hash slot, so a Redis
 // Cluster can run the scripts. Every one expires: the windows 60 s after
-// their last entry, reservations and the sequence after reserveTTL, a
+// their last entry, reservations after reserveTTL, a
 // budget an hour after its period ends (the hour absorbs replicas'
 // clock skew).
 type redisLimiter struct {
@@ -80,6 +82,17 @@ type redisLimiter struct {
 	// that admissions and settlements do not build them anew.
 	bmu     sync.Mutex
 	budKeys map[budgetSlot]budgetName
+
+	// seqs names admissions: seqPrefix, random per limiter, and a count.
+	seqPrefix string
+	seqs      atomic.Uint64
+}
+
+// newSeq names an admission in Redis. The replica chooses it, rather than
+// Redis, so that what an admission whose answer was lost counted can be
+// undone by name (admit).
+func (l *redisLimiter) newSeq() string {
+	return l.seqPrefix + strconv.FormatUint(l.seqs.Add(1), 36)
 }
 
 type budgetSlot struct {
@@ -156,10 +169,13 @@ func newRedisLimiter(rdb redis.Scripter, whenDown string, log *slog.Logger) (*re
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := newLimitMetrics()
+	var id [8]byte
+	rand.Read(id[:])
 	return &redisLimiter{rdb: rdb, refuse: whenDown == LimitsRefuse, local: newMemLimiterMetrics(m), log: log, m: m,
 		owed: map[string][]owed{}, returns: map[string][]leaseReturn{}, kick: make(chan struct{}, 1),
 		unsent: map[string][]leaseReturn{}, unreserved: map[string][]owed{},
-		leases: map[string]*lease{}}, nil
+		leases:    map[string]*lease{},
+		seqPrefix: strconv.FormatUint(binary.BigEndian.Uint64(id[:]), 36) + "-"}, nil
 }
 
 // settleWaits: while run carries settlements, settle only queues them.
@@ -172,8 +188,9 @@ func (l *redisLimiter) collectors() []prometheus.Collector {
 // limitLua is shared by both scripts. KEYS: 1 RPM log (member:
 // seq:count, score: admitted at), 2 TPM log (member: seq:tokens, score:
 // settled at), 3 TPM sum, 4 reservations (member: seq:tokens, score:
-// expires at), 5 their sum, 6 sequence, 7 the budget of the current
-// period, 8 RPM sum. A lease's members are named L<seq>.
+// expires at), 5 their sum, 6 the budget of the current period, 7 RPM
+// sum. seq is the admission's name, chosen by the replica (newSeq); a
+// lease's members are named L<seq>.
 var limitLua = `
 -- int is the decimal text of the integer n. Lua's own text of a number
 -- (tostring, ..) has 14 significant digits, so 1e14 and up would come
@@ -239,7 +256,8 @@ end
 -- reservation, tokens used, 1 to count them in TPM, when (ms), the
 -- budget's TTL in ms (0: no budget)); then a count of lease returns, each
 -- 4 values (lease, slots granted, tokens to release, k) and k pairs (ms,
--- slots used in that millisecond).
+-- slots used in that millisecond); then a count of admissions forgotten,
+-- each its seq.
 local function apply(i)
   local n = tonumber(ARGV[i])
   i = i + 1
@@ -253,8 +271,8 @@ local function apply(i)
         add(KEYS[2], KEYS[3], ms, seq, used, 60000)
       end
       if tonumber(ARGV[i + 5]) > 0 then
-        redis.call('INCRBY', KEYS[7], int(used))
-        redis.call('PEXPIRE', KEYS[7], ARGV[i + 5])
+        redis.call('INCRBY', KEYS[6], int(used))
+        redis.call('PEXPIRE', KEYS[6], ARGV[i + 5])
       end
     end
     i = i + 6
@@ -266,14 +284,28 @@ local function apply(i)
     -- The slots leave the log; the used ones come back at the times
     -- they were used (unless the lease's entry left the window already).
     if granted > 0 and redis.call('ZREM', KEYS[1], id .. ':' .. int(granted)) == 1 then
-      redis.call('DECRBY', KEYS[8], int(granted))
+      redis.call('DECRBY', KEYS[7], int(granted))
       for j = 0, k - 1 do
         local ms = ARGV[i + 4 + 2 * j]
-        add(KEYS[1], KEYS[8], ms, id .. '.' .. ms, tonumber(ARGV[i + 5 + 2 * j]), ` + rpmTTL + `)
+        add(KEYS[1], KEYS[7], ms, id .. '.' .. ms, tonumber(ARGV[i + 5 + 2 * j]), ` + rpmTTL + `)
       end
     end
     unreserve(id, tonumber(ARGV[i + 2]))
     i = i + 4 + 2 * k
+  end
+  n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    -- An admission whose answer never reached its replica: the tokens
+    -- of a lease it may have granted are nobody's. (Its own reservation
+    -- goes as a settlement's; its lease's slots leave with the window.)
+    local id, cur = 'L' .. ARGV[i], '0'
+    repeat
+      local r = redis.call('ZSCAN', KEYS[4], cur, 'MATCH', id .. ':*', 'COUNT', 100)
+      cur = r[1]
+      for j = 1, #r[2], 2 do unreserve(id, num(r[2][j])) end
+    until cur == '0'
+    i = i + 1
   end
   return i
 end
@@ -286,10 +318,10 @@ var rpmTTL = strconv.FormatInt((limitWindow + leaseTTL).Milliseconds(), 10)
 // admitScript: ARGV 1 now (ms), 2 RPM, 3 TPM, 4 budget (0: none), 5
 // reservation, 6 ms until the budget period ends, 7 reserveTTL (ms), 8
 // pendingRetry (ms), 9 "1" to ask for a lease, 10 its slots and 11 tokens
-// wanted, 12 when it would end (ms); then what the replica owes (see
-// apply), applied first. It returns {admitted, seq, rpm, rpm wait, tpm,
-// tpm wait, budget, budget wait} as in tally, then {leased, slots,
-// tokens}: the lease granted, if any.
+// wanted, 12 when it would end (ms), 13 the admission's seq; then what the
+// replica owes (see apply), applied first. It returns {admitted, 0, rpm,
+// rpm wait, tpm, tpm wait, budget, budget wait} as in tally, then
+// {leased, slots, tokens}: the lease granted, if any.
 //
 // A lease is granted only to an admitted request of a key that stays at
 // or under half of each of its limits with the lease counted, and is at
@@ -298,12 +330,12 @@ var rpmTTL = strconv.FormatInt((limitWindow + leaseTTL).Milliseconds(), 10)
 // entry of the RPM log, scored at the lease's end until it is returned;
 // its tokens are one reservation.
 var admitScript = redis.NewScript(limitLua + `
-apply(13)
+apply(14)
 local now, rpm, tpm, bud = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local from = now - 60000
 local rpmN, rpmWait, tpmN, tpmWait, budN, budWait = 0, 0, 0, 0, 0, 0
 if rpm > 0 then
-  rpmN = trim(KEYS[1], KEYS[8], from)
+  rpmN = trim(KEYS[1], KEYS[7], from)
   if rpmN >= rpm then rpmWait = wait(KEYS[1], rpmN - rpm + 1, now, 1) end
 end
 local pend = 0
@@ -313,7 +345,7 @@ if tpm > 0 then
   if tpmN >= tpm then tpmWait = wait(KEYS[2], tpmN - tpm + 1, now, tonumber(ARGV[8])) end
 end
 if bud > 0 then
-  local used = tonumber(redis.call('GET', KEYS[7]) or '0')
+  local used = tonumber(redis.call('GET', KEYS[6]) or '0')
   budN = used + pend
   if budN >= bud then
     budWait = tonumber(ARGV[6])
@@ -323,10 +355,9 @@ end
 if rpmWait > 0 or tpmWait > 0 or budWait > 0 then
   return {0, 0, rpmN, rpmWait, tpmN, tpmWait, budN, budWait, 0, 0, 0}
 end
-local seq = redis.call('INCR', KEYS[6])
-redis.call('PEXPIRE', KEYS[6], ARGV[7])
+local seq = ARGV[13]
 if rpm > 0 then
-  add(KEYS[1], KEYS[8], now, seq, 1, ` + rpmTTL + `)
+  add(KEYS[1], KEYS[7], now, seq, 1, ` + rpmTTL + `)
   rpmN = rpmN + 1
 end
 local reserve = tonumber(ARGV[5])
@@ -350,20 +381,18 @@ if ARGV[9] == '1' then
   if tpm == 0 and bud == 0 then toks = 0 end
   if ok and toks >= 0 then
     leased = 1
-    if slots > 0 then add(KEYS[1], KEYS[8], tonumber(ARGV[12]), 'L' .. seq, slots, ` + rpmTTL + `) end
+    if slots > 0 then add(KEYS[1], KEYS[7], tonumber(ARGV[12]), 'L' .. seq, slots, ` + rpmTTL + `) end
     if toks > 0 then add(KEYS[4], KEYS[5], now + tonumber(ARGV[7]), 'L' .. seq, toks, ARGV[7]) end
   else
     slots, toks = 0, 0
   end
 end
-return {1, seq, rpmN, 0, tpmN, 0, budN, 0, leased, slots, toks}
+return {1, 0, rpmN, 0, tpmN, 0, budN, 0, leased, slots, toks}
 `)
 
-// settleScript: ARGV 1 reserveTTL (ms), then what the replica owes (see
-// apply).
+// settleScript: ARGV what the replica owes (see apply).
 var settleScript = redis.NewScript(limitLua + `
-apply(2)
-redis.call('PEXPIRE', KEYS[6], ARGV[1])
+apply(1)
 return 0
 `)
 
@@ -376,7 +405,7 @@ func limitKeys(keyID string, ms int64, p keybridge.BudgetPeriod) []string {
 // withBudget is limitKeys with the budget's key already made.
 func withBudget(keyID, bud string) []string {
 	pre := "{kb:" + keyID + "}:"
-	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", pre + "seq", bud, pre + "rpms"}
+	return []string{pre + "rpm", pre + "tpm", pre + "tpms", pre + "res", pre + "pend", bud, pre + "rpms"}
 }
 
 // budgetKey is the Redis key of keyID's budget in the period p holding ms
@@ -423,15 +452,16 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		budLeft = end - ms
 	}
 	keys := withBudget(keyID, bk)
-	carried, returns := l.take(keyID, keys[6])
+	carried, returns := l.take(keyID, keys[5])
 	returns = append(returns, ret...)
 	asks := "0"
 	if want.ask {
 		asks = "1"
 	}
-	args := append(make([]any, 0, 14+6*len(carried)+4*len(returns)),
+	seq := l.newSeq()
+	args := append(make([]any, 0, 16+6*len(carried)+4*len(returns)),
 		ms, min(max(lim.RateLimitRPM, 0), maxLimit), min(max(lim.RateLimitTPM, 0), maxLimit), bud, reserve, budLeft,
-		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), asks, want.slots, want.tokens, ms+leaseTTL.Milliseconds())
+		reserveTTL.Milliseconds(), pendingRetry.Milliseconds(), asks, want.slots, want.tokens, ms+leaseTTL.Milliseconds(), seq)
 	// Once sent, the script counts the request and its reservation
 	// whether or not its caller still waits for the answer: a caller that
 	// leaves meanwhile must not leave them in Redis with no ticket to
@@ -449,7 +479,14 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		return ticket{}, decision{}, fmt.Errorf("count request in redis: %w", err)
 	}
 	if err != nil {
-		l.keepForRedis(keyID, carried, returns)
+		// Whether the script ran is not known: should it have, what it
+		// counted of this admission must not stay (its reservation up to
+		// reserveTTL, a lease's tokens). Both go once Redis answers;
+		// dropping what was never made is harmless.
+		l.keepForRedis(keyID, append(carried, owed{seq: seq, reserved: reserve}), returns)
+		if want.ask {
+			l.returnLater(keyID, []leaseReturn{{seq: seq, forget: true}})
+		}
 		l.unreachable(ctx, err) // no answer in redisCallTimeout is one too
 		if l.refuse {
 			return ticket{}, decision{}, fmt.Errorf("count request: %w: %w", errLimitsDown, err)
@@ -465,7 +502,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 		return ticket{}, d, nil
 	}
 	if r[8] == 1 {
-		l.grant(keyID, &lease{seq: r[1], lim: lim, until: ms + leaseTTL.Milliseconds(), slots: r[9],
+		l.grant(keyID, &lease{seq: seq, lim: lim, until: ms + leaseTTL.Milliseconds(), slots: r[9],
 			tokens: r[10], free: r[10], base: t})
 	} else if want.ask {
 		l.grant(keyID, nil)
@@ -473,7 +510,7 @@ func (l *redisLimiter) admit(ctx context.Context, keyID string, lim keybridge.Li
 	if !tokens {
 		return ticket{}, d, nil
 	}
-	return ticket{keyID: keyID, seq: strconv.FormatInt(r[1], 10), reserved: reserve, tpm: lim.RateLimitTPM > 0, budget: p}, d, nil
+	return ticket{keyID: keyID, seq: seq, reserved: reserve, tpm: lim.RateLimitTPM > 0, budget: p}, d, nil
 }
 
 func (l *redisLimiter) settle(ctx context.Context, t ticket, used int64, now time.Time) error {
@@ -542,7 +579,7 @@ func (l *redisLimiter) send(ctx context.Context, keyID string, keys []string, os
 		}
 		return nil
 	}
-	args := append(make([]any, 0, 3+6*len(os)+4*len(rs)), reserveTTL.Milliseconds())
+	args := make([]any, 0, 3+6*len(os)+4*len(rs))
 	ctx, cancel := context.WithTimeout(ctx, redisCallTimeout)
 	defer cancel()
 	err := settleScript.Run(ctx, l.rdb, keys, appendDebts(args, os, rs)...).Err()
@@ -674,8 +711,17 @@ func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
 		}
 		args = append(args, o.seq, o.reserved, o.used, tpm, o.ms, o.budTTL)
 	}
-	args = append(args, len(rs))
+	forgets := 0
 	for _, r := range rs {
+		if r.forget {
+			forgets++
+		}
+	}
+	args = append(args, len(rs)-forgets)
+	for _, r := range rs {
+		if r.forget {
+			continue
+		}
 		n := len(args)
 		args = append(args, r.seq, r.slots, r.tokens, 0)
 		// The used slots, as (ms, how many) for each millisecond. They
@@ -692,6 +738,12 @@ func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
 			args = append(args, at[i], j-i)
 			args[n+3] = args[n+3].(int) + 1
 			i = j
+		}
+	}
+	args = append(args, forgets)
+	for _, r := range rs {
+		if r.forget {
+			args = append(args, r.seq)
 		}
 	}
 	return args
