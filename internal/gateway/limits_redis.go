@@ -42,9 +42,8 @@ var errLimitsDown = errors.New("limit counters unreachable")
 //
 // A key's counters live under {kb:<keyID>}:…, one hash slot, so a Redis
 // Cluster can run the scripts. Every one expires: the windows 60 s after
-// their last entry, reservations after reserveTTL, a
-// budget an hour after its period ends (the hour absorbs replicas'
-// clock skew).
+// their last entry, reservations after reserveTTL, a budget an hour
+// after its period ends (the hour absorbs replicas' clock skew).
 type redisLimiter struct {
 	rdb    redis.Scripter
 	refuse bool
@@ -699,8 +698,8 @@ func partition(os []owed, match func(owed) bool) (matched, rest []owed) {
 	return matched, rest
 }
 
-// appendDebts appends the script arguments of settlements and lease
-// returns, as apply reads them.
+// appendDebts appends the script arguments of settlements, lease returns
+// and forgotten leases, as apply reads them.
 func appendDebts(args []any, os []owed, rs []leaseReturn) []any {
 	os = mergeOwed(os)
 	args = append(args, len(os))
