@@ -158,14 +158,25 @@ type headLimit struct {
 	r  io.Reader
 	on bool
 	n  int
+	// ahead is a byte readAhead took, the next one Read returns.
+	ahead    [1]byte
+	hasAhead bool
 }
 
 func (h *headLimit) Read(p []byte) (int, error) {
+	if h.on && h.n <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if h.hasAhead && len(p) > 0 {
+		h.hasAhead = false
+		p[0] = h.ahead[0]
+		if h.on {
+			h.n--
+		}
+		return 1, nil
+	}
 	if !h.on {
 		return h.r.Read(p)
-	}
-	if h.n <= 0 {
-		return 0, errHeadTooLarge
 	}
 	if len(p) > h.n {
 		p = p[:h.n]
@@ -173,6 +184,14 @@ func (h *headLimit) Read(p []byte) (int, error) {
 	n, err := h.r.Read(p)
 	h.n -= n
 	return n, err
+}
+
+// readAhead waits for one byte more from the connection, past what the
+// reader above has buffered, and keeps it for the next Read.
+func (h *headLimit) readAhead() error {
+	n, err := h.r.Read(h.ahead[:])
+	h.hasAhead = n == 1
+	return err
 }
 
 // limit starts bounding the read of a head to n bytes more; unlimit ends

@@ -457,6 +457,9 @@ type watch struct {
 	mu    sync.Mutex
 	state int   // watchIdle ... watchHijack
 	err   error // what the read returned, once watchSaw
+	// ahead: the read is past a next request the client sent already,
+	// which must not wait for the one after it (run).
+	ahead bool
 }
 
 const (
@@ -483,9 +486,6 @@ func (w *watch) begin(c *frontConn, ctx *frontCtx) {
 
 // arm starts the delay; it runs once the request body is read.
 func (w *watch) arm() {
-	if w.c.br.Buffered() > 0 {
-		return // the client already sent more: it is there
-	}
 	w.mu.Lock()
 	if w.state == watchIdle {
 		w.state = watchArmed
@@ -502,9 +502,17 @@ func (w *watch) run() {
 	}
 	w.state = watchRunning
 	c, ctx := w.c, w.ctx
+	// A client that sent its next request already (pipelining) is
+	// watched past it: the read takes the byte after what br holds.
+	w.ahead = c.br.Buffered() > 0
 	w.mu.Unlock()
 	for {
-		_, err := c.br.Peek(1)
+		var err error
+		if w.ahead {
+			err = c.head.readAhead()
+		} else {
+			_, err = c.br.Peek(1)
+		}
 		w.mu.Lock()
 		if w.state != watchRunning {
 			// The request ended, or is hijacking the connection.
@@ -542,7 +550,12 @@ func (w *watch) end(keep bool) int {
 		w.timer.Stop()
 	case watchRunning:
 		w.state = watchDone
-		if keep {
+		if keep && w.ahead {
+			// The next request is here: the read is woken, not waited
+			// for, and the deadline set anew for the next request.
+			c.nc.SetReadDeadline(aLongTimeAgo)
+			c.deadline = aLongTimeAgo
+		} else if keep {
 			// The read waits for the next request.
 			c.readDeadline(frontIdleTimeout)
 			c.idle.Store(true)

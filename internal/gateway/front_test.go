@@ -145,3 +145,61 @@ func TestClientLeavingWatchedRequest(t *testing.T) {
 		t.Errorf("noticed after %s, not before the answer", d)
 	}
 }
+
+// A client that sent its next request along with a slow one (pipelining)
+// is watched too: when it leaves, the slow request is noticed as
+// abandoned before its answer, as one without a request behind it is.
+func TestClientLeavingPipelinedRequest(t *testing.T) {
+	e, req := slowEnv(t, 300*time.Millisecond)
+	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
+	if _, err := io.WriteString(c, req+req); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	start := time.Now()
+	c.Close()
+	l := e.waitLog(1)
+	if !strings.Contains(l, `"status":499`) || !strings.Contains(l, "client_gone") {
+		t.Errorf("log line does not record the client leaving:\n%s", l)
+	}
+	if d := time.Since(start); d > 200*time.Millisecond {
+		t.Errorf("noticed after %s, not before the answer", d)
+	}
+}
+
+// Pipelined requests behind watched ones are each answered, in order,
+// with none taken for a client that left; the connection then carries
+// on as usual.
+func TestPipelinedRequestsBehindWatchedOnes(t *testing.T) {
+	e, req := slowEnv(t, 5*time.Millisecond)
+	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
+	br := bufio.NewReader(c)
+	const n = 6
+	if _, err := io.WriteString(c, strings.Repeat(req, n)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := readAnswer(br); err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+	}
+	// A pipelined pair sent in two writes, the second while the first
+	// is watched.
+	for range 3 {
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			if err := readAnswer(br); err != nil {
+				t.Fatalf("answer %d of a pair: %v", i, err)
+			}
+		}
+	}
+	if l := e.waitLog(n + 6); strings.Contains(l, "client_gone") {
+		t.Errorf("a request was taken for a client that left:\n%s", l)
+	}
+}
