@@ -41,11 +41,22 @@ func isErrorObject(d []byte) bool {
 
 // openaiFailure is the status of an OpenAI error, from its code (Responses)
 // or its type (chat): the codes the Responses API fails a response with,
-// and the types of OpenAI's error objects. One it does not know is a
-// server error.
+// the types of OpenAI's error objects, and the error class names that
+// OpenAI-compatible servers (vLLM) send as the type. One it does not know
+// is a server error.
 func openaiFailure(code []byte) int {
 	switch string(code) {
-	case "rate_limit_exceeded", "insufficient_quota", "requests", "tokens":
+	case "BadRequestError":
+		return http.StatusBadRequest
+	case "AuthenticationError":
+		return http.StatusUnauthorized
+	case "PermissionDeniedError":
+		return http.StatusForbidden
+	case "NotFoundError":
+		return http.StatusNotFound
+	case "UnprocessableEntityError":
+		return http.StatusUnprocessableEntity
+	case "rate_limit_exceeded", "insufficient_quota", "requests", "tokens", "RateLimitError":
 		return http.StatusTooManyRequests
 	case "vector_store_timeout":
 		return http.StatusGatewayTimeout

@@ -129,6 +129,9 @@ func TestUsageOpenAIChat(t *testing.T) {
 			ev("", `{"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}`)), want: want, failure: 500},
 		{name: "sse error chunk, rate limit", contentType: "text/event-stream", body: sse(ev("", chunk(0)),
 			ev("", `{"error":{"message":"slow down","type":"tokens","param":null,"code":"rate_limit_exceeded"}}`)), wantNone: true, failure: 429},
+		// vLLM's error chunk: the class name as the type.
+		{name: "sse error chunk, openai-compatible", contentType: "text/event-stream", body: sse(ev("", chunk(0)),
+			ev("", `{"error":{"object":"error","message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","param":null,"code":400}}`)), wantNone: true, failure: 400},
 		{name: "sse error inside a chunk is text", contentType: "text/event-stream", body: sse(ev("", `{"choices":[{"delta":{"content":"\"error\":{\"type\":\"x\"}"}}],"usage":null}`)), wantNone: true},
 		{name: "json error", body: `{"error":{"message":"bad","type":"invalid_request_error","param":"messages","code":null}}`, wantNone: true, failure: 400},
 		{name: "embeddings", path: "/v1/embeddings", body: `{"object":"list","data":[{"embedding":[0.1,-0.2,1e-3]}],"usage":{"prompt_tokens":42,"total_tokens":42}}`, want: tokens{Input: 42}},
