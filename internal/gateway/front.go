@@ -275,7 +275,7 @@ func (c *frontConn) run(wait time.Duration) {
 			// bytes already read included.
 			c.clearDeadline()
 			select {
-			case f.handoff <- &peekedConn{Conn: c.nc, br: c.br}:
+			case f.handoff <- &peekedConn{Conn: c.nc, br: c.br, rest: &c.head}:
 				c.end(true)
 			case <-f.closed:
 				c.end(false)
@@ -717,10 +717,12 @@ func (c *frontCtx) unwatchUpstream(cn *conn) bool {
 }
 
 // peekedConn is a connection handed to net/http with the bytes Front
-// already buffered.
+// already buffered: those in br, then a byte the watch may have read
+// ahead of them (rest, br's own reader, returns it first).
 type peekedConn struct {
 	net.Conn
-	br *bufio.Reader
+	br   *bufio.Reader
+	rest io.Reader
 }
 
 // CloseWrite shuts the writing side of the connection (for a TCP
@@ -739,7 +741,7 @@ func (c *peekedConn) Read(p []byte) (int, error) {
 		}
 		c.br = nil
 	}
-	return c.Conn.Read(p)
+	return c.rest.Read(p)
 }
 
 // frontWriter is the http.ResponseWriter of Front's requests: status line
