@@ -127,43 +127,27 @@ func TestShutdownEndsConnectionIdleAfterWatchedRequest(t *testing.T) {
 }
 
 // A client that leaves during a watched request is noticed: its request
-// is logged as 499 and the connection ends.
+// is logged as 499 and the connection ends. So is one that sent its next
+// request along with the slow one (pipelining): it is watched too.
 func TestClientLeavingWatchedRequest(t *testing.T) {
-	e, req := slowEnv(t, 200*time.Millisecond)
-	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
-	if _, err := io.WriteString(c, req); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond)
-	start := time.Now()
-	c.Close()
-	l := e.waitLog(1)
-	if !strings.Contains(l, `"status":499`) || !strings.Contains(l, "client_gone") {
-		t.Errorf("log line does not record the client leaving:\n%s", l)
-	}
-	if d := time.Since(start); d > 150*time.Millisecond {
-		t.Errorf("noticed after %s, not before the answer", d)
-	}
-}
-
-// A client that sent its next request along with a slow one (pipelining)
-// is watched too: when it leaves, the slow request is noticed as
-// abandoned before its answer, as one without a request behind it is.
-func TestClientLeavingPipelinedRequest(t *testing.T) {
-	e, req := slowEnv(t, 300*time.Millisecond)
-	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
-	if _, err := io.WriteString(c, req+req); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond)
-	start := time.Now()
-	c.Close()
-	l := e.waitLog(1)
-	if !strings.Contains(l, `"status":499`) || !strings.Contains(l, "client_gone") {
-		t.Errorf("log line does not record the client leaving:\n%s", l)
-	}
-	if d := time.Since(start); d > 200*time.Millisecond {
-		t.Errorf("noticed after %s, not before the answer", d)
+	for _, n := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d requests sent", n), func(t *testing.T) {
+			e, req := slowEnv(t, 200*time.Millisecond)
+			c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
+			if _, err := io.WriteString(c, strings.Repeat(req, n)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			start := time.Now()
+			c.Close()
+			l := e.waitLog(1)
+			if !strings.Contains(l, `"status":499`) || !strings.Contains(l, "client_gone") {
+				t.Errorf("log line does not record the client leaving:\n%s", l)
+			}
+			if d := time.Since(start); d > 150*time.Millisecond {
+				t.Errorf("noticed after %s, not before the answer", d)
+			}
+		})
 	}
 }
 
