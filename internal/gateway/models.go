@@ -257,9 +257,9 @@ func jsonString(raw []byte) string {
 // scanModels walks the top level of the JSON object body and calls visit
 // with the value of each "model" member (its name in any letter case):
 // the string token, quotes and escapes as sent, and str=true; or for a
-// value of another kind, its raw bytes and str=false. It stops when visit returns false. named reports
-// whether any "model" member was seen; ok whether body is one JSON object
-// whose top level was read to its end.
+// value of another kind, its raw bytes and str=false. It stops when visit
+// returns false. named reports whether any "model" member was seen; ok
+// whether body is one JSON object whose top level was read to its end.
 //
 // It reads the top level strictly (member names and the "model" value are
 // real JSON strings, escapes included) and skips other values by their

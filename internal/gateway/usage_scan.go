@@ -181,8 +181,9 @@ type usageFormat struct {
 }
 
 // openaiTokens: the prompt count includes the cached part (OpenAI chat and
-// Responses, Gemini). A cached part larger than the prompt (a provider's error) leaves no
-// input, rather than a negative count that would credit the key's limits.
+// Responses, Gemini). A cached part larger than the prompt (a provider's
+// error) leaves no input, rather than a negative count that would credit
+// the key's limits.
 func openaiTokens(v *[nSlots]int64) tokens {
 	return tokens{Input: max(v[slotIn]-v[slotRead], 0), CacheRead: v[slotRead], Output: addSat(v[slotOut], v[slotThoughts])}
 }
