@@ -23,20 +23,33 @@ var keyFailed = searchKey{[]byte(`"response.failed"`), 9}
 // test looks at the event's first bytes only: the events that are not
 // errors pass at no cost.
 func isErrorObject(d []byte) bool {
+	v := firstValue(d, `"error"`)
+	return len(v) > 0 && v[0] == '{'
+}
+
+// isErrorEvent is the cheap test of a Responses API error event, over SSE
+// or a WebSocket: an object whose first member is "type":"error", as
+// OpenAI sends them (with isErrorObject, one whose members came sorted).
+func isErrorEvent(d []byte) bool {
+	return bytes.HasPrefix(firstValue(d, `"type"`), []byte(`"error"`))
+}
+
+// firstValue is the text from the value of a JSON object's first member
+// on, if that member is named name (quoted, as sent), else nil.
+func firstValue(d []byte, name string) []byte {
 	i := skipSpace(d, 0)
 	if i >= len(d) || d[i] != '{' {
-		return false
+		return nil
 	}
-	rest, ok := bytes.CutPrefix(d[skipSpace(d, i+1):], []byte(`"error"`))
+	rest, ok := bytes.CutPrefix(d[skipSpace(d, i+1):], []byte(name))
 	if !ok {
-		return false
+		return nil
 	}
 	i = skipSpace(rest, 0)
 	if i >= len(rest) || rest[i] != ':' {
-		return false
+		return nil
 	}
-	i = skipSpace(rest, i+1)
-	return i < len(rest) && rest[i] == '{'
+	return rest[skipSpace(rest, i+1):]
 }
 
 // openaiFailure is the status of an OpenAI error, from its code (Responses)

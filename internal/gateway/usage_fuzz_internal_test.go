@@ -80,6 +80,7 @@ func FuzzUsageScan(f *testing.F) {
 		`{"usage":{"inputTokens":4,"outputTokens":2,"cacheReadInputTokens":1}}`,
 		"data: {\"error\":{\"type\":\"server_error\"}}\n\n",
 		"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
+		"data: {\"type\":\"error\",\"code\":\"invalid_prompt\",\"message\":\"m\"}\n\n",
 	} {
 		f.Add(uint8(i), []byte(body), uint16(7), uint16(40))
 	}
@@ -100,6 +101,7 @@ func FuzzWSUsage(f *testing.F) {
 	f.Add(wsFrame(true, 1, msg, false), uint16(3), uint16(50))
 	f.Add(append(wsFrame(false, 1, msg[:20], true), wsFrame(true, 0, msg[20:], true)...), uint16(1), uint16(90))
 	f.Add(append(wsFrame(true, 9, []byte("ping"), false), wsFrame(true, 8, []byte{0x03, 0xe8}, false)...), uint16(0), uint16(2))
+	f.Add(wsFrame(true, 1, []byte(`{"type":"error","status":429,"error":{"code":"rate_limit_exceeded","message":"m"}}`), true), uint16(5), uint16(30))
 	f.Fuzz(func(t *testing.T, stream []byte, a, c uint16) {
 		run := func(parts [][]byte) []wsSeen {
 			var seen []wsSeen

@@ -140,6 +140,9 @@ const (
 	slotRead
 	slotWrite
 	slotThoughts
+	// slotStatus is not a count: the HTTP status an error event of the
+	// Responses API's WebSocket mode names.
+	slotStatus
 	nSlots
 
 	// String slots, for a response event's type and model, and an
@@ -149,7 +152,8 @@ const (
 	slotErr   = 10
 )
 
-const numericSlots = 1<<nSlots - 1
+// tokenSlots are the slots that hold counts.
+const tokenSlots = 1<<slotStatus - 1
 
 // usageFormat is one provider's way of reporting usage: where its numbers
 // are and how they become tokens.
@@ -221,13 +225,14 @@ var (
 			jleaf{"response.error.code", slotErr},
 			jleaf{"error.code", slotErr},
 			jleaf{"code", slotErr},
+			jleaf{"status", slotStatus},
 		),
 		tokens:      openaiTokens,
 		wantEvent:   isResponseDone,
 		mayCarry:    func(d []byte) bool { return hasObject(d, keyUsage) },
 		typed:       true,
 		failure:     openaiFailure,
-		mayFail:     func(d []byte) bool { return keyFailed.index(d) >= 0 },
+		mayFail:     func(d []byte) bool { return keyFailed.index(d) >= 0 || isErrorEvent(d) || isErrorObject(d) },
 		errorEvents: true,
 	}
 	formatAnthropic = usageFormat{
@@ -304,12 +309,19 @@ func anthropicLeaves(prefixes ...string) []jleaf {
 // bodies, 0 if none: an error's code or type, or a Responses event that
 // says its response failed.
 func failureOf(f *usageFormat, w *jwalk) int {
-	switch {
-	case f.failure == nil:
+	if f.failure == nil {
 		return 0
+	}
+	var typ string
+	if f.typed && w.set&(1<<slotType) != 0 {
+		typ = string(w.str(slotType))
+	}
+	switch st := w.vals[slotStatus]; {
+	case typ == "error" && w.set&(1<<slotStatus) != 0 && st >= 400 && st <= 599:
+		return int(st)
 	case w.set&(1<<slotErr) != 0:
 		return f.failure(w.str(slotErr))
-	case f.typed && w.set&(1<<slotType) != 0 && string(w.str(slotType)) == "response.failed":
+	case typ == "response.failed" || typ == "error":
 		return f.failure(nil)
 	}
 	return 0
@@ -385,7 +397,7 @@ func skipSpace(b []byte, i int) int {
 
 // walkerTokens is what a walker has seen, in f's terms.
 func walkerTokens(f *usageFormat, w *jwalk) (tokens, bool) {
-	if w.set&numericSlots == 0 {
+	if w.set&tokenSlots == 0 {
 		return tokens{}, false
 	}
 	return f.tokens(&w.vals), true
@@ -638,10 +650,10 @@ func (s *sseScanner) dispatch() {
 	case s.direct:
 		s.w.end()
 		if s.errOnly {
-			s.w.vals, s.w.set = s.snapshot, s.snapSet|s.w.set&(1<<slotErr)
 			if s.noteFailure(); s.failed == 0 {
 				s.failed = s.f.failure(nil) // it failed, whatever it said
 			}
+			s.w.vals, s.w.set = s.snapshot, s.snapSet|s.w.set&(1<<slotErr)
 			break
 		}
 		s.noteFailure()
@@ -665,12 +677,12 @@ func (s *sseScanner) dispatch() {
 		}
 		s.snapshot = s.w.vals
 		set := s.w.set
-		s.w.clear(1<<slotType | 1<<slotModel)
+		s.w.clear(1<<slotType | 1<<slotModel | 1<<slotStatus)
 		s.walk(s.data)
+		s.noteFailure()
 		if s.f.typed && (s.w.set&(1<<slotType) == 0 || !isResponseDone(s.w.str(slotType))) {
 			s.w.vals, s.w.set = s.snapshot, set
 		}
-		s.noteFailure()
 	}
 	s.nlen, s.hasData, s.skip, s.direct, s.errOnly = 0, false, false, false, false
 	s.data = s.data[:0]
@@ -949,7 +961,8 @@ func (s *eventStreamScanner) Failure() int           { return s.failed }
 // connection carrying the OpenAI Responses API and calls onResponse once per
 // response.completed, response.incomplete or response.failed event, with
 // its tokens, the model the response names, and the status it is recorded
-// with: 200, or a failed response's (usage_fail.go).
+// with: 200, or a failed response's (usage_fail.go); and once per error
+// event, with no tokens and the error's status.
 func newWSUsageReader(onResponse func(t tokens, model string, status int)) io.Writer {
 	r := &wsUsageReader{on: onResponse}
 	r.w.init(&formatResponses.schema)
@@ -1104,7 +1117,15 @@ func (r *wsUsageReader) frameEnd() {
 	}
 	r.walking = false
 	r.w.end()
-	if r.w.set&(1<<slotType) == 0 || !isResponseDone(r.w.str(slotType)) {
+	if r.w.set&(1<<slotType) == 0 {
+		return
+	}
+	if typ := r.w.str(slotType); string(typ) == "error" {
+		// A response.create refused, or a response cut short: it ends
+		// the request in flight, and its usage-like fields are none.
+		r.on(tokens{}, "", failureOf(&formatResponses, &r.w))
+		return
+	} else if !isResponseDone(typ) {
 		return
 	}
 	t, ok := walkerTokens(&formatResponses, &r.w)

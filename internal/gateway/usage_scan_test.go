@@ -195,6 +195,13 @@ func TestUsageOpenAIResponses(t *testing.T) {
 		// like usage counts for nothing.
 		scanCase{name: "sse error event", body: sse(ev("response.created", created), ev("response.output_text.delta", delta),
 			ev("error", `{"type":"error","code":"rate_limit_exceeded","message":"m","param":null,"response":{"usage":{"input_tokens":7,"output_tokens":7}}}`)), wantNone: true, failure: 429},
+		// Where the stream does not name its events, an error event is
+		// known by its type.
+		scanCase{name: "sse unnamed error event", body: sse(ev("", created), ev("", delta),
+			ev("", `{"type":"error","code":"invalid_prompt","message":"m","param":null,"response":{"usage":{"input_tokens":7,"output_tokens":7}}}`)), wantNone: true, failure: 400},
+		scanCase{name: "sse unnamed error event without a code", body: sse(ev("", done("response.completed")), ev("", `{"type":"error","message":"m"}`)), want: want, failure: 500},
+		scanCase{name: "sse unnamed error with a status", body: sse(ev("", `{"type":"error","status":429,"error":{"type":"tokens","code":"rate_limit_exceeded"}}`)), wantNone: true, failure: 429},
+		scanCase{name: "sse unnamed delta of an error's text", body: sse(ev("", `{"type":"response.output_text.delta","delta":"{\"type\":\"error\"}"}`), ev("", done("response.completed"))), want: want},
 		scanCase{name: "sse error event after the end", body: sse(ev("response.completed", done("response.completed")), ev("error", decoy)), want: want, failure: 500},
 		scanCase{name: "json failed", contentType: "application/json", body: `{"id":"r","object":"response","status":"failed","error":{"code":"server_error","message":"m"},"usage":` + usage + `}`, want: want, failure: 500},
 		scanCase{name: "json done", contentType: "application/json", body: `{"id":"r","object":"response","status":"completed","error":null,"usage":` + usage + `}`, want: want},
@@ -517,6 +524,11 @@ func TestWSUsageReader(t *testing.T) {
 		// A failed response is a row, with the error's status, even
 		// without usage.
 		{tokens{}, "gpt-5", 500},
+		// Error events end the request in flight: a row each, with the
+		// status they name, else their code's, and no tokens.
+		{tokens{}, "", 429},
+		{tokens{}, "", 400},
+		{tokens{}, "", 503},
 		{tokens{Input: 5, Output: 6}, "gpt-5", 429},
 		{tokens{Input: 1, Output: 1}, ("gpt-5" + strings.Repeat("x", 70000))[:128], 200},
 		{tokens{Input: 1000, Output: 345, CacheRead: 200}, "gpt-5", 200},
@@ -536,8 +548,12 @@ func TestWSUsageReader(t *testing.T) {
 		add(wsFrame(true, 0, first[100:], mask))
 		add(wsFrame(true, 1, second, mask))
 		add(wsFrame(true, 1, []byte(`{"type":"response.failed","response":{"model":"gpt-5","error":{"code":"server_error","message":"m"},"usage":null}}`), mask))
-		// An error event is no response's end: no row.
-		add(wsFrame(true, 1, []byte(`{"type":"error","code":"rate_limit_exceeded","message":"m"}`), mask))
+		add(wsFrame(true, 1, []byte(`{"type":"error","code":"rate_limit_exceeded","message":"m","response":{"usage":{"input_tokens":7}}}`), mask))
+		add(wsFrame(true, 1, []byte(`{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"m"},"headers":{"x-request-id":"req_1"}}`), mask))
+		// Its members in another order.
+		add(wsFrame(true, 1, []byte(`{"error":{"code":"server_is_overloaded","message":"m","type":"server_error"},"status":503,"type":"error"}`), mask))
+		// An error's text in a delta is no error event.
+		add(wsFrame(true, 1, []byte(`{"type":"response.output_text.delta","delta":"{\"type\":\"error\",\"status\":400}"}`), mask))
 		add(wsFrame(true, 1, []byte(`{"type":"response.failed","response":{"model":"gpt-5","error":{"code":"rate_limit_exceeded","message":"m"},"usage":{"input_tokens":5,"output_tokens":6}}}`), mask))
 		add(wsFrame(true, 1, big, mask))
 		add(wsFrame(false, 1, first[:10], mask))

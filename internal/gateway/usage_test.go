@@ -350,7 +350,7 @@ func TestUsageOpenAIChat(t *testing.T) {
 
 // OpenAI Responses: input_tokens less the cached is input, the cached
 // part cache read; over SSE one row, over a WebSocket one row per
-// response.completed.
+// response.completed, and one per error event.
 func TestUsageOpenAIResponses(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -385,15 +385,25 @@ func TestUsageOpenAIResponses(t *testing.T) {
 			t.Errorf("turn %d: the client saw input_tokens %d, want the provider's 60", turn, got)
 		}
 	}
+	// A response.create the provider refuses is answered by an error
+	// event: a request, and an error, of no tokens.
+	refused := wsCreate()
+	refused.Model = ""
+	if err := conn.Create(ctx, refused); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := conn.Recv(ctx); err != nil || ev.Type != "error" {
+		t.Fatalf("a response.create without a model: %+v, %v; want the provider's error event", ev, err)
+	}
 	if err := conn.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
 
 	settled(e, 2) // the SSE request and the WebSocket
 	u := newUsageReader(e)
-	byKey := u.wait("api_key", 3)
+	byKey := u.wait("api_key", 4)
 	checkGroup(t, byKey, ownerID, tokens{requests: 1, input: 50, output: 20, cacheRead: 10})
-	checkGroup(t, byKey, ai.id, tokens{requests: 2, input: 100, output: 40, cacheRead: 20})
+	checkGroup(t, byKey, ai.id, tokens{requests: 3, errors: 1, input: 100, output: 40, cacheRead: 20})
 	if avg := byKey[ai.id].LatencyMSAvg; avg >= 250 {
 		t.Errorf("the socket's responses took %v ms on average: the pause between them was counted", avg)
 	}
