@@ -306,22 +306,24 @@ func anthropicLeaves(prefixes ...string) []jleaf {
 }
 
 // failureOf is the status of the failure a walker has seen in f's
-// bodies, 0 if none: an error's code or type, or a Responses event that
-// says its response failed.
+// bodies, 0 if none: the HTTP status a Responses error event names, an
+// error's code or type, or a Responses event that says its response
+// failed.
 func failureOf(f *usageFormat, w *jwalk) int {
 	if f.failure == nil {
 		return 0
 	}
-	var typ string
+	var typ []byte
 	if f.typed && w.set&(1<<slotType) != 0 {
-		typ = string(w.str(slotType))
+		typ = w.str(slotType)
 	}
+	errorEvent := string(typ) == "error"
 	switch st := w.vals[slotStatus]; {
-	case typ == "error" && w.set&(1<<slotStatus) != 0 && st >= 400 && st <= 599:
+	case errorEvent && w.set&(1<<slotStatus) != 0 && st >= 400 && st <= 599:
 		return int(st)
 	case w.set&(1<<slotErr) != 0:
 		return f.failure(w.str(slotErr))
-	case typ == "response.failed" || typ == "error":
+	case errorEvent || string(typ) == "response.failed":
 		return f.failure(nil)
 	}
 	return 0
@@ -1120,12 +1122,14 @@ func (r *wsUsageReader) frameEnd() {
 	if r.w.set&(1<<slotType) == 0 {
 		return
 	}
-	if typ := r.w.str(slotType); string(typ) == "error" {
+	typ := r.w.str(slotType)
+	if string(typ) == "error" {
 		// A response.create refused, or a response cut short: it ends
 		// the request in flight, and its usage-like fields are none.
 		r.on(tokens{}, "", failureOf(&formatResponses, &r.w))
 		return
-	} else if !isResponseDone(typ) {
+	}
+	if !isResponseDone(typ) {
 		return
 	}
 	t, ok := walkerTokens(&formatResponses, &r.w)
