@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -98,6 +99,48 @@ func TestHistQuantiles(t *testing.T) {
 		got := h.quantile(tc.q)
 		if diff := got - tc.want; diff < -tc.want/200 || diff > tc.want/200 {
 			t.Errorf("quantile(%v): got %v, want %v ±0.5%%", tc.q, got, tc.want)
+		}
+	}
+}
+
+// The pass-through row passes the mock's answers whole: JSON, and a
+// stream whose events arrive one by one, on one keep-alive connection.
+func TestPassthroughPassesAnswers(t *testing.T) {
+	mockLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mock := &http.Server{Handler: mockHandler("sk-bench-test", time.Second)}
+	go mock.Serve(mockLn)
+	t.Cleanup(func() { mock.Close() })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go passthrough(ln, mockLn.Addr().String())
+	t.Cleanup(func() { ln.Close() })
+
+	c, err := dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	c.conn.SetDeadline(time.Now().Add(10 * time.Second)) // an answer cut short fails, not hangs
+	auth := []string{"Authorization: Bearer sk-bench-test"}
+	for range 2 {
+		var a answer
+		if err := c.do(buildRequest(ln.Addr().String(), "/v1/chat/completions", auth, reqBody), false, nil, &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := check(&a, false, len(jsonAnswer), 0); err != nil {
+			t.Errorf("JSON: %v", err)
+		}
+		var gaps hist
+		if err := c.do(buildRequest(ln.Addr().String(), "/v1/chat/completions", auth, sseBody), true, &gaps, &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := check(&a, true, 0, sseEvents); err != nil {
+			t.Errorf("SSE: %v", err)
 		}
 	}
 }

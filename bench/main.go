@@ -57,7 +57,7 @@ func main() {
 	}
 	var cfg config
 	var targets, workloads, conc string
-	flag.StringVar(&targets, "targets", "direct,relay,reverseproxy,keybridge", "targets to measure, comma-separated: direct, relay, reverseproxy, keybridge")
+	flag.StringVar(&targets, "targets", "direct,relay,reverseproxy,keybridge", "targets to measure, comma-separated: direct, relay, passthrough (not by default), reverseproxy, keybridge")
 	flag.StringVar(&cfg.targetURL, "target-url", "", "also measure this already-running proxy, e.g. http://127.0.0.1:9000/gateway/mock/chat/completions (point it at the mock, see -mock-listen)")
 	flag.StringVar(&cfg.targetHdr, "target-header", "", `a header sent to -target-url, e.g. "Authorization: Bearer kb_..."`)
 	flag.IntVar(&cfg.targetPID, "target-pid", 0, "the process behind -target-url, for its CPU and RSS")
@@ -196,7 +196,7 @@ func run(ctx context.Context, cfg *config, out io.Writer) error {
 		switch name {
 		case "direct":
 			add("direct", e.mock, "/v1/chat/completions", authUp)
-		case "relay", "reverseproxy":
+		case "relay", "passthrough", "reverseproxy":
 			p, err := startRole(name, "-upstream", e.mock.addr)
 			if err != nil {
 				return err

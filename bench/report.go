@@ -223,6 +223,8 @@ func (r *results) summary(p func(string, ...any), names []string) {
 			label = "direct to the mock (VmRSS: the mock's)"
 		case "relay":
 			label = "bare TCP relay — the floor"
+		case "passthrough":
+			label = "synchronous HTTP/1.1 pass-through, framing only"
 		case "reverseproxy":
 			label = "`httputil.ReverseProxy`, default settings"
 		case "keybridge":

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,6 +75,8 @@ func runRole(role string, args []string) error {
 		return http.Serve(ln, mockHandler(*key, *holdMax))
 	case "relay":
 		return relay(ln, *upstream)
+	case "passthrough":
+		return passthrough(ln, *upstream)
 	case "reverseproxy":
 		u := &url.URL{Scheme: "http", Host: *upstream}
 		return http.Serve(ln, httputil.NewSingleHostReverseProxy(u))
@@ -166,6 +169,136 @@ func relay(ln net.Listener, upstream string) error {
 			c.(*net.TCPConn).CloseWrite()
 			<-done
 		}()
+	}
+}
+
+// passthrough is the least an HTTP/1.1-aware proxy does: one goroutine
+// per client connection with a connection of its own to the upstream,
+// each request's head and Content-Length body read and written on, and
+// the answer passed back as it comes, a chunked one chunk by chunk (each
+// written as it arrives, so streams flow). No header is parsed beyond the
+// framing and nothing allocates per request: what separates Keybridge
+// from this row is Keybridge's own work, not its structure.
+func passthrough(ln net.Listener, upstream string) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			cbr, ubr := bufio.NewReaderSize(c, 16<<10), bufio.NewReaderSize(u, 16<<10)
+			buf := make([]byte, 0, 16<<10)
+			for {
+				var n int64
+				if buf, n, _, err = readHead(cbr, buf[:0]); err != nil {
+					return
+				}
+				if buf, err = appendN(cbr, buf, n); err != nil {
+					return
+				}
+				if _, err = u.Write(buf); err != nil {
+					return
+				}
+				if err = passAnswer(c, ubr, buf[:0]); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// readHead appends a message head from br to buf and returns it with the
+// head's Content-Length (0 if none) and whether it is chunked.
+func readHead(br *bufio.Reader, buf []byte) ([]byte, int64, bool, error) {
+	var n int64
+	chunked := false
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return buf, 0, false, err
+		}
+		buf = append(buf, line...)
+		if len(line) <= 2 {
+			return buf, n, chunked, nil
+		}
+		i := bytes.IndexByte(line, ':')
+		if i <= 0 {
+			continue
+		}
+		name, value := line[:i], bytes.TrimSpace(line[i+1:])
+		switch {
+		case asciiEqualFold(name, "content-length"):
+			if n = parseLength(value); n < 0 {
+				return buf, 0, false, errProto
+			}
+		case asciiEqualFold(name, "transfer-encoding"):
+			chunked = true
+		}
+	}
+}
+
+// parseLength reads a Content-Length value, -1 if it is not one.
+func parseLength(v []byte) int64 {
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' || n > 1<<40 {
+			return -1
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if len(v) == 0 {
+		return -1
+	}
+	return n
+}
+
+// appendN appends n bytes from br to buf.
+func appendN(br *bufio.Reader, buf []byte, n int64) ([]byte, error) {
+	at := len(buf)
+	buf = slices.Grow(buf, int(n))[:at+int(n)]
+	_, err := io.ReadFull(br, buf[at:])
+	return buf, err
+}
+
+// passAnswer reads one answer from ubr and writes it to c as it comes.
+func passAnswer(c net.Conn, ubr *bufio.Reader, buf []byte) error {
+	buf, n, chunked, err := readHead(ubr, buf)
+	if err != nil {
+		return err
+	}
+	if !chunked {
+		if buf, err = appendN(ubr, buf, n); err != nil {
+			return err
+		}
+		_, err = c.Write(buf)
+		return err
+	}
+	for {
+		line, err := ubr.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		buf = append(buf, line...)
+		size, err := parseChunkSize(line)
+		if err != nil {
+			return err
+		}
+		if buf, err = appendN(ubr, buf, int64(size)+2); err != nil { // the data and its CRLF
+			return err
+		}
+		if _, err = c.Write(buf); err != nil {
+			return err
+		}
+		buf = buf[:0]
+		if size == 0 {
+			return nil // no trailers: the mock sends none
+		}
 	}
 }
 
