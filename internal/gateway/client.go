@@ -187,8 +187,14 @@ func (h *headLimit) Read(p []byte) (int, error) {
 }
 
 // readAhead waits for one byte more from the connection, past what the
-// reader above has buffered, and keeps it for the next Read.
+// reader above has buffered, and keeps it for the next Read. A byte kept
+// already (an earlier request's watch took it, and the buffer has served
+// requests since without reading on) is the one the client sent next:
+// it stays, and nothing more is read.
 func (h *headLimit) readAhead() error {
+	if h.hasAhead {
+		return nil
+	}
 	n, err := h.r.Read(h.ahead[:])
 	h.hasAhead = n == 1
 	return err

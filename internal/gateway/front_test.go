@@ -188,6 +188,26 @@ func TestPipelinedRequestsBehindWatchedOnes(t *testing.T) {
 	}
 }
 
+// Pipelined requests past what the connection's buffer holds, each one
+// watched: the byte a watch reads past the buffer is kept until it is
+// read, however many requests the buffer serves before that, and no
+// later watch reads over it.
+func TestPipelinedPastTheBufferBehindWatchedOnes(t *testing.T) {
+	e, req := slowEnv(t, 3*time.Millisecond)
+	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	n := 3*4096/len(req) + 1 // the buffer holds about a third of them
+	if _, err := io.WriteString(c, strings.Repeat(req, n)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := readAnswer(br); err != nil {
+			t.Fatalf("answer %d of %d: %v", i, n, err)
+		}
+	}
+}
+
 // A request for the management API pipelined behind a watched gateway
 // request goes to net/http whole: the byte the watch read past the
 // buffer reaches it as well.
