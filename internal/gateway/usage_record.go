@@ -383,13 +383,13 @@ func (r *recorder) flushTouches(ctx context.Context) {
 	} {
 		r.mu.Lock()
 		pending := *t.m
-		if len(pending) > 0 {
-			*t.m = make(map[string]time.Time, len(pending))
-		}
-		r.mu.Unlock()
 		if len(pending) == 0 {
+			// Still the map requests write to: not read past the lock.
+			r.mu.Unlock()
 			continue
 		}
+		*t.m = make(map[string]time.Time, len(pending))
+		r.mu.Unlock()
 		if err := t.write(ctx, pending); err != nil {
 			// An outage is logged once, by the usage rows.
 			if r.down.IsZero() || !store.Unavailable(err) {
