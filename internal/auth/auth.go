@@ -200,13 +200,16 @@ func (s *Service) Run(ctx context.Context) error {
 	s.cache.setAccepting(true)
 	// The first login of an unknown address would otherwise pay for
 	// making the dummy hash too, and stand out by its time.
+	warmed := make(chan struct{})
 	go func() {
+		defer close(warmed)
 		dummyHash()
 		// Its 64 MiB of argon2 memory is garbage now: hand it back to
 		// the system, or an idle server holds it until the scavenger
 		// gets to it, minutes later.
 		debug.FreeOSMemory()
 	}()
+	defer func() { <-warmed }() // Run leaves nothing running behind it
 
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
