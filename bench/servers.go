@@ -147,6 +147,23 @@ func mockHandler(key string, holdMax time.Duration) http.Handler {
 // one to upstream, with no HTTP parsing: the cost of one more loopback hop
 // and nothing else.
 func relay(ln net.Listener, upstream string) error {
+	return eachPair(ln, upstream, func(c, u net.Conn) {
+		done := make(chan struct{})
+		go func() {
+			io.Copy(u, c)
+			u.(*net.TCPConn).CloseWrite()
+			close(done)
+		}()
+		io.Copy(c, u)
+		c.(*net.TCPConn).CloseWrite()
+		<-done
+	})
+}
+
+// eachPair serves every connection ln accepts, on a goroutine of its own,
+// with serve given it and a new connection to upstream; both are closed
+// when serve returns.
+func eachPair(ln net.Listener, upstream string, serve func(c, u net.Conn)) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -159,15 +176,7 @@ func relay(ln net.Listener, upstream string) error {
 				return
 			}
 			defer u.Close()
-			done := make(chan struct{})
-			go func() {
-				io.Copy(u, c)
-				u.(*net.TCPConn).CloseWrite()
-				close(done)
-			}()
-			io.Copy(c, u)
-			c.(*net.TCPConn).CloseWrite()
-			<-done
+			serve(c, u)
 		}()
 	}
 }
@@ -180,37 +189,26 @@ func relay(ln net.Listener, upstream string) error {
 // framing and nothing allocates per request: what separates Keybridge
 // from this row is Keybridge's own work, not its structure.
 func passthrough(ln net.Listener, upstream string) error {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		go func() {
-			defer c.Close()
-			u, err := net.Dial("tcp", upstream)
-			if err != nil {
+	return eachPair(ln, upstream, func(c, u net.Conn) {
+		cbr, ubr := bufio.NewReaderSize(c, 16<<10), bufio.NewReaderSize(u, 16<<10)
+		buf := make([]byte, 0, 16<<10)
+		for {
+			var n int64
+			var err error
+			if buf, n, _, err = readHead(cbr, buf[:0]); err != nil {
 				return
 			}
-			defer u.Close()
-			cbr, ubr := bufio.NewReaderSize(c, 16<<10), bufio.NewReaderSize(u, 16<<10)
-			buf := make([]byte, 0, 16<<10)
-			for {
-				var n int64
-				if buf, n, _, err = readHead(cbr, buf[:0]); err != nil {
-					return
-				}
-				if buf, err = appendN(cbr, buf, n); err != nil {
-					return
-				}
-				if _, err = u.Write(buf); err != nil {
-					return
-				}
-				if err = passAnswer(c, ubr, buf[:0]); err != nil {
-					return
-				}
+			if buf, err = appendN(cbr, buf, n); err != nil {
+				return
 			}
-		}()
-	}
+			if _, err = u.Write(buf); err != nil {
+				return
+			}
+			if err = passAnswer(c, ubr, buf[:0]); err != nil {
+				return
+			}
+		}
+	})
 }
 
 // readHead appends a message head from br to buf and returns it with the
