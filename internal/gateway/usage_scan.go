@@ -655,7 +655,7 @@ func (s *sseScanner) dispatch() {
 			if s.noteFailure(); s.failed == 0 {
 				s.failed = s.f.failure(nil) // it failed, whatever it said
 			}
-			s.w.vals, s.w.set = s.snapshot, s.snapSet|s.w.set&(1<<slotErr)
+			s.w.vals, s.w.set = s.snapshot, s.snapSet
 			break
 		}
 		s.noteFailure()
