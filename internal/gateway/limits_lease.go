@@ -292,19 +292,7 @@ func (l *redisLimiter) unreserveLater(keyID string, os []owed) {
 // Redis once more.
 func (l *redisLimiter) retryReturns() {
 	l.mu.Lock()
-	// A map taken is replaced; one left in place (empty) is still the
-	// one admissions write to, and is not read past the lock.
-	unsent, unreserved := l.unsent, l.unreserved
-	if len(unsent) > 0 {
-		l.unsent = map[string][]leaseReturn{}
-	} else {
-		unsent = nil
-	}
-	if len(unreserved) > 0 {
-		l.unreserved = map[string][]owed{}
-	} else {
-		unreserved = nil
-	}
+	unsent, unreserved := takeMap(&l.unsent), takeMap(&l.unreserved)
 	l.mu.Unlock()
 	for keyID, rs := range unsent {
 		l.owe(keyID, nil, rs)

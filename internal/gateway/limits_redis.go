@@ -814,24 +814,24 @@ func (l *redisLimiter) run(ctx context.Context) {
 	}
 }
 
+// takeMap takes what *m holds, for its caller alone, and leaves a new
+// map in its place; an empty map is not taken (nil is returned), since it
+// is still the one others write to once the lock the caller holds is
+// released, and must not be read without it.
+func takeMap[K comparable, V any](m *map[K]V) map[K]V {
+	taken := *m
+	if len(taken) == 0 {
+		return nil
+	}
+	*m = make(map[K]V, len(taken))
+	return taken
+}
+
 // flush sends everything owed: one script call per key (and budget
 // period).
 func (l *redisLimiter) flush(ctx context.Context) {
 	l.mu.Lock()
-	// What is taken is this flush's alone: an empty map stays the
-	// limiter's (settle and admit queue into it meanwhile), so it is not
-	// taken at all, never read or changed here without the lock.
-	all, returns := l.owed, l.returns
-	if len(all) > 0 {
-		l.owed = map[string][]owed{}
-	} else {
-		all = nil
-	}
-	if len(returns) > 0 {
-		l.returns = map[string][]leaseReturn{}
-	} else {
-		returns = nil
-	}
+	all, returns := takeMap(&l.owed), takeMap(&l.returns)
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

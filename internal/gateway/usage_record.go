@@ -382,14 +382,11 @@ func (r *recorder) flushTouches(ctx context.Context) {
 		{&r.credentials, r.st.TouchCredentials, "personal credentials"},
 	} {
 		r.mu.Lock()
-		pending := *t.m
-		if len(pending) == 0 {
-			// Still the map requests write to: not read past the lock.
-			r.mu.Unlock()
+		pending := takeMap(t.m)
+		r.mu.Unlock()
+		if pending == nil {
 			continue
 		}
-		*t.m = make(map[string]time.Time, len(pending))
-		r.mu.Unlock()
 		if err := t.write(ctx, pending); err != nil {
 			// An outage is logged once, by the usage rows.
 			if r.down.IsZero() || !store.Unavailable(err) {
