@@ -136,20 +136,30 @@ func (c *cooldowns) publish(ch cooldownChange) {
 }
 
 // retryAfter reads retry-after-ms, then Retry-After (seconds or an HTTP
-// date).
+// date), capped at cooldownMax.
 func retryAfter(h http.Header, now time.Time) (time.Duration, bool) {
 	if v := h.Get("Retry-After-Ms"); v != "" {
 		if ms, err := strconv.ParseFloat(v, 64); err == nil && ms >= 0 {
-			return time.Duration(ms * float64(time.Millisecond)), true
+			return capWait(ms * float64(time.Millisecond)), true
 		}
 	}
 	if v := h.Get("Retry-After"); v != "" {
 		if s, err := strconv.ParseFloat(v, 64); err == nil && s >= 0 {
-			return time.Duration(s * float64(time.Second)), true
+			return capWait(s * float64(time.Second)), true
 		}
 		if t, err := http.ParseTime(v); err == nil {
 			return max(t.Sub(now), 0), true
 		}
 	}
 	return 0, false
+}
+
+// capWait is a wait of ns nanoseconds capped at cooldownMax, compared as
+// a float: a number of seconds too large for a Duration (or +Inf, which
+// ParseFloat accepts) would wrap around to a negative rest.
+func capWait(ns float64) time.Duration {
+	if ns >= float64(cooldownMax) {
+		return cooldownMax
+	}
+	return time.Duration(ns)
 }
