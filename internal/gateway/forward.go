@@ -578,7 +578,14 @@ func (x *exchange) relay(resp *http.Response, cn *conn) {
 		defer g.m.streams.Dec()
 	}
 	x.status = resp.StatusCode
+	// The provider's own Server-Timing metrics (Google's gfet4t7, a CDN's)
+	// pass too, after Keybridge's: the header is a list, and Keybridge's
+	// entry is the first.
+	provided := resp.Header["Server-Timing"]
 	x.setTiming()
+	if len(provided) > 0 {
+		h["Server-Timing"] = append(h["Server-Timing"][:1:1], provided...)
+	}
 	w.WriteHeader(resp.StatusCode)
 	flusher, _ := w.(http.Flusher)
 	// Bytes are flushed as soon as nothing more is waiting to be read

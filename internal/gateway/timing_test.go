@@ -118,3 +118,32 @@ func TestFailedOverAttemptIsUpstreamTime(t *testing.T) {
 	}
 	checkUpstreamTime(t, e, reg, resp, wait)
 }
+
+// A provider's own Server-Timing metrics (Google sends gfet4t7) pass to
+// the client like its other headers (SPEC §7.2), after Keybridge's entry,
+// over the gateway's HTTP/1.1 front and over h2c.
+func TestProviderServerTimingPasses(t *testing.T) {
+	e, up, k1, _, _ := twoKeys(t)
+	up.on(k1, func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Server-Timing"] = []string{"gfet4t7; dur=812", "cfExtPri"}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{}`))
+	})
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	for name, c := range map[string]*http.Client{
+		"HTTP/1.1": {Transport: &http.Transport{}},
+		"HTTP/2":   {Transport: &http.Transport{Protocols: &h2c}},
+	} {
+		resp, err := c.Do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{"model":"m"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		got := resp.Header.Values("Server-Timing")
+		if len(got) != 3 || !strings.HasPrefix(got[0], "keybridge;dur=") || got[1] != "gfet4t7; dur=812" || got[2] != "cfExtPri" {
+			t.Errorf("%s: Server-Timing = %q, want Keybridge's, then the provider's two", name, got)
+		}
+		serverTiming(t, resp.Header)
+	}
+}
