@@ -356,3 +356,36 @@ func twoKeys(t *testing.T) (e *env, up *keyedUpstream, k1, k2, id1 string) {
 	e.addKey("oai", k2, 1)
 	return e, up, k1, k2, id1
 }
+
+// Keys are tried by priority, then in the order they were created
+// (whatever order their secrets sort in); a disabled key is never tried.
+func TestFailoverOrderByPriorityThenCreation(t *testing.T) {
+	e := newEnv(t)
+	up := newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	// Secrets that sort against their creation order.
+	kz, ky, kx, kw, kv := "sk-z-"+canary(t, ""), "sk-y-"+canary(t, ""), "sk-x-"+canary(t, ""), "sk-w-"+canary(t, ""), "sk-v-"+canary(t, "")
+	e.addKey("oai", kz, 5)
+	e.addKey("oai", ky, 1)
+	e.addKey("oai", kx, 5)
+	off := e.addKey("oai", kw, 0)
+	e.addKey("oai", kv, 5)
+	e.api("PATCH", "/api/v1/orgs/acme/providers/oai/keys/"+off, e.OwnerKey, map[string]any{"enabled": false}, http.StatusOK)
+	for _, k := range []string{kz, ky, kx, kw, kv} {
+		up.on(k, status(500))
+	}
+	resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	if resp.StatusCode != 502 || !strings.Contains(string(body), "(500, 500, 500, 500)") {
+		t.Errorf("= %d %s, want 502 after four 500s", resp.StatusCode, body)
+	}
+	got := up.keys()
+	want := []string{ky, kz, kx, kv}
+	if len(got) != len(want) {
+		t.Fatalf("tried %d keys, want %d (the disabled one skipped)", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("key %d tried = %.6s, want %.6s", i, got[i], want[i])
+		}
+	}
+}
