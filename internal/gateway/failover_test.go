@@ -17,6 +17,7 @@ import (
 
 	"github.com/keybridge/keybridge/internal/gateway"
 	"github.com/keybridge/keybridge/internal/providertest"
+	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
 // keyedUpstream answers per upstream key: behave[key] decides, else 200.
@@ -387,5 +388,46 @@ func TestFailoverOrderByPriorityThenCreation(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("key %d tried = %.6s, want %.6s", i, got[i], want[i])
 		}
+	}
+}
+
+// A body of no declared length (chunked, or HTTP/2 without
+// Content-Length) over --gateway-max-body is refused with 413 once the
+// limit is passed, before anything is sent upstream.
+func TestTooLargeChunkedIs413BeforeAnythingIsSent(t *testing.T) {
+	e := newEnvWith(t, storetest.SQLite(t), envOptions{Gateway: gateway.Options{MaxBody: 100}})
+	up := newKeyedUpstream(t)
+	e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"})
+	e.addKey("oai", canary(t, "sk-"), 0)
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	for name, c := range map[string]*http.Client{
+		"HTTP/1.1": {Transport: &http.Transport{}},
+		"HTTP/2":   {Transport: &http.Transport{Protocols: &h2c}},
+	} {
+		for _, n := range []int{100, 101, 1 << 20} {
+			req := e.post("/gateway/oai/chat/completions", e.OwnerKey, "")
+			req.Body = io.NopCloser(io.MultiReader(strings.NewReader(strings.Repeat("x", n))))
+			req.ContentLength = -1
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s, %d bytes: %v", name, n, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := 413
+			if n <= 100 {
+				want = 200
+			}
+			if resp.StatusCode != want {
+				t.Errorf("%s, %d bytes: %d %s, want %d", name, n, resp.StatusCode, body, want)
+			}
+			if want == 413 && (resp.Header.Get("X-Keybridge-Error") != "payload_too_large" || !strings.Contains(string(body), `"invalid_request_error"`)) {
+				t.Errorf("%s, %d bytes: %v %s, want OpenAI's shape and X-Keybridge-Error", name, n, resp.Header, body)
+			}
+		}
+	}
+	if n := len(up.keys()); n != 2 {
+		t.Errorf("upstream got %d requests, want the 2 within the limit", n)
 	}
 }
