@@ -431,3 +431,29 @@ func TestTooLargeChunkedIs413BeforeAnythingIsSent(t *testing.T) {
 		t.Errorf("upstream got %d requests, want the 2 within the limit", n)
 	}
 }
+
+// A key skipped while it rests after a 429 counts as rate limited: with
+// the other key failing with a 500, the answer is 429 with the rest that
+// is left, not 502. A key resting after a 401 does not count.
+func TestExhaustedWithAKeyRestingAfter429Is429(t *testing.T) {
+	e, up, k1, k2, _ := twoKeys(t)
+	up.on(k1, status(429, "Retry-After", "30"))
+	if resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`)); resp.StatusCode != 200 {
+		t.Fatalf("k1 429, k2 200: %d %s", resp.StatusCode, body)
+	}
+	up.on(k2, status(500))
+	resp, body := e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	if resp.StatusCode != 429 || resp.Header.Get("X-Keybridge-Error") != "rate_limited" {
+		t.Fatalf("k1 resting after a 429, k2 500: %d %s, want 429", resp.StatusCode, body)
+	}
+	checkRetryAfter(t, resp.Header, 25, 30)
+
+	e, up, k1, k2, _ = twoKeys(t)
+	up.on(k1, status(401))
+	e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	up.on(k2, status(500))
+	resp, body = e.do(e.post("/gateway/oai/chat/completions", e.OwnerKey, `{}`))
+	if resp.StatusCode != 502 || !strings.Contains(string(body), "(500)") {
+		t.Errorf("k1 resting after a 401, k2 500: %d %s, want 502 naming the 500", resp.StatusCode, body)
+	}
+}
