@@ -865,7 +865,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 		}
 	}
 	resp.Header.Set("X-Keybridge-Request-Id", x.id)
-	resp.Header["Server-Timing"] = x.w.Header()["Server-Timing"]
+	resp.Header["Server-Timing"] = append(x.w.Header()["Server-Timing"][:1:1], resp.Header["Server-Timing"]...)
 	x.setLimitHeaders(resp.Header)
 	bw := cbuf.Writer
 	fmt.Fprintf(bw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))

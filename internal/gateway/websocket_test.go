@@ -235,12 +235,14 @@ func TestWebSocketUpgradeCarriesLimitHeaders(t *testing.T) {
 }
 
 // A provider that is itself a Keybridge answers the upgrade with its own
-// X-Keybridge-* headers: the 101 the client gets carries this gateway's.
+// X-Keybridge-* headers: the 101 the client gets carries this gateway's,
+// and its Server-Timing first.
 func TestWebSocketUpgradeKeepsKeybridgeHeaders(t *testing.T) {
 	e := newEnv(t)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Keybridge-Request-Id", "req_upstream_keybridge")
 		w.Header().Set("X-Keybridge-Error", "rate_limited")
+		w.Header().Set("Server-Timing", "upstream-edge;dur=1")
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
@@ -263,5 +265,9 @@ func TestWebSocketUpgradeKeepsKeybridgeHeaders(t *testing.T) {
 	}
 	if v, ok := resp.Header["X-Keybridge-Error"]; ok {
 		t.Errorf("the provider's X-Keybridge-Error passed: %q", v)
+	}
+	// Server-Timing is Keybridge's, then the provider's own.
+	if st := resp.Header.Values("Server-Timing"); len(st) != 2 || !strings.HasPrefix(st[0], "keybridge;dur=") || st[1] != "upstream-edge;dur=1" {
+		t.Errorf("Server-Timing = %q, want Keybridge's, then the provider's", st)
 	}
 }
