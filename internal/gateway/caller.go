@@ -73,15 +73,16 @@ func splitKeyParam(raw string) (rest, key string) {
 
 // guessStyle picks the error shape for a request refused before its
 // provider is known (no valid key, so no org to look the provider up
-// in): from the credential header and the path the client's SDK uses.
-func guessStyle(r *http.Request, rest string) style {
+// in): from where the credential is (a header, or the key query parameter
+// of Gemini's REST style) and the path the client's SDK uses.
+func guessStyle(r *http.Request, rest, queryKey string) style {
 	h := r.Header
 	switch {
 	case strings.HasPrefix(rest, "/model/"), strings.HasPrefix(header(h, hdrAuthorization), "AWS4-"):
 		return keybridge.ProviderBedrock
 	case header(h, "Anthropic-Version") != "", header(h, hdrXAPIKey) != "", strings.HasPrefix(rest, "/v1/messages"):
 		return keybridge.ProviderAnthropic
-	case header(h, hdrGoogAPIKey) != "", strings.Contains(rest, ":generateContent"), strings.Contains(rest, ":streamGenerateContent"),
+	case header(h, hdrGoogAPIKey) != "", queryKey != "", strings.Contains(rest, ":generateContent"), strings.Contains(rest, ":streamGenerateContent"),
 		strings.HasPrefix(rest, "/v1beta/"):
 		return keybridge.ProviderGoogle
 	case header(h, hdrAPIKey) != "":

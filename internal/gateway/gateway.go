@@ -702,7 +702,7 @@ func (x *exchange) fail(e *gwError) {
 		return
 	}
 	if !x.styled {
-		x.style, x.styled = guessStyle(x.r, x.path), true
+		x.style, x.styled = guessStyle(x.r, x.path, x.queryKey), true
 	}
 	x.headersAt = time.Now()
 	x.setTiming()

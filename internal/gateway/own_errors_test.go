@@ -7,6 +7,7 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -142,5 +143,33 @@ func TestAzureAndCompatibleSDKOwnRefusals(t *testing.T) {
 	}
 	if n := len(compatMock.Requests()); n != 1 {
 		t.Errorf("the compatible provider got %d requests, want 1", n)
+	}
+}
+
+// A key in the query parameter is Gemini's REST style: a request refused
+// before its provider is known answers Google's shape, whatever its path.
+func TestQueryKeyRefusalHasGoogleShape(t *testing.T) {
+	e := newEnv(t)
+	for _, target := range []string{
+		"/gateway/gem/v1/models?key=kb_notakey",
+		"/gateway/gem/v1/models/gemini-2.5-flash:countTokens?alt=json&key=kb_notakey",
+		"/gateway/gem/v1/models/gemini-2.5-flash:embedContent?key=AIzaSyOwnKey",
+	} {
+		req, err := http.NewRequest("POST", e.URL+target, strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, body := e.do(req)
+		var v struct {
+			Error struct {
+				Code    int    `json:"code"`
+				Status  string `json:"status"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(body, &v); err != nil || resp.StatusCode != 401 || v.Error.Code != 401 || v.Error.Status != "UNAUTHENTICATED" ||
+			v.Error.Message == "" || resp.Header.Get("X-Keybridge-Error") != keybridge.EUnauthenticated {
+			t.Errorf("%s: %d %s, want 401 in Google's shape", target, resp.StatusCode, body)
+		}
 	}
 }
