@@ -18,9 +18,10 @@ import (
 )
 
 // The gateway's own canary run, at debug level: a Keybridge key in each of
-// the five places a caller may put it, with a cookie, a proxy credential
-// and an AWS session token beside it; an upstream 401 echoing its key; a
-// stream cut by the provider; a stream the client abandons. No answer, log
+// the five places a caller may put it, with a cookie, a proxy credential,
+// an AWS session token and two other gateways' credential headers beside
+// it; an upstream 401 echoing its key; a stream cut by the provider; a
+// stream the client abandons. No answer, log
 // line, metric, usage figure or audit event holds any of the secrets, and
 // the debug lines show each credential header as [redacted].
 func TestCanaryThroughFailures(t *testing.T) {
@@ -40,9 +41,12 @@ func TestCanaryThroughFailures(t *testing.T) {
 	aiKey := aiSecret(e, "OPENAI")
 	cookie, proxyAuth, sessionToken := canary(t, "sess-"), canary(t, "proxy-"), canary(t, "FwoG")
 	madeUp := canary(t, "kb_")
+	// Credential headers of other gateways, which no list names: their
+	// names give them away.
+	apim, authToken := canary(t, "apim-"), canary(t, "xauth-")
 	secrets := map[string]string{"the owner's key": e.OwnerKey, "the AI key's secret": aiKey, "the upstream key": good,
 		"the refused upstream key": bad, "a cookie": cookie, "a proxy credential": proxyAuth, "an AWS session token": sessionToken,
-		"a made-up Keybridge key": madeUp}
+		"a made-up Keybridge key": madeUp, "an APIM subscription key": apim, "an X-Auth-Token": authToken}
 
 	var answers bytes.Buffer
 	keep := func(resp *http.Response, body []byte) {
@@ -53,6 +57,8 @@ func TestCanaryThroughFailures(t *testing.T) {
 		req.Header.Set("Cookie", "session="+cookie)
 		req.Header.Set("Proxy-Authorization", "Basic "+proxyAuth)
 		req.Header.Set("X-Amz-Security-Token", sessionToken)
+		req.Header.Set("Ocp-Apim-Subscription-Key", apim)
+		req.Header.Set("X-Auth-Token", authToken)
 		return req
 	}
 	send := func(req *http.Request, want int) {
@@ -127,7 +133,7 @@ func TestCanaryThroughFailures(t *testing.T) {
 			continue
 		}
 		debugLines++
-		for _, h := range []string{"Cookie", "Proxy-Authorization", "X-Amz-Security-Token"} {
+		for _, h := range []string{"Cookie", "Proxy-Authorization", "X-Amz-Security-Token", "Ocp-Apim-Subscription-Key", "X-Auth-Token"} {
 			if !strings.Contains(line, `"`+h+`":"[redacted]"`) {
 				t.Errorf("debug line without %s redacted: %s", h, line)
 			}

@@ -467,8 +467,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func redactHeaders(h http.Header) map[string]string {
 	out := make(map[string]string, len(h))
 	for name, vv := range h {
-		switch name {
-		case hdrAuthorization, hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey, "Cookie", "Proxy-Authorization", "X-Amz-Security-Token":
+		if secretHeader(name) {
 			out[name] = keybridge.Redacted
 			continue
 		}
@@ -482,6 +481,38 @@ func redactHeaders(h http.Header) map[string]string {
 		out[name] = v
 	}
 	return out
+}
+
+// secretHeader reports whether a header of this canonical name may carry
+// a credential: the five places a caller's key goes, and any name that
+// speaks of one (Ocp-Apim-Subscription-Key, X-Auth-Token, Set-Cookie,
+// X-Amz-Security-Token, a gateway's own X-Foo-Secret), so that a
+// credential header nobody listed is redacted too.
+func secretHeader(name string) bool {
+	switch name {
+	case hdrAuthorization, hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey, "Cookie", "Proxy-Authorization":
+		return true
+	}
+	for _, word := range secretWords {
+		if containsFold(name, word) {
+			return true
+		}
+	}
+	return false
+}
+
+// secretWords are the parts of a header name that mark it secretHeader.
+var secretWords = [...]string{"key", "token", "secret", "auth", "cookie", "credential", "password", "signature", "session"}
+
+// containsFold reports whether s holds the lower-case ASCII word, in any
+// case.
+func containsFold(s, word string) bool {
+	for i := 0; i+len(word) <= len(s); i++ {
+		if hasPrefixFold(s[i:], word) {
+			return true
+		}
+	}
+	return false
 }
 
 // redactKeyProtocols is a Sec-WebSocket-Protocol value with each
