@@ -234,3 +234,33 @@ func TestLimitHeadersReplaceLowerCase(t *testing.T) {
 		})
 	}
 }
+
+// A PATCH of a key's limits applies to its next request: a lower RPM
+// counts the requests already admitted, and a key whose limits are
+// cleared sees the provider's own headers again.
+func TestLimitPatchAppliesAtOnce(t *testing.T) {
+	e := newEnv(t)
+	oaUpstream(t, e, "oa", "openai", "/v1", nil)
+	own := providertest.OpenAIRateLimitHeaders()
+	id, key := limitKey(e, map[string]any{"rate_limit_rpm": 5})
+	chat := `{"model":"gpt-4o","messages":[]}`
+	for i := range 2 {
+		if resp, body := e.do(e.post("/gateway/oa/chat/completions", key, chat)); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i+1, resp.StatusCode, body)
+		}
+	}
+	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"rate_limit_rpm": 2}, http.StatusOK)
+	resp, body := e.do(e.post("/gateway/oa/chat/completions", key, chat))
+	checkShape(t, "openai", resp, body, http.StatusTooManyRequests, keybridge.ERateLimited, "limit of 2 requests per minute")
+	checkHeader(t, resp.Header, "X-Ratelimit-Limit-Requests", "2")
+	checkHeader(t, resp.Header, "X-Ratelimit-Remaining-Requests", "0")
+
+	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"rate_limit_rpm": nil}, http.StatusOK)
+	resp, body = e.do(e.post("/gateway/oa/chat/completions", key, chat))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("after clearing the limit: %d %s", resp.StatusCode, body)
+	}
+	for name, vv := range own {
+		checkHeader(t, resp.Header, name, vv[0])
+	}
+}

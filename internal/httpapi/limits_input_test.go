@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -8,14 +9,18 @@ import (
 	"testing"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
-	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
 // TestKeyLimitsBadInput checks that every malformed limit or model
 // allowlist, on create and on PATCH of either kind of key, is a 400 in
-// SPEC §1's shape that names the field, and changes nothing.
+// SPEC §1's shape that names the field, and changes nothing; and that
+// the largest valid limits and a list of 64 models are kept as sent, in
+// every engine.
 func TestKeyLimitsBadInput(t *testing.T) {
-	e := newEnv(t, storetest.SQLite(t))
+	forEachEngine(t, testKeyLimitsBadInput)
+}
+
+func testKeyLimitsBadInput(t *testing.T, e *env) {
 	many := make([]string, keybridge.MaxAllowedModels+1)
 	for i := range many {
 		many[i] = fmt.Sprintf("m%d", i)
@@ -76,6 +81,27 @@ func TestKeyLimitsBadInput(t *testing.T) {
 		}
 		if after := string(kind.read(path)); after != before {
 			t.Errorf("%s after refused PATCHes:\n%s\nwant it unchanged:\n%s", kind.name, after, before)
+		}
+
+		// The extremes that are valid are kept as sent.
+		most := `{"rate_limit_rpm":9223372036854775807,"rate_limit_tpm":9223372036854775807,` +
+			`"token_budget":9223372036854775807,"budget_period":"month","allowed_models":["` + strings.Join(many[1:], `","`) + `"]}`
+		resp, body := e.do("PATCH", path, e.OwnerKey, most)
+		wantStatus(t, resp, body, http.StatusOK)
+		var got struct {
+			RPM    json.Number `json:"rate_limit_rpm"`
+			TPM    json.Number `json:"rate_limit_tpm"`
+			Budget json.Number `json:"token_budget"`
+			Models []string    `json:"allowed_models"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(kind.read(path)))
+		dec.UseNumber()
+		if err := dec.Decode(&got); err != nil {
+			t.Fatal(err)
+		}
+		const top = "9223372036854775807"
+		if got.RPM != top || got.TPM != top || got.Budget != top || len(got.Models) != keybridge.MaxAllowedModels {
+			t.Errorf("%s with the largest limits and %d models = %+v", kind.name, keybridge.MaxAllowedModels, got)
 		}
 	}
 }
