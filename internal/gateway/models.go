@@ -88,7 +88,7 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 	switch {
 	case refused != nil:
 		return refused
-	case named && ok, modelFree(x.r.Method, path):
+	case named && ok, modelFree(x.r, path):
 		return nil
 	}
 	return newError(keybridge.EForbidden, "this key is limited to some models, and the request names none: send the model in the JSON body's \"model\"")
@@ -218,9 +218,14 @@ func hasDotSegment(path string) bool {
 }
 
 // modelFree reports whether a request may name no model on a restricted
-// key: it lists or describes models, or counts tokens.
-func modelFree(method, path string) bool {
-	if method == http.MethodGet {
+// key: it lists or describes models, or counts tokens. A WebSocket upgrade
+// never does, whatever its path: the tunnel's frames, which name the
+// models it calls, are not read.
+func modelFree(r *http.Request, path string) bool {
+	if isUpgrade(r) {
+		return false
+	}
+	if r.Method == http.MethodGet {
 		for seg := range strings.SplitSeq(path, "/") {
 			if seg == "models" {
 				return true

@@ -1,0 +1,63 @@
+package gateway_test
+
+// Edges of the model allowlist (SPEC §7.2) that models_test.go does not
+// reach: which requests may name no model, and model ids in raw paths.
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+)
+
+// A restricted key may name no model only where no model is called:
+// listing or describing models and counting tokens. A WebSocket upgrade
+// never qualifies, whatever its path: the models asked for inside the
+// tunnel are not checked.
+func TestAllowedModelsNamingNone(t *testing.T) {
+	e := newEnv(t)
+	mock, _ := oaUpstream(t, e, "oa", "openai", "/v1", nil)
+	key := restrictedKey(e, "gpt-4o-mini")
+	req := func(method, path, body string, upgrade bool) *http.Request {
+		r := e.post(path, key, body)
+		r.Method = method
+		if body == "" {
+			r.Body, r.ContentLength = http.NoBody, 0
+		}
+		if upgrade {
+			r.Header.Set("Connection", "Upgrade")
+			r.Header.Set("Upgrade", "websocket")
+			r.Header.Set("Sec-WebSocket-Version", "13")
+			r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name    string
+		r       *http.Request
+		allowed bool
+	}{
+		{"listing models", req("GET", "/gateway/oa/models", "", false), true},
+		{"describing a model not on the list", req("GET", "/gateway/oa/models/gpt-4o", "", false), true},
+		{"counting a response's input tokens", req("POST", "/gateway/oa/responses/input_tokens", `{"input":"hi"}`, false), true},
+		{"counting them for a model not on the list", req("POST", "/gateway/oa/responses/input_tokens", `{"model":"gpt-4o","input":"hi"}`, false), false},
+		{"a POST to the models path", req("POST", "/gateway/oa/models", `{}`, false), false},
+		{"a response", req("POST", "/gateway/oa/responses", `{"input":"hi"}`, false), false},
+		{"a WebSocket on the Responses path", req("GET", "/gateway/oa/responses", "", true), false},
+		{"a WebSocket on a models path", req("GET", "/gateway/oa/models", "", true), false},
+		{"a WebSocket on a path with a models segment", req("GET", "/gateway/oa/models/gpt-4o-mini/realtime", "", true), false},
+	} {
+		before := len(mock.Requests())
+		resp, body := e.do(tc.r)
+		refused := resp.Header.Get("X-Keybridge-Error") == keybridge.EForbidden
+		if refused == tc.allowed {
+			t.Errorf("%s: got %d (X-Keybridge-Error %q) %.200s, want allowed %t", tc.name, resp.StatusCode, resp.Header.Get("X-Keybridge-Error"), body, tc.allowed)
+		}
+		if refused {
+			checkShape(t, "openai", resp, body, http.StatusForbidden, keybridge.EForbidden, "")
+			if n := len(mock.Requests()) - before; n != 0 {
+				t.Errorf("%s: refused, but reached the provider", tc.name)
+			}
+		}
+	}
+}
