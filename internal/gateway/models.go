@@ -13,7 +13,8 @@ import (
 
 // The model allowlist (SPEC §7.2). A restricted key's request must name
 // only allowed models, and must name one unless it only lists models or
-// counts tokens. Unrestricted keys, nearly all of them, pay one comparison.
+// counts tokens. It may not open a WebSocket, whose frames name the
+// models it calls. Unrestricted keys, nearly all of them, pay one comparison.
 //
 // Where the model is read, by provider type:
 //
@@ -50,6 +51,12 @@ func (x *exchange) allowModel() bool {
 func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 	if !m.Restricted() {
 		return nil
+	}
+	if isUpgrade(x.r) {
+		// A tunnel's frames name the models it calls, and are not read:
+		// whatever the upgrade's path or body names, the frames could
+		// call another.
+		return newError(keybridge.EForbidden, "this key is limited to some models, and a WebSocket's models cannot be checked: use HTTP requests")
 	}
 	path := x.path
 	if hasDotSegment(path) {
@@ -88,7 +95,7 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 	switch {
 	case refused != nil:
 		return refused
-	case named && ok, modelFree(x.r, path):
+	case named && ok, modelFree(x.r.Method, path):
 		return nil
 	}
 	return newError(keybridge.EForbidden, "this key is limited to some models, and the request names none: send the model in the JSON body's \"model\"")
@@ -218,14 +225,9 @@ func hasDotSegment(path string) bool {
 }
 
 // modelFree reports whether a request may name no model on a restricted
-// key: it lists or describes models, or counts tokens. A WebSocket upgrade
-// never does, whatever its path: the tunnel's frames, which name the
-// models it calls, are not read.
-func modelFree(r *http.Request, path string) bool {
-	if isUpgrade(r) {
-		return false
-	}
-	if r.Method == http.MethodGet {
+// key: it lists or describes models, or counts tokens.
+func modelFree(method, path string) bool {
+	if method == http.MethodGet {
 		for seg := range strings.SplitSeq(path, "/") {
 			if seg == "models" {
 				return true

@@ -4,6 +4,7 @@ package gateway_test
 // reach: which requests may name no model, and model ids in raw paths.
 
 import (
+	"io"
 	"net/http"
 	"testing"
 
@@ -12,8 +13,8 @@ import (
 
 // A restricted key may name no model only where no model is called:
 // listing or describing models and counting tokens. A WebSocket upgrade
-// never qualifies, whatever its path: the models asked for inside the
-// tunnel are not checked.
+// is refused whatever its path or body names: the models asked for inside
+// the tunnel are not checked.
 func TestAllowedModelsNamingNone(t *testing.T) {
 	e := newEnv(t)
 	mock, _ := oaUpstream(t, e, "oa", "openai", "/v1", nil)
@@ -44,11 +45,12 @@ func TestAllowedModelsNamingNone(t *testing.T) {
 		{"a POST to the models path", req("POST", "/gateway/oa/models", `{}`, false), false},
 		{"a response", req("POST", "/gateway/oa/responses", `{"input":"hi"}`, false), false},
 		{"a WebSocket on the Responses path", req("GET", "/gateway/oa/responses", "", true), false},
+		{"a WebSocket naming an allowed model in its body", req("GET", "/gateway/oa/responses", `{"model":"gpt-4o-mini"}`, true), false},
 		{"a WebSocket on a models path", req("GET", "/gateway/oa/models", "", true), false},
 		{"a WebSocket on a path with a models segment", req("GET", "/gateway/oa/models/gpt-4o-mini/realtime", "", true), false},
 	} {
 		before := len(mock.Requests())
-		resp, body := e.do(tc.r)
+		resp, body := doUnlessTunnel(t, tc.r)
 		refused := resp.Header.Get("X-Keybridge-Error") == keybridge.EForbidden
 		if refused == tc.allowed {
 			t.Errorf("%s: got %d (X-Keybridge-Error %q) %.200s, want allowed %t", tc.name, resp.StatusCode, resp.Header.Get("X-Keybridge-Error"), body, tc.allowed)
@@ -60,4 +62,21 @@ func TestAllowedModelsNamingNone(t *testing.T) {
 			}
 		}
 	}
+}
+
+// doUnlessTunnel is e.do for a request that may be answered with a
+// WebSocket: a 101 is closed at once (its body would never end) and
+// returned without a body.
+func doUnlessTunnel(t *testing.T, r *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatalf("%s %s: %v", r.Method, r.URL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return resp, nil
+	}
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
 }
