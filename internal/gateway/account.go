@@ -315,15 +315,23 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // admission under it always passes and still counts the request and its
 // tokens where lim would.
 func chargeOnly(lim keybridge.Limits) keybridge.Limits {
-	const never = math.MaxInt64 / 4
 	if lim.RateLimitRPM > 0 {
-		lim.RateLimitRPM = never
+		lim.RateLimitRPM = chargeNever
 	}
 	if lim.RateLimitTPM > 0 {
-		lim.RateLimitTPM = never
+		lim.RateLimitTPM = chargeNever
 	}
 	if lim.TokenBudget > 0 {
-		lim.TokenBudget = never
+		lim.TokenBudget = chargeNever
 	}
 	return lim
+}
+
+// chargeNever is the limit chargeOnly sets: past every count.
+const chargeNever = math.MaxInt64 / 4
+
+// charging reports whether lim came from chargeOnly: an admission that
+// only charges the key, which takes no lease and leaves the key's alone.
+func charging(lim keybridge.Limits) bool {
+	return lim.RateLimitRPM == chargeNever || lim.RateLimitTPM == chargeNever || lim.TokenBudget == chargeNever
 }

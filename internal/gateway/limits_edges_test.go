@@ -235,30 +235,60 @@ func TestLimitHeadersReplaceLowerCase(t *testing.T) {
 	}
 }
 
-// A PATCH of a key's limits applies to its next request: a lower RPM
-// counts the requests already admitted, and a key whose limits are
-// cleared sees the provider's own headers again.
+// A PATCH of a key's limits applies to its next request: lower limits
+// count what was already admitted and nothing more (under Redis too,
+// where the key's requests so far, far from the old limits, were
+// admitted from a lease), and a key whose limits are cleared sees the
+// provider's own headers again.
 func TestLimitPatchAppliesAtOnce(t *testing.T) {
-	e := newEnv(t)
-	oaUpstream(t, e, "oa", "openai", "/v1", nil)
+	checkPatchApplies(t, newEnv(t))
+}
+
+func TestLimitPatchAppliesAtOnceRedis(t *testing.T) {
+	checkPatchApplies(t, limitEnv(t))
+}
+
+func checkPatchApplies(t *testing.T, e *env) {
+	t.Helper()
+	oaUpstream(t, e, "oa", "openai", "/v1", nil) // answers report no tokens
 	own := providertest.OpenAIRateLimitHeaders()
-	id, key := limitKey(e, map[string]any{"rate_limit_rpm": 5})
-	chat := `{"model":"gpt-4o","messages":[]}`
-	for i := range 2 {
-		if resp, body := e.do(e.post("/gateway/oa/chat/completions", key, chat)); resp.StatusCode != http.StatusOK {
-			t.Fatalf("request %d: %d %s", i+1, resp.StatusCode, body)
-		}
+	id, key := limitKey(e, map[string]any{"rate_limit_rpm": 1000, "rate_limit_tpm": 100000})
+	chat := `{"model":"gpt-4o","messages":[],"max_tokens":100}`
+	send := func() *http.Response {
+		t.Helper()
+		resp, _ := e.do(e.post("/gateway/oa/chat/completions", key, chat))
+		return resp
 	}
-	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"rate_limit_rpm": 2}, http.StatusOK)
-	resp, body := e.do(e.post("/gateway/oa/chat/completions", key, chat))
-	checkShape(t, "openai", resp, body, http.StatusTooManyRequests, keybridge.ERateLimited, "limit of 2 requests per minute")
-	checkHeader(t, resp.Header, "X-Ratelimit-Limit-Requests", "2")
+	logged := 0
+	for i := range 4 {
+		if resp := send(); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d", i+1, resp.StatusCode)
+		}
+		logged++
+		e.waitLog(logged)
+	}
+	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"rate_limit_rpm": 6, "rate_limit_tpm": 1000}, http.StatusOK)
+	for i, want := range []string{"1", "0"} {
+		resp := send()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d of the 6 a minute: %d (Retry-After %s)", 5+i, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		checkHeader(t, resp.Header, "X-Ratelimit-Remaining-Requests", want)
+		checkHeader(t, resp.Header, "X-Ratelimit-Remaining-Tokens", "900")
+		logged++
+		e.waitLog(logged)
+	}
+	resp := send()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("X-Keybridge-Error") != keybridge.ERateLimited {
+		t.Fatalf("request 7 of 6 a minute: %d, want 429", resp.StatusCode)
+	}
+	checkRetryAfter(t, resp.Header, 1, 60)
+	checkHeader(t, resp.Header, "X-Ratelimit-Limit-Requests", "6")
 	checkHeader(t, resp.Header, "X-Ratelimit-Remaining-Requests", "0")
 
-	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"rate_limit_rpm": nil}, http.StatusOK)
-	resp, body = e.do(e.post("/gateway/oa/chat/completions", key, chat))
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("after clearing the limit: %d %s", resp.StatusCode, body)
+	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"rate_limit_rpm": nil, "rate_limit_tpm": nil}, http.StatusOK)
+	if resp = send(); resp.StatusCode != http.StatusOK {
+		t.Fatalf("after clearing the limits: %d", resp.StatusCode)
 	}
 	for name, vv := range own {
 		checkHeader(t, resp.Header, name, vv[0])

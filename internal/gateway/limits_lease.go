@@ -29,10 +29,11 @@ import (
 //     goes to Redis. Its requests' tokens settle into the shared counters
 //     as others do; the reservation is released once the lease has ended
 //     and its last request has settled;
-//   - ends after leaseTTL, when it runs out, when a call to Redis fails,
-//     or at shutdown, and the next admission asks for a fresh one, sized
-//     by what the last one served. A request under other limits (the
-//     key's changed, or a WebSocket's charge) is not admitted from it.
+//   - ends after leaseTTL, when it runs out, when the key's limits
+//     change, when a call to Redis fails, or at shutdown, and the next
+//     admission asks for a fresh one, sized by what the last one served.
+//     A WebSocket's charge (chargeOnly) is not admitted from it, takes no
+//     lease of its own and leaves the key's alone.
 //
 // So every replica still counts against one limit and none can admit
 // past it from its leases. What a lease changes: Keybridge's remaining
@@ -126,6 +127,11 @@ func (l *redisLimiter) fromLease(keyID string, lim keybridge.Limits, reserve, ms
 // Redis, and says what to ask for instead: enough for twice what the
 // last lease served, and for this request.
 func (l *redisLimiter) endLease(keyID string, lim keybridge.Limits, reserve int64) (leaseAsk, []leaseReturn) {
+	if charging(lim) {
+		// A WebSocket's later response, charged to the key: it takes
+		// no lease, and leaves the key's alone.
+		return leaseAsk{}, nil
+	}
 	_, tokens := hasLimits(lim)
 	ask := leaseAsk{ask: true, slots: leaseMinSlots}
 	if tokens {
@@ -137,12 +143,11 @@ func (l *redisLimiter) endLease(keyID string, lim keybridge.Limits, reserve int6
 	if ls == nil {
 		return ask, nil
 	}
-	if ls.lim != lim {
-		// Other limits: changed ones, whose lease ends with its time, or
-		// a WebSocket's later response, charged to the key (chargeOnly),
-		// which takes no lease and leaves the key's alone.
-		return leaseAsk{}, nil
-	}
+	// A lease granted under limits the key no longer has ends here too,
+	// and goes back with this admission, which Redis decides under the
+	// new ones: left to its time, its unused slots and tokens would hold
+	// a key whose limits were lowered at them, refused with the
+	// Retry-After of slots scored at the lease's end.
 	// The ended lease stays until the next grant replaces it, so that of
 	// concurrent requests that find it used up, one asks for the next.
 	if ls.asking {
