@@ -80,3 +80,41 @@ func doUnlessTunnel(t *testing.T, r *http.Request) (*http.Response, []byte) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp, b
 }
+
+// Bedrock model ids in the path as clients send them: with ':' as is or
+// escaped, and ARNs with their '/' escaped, matched unescaped; the body's
+// "model" and the query are not read there.
+func TestAllowedModelsBedrockRawPaths(t *testing.T) {
+	b := newBrEnv(t, envOptions{})
+	key := restrictedKey(b.env, brModel, brARN)
+	body := `{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`
+	for _, tc := range []struct {
+		name, path string
+		allowed    bool
+	}{
+		{"an id with ':' as is", "/model/" + brModel + "/invoke", true},
+		{"an id with ':' escaped", brModelPath + "/invoke", true},
+		{"an id with ':' escaped in lower case", "/model/anthropic.claude-3-5-sonnet-20241022-v2%3a0/converse", true},
+		{"an ARN, escaped", brARNPath + "/converse", true},
+		{"another version of the model", "/model/anthropic.claude-3-5-sonnet-20241022-v2:1/invoke", false},
+		{"an allowed id in the query only", "/model/anthropic.claude-3-opus:0/invoke?model=" + brModel, false},
+		{"an ARN with its '/' as is", "/model/arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20241022-v2:0/converse", false},
+	} {
+		before := len(b.mock.Requests())
+		r := b.post("/gateway/br"+tc.path, key, body)
+		resp, got := b.do(r)
+		refused := resp.Header.Get("X-Keybridge-Error") == keybridge.EForbidden
+		if refused == tc.allowed {
+			t.Errorf("%s: got %d %.200s, want allowed %t", tc.name, resp.StatusCode, got, tc.allowed)
+		}
+		if reached := len(b.mock.Requests()) > before; reached != tc.allowed {
+			t.Errorf("%s: reached the provider %t, want %t", tc.name, reached, tc.allowed)
+		}
+		if refused {
+			checkShape(t, "bedrock", resp, got, http.StatusForbidden, keybridge.EForbidden, "is not allowed")
+		}
+	}
+	// A body naming an allowed model does not change what the path calls.
+	resp, got := b.do(b.post("/gateway/br/model/anthropic.claude-3-opus:0/invoke", key, `{"model":"`+brModel+`","messages":[]}`))
+	checkShape(t, "bedrock", resp, got, http.StatusForbidden, keybridge.EForbidden, `"anthropic.claude-3-opus:0" is not allowed`)
+}
