@@ -1281,3 +1281,35 @@ func (h loseHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (h loseHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
+
+// A key's limits, changed, and a WebSocket's charge, under each limiter:
+// neither leaves capacity held that the key's next requests are refused
+// for. In Redis, a lease granted under the old limits goes back with the
+// first admission under the new ones, and a charge takes no lease.
+func TestLimitsChangedAndChargesHoldNothing(t *testing.T) {
+	for name, newLimiter := range limiters(t) {
+		t.Run(name, func(t *testing.T) {
+			l, id, ctx := newLimiter(), newKeyID(), context.Background()
+			old := keybridge.Limits{RateLimitRPM: 1000}
+			for i := range 4 {
+				mustAdmit(t, l, id, old, 0, t0.Add(time.Duration(i)*time.Millisecond))
+			}
+			lim := keybridge.Limits{RateLimitRPM: 20}
+			at := t0.Add(10 * time.Millisecond)
+			// A later response of a WebSocket, charged.
+			if _, d, err := l.admit(ctx, id, chargeOnly(lim), 0, at); err != nil || !d.ok {
+				t.Fatalf("charge = %+v, %v", d, err)
+			}
+			for i := range 15 {
+				_, d := mustAdmit(t, l, id, lim, 0, at.Add(time.Duration(i)*time.Millisecond))
+				if !d.ok || d.rpmRemaining != int64(14-i) {
+					t.Fatalf("request %d under the new limit of 20 (5 counted before) = %+v, want %d remaining", i+1, d, 14-i)
+				}
+			}
+			_, d := mustAdmit(t, l, id, lim, 0, at.Add(20*time.Millisecond))
+			if d.ok || d.retryAfter != limitWindow-30*time.Millisecond {
+				t.Errorf("request 21 = %+v, want refused until the first leaves the window", d)
+			}
+		})
+	}
+}
