@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -131,12 +132,17 @@ func (t *usageSums) merge(o *usageSums) {
 	t.latencyMS += o.latencyMS
 }
 
-// latencyAvg is the mean latency, 0 without requests.
+// latencyAvg is the mean latency, 0 without requests. The gateway
+// measures latencies in whole microseconds, so their sum is a whole
+// number of them; each engine adds floats in its own order and way
+// (SQLite compensates, PostgreSQL does not), leaving different last bits.
+// Rounded back to microseconds, the sum is the same on every engine, and
+// so is the mean the API answers.
 func (t *usageSums) latencyAvg() float64 {
 	if t.requests == 0 {
 		return 0
 	}
-	return t.latencyMS / float64(t.requests)
+	return math.Round(t.latencyMS*1000) / 1000 / float64(t.requests)
 }
 
 func (t *usageSums) group(key string) keybridge.UsageGroup {

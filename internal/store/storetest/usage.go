@@ -143,7 +143,7 @@ func usageRows(r *rand.Rand, org string, n int, from time.Time, span time.Durati
 			Model:            fmt.Sprint("model-", r.IntN(5)),
 			Status:           []int{200, 200, 200, 201, 400, 429, 500, 502}[r.IntN(8)],
 			Stream:           r.IntN(2) == 0,
-			LatencyMS:        r.Float64() * 900,
+			LatencyMS:        float64(r.Int64N(900_000)) / 1000, // whole µs, as the gateway measures
 			InputTokens:      r.Int64N(5000),
 			OutputTokens:     r.Int64N(2000),
 			CacheReadTokens:  r.Int64N(300),

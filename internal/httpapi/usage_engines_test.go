@@ -1,0 +1,87 @@
+package httpapi_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store/storetest"
+)
+
+// TestUsageSameAnswerOnEveryEngine: the usage API answers the same bytes
+// over SQLite and PostgreSQL for the same rows, mean latencies included,
+// whatever the grouping, the series and the window (whole days, whole
+// hours, partial hours at both ends, an offset other than Z).
+func TestUsageSameAnswerOnEveryEngine(t *testing.T) {
+	engines := storetest.Engines()
+	if len(engines) < 2 {
+		t.Skip("needs PostgreSQL: set " + storetest.PostgresURLEnv)
+	}
+	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -5)
+	r := rand.New(rand.NewPCG(7, 11))
+	var envs []*env
+	for _, eng := range engines {
+		envs = append(envs, newEnv(t, eng.New(t)))
+	}
+	rows := make([]keybridge.Usage, 0, 1200)
+	for range cap(rows) {
+		u := keybridge.Usage{
+			Time:       day.Add(time.Duration(r.Int64N(int64(3 * 24 * time.Hour)))).Truncate(time.Microsecond),
+			ProviderID: fmt.Sprint("prov-", r.IntN(3)),
+			Model:      fmt.Sprint("model-", r.IntN(4)),
+			Status:     []int{200, 200, 200, 400, 429, 499, 502}[r.IntN(7)],
+			// As the gateway measures them: whole microseconds in ms.
+			LatencyMS:    float64(r.Int64N(3_000_000)) / 1000,
+			InputTokens:  r.Int64N(5000),
+			OutputTokens: r.Int64N(2000),
+			Failovers:    r.IntN(3),
+		}
+		u.UpstreamLatencyMS = u.LatencyMS / 3
+		if r.IntN(3) == 0 {
+			u.AIKeyID, u.ProjectID = fmt.Sprint("ai-", r.IntN(3)), fmt.Sprint("proj-", r.IntN(2))
+		} else {
+			u.APIKeyID, u.UserID = fmt.Sprint("key-", r.IntN(4)), fmt.Sprint("user-", r.IntN(3))
+		}
+		rows = append(rows, u)
+	}
+	for _, e := range envs {
+		batch := make([]keybridge.Usage, len(rows))
+		copy(batch, rows)
+		for i := range batch {
+			batch[i].OrgID = e.Org.ID
+		}
+		if err := e.Store.InsertUsage(context.Background(), batch); err != nil {
+			t.Fatalf("InsertUsage = %v", err)
+		}
+	}
+	windows := [][2]string{
+		{day.Format(time.RFC3339), day.AddDate(0, 0, 3).Format(time.RFC3339)},
+		{day.Add(90 * time.Minute).Format(time.RFC3339Nano), day.Add(53*time.Hour + 17*time.Minute + 123*time.Microsecond).Format(time.RFC3339Nano)},
+		{day.Add(7 * time.Hour).In(time.FixedZone("", 2*3600)).Format(time.RFC3339), day.Add(30 * time.Hour).Format(time.RFC3339)},
+	}
+	for _, w := range windows {
+		for _, by := range []string{"provider", "model", "user", "project", "api_key"} {
+			for _, bucket := range []string{"", "hour", "day"} {
+				q := url.Values{"group_by": {by}, "since": {w[0]}, "until": {w[1]}}
+				if bucket != "" {
+					q.Set("bucket", bucket)
+				}
+				var first string
+				for i, e := range envs {
+					resp, body := e.do("GET", auPath(e.Org, "/usage?"+q.Encode()), e.OwnerKey, nil)
+					wantStatus(t, resp, body, http.StatusOK)
+					if i == 0 {
+						first = string(body)
+					} else if string(body) != first {
+						t.Errorf("usage?%s:\n%s: %s\n%s: %s", q.Encode(), engines[0].Name, first, engines[i].Name, body)
+					}
+				}
+			}
+		}
+	}
+}
