@@ -466,6 +466,11 @@ func (x *exchange) serve() {
 		return
 	}
 	x.rt, x.style, x.styled = rt, rt.provider.Type, true
+	// Read before the refusals below, so that their usage rows name the
+	// model and say whether a stream was asked for, as every other row.
+	if x.body == nil && !x.readBody() {
+		return
+	}
 	if refused := typeRefusal(p, rt); refused != nil {
 		x.fail(refused)
 		return
@@ -473,9 +478,6 @@ func (x *exchange) serve() {
 	keys, gerr := x.candidates(r.Context(), p, rt)
 	if gerr != nil {
 		x.fail(gerr)
-		return
-	}
-	if x.body == nil && !x.readBody() {
 		return
 	}
 	if !x.allowModel() {

@@ -1,0 +1,201 @@
+package gateway_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keybridge/keybridge/internal/gateway"
+	"github.com/keybridge/keybridge/internal/providertest"
+)
+
+// Every request made with a valid key is one usage row with every field
+// of SPEC §7.7, the ones Keybridge refuses itself included (an allowlist's
+// 403, an AI key of another type's 403, an unknown provider's 404, a body
+// over the limit's 413, a limit's 429): who made it, where it went, its
+// status, and no tokens or upstream key for what never reached one. A
+// request without a valid key (401) has no org and records nothing.
+func TestUsageRowOfEveryRequest(t *testing.T) {
+	t.Parallel()
+	const maxBody = 4096
+	fe, rows, _ := newRowEnv(t, gateway.Options{MaxBody: maxBody})
+	e := fe.env
+	mock := providertest.NewOpenAI(t)
+	mock.Usage = providertest.Usage{Input: 100, Output: 40, CacheRead: 30}
+	upKey := canary(t, "sk-proj-")
+	mock.AddKey(upKey)
+	providerID := e.provider(map[string]any{"name": "oai", "type": "openai", "base_url": mock.URL + "/v1"})
+	upKeyID := e.addKey("oai", upKey, 0)
+	emptyID := e.provider(map[string]any{"name": "empty", "type": "openai", "base_url": mock.URL + "/v1"})
+	limited := newInvokeKey(e, map[string]any{"rate_limit_rpm": 1, "allowed_models": []string{"gpt-4o"}})
+	limitedID, limitedKey := limited["id"].(string), limited["key"].(string)
+	ai := newAIKey(e, "ANTHROPIC")
+
+	chat := func(model string, stream bool) string {
+		s := `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]`
+		if stream {
+			s += `,"stream":true`
+		}
+		return s + "}"
+	}
+	type want struct {
+		status            int
+		apiKey, aiKey     string
+		user, project     string
+		provider, upKey   string
+		model             string
+		stream            bool
+		input, cacheRead  int64
+		output            int64
+		upstreamLatencyOK bool // measured: the provider was asked
+	}
+	cases := []struct {
+		name      string
+		key, path string
+		body      string
+		want      *want // nil: no row
+	}{
+		{"no valid key", "kb_nope", "/gateway/oai/chat/completions", chat("gpt-4o", false), nil},
+		{"answered", limitedKey, "/gateway/oai/chat/completions", chat("gpt-4o", false),
+			&want{status: 200, apiKey: limitedID, user: e.Owner.ID, provider: providerID, upKey: upKeyID, model: "gpt-4o",
+				input: 100, cacheRead: 30, output: 40, upstreamLatencyOK: true}},
+		{"a model off the allowlist", limitedKey, "/gateway/oai/chat/completions", chat("o3", true),
+			&want{status: 403, apiKey: limitedID, user: e.Owner.ID, provider: providerID, model: "o3", stream: true}},
+		{"at the key's RPM", limitedKey, "/gateway/oai/chat/completions", chat("gpt-4o", false),
+			&want{status: 429, apiKey: limitedID, user: e.Owner.ID, provider: providerID, model: "gpt-4o"}},
+		{"an AI key of another type", ai.secret, "/gateway/oai/chat/completions", chat("gpt-4o-mini", true),
+			&want{status: 403, aiKey: ai.id, project: ai.project, provider: providerID, model: "gpt-4o-mini", stream: true}},
+		{"a provider without upstream keys", e.OwnerKey, "/gateway/empty/chat/completions", chat("gpt-5", true),
+			&want{status: 503, apiKey: ownerKeyID(e), user: e.Owner.ID, provider: emptyID, model: "gpt-5", stream: true}},
+		{"an unknown provider", e.OwnerKey, "/gateway/nope/v1/models/gpt-4.1", "",
+			&want{status: 404, apiKey: ownerKeyID(e), user: e.Owner.ID, model: "gpt-4.1"}},
+		{"a body over the limit", ai.secret, "/gateway/nope/chat/completions", chat(strings.Repeat("x", maxBody), false),
+			&want{status: 404, aiKey: ai.id, project: ai.project}},
+		{"a body over the limit to a known provider", e.OwnerKey, "/gateway/oai/chat/completions", chat(strings.Repeat("x", maxBody), false),
+			&want{status: 413, apiKey: ownerKeyID(e), user: e.Owner.ID, provider: providerID}},
+	}
+	type sent struct {
+		name          string
+		want          *want
+		before, after time.Time
+	}
+	var sents []sent
+	for _, tc := range cases {
+		method := "POST"
+		if tc.body == "" {
+			method = "GET"
+		}
+		req, err := http.NewRequest(method, e.URL+tc.path, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tc.key)
+		req.Header.Set("Content-Type", "application/json")
+		before := time.Now()
+		resp, body := e.do(req)
+		after := time.Now()
+		wantStatus := http.StatusUnauthorized
+		if tc.want != nil {
+			wantStatus = tc.want.status
+		}
+		if resp.StatusCode != wantStatus {
+			t.Fatalf("%s: status %d %s, want %d", tc.name, resp.StatusCode, body, wantStatus)
+		}
+		if tc.want != nil {
+			sents = append(sents, sent{tc.name, tc.want, before, after})
+		}
+	}
+	// Rows are queued in the order the requests ended.
+	all := rows.wait(t, len(sents))
+	if len(all) != len(sents) {
+		t.Fatalf("%d usage rows, want %d: %+v", len(all), len(sents), all)
+	}
+	for i, tc := range sents {
+		w, got, before, after := tc.want, all[i], tc.before, tc.after
+		if got.Time.Before(before.Add(-time.Millisecond)) || got.Time.After(after) || got.Time.Location() != time.UTC {
+			t.Errorf("%s: time %v, want in UTC within [%v, %v]", tc.name, got.Time, before, after)
+		}
+		if got.OrgID != e.Org.ID || got.APIKeyID != w.apiKey || got.AIKeyID != w.aiKey || got.UserID != w.user || got.ProjectID != w.project {
+			t.Errorf("%s: org %q api key %q AI key %q user %q project %q; want %q %q %q %q %q", tc.name,
+				got.OrgID, got.APIKeyID, got.AIKeyID, got.UserID, got.ProjectID, e.Org.ID, w.apiKey, w.aiKey, w.user, w.project)
+		}
+		if got.ProviderID != w.provider || got.ProviderKeyID != w.upKey || got.Model != w.model || got.Status != w.status || got.Stream != w.stream {
+			t.Errorf("%s: provider %q upstream key %q model %q status %d stream %v; want %q %q %q %d %v", tc.name,
+				got.ProviderID, got.ProviderKeyID, got.Model, got.Status, got.Stream, w.provider, w.upKey, w.model, w.status, w.stream)
+		}
+		if got.InputTokens != w.input || got.CacheReadTokens != w.cacheRead || got.OutputTokens != w.output || got.CacheWriteTokens != 0 || got.Failovers != 0 {
+			t.Errorf("%s: tokens in %d cache read %d out %d cache write %d, failovers %d; want %d %d %d 0, 0", tc.name,
+				got.InputTokens, got.CacheReadTokens, got.OutputTokens, got.CacheWriteTokens, got.Failovers, w.input, w.cacheRead, w.output)
+		}
+		if got.LatencyMS <= 0 || got.LatencyMS > float64(after.Sub(before).Microseconds())/1000 ||
+			got.UpstreamLatencyMS > got.LatencyMS || (got.UpstreamLatencyMS > 0) != w.upstreamLatencyOK {
+			t.Errorf("%s: latency %v ms, upstream %v ms; want 0 < upstream <= latency <= %v when the provider was asked, else upstream 0",
+				tc.name, got.LatencyMS, got.UpstreamLatencyMS, after.Sub(before))
+		}
+	}
+}
+
+// ownerKeyID is the ID of e's owner key.
+func ownerKeyID(e *env) string {
+	e.t.Helper()
+	for _, it := range e.api("GET", "/api/v1/api-keys", e.OwnerKey, nil, http.StatusOK)["items"].([]any) {
+		if k := it.(map[string]any); k["name"] == "test key" {
+			return k["id"].(string)
+		}
+	}
+	e.t.Fatal("no owner key")
+	return ""
+}
+
+// A request served with the caller's personal credential touches that
+// credential's last_used_at, not the org's upstream key's, and its row
+// names no upstream key (SPEC §7.7, docs/gateway.md#usage).
+func TestUsagePersonalCredentialLastUsed(t *testing.T) {
+	t.Parallel()
+	fe, rows, _ := newRowEnv(t, gateway.Options{})
+	e := fe.env
+	mock := providertest.NewOpenAI(t)
+	mock.Usage = providertest.Usage{Input: 8, Output: 3}
+	orgKey, personal := canary(t, "sk-proj-"), canary(t, "sk-proj-")
+	mock.AddKey(orgKey)
+	mock.AddKey(personal)
+	e.provider(map[string]any{"name": "either", "type": "openai", "base_url": mock.URL + "/v1", "key_source": "user_or_org"})
+	orgKeyID := e.addKey("either", orgKey, 0)
+	credID := e.api("POST", "/api/v1/users/me/credentials", e.OwnerKey,
+		map[string]any{"org": "acme", "provider": "either", "api_key": personal}, http.StatusCreated)["id"].(string)
+	credLastUsed := func() any {
+		for _, it := range e.api("GET", "/api/v1/users/me/credentials", e.OwnerKey, nil, http.StatusOK)["items"].([]any) {
+			if c := it.(map[string]any); c["id"] == credID {
+				return c["last_used_at"]
+			}
+		}
+		t.Fatalf("no credential %s", credID)
+		return nil
+	}
+	if got := credLastUsed(); got != nil {
+		t.Fatalf("credential last_used_at %v before any use", got)
+	}
+	before := time.Now().UTC().Truncate(time.Second)
+	if resp, body := e.do(e.post("/gateway/either/chat/completions", e.OwnerKey, `{"model":"gpt-4o","messages":[]}`)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat = %d %s", resp.StatusCode, body)
+	}
+	if got := mock.Last().Header.Get("Authorization"); got != "Bearer "+personal {
+		t.Fatalf("upstream Authorization is not the personal key")
+	}
+	row := rows.wait(t, 1)[0]
+	if row.ProviderKeyID != "" || row.InputTokens != 8 || row.OutputTokens != 3 {
+		t.Errorf("row: upstream key %q, tokens %d/%d; want none, 8/3", row.ProviderKeyID, row.InputTokens, row.OutputTokens)
+	}
+	waitLastUsed(t, "personal credential", credLastUsed)
+	if s, _ := credLastUsed().(string); s != "" {
+		if at, err := time.Parse(time.RFC3339Nano, s); err != nil || at.Before(before) {
+			t.Errorf("credential last_used_at %q, want a time from %v on", s, before)
+		}
+	}
+	// Written in the same flush as the credential's, had it been touched.
+	if got := providerKeyLastUsed(e, "either", orgKeyID); got != nil {
+		t.Errorf("the org's upstream key, not used, has last_used_at %v", got)
+	}
+	noCanary(t, personal, e.logs())
+}
