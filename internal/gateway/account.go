@@ -245,15 +245,22 @@ func modelFromPath(path string) string {
 // refused is called: the tunnel must end once this response's last bytes
 // have passed. A response the client started anyway (it need not wait for
 // the one before) is still charged, at a limit or over.
-func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
+//
+// end is called once the tunnel has closed, with the status a response
+// it cut short is recorded with (499 when the client left): a response
+// under way is a request too, charged and recorded with what was seen of
+// it, as a stream cut over HTTP is.
+func (x *exchange) wsUsage(refused func(*gwError)) (w io.Writer, end func(status int)) {
 	if x.principal == nil || x.rt == nil {
-		return io.Discard
+		return io.Discard, func(int) {}
 	}
 	ctx := context.Background()
 	admitted := true // the upgrade admitted the first response
 	first := true
 	var began time.Time // the provider's first bytes of the response under way
-	r := newWSUsageReader(func(tok tokens, model string, status int) {
+	// done records a response that ended with status; last: the tunnel
+	// has ended, and no response follows to be admitted.
+	done := func(tok tokens, model string, status int, last bool) {
 		g := x.g
 		now := time.Now()
 		// The first response began with the upgrade that asked for it,
@@ -284,7 +291,7 @@ func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 		}
 		admitted = false
 		g.record(x, start, status, now.Sub(start), upstream, tok, model, now)
-		if !limited {
+		if !limited || last {
 			return
 		}
 		t, d, err := g.lim.admit(ctx, p.KeyID, p.Limits, 0, now)
@@ -298,13 +305,22 @@ func (x *exchange) wsUsage(refused func(*gwError)) io.Writer {
 		default:
 			x.ticket, admitted = t, true
 		}
-	})
-	return writerFunc(func(p []byte) (int, error) {
+	}
+	r := newWSUsageReader(func(tok tokens, model string, status int) { done(tok, model, status, false) })
+	w = writerFunc(func(p []byte) (int, error) {
 		if began.IsZero() {
 			began = time.Now()
 		}
 		return r.Write(p)
 	})
+	end = func(status int) {
+		if r.Underway() {
+			// Its usage would have come with its end: no tokens, and
+			// no model, since the client's frames are not read.
+			done(tokens{}, "", status, true)
+		}
+	}
+	return w, end
 }
 
 type writerFunc func([]byte) (int, error)

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -877,8 +878,15 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	x.g.m.streams.Inc()
 	defer x.g.m.streams.Dec()
 	done := make(chan struct{}, 2)
-	pipe := func(dst net.Conn, src io.Reader) {
+	// clientLeft: the client's side ended first. Taken before the pipe
+	// closes the other side, which then ends too.
+	var ended atomic.Bool
+	var clientLeft bool
+	pipe := func(dst net.Conn, src io.Reader, fromClient bool) {
 		io.Copy(dst, src)
+		if ended.CompareAndSwap(false, true) {
+			clientLeft = fromClient
+		}
 		if tc, ok := dst.(interface{ CloseWrite() error }); ok {
 			tc.CloseWrite()
 		} else {
@@ -895,14 +903,14 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	go func() { refusal <- x.watchAccess(watchCtx, end) }()
 	// Set by the provider-to-client pipe, read once it has ended.
 	var overLimit *gwError
-	usage := x.wsUsage(func(e *gwError) {
+	usage, usageEnd := x.wsUsage(func(e *gwError) {
 		overLimit = e
 		// Nothing more reaches the provider; what was read from it
 		// still passes, this response's end included.
 		cn.nc.SetDeadline(aLongTimeAgo)
 	})
-	go pipe(cn.nc, cbuf.Reader)
-	go pipe(client, io.TeeReader(cn.br, usage))
+	go pipe(cn.nc, cbuf.Reader, true)
+	go pipe(client, io.TeeReader(cn.br, usage), false)
 	<-done
 	// One side closed: the other has nothing more to say to it.
 	end()
@@ -912,6 +920,17 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	refused := <-refusal
 	if refused == nil && overLimit != nil {
 		refused, why = overLimit, "its key is at a limit"
+	}
+	// A response the tunnel's end cut short is recorded as a cut stream
+	// is: with the refusal that ended it, 499 when the client left, else
+	// 502 (the provider hung up).
+	switch {
+	case refused != nil:
+		usageEnd(refused.status)
+	case clientLeft:
+		usageEnd(statusClientClosed)
+	default:
+		usageEnd(http.StatusBadGateway)
 	}
 	if refused != nil {
 		// Both connections are closed without a close frame: a frame of

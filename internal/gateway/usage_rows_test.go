@@ -1,10 +1,13 @@
 package gateway_test
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/keybridge/keybridge/internal/gateway"
 	"github.com/keybridge/keybridge/internal/providertest"
@@ -198,4 +201,71 @@ func TestUsagePersonalCredentialLastUsed(t *testing.T) {
 		t.Errorf("the org's upstream key, not used, has last_used_at %v", got)
 	}
 	noCanary(t, personal, e.logs())
+}
+
+// A response over a WebSocket is a request (SPEC §7.7): one the client
+// abandons is recorded with status 499, one the provider cuts with 502,
+// as a stream over HTTP is, with the tokens seen (none: a response's
+// usage comes at its end), not only the responses that end.
+func TestUsageWebSocketResponseCutOrAbandoned(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		fault  providertest.Fault
+		leave  bool // the client leaves after two events
+		status int
+	}{
+		{"client leaves", providertest.Fault{StallAfter: 2, StallFor: time.Minute}, true, 499},
+		{"provider cuts", providertest.Fault{CutAfter: 2}, false, http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			fe, rows, _ := newRowEnv(t, gateway.Options{})
+			e := fe.env
+			mock, _ := oaUpstream(t, e, "oai", "openai", "/v1", nil)
+			mock.Fault("", tc.fault)
+			ctx := context.Background()
+			for i, refusedFirst := range []bool{false, true} {
+				conn, err := oaClient(e, "oai", e.OwnerKey).Responses.Connect(ctx, responses.ResponseConnectionOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if refusedFirst {
+					// A later response on the socket, after an error event.
+					refused := wsCreate()
+					refused.Model = ""
+					if err := conn.Create(ctx, refused); err != nil {
+						t.Fatal(err)
+					}
+					if ev, err := conn.Recv(ctx); err != nil || ev.Type != "error" {
+						t.Fatalf("a response.create without a model: %+v, %v; want the provider's error event", ev, err)
+					}
+				}
+				if err := conn.Create(ctx, wsCreate()); err != nil {
+					t.Fatal(err)
+				}
+				for range 2 {
+					if _, err := conn.Recv(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.leave {
+					conn.Abort()
+				} else if _, err := conn.Recv(ctx); err == nil {
+					t.Fatal("a cut socket went on")
+				}
+				e.waitLog(i + 1) // the socket's rows are queued
+			}
+			got := rows.wait(t, 3)
+			if got = rows.wait(t, 0); len(got) != 3 {
+				t.Fatalf("%d rows, want 3: %+v", len(got), got)
+			}
+			for i, want := range []int{tc.status, http.StatusBadRequest, tc.status} {
+				r := got[i]
+				if r.Status != want || r.InputTokens+r.OutputTokens != 0 || r.APIKeyID == "" || r.ProviderID == "" || r.ProviderKeyID == "" {
+					t.Errorf("row %d: %+v; want status %d, no tokens, the key, provider and upstream key", i, r, want)
+				}
+			}
+		})
+	}
 }

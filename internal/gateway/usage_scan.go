@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -965,11 +964,28 @@ func (s *eventStreamScanner) Failure() int           { return s.failed }
 // its tokens, the model the response names, and the status it is recorded
 // with: 200, or a failed response's (usage_fail.go); and once per error
 // event, with no tokens and the error's status.
-func newWSUsageReader(onResponse func(t tokens, model string, status int)) io.Writer {
-	r := &wsUsageReader{on: onResponse}
+func newWSUsageReader(onResponse func(t tokens, model string, status int)) *wsUsageReader {
+	r := &wsUsageReader{}
+	r.on = func(t tokens, model string, status int) {
+		r.underway = false
+		onResponse(t, model, status)
+	}
 	r.w.init(&formatResponses.schema)
 	return r
 }
+
+// Underway reports whether a response is under way: the provider has sent
+// a text message since the last response's end (or error event), so a
+// socket that ends now cuts that response short.
+func (r *wsUsageReader) Underway() bool { return r.underway }
+
+// Keys of the events that end a response, which carry no usage object
+// when a server has none to report ("usage": null); response.failed is
+// keyFailed.
+var (
+	keyCompleted  = searchKey{[]byte(`"response.completed"`), 12}
+	keyIncomplete = searchKey{[]byte(`"response.incomplete"`), 12}
+)
 
 // wsUsageReader follows RFC 6455 framing (without extensions: the gateway
 // relays no compressed sockets' usage): text messages, possibly
@@ -993,6 +1009,8 @@ type wsUsageReader struct {
 	// holds its whole output, which may be that long).
 	walking bool
 	msg     []byte
+	// underway: a text message came since the last response's end.
+	underway bool
 }
 
 func (r *wsUsageReader) Write(p []byte) (int, error) {
@@ -1067,6 +1085,7 @@ func (r *wsUsageReader) frame() {
 	switch op {
 	case 1: // text: a new message
 		r.text, r.walking, r.msg = true, false, r.msg[:0]
+		r.underway = true
 	case 2: // binary
 		r.text = false
 	}
@@ -1112,7 +1131,8 @@ func (r *wsUsageReader) frameEnd() {
 	}
 	r.text = false
 	if !r.walking {
-		if !formatResponses.mayCarry(r.msg) && !formatResponses.mayFail(r.msg) {
+		if !formatResponses.mayCarry(r.msg) && !formatResponses.mayFail(r.msg) &&
+			keyCompleted.index(r.msg) < 0 && keyIncomplete.index(r.msg) < 0 {
 			return
 		}
 		r.walk()
@@ -1132,12 +1152,12 @@ func (r *wsUsageReader) frameEnd() {
 	if !isResponseDone(typ) {
 		return
 	}
-	t, ok := walkerTokens(&formatResponses, &r.w)
+	// A response that ends is a request, with the usage it reports or
+	// none.
+	t, _ := walkerTokens(&formatResponses, &r.w)
 	status := http.StatusOK
 	if f := failureOf(&formatResponses, &r.w); f != 0 {
 		status = f
-	} else if !ok {
-		return
 	}
 	var model string
 	if r.w.set&(1<<slotModel) != 0 {

@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -774,5 +775,33 @@ func TestTokenSumsSaturate(t *testing.T) {
 	}
 	if got := (tokens{Input: math.MaxInt64, Output: 1, CacheRead: 1, CacheWrite: math.MaxInt64}).total(); got != math.MaxInt64 {
 		t.Errorf("total = %d, want %d", got, int64(math.MaxInt64))
+	}
+}
+
+// A response that ends is a row even when its server reports no usage
+// ("usage": null, or none); and a response is under way from the
+// provider's first text message until its end or an error event, which
+// control frames neither begin nor end.
+func TestWSUsageReaderUnderway(t *testing.T) {
+	var seen []wsSeen
+	w := newWSUsageReader(func(t tokens, model string, status int) { seen = append(seen, wsSeen{t, model, status}) })
+	step := func(frame []byte, underway bool) {
+		t.Helper()
+		w.Write(frame)
+		if w.Underway() != underway {
+			t.Errorf("after %q: Underway() = %v, want %v", frame, w.Underway(), underway)
+		}
+	}
+	step(wsFrame(true, 9, []byte("ping"), false), false)
+	step(wsFrame(true, 1, []byte(`{"type":"response.created","response":{"model":"m1","usage":null}}`), false), true)
+	step(wsFrame(true, 1, []byte(`{"type":"response.completed","response":{"model":"m1","usage":null}}`), false), false)
+	step(wsFrame(true, 1, []byte(`{"type":"response.output_text.delta","delta":"\"response.completed\""}`), false), true)
+	step(wsFrame(true, 1, []byte(`{"type":"response.incomplete","response":{"model":"m2"}}`), false), false)
+	step(wsFrame(true, 10, nil, false), false)
+	step(wsFrame(true, 1, []byte(`{"type":"response.in_progress"}`), false), true)
+	step(wsFrame(true, 1, []byte(`{"type":"error","status":429,"error":{"code":"rate_limit_exceeded"}}`), false), false)
+	want := []wsSeen{{tokens{}, "m1", 200}, {tokens{}, "m2", 200}, {tokens{}, "", 429}}
+	if !slices.Equal(seen, want) {
+		t.Errorf("responses = %+v, want %+v", seen, want)
 	}
 }
