@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/keybridge/keybridge/internal/gateway"
@@ -268,4 +269,29 @@ func TestUsageWebSocketResponseCutOrAbandoned(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Embeddings through the SDK: prompt_tokens is the input, and nothing
+// else is counted, in float and base64 encodings alike.
+func TestUsageEmbeddings(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mock, upKey := oaUpstream(t, e, "oai", "openai", "/v1", nil)
+	mock.Usage = providertest.Usage{Input: 17, Output: 99, CacheRead: 5}
+	ai := newAIKey(e, "OPENAI")
+	c := oaClient(e, "oai", ai.secret)
+	for _, format := range []openai.EmbeddingNewParamsEncodingFormat{openai.EmbeddingNewParamsEncodingFormatFloat, openai.EmbeddingNewParamsEncodingFormatBase64} {
+		if _, err := c.Embeddings.New(context.Background(), openai.EmbeddingNewParams{
+			Model:          openai.EmbeddingModelTextEmbedding3Small,
+			Input:          openai.EmbeddingNewParamsInputUnion{OfArrayOfStrings: []string{"a", "b"}},
+			EncodingFormat: format,
+		}); err != nil {
+			t.Fatalf("%s: %v", format, err)
+		}
+	}
+	settled(e, 2)
+	u := newUsageReader(e)
+	checkGroup(t, u.wait("model", 2), "text-embedding-3-small", tokens{requests: 2, input: 34})
+	checkGroup(t, u.get("project", ""), ai.project, tokens{requests: 2, input: 34})
+	noCanary(t, upKey, append(u.answers, e.logs())...)
 }

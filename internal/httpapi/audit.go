@@ -3,6 +3,7 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/audit"
@@ -26,9 +27,17 @@ func rfc3339Param(r *http.Request, name string) (time.Time, error) {
 	if v == "" {
 		return time.Time{}, nil
 	}
-	t, err := time.Parse(time.RFC3339Nano, v)
+	// RFC 3339 allows a lower-case t and z (its section 5.6); Go's
+	// parser takes only capitals, and upper-casing changes nothing else
+	// of a valid time.
+	t, err := time.Parse(time.RFC3339Nano, strings.ToUpper(v))
 	if err != nil {
-		return time.Time{}, keybridge.FieldError(name, "must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
+		msg := "must be an RFC 3339 time such as 2026-01-02T15:04:05Z"
+		if strings.Contains(v, " ") {
+			// A + of an offset sent unescaped arrives as a space.
+			msg += " (send the + of an offset as %2B)"
+		}
+		return time.Time{}, keybridge.FieldError(name, msg)
 	}
 	// In UTC a time of the year 9999 in a zone west of it may be of the
 	// year 10000, which no RFC 3339 answer can hold.

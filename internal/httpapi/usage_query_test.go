@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,6 +83,44 @@ func TestUsageSameAnswerOnEveryEngine(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// TestUsageTimeParams: since and until take RFC 3339 as its section 5.6
+// writes it, lower-case t and z included, any offset, and answer in UTC;
+// anything else is 400 naming the field, and a + sent unescaped (a space
+// once decoded) is told how to send it.
+func TestUsageTimeParams(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -2)
+	d := day.Format("2006-01-02")
+	for _, c := range []struct {
+		query     string
+		wantSince time.Time // zero: 400
+		field     string
+		hint      string
+	}{
+		{"since=" + d + "T00:00:00Z", day, "", ""},
+		{"since=" + d + "t00:00:00z", day, "", ""},
+		{"since=" + d + "T02:00:00%2B02:00", day, "", ""},
+		{"since=" + d + "T00:00:00.5-00:00", day.Add(500 * time.Millisecond), "", ""},
+		{"since=" + d + "T02:00:00+02:00", time.Time{}, "since", "%2B"},
+		{"until=" + d, time.Time{}, "until", ""},
+		{"since=" + d + "T00:00:00", time.Time{}, "since", ""},
+		{"since=" + d + "T00:00:00Z&until=" + d + "T00:00:00Z", time.Time{}, "until", ""},
+	} {
+		resp, body := e.do("GET", auPath(e.Org, "/usage?"+c.query), e.OwnerKey, nil)
+		if c.wantSince.IsZero() {
+			got := wantError(t, resp, body, keybridge.EInvalid)
+			if msg := got.Error.Fields[c.field]; msg == "" || !strings.Contains(msg, c.hint) {
+				t.Errorf("usage?%s: fields %v, want one for %s saying %q", c.query, got.Error.Fields, c.field, c.hint)
+			}
+			continue
+		}
+		wantStatus(t, resp, body, http.StatusOK)
+		if got := decodeAs[auUsage](t, body); !got.Since.Equal(c.wantSince) || !strings.Contains(string(body), `"since":"`+c.wantSince.Format(time.RFC3339Nano)+`"`) {
+			t.Errorf("usage?%s: %s, want since %s in UTC", c.query, body, c.wantSince.Format(time.RFC3339Nano))
 		}
 	}
 }
