@@ -246,13 +246,13 @@ func modelFromPath(path string) string {
 // have passed. A response the client started anyway (it need not wait for
 // the one before) is still charged, at a limit or over.
 //
-// end is called once the tunnel has closed, with the status a response
-// it cut short is recorded with (499 when the client left): a response
-// under way is a request too, charged and recorded with what was seen of
-// it, as a stream cut over HTTP is.
-func (x *exchange) wsUsage(refused func(*gwError)) (w io.Writer, end func(status int)) {
+// end is called once the tunnel has closed, with the refusal that closed
+// it if one did, and whether the client's side ended first: a response
+// under way then is a request too, charged and recorded with what was
+// seen of it, as a stream cut over HTTP is.
+func (x *exchange) wsUsage(refused func(*gwError)) (w io.Writer, end func(refusal *gwError, clientFirst bool)) {
 	if x.principal == nil || x.rt == nil {
-		return io.Discard, func(int) {}
+		return io.Discard, func(*gwError, bool) {}
 	}
 	ctx := context.Background()
 	admitted := true // the upgrade admitted the first response
@@ -313,12 +313,24 @@ func (x *exchange) wsUsage(refused func(*gwError)) (w io.Writer, end func(status
 		}
 		return r.Write(p)
 	})
-	end = func(status int) {
-		if r.Underway() {
-			// Its usage would have come with its end: no tokens, and
-			// no model, since the client's frames are not read.
-			done(tokens{}, "", status, true)
+	end = func(refusal *gwError, clientFirst bool) {
+		if !r.Underway() {
+			return
 		}
+		// Recorded as a cut stream is: with the refusal that ended it,
+		// 499 when the client left (hung up, or closed the socket,
+		// which the provider answered with a normal close before it
+		// hung up too), else 502: the provider hung up.
+		status := http.StatusBadGateway
+		switch {
+		case refusal != nil:
+			status = refusal.status
+		case clientFirst || r.ClosedNormally():
+			status = statusClientClosed
+		}
+		// Its usage would have come with its end: no tokens, and no
+		// model, since the client's frames are not read.
+		done(tokens{}, "", status, true)
 	}
 	return w, end
 }

@@ -921,17 +921,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	if refused == nil && overLimit != nil {
 		refused, why = overLimit, "its key is at a limit"
 	}
-	// A response the tunnel's end cut short is recorded as a cut stream
-	// is: with the refusal that ended it, 499 when the client left, else
-	// 502 (the provider hung up).
-	switch {
-	case refused != nil:
-		usageEnd(refused.status)
-	case clientLeft:
-		usageEnd(statusClientClosed)
-	default:
-		usageEnd(http.StatusBadGateway)
-	}
+	usageEnd(refused, clientLeft)
 	if refused != nil {
 		// Both connections are closed without a close frame: a frame of
 		// the provider's may have been half passed on.

@@ -213,11 +213,14 @@ func TestUsageWebSocketResponseCutOrAbandoned(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		fault  providertest.Fault
-		leave  bool // the client leaves after two events
+		leave  func(*responses.ResponseConnection) // after two events; nil: the provider cuts
 		status int
 	}{
-		{"client leaves", providertest.Fault{StallAfter: 2, StallFor: time.Minute}, true, 499},
-		{"provider cuts", providertest.Fault{CutAfter: 2}, false, http.StatusBadGateway},
+		{"client leaves", providertest.Fault{StallAfter: 2, StallFor: time.Minute}, (*responses.ResponseConnection).Abort, 499},
+		// A close handshake the provider answers and hangs up after.
+		{"client closes the socket", providertest.Fault{StallAfter: 2, StallFor: time.Minute},
+			func(c *responses.ResponseConnection) { c.Close() }, 499},
+		{"provider cuts", providertest.Fault{CutAfter: 2}, nil, http.StatusBadGateway},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -250,8 +253,8 @@ func TestUsageWebSocketResponseCutOrAbandoned(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if tc.leave {
-					conn.Abort()
+				if tc.leave != nil {
+					tc.leave(conn)
 				} else if _, err := conn.Recv(ctx); err == nil {
 					t.Fatal("a cut socket went on")
 				}

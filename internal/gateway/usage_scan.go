@@ -979,6 +979,16 @@ func newWSUsageReader(onResponse func(t tokens, model string, status int)) *wsUs
 // socket that ends now cuts that response short.
 func (r *wsUsageReader) Underway() bool { return r.underway }
 
+// ClosedNormally reports whether the provider sent a close frame of a
+// normal closure (1000, or no code): the answer a server gives to the
+// client's close, where a server that fails says 1011 or hangs up.
+func (r *wsUsageReader) ClosedNormally() bool {
+	if !r.closed {
+		return false
+	}
+	return r.closeN < 2 || binary.BigEndian.Uint16(r.closeCode[:]) == 1000
+}
+
 // Keys of the events that end a response, which carry no usage object
 // when a server has none to report ("usage": null); response.failed is
 // keyFailed.
@@ -1011,6 +1021,10 @@ type wsUsageReader struct {
 	msg     []byte
 	// underway: a text message came since the last response's end.
 	underway bool
+	// The provider's close frame: its status code's bytes, once seen.
+	closing, closed bool
+	closeCode       [2]byte
+	closeN          int
 }
 
 func (r *wsUsageReader) Write(p []byte) (int, error) {
@@ -1082,6 +1096,7 @@ func (r *wsUsageReader) frame() {
 	r.mpos = 0
 	r.left = l
 	r.ctrl = op >= 8
+	r.closing = op == 8
 	switch op {
 	case 1: // text: a new message
 		r.text, r.walking, r.msg = true, false, r.msg[:0]
@@ -1095,6 +1110,19 @@ func (r *wsUsageReader) frame() {
 }
 
 func (r *wsUsageReader) data(p []byte) {
+	if r.closing && !r.closed {
+		for _, c := range p {
+			if r.closeN == len(r.closeCode) {
+				break
+			}
+			if r.masked {
+				c ^= r.mask[r.mpos&3]
+				r.mpos++
+			}
+			r.closeCode[r.closeN] = c
+			r.closeN++
+		}
+	}
 	if r.ctrl || !r.text {
 		return
 	}
@@ -1126,6 +1154,9 @@ func (r *wsUsageReader) walk() {
 }
 
 func (r *wsUsageReader) frameEnd() {
+	if r.closing {
+		r.closed = true
+	}
 	if r.ctrl || !r.fin || !r.text {
 		return
 	}

@@ -805,3 +805,31 @@ func TestWSUsageReaderUnderway(t *testing.T) {
 		t.Errorf("responses = %+v, want %+v", seen, want)
 	}
 }
+
+// A close frame of a normal closure (1000, or no code) is the provider's
+// answer to a client's close; any other code, or none at all, is not.
+func TestWSUsageReaderClosedNormally(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		frames [][]byte
+		want   bool
+	}{
+		{"no close frame", nil, false},
+		{"1000", [][]byte{wsFrame(true, 8, []byte{0x03, 0xe8, 'o', 'k'}, false)}, true},
+		{"1000 masked", [][]byte{wsFrame(true, 8, []byte{0x03, 0xe8}, true)}, true},
+		{"no code", [][]byte{wsFrame(true, 8, nil, false)}, true},
+		{"1011", [][]byte{wsFrame(true, 8, []byte{0x03, 0xf3}, false)}, false},
+		{"a ping only", [][]byte{wsFrame(true, 9, []byte{0x03, 0xe8}, false)}, false},
+	} {
+		w := newWSUsageReader(func(tokens, string, int) {})
+		for _, f := range c.frames {
+			// A byte at a time: the code may come split.
+			for i := range f {
+				w.Write(f[i : i+1])
+			}
+		}
+		if got := w.ClosedNormally(); got != c.want {
+			t.Errorf("%s: ClosedNormally() = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
