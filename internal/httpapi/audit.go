@@ -168,7 +168,7 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) error {
 		if since.Before(kept) {
 			since = kept
 		}
-	case since.Before(kept):
+	case !kept.IsZero() && since.Before(kept):
 		return keybridge.FieldError("since", fmt.Sprintf("must not be before %s: older usage is no longer kept (usage retention)", kept.Format(time.RFC3339)))
 	}
 	if !since.Before(until) {

@@ -425,4 +425,7 @@ func TestUsageSinceRetention(t *testing.T) {
 	forever := newEnvWith(t, storetest.SQLite(t), envOptions{Config: httpapi.Config{UsageRetention: -1}})
 	resp, raw := forever.do("GET", "/api/v1/orgs/"+forever.Org.Slug+"/usage?since=2001-01-01T00:00:00Z", forever.OwnerKey, nil)
 	wantStatus(t, resp, raw, http.StatusOK)
+	// Even the first instant a since may name: nothing was removed.
+	resp, raw = forever.do("GET", "/api/v1/orgs/"+forever.Org.Slug+"/usage?since=0000-01-01T00:00:00Z&bucket=day", forever.OwnerKey, nil)
+	wantStatus(t, resp, raw, http.StatusOK)
 }
