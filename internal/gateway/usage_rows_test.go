@@ -260,10 +260,10 @@ func TestUsageWebSocketResponseCutOrAbandoned(t *testing.T) {
 				}
 				e.waitLog(i + 1) // the socket's rows are queued
 			}
-			got := rows.wait(t, 3)
-			if got = rows.wait(t, 0); len(got) != 3 {
+			if got := rows.wait(t, 3); len(got) != 3 {
 				t.Fatalf("%d rows, want 3: %+v", len(got), got)
 			}
+			got := rows.wait(t, 3)
 			for i, want := range []int{tc.status, http.StatusBadRequest, tc.status} {
 				r := got[i]
 				if r.Status != want || r.InputTokens+r.OutputTokens != 0 || r.APIKeyID == "" || r.ProviderID == "" || r.ProviderKeyID == "" {
