@@ -9,6 +9,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/responses"
+	"google.golang.org/genai"
 
 	"github.com/keybridge/keybridge/internal/gateway"
 	"github.com/keybridge/keybridge/internal/providertest"
@@ -297,4 +298,55 @@ func TestUsageEmbeddings(t *testing.T) {
 	checkGroup(t, u.wait("model", 2), "text-embedding-3-small", tokens{requests: 2, input: 34})
 	checkGroup(t, u.get("project", ""), ai.project, tokens{requests: 2, input: 34})
 	noCanary(t, upKey, append(u.answers, e.logs())...)
+}
+
+// A Gemini stream the client abandons is recorded 499 with the last
+// usageMetadata seen (cumulative: the second chunk's, not the sum of two),
+// over SSE (the SDK's) and as the JSON array, cut inside its brackets.
+func TestUsageGeminiCanceledStream(t *testing.T) {
+	t.Parallel()
+	g := newGemEnv(t, envOptions{}, 1) // Input 10, Output 30 (6 thoughts), CacheRead 4; 3 chunks
+	g.mock.Fault("", providertest.Fault{StallAfter: 2, StallFor: time.Minute})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	chunks := 0
+	for _, err := range g.client("gem", g.OwnerKey).Models.GenerateContentStream(ctx, gemModel, genai.Text("hi"), nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if chunks++; chunks == 2 {
+			break
+		}
+	}
+	cancel()
+	g.mock.WaitCanceled(t, 1)
+
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	req := g.post("/gateway/gem/v1beta/models/gemini-2.5-pro:streamGenerateContent", g.OwnerKey, `{"contents":[{"parts":[{"text":"hi"}]}]}`)
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []byte
+	buf := make([]byte, 4096)
+	// The second element is whole once its usageMetadata, the last of
+	// its members, has closed.
+	for strings.Count(string(seen), `"totalTokenCount"`) < 2 || !strings.HasSuffix(string(seen), "}}") {
+		n, err := resp.Body.Read(buf)
+		seen = append(seen, buf[:n]...)
+		if err != nil {
+			t.Fatalf("array stream after %q: %v", seen, err)
+		}
+	}
+	cancel()
+	resp.Body.Close()
+	g.mock.WaitCanceled(t, 2)
+
+	settled(g.env, 2)
+	u := newUsageReader(g.env)
+	byModel := u.wait("model", 2)
+	want := tokens{requests: 1, errors: 1, input: 10, output: 16 + 6, cacheRead: 4}
+	checkGroup(t, byModel, gemModel, want)
+	checkGroup(t, byModel, "gemini-2.5-pro", want)
 }
