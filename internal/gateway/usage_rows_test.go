@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/bedrockruntime"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/responses"
 	"google.golang.org/genai"
@@ -349,4 +351,38 @@ func TestUsageGeminiCanceledStream(t *testing.T) {
 	want := tokens{requests: 1, errors: 1, input: 10, output: 16 + 6, cacheRead: 4}
 	checkGroup(t, byModel, gemModel, want)
 	checkGroup(t, byModel, "gemini-2.5-pro", want)
+}
+
+// A Bedrock invoke stream of Claude abandoned before its last chunk (which
+// carries amazon-bedrock-invocationMetrics) is recorded 499 with the
+// model's own usage seen in the chunks: message_start's input and cache,
+// and of the cumulative message_delta output the last, not the sum.
+func TestUsageBedrockCanceledInvokeStream(t *testing.T) {
+	t.Parallel()
+	b := newBrEnv(t, envOptions{}) // Input 11, Output 22, CacheRead 3, CacheWrite 4
+	b.mock.Events = 2
+	// message_start, content_block_start, 2 deltas, content_block_stop,
+	// message_delta (output 11), message_delta (output 22); then the
+	// provider stalls before message_stop.
+	b.mock.Fault("", providertest.Fault{StallAfter: 7, StallFor: time.Minute})
+	ai := newAIKey(b.env, "AWS")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, err := b.client("br", ai.key, ai.secret).InvokeModelWithResponseStream(ctx, &bedrockruntime.InvokeModelWithResponseStreamInput{
+		ModelId: aws.String(brModel), Body: brBody(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := out.GetStream()
+	for n := 0; n < 7; n++ {
+		if _, ok := <-es.Events(); !ok {
+			t.Fatalf("the stream ended after %d chunks: %v", n, es.Err())
+		}
+	}
+	cancel()
+	es.Close()
+	b.mock.WaitCanceled(t, 1)
+	settled(b.env, 1)
+	checkGroup(t, newUsageReader(b.env).wait("api_key", 1), ai.id,
+		tokens{requests: 1, errors: 1, input: 11, output: 22, cacheRead: 3, cacheWrite: 4})
 }
