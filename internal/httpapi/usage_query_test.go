@@ -34,8 +34,10 @@ func TestUsageSameAnswerOnEveryEngine(t *testing.T) {
 		u := keybridge.Usage{
 			Time:       day.Add(time.Duration(r.Int64N(int64(3 * 24 * time.Hour)))).Truncate(time.Microsecond),
 			ProviderID: fmt.Sprint("prov-", r.IntN(3)),
-			Model:      fmt.Sprint("model-", r.IntN(4)),
-			Status:     []int{200, 200, 200, 400, 429, 499, 502}[r.IntN(7)],
+			// Names that differ only in case, accents or a space are
+			// other models on every engine.
+			Model:  []string{"model-0", "Model-0", "model-0 ", "modèle-0", "modele-0", "模型"}[r.IntN(6)],
+			Status: []int{200, 200, 200, 400, 429, 499, 502}[r.IntN(7)],
 			// As the gateway measures them: whole microseconds in ms.
 			LatencyMS:    float64(r.Int64N(3_000_000)) / 1000,
 			InputTokens:  r.Int64N(5000),
