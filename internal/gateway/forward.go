@@ -303,14 +303,10 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 	body := *x.body
 	query := x.query
 	if rt.provider.Type == keybridge.ProviderAzureOpenAI && !hasParam(query, "api-version") {
-		v := rt.settings.APIVersion
-		if v == "" {
-			v = keybridge.DefaultAzureAPIVersion
-		}
 		if query != "" {
 			query += "&"
 		}
-		query += "api-version=" + url.QueryEscape(v)
+		query += "api-version=" + url.QueryEscape(x.azureAPIVersion())
 	}
 	upgrade := isUpgrade(r)
 	if rt.provider.Type == keybridge.ProviderBedrock {
@@ -471,6 +467,24 @@ func namedIn(connection []string, name string) bool {
 }
 
 // hasParam reports whether a raw query holds parameter name.
+// azureAPIVersion is the api-version an azure-openai request is sent
+// with: the caller's, else the provider's settings.api_version, else
+// Keybridge's default.
+func (x *exchange) azureAPIVersion() string {
+	for part := range strings.SplitSeq(x.query, "&") {
+		if v, ok := strings.CutPrefix(part, "api-version="); ok {
+			if u, err := url.QueryUnescape(v); err == nil {
+				return u
+			}
+			return v
+		}
+	}
+	if v := x.rt.settings.APIVersion; v != "" {
+		return v
+	}
+	return keybridge.DefaultAzureAPIVersion
+}
+
 func hasParam(query, name string) bool {
 	for part := range strings.SplitSeq(query, "&") {
 		if part == name || strings.HasPrefix(part, name+"=") {

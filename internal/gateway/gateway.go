@@ -483,7 +483,8 @@ func (x *exchange) serve() {
 	if !x.allowModel() {
 		return
 	}
-	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.path, f) {
+	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.path, f) &&
+		(rt.provider.Type != keybridge.ProviderAzureOpenAI || azureTakesStreamOptions(x.azureAPIVersion())) {
 		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body, f)...)
 		x.hideUsage = &usageChunkFilter{}
 	}

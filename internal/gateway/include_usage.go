@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
@@ -34,6 +35,21 @@ func wantsUsageInjected(t keybridge.ProviderType, path string, f *reqFields) boo
 		return false // not an object: the provider will say so
 	}
 	return opts.IncludeUsage == nil || !*opts.IncludeUsage
+}
+
+// azureTakesStreamOptions reports whether Azure OpenAI's api-version v
+// takes stream_options: versions before 2024-09-01-preview refuse it (400
+// "Unrecognized request argument supplied: stream_options"), and a stream
+// that works without the gateway must not fail through it. Versions named
+// otherwise than by date (the v1 API's "preview", "latest") are newer.
+func azureTakesStreamOptions(v string) bool {
+	if len(v) < len("2006-01-02") {
+		return true
+	}
+	if _, err := time.Parse("2006-01-02", v[:10]); err != nil {
+		return true
+	}
+	return v[:10] >= "2024-09-01"
 }
 
 // injectIncludeUsage returns body with stream_options.include_usage set,

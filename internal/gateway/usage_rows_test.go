@@ -386,3 +386,41 @@ func TestUsageBedrockCanceledInvokeStream(t *testing.T) {
 	checkGroup(t, newUsageReader(b.env).wait("api_key", 1), ai.id,
 		tokens{requests: 1, errors: 1, input: 11, output: 22, cacheRead: 3, cacheWrite: 4})
 }
+
+// Azure OpenAI refuses stream_options (400 "Unrecognized request argument
+// supplied") before api-version 2024-09-01-preview, so a stream on such a
+// version is sent as it came: metering must not break a request that
+// works without the gateway. From that version on, and on the versionless
+// v1 API, include_usage is asked for as on OpenAI.
+func TestIncludeUsageAzureAPIVersion(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mock, _ := oaUpstream(t, e, "az", "azure-openai", "", nil)
+	mock.Usage = providertest.Usage{Input: 3, Output: 4}
+	oldMock, _ := oaUpstream(t, e, "azold", "azure-openai", "", map[string]any{"api_version": "2024-06-01"})
+	oldMock.Usage = providertest.Usage{Input: 3, Output: 4}
+	const body = `{"messages":[{"role":"user","content":"hi"}],"stream":true}`
+	for _, tc := range []struct {
+		path   string
+		mock   *providertest.Server
+		inject bool
+	}{
+		{"/gateway/az/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01", mock, false},
+		{"/gateway/az/openai/deployments/gpt-4o/chat/completions?api-version=2024-08-01-preview", mock, false},
+		{"/gateway/az/openai/deployments/gpt-4o/chat/completions?api-version=2023-05-15", mock, false},
+		{"/gateway/azold/openai/deployments/gpt-4o/chat/completions", oldMock, false}, // the provider's setting
+		{"/gateway/az/openai/deployments/gpt-4o/chat/completions?api-version=2024-09-01-preview", mock, true},
+		{"/gateway/az/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", mock, true},
+		{"/gateway/az/openai/deployments/gpt-4o/chat/completions", mock, true}, // the default, 2024-10-21
+		{"/gateway/azold/openai/deployments/gpt-4o/chat/completions?api-version=2025-04-01-preview", oldMock, true},
+	} {
+		resp, got := e.do(e.post(tc.path, e.OwnerKey, body))
+		if resp.StatusCode != http.StatusOK || strings.Contains(string(got), `"choices":[]`) {
+			t.Errorf("%s: = %d %s, want 200 without a usage chunk", tc.path, resp.StatusCode, got)
+		}
+		sent := string(tc.mock.Last().Body)
+		if injected := sent != body; injected != tc.inject {
+			t.Errorf("%s: upstream body %s; want include_usage added: %v", tc.path, sent, tc.inject)
+		}
+	}
+}
