@@ -466,7 +466,6 @@ func namedIn(connection []string, name string) bool {
 	return false
 }
 
-// hasParam reports whether a raw query holds parameter name.
 // azureAPIVersion is the api-version an azure-openai request is sent
 // with: the caller's, else the provider's settings.api_version, else
 // Keybridge's default.
@@ -485,6 +484,7 @@ func (x *exchange) azureAPIVersion() string {
 	return keybridge.DefaultAzureAPIVersion
 }
 
+// hasParam reports whether a raw query holds parameter name.
 func hasParam(query, name string) bool {
 	for part := range strings.SplitSeq(query, "&") {
 		if part == name || strings.HasPrefix(part, name+"=") {
