@@ -20,6 +20,12 @@ import (
 // the answer reports are read from its bytes as they pass; when the answer
 // ends, the reservation is settled with them and one usage row is queued.
 
+// errLimitsUnavailable answers a limited key while Redis cannot be
+// reached under --limits-when-redis-down=refuse. Its Retry-After is a
+// second: the next call to Redis is tried as soon as it is asked for.
+var errLimitsUnavailable = &gwError{status: http.StatusServiceUnavailable, code: keybridge.EUnavailable,
+	msg: "the gateway's rate limits cannot be checked now (Redis is unreachable); try again shortly", retryAfter: 1}
+
 // admit checks the caller's limits. It answers the refusal itself and
 // reports whether the request may go on.
 func (x *exchange) admit() bool {
@@ -30,7 +36,7 @@ func (x *exchange) admit() bool {
 	t, d, err := x.g.lim.admit(x.r.Context(), p.KeyID, p.Limits, x.fields().maxTokens, time.Now())
 	if err != nil {
 		if errors.Is(err, errLimitsDown) {
-			x.fail(newError(keybridge.EUnavailable, "the gateway's rate limits cannot be checked now (Redis is unreachable); try again shortly"))
+			x.fail(errLimitsUnavailable)
 			return false
 		}
 		if x.r.Context().Err() != nil {
@@ -297,7 +303,7 @@ func (x *exchange) wsUsage(refused func(*gwError)) (w io.Writer, end func(refusa
 		t, d, err := g.lim.admit(ctx, p.KeyID, p.Limits, 0, now)
 		switch {
 		case errors.Is(err, errLimitsDown):
-			refused(newError(keybridge.EUnavailable, "the gateway's rate limits cannot be checked now (Redis is unreachable)"))
+			refused(errLimitsUnavailable)
 		case err != nil:
 			// Unchecked: the next response is charged when it ends.
 		case !d.ok:

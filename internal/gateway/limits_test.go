@@ -470,6 +470,10 @@ func TestLimitsWhenRedisDown(t *testing.T) {
 		checkOAError(t, err, http.StatusServiceUnavailable, keybridge.EUnavailable, "server_error", "Redis is unreachable")
 		_, err = antClient(e, "ant", key, false).Messages.New(ctx, antMessage())
 		checkAntError(t, err, http.StatusServiceUnavailable, keybridge.EUnavailable, "overloaded_error", "Redis is unreachable")
+		resp, body := e.do(e.post("/gateway/oa/chat/completions", key, `{"model":"gpt-4o","messages":[]}`))
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+			t.Errorf("raw request: %d, Retry-After %q, want 503 and 1: %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+		}
 		if got := len(mock.Requests()); got != 0 {
 			t.Errorf("requests that reached the provider: got %d, want 0", got)
 		}
