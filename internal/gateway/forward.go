@@ -857,6 +857,9 @@ func isUpgrade(r *http.Request) bool {
 // side closes, or the caller loses access (access.go).
 func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	x.status = resp.StatusCode
+	// Each response on the socket comes as a stream of events: its row
+	// is a stream's.
+	x.stream = true
 	unwatchClient(cn) // the tunnel outlives nothing but its two connections
 	cn.nc.SetDeadline(time.Time{})
 	hj, ok := x.w.(http.Hijacker)

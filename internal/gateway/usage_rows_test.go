@@ -269,8 +269,8 @@ func TestUsageWebSocketResponseCutOrAbandoned(t *testing.T) {
 			got := rows.wait(t, 3)
 			for i, want := range []int{tc.status, http.StatusBadRequest, tc.status} {
 				r := got[i]
-				if r.Status != want || r.InputTokens+r.OutputTokens != 0 || r.APIKeyID == "" || r.ProviderID == "" || r.ProviderKeyID == "" {
-					t.Errorf("row %d: %+v; want status %d, no tokens, the key, provider and upstream key", i, r, want)
+				if r.Status != want || r.InputTokens+r.OutputTokens != 0 || r.APIKeyID == "" || r.ProviderID == "" || r.ProviderKeyID == "" || !r.Stream {
+					t.Errorf("row %d: %+v; want status %d, no tokens, the key, provider and upstream key, a stream", i, r, want)
 				}
 			}
 		})
