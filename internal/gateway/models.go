@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"strings"
@@ -24,7 +27,8 @@ import (
 //     the deployment, not the body, picks the model there;
 //   - every provider, when its path names none: each top-level "model"
 //     member of a JSON body (Bedrock's and Gemini's OpenAI-compatible
-//     endpoints take it there too).
+//     endpoints take it there too), or each "model" field of a
+//     multipart/form-data body (OpenAI's audio and image edits).
 //
 // A path is the caller's as sent and, when that names no model, the whole
 // path the provider is sent, the base URL's path first: an Azure base URL
@@ -80,6 +84,11 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 	if x.body != nil {
 		body = *x.body
 	}
+	if boundary, ok := multipartForm(x.r.Header); ok {
+		// OpenAI's audio transcriptions and translations, image edits:
+		// the model is a form field.
+		return formModelRefusal(m, body, boundary)
+	}
 	var refused *gwError
 	named, ok := scanModels(body, func(raw []byte, str bool) bool {
 		if !str {
@@ -99,6 +108,56 @@ func (x *exchange) modelRefusal(m keybridge.ModelMatcher) *gwError {
 		return nil
 	}
 	return newError(keybridge.EForbidden, "this key is limited to some models, and the request names none: send the model in the JSON body's \"model\"")
+}
+
+// multipartForm returns the boundary of a multipart/form-data body.
+func multipartForm(h http.Header) (string, bool) {
+	ct := header(h, "Content-Type")
+	if !hasPrefixFold(ct, "multipart/form-data") {
+		return "", false
+	}
+	_, params, err := mime.ParseMediaType(ct)
+	if err != nil || params["boundary"] == "" {
+		return "", false
+	}
+	return params["boundary"], true
+}
+
+// maxFormModel is the longest model form field read: longer names no
+// model anyone allows.
+const maxFormModel = 256
+
+// formModelRefusal checks every "model" field of a multipart/form-data
+// body, as scanModels checks every top-level JSON "model": a server that
+// keeps the first or the last of two must see one this check allowed. A
+// form that cannot be read to its end, or names no model, is refused.
+func formModelRefusal(m keybridge.ModelMatcher, body []byte, boundary string) *gwError {
+	mr := multipart.NewReader(bytes.NewReader(body), boundary)
+	named := false
+	for {
+		part, err := mr.NextRawPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return newError(keybridge.EForbidden, "this key is limited to some models, and the request's form cannot be read")
+		}
+		if part.FormName() != "model" {
+			continue
+		}
+		v, err := io.ReadAll(io.LimitReader(part, maxFormModel+1))
+		if err != nil || len(v) > maxFormModel {
+			return newError(keybridge.EForbidden, "this key is limited to some models, and the request's form cannot be read")
+		}
+		if !m.Allows(string(v)) {
+			return modelRefused(string(v))
+		}
+		named = true
+	}
+	if !named {
+		return newError(keybridge.EForbidden, "this key is limited to some models, and the request names none: send the model in the form's \"model\" field")
+	}
+	return nil
 }
 
 func modelRefused(model string) *gwError {

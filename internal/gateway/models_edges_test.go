@@ -4,9 +4,17 @@ package gateway_test
 // reach: which requests may name no model, and model ids in raw paths.
 
 import (
+	"bytes"
+	"context"
 	"io"
+	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/openai/openai-go/v3"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
 )
@@ -117,4 +125,66 @@ func TestAllowedModelsBedrockRawPaths(t *testing.T) {
 	// A body naming an allowed model does not change what the path calls.
 	resp, got := b.do(b.post("/gateway/br/model/anthropic.claude-3-opus:0/invoke", key, `{"model":"`+brModel+`","messages":[]}`))
 	checkShape(t, "bedrock", resp, got, http.StatusForbidden, keybridge.EForbidden, `"anthropic.claude-3-opus:0" is not allowed`)
+}
+
+// A form's model (OpenAI's audio transcriptions, sent multipart by the
+// SDK) is checked as a JSON body's is: allowed, refused, every "model"
+// field of the form, and none named.
+func TestAllowedModelsMultipartForm(t *testing.T) {
+	e := newEnv(t)
+	var got []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.FormValue("model"))
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"text":"hello"}`)
+	}))
+	t.Cleanup(up.Close)
+	e.provider(map[string]any{"name": "oa", "type": "openai", "base_url": up.URL + "/v1"})
+	e.addKey("oa", "sk-form-0123456789", 0)
+	key := restrictedKey(e, "whisper-1")
+	transcribe := func(model openai.AudioModel) error {
+		_, err := oaClient(e, "oa", key).Audio.Transcriptions.New(context.Background(), openai.AudioTranscriptionNewParams{
+			File: openai.File(strings.NewReader("RIFF...."), "a.wav", "audio/wav"), Model: model})
+		return err
+	}
+	if err := transcribe(openai.AudioModelWhisper1); err != nil {
+		t.Fatalf("an allowed model: %v", err)
+	}
+	checkOAError(t, transcribe(openai.AudioModelGPT4oTranscribe), http.StatusForbidden, keybridge.EForbidden, "permission_error", `model "gpt-4o-transcribe" is not allowed`)
+
+	form := func(fields ...string) *http.Request {
+		var b bytes.Buffer
+		mw := multipart.NewWriter(&b)
+		for i := 0; i < len(fields); i += 2 {
+			mw.WriteField(fields[i], fields[i+1])
+		}
+		fw, _ := mw.CreateFormFile("file", "a.wav")
+		io.WriteString(fw, "RIFF....")
+		mw.Close()
+		r := e.post("/gateway/oa/audio/transcriptions", key, b.String())
+		r.Header.Set("Content-Type", mw.FormDataContentType())
+		return r
+	}
+	for _, tc := range []struct {
+		name   string
+		r      *http.Request
+		reason string
+	}{
+		{"a second model field", form("model", "whisper-1", "model", "gpt-4o-transcribe"), `gpt-4o-transcribe\" is not allowed`},
+		{"no model field", form("language", "en"), "names none"},
+		{"a form cut short", func() *http.Request {
+			r := form("model", "whisper-1")
+			b, _ := io.ReadAll(r.Body)
+			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b[:len(b)-10])), int64(len(b)-10)
+			return r
+		}(), "cannot be read"},
+	} {
+		resp, body := e.do(tc.r)
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), tc.reason) {
+			t.Errorf("%s: %d %s, want 403 saying %q", tc.name, resp.StatusCode, body, tc.reason)
+		}
+	}
+	if !slices.Equal(got, []string{"whisper-1"}) {
+		t.Errorf("the provider got forms naming %q, want only the allowed one", got)
+	}
 }
