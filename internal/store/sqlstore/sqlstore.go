@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -280,7 +281,9 @@ func decodeCursor(cursor string, n int) ([]string, error) {
 	if err == nil {
 		err = json.Unmarshal(b, &key)
 	}
-	if err != nil || len(key) != n {
+	// A part holding NUL (a forged "\u0000") would reach PostgreSQL as
+	// text, which it refuses with an error of its own: a 500, not a 400.
+	if err != nil || len(key) != n || slices.ContainsFunc(key, func(k string) bool { return strings.IndexByte(k, 0) >= 0 }) {
 		return nil, keybridge.FieldError("cursor", "is not a cursor from a previous page")
 	}
 	return key, nil
