@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -36,24 +37,59 @@ func (s *Server) h(fn handlerFunc) http.Handler {
 // checkText refuses a path or query holding a NUL byte or invalid UTF-8
 // before any handler passes it to the database: PostgreSQL rejects both in
 // text values, which would surface as a 500. No ID, slug or name of ours
-// holds either, so a path with them names nothing (404).
+// holds either, so a path with them names nothing (404). The query is
+// checked by checkQuery.
 func checkText(r *http.Request) error {
 	if !cleanText(r.URL.Path) {
 		return keybridge.Errorf(keybridge.ENotFound, "no such path")
 	}
-	if !cleanText(r.URL.RawQuery) {
-		return keybridge.Errorf(keybridge.EInvalid, "the query string holds a NUL byte or invalid UTF-8")
-	}
-	if q := r.URL.RawQuery; q != "" && strings.Contains(q, "%") {
-		for k, vs := range r.URL.Query() {
-			for _, v := range append(vs, k) {
-				if !cleanText(v) {
-					return keybridge.Errorf(keybridge.EInvalid, "the query string holds a NUL byte or invalid UTF-8")
-				}
-			}
+	return checkQuery(r.URL.RawQuery)
+}
+
+// checkQuery refuses, before any handler reads it, a query string that
+// url.Query would read differently from what was sent: url.Query drops
+// each pair it cannot decode (a bad % escape, a ';' separator), so
+// ?since=%ZZ would be answered as if since had not been sent, and keeps
+// every value of a repeated parameter while handlers read the first. Each
+// is a 400 naming the parameter, like a body's field (docs/security.md,
+// "Query strings"). Unknown parameters are left to the handlers, which
+// ignore them; an empty value is the parameter left out.
+func checkQuery(raw string) error {
+	var seen map[string]bool
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if pair == "" {
+			continue
 		}
+		if strings.Contains(pair, ";") {
+			return keybridge.Errorf(keybridge.EInvalid, "the query string is malformed: parameters are separated by &, not ; (send a literal ; as %%3B)")
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		name, err := url.QueryUnescape(k)
+		if err != nil || !cleanText(name) {
+			return keybridge.Errorf(keybridge.EInvalid, "the query string is malformed: a parameter name is not valid URL encoding of UTF-8 text")
+		}
+		value, err := url.QueryUnescape(v)
+		switch {
+		case err != nil:
+			return queryParamError(name, "is not valid URL encoding: a % is followed by two hex digits (send a literal % as %25)")
+		case !cleanText(value):
+			return queryParamError(name, "must be UTF-8 text without NUL")
+		case seen[name]:
+			return queryParamError(name, "appears more than once")
+		}
+		if seen == nil {
+			seen = map[string]bool{}
+		}
+		seen[name] = true
 	}
 	return nil
+}
+
+// queryParamError is a 400 naming a query parameter.
+func queryParamError(name, why string) error {
+	return &keybridge.Error{Code: keybridge.EInvalid, Message: fmt.Sprintf("query parameter %q %s", name, why), Fields: map[string]string{name: why}}
 }
 
 func cleanText(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
