@@ -120,6 +120,17 @@ func TestMalformedQuery(t *testing.T) {
 				refused(p+"=1;x", "", "")
 				refused(p+"="+valid[p]+"&"+p+"="+valid[p], p, "more than once")
 				refused(p+"=&"+p+"=", p, "more than once")
+				// Any text, however long or odd, is a value or a 400 naming
+				// the parameter; never a 500 from the database.
+				for _, v := range []string{strings.Repeat("a", 8000), "%C3%A9%E2%80%AE", "'%20OR%201=1--", "%25", "%2B", "a%20b", "%0A"} {
+					resp, raw := get(p + "=" + v)
+					if resp.StatusCode == http.StatusOK {
+						continue
+					}
+					if got := wantError(t, resp, raw, keybridge.EInvalid); got.Error.Fields[p] == "" {
+						t.Errorf("%s ?%s=%.40s: fields = %v, want %s", route, p, v, got.Error.Fields, p)
+					}
+				}
 			}
 		}
 
