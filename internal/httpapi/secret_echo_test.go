@@ -42,9 +42,9 @@ func TestRefusalsDoNotEchoSecrets(t *testing.T) {
 	for _, token := range []string{canary("kb_"), canary("kbs_"), canary("sk-"), canary(""), canary("kb_") + "\u00e9"} {
 		for _, h := range []string{"Bearer " + token, token, "Basic " + token} {
 			if strings.ContainsRune(token, '\u00e9') {
-			continue // not a cookie value net/http sends
-		}
-		resp, raw := e.send("GET", "/api/v1/users/me", nil, func(r *http.Request) { r.Header.Set("Authorization", h) })
+				continue // not a cookie value net/http sends
+			}
+			resp, raw := e.send("GET", "/api/v1/users/me", nil, func(r *http.Request) { r.Header.Set("Authorization", h) })
 			record("Authorization "+h[:6], resp, raw)
 		}
 		if strings.ContainsRune(token, '\u00e9') {

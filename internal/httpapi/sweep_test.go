@@ -43,6 +43,27 @@ func dbSnapshot(t testing.TB, st store.Store) map[string]string {
 	}
 	rows.Close()
 	out := map[string]string{}
+	if db.Dialect.Name == "postgres" {
+		// One round trip: the rows of every table as text, digested there.
+		var parts []string
+		for _, table := range tables {
+			parts = append(parts, fmt.Sprintf(`SELECT '%s', count(*), coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM %s x`, table, table))
+		}
+		rows, err := db.Write.QueryContext(ctx, strings.Join(parts, " UNION ALL "))
+		if err != nil {
+			t.Fatalf("digest tables: %v", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var table, sum string
+			var n int
+			if err := rows.Scan(&table, &n, &sum); err != nil {
+				t.Fatal(err)
+			}
+			out[table] = fmt.Sprintf("%d rows %s", n, sum)
+		}
+		return out
+	}
 	for _, table := range tables {
 		rows, err := db.Write.QueryContext(ctx, `SELECT * FROM `+table)
 		if err != nil {
@@ -261,6 +282,7 @@ func TestEveryBodyRouteRefusesBadBodies(t *testing.T) {
 		f := newSweepFixture(t, e)
 		canary := "sk-canary-" + hex.EncodeToString(randomBytes(t, 12))
 		long := strings.Repeat("x", 200_000)
+		state := dbSnapshot(t, e.Store)
 		for _, route := range bodyRoutes(t) {
 			bs, ok := schemas[route]
 			if !ok {
@@ -367,7 +389,6 @@ func TestEveryBodyRouteRefusesBadBodies(t *testing.T) {
 				}
 			}
 			for _, b := range bodies {
-				before := dbSnapshot(t, e.Store)
 				resp, raw := e.send(method, path, b.body, func(r *http.Request) {
 					r.Header.Set("Authorization", "Bearer "+e.OwnerKey)
 					if b.contentType != "" {
@@ -375,6 +396,8 @@ func TestEveryBodyRouteRefusesBadBodies(t *testing.T) {
 					}
 				})
 				what := fmt.Sprintf("%s with %s", route, b.name)
+				before, after := state, dbSnapshot(t, e.Store)
+				state = after
 				if resp.StatusCode < 300 && b.code == "" {
 					// Accepted: a long free-text field may be, and then it
 					// is a change like any other.
@@ -388,7 +411,7 @@ func TestEveryBodyRouteRefusesBadBodies(t *testing.T) {
 				if strings.Contains(string(raw), canary) {
 					t.Errorf("%s: the answer echoes the secret sent: %.300s", what, raw)
 				}
-				if ch := changedTables(before, dbSnapshot(t, e.Store)); len(ch) > 0 && !refusalMayWrite(route, code) {
+				if ch := changedTables(before, after); len(ch) > 0 && !refusalMayWrite(route, code) {
 					t.Errorf("%s = %d %.200s changed %v", what, resp.StatusCode, raw, ch)
 				}
 			}
@@ -424,6 +447,7 @@ func TestEveryPathIDRefusesBadIDs(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *env) {
 		f := newSweepFixture(t, e)
 		params := []string{"{org}", "{provider}", "{keyID}", "{projectID}", "{userID}", "{id}"}
+		before := dbSnapshot(t, e.Store)
 		for _, route := range httpapi.Routes() {
 			for _, param := range params {
 				if !strings.Contains(route, param) {
@@ -461,15 +485,15 @@ func TestEveryPathIDRefusesBadIDs(t *testing.T) {
 					ids := maps.Clone(f.ids)
 					ids[key] = bad.id
 					method, path := f.path(route, ids)
-					before := dbSnapshot(t, e.Store)
 					resp, raw := e.do(method, path, e.OwnerKey, body)
 					what := fmt.Sprintf("%s with %s %s", route, param, bad.name)
 					code := wantRefused(t, what, resp, raw)
 					if bad.notFound && code != keybridge.ENotFound {
 						t.Errorf("%s = %d %.200s, want 404", what, resp.StatusCode, raw)
 					}
-					if ch := changedTables(before, dbSnapshot(t, e.Store)); len(ch) > 0 {
-						t.Errorf("%s = %d %.200s changed %v", what, resp.StatusCode, raw, ch)
+					if after := dbSnapshot(t, e.Store); !maps.Equal(before, after) {
+						t.Errorf("%s = %d %.200s changed %v", what, resp.StatusCode, raw, changedTables(before, after))
+						before = after
 					}
 				}
 			}
