@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -25,6 +26,10 @@ func (s *Server) h(fn handlerFunc) http.Handler {
 			return
 		}
 		if err := bodyContentType(r); err != nil {
+			WriteError(w, r, s.log, err)
+			return
+		}
+		if err := noBody(w, r); err != nil {
 			WriteError(w, r, s.log, err)
 			return
 		}
@@ -90,6 +95,23 @@ func checkQuery(raw string) error {
 // queryParamError is a 400 naming a query parameter.
 func queryParamError(name, why string) error {
 	return &keybridge.Error{Code: keybridge.EInvalid, Message: fmt.Sprintf("query parameter %q %s", name, why), Fields: map[string]string{name: why}}
+}
+
+// noBody refuses a body with content on an operation that takes none
+// (bodylessRoutes): POST .../suspend {"reason":"leaked"} would otherwise
+// succeed with the reason silently dropped, where SPEC §1 refuses unknown
+// fields. An empty body, {} and null are taken, as clients that always
+// send a JSON body send them; anything else is the 400 decode answers for
+// a body of the wrong kind or an unknown field.
+func noBody(w http.ResponseWriter, r *http.Request) error {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody || !bodylessRoutes()[r.Pattern] {
+		return nil
+	}
+	b, err := readBody(w, r)
+	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+		return err
+	}
+	return decodeJSON(b, &struct{}{})
 }
 
 func cleanText(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }

@@ -105,7 +105,11 @@ func TestBadPaths(t *testing.T) {
 			{"DELETE", "/api/v1/orgs/" + e.Org.Slug + "/members/nobody"},
 			{"GET", "/api/v1/no-such-route"},
 		} {
-			resp, raw := e.do(c.method, c.path, e.OwnerKey, `{"role":"member"}`)
+			var body any // only PATCH takes one here
+			if c.method == "PATCH" {
+				body = `{"role":"member"}`
+			}
+			resp, raw := e.do(c.method, c.path, e.OwnerKey, body)
 			wantError(t, resp, raw, keybridge.ENotFound)
 		}
 		resp, raw := e.do("GET", "/api/v1/api-keys?limit=501", e.OwnerKey, nil)

@@ -17,6 +17,7 @@ import (
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
 	"github.com/keybridge/keybridge/internal/store/sqlstore"
+	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
 // dbSnapshot returns, per table, a digest of every row of st's database,
@@ -499,4 +500,44 @@ func TestEveryPathIDRefusesBadIDs(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestBodylessRoutesRefuseBodies: an operation the OpenAPI document gives
+// no request body refuses one with content — an unknown field, another
+// JSON type, not JSON — with a 400 in the error shape, before anything
+// changes; an empty body, {} and null are taken.
+func TestBodylessRoutesRefuseBodies(t *testing.T) {
+	e := newEnv(t, storetest.SQLite(t))
+	f := newSweepFixture(t, e)
+	withBody := map[string]bool{}
+	for _, r := range bodyRoutes(t) {
+		withBody[r] = true
+	}
+	before := dbSnapshot(t, e.Store)
+	n := 0
+	for _, route := range httpapi.Routes() {
+		if withBody[route] {
+			continue
+		}
+		n++
+		method, path := f.path(route, f.ids)
+		for _, body := range []string{`{"reason":"leaked"}`, `[1]`, `"x"`, `not json`, `{} {}`} {
+			resp, raw := e.do(method, path, e.OwnerKey, body)
+			got := wantError(t, resp, raw, keybridge.EInvalid)
+			if body[0] == '{' && body[1] == '"' && got.Error.Fields["reason"] == "" {
+				t.Errorf("%s with %s: fields = %v, want reason", route, body, got.Error.Fields)
+			}
+		}
+	}
+	if n < 20 {
+		t.Fatalf("only %d operations without a body", n)
+	}
+	if after := dbSnapshot(t, e.Store); !maps.Equal(before, after) {
+		t.Errorf("refused bodies changed %v", changedTables(before, after))
+	}
+	suspend := "/api/v1/api-keys/" + f.ids["api-keys"] + "/suspend"
+	for _, body := range []any{nil, ``, `{}`, ` { } `, `null`} {
+		resp, raw := e.do("POST", suspend, e.OwnerKey, body)
+		wantStatus(t, resp, raw, http.StatusOK)
+	}
 }
