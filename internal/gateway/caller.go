@@ -52,6 +52,9 @@ func splitKeyParam(raw string) (rest, key string) {
 		return raw, ""
 	}
 	var b strings.Builder
+	// kept counts the parts written, empty ones too: a query that starts
+	// with "&" keeps it.
+	kept := 0
 	for part := range strings.SplitSeq(raw, "&") {
 		name, v, _ := strings.Cut(part, "=")
 		if name != "key" && strings.IndexByte(name, '%') >= 0 {
@@ -63,9 +66,10 @@ func splitKeyParam(raw string) (rest, key string) {
 			}
 			continue
 		}
-		if b.Len() > 0 {
+		if kept > 0 {
 			b.WriteByte('&')
 		}
+		kept++
 		b.WriteString(part)
 	}
 	return b.String(), key

@@ -1,0 +1,147 @@
+package gateway_test
+
+// Routing and the caller's key seen from outside (SPEC §7.1, §7.2): the
+// bytes of the path and query that reach the provider, every place and
+// spelling of the caller's key, and the headers that pass and those that
+// stay behind, each over a raw HTTP/1.1 connection so that nothing
+// between the test and the gateway tidies the request.
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// seenUpstream is an upstream that records the requests it gets, target
+// and headers as they arrived.
+type seenUpstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	reqs []*http.Request
+	body []string
+}
+
+func newSeenUpstream(t *testing.T, answer func(w http.ResponseWriter)) *seenUpstream {
+	u := &seenUpstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		u.mu.Lock()
+		u.reqs = append(u.reqs, r.Clone(r.Context()))
+		u.body = append(u.body, string(b))
+		u.mu.Unlock()
+		if answer != nil {
+			answer(w)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{}`)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+// take returns the requests received since the last call.
+func (u *seenUpstream) take() ([]*http.Request, []string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	r, b := u.reqs, u.body
+	u.reqs, u.body = nil, nil
+	return r, b
+}
+
+// rawDo sends head (request line and header lines, each ending in CRLF,
+// without the blank line) and body on a connection of its own, and reads
+// the answer.
+func rawDo(t *testing.T, e *env, head, body string) (*http.Response, string) {
+	t.Helper()
+	c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
+	defer c.Close()
+	if body != "" || strings.HasPrefix(head, "POST ") {
+		head += fmt.Sprintf("Content-Length: %d\r\n", len(body))
+	}
+	if _, err := io.WriteString(c, head+"\r\n"+body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("read the answer to %q: %v", strings.SplitN(head, "\r\n", 2)[0], err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// The provider gets its base URL's path, then the path's bytes as sent,
+// then the query as sent without the key parameter, whatever the base
+// URL's trailing slash and however odd the path.
+func TestPathAndQueryBytesReachProvider(t *testing.T) {
+	e := newEnv(t)
+	up := newSeenUpstream(t, nil)
+	bases := []struct{ base, path string }{
+		{up.URL, ""},
+		{up.URL + "/", ""},
+		{up.URL + "/v1", "/v1"},
+		{up.URL + "/v1/", "/v1"},
+		{up.URL + "/openai/v1%2Fx", "/openai/v1%2Fx"},
+	}
+	for i, b := range bases {
+		e.provider(map[string]any{"name": fmt.Sprintf("p%d", i), "type": "openai-compatible", "base_url": b.base})
+		e.addKey(fmt.Sprintf("p%d", i), canary(t, "sk-"), 0)
+	}
+	paths := []string{
+		"",
+		"/",
+		"/chat/completions",
+		"/model/anthropic.claude-3-5-sonnet-20240620-v1:0/invoke",
+		"/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fabc/invoke",
+		"/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+		"//double//slashes/",
+		"/trailing/",
+		"/%7Euser/%41b%2fc%20d%25",
+		"/a;b=c/@x/$y,z+",
+	}
+	queries := []struct{ sent, want string }{
+		{"", ""},
+		{"?", ""},
+		{"?alt=sse&b=%2F&c", "alt=sse&b=%2F&c"},
+		{"?&a=%20", "&a=%20"},
+		{"?a=1&&b=2", "a=1&&b=2"},
+		{"?x=1&key=KEY&y=%41", "x=1&y=%41"},
+		{"?key=KEY", ""},
+		{"?key=KEY&alt=sse", "alt=sse"},
+		{"?x=1&%6Bey=KEY&y", "x=1&y"},
+		{"?a=1&&b=2&key=KEY", "a=1&&b=2"},
+	}
+	for i, b := range bases {
+		for _, p := range paths {
+			for _, q := range queries {
+				name := fmt.Sprintf("p%d", i)
+				head := "POST /gateway/" + name + p + strings.ReplaceAll(q.sent, "KEY", e.OwnerKey) + " HTTP/1.1\r\nHost: kb.test\r\nContent-Type: application/json\r\n"
+				if !strings.Contains(q.sent, "KEY") {
+					head += "Authorization: Bearer " + e.OwnerKey + "\r\n"
+				}
+				resp, body := rawDo(t, e, head, `{"model":"m"}`)
+				got, _ := up.take()
+				if resp.StatusCode != 200 || len(got) != 1 {
+					t.Errorf("%s%s%s = %d %s, %d upstream requests; want 200, one", name, p, q.sent, resp.StatusCode, body, len(got))
+					continue
+				}
+				want := b.path + p
+				if want == "" {
+					want = "/"
+				}
+				if q.want != "" {
+					want += "?" + q.want
+				}
+				if got[0].RequestURI != want {
+					t.Errorf("base %q, path %q, query %q: the provider got %q, want %q", b.base, p, q.sent, got[0].RequestURI, want)
+				}
+			}
+		}
+	}
+}
