@@ -24,17 +24,21 @@ const sigV4Scheme = "AWS4-HMAC-SHA256 "
 
 // callerToken finds the caller's credential: a bearer-style token, or
 // sigv4 when the request is AWS-signed. The first place that holds one
-// wins, in the order of SPEC §7.2.
+// wins, in the order of SPEC §7.2. An Authorization of "Bearer" and
+// nothing else holds none (an SDK whose bearer token is set but empty
+// sends it beside the key it has in another place).
 func callerToken(r *http.Request, queryKey string) (token string, sigv4 bool) {
 	if a := header(r.Header, hdrAuthorization); a != "" {
 		if len(a) > len(sigV4Scheme) && strings.EqualFold(a[:len(sigV4Scheme)], sigV4Scheme) {
 			return "", true
 		}
-		const bearer = "Bearer "
-		if len(a) > len(bearer) && strings.EqualFold(a[:len(bearer)], bearer) {
-			return strings.TrimSpace(a[len(bearer):]), false
+		const bearer = "Bearer"
+		if len(a) >= len(bearer) && strings.EqualFold(a[:len(bearer)], bearer) && (len(a) == len(bearer) || a[len(bearer)] == ' ') {
+			a = a[len(bearer):]
 		}
-		return strings.TrimSpace(a), false
+		if a = strings.TrimSpace(a); a != "" {
+			return a, false
+		}
 	}
 	for _, h := range [...]string{hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey} {
 		if v := header(r.Header, h); v != "" {

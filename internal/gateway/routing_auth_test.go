@@ -145,3 +145,96 @@ func TestPathAndQueryBytesReachProvider(t *testing.T) {
 		}
 	}
 }
+
+// The caller's key is found in each place and spelling a client uses,
+// and whichever place held it, no Keybridge credential reaches the
+// provider.
+func TestCallerKeyPlacesAndSpellings(t *testing.T) {
+	e := newEnv(t)
+	up := newSeenUpstream(t, nil)
+	upKey := canary(t, "sk-")
+	e.provider(map[string]any{"name": "compat", "type": "openai-compatible", "base_url": up.URL + "/v1"})
+	e.addKey("compat", upKey, 0)
+	project := e.api("POST", "/api/v1/orgs/acme/projects", e.OwnerKey, map[string]any{"name": "ci"}, 201)["id"].(string)
+	aiSecret := e.api("POST", "/api/v1/orgs/acme/projects/"+project+"/ai-keys", e.OwnerKey,
+		map[string]any{"name": "ci", "ai_type": "OTHER"}, 201)["secret"].(string)
+	revokedID, revoked := wsKey(e, nil)
+	e.api("POST", "/api/v1/api-keys/"+revokedID+"/revoke", e.OwnerKey, nil, 200)
+
+	for _, key := range []struct{ name, key string }{{"platform key", e.OwnerKey}, {"AI key secret", aiSecret}} {
+		k := key.key
+		for _, tc := range []struct {
+			name, headers, query string
+			status               int
+			msg                  string
+		}{
+			{"Bearer", "Authorization: Bearer " + k, "", 200, ""},
+			{"bearer in lower case", "Authorization: bearer " + k, "", 200, ""},
+			{"BEARER in upper case", "Authorization: BEARER " + k, "", 200, ""},
+			{"spaces around the key", "Authorization: Bearer    " + k + "   ", "", 200, ""},
+			{"no scheme", "Authorization: " + k, "", 200, ""},
+			{"x-api-key", "x-api-key: " + k, "", 200, ""},
+			{"X-API-KEY in upper case", "X-API-KEY: " + k, "", 200, ""},
+			{"api-key", "api-key: " + k, "", 200, ""},
+			{"x-goog-api-key", "x-goog-api-key: " + k, "", 200, ""},
+			{"key query parameter", "", "?key=" + k + "&alt=sse", 200, ""},
+			{"escaped key query parameter", "", "?alt=sse&%6Bey=" + k, 200, ""},
+			{"empty Bearer, key in x-api-key", "Authorization: Bearer \r\nx-api-key: " + k, "", 200, ""},
+			{"empty Bearer, key in the query", "Authorization: Bearer", "?key=" + k, 200, ""},
+			{"empty Authorization, key in api-key", "Authorization: \r\napi-key: " + k, "", 200, ""},
+			{"two places, the first decides", "Authorization: Bearer " + k + "\r\nx-api-key: " + revoked, "?key=" + revoked, 200, ""},
+			{"two places, a revoked first decides", "Authorization: Bearer " + revoked + "\r\nx-api-key: " + k, "", 401, "invalid"},
+			{"Basic", "Authorization: Basic " + k, "", 401, "never a provider's own key"},
+			{"empty Bearer alone", "Authorization: Bearer ", "", 401, "missing credentials"},
+			{"Bearer with a tab alone", "Authorization: Bearer\t", "", 401, "missing credentials"},
+		} {
+			t.Run(key.name+"/"+tc.name, func(t *testing.T) {
+				head := "POST /gateway/compat/chat/completions" + tc.query + " HTTP/1.1\r\nHost: kb.test\r\nContent-Type: application/json\r\n"
+				if tc.headers != "" {
+					head += tc.headers + "\r\n"
+				}
+				resp, body := rawDo(t, e, head, `{"model":"m"}`)
+				got, bodies := up.take()
+				if resp.StatusCode != tc.status {
+					t.Fatalf("= %d %s, want %d", resp.StatusCode, body, tc.status)
+				}
+				if tc.status != 200 {
+					if len(got) != 0 {
+						t.Errorf("a refused request reached the provider")
+					}
+					if resp.Header.Get("X-Keybridge-Error") != "unauthenticated" {
+						t.Errorf("X-Keybridge-Error = %q, want unauthenticated", resp.Header.Get("X-Keybridge-Error"))
+					}
+					if tc.msg != "" && !strings.Contains(body, tc.msg) {
+						t.Errorf("body = %s, want it to say %q", body, tc.msg)
+					}
+					return
+				}
+				if len(got) != 1 {
+					t.Fatalf("the provider got %d requests, want 1", len(got))
+				}
+				r := got[0]
+				if a := r.Header.Values("Authorization"); len(a) != 1 || a[0] != "Bearer "+upKey {
+					t.Errorf("upstream Authorization = %q, want only the upstream key", a)
+				}
+				want := "/v1/chat/completions"
+				if strings.Contains(tc.query, "alt=sse") {
+					want += "?alt=sse"
+				}
+				if r.RequestURI != want {
+					t.Errorf("upstream URI = %q, want %q", r.RequestURI, want)
+				}
+				all := r.RequestURI + bodies[0]
+				for name, vv := range r.Header {
+					all += name + ": " + strings.Join(vv, ", ") + "\n"
+				}
+				for _, s := range []string{k, revoked, "kb_", "kbs_"} {
+					if strings.Contains(all, s) {
+						t.Errorf("the provider's request holds a Keybridge credential (%.6s...):\n%s", s, all)
+					}
+				}
+			})
+		}
+	}
+	noCanary(t, upKey, e.logs())
+}
