@@ -127,7 +127,9 @@ func (u *rawUpstream) serve(c net.Conn) {
 		if err != nil {
 			return
 		}
-		io.Copy(io.Discard, req.Body)
+		// The body is read whole first; the fault may read it again.
+		b, _ := io.ReadAll(req.Body)
+		req.Body = io.NopCloser(bytes.NewReader(b))
 		key := upstreamKeyOf(req)
 		u.mu.Lock()
 		u.hits[key]++

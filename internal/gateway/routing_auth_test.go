@@ -238,3 +238,101 @@ func TestCallerKeyPlacesAndSpellings(t *testing.T) {
 	}
 	noCanary(t, upKey, e.logs())
 }
+
+// Hop-by-hop headers stay behind both ways, every other header passes
+// unchanged (repeated ones too, in order), and the body passes byte for
+// byte, a chunked one included.
+func TestHopByHopHeadersStayBehindBothWays(t *testing.T) {
+	e := newEnv(t)
+	up := newRawUpstream(t)
+	upKey := canary(t, "sk-")
+	e.provider(map[string]any{"name": "compat", "type": "openai-compatible", "base_url": up.URL + "/v1"})
+	e.addKey("compat", upKey, 0)
+	var mu sync.Mutex
+	var got *http.Request
+	var gotBody []byte
+	answer := `{"id":"x"}`
+	up.on(upKey, func(c *rawConn, req *http.Request) bool {
+		mu.Lock()
+		got = req
+		gotBody, _ = io.ReadAll(req.Body)
+		mu.Unlock()
+		_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"+
+			"Connection: X-Resp-Named\r\nX-Resp-Named: drop\r\nKeep-Alive: timeout=5\r\n"+
+			"Proxy-Authenticate: Basic\r\nProxy-Foo: x\r\nUpgrade: h2c\r\nTE: trailers\r\n"+
+			"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Request-Id: req_up\r\nOpenai-Processing-Ms: 12\r\n"+
+			"x-ratelimit-remaining-requests: 99\r\nanthropic-ratelimit-tokens-remaining: 5\r\n\r\n%s", len(answer), answer)
+		return err == nil
+	})
+	body := `{"model":"m","messages":[{"role":"user","content":"h\u00e9 \"x\""}]}  ` + "\n"
+	common := "Host: kb.test\r\nAuthorization: Bearer " + e.OwnerKey + "\r\nContent-Type: application/json\r\n" +
+		"Connection: keep-alive, X-Conn-Named\r\nX-Conn-Named: drop\r\nKeep-Alive: timeout=5\r\n" +
+		"Proxy-Authorization: Basic eDp5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: h2c\r\n" +
+		"OpenAI-Beta: responses=v1\r\nX-Multi: one\r\nX-Multi: two\r\nX-Stainless-Lang: go\r\n" +
+		"anthropic-beta: a,b\r\nUser-Agent: test/1\r\nAccept: application/json\r\nX-Request-Id: client-req-1\r\n"
+	chunked := fmt.Sprintf("%x\r\n%s\r\n%x\r\n%s\r\n0\r\nX-T: t\r\n\r\n", 10, body[:10], len(body)-10, body[10:])
+	for _, tc := range []struct{ name, head, body string }{
+		{"with Content-Length", "POST /gateway/compat/chat/completions HTTP/1.1\r\n" + common, body},
+		{"chunked, with a trailer", "POST /gateway/compat/chat/completions HTTP/1.1\r\n" + common +
+			"Transfer-Encoding: chunked\r\nTrailer: X-T\r\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var resp *http.Response
+			var rb string
+			if tc.body != "" {
+				resp, rb = rawDo(t, e, tc.head, tc.body)
+			} else {
+				c := dialRaw(t, strings.TrimPrefix(e.URL, "http://"))
+				io.WriteString(c, tc.head+"\r\n"+chunked)
+				var err error
+				resp, err = http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				rb = string(b)
+			}
+			if resp.StatusCode != 200 || rb != answer {
+				t.Fatalf("= %d %s", resp.StatusCode, rb)
+			}
+			mu.Lock()
+			r, gotBody := got, gotBody
+			mu.Unlock()
+			for _, h := range []string{"Connection", "X-Conn-Named", "Keep-Alive", "Proxy-Authorization", "Proxy-Connection", "Te", "Upgrade", "Trailer", "Transfer-Encoding"} {
+				if v, ok := r.Header[h]; ok {
+					t.Errorf("the provider got %s: %q", h, v)
+				}
+			}
+			if len(r.TransferEncoding) != 0 || r.ContentLength != int64(len(body)) {
+				t.Errorf("the provider got Transfer-Encoding %q, Content-Length %d; want the body's length, %d", r.TransferEncoding, r.ContentLength, len(body))
+			}
+			if b := string(gotBody); b != body {
+				t.Errorf("the provider got the body %q, want %q", b, body)
+			}
+			for h, want := range map[string][]string{
+				"Openai-Beta": {"responses=v1"}, "X-Multi": {"one", "two"}, "X-Stainless-Lang": {"go"},
+				"Anthropic-Beta": {"a,b"}, "User-Agent": {"test/1"}, "Accept": {"application/json"},
+				"X-Request-Id": {"client-req-1"}, "Content-Type": {"application/json"},
+				"Authorization": {"Bearer " + upKey},
+			} {
+				if v := r.Header[h]; strings.Join(v, "\n") != strings.Join(want, "\n") {
+					t.Errorf("the provider got %s: %q, want %q", h, v, want)
+				}
+			}
+			for _, h := range []string{"X-Resp-Named", "Keep-Alive", "Proxy-Authenticate", "Proxy-Foo", "Upgrade", "Te"} {
+				if v, ok := resp.Header[h]; ok {
+					t.Errorf("the client got %s: %q", h, v)
+				}
+			}
+			for h, want := range map[string][]string{
+				"Set-Cookie": {"a=1", "b=2"}, "X-Request-Id": {"req_up"}, "Openai-Processing-Ms": {"12"},
+				"X-Ratelimit-Remaining-Requests": {"99"}, "Anthropic-Ratelimit-Tokens-Remaining": {"5"},
+			} {
+				if v := resp.Header[h]; strings.Join(v, "\n") != strings.Join(want, "\n") {
+					t.Errorf("the client got %s: %q, want %q", h, v, want)
+				}
+			}
+		})
+	}
+}
