@@ -198,3 +198,26 @@ func TestCacheConcurrentReaders(t *testing.T) {
 		t.Errorf("entries = %d, want at most %d (4 shards of %d)", entries, 4*c.perShardMax, c.perShardMax)
 	}
 }
+
+// A signature's time is at most MaxSigV4Skew from the clock, either way
+// (SPEC §7.2): exactly that far is in time, a second more (X-Amz-Date's
+// step) is not.
+func TestSignedInTime(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		at   time.Duration
+		want bool
+	}{
+		{0, true},
+		{-MaxSigV4Skew, true},
+		{MaxSigV4Skew, true},
+		{-MaxSigV4Skew - time.Second, false},
+		{MaxSigV4Skew + time.Second, false},
+		{-MaxSigV4Skew - time.Nanosecond, false},
+		{MaxSigV4Skew + time.Nanosecond, false},
+	} {
+		if got := signedInTime(now.Add(tc.at), now); got != tc.want {
+			t.Errorf("signedInTime(now%+v, now) = %v, want %v", tc.at, got, tc.want)
+		}
+	}
+}

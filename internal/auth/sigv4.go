@@ -60,6 +60,14 @@ var (
 		"this AWS AI key was created before Keybridge kept the secrets SigV4 needs, so it works only as a bearer token: create a new AWS AI key to sign requests with the AWS SDKs and CLI")
 )
 
+// signedInTime reports whether a request signed at (X-Amz-Date) may be
+// verified now: at most MaxSigV4Skew either way, MaxSigV4Skew itself
+// included.
+func signedInTime(at, now time.Time) bool {
+	skew := now.Sub(at)
+	return -MaxSigV4Skew <= skew && skew <= MaxSigV4Skew
+}
+
 // sigV4Auth is a parsed Authorization header of SigV4.
 type sigV4Auth struct {
 	keyID, date, region, service string
@@ -126,7 +134,7 @@ func (s *Service) VerifySigV4(ctx context.Context, r *http.Request, payloadHash 
 	if err != nil || amzDate[:8] != a.date {
 		return nil, errBadSignature
 	}
-	if skew := time.Since(at); skew > MaxSigV4Skew || skew < -MaxSigV4Skew {
+	if !signedInTime(at, time.Now()) {
 		return nil, errBadSignature
 	}
 	if v := r.Header.Get("X-Amz-Content-Sha256"); v != "" && v != "UNSIGNED-PAYLOAD" && v != payloadHash {
