@@ -15,6 +15,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/keybridge/keybridge/internal/keybridge"
+	"github.com/keybridge/keybridge/internal/store/storetest"
 )
 
 // seenUpstream is an upstream that records the requests it gets, target
@@ -334,5 +337,87 @@ func TestHopByHopHeadersStayBehindBothWays(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A key's suspension, revocation, deletion or loss of gateway:invoke
+// through the management API refuses the gateway's very next request,
+// however warm the key's cache entry, in every place a key is sent; a
+// reactivated key works again at once.
+func TestKeyChangesReachTheNextGatewayRequest(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(eng.Name, func(t *testing.T) {
+			testKeyChangesReachTheNextGatewayRequest(t, newEnvWith(t, eng.New(t), envOptions{}))
+		})
+	}
+}
+
+func testKeyChangesReachTheNextGatewayRequest(t *testing.T, e *env) {
+	up := newSeenUpstream(t, nil)
+	e.provider(map[string]any{"name": "compat", "type": "openai-compatible", "base_url": up.URL + "/v1"})
+	e.addKey("compat", canary(t, "sk-"), 0)
+	project := e.api("POST", "/api/v1/orgs/acme/projects", e.OwnerKey, map[string]any{"name": "ci"}, 201)["id"].(string)
+	newAIKey := func() (id, secret string) {
+		out := e.api("POST", "/api/v1/orgs/acme/projects/"+project+"/ai-keys", e.OwnerKey, map[string]any{"name": "ci", "ai_type": "OTHER"}, 201)
+		return out["id"].(string), out["secret"].(string)
+	}
+	places := []func(req *http.Request, key string){
+		func(req *http.Request, key string) { req.Header.Set("Authorization", "Bearer "+key) },
+		func(req *http.Request, key string) { req.Header.Set("X-Api-Key", key) },
+		func(req *http.Request, key string) { req.Header.Set("Api-Key", key) },
+		func(req *http.Request, key string) { req.Header.Set("X-Goog-Api-Key", key) },
+		func(req *http.Request, key string) { req.URL.RawQuery = "key=" + key },
+	}
+	call := func(key string) []int {
+		var got []int
+		for _, place := range places {
+			req := e.post("/gateway/compat/chat/completions", "", `{"model":"m"}`)
+			place(req, key)
+			resp, _ := e.do(req)
+			got = append(got, resp.StatusCode)
+		}
+		return got
+	}
+	want := func(what, key string, status int) {
+		t.Helper()
+		for _, s := range call(key) {
+			if s != status {
+				t.Errorf("%s: the places answered %v, want %d in each", what, call(key), status)
+				return
+			}
+		}
+	}
+
+	id, key := wsKey(e, nil)
+	for range 3 {
+		want("active key", key, 200)
+	}
+	e.api("POST", "/api/v1/api-keys/"+id+"/suspend", e.OwnerKey, nil, 200)
+	want("suspended key", key, 401)
+	e.api("POST", "/api/v1/api-keys/"+id+"/reactivate", e.OwnerKey, nil, 200)
+	want("reactivated key", key, 200)
+	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"permissions": []string{"providers:read"}}, 200)
+	want("key without gateway:invoke", key, 403)
+	e.api("PATCH", "/api/v1/api-keys/"+id, e.OwnerKey, map[string]any{"permissions": []string{"gateway:invoke"}}, 200)
+	want("key with gateway:invoke again", key, 200)
+	e.api("POST", "/api/v1/api-keys/"+id+"/revoke", e.OwnerKey, nil, 200)
+	want("revoked key", key, 401)
+
+	id, key = wsKey(e, nil)
+	want("second key", key, 200)
+	e.api("DELETE", "/api/v1/api-keys/"+id, e.OwnerKey, nil, 204)
+	want("deleted key", key, 401)
+
+	id, secret := newAIKey()
+	want("AI key", secret, 200)
+	e.api("DELETE", "/api/v1/orgs/acme/projects/"+project+"/ai-keys/"+id, e.OwnerKey, nil, 204)
+	want("deleted AI key", secret, 401)
+
+	// A member removed from the org: their key goes with the membership.
+	userID, memberKey := e.addMember(keybridge.PermGatewayInvoke)
+	want("member's key", memberKey, 200)
+	e.api("DELETE", "/api/v1/orgs/acme/members/"+userID, e.OwnerKey, nil, 204)
+	if got := call(memberKey); got[0] < 401 || got[0] > 403 {
+		t.Errorf("removed member's key: %v, want refused", got)
 	}
 }
