@@ -421,3 +421,48 @@ func testKeyChangesReachTheNextGatewayRequest(t *testing.T, e *env) {
 		t.Errorf("removed member's key: %v, want refused", got)
 	}
 }
+
+// Each AI key type reaches exactly the provider types SPEC §5 gives it;
+// any other is 403 and reaches nothing.
+func TestAIKeyTypeMatrix(t *testing.T) {
+	e := newEnv(t)
+	up := newSeenUpstream(t, nil)
+	types := map[string]string{
+		"openai": "/chat/completions", "azure-openai": "/openai/deployments/d/chat/completions",
+		"anthropic": "/v1/messages", "google": "/v1beta/models/gemini-2.5-pro:generateContent",
+		"bedrock": "/model/m/converse", "openai-compatible": "/chat/completions",
+	}
+	for typ := range types {
+		fields := map[string]any{"name": typ, "type": typ, "base_url": up.URL}
+		if typ == "bedrock" {
+			fields["settings"] = map[string]any{"region": "us-east-1", "access_key": "AKIAEXAMPLE0000", "access_key_secret": canary(t, "")}
+		}
+		e.provider(fields)
+		if typ != "bedrock" {
+			e.addKey(typ, canary(t, "sk-"), 0)
+		}
+	}
+	allowed := map[string]map[string]bool{
+		"OPENAI": {"openai": true, "azure-openai": true}, "ANTHROPIC": {"anthropic": true},
+		"GOOGLE": {"google": true}, "AWS": {"bedrock": true}, "OTHER": {"openai-compatible": true},
+	}
+	project := e.api("POST", "/api/v1/orgs/acme/projects", e.OwnerKey, map[string]any{"name": "ci"}, 201)["id"].(string)
+	for aiType, ok := range allowed {
+		secret := e.api("POST", "/api/v1/orgs/acme/projects/"+project+"/ai-keys", e.OwnerKey,
+			map[string]any{"name": aiType, "ai_type": aiType}, 201)["secret"].(string)
+		for typ, path := range types {
+			resp, body := e.do(e.post("/gateway/"+typ+path, secret, `{"model":"m"}`))
+			reached, _ := up.take()
+			want := 403
+			if ok[typ] {
+				want = 200
+			}
+			if resp.StatusCode != want || (want == 200) != (len(reached) == 1) {
+				t.Errorf("%s AI key on %s: %d %s, %d upstream requests; want %d", aiType, typ, resp.StatusCode, body, len(reached), want)
+			}
+			if want == 403 && resp.Header.Get("X-Keybridge-Error") != "permission_denied" {
+				t.Errorf("%s AI key on %s: X-Keybridge-Error %q", aiType, typ, resp.Header.Get("X-Keybridge-Error"))
+			}
+		}
+	}
+}
