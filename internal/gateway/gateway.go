@@ -274,6 +274,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer g.m.active.Dec()
 	defer x.finish()
 	if !x.parseTarget() {
+		x.styled = true // no provider, as an unknown one, answers the §1 shape
 		x.fail(newError(keybridge.ENotFound, "no provider in the path: use /gateway/{provider}/..."))
 		return
 	}

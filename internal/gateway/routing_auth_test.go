@@ -8,6 +8,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -463,6 +464,29 @@ func TestAIKeyTypeMatrix(t *testing.T) {
 			if want == 403 && resp.Header.Get("X-Keybridge-Error") != "permission_denied" {
 				t.Errorf("%s AI key on %s: X-Keybridge-Error %q", aiType, typ, resp.Header.Get("X-Keybridge-Error"))
 			}
+		}
+	}
+}
+
+// A path that names no provider is answered as an unknown provider is:
+// 404 in the §1 shape, whatever SDK's request it looks like.
+func TestNoProviderInPathIsSection1NotFound(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct{ target, header string }{
+		{"/gateway/", "Authorization: Bearer " + e.OwnerKey},
+		{"/gateway//v1/messages", "x-api-key: " + e.OwnerKey},
+		{"/gateway/?key=" + e.OwnerKey, "anthropic-version: 2023-06-01"},
+		{"/gateway//v1beta/models/g:generateContent", "x-goog-api-key: " + e.OwnerKey},
+		{"/gateway//model/m/converse", "api-key: " + e.OwnerKey},
+	} {
+		resp, body := rawDo(t, e, "POST "+tc.target+" HTTP/1.1\r\nHost: kb.test\r\n"+tc.header+"\r\n", "{}")
+		var v struct {
+			Error struct{ Code, Message string } `json:"error"`
+			Type  *string                        `json:"type"`
+		}
+		if err := json.Unmarshal([]byte(body), &v); err != nil || resp.StatusCode != 404 || v.Error.Code != "not_found" ||
+			v.Error.Message == "" || v.Type != nil || resp.Header.Get("X-Keybridge-Error") != "not_found" {
+			t.Errorf("%s = %d %s, want 404 in the §1 shape", tc.target, resp.StatusCode, body)
 		}
 	}
 }
