@@ -490,3 +490,55 @@ func TestNoProviderInPathIsSection1NotFound(t *testing.T) {
 		}
 	}
 }
+
+// Over HTTP/2 with prior knowledge, which net/http serves, the path's
+// bytes, the query and the removal of the caller's key are the same as
+// over HTTP/1.1.
+func TestHTTP2PathQueryAndKey(t *testing.T) {
+	e := newEnv(t)
+	up := newSeenUpstream(t, nil)
+	upKey := canary(t, "sk-")
+	e.provider(map[string]any{"name": "compat", "type": "openai-compatible", "base_url": up.URL + "/v1/"})
+	e.addKey("compat", upKey, 0)
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &protocols}}
+	for _, tc := range []struct{ target, header, want string }{
+		{"/gateway/compat/model/arn%3Aaws%3Ax%2Fy:0//invoke/?&a=%20&key=" + e.OwnerKey + "&b", "", "/v1/model/arn%3Aaws%3Ax%2Fy:0//invoke/?&a=%20&b"},
+		{"/gateway/compat/chat/completions", "X-Goog-Api-Key", "/v1/chat/completions"},
+		{"/gateway/compat/chat/completions?alt=sse", "X-Api-Key", "/v1/chat/completions?alt=sse"},
+	} {
+		req, err := http.NewRequest("POST", e.URL+"/", strings.NewReader(`{"model":"m"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL.Opaque = tc.target[:strings.IndexByte(tc.target+"?", '?')]
+		if i := strings.IndexByte(tc.target, '?'); i >= 0 {
+			req.URL.RawQuery = tc.target[i+1:]
+		}
+		if tc.header != "" {
+			req.Header.Set(tc.header, e.OwnerKey)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got, _ := up.take()
+		if resp.ProtoMajor != 2 || resp.StatusCode != 200 || len(got) != 1 {
+			t.Fatalf("%s = HTTP/%d %d %s", tc.target, resp.ProtoMajor, resp.StatusCode, b)
+		}
+		if got[0].RequestURI != tc.want {
+			t.Errorf("%s: the provider got %q, want %q", tc.target, got[0].RequestURI, tc.want)
+		}
+		if a := got[0].Header.Values("Authorization"); len(a) != 1 || a[0] != "Bearer "+upKey {
+			t.Errorf("%s: upstream Authorization %q", tc.target, a)
+		}
+		for name, vv := range got[0].Header {
+			if strings.Contains(strings.Join(vv, ","), e.OwnerKey) {
+				t.Errorf("%s: the caller's key reached the provider in %s", tc.target, name)
+			}
+		}
+	}
+}
