@@ -542,3 +542,28 @@ func TestHTTP2PathQueryAndKey(t *testing.T) {
 		}
 	}
 }
+
+// A provider of another org is, to a key of this one, unknown: 404 in
+// the §1 shape, and nothing reaches it.
+func TestOtherOrgsProviderIsNotFound(t *testing.T) {
+	e := newEnv(t)
+	up := newSeenUpstream(t, nil)
+	_, _, betaKey := e.newOrg("beta", "admin@beta.test")
+	e.api("POST", "/api/v1/orgs/beta/providers", betaKey, map[string]any{"name": "theirs", "type": "openai", "base_url": up.URL + "/v1"}, 201)
+	e.api("POST", "/api/v1/orgs/beta/providers/theirs/keys", betaKey, map[string]any{"api_key": canary(t, "sk-")}, 201)
+	if resp, body := e.do(e.post("/gateway/theirs/chat/completions", betaKey, `{}`)); resp.StatusCode != 200 {
+		t.Fatalf("beta's own key: %d %s", resp.StatusCode, body)
+	}
+	up.take()
+	resp, body := e.do(e.post("/gateway/theirs/chat/completions", e.OwnerKey, `{}`))
+	var v struct {
+		Error struct{ Code, Type string } `json:"error"`
+	}
+	json.Unmarshal(body, &v)
+	if resp.StatusCode != 404 || v.Error.Code != "not_found" || v.Error.Type != "" {
+		t.Errorf("acme's key on beta's provider: %d %s, want 404 in the §1 shape", resp.StatusCode, body)
+	}
+	if got, _ := up.take(); len(got) != 0 {
+		t.Errorf("the other org's provider got %d requests", len(got))
+	}
+}
