@@ -467,6 +467,13 @@ func (x *exchange) serve() {
 		return
 	}
 	x.rt, x.style, x.styled = rt, rt.provider.Type, true
+	if hasDotSegment(x.path) {
+		// Sent byte for byte, "/v1/../../admin" would reach whatever a
+		// provider that resolves dot segments serves outside the base
+		// URL's path, with the provider's own credential.
+		x.fail(newError(keybridge.EInvalid, "the request path holds a . or .. segment, which could leave the provider's base URL: send the path without it"))
+		return
+	}
 	// Read before the refusals below, so that their usage rows name the
 	// model and say whether a stream was asked for, as every other row.
 	if x.body == nil && !x.readBody() {

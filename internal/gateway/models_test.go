@@ -77,7 +77,6 @@ func TestAllowedModelsOpenAI(t *testing.T) {
 		{"an allowed model, then one in capitals that is not", "/gateway/oa/chat/completions", `{"model":"gpt-4o-mini","Model":"gpt-4o"}`},
 		{"a model that is not a string", "/gateway/oa/chat/completions", `{"model":["gpt-4o-mini"]}`},
 		{"not JSON", "/gateway/oa/chat/completions", `model=gpt-4o-mini`},
-		{"a dot segment", "/gateway/oa/models/../chat/completions", `{"model":"gpt-4o-mini"}`},
 	} {
 		resp, body := e.do(e.post(tc.path, key, tc.body))
 		if resp.StatusCode != 403 || resp.Header.Get("X-Keybridge-Error") != "permission_denied" {

@@ -208,3 +208,40 @@ func TestAIKeyTypesAndKeySources(t *testing.T) {
 	noCanary(t, orgKey, e.logs())
 	noCanary(t, personalKey, e.logs())
 }
+
+// A path with a dot segment, as sent or percent-encoded, is refused for
+// every key before anything is sent: the path goes byte for byte, and a
+// provider that resolves it would serve what lies outside its base URL's
+// path with the provider's own credential.
+func TestDotSegmentsAreRefused(t *testing.T) {
+	e := newEnv(t)
+	mock, _ := oaUpstream(t, e, "oa", "openai", "/v1", nil)
+	restricted := restrictedKey(e, "gpt-4o-mini")
+	for _, path := range []string{
+		"/gateway/oa/../../admin",
+		"/gateway/oa/models/../chat/completions",
+		"/gateway/oa/./chat/completions",
+		"/gateway/oa/%2e%2E/admin",
+		"/gateway/oa/chat/completions/..",
+	} {
+		for _, key := range []string{e.OwnerKey, restricted} {
+			before := len(mock.Requests())
+			resp, body := e.do(e.post(path, key, `{"model":"gpt-4o-mini","messages":[]}`))
+			var v struct {
+				Error struct{ Type, Code, Message string } `json:"error"`
+			}
+			json.Unmarshal(body, &v)
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("X-Keybridge-Error") != keybridge.EInvalid ||
+				v.Error.Type != "invalid_request_error" || v.Error.Code != keybridge.EInvalid || !strings.Contains(v.Error.Message, "segment") {
+				t.Errorf("%s: %d %s, want 400 %s in OpenAI's shape", path, resp.StatusCode, body, keybridge.EInvalid)
+			}
+			if n := len(mock.Requests()) - before; n != 0 {
+				t.Errorf("%s: refused, but reached the provider", path)
+			}
+		}
+	}
+	// Dots inside a segment are no dot segment.
+	if resp, body := e.do(e.post("/gateway/oa/chat/completions.v2", e.OwnerKey, `{"model":"gpt-4o","messages":[]}`)); resp.Header.Get("X-Keybridge-Error") != "" {
+		t.Errorf("a dot inside a segment: %d %s", resp.StatusCode, body)
+	}
+}
