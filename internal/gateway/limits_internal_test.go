@@ -831,6 +831,55 @@ func TestRedisLeaseTwoReplicasExact(t *testing.T) {
 	}
 }
 
+// TestRedisLeaseUncappedRequestsHoldTheLimit: requests that declare no
+// output cap reserve nothing, so a lease must not admit them beyond its
+// tokens: three replicas taking turns on one TPM limit, each request
+// settled before the next, admit what the limit holds and no more (before,
+// each replica's lease admitted them until its own answers made half the
+// limit, and three replicas together spent one and a half times it).
+func TestRedisLeaseUncappedRequestsHoldTheLimit(t *testing.T) {
+	rdb := needRedis(t)
+	for _, lim := range []keybridge.Limits{
+		{RateLimitTPM: 10_000},
+		{TokenBudget: 10_000, BudgetPeriod: keybridge.BudgetDay},
+		{RateLimitRPM: 100_000, RateLimitTPM: 10_000},
+	} {
+		var reps []*redisLimiter
+		for range 3 {
+			l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
+			reps = append(reps, l)
+		}
+		id, ctx := newKeyID(), context.Background()
+		const used = 40
+		var admitted, fromLeases int64
+		for i := range 600 {
+			l, at := reps[i%3], t0.Add(time.Duration(i)*time.Millisecond)
+			tk, d, err := l.admit(ctx, id, lim, 0, at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !d.ok {
+				continue
+			}
+			admitted++
+			if tk.lease != nil {
+				fromLeases++
+			}
+			if err := l.settle(ctx, tk, used, at); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if want := int64(10_000 / used); admitted < want-3 || admitted > want {
+			t.Errorf("limits %+v: three replicas admitted %d requests of %d tokens, want %d (3 fewer at most, for leases still held)",
+				lim, admitted, used, want)
+		}
+		if fromLeases == 0 {
+			t.Errorf("limits %+v: no request was admitted from a lease", lim)
+		}
+		t.Logf("limits %+v: %d admitted, %d of them from leases", lim, admitted, fromLeases)
+	}
+}
+
 // TestRedisLeaseNearLimitIsExact: a key near its limit gets no lease, and
 // one lease never takes more than 1% of a limit or past half of it.
 func TestRedisLeaseNearLimitIsExact(t *testing.T) {
@@ -936,8 +985,8 @@ func TestRedisLeaseReturnsWaitForRedis(t *testing.T) {
 	rdb, srv, start := ownRedis(t)
 	l, _ := newRedisLimiter(rdb, LimitsLocal, nil)
 	ctx := context.Background()
-	mustAdmit(t, l, "k", bigLimits, 0, t0)
-	if tk, _ := mustAdmit(t, l, "k", bigLimits, 0, t0); tk.lease == nil {
+	mustAdmit(t, l, "k", bigLimits, 10, t0)
+	if tk, _ := mustAdmit(t, l, "k", bigLimits, 10, t0); tk.lease == nil {
 		t.Fatal("no lease")
 	}
 	srv.Process.Kill()

@@ -25,10 +25,12 @@ import (
 //     removed;
 //   - holds tokens when the key has a TPM limit or a budget: one
 //     reservation, from which each request admitted from the lease
-//     reserves its declared output cap; a request whose cap does not fit
-//     goes to Redis. Its requests' tokens settle into the shared counters
-//     as others do; the reservation is released once the lease has ended
-//     and its last request has settled;
+//     reserves its declared output cap, and which what its answers
+//     report beyond their caps uses up too; a request whose cap does not
+//     fit what is left goes to Redis, as does one without a cap once
+//     nothing is left (fits). Its requests' tokens settle into the shared
+//     counters as others do; the reservation is released once the lease
+//     has ended and its last request has settled;
 //   - ends after leaseTTL, when it runs out, when the key's limits
 //     change, when a call to Redis fails, or at shutdown, and the next
 //     admission asks for a fresh one, sized by what the last one served.
@@ -99,7 +101,7 @@ func (l *redisLimiter) fromLease(keyID string, lim keybridge.Limits, reserve, ms
 	l.lmu.Lock()
 	ls := l.leases[keyID]
 	if ls == nil || ls.ended || ls.lim != lim || ms >= ls.until || ms < ls.until-leaseTTL.Milliseconds() ||
-		lim.RateLimitRPM > 0 && int64(len(ls.at)) >= ls.slots || tokens && (reserve > ls.free || !ls.underHalf()) {
+		lim.RateLimitRPM > 0 && int64(len(ls.at)) >= ls.slots || tokens && !ls.fits(reserve) {
 		l.lmu.Unlock()
 		return ticket{}, decision{}, false
 	}
@@ -156,7 +158,10 @@ func (l *redisLimiter) endLease(keyID string, lim keybridge.Limits, reserve int6
 	ls.asking = true
 	ask.slots = min(max(2*int64(len(ls.at)), leaseMinSlots), leaseMaxSlots)
 	if tokens {
-		ask.tokens = max(ask.tokens, 2*ls.reserved+2*reserve)
+		// What the last lease's requests took, their answers' tokens
+		// beyond their caps included: requests without a cap take only
+		// those.
+		ask.tokens = max(ask.tokens, 2*(ls.reserved+max(ls.extra, 0))+2*reserve)
 	}
 	return ask, ls.end()
 }
@@ -197,6 +202,18 @@ func (l *redisLimiter) grant(keyID string, ls *lease) {
 		l.owe(keyID, nil, old.end())
 	}
 	l.leases[keyID] = ls
+}
+
+// fits reports whether ls (lmu held) has room for a request that
+// reserves reserve: what is left of its tokens, less what its answers
+// reported beyond their reservations, holds the reservation, and is more
+// than nothing. A request without a cap reserves nothing and uses what it
+// uses: a lease that admitted such requests whatever its tokens would let
+// each replica spend up to half a limit in it, the replicas together past
+// the limit, before any of them asked Redis again.
+func (ls *lease) fits(reserve int64) bool {
+	left := ls.free - max(ls.extra, 0)
+	return reserve <= left && left > 0 && ls.underHalf()
 }
 
 // underHalf reports whether the key's token counts as this replica sees
