@@ -334,8 +334,10 @@ func TestDatabaseRestart(t *testing.T) {
 // starts it again, for each --limits-when-redis-down policy: a key with
 // limits is served on this replica's counters (local) or refused with 503
 // (refuse) while Redis is away, a key without limits is served either way,
-// keybridge_gateway_limits_redis_down says so, and all is back on Redis once
-// it is, without a restart. The limiter's own behaviour is tested in
+// keybridge_gateway_limits_redis_down and the log say so, refusals come in
+// the provider's error shape, and all is back on Redis once it is, without
+// a restart: a key's limit is counted in Redis again, nothing stays
+// refused, and no goroutine is left behind. The limiter's own behaviour is tested in
 // internal/gateway (TestRedisLimiterServerStops); this checks the serve
 // wiring and the answers clients get.
 func TestRedisStops(t *testing.T) {
@@ -393,6 +395,40 @@ func TestRedisStops(t *testing.T) {
 			if got := invoke(limited); got != http.StatusOK {
 				t.Fatalf("a key with limits, Redis up = %d, want 200", got)
 			}
+			// A key with a limit it reaches: counted in Redis, then on
+			// this replica's own counters (local), then in Redis again.
+			const small = 10
+			resp, out := srv.call(t, "POST", "/api/v1/api-keys", owner, map[string]any{"name": "small", "permissions": []string{"gateway:invoke"}, "rate_limit_rpm": small})
+			var smallKey struct{ Key string }
+			if resp.StatusCode != http.StatusCreated || json.Unmarshal(out, &smallKey) != nil {
+				t.Fatalf("create a key with a small limit = %d %s", resp.StatusCode, out)
+			}
+			// admitted sends n requests with key and returns how many got
+			// 200; the others must be 429 (or, refusing, 503).
+			admitted := func(key string, n int) int {
+				ok := 0
+				for range n {
+					resp, out := srv.call(t, "POST", "/gateway/oai/chat/completions", key,
+						map[string]any{"model": "gpt-4o-mini", "messages": []map[string]string{{"role": "user", "content": "hi"}}})
+					switch resp.StatusCode {
+					case http.StatusOK:
+						ok++
+					case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+					default:
+						t.Errorf("gateway = %d %s, want 200, 429 or 503", resp.StatusCode, out)
+					}
+				}
+				return ok
+			}
+			if got := admitted(smallKey.Key, 4); got != 4 {
+				t.Fatalf("a key with an RPM limit of %d, Redis up: %d of 4 admitted", small, got)
+			}
+			goroutines := func() float64 {
+				_, out := srv.call(t, "GET", "/metrics", "", nil)
+				v, _ := metricValue(out, "go_goroutines")
+				return v
+			}
+			before := goroutines()
 
 			rs.Process.Kill()
 			rs.Wait()
@@ -421,6 +457,35 @@ func TestRedisStops(t *testing.T) {
 			if got := redisDown(); got != 1 {
 				t.Errorf("keybridge_gateway_limits_redis_down with Redis down = %v, want 1", got)
 			}
+			// Refused in the provider's shape (docs/gateway.md, errors the
+			// gateway answers itself), or counted here.
+			resp, out = srv.call(t, "POST", "/gateway/oai/chat/completions", limited,
+				map[string]any{"model": "gpt-4o-mini", "messages": []map[string]string{{"role": "user", "content": "hi"}}})
+			if policy == "refuse" {
+				var e struct {
+					Error struct{ Message, Type, Code string }
+				}
+				if json.Unmarshal(out, &e) != nil || e.Error.Code != "unavailable" || e.Error.Type != "server_error" ||
+					!strings.Contains(e.Error.Message, "Redis") || resp.Header.Get("X-Keybridge-Error") != "unavailable" {
+					t.Errorf("refused while Redis is down: %d %s (X-Keybridge-Error %q), want OpenAI's error shape, code unavailable",
+						resp.StatusCode, out, resp.Header.Get("X-Keybridge-Error"))
+				}
+			}
+			wantSmall := small
+			if policy == "refuse" {
+				wantSmall = 0
+			}
+			if got := admitted(smallKey.Key, small+5); got != wantSmall {
+				t.Errorf("a key with an RPM limit of %d, Redis down, --limits-when-redis-down %s: %d of %d admitted, want %d",
+					small, policy, got, small+5, wantSmall)
+			}
+			for range 40 {
+				invoke(limited)
+			}
+			_, metrics := srv.call(t, "GET", "/metrics", "", nil)
+			if v, _ := metricValue(metrics, "keybridge_gateway_limits_redis_down_total"); v < 40 {
+				t.Errorf("keybridge_gateway_limits_redis_down_total = %v after 40 requests and more with Redis down, want 40 or more", v)
+			}
 
 			startRedis()
 			back := time.Now()
@@ -432,8 +497,36 @@ func TestRedisStops(t *testing.T) {
 					t.Fatalf("30 s after Redis came back, keybridge_gateway_limits_redis_down = %v", redisDown())
 				}
 			}
-			t.Logf("--limits-when-redis-down %s: Redis down answered %d to a key with limits; back on Redis %v after it restarted",
-				policy, want, time.Since(back).Round(time.Millisecond))
+			// Counted in Redis again (it restarted empty), not on this
+			// replica's counters: the small key gets its whole limit,
+			// and no more.
+			if got := admitted(smallKey.Key, small+5); got != small {
+				t.Errorf("a key with an RPM limit of %d, Redis back: %d of %d admitted, want %d", small, got, small+5, small)
+			}
+			// The log is written out every 50 ms.
+			logs := srv.stderr.String()
+			for deadline := time.Now().Add(2 * time.Second); !strings.Contains(logs, "redis reachable again for gateway limits"); logs = srv.stderr.String() {
+				if time.Now().After(deadline) {
+					t.Error("the log does not say that Redis is reachable again for gateway limits")
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if n := strings.Count(logs, "redis unreachable for gateway limits"); n != 1 {
+				t.Errorf("the log says %d times that Redis is unreachable for gateway limits, want once for the outage", n)
+			}
+			// What the outage started ended with it: the 70 and more
+			// requests that did not wait on Redis left no goroutine
+			// behind (the count is the test process's, both policies'
+			// servers together, hence the slack).
+			for deadline := time.Now().Add(5 * time.Second); goroutines() > before+40; time.Sleep(50 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Errorf("go_goroutines = %v once Redis is back, %v before the outage", goroutines(), before)
+					break
+				}
+			}
+			t.Logf("--limits-when-redis-down %s: Redis down answered %d to a key with limits; back on Redis %v after it restarted; goroutines %v before, %v after",
+				policy, want, time.Since(back).Round(time.Millisecond), before, goroutines())
 		})
 	}
 }
