@@ -26,22 +26,31 @@ const propagation = time.Second
 // TestGatewayReplicas runs two serve replicas on one PostgreSQL schema and
 // one master key, changes credentials and providers through the management
 // API of the first, and checks that the gateway of the second, with warm
-// caches, follows each change within a second.
+// caches, follows each change within a second: on PostgreSQL alone, and
+// with Redis too (SPEC §10: revocations reach every replica within a
+// second either way).
 func TestGatewayReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two servers on PostgreSQL; skipped with -short")
 	}
+	t.Run("postgres", func(t *testing.T) { gatewayReplicas(t) })
+	t.Run("postgres and redis", func(t *testing.T) { gatewayReplicas(t, "--redis-url", testRedisURL(t)) })
+}
+
+func gatewayReplicas(t *testing.T, flags ...string) {
 	dbURL := postgresURL(t)
 	env, owner := setupReplicas(t, dbURL)
 
 	up := newRecordingUpstream(t)
 	upKeyA := "sk-replica-upstream-key-AAAAAAAAAAAAAAAA"
 	upKeyB := "sk-replica-upstream-key-BBBBBBBBBBBBBBBB"
+	personal1 := "sk-replica-personal-key-1111111111111111"
+	personal2 := "sk-replica-personal-key-2222222222222222"
 
-	r1 := startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir())
+	r1 := startServeEnv(t, env, append([]string{"--listen", "127.0.0.1:0", "--data-dir", t.TempDir()}, flags...)...)
 	// Replica 2 logs at debug, which adds the requests' headers: the
 	// credentials in them must be redacted.
-	r2 := startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "debug")
+	r2 := startServeEnv(t, env, append([]string{"--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--log-level", "debug"}, flags...)...)
 
 	// manage calls replica 1's management API and wants the given status.
 	manage := func(method, path string, body any, want int) []byte {
@@ -63,10 +72,11 @@ func TestGatewayReplicas(t *testing.T) {
 	// invoke sends one chat completion through replica 2's gateway and
 	// returns its status and the upstream credential it was given (empty
 	// when nothing reached the upstream).
+	provider := "oai"
 	invoke := func(key string) (int, string) {
 		t.Helper()
 		n := up.count()
-		resp, out := r2.call(t, "POST", "/gateway/oai/chat/completions", key,
+		resp, out := r2.call(t, "POST", "/gateway/"+provider+"/chat/completions", key,
 			map[string]any{"model": "gpt-4o-mini", "messages": []map[string]string{{"role": "user", "content": "hi"}}})
 		if resp.StatusCode == http.StatusOK && !strings.Contains(string(out), `"chat.completion"`) {
 			t.Fatalf("gateway answered 200 with %s", out)
@@ -139,6 +149,27 @@ func TestGatewayReplicas(t *testing.T) {
 	manage("POST", "/api/v1/api-keys/"+k2.ID+"/revoke", nil, http.StatusOK)
 	within("revoking it", k2.Key, statusIs(http.StatusUnauthorized))
 
+	// A platform key's permissions, its rotation without a grace, and
+	// its deletion.
+	var k4 struct{ ID, Key string }
+	if err := json.Unmarshal(manage("POST", "/api/v1/api-keys", map[string]any{"org": "acme", "name": "k4", "permissions": []string{"gateway:invoke", "usage:read"}}, http.StatusCreated), &k4); err != nil {
+		t.Fatal(err)
+	}
+	warm(k4.Key, upKeyA)
+	manage("PATCH", "/api/v1/api-keys/"+k4.ID, map[string]any{"permissions": []string{"usage:read"}}, http.StatusOK)
+	within("taking gateway:invoke from a platform key", k4.Key, statusIs(http.StatusForbidden))
+	manage("PATCH", "/api/v1/api-keys/"+k4.ID, map[string]any{"permissions": []string{"gateway:invoke"}}, http.StatusOK)
+	within("giving it back", k4.Key, usesUpstream(upKeyA))
+	warm(k4.Key, upKeyA)
+	var k5 struct{ ID, Key string }
+	if err := json.Unmarshal(manage("POST", "/api/v1/api-keys/"+k4.ID+"/rotate", map[string]any{"grace_period_seconds": 0}, http.StatusCreated), &k5); err != nil || k5.Key == "" {
+		t.Fatalf("rotate: no key (%v)", err)
+	}
+	within("rotating a platform key without a grace: the old key", k4.Key, statusIs(http.StatusUnauthorized))
+	warm(k5.Key, upKeyA)
+	manage("DELETE", "/api/v1/api-keys/"+k5.ID, nil, http.StatusNoContent)
+	within("deleting the rotated key", k5.Key, statusIs(http.StatusUnauthorized))
+
 	// An AI key secret: delete.
 	project := idOf(manage("POST", "/api/v1/orgs/acme/projects", map[string]any{"name": "svc"}, http.StatusCreated))
 	var ai struct{ ID, Secret string }
@@ -148,6 +179,14 @@ func TestGatewayReplicas(t *testing.T) {
 	warm(ai.Secret, upKeyA)
 	manage("DELETE", "/api/v1/orgs/acme/projects/"+project+"/ai-keys/"+ai.ID, nil, http.StatusNoContent)
 	within("deleting an AI key", ai.Secret, statusIs(http.StatusUnauthorized))
+	// An AI key's project, deleted.
+	var ai2 struct{ ID, Secret string }
+	if err := json.Unmarshal(manage("POST", "/api/v1/orgs/acme/projects/"+project+"/ai-keys", map[string]any{"name": "ci2", "ai_type": "OPENAI"}, http.StatusCreated), &ai2); err != nil {
+		t.Fatal(err)
+	}
+	warm(ai2.Secret, upKeyA)
+	manage("DELETE", "/api/v1/orgs/acme/projects/"+project, nil, http.StatusNoContent)
+	within("deleting an AI key's project", ai2.Secret, statusIs(http.StatusUnauthorized))
 
 	// A replica whose LISTEN connection drops misses what is published
 	// until it is back, so it must not trust its caches meanwhile nor
@@ -168,6 +207,22 @@ func TestGatewayReplicas(t *testing.T) {
 	manage("POST", "/api/v1/api-keys/"+k3.ID+"/revoke", nil, http.StatusOK)
 	within("revoking it once the LISTEN is back", k3.Key, statusIs(http.StatusUnauthorized))
 
+	// A personal credential, on a provider that prefers one to the org's
+	// keys: added, changed and deleted through replica 1.
+	manage("POST", "/api/v1/orgs/acme/providers", map[string]any{"name": "mine", "type": "openai", "base_url": up.URL + "/v1", "key_source": "user_or_org"}, http.StatusCreated)
+	manage("POST", "/api/v1/orgs/acme/providers/mine/keys", map[string]any{"api_key": upKeyA}, http.StatusCreated)
+	provider = "mine"
+	warm(owner, upKeyA)
+	cred := idOf(manage("POST", "/api/v1/users/me/credentials", map[string]any{"org": "acme", "provider": "mine", "api_key": personal1}, http.StatusCreated))
+	within("adding a personal credential", owner, usesUpstream(personal1))
+	warm(owner, personal1)
+	manage("PATCH", "/api/v1/users/me/credentials/"+cred, map[string]any{"api_key": personal2}, http.StatusOK)
+	within("changing the personal credential's key", owner, usesUpstream(personal2))
+	warm(owner, personal2)
+	manage("DELETE", "/api/v1/users/me/credentials/"+cred, nil, http.StatusNoContent)
+	within("deleting the personal credential", owner, usesUpstream(upKeyA))
+	provider = "oai"
+
 	// 5. The provider itself.
 	warm(owner, upKeyA)
 	manage("PATCH", "/api/v1/orgs/acme/providers/oai", map[string]any{"enabled": false}, http.StatusOK)
@@ -180,7 +235,7 @@ func TestGatewayReplicas(t *testing.T) {
 	// No replica wrote an upstream key, or a key of the caller, anywhere.
 	for name, r := range map[string]*server{"replica 1": r1, "replica 2": r2} {
 		out := r.stdout.String() + r.stderr.String()
-		for _, secret := range []string{upKeyA, upKeyB, owner, k2.Key, k3.Key, ai.Secret} {
+		for _, secret := range []string{upKeyA, upKeyB, personal1, personal2, owner, k2.Key, k3.Key, k4.Key, k5.Key, ai.Secret, ai2.Secret} {
 			if strings.Contains(out, secret) {
 				t.Errorf("%s's output holds a secret (%.6s...)", name, secret)
 			}
