@@ -146,10 +146,17 @@ func TestGatewayCooldownAcrossReplicas(t *testing.T) {
 		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
 		t.Fatalf("create provider = %d %s", resp.StatusCode, out)
 	}
+	var limitedID string
 	for i, k := range []string{limited, spare} {
-		if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
-			map[string]any{"api_key": k, "priority": i}); resp.StatusCode != http.StatusCreated {
+		resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
+			map[string]any{"api_key": k, "priority": i})
+		if resp.StatusCode != http.StatusCreated {
 			t.Fatalf("add upstream key = %d %s", resp.StatusCode, out)
+		}
+		if i == 0 {
+			var v struct{ ID string }
+			json.Unmarshal(out, &v)
+			limitedID = v.ID
 		}
 	}
 	chat := func(s *server) int {
@@ -178,4 +185,60 @@ func TestGatewayCooldownAcrossReplicas(t *testing.T) {
 		t.Fatalf("replica 2 made %d upstream requests, want one with the spare key: it tried the key resting on replica 1", len(s))
 	}
 	t.Logf("replica 2 skipped the resting key %v after replica 1's 429", time.Since(start).Round(time.Millisecond))
+
+	// The keys list of either replica shows the rest: about the 30 s
+	// the provider asked for, from replica 1's 429.
+	for i, r := range replicas {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			resp, out := r.call(t, "GET", "/api/v1/orgs/acme/providers/oai/keys", owner, nil)
+			var list struct {
+				Items []struct {
+					ID            string
+					CooldownUntil *time.Time `json:"cooldown_until"`
+				}
+			}
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(out, &list) != nil {
+				t.Fatalf("keys list on replica %d = %d %s", i+1, resp.StatusCode, out)
+			}
+			var until *time.Time
+			for _, k := range list.Items {
+				if k.ID == limitedID {
+					until = k.CooldownUntil
+				}
+			}
+			if left := time.Until(deref(until)); until != nil && left > 25*time.Second && left <= 30*time.Second {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("keys list on replica %d: cooldown_until of the resting key %v, want about 30 s from replica 1's 429: %s", i+1, until, out)
+			}
+		}
+	}
+
+	// An admin's change of the key through replica 2 ends its rest on
+	// replica 1 too, which tries it again first.
+	if resp, out := replicas[1].call(t, "PATCH", "/api/v1/orgs/acme/providers/oai/keys/"+limitedID, owner,
+		map[string]any{"name": "fixed"}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("PATCH the resting key through replica 2 = %d %s", resp.StatusCode, out)
+	}
+	start = time.Now()
+	for {
+		before := len(keysSeen())
+		chat(replicas[0])
+		if s := keysSeen()[before:]; len(s) > 0 && s[0] == limited {
+			break
+		}
+		if time.Since(start) > propagation {
+			t.Fatalf("replica 1 still skips the key %v after an admin changed it through replica 2", propagation)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("replica 1 tried the key again %v after its change through replica 2", time.Since(start).Round(time.Millisecond))
+}
+
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
 }
