@@ -30,45 +30,75 @@ func replicaPair(t *testing.T, upURL string, flags ...string) (a, b *replica, ow
 	return a, b, owner
 }
 
-// TestReplicaKilledHoldingLease kills replica A with SIGKILL while it
-// holds leases of a key's limits (docs/gateway.md, Leases), then sends B
-// more than the key has left: A's leased slots and tokens, counted in
-// Redis at the grant, stay counted, so A and B together never admit past
-// the limit, and B still gets all but A's unused share (at most 1% of the
-// limit) of what is left.
-func TestReplicaKilledHoldingLease(t *testing.T) {
+// TestReplicaStoppedHoldingLease stops replica A while it holds leases of
+// keys' limits (docs/gateway.md, Leases), then sends B more than the keys
+// have left. Killed with SIGKILL, A's leased slots and tokens, counted in
+// Redis at the grant, stay counted: A and B together never admit past a
+// limit, and B still gets all but A's unused share of what is left (1% of
+// the limit a lease, and the lease before it whose return A may not have
+// sent). Stopped with SIGTERM, A gives its leases back
+// and sends what its requests owe before it exits: B gets exactly what is
+// left, also of a limit that A's requests without a cap spent.
+func TestReplicaStoppedHoldingLease(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and kills serve processes on PostgreSQL and Redis; skipped with -short")
 	}
 	redisURL := testRedisURL(t)
-	up := newRecordingUpstream(t) // 4 tokens an answer
-	a, b, owner := replicaPair(t, up.URL, "--redis-url", redisURL)
-	const rpm, tpm, onA = 400, 1600, 100
-	_, rpmKey := newLimitedKey(t, a.url, owner, map[string]any{"rate_limit_rpm": rpm})
-	_, tpmKey := newLimitedKey(t, a.url, owner, map[string]any{"rate_limit_tpm": tpm})
-	capped := `{"model":"gpt-4o-mini","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`
-
-	// Far under half their limits, A's requests come from leases, and A
-	// holds one of each key when it dies.
-	for _, key := range []string{rpmKey, tpmKey} {
-		if got := spread(t, []string{a.url}, key, capped, onA, 2); got[http.StatusOK] != onA {
-			t.Fatalf("through A before the kill: %v, want %d of 200", got, onA)
-		}
-	}
-	a.kill()
-
-	for _, c := range []struct {
-		name  string
-		key   string
-		limit int // in requests
-	}{{"rpm", rpmKey, rpm}, {"tpm", tpmKey, tpm / 4}} {
-		got := spread(t, []string{b.url}, c.key, capped, c.limit, 4)
-		admitted := onA + got[http.StatusOK]
-		if admitted > c.limit || admitted < c.limit-c.limit/100 {
-			t.Errorf("%s: %d admitted by A before its SIGKILL and %d by B after (%v), want %d in all, less A's unused lease (1%% at most)",
-				c.name, onA, got[http.StatusOK], got, c.limit)
-		}
-		t.Logf("%s limit of %d requests: A admitted %d and was killed, B then %d", c.name, c.limit, onA, got[http.StatusOK])
+	for _, how := range []string{"SIGKILL", "SIGTERM"} {
+		t.Run(how, func(t *testing.T) {
+			up := newRecordingUpstream(t) // 4 tokens an answer
+			a, b, owner := replicaPair(t, up.URL, "--redis-url", redisURL)
+			const rpm, tpm, onA = 400, 1600, 100
+			capped := `{"model":"gpt-4o-mini","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`
+			uncapped := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
+			type limitCase struct {
+				name   string
+				body   string
+				limit  int // in requests
+				key    string
+				exact  bool // the limit admits exactly limit requests
+				slack  int  // or up to this many fewer (SIGKILL) or more (no cap)
+				limits map[string]any
+			}
+			cases := []*limitCase{
+				{name: "rpm", body: capped, limit: rpm, limits: map[string]any{"rate_limit_rpm": rpm}},
+				{name: "tpm", body: capped, limit: tpm / 4, limits: map[string]any{"rate_limit_tpm": tpm}},
+			}
+			if how == "SIGTERM" {
+				cases = append(cases, &limitCase{name: "tpm without a cap", body: uncapped, limit: tpm / 4, limits: map[string]any{"rate_limit_tpm": tpm}})
+			}
+			for _, c := range cases {
+				_, c.key = newLimitedKey(t, a.url, owner, c.limits)
+				// Far under half their limits, A's requests come from
+				// leases, and A holds one of each key when it stops.
+				if got := spread(t, []string{a.url}, c.key, c.body, onA, 2); got[http.StatusOK] != onA {
+					t.Fatalf("%s: through A before it stops: %v, want %d of 200", c.name, got, onA)
+				}
+			}
+			if how == "SIGKILL" {
+				a.kill()
+			} else {
+				a.stop()
+			}
+			for _, c := range cases {
+				got := spread(t, []string{b.url}, c.key, c.body, c.limit, 4)
+				admitted := onA + got[http.StatusOK]
+				lo, hi := c.limit, c.limit
+				switch {
+				case how == "SIGKILL":
+					// A's lease, and the one before it if A died
+					// before its return went out: 1% each.
+					lo -= 2 * c.limit / 100
+				case c.body == uncapped:
+					hi += 4 // B's concurrent requests, each by what it uses
+				}
+				if admitted < lo || admitted > hi {
+					t.Errorf("%s: %d admitted by A before its %s and %d by B after (%v), want %d to %d in all",
+						c.name, onA, how, got[http.StatusOK], got, lo, hi)
+				}
+				t.Logf("%s limit of %d requests: A admitted %d and got %s, B then %d", c.name, c.limit, onA, how, got[http.StatusOK])
+			}
+		})
 	}
 }
 
