@@ -2,9 +2,13 @@ package cli_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -242,3 +246,161 @@ func deref(t *time.Time) time.Time {
 	}
 	return *t
 }
+
+// privateRedis is a redis-server of the test's own on a free port, that
+// the test may stop and start again on that port; the shared one is never
+// touched. It is killed when t ends.
+type privateRedis struct {
+	t    *testing.T
+	bin  string
+	port string
+	cmd  *exec.Cmd
+}
+
+// startPrivateRedis starts one, or skips t without redis-server.
+func startPrivateRedis(t *testing.T) *privateRedis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server not installed")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &privateRedis{t: t, bin: bin, port: fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)}
+	ln.Close()
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *privateRedis) url() string { return "redis://127.0.0.1:" + r.port + "/0" }
+
+// start runs it and waits until it takes connections.
+func (r *privateRedis) start() {
+	r.t.Helper()
+	r.cmd = exec.Command(r.bin, "--port", r.port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if c, err := net.Dial("tcp", "127.0.0.1:"+r.port); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("redis-server did not start")
+		}
+	}
+}
+
+// stop kills it, as a crash would.
+func (r *privateRedis) stop() {
+	if r.cmd != nil {
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+		r.cmd = nil
+	}
+}
+
+// subscribers is how many clients are subscribed to channel.
+func (r *privateRedis) subscribers(channel string) int {
+	out, err := exec.Command("redis-cli", "-p", r.port, "PUBSUB", "NUMSUB", channel).Output()
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		return -1
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// TestGatewayCooldownAfterRedisRestart: the replicas share cooldowns
+// again once a Redis that went away is back (docs/gateway.md: pub/sub
+// keeps no history, so rests decided meanwhile are missed, but not those
+// decided after): each subscribes again by itself, and a 429 on replica 1
+// rests the key on replica 2.
+func TestGatewayCooldownAfterRedisRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two servers on PostgreSQL and a redis-server it stops; skipped with -short")
+	}
+	rs := startPrivateRedis(t)
+	env, owner := setupReplicas(t, postgresURL(t))
+	replicas := []*server{
+		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", rs.url()),
+		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", rs.url()),
+	}
+	const limited, spare = "sk-replica-restart-limited-AAAAAAAA", "sk-replica-restart-spare-BBBBBBBBBB"
+	var mu sync.Mutex
+	var seen []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		mu.Lock()
+		seen = append(seen, key)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if key == limited {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`)
+			return
+		}
+		io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+	}))
+	defer up.Close()
+	keysSeen := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+	if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers", owner,
+		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create provider = %d %s", resp.StatusCode, out)
+	}
+	for i, k := range []string{limited, spare} {
+		if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
+			map[string]any{"api_key": k, "priority": i}); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("add upstream key = %d %s", resp.StatusCode, out)
+		}
+	}
+	waitSubscribers := func(what string) {
+		t.Helper()
+		start := time.Now()
+		for rs.subscribers(cooldownChannel) != 2 {
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("%s: %d replicas subscribed to %s after %v, want 2", what, rs.subscribers(cooldownChannel), cooldownChannel, time.Since(start).Round(time.Millisecond))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("%s: both replicas subscribed after %v", what, time.Since(start).Round(time.Millisecond))
+	}
+	waitSubscribers("at start")
+	rs.stop()
+	time.Sleep(200 * time.Millisecond) // both replicas find their subscriptions gone
+	rs.start()
+	waitSubscribers("once Redis is back")
+
+	chat := func(s *server) int {
+		t.Helper()
+		resp, _ := s.call(t, "POST", "/gateway/oai/chat/completions", owner, map[string]any{"model": "gpt-4o-mini", "messages": []any{}})
+		return resp.StatusCode
+	}
+	if got := chat(replicas[0]); got != http.StatusOK {
+		t.Fatalf("through replica 1 = %d, want 200 from the spare key", got)
+	}
+	// As in TestGatewayCooldownAcrossReplicas: a moment, not a poll.
+	time.Sleep(time.Second)
+	before := len(keysSeen())
+	if got := chat(replicas[1]); got != http.StatusOK {
+		t.Fatalf("through replica 2 = %d", got)
+	}
+	if s := keysSeen()[before:]; len(s) != 1 || s[0] != spare {
+		t.Fatalf("replica 2 made %d upstream requests, want one with the spare key: it tried the key resting on replica 1 after Redis came back", len(s))
+	}
+}
+
+const cooldownChannel = "keybridge:cooldowns"
