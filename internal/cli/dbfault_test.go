@@ -609,3 +609,192 @@ func limitedGateway(t *testing.T, srv *server, owner, upKey string) string {
 	}
 	return limited.Key
 }
+
+// holeProxy forwards TCP connections to a Redis until it is told to
+// blackhole them: from then on it keeps every connection, old and new,
+// open and forwards nothing either way (a partition, a host gone quiet).
+// mend ends the partition: the connections it held are closed, as a
+// partition's are once TCP gives up, and new ones are forwarded again.
+type holeProxy struct {
+	ln    net.Listener
+	to    string
+	mu    sync.Mutex
+	holed bool
+	conns []net.Conn
+}
+
+func newHoleProxy(t *testing.T, to string) *holeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &holeProxy{ln: ln, to: to}
+	t.Cleanup(func() { ln.Close(); p.mend() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			holed := p.holed
+			p.mu.Unlock()
+			if holed {
+				continue
+			}
+			up, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, up)
+			p.mu.Unlock()
+			go p.pipe(up, c)
+			go p.pipe(c, up)
+		}
+	}()
+	return p
+}
+
+// pipe copies src to dst until either closes, dropping what it reads
+// while the proxy is holed.
+func (p *holeProxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			dst.Close()
+			return
+		}
+		p.mu.Lock()
+		holed := p.holed
+		p.mu.Unlock()
+		if holed {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			src.Close()
+			return
+		}
+	}
+}
+
+func (p *holeProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *holeProxy) hole() {
+	p.mu.Lock()
+	p.holed = true
+	p.mu.Unlock()
+}
+
+func (p *holeProxy) mend() {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns, p.holed = nil, false
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// TestRedisBlackholedMidway cuts serve off from a Redis it was using, by
+// a partition rather than a refusal: pooled connections stay open and
+// nothing answers on them (docs/gateway.md: no request waits on a Redis
+// known to be down). The requests on their way to Redis as it goes quiet
+// wait about a second at most, once; the next ones are decided by the
+// policy at once (local: served; refuse: 503); and once the partition
+// ends, limits are counted in Redis again within seconds.
+func TestRedisBlackholedMidway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out Redis timeouts; skipped with -short")
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed")
+	}
+	t.Parallel()
+	for _, policy := range []string{"local", "refuse"} {
+		t.Run(policy, func(t *testing.T) {
+			t.Parallel()
+			rs := startPrivateRedis(t)
+			proxy := newHoleProxy(t, "127.0.0.1:"+rs.port)
+			dir := t.TempDir()
+			owner := setupOwner(t, noEnv, "--data-dir", dir)
+			srv := startServe(t, dir, "--redis-url", "redis://"+proxy.addr()+"/0", "--limits-when-redis-down", policy)
+			limited := limitedGateway(t, srv, owner, "sk-redis-midway-upstream-key-000000000")
+			client := &http.Client{Timeout: 10 * time.Second}
+			invoke := func() (int, time.Duration) {
+				req, _ := http.NewRequest("POST", srv.url+"/gateway/oai/chat/completions",
+					strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+				req.Header.Set("Authorization", "Bearer "+limited)
+				req.Header.Set("Content-Type", "application/json")
+				start := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatalf("gateway: %v", err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode, time.Since(start)
+			}
+			redisDown := func() float64 {
+				_, out := srv.call(t, "GET", "/metrics", "", nil)
+				v, _ := metricValue(out, "keybridge_gateway_limits_redis_down")
+				return v
+			}
+			for range 5 {
+				if st, _ := invoke(); st != http.StatusOK {
+					t.Fatalf("with Redis up = %d, want 200", st)
+				}
+			}
+
+			proxy.hole()
+			want := http.StatusOK
+			if policy == "refuse" {
+				want = http.StatusServiceUnavailable
+			}
+			// Until the key's lease ends (a second at most) requests
+			// are admitted from it; then one call to Redis finds it
+			// quiet, and waits out its bound.
+			var slowest, rest time.Duration
+			var decided int
+			start := time.Now()
+			for decided < 20 {
+				st, d := invoke()
+				if st == want && redisDown() == 1 {
+					decided++
+					rest += d
+				} else if st != http.StatusOK {
+					t.Fatalf("Redis blackholed, --limits-when-redis-down %s: %d, want 200 (from the lease) or %d", policy, st, want)
+				}
+				slowest = max(slowest, d)
+				if time.Since(start) > 10*time.Second {
+					t.Fatalf("10 s after Redis went quiet: %d requests decided by the policy, keybridge_gateway_limits_redis_down %v", decided, redisDown())
+				}
+			}
+			if slowest > 1500*time.Millisecond {
+				t.Errorf("the slowest request with Redis blackholed took %v, want about a second at most", slowest)
+			}
+			if rest > 20*100*time.Millisecond {
+				t.Errorf("20 requests with Redis known down took %v, want no wait on Redis", rest)
+			}
+
+			proxy.mend()
+			back := time.Now()
+			for {
+				st, _ := invoke()
+				if st == http.StatusOK && redisDown() == 0 {
+					break
+				}
+				if time.Since(back) > 10*time.Second {
+					t.Fatalf("10 s after the partition ended: %d, keybridge_gateway_limits_redis_down %v", st, redisDown())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			t.Logf("--limits-when-redis-down %s: slowest request %v as Redis went quiet, then 20 in %v; back on Redis %v after the partition ended",
+				policy, slowest.Round(time.Millisecond), rest.Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
+		})
+	}
+}
