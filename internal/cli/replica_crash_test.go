@@ -106,7 +106,8 @@ func TestReplicaStoppedHoldingLease(t *testing.T) {
 // runs through it (SPEC §10: graceful shutdown drains in-flight streams):
 // A stops taking requests, the stream runs to its end with every event
 // and [DONE], A exits cleanly, and the usage rows of every request A
-// served, the stream's among them, are in the database once it is gone.
+// served, the stream's among them, and the last_used_at times they set
+// are in the database once it is gone.
 func TestReplicaTermDrainsStream(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts serve processes on PostgreSQL; skipped with -short")
@@ -200,6 +201,21 @@ func TestReplicaTermDrainsStream(t *testing.T) {
 	}
 	if len(usage.Items) != 1 || usage.Items[0].Requests != plain+1 || usage.Items[0].Errors != 0 {
 		t.Errorf("usage once A stopped: %s; want %d requests (%d and the stream), no errors", out, plain+1, plain)
+	}
+	// So were the last_used_at times A kept in memory (batched, up to 30
+	// s apart): the owner's key's, and the upstream key's.
+	_, out = call(t, b.url, "GET", "/api/v1/api-keys", owner, nil)
+	var keys struct {
+		Items []struct {
+			LastUsedAt *time.Time `json:"last_used_at"`
+		}
+	}
+	if json.Unmarshal(out, &keys) != nil || len(keys.Items) != 1 || keys.Items[0].LastUsedAt == nil {
+		t.Errorf("platform keys once A stopped: %s; want the owner's with the last_used_at of its requests through A", out)
+	}
+	_, out = call(t, b.url, "GET", "/api/v1/orgs/acme/providers/oai/keys", owner, nil)
+	if json.Unmarshal(out, &keys) != nil || len(keys.Items) != 1 || keys.Items[0].LastUsedAt == nil {
+		t.Errorf("upstream keys once A stopped: %s; want the one A used, with its last_used_at", out)
 	}
 	// B served throughout.
 	if ans := chatOnce(b.url, owner, chat); ans.status != http.StatusOK {
