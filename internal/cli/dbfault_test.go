@@ -457,6 +457,11 @@ func TestRedisStops(t *testing.T) {
 			if got := redisDown(); got != 1 {
 				t.Errorf("keybridge_gateway_limits_redis_down with Redis down = %v, want 1", got)
 			}
+			// Redis is not what readiness is about: the replica keeps
+			// serving, and stays in its load balancer's rotation.
+			if resp, out := srv.call(t, "GET", "/readyz", "", nil); resp.StatusCode != http.StatusOK {
+				t.Errorf("/readyz with Redis down = %d %s, want 200 (the database and key ring are ready)", resp.StatusCode, out)
+			}
 			// Refused in the provider's shape (docs/gateway.md, errors the
 			// gateway answers itself), or counted here.
 			resp, out = srv.call(t, "POST", "/gateway/oai/chat/completions", limited,
