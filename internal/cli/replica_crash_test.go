@@ -56,8 +56,6 @@ func TestReplicaStoppedHoldingLease(t *testing.T) {
 				body   string
 				limit  int // in requests
 				key    string
-				exact  bool // the limit admits exactly limit requests
-				slack  int  // or up to this many fewer (SIGKILL) or more (no cap)
 				limits map[string]any
 			}
 			cases := []*limitCase{
