@@ -831,30 +831,37 @@ func TestRedisLeaseTwoReplicasExact(t *testing.T) {
 	}
 }
 
-// TestRedisLeaseUncappedRequestsHoldTheLimit: requests that declare no
-// output cap reserve nothing, so a lease must not admit them beyond its
-// tokens: three replicas taking turns on one TPM limit, each request
-// settled before the next, admit what the limit holds and no more (before,
-// each replica's lease admitted them until its own answers made half the
-// limit, and three replicas together spent one and a half times it).
-func TestRedisLeaseUncappedRequestsHoldTheLimit(t *testing.T) {
+// TestRedisLeaseCountsTokensBeyondReservations: requests that declare no
+// output cap reserve nothing, and those that do reserve only their output
+// (their input counts too), so a lease must count what their answers use
+// beyond that against its tokens: three replicas taking turns on one
+// limit, each request settled before the next, admit what the limit holds
+// and no more (before, each replica's leases admitted them until its own
+// answers made half the limit, and three replicas together spent up to
+// one and a half times it).
+func TestRedisLeaseCountsTokensBeyondReservations(t *testing.T) {
 	rdb := needRedis(t)
-	for _, lim := range []keybridge.Limits{
-		{RateLimitTPM: 10_000},
-		{TokenBudget: 10_000, BudgetPeriod: keybridge.BudgetDay},
-		{RateLimitRPM: 100_000, RateLimitTPM: 10_000},
+	for _, c := range []struct {
+		lim           keybridge.Limits
+		reserve, used int64
+	}{
+		{keybridge.Limits{RateLimitTPM: 10_000}, 0, 40},
+		{keybridge.Limits{TokenBudget: 10_000, BudgetPeriod: keybridge.BudgetDay}, 0, 40},
+		{keybridge.Limits{RateLimitRPM: 100_000, RateLimitTPM: 10_000}, 0, 40},
+		// A long prompt, a short answer: 10 reserved, 400 used.
+		{keybridge.Limits{RateLimitTPM: 100_000}, 10, 400},
 	} {
+		lim, used := c.lim, c.used
 		var reps []*redisLimiter
 		for range 3 {
 			l, _ := newRedisLimiter(rdb, LimitsRefuse, nil)
 			reps = append(reps, l)
 		}
 		id, ctx := newKeyID(), context.Background()
-		const used = 40
 		var admitted, fromLeases int64
 		for i := range 600 {
-			l, at := reps[i%3], t0.Add(time.Duration(i)*time.Millisecond)
-			tk, d, err := l.admit(ctx, id, lim, 0, at)
+			l, at := reps[i%3], t0.Add(time.Duration(i)*time.Millisecond/2)
+			tk, d, err := l.admit(ctx, id, lim, c.reserve, at)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -869,14 +876,15 @@ func TestRedisLeaseUncappedRequestsHoldTheLimit(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if want := int64(10_000 / used); admitted < want-3 || admitted > want {
-			t.Errorf("limits %+v: three replicas admitted %d requests of %d tokens, want %d (3 fewer at most, for leases still held)",
-				lim, admitted, used, want)
+		limit := max(lim.RateLimitTPM, lim.TokenBudget)
+		if want := limit / used; admitted < want-3 || admitted > want {
+			t.Errorf("limits %+v, %d reserved: three replicas admitted %d requests of %d tokens, want %d (3 fewer at most, for leases still held)",
+				lim, c.reserve, admitted, used, want)
 		}
 		if fromLeases == 0 {
 			t.Errorf("limits %+v: no request was admitted from a lease", lim)
 		}
-		t.Logf("limits %+v: %d admitted, %d of them from leases", lim, admitted, fromLeases)
+		t.Logf("limits %+v, %d reserved: %d admitted, %d of them from leases", lim, c.reserve, admitted, fromLeases)
 	}
 }
 
