@@ -754,6 +754,22 @@ func TestRedisBlackholedMidway(t *testing.T) {
 					t.Fatalf("with Redis up = %d, want 200", st)
 				}
 			}
+			// A key with a limit it reaches, too small for leases: Redis
+			// keeps its count through the partition.
+			const small, before = 10, 4
+			_, smallKey := newLimitedKey(t, srv.url, owner, map[string]any{"rate_limit_rpm": small})
+			admitted := func(n int) int {
+				ok := 0
+				for range n {
+					if a := chatOnce(srv.url, smallKey, `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`); a.status == http.StatusOK {
+						ok++
+					}
+				}
+				return ok
+			}
+			if got := admitted(before); got != before {
+				t.Fatalf("a key with an RPM limit of %d, Redis up: %d of %d admitted", small, got, before)
+			}
 
 			proxy.hole()
 			want := http.StatusOK
@@ -785,6 +801,13 @@ func TestRedisBlackholedMidway(t *testing.T) {
 			if rest > 20*100*time.Millisecond {
 				t.Errorf("20 requests with Redis known down took %v, want no wait on Redis", rest)
 			}
+			wantDown := small // counted afresh in this process
+			if policy == "refuse" {
+				wantDown = 0
+			}
+			if got := admitted(small + 5); got != wantDown {
+				t.Errorf("a key with an RPM limit of %d, Redis blackholed: %d of %d admitted, want %d", small, got, small+5, wantDown)
+			}
 
 			proxy.mend()
 			back := time.Now()
@@ -797,6 +820,12 @@ func TestRedisBlackholedMidway(t *testing.T) {
 					t.Fatalf("10 s after the partition ended: %d, keybridge_gateway_limits_redis_down %v", st, redisDown())
 				}
 				time.Sleep(20 * time.Millisecond)
+			}
+			// Back on Redis's count, which the partition kept; what this
+			// replica counted meanwhile is not carried over.
+			if got := admitted(small + 5); got != small-before {
+				t.Errorf("a key with an RPM limit of %d, %d admitted in Redis before the partition: %d of %d admitted after it, want %d",
+					small, before, got, small+5, small-before)
 			}
 			t.Logf("--limits-when-redis-down %s: slowest request %v as Redis went quiet, then 20 in %v; back on Redis %v after the partition ended",
 				policy, slowest.Round(time.Millisecond), rest.Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
