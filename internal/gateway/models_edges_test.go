@@ -141,16 +141,16 @@ func TestAllowedModelsMultipartForm(t *testing.T) {
 	t.Cleanup(up.Close)
 	e.provider(map[string]any{"name": "oa", "type": "openai", "base_url": up.URL + "/v1"})
 	e.addKey("oa", "sk-form-0123456789", 0)
-	key := restrictedKey(e, "whisper-1")
+	key := restrictedKey(e, "gpt-4o-mini-transcribe")
 	transcribe := func(model openai.AudioModel) error {
 		_, err := oaClient(e, "oa", key).Audio.Transcriptions.New(context.Background(), openai.AudioTranscriptionNewParams{
 			File: openai.File(strings.NewReader("RIFF...."), "a.wav", "audio/wav"), Model: model})
 		return err
 	}
-	if err := transcribe(openai.AudioModelWhisper1); err != nil {
+	if err := transcribe("gpt-4o-mini-transcribe"); err != nil {
 		t.Fatalf("an allowed model: %v", err)
 	}
-	checkOAError(t, transcribe(openai.AudioModelGPT4oTranscribe), http.StatusForbidden, keybridge.EForbidden, "permission_error", `model "gpt-4o-transcribe" is not allowed`)
+	checkOAError(t, transcribe("gpt-transcribe"), http.StatusForbidden, keybridge.EForbidden, "permission_error", `model "gpt-transcribe" is not allowed`)
 
 	form := func(fields ...string) *http.Request {
 		var b bytes.Buffer
@@ -170,10 +170,10 @@ func TestAllowedModelsMultipartForm(t *testing.T) {
 		r      *http.Request
 		reason string
 	}{
-		{"a second model field", form("model", "whisper-1", "model", "gpt-4o-transcribe"), `gpt-4o-transcribe\" is not allowed`},
+		{"a second model field", form("model", "gpt-4o-mini-transcribe", "model", "gpt-transcribe"), `gpt-transcribe\" is not allowed`},
 		{"no model field", form("language", "en"), "names none"},
 		{"a form cut short", func() *http.Request {
-			r := form("model", "whisper-1")
+			r := form("model", "gpt-4o-mini-transcribe")
 			b, _ := io.ReadAll(r.Body)
 			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b[:len(b)-10])), int64(len(b)-10)
 			return r
@@ -184,7 +184,7 @@ func TestAllowedModelsMultipartForm(t *testing.T) {
 			t.Errorf("%s: %d %s, want 403 saying %q", tc.name, resp.StatusCode, body, tc.reason)
 		}
 	}
-	if !slices.Equal(got, []string{"whisper-1"}) {
+	if !slices.Equal(got, []string{"gpt-4o-mini-transcribe"}) {
 		t.Errorf("the provider got forms naming %q, want only the allowed one", got)
 	}
 }
