@@ -556,24 +556,13 @@ func TestRedisBlackholed(t *testing.T) {
 	owner := setupOwner(t, noEnv, "--data-dir", dir)
 	srv := startServe(t, dir, "--redis-url", "redis://"+hole.Addr().String()+"/0")
 	limited := limitedGateway(t, srv, owner, "sk-redis-hole-upstream-key-0000000000")
-	client := &http.Client{Timeout: 10 * time.Second}
 	invoke := func() time.Duration {
 		t.Helper()
-		req, _ := http.NewRequest("POST", srv.url+"/gateway/oai/chat/completions",
-			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
-		req.Header.Set("Authorization", "Bearer "+limited)
-		req.Header.Set("Content-Type", "application/json")
-		start := time.Now()
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("gateway: %v", err)
+		status, d := timedChat(t, srv, limited)
+		if status != http.StatusOK {
+			t.Errorf("gateway = %d, want 200 on this replica's counters", status)
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Errorf("gateway = %d, want 200 on this replica's counters", resp.StatusCode)
-		}
-		return time.Since(start)
+		return d
 	}
 	if d := invoke(); d > 2*time.Second {
 		t.Errorf("first request with Redis blackholed took %v, want at most 2 s", d)
@@ -729,21 +718,7 @@ func TestRedisBlackholedMidway(t *testing.T) {
 			owner := setupOwner(t, noEnv, "--data-dir", dir)
 			srv := startServe(t, dir, "--redis-url", "redis://"+proxy.addr()+"/0", "--limits-when-redis-down", policy)
 			limited := limitedGateway(t, srv, owner, "sk-redis-midway-upstream-key-000000000")
-			client := &http.Client{Timeout: 10 * time.Second}
-			invoke := func() (int, time.Duration) {
-				req, _ := http.NewRequest("POST", srv.url+"/gateway/oai/chat/completions",
-					strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
-				req.Header.Set("Authorization", "Bearer "+limited)
-				req.Header.Set("Content-Type", "application/json")
-				start := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					t.Fatalf("gateway: %v", err)
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				return resp.StatusCode, time.Since(start)
-			}
+			invoke := func() (int, time.Duration) { return timedChat(t, srv, limited) }
 			redisDown := func() float64 {
 				_, out := srv.call(t, "GET", "/metrics", "", nil)
 				v, _ := metricValue(out, "keybridge_gateway_limits_redis_down")
@@ -831,4 +806,23 @@ func TestRedisBlackholedMidway(t *testing.T) {
 				policy, slowest.Round(time.Millisecond), rest.Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
 		})
 	}
+}
+
+// timedChat sends one chat completion through srv's gateway with key,
+// and returns its status and how long it took, the body read.
+func timedChat(t *testing.T, srv *server, key string) (int, time.Duration) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", srv.url+"/gateway/oai/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	client := &http.Client{Timeout: 10 * time.Second}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("gateway: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, time.Since(start)
 }

@@ -123,46 +123,7 @@ func TestGatewayCooldownAcrossReplicas(t *testing.T) {
 		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
 	}
 	const limited, spare = "sk-replica-cooldown-limited-AAAAAAAA", "sk-replica-cooldown-spare-BBBBBBBBBB"
-	var mu sync.Mutex
-	var seen []string
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		mu.Lock()
-		seen = append(seen, key)
-		mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		if key == limited {
-			w.Header().Set("Retry-After", "30")
-			w.WriteHeader(http.StatusTooManyRequests)
-			io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`)
-			return
-		}
-		io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
-	}))
-	defer up.Close()
-	keysSeen := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), seen...)
-	}
-	if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers", owner,
-		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
-		t.Fatalf("create provider = %d %s", resp.StatusCode, out)
-	}
-	var limitedID string
-	for i, k := range []string{limited, spare} {
-		resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
-			map[string]any{"api_key": k, "priority": i})
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("add upstream key = %d %s", resp.StatusCode, out)
-		}
-		if i == 0 {
-			var v struct{ ID string }
-			json.Unmarshal(out, &v)
-			limitedID = v.ID
-		}
-	}
+	keysSeen, limitedID := restingProvider(t, replicas[0], owner, limited, spare)
 	chat := func(s *server) int {
 		t.Helper()
 		resp, _ := s.call(t, "POST", "/gateway/oai/chat/completions", owner, map[string]any{"model": "gpt-4o-mini", "messages": []any{}})
@@ -334,39 +295,7 @@ func TestGatewayCooldownAfterRedisRestart(t *testing.T) {
 		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", rs.url()),
 	}
 	const limited, spare = "sk-replica-restart-limited-AAAAAAAA", "sk-replica-restart-spare-BBBBBBBBBB"
-	var mu sync.Mutex
-	var seen []string
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		mu.Lock()
-		seen = append(seen, key)
-		mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		if key == limited {
-			w.Header().Set("Retry-After", "30")
-			w.WriteHeader(http.StatusTooManyRequests)
-			io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`)
-			return
-		}
-		io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
-	}))
-	defer up.Close()
-	keysSeen := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), seen...)
-	}
-	if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers", owner,
-		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
-		t.Fatalf("create provider = %d %s", resp.StatusCode, out)
-	}
-	for i, k := range []string{limited, spare} {
-		if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
-			map[string]any{"api_key": k, "priority": i}); resp.StatusCode != http.StatusCreated {
-			t.Fatalf("add upstream key = %d %s", resp.StatusCode, out)
-		}
-	}
+	keysSeen, _ := restingProvider(t, replicas[0], owner, limited, spare)
 	waitSubscribers := func(what string) {
 		t.Helper()
 		start := time.Now()
@@ -404,3 +333,51 @@ func TestGatewayCooldownAfterRedisRestart(t *testing.T) {
 }
 
 const cooldownChannel = "keybridge:cooldowns"
+
+// restingProvider creates provider "oai" through s, in front of an
+// upstream that answers key limited with 429 and Retry-After: 30 and key
+// spare with a chat completion, with the two keys in that order of
+// priority. keysSeen returns the keys the upstream got, in order.
+func restingProvider(t *testing.T, s *server, owner, limited, spare string) (keysSeen func() []string, limitedID string) {
+	t.Helper()
+	var mu sync.Mutex
+	var seen []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		mu.Lock()
+		seen = append(seen, key)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if key == limited {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`)
+			return
+		}
+		io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+	}))
+	t.Cleanup(up.Close)
+	if resp, out := s.call(t, "POST", "/api/v1/orgs/acme/providers", owner,
+		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create provider = %d %s", resp.StatusCode, out)
+	}
+	for i, k := range []string{limited, spare} {
+		resp, out := s.call(t, "POST", "/api/v1/orgs/acme/providers/oai/keys", owner,
+			map[string]any{"api_key": k, "priority": i})
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("add upstream key = %d %s", resp.StatusCode, out)
+		}
+		if i == 0 {
+			var v struct{ ID string }
+			json.Unmarshal(out, &v)
+			limitedID = v.ID
+		}
+	}
+	keysSeen = func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+	return keysSeen, limitedID
+}
