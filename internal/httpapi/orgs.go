@@ -499,15 +499,52 @@ func (s *Server) deleteMember(w http.ResponseWriter, r *http.Request) error {
 		if err := tx.DeleteMembership(ctx, org.ID, m.UserID); err != nil {
 			return err
 		}
-		return audit.Record(ctx, tx, org.ID, "member.delete", memberResource(m.UserID, m.Email), map[string]keybridge.Change{
+		if err := audit.Record(ctx, tx, org.ID, "member.delete", memberResource(m.UserID, m.Email), map[string]keybridge.Change{
 			"role": {Old: m.Role, New: nil},
-		})
+		}); err != nil {
+			return err
+		}
+		return revokeMemberKeys(ctx, tx, org.ID, m.UserID)
 	})
 	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// revokeMemberKeys revokes the platform keys a removed member holds in
+// the org. Without a membership they give nothing, but they would come
+// back to life, with whatever was pasted where, the day the same person
+// is invited again; a removal is meant to end them.
+func revokeMemberKeys(ctx context.Context, tx store.Store, orgID, userID string) error {
+	pg := store.Page{Limit: store.MaxLimit}
+	for {
+		keys, next, err := tx.ListAPIKeys(ctx, store.APIKeyFilter{OrgID: orgID, UserID: userID}, pg)
+		if err != nil {
+			return err
+		}
+		for i := range keys {
+			k := &keys[i]
+			if k.Status == keybridge.KeyRevoked {
+				continue
+			}
+			old, now := k.Status, tx.Now()
+			k.Status, k.RevokedAt = keybridge.KeyRevoked, &now
+			if err := tx.UpdateAPIKey(ctx, k); err != nil {
+				return err
+			}
+			if err := audit.Record(ctx, tx, orgID, "api_key.revoke", keyResource(k), map[string]keybridge.Change{
+				"status": {Old: old, New: keybridge.KeyRevoked}, "reason": {Old: nil, New: "member.delete"},
+			}); err != nil {
+				return err
+			}
+		}
+		if next == "" {
+			return nil
+		}
+		pg.Cursor = next
+	}
 }
 
 // withdrawInvitation deletes a pending invitation: its link stops working.

@@ -240,7 +240,8 @@ func TestMembers(t *testing.T) {
 		resp, raw = e.do("DELETE", base+"/"+memberID, adminKey, nil)
 		wantError(t, resp, raw, keybridge.ENotFound)
 
-		want := []string{"member.delete", "member.update", "member.update", "member.create", "member.create"}
+		// The removal revokes the member's key, in the same transaction.
+		want := []string{"api_key.revoke", "member.delete", "member.update", "member.update", "member.create", "member.create"}
 		if got := e.auditActions(e.Org.ID); !slices.Equal(got, want) {
 			t.Errorf("audit actions = %v, want %v", got, want)
 		}
