@@ -136,6 +136,14 @@ func TestVerify(t *testing.T) {
 					raw.Exec(t, `UPDATE audit_events SET changes = '{}' WHERE id = ?`, ev[1].ID)
 					return audit.BadEvent{ID: ev[1].ID, Seq: 2}
 				}, 1},
+				{"changes made unreadable", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
+					raw.Exec(t, `UPDATE audit_events SET changes = 'not json' WHERE id = ?`, ev[2].ID)
+					return audit.BadEvent{ID: ev[2].ID, Seq: 3}
+				}, 2},
+				{"changes of another shape", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
+					raw.Exec(t, `UPDATE audit_events SET changes = '{"name": 1}' WHERE id = ?`, ev[1].ID)
+					return audit.BadEvent{ID: ev[1].ID, Seq: 2}
+				}, 1},
 				{"middle row deleted", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
 					raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[2].ID)
 					return audit.BadEvent{Seq: 3}

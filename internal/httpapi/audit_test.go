@@ -209,6 +209,24 @@ func TestAuditVerifyFindsTampering(t *testing.T) {
 			t.Fatalf("verify after restoring the field = %+v, want ok", got)
 		}
 
+		// Changes that no longer read as JSON: the log still lists, and
+		// verify names the event rather than failing.
+		victim = events.Items[2]
+		var stored string
+		if err := raw.DB.QueryRow(`SELECT changes FROM audit_events WHERE id = '` + victim.ID + `'`).Scan(&stored); err != nil {
+			t.Fatal(err)
+		}
+		raw.Exec(t, `UPDATE audit_events SET changes = 'not json' WHERE id = ?`, victim.ID)
+		listed := e.auList("?resource_id=" + victim.Resource.ID)
+		if len(listed.Items) != 1 || listed.Items[0].Changes["(unreadable)"].New != "not json" {
+			t.Errorf("events of the altered one = %+v, want it with its stored changes shown", listed.Items)
+		}
+		got = e.auVerify()
+		if got.OK || got.FirstBadEvent == nil || got.FirstBadEvent.ID != victim.ID || !strings.Contains(got.Reason, "altered") {
+			t.Errorf("verify after unreadable changes in event %d = %+v, want it named as altered", victim.Seq, got)
+		}
+		raw.Exec(t, `UPDATE audit_events SET changes = ? WHERE id = ?`, stored, victim.ID)
+
 		// A removed event.
 		victim = events.Items[3]
 		raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, victim.ID)

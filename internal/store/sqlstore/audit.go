@@ -134,10 +134,19 @@ func scanAuditEvent(sc rowScanner) (*keybridge.AuditEvent, error) {
 		return nil, err
 	}
 	if e.Changes, err = decodeChanges([]byte(changes)); err != nil {
-		return nil, err
+		// Only a hand edit of the database stores changes that do not
+		// read: the event still reads, showing what is stored, so that
+		// lists work and verify names it as altered (it cannot hash as
+		// it did when appended) instead of failing.
+		e.Changes = map[string]keybridge.Change{unreadableChanges: {New: changes}}
 	}
 	return &e, nil
 }
+
+// unreadableChanges is the one field of the changes of an event whose
+// stored changes are not the JSON object Keybridge wrote: its new value is
+// the stored text.
+const unreadableChanges = "(unreadable)"
 
 // ListAuditEvents implements store.AuditEvents. Newest first means by time,
 // the order a reader sees, then by ID (UUIDv7, so by creation among events
