@@ -144,6 +144,15 @@ func TestVerify(t *testing.T) {
 					raw.Exec(t, `UPDATE audit_events SET changes = '{"name": 1}' WHERE id = ?`, ev[1].ID)
 					return audit.BadEvent{ID: ev[1].ID, Seq: 2}
 				}, 1},
+				{"time made unreadable", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
+					if raw.Postgres {
+						// A timestamptz column holds only times: move it.
+						raw.Exec(t, `UPDATE audit_events SET time = time - interval '1 day' WHERE id = ?`, ev[3].ID)
+					} else {
+						raw.Exec(t, `UPDATE audit_events SET time = 'yesterday' WHERE id = ?`, ev[3].ID)
+					}
+					return audit.BadEvent{ID: ev[3].ID, Seq: 4}
+				}, 3},
 				{"middle row deleted", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
 					raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[2].ID)
 					return audit.BadEvent{Seq: 3}
