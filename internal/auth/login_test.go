@@ -70,6 +70,16 @@ func TestLogin(t *testing.T) {
 				}
 			}
 
+			// A user in no org logs in too: the session is a change, so
+			// its event goes to the chain of no org, as a failure would.
+			if _, _, _, err := s.Login(ctx, loner.Email, "pw", "198.51.100.7"); err != nil {
+				t.Fatalf("Login of a user in no org: %v", err)
+			}
+			if events := chain(t, f.st, ""); len(events) == 0 || events[len(events)-1].Action != "auth.login" ||
+				events[len(events)-1].Resource.ID != loner.ID || events[len(events)-1].Actor.ID != loner.ID {
+				t.Errorf("chain of no org after a login of a user in no org = %+v, want its auth.login last", events)
+			}
+
 			failures := []struct {
 				name, email, password string
 				orgs                  []string // chains the failure is recorded in

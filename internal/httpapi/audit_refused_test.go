@@ -3,9 +3,11 @@ package httpapi_test
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/keybridge/keybridge/internal/auth"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store/storetest"
 )
@@ -111,4 +113,39 @@ func createdID(t *testing.T, e *env, method, path, body string) string {
 	return decodeAs[struct {
 		ID string `json:"id"`
 	}](t, raw).ID
+}
+
+// TestAccountChangesInNoOrgAudited: a user who belongs to no org (left or
+// removed from every one) still logs in and changes their account; each
+// change has its event, in the chain of no org.
+func TestAccountChangesInNoOrgAudited(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		h, err := auth.HashPassword(memberPassword)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &keybridge.User{Email: "loner@nowhere.test", Name: "Loner", PasswordHash: h}
+		if err := e.Store.CreateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		sess := e.login(u.Email, memberPassword)
+		resp, body := sess.do("PATCH", "/api/v1/users/me", map[string]any{"name": "Still here"})
+		wantStatus(t, resp, body, http.StatusOK)
+		resp, body = sess.do("POST", "/api/v1/users/me/password", map[string]any{"current_password": memberPassword, "new_password": "another-password-1234"})
+		wantStatus(t, resp, body, http.StatusNoContent)
+		var actions []string
+		err = e.Store.AuditChain(ctx, "", func(ev *keybridge.AuditEvent) error {
+			if ev.Resource.ID == u.ID {
+				actions = append(actions, ev.Action)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"auth.login", "user.update", "user.password_change"}; !slices.Equal(actions, want) {
+			t.Errorf("events of the user in no org = %v, want %v", actions, want)
+		}
+	})
 }

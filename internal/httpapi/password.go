@@ -108,15 +108,23 @@ func (s *Server) changePassword(w http.ResponseWriter, r *http.Request) error {
 
 // recordUserChange audits a change to a user's own account in each org the
 // user belongs to: an account has no org of its own, and every org's admins
-// see what changed about their members.
+// see what changed about their members. The change of a user in no org
+// goes to the chain of no org (""), so it is not left without an event.
 func recordUserChange(ctx context.Context, tx store.Store, u *keybridge.User, action string, changes map[string]keybridge.Change) error {
 	oms, err := tx.OrgsForUser(ctx, u.ID)
 	if err != nil {
 		return err
 	}
+	orgIDs := []string{""}
+	if len(oms) > 0 {
+		orgIDs = orgIDs[:0]
+		for _, om := range oms {
+			orgIDs = append(orgIDs, om.Org.ID)
+		}
+	}
 	res := keybridge.Resource{Type: "user", ID: u.ID, Name: u.Email}
-	for _, om := range oms {
-		if err := audit.Record(ctx, tx, om.Org.ID, action, res, changes); err != nil {
+	for _, id := range orgIDs {
+		if err := audit.Record(ctx, tx, id, action, res, changes); err != nil {
 			return err
 		}
 	}
