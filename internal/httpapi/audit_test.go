@@ -227,6 +227,24 @@ func TestAuditVerifyFindsTampering(t *testing.T) {
 		}
 		raw.Exec(t, `UPDATE audit_events SET changes = ? WHERE id = ?`, stored, victim.ID)
 
+		// The chain's head row lost: verify names the first event as not
+		// appended through the log, and a change, which cannot be chained
+		// on, is a bare 500 (nothing the caller did conflicts).
+		saved := headRow(t, raw, e.Org.ID)
+		raw.Exec(t, `DELETE FROM audit_heads WHERE org_id = ?`, e.Org.ID)
+		if got := e.auVerify(); got.OK || got.FirstBadEvent == nil || got.FirstBadEvent.Seq != 1 {
+			t.Errorf("verify without the head row = %+v, want event 1 named", got)
+		}
+		resp, body := e.do("POST", pjPath(e.Org, ""), e.OwnerKey, map[string]any{"name": "after-head-lost"})
+		if got := wantError(t, resp, body, keybridge.EInternal); got.Error.Message != "internal error" {
+			t.Errorf("a change with the head row lost = %s, want a bare internal error", body)
+		}
+		raw.Exec(t, `INSERT INTO audit_heads (org_id, seq, hash, anchor_seq, anchor_hash) VALUES (?, ?, ?, ?, ?)`,
+			e.Org.ID, saved.seq, saved.hash, saved.anchorSeq, saved.anchorHash)
+		if got := e.auVerify(); !got.OK || got.Events != total {
+			t.Fatalf("verify after restoring the head row = %+v, want ok", got)
+		}
+
 		// A removed event.
 		victim = events.Items[3]
 		raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, victim.ID)
@@ -446,4 +464,23 @@ func TestUsageSinceRetention(t *testing.T) {
 	// Even the first instant a since may name: nothing was removed.
 	resp, raw = forever.do("GET", "/api/v1/orgs/"+forever.Org.Slug+"/usage?since=0000-01-01T00:00:00Z&bucket=day", forever.OwnerKey, nil)
 	wantStatus(t, resp, raw, http.StatusOK)
+}
+
+// auditHead is an org's row of audit_heads as stored.
+type auditHead struct {
+	seq, anchorSeq   int64
+	hash, anchorHash []byte
+}
+
+func headRow(t *testing.T, raw storetest.Raw, orgID string) auditHead {
+	t.Helper()
+	var h auditHead
+	err := raw.DB.QueryRow(`SELECT seq, hash, anchor_seq, anchor_hash FROM audit_heads WHERE org_id = '`+orgID+`'`).
+		Scan(&h.seq, &h.hash, &h.anchorSeq, &h.anchorHash)
+	if err != nil {
+		t.Fatalf("read audit head: %v", err)
+	}
+	// The columns are NOT NULL; an empty hash scans as nil.
+	h.hash, h.anchorHash = append([]byte{}, h.hash...), append([]byte{}, h.anchorHash...)
+	return h
 }

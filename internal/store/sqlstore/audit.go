@@ -51,7 +51,10 @@ func (s *Store) AppendAuditEvent(ctx context.Context, e *keybridge.AuditEvent) e
 			e.ID, e.OrgID, e.Seq, s.ts(e.Time), string(e.Actor.Type), e.Actor.ID, e.Actor.Email,
 			e.Action, e.Resource.Type, e.Resource.ID, e.Resource.Name, e.IP, e.UserAgent, e.RequestID,
 			string(changes), nonNil(e.PrevHash), e.Hash); err != nil {
-			return s.conflict(err, "audit event exists")
+			// A taken seq means the head row is behind the chain (altered
+			// or lost): nothing the caller did conflicts, so this is not
+			// a 409 but an internal error, with the detail for the log.
+			return fmt.Errorf("append audit event %d of org %q (is its audit_heads row behind its events?): %w", e.Seq, e.OrgID, err)
 		}
 		_, err = s.exec(ctx, `UPDATE audit_heads SET seq = ?, hash = ? WHERE org_id = ?`, e.Seq, e.Hash, e.OrgID)
 		return err
