@@ -83,6 +83,19 @@ func TestUsageErrors(t *testing.T) {
 		{"keybridge", "setup", "--org", "acme", "--data-dir", dir},
 		{"keybridge", "setup", "--email", "a@acme.test", "--data-dir", dir},
 		{"keybridge", "migrate", "--database-url", "mysql://x", "--data-dir", dir},
+		// Values serve can only use after opening the database are still
+		// refused before it is created, and before a master key is.
+		{"keybridge", "serve", "--listen", "bogus", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:99999", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "9090", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--public-url", "keybridge.example.test", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--redis-url", "http://127.0.0.1:6379", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--limits-when-redis-down", "wait", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--gateway-max-body", "-1", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--max-conns", "-1", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--api-body-timeout", "0s", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--db-outage-grace", "-1s", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--shutdown-timeout", "30", "--data-dir", dir},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := cli.Run(context.Background(), args, noEnv, strings.NewReader(""), &stdout, &stderr)
@@ -90,8 +103,31 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("Run(%q) = %v (exit %d), want a usage error (exit 2)", args, err, cli.ExitCode(err))
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "keybridge.db")); err == nil {
-		t.Error("a usage error still created a database")
+	for _, name := range []string{"keybridge.db", "master.key"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			t.Errorf("a usage error still created %s", name)
+		}
+	}
+}
+
+// TestServePortTaken starts serve on an address already in use: it stops
+// with an error that names the address, before creating a data directory
+// (and a master key nobody will use).
+func TestServePortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := filepath.Join(t.TempDir(), "data")
+	var stdout, stderr bytes.Buffer
+	err = cli.Run(context.Background(), []string{"keybridge", "serve", "--listen", ln.Addr().String(), "--data-dir", dir},
+		noEnv, strings.NewReader(""), &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) {
+		t.Errorf("serve on a taken address = %v, want an error naming %s", err, ln.Addr())
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("serve on a taken address created its data directory")
 	}
 }
 

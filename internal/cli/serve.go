@@ -137,6 +137,50 @@ func (c *serveConfig) denyCIDRs() ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// check reports the first flag value serve cannot use, before anything
+// is created on disk, and returns the Redis options --redis-url gives (nil
+// without it).
+func (c *serveConfig) check() (*redis.Options, error) {
+	for _, a := range []struct{ flag, addr string }{{"--listen", c.listen}, {"--metrics-listen", c.metricsListen}} {
+		if a.addr == "" && a.flag == "--metrics-listen" {
+			continue
+		}
+		_, port, err := net.SplitHostPort(a.addr)
+		if err == nil {
+			_, err = strconv.ParseUint(port, 10, 16)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %q is not host:port, such as 127.0.0.1:8080", errUsage, a.flag, a.addr)
+		}
+	}
+	if c.publicURL != "" {
+		u, err := url.Parse(c.publicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%w: --public-url: %q is not an http:// or https:// URL", errUsage, c.publicURL)
+		}
+	}
+	switch {
+	case c.gatewayMaxBody <= 0:
+		return nil, fmt.Errorf("%w: --gateway-max-body must be positive", errUsage)
+	case c.maxConnsPerIP < 0 || c.maxConns < 0:
+		return nil, fmt.Errorf("%w: --max-conns-per-ip and --max-conns must be 0 or more", errUsage)
+	case c.apiBodyTimeout <= 0:
+		return nil, fmt.Errorf("%w: --api-body-timeout must be positive", errUsage)
+	case c.dbOutageGrace < 0:
+		return nil, fmt.Errorf("%w: --db-outage-grace must not be negative", errUsage)
+	case c.limitsWhenRedisDown != "local" && c.limitsWhenRedisDown != "refuse":
+		return nil, fmt.Errorf("%w: --limits-when-redis-down must be local or refuse", errUsage)
+	}
+	if c.storage.RedisURL == "" {
+		return nil, nil
+	}
+	opt, err := redisOptions(c.storage.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --redis-url: %v", errUsage, err)
+	}
+	return opt, nil
+}
+
 // parseFlags parses a subcommand's flags: -h prints them and succeeds, a
 // mistake is a usage error, and stray arguments are refused.
 func parseFlags(fs *flag.FlagSet, args []string) (help bool, err error) {
@@ -176,6 +220,10 @@ func serve(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
+	redisOpt, err := cfg.check()
+	if err != nil {
+		return err
+	}
 	logOut := newLogWriter(env.Stderr)
 	defer logOut.Close()
 	log, err := cfg.storage.logger(logOut)
@@ -184,6 +232,20 @@ func serve(ctx context.Context, env *Env) error {
 	}
 	if err := cfg.storage.checkMasterKey(); err != nil {
 		return err
+	}
+	// Listening comes before the database: a port already taken stops
+	// serve before it creates a data directory or a master key.
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	var mln net.Listener
+	if cfg.metricsListen != "" {
+		if mln, err = net.Listen("tcp", cfg.metricsListen); err != nil {
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		defer mln.Close()
 	}
 
 	st, err := cfg.storage.openStore(ctx)
@@ -195,28 +257,16 @@ func serve(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
-	if cfg.dbOutageGrace < 0 {
-		return fmt.Errorf("%w: --db-outage-grace must not be negative", errUsage)
-	}
 	// Zero is the options' default; a negative grace is none.
 	outageGrace := cmp.Or(cfg.dbOutageGrace, -1)
 	authOpts := auth.Options{Logger: log, Ring: ring, OutageGrace: outageGrace}
-	if cfg.storage.RedisURL != "" {
-		opt, err := redisOptions(cfg.storage.RedisURL)
-		if err != nil {
-			return fmt.Errorf("%w: --redis-url: %v", errUsage, err)
-		}
+	if redisOpt != nil {
 		redis.SetLogger(redisLogger{log})
-		authOpts.Redis = redis.NewClient(opt)
+		authOpts.Redis = redis.NewClient(redisOpt)
 		defer authOpts.Redis.Close()
 	}
 	authSvc := auth.New(st, authOpts)
 
-	ln, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	defer ln.Close()
 	publicURL := strings.TrimRight(cfg.publicURL, "/")
 	if publicURL == "" {
 		publicURL = "http://" + displayAddr(ln.Addr())
@@ -224,15 +274,6 @@ func serve(ctx context.Context, env *Env) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if cfg.gatewayMaxBody <= 0 {
-		return fmt.Errorf("%w: --gateway-max-body must be positive", errUsage)
-	}
-	if cfg.maxConnsPerIP < 0 || cfg.maxConns < 0 || cfg.apiBodyTimeout <= 0 {
-		return fmt.Errorf("%w: --max-conns-per-ip and --max-conns must be 0 or more, --api-body-timeout positive", errUsage)
-	}
-	if cfg.limitsWhenRedisDown != "local" && cfg.limitsWhenRedisDown != "refuse" {
-		return fmt.Errorf("%w: --limits-when-redis-down must be local or refuse", errUsage)
-	}
 	up := upstream.New(upstream.Options{DenyCIDRs: deny})
 	gw, err := gateway.New(gateway.Options{
 		Store: st, Ring: ring, Auth: authSvc, Logger: log, RequestLog: logOut, Registerer: reg,
@@ -318,13 +359,7 @@ func serve(ctx context.Context, env *Env) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	if cfg.metricsListen != "" {
-		mln, err := net.Listen("tcp", cfg.metricsListen)
-		if err != nil {
-			stopBackground()
-			bg.Wait()
-			return fmt.Errorf("listen for metrics: %w", err)
-		}
+	if mln != nil {
 		msrv := &http.Server{Handler: api.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		go msrv.Serve(mln)
