@@ -34,7 +34,7 @@ func (c *storageConfig) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.DataDir, "data-dir", envOr(getenv, "KEYBRIDGE_DATA_DIR", "./keybridge-data"), "directory for the embedded database and generated master key (KEYBRIDGE_DATA_DIR)")
 	fs.StringVar(&c.DatabaseURL, "database-url", getenv("KEYBRIDGE_DATABASE_URL"), "postgres:// URL; empty means embedded SQLite in --data-dir (KEYBRIDGE_DATABASE_URL)")
 	fs.StringVar(&c.MasterKeyFile, "master-key-file", getenv("KEYBRIDGE_MASTER_KEY_FILE"), "file holding the base64 master key (KEYBRIDGE_MASTER_KEY_FILE; or KEYBRIDGE_MASTER_KEY itself)")
-	fs.StringVar(&c.RedisURL, "redis-url", getenv("KEYBRIDGE_REDIS_URL"), "redis:// URL for shared rate limits and invalidations (KEYBRIDGE_REDIS_URL)")
+	fs.StringVar(&c.RedisURL, "redis-url", getenv("KEYBRIDGE_REDIS_URL"), "redis:// URL through which replicas share rate limits, login counters and cooldowns (KEYBRIDGE_REDIS_URL)")
 	fs.StringVar(&c.LogLevel, "log-level", envOr(getenv, "KEYBRIDGE_LOG_LEVEL", "info"), "debug, info, warn or error (KEYBRIDGE_LOG_LEVEL)")
 	c.MasterKey = getenv("KEYBRIDGE_MASTER_KEY")
 }
