@@ -103,6 +103,13 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("Run(%q) = %v (exit %d), want a usage error (exit 2)", args, err, cli.ExitCode(err))
 		}
 	}
+	// A database URL of another engine is named as the mistake, not the
+	// master key PostgreSQL would need.
+	var stdout, stderr bytes.Buffer
+	err := cli.Run(context.Background(), []string{"keybridge", "serve", "--database-url", "mysql://x", "--data-dir", dir}, noEnv, strings.NewReader(""), &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "--database-url must be a postgres:// URL") {
+		t.Errorf("serve --database-url mysql://x = %v, want an error about --database-url", err)
+	}
 	for _, name := range []string{"keybridge.db", "master.key"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
 			t.Errorf("a usage error still created %s", name)

@@ -73,10 +73,18 @@ func (c *storageConfig) openStore(ctx context.Context) (store.Store, error) {
 	if c.embedded() {
 		return sqlite.Open(ctx, filepath.Join(c.DataDir, "keybridge.db"))
 	}
-	if !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
-		return nil, fmt.Errorf("%w: --database-url must be a postgres:// URL", errUsage)
+	if err := c.checkDatabaseURL(); err != nil {
+		return nil, err
 	}
 	return postgres.Open(ctx, c.DatabaseURL)
+}
+
+// checkDatabaseURL reports a --database-url that is not PostgreSQL's.
+func (c *storageConfig) checkDatabaseURL() error {
+	if !c.embedded() && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
+		return fmt.Errorf("%w: --database-url must be a postgres:// URL", errUsage)
+	}
+	return nil
 }
 
 // masterKey returns the 32-byte master key from KEYBRIDGE_MASTER_KEY or
@@ -84,6 +92,11 @@ func (c *storageConfig) openStore(ctx context.Context) (store.Store, error) {
 // <data-dir>/master.key, creating it (mode 0600) when create is set and
 // saying so loudly on log.
 func (c *storageConfig) masterKey(create bool, log io.Writer) ([]byte, error) {
+	// A mistyped URL is the mistake to report, not the master key that
+	// PostgreSQL would need.
+	if err := c.checkDatabaseURL(); err != nil {
+		return nil, err
+	}
 	switch {
 	case c.MasterKey != "" && c.MasterKeyFile != "":
 		return nil, fmt.Errorf("%w: give the master key by KEYBRIDGE_MASTER_KEY or --master-key-file, not both", errUsage)
