@@ -96,6 +96,11 @@ func TestUsageErrors(t *testing.T) {
 		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--api-body-timeout", "0s", "--data-dir", dir},
 		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--db-outage-grace", "-1s", "--data-dir", dir},
 		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--shutdown-timeout", "30", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--shutdown-timeout", "-1s", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--usage-retention", "-24h", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--audit-retention", "-1h", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--gateway-header-timeout", "-1s", "--data-dir", dir},
+		{"keybridge", "serve", "--listen", "127.0.0.1:0", "--gateway-idle-timeout", "-1s", "--data-dir", dir},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := cli.Run(context.Background(), args, noEnv, strings.NewReader(""), &stdout, &stderr)

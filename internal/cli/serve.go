@@ -168,6 +168,10 @@ func (c *serveConfig) check() (*redis.Options, error) {
 		return nil, fmt.Errorf("%w: --api-body-timeout must be positive", errUsage)
 	case c.dbOutageGrace < 0:
 		return nil, fmt.Errorf("%w: --db-outage-grace must not be negative", errUsage)
+	case c.usageRetention < 0 || c.auditRetention < 0:
+		return nil, fmt.Errorf("%w: --usage-retention and --audit-retention must not be negative (0 keeps forever)", errUsage)
+	case c.shutdownTimeout < 0 || c.gatewayHeaderTimeout < 0 || c.gatewayIdleTimeout < 0:
+		return nil, fmt.Errorf("%w: --shutdown-timeout, --gateway-header-timeout and --gateway-idle-timeout must not be negative", errUsage)
 	case c.limitsWhenRedisDown != "local" && c.limitsWhenRedisDown != "refuse":
 		return nil, fmt.Errorf("%w: --limits-when-redis-down must be local or refuse", errUsage)
 	}
