@@ -47,6 +47,28 @@ func Record(ctx context.Context, tx store.Store, orgID, action string, res keybr
 	return nil
 }
 
+// RecordUser records an event about user u's own account (a login, a
+// change of name or password) in the chain of each org u belongs to: an
+// account has no org of its own, and every org's admins see what happens
+// to their members. The event of a user in no org goes to the chain of no
+// org (""), so that it is not left out.
+func RecordUser(ctx context.Context, tx store.Store, u *keybridge.User, action string, changes map[string]keybridge.Change) error {
+	oms, err := tx.OrgsForUser(ctx, u.ID)
+	if err != nil {
+		return fmt.Errorf("audit %s: list the user's orgs: %w", action, err)
+	}
+	res := keybridge.Resource{Type: "user", ID: u.ID, Name: u.Email}
+	if len(oms) == 0 {
+		return Record(ctx, tx, "", action, res, changes)
+	}
+	for _, om := range oms {
+		if err := Record(ctx, tx, om.Org.ID, action, res, changes); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // normalize round-trips changes through JSON, the form the store keeps
 // and hashes (numbers as json.Number, typed strings as strings), and
 // redacts fields that are secret by name.

@@ -58,27 +58,10 @@ func (s *Service) Login(ctx context.Context, email, password, ip string) (*keybr
 		if err != nil {
 			return err
 		}
-		orgs, err := tx.OrgsForUser(ctx, u.ID)
-		if err != nil {
-			return fmt.Errorf("list user's orgs: %w", err)
-		}
 		actx := keybridge.NewContextWithPrincipal(ctx, &keybridge.Principal{Type: keybridge.ActorUser, UserID: u.ID, Email: u.Email})
-		res := keybridge.Resource{Type: "user", ID: u.ID, Name: u.Email}
 		// A user in no org still starts a session: like a failed login,
-		// its event goes to the chain of no org ("").
-		orgIDs := []string{""}
-		if len(orgs) > 0 {
-			orgIDs = orgIDs[:0]
-			for _, om := range orgs {
-				orgIDs = append(orgIDs, om.Org.ID)
-			}
-		}
-		for _, id := range orgIDs {
-			if err := audit.Record(actx, tx, id, ActionLogin, res, nil); err != nil {
-				return fmt.Errorf("audit login: %w", err)
-			}
-		}
-		return nil
+		// its event then goes to the chain of no org.
+		return audit.RecordUser(actx, tx, u, ActionLogin, nil)
 	})
 	if err != nil {
 		return nil, nil, "", err

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http"
 
+	"github.com/keybridge/keybridge/internal/audit"
 	"github.com/keybridge/keybridge/internal/keybridge"
 	"github.com/keybridge/keybridge/internal/store"
 )
@@ -54,7 +55,7 @@ func (s *Server) updateMe(w http.ResponseWriter, r *http.Request) error {
 		if err := tx.UpdateUser(ctx, cur); err != nil {
 			return err
 		}
-		return recordUserChange(ctx, tx, cur, "user.update", changes)
+		return audit.RecordUser(ctx, tx, cur, "user.update", changes)
 	})
 	if err != nil {
 		return err

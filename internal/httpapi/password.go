@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"context"
 	"net/http"
 
 	"github.com/keybridge/keybridge/internal/audit"
@@ -97,36 +96,11 @@ func (s *Server) changePassword(w http.ResponseWriter, r *http.Request) error {
 		if _, err := tx.DeleteUserSessions(ctx, cur.ID, keep); err != nil {
 			return err
 		}
-		return recordUserChange(ctx, tx, cur, "user.password_change", map[string]keybridge.Change{"password": {Old: old, New: keybridge.Redacted}})
+		return audit.RecordUser(ctx, tx, cur, "user.password_change", map[string]keybridge.Change{"password": {Old: old, New: keybridge.Redacted}})
 	})
 	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
-	return nil
-}
-
-// recordUserChange audits a change to a user's own account in each org the
-// user belongs to: an account has no org of its own, and every org's admins
-// see what changed about their members. The change of a user in no org
-// goes to the chain of no org (""), so it is not left without an event.
-func recordUserChange(ctx context.Context, tx store.Store, u *keybridge.User, action string, changes map[string]keybridge.Change) error {
-	oms, err := tx.OrgsForUser(ctx, u.ID)
-	if err != nil {
-		return err
-	}
-	orgIDs := []string{""}
-	if len(oms) > 0 {
-		orgIDs = orgIDs[:0]
-		for _, om := range oms {
-			orgIDs = append(orgIDs, om.Org.ID)
-		}
-	}
-	res := keybridge.Resource{Type: "user", ID: u.ID, Name: u.Email}
-	for _, id := range orgIDs {
-		if err := audit.Record(ctx, tx, id, action, res, changes); err != nil {
-			return err
-		}
-	}
 	return nil
 }
