@@ -153,6 +153,15 @@ func TestVerify(t *testing.T) {
 					}
 					return audit.BadEvent{ID: ev[3].ID, Seq: 4}
 				}, 3},
+				{"seq made unreadable", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
+					if raw.Postgres {
+						// A bigint column holds only numbers: move it.
+						raw.Exec(t, `UPDATE audit_events SET seq = 40 WHERE id = ?`, ev[3].ID)
+					} else {
+						raw.Exec(t, `UPDATE audit_events SET seq = 'four' WHERE id = ?`, ev[3].ID)
+					}
+					return audit.BadEvent{Seq: 4}
+				}, 3},
 				{"middle row deleted", func(t *testing.T, org string, ev []*keybridge.AuditEvent) audit.BadEvent {
 					raw.Exec(t, `DELETE FROM audit_events WHERE id = ?`, ev[2].ID)
 					return audit.BadEvent{Seq: 3}

@@ -130,7 +130,7 @@ const auditColumns = `id, org_id, seq, time, actor_type, actor_id, actor_email, 
 func scanAuditEvent(sc rowScanner) (*keybridge.AuditEvent, error) {
 	var e keybridge.AuditEvent
 	var changes string
-	err := sc.Scan(&e.ID, &e.OrgID, &e.Seq, auditTimeCol{&e.Time}, &e.Actor.Type, &e.Actor.ID, &e.Actor.Email,
+	err := sc.Scan(&e.ID, &e.OrgID, auditSeqCol{&e.Seq}, auditTimeCol{&e.Time}, &e.Actor.Type, &e.Actor.ID, &e.Actor.Email,
 		&e.Action, &e.Resource.Type, &e.Resource.ID, &e.Resource.Name, &e.IP, &e.UserAgent, &e.RequestID,
 		&changes, &e.PrevHash, &e.Hash)
 	if err != nil {
@@ -156,6 +156,22 @@ func (c auditTimeCol) Scan(src any) error {
 	if t, ok, err := scanTime(src); err == nil && ok {
 		*c.t = t
 	}
+	return nil
+}
+
+// auditSeqCol scans an event's seq. A value that is no integer (SQLite
+// keeps what a hand edit writes) reads as -1, a place in no chain, so the
+// event lists and verify finds its place empty instead of failing.
+type auditSeqCol struct{ n *int64 }
+
+// Scan implements sql.Scanner.
+func (c auditSeqCol) Scan(src any) error {
+	var n sql.NullInt64
+	if err := n.Scan(src); err != nil || !n.Valid {
+		*c.n = -1
+		return nil
+	}
+	*c.n = n.Int64
 	return nil
 }
 
