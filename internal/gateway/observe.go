@@ -483,16 +483,13 @@ func redactHeaders(h http.Header) map[string]string {
 	return out
 }
 
-// secretHeader reports whether a header of this canonical name may carry
-// a credential: the five places a caller's key goes, and any name that
-// speaks of one (Ocp-Apim-Subscription-Key, X-Auth-Token, Set-Cookie,
-// X-Amz-Security-Token, a gateway's own X-Foo-Secret), so that a
-// credential header nobody listed is redacted too.
+// secretHeader reports whether a header of this name may carry a
+// credential: any name that speaks of one, which covers the places a
+// caller's key goes (Authorization, X-Api-Key, Api-Key, X-Goog-Api-Key),
+// Cookie and Proxy-Authorization, and those nobody listed
+// (Ocp-Apim-Subscription-Key, X-Auth-Token, X-Amz-Security-Token, a
+// gateway's own X-Foo-Secret).
 func secretHeader(name string) bool {
-	switch name {
-	case hdrAuthorization, hdrXAPIKey, hdrAPIKey, hdrGoogAPIKey, "Cookie", "Proxy-Authorization":
-		return true
-	}
 	for _, word := range secretWords {
 		if containsFold(name, word) {
 			return true
