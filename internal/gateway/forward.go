@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/keybridge/keybridge/internal/keybridge"
@@ -302,11 +301,13 @@ func (x *exchange) writeRequest(bw *bufio.Writer, k *upstreamKey) error {
 	r, rt := x.r, x.rt
 	body := *x.body
 	query := x.query
-	if rt.provider.Type == keybridge.ProviderAzureOpenAI && !hasParam(query, "api-version") {
-		if query != "" {
-			query += "&"
+	if rt.provider.Type == keybridge.ProviderAzureOpenAI {
+		if v, sent := x.azureAPIVersion(); !sent {
+			if query != "" {
+				query += "&"
+			}
+			query += "api-version=" + url.QueryEscape(v)
 		}
-		query += "api-version=" + url.QueryEscape(x.azureAPIVersion())
 	}
 	upgrade := isUpgrade(r)
 	if rt.provider.Type == keybridge.ProviderBedrock {
@@ -468,30 +469,26 @@ func namedIn(connection []string, name string) bool {
 
 // azureAPIVersion is the api-version an azure-openai request is sent
 // with: the caller's, else the provider's settings.api_version, else
-// Keybridge's default.
-func (x *exchange) azureAPIVersion() string {
+// Keybridge's default. sent reports whether the caller's query names the
+// parameter, with a value or without.
+func (x *exchange) azureAPIVersion() (v string, sent bool) {
 	for part := range strings.SplitSeq(x.query, "&") {
-		if v, ok := strings.CutPrefix(part, "api-version="); ok {
-			if u, err := url.QueryUnescape(v); err == nil {
-				return u
+		name, val, withValue := strings.Cut(part, "=")
+		switch {
+		case name != "api-version":
+		case !withValue:
+			sent = true // forwarded as it came; its version is unknown
+		default:
+			if u, err := url.QueryUnescape(val); err == nil {
+				return u, true
 			}
-			return v
+			return val, true
 		}
 	}
 	if v := x.rt.settings.APIVersion; v != "" {
-		return v
+		return v, sent
 	}
-	return keybridge.DefaultAzureAPIVersion
-}
-
-// hasParam reports whether a raw query holds parameter name.
-func hasParam(query, name string) bool {
-	for part := range strings.SplitSeq(query, "&") {
-		if part == name || strings.HasPrefix(part, name+"=") {
-			return true
-		}
-	}
-	return false
+	return keybridge.DefaultAzureAPIVersion, sent
 }
 
 // signBedrock returns a Bedrock request signed afresh with the provider's
@@ -894,22 +891,16 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	}
 	x.g.m.streams.Inc()
 	defer x.g.m.streams.Dec()
-	done := make(chan struct{}, 2)
-	// clientLeft: the client's side ended first. Taken before the pipe
-	// closes the other side, which then ends too.
-	var ended atomic.Bool
-	var clientLeft bool
+	// done says, for each side that ended, whether it was the client's.
+	done := make(chan bool, 2)
 	pipe := func(dst net.Conn, src io.Reader, fromClient bool) {
 		io.Copy(dst, src)
-		if ended.CompareAndSwap(false, true) {
-			clientLeft = fromClient
-		}
 		if tc, ok := dst.(interface{ CloseWrite() error }); ok {
 			tc.CloseWrite()
 		} else {
 			dst.Close()
 		}
-		done <- struct{}{}
+		done <- fromClient
 	}
 	end := func() {
 		client.SetDeadline(aLongTimeAgo)
@@ -928,7 +919,7 @@ func (x *exchange) tunnel(resp *http.Response, cn *conn) {
 	})
 	go pipe(cn.nc, cbuf.Reader, true)
 	go pipe(client, io.TeeReader(cn.br, usage), false)
-	<-done
+	clientLeft := <-done
 	// One side closed: the other has nothing more to say to it.
 	end()
 	<-done

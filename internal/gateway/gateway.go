@@ -491,8 +491,7 @@ func (x *exchange) serve() {
 	if !x.allowModel() {
 		return
 	}
-	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.path, f) &&
-		(rt.provider.Type != keybridge.ProviderAzureOpenAI || azureTakesStreamOptions(x.azureAPIVersion())) {
+	if f := x.fields(); wantsUsageInjected(rt.provider.Type, x.path, f) && x.takesStreamOptions() {
 		*x.body = append((*x.body)[:0], injectIncludeUsage(*x.body, f)...)
 		x.hideUsage = &usageChunkFilter{}
 	}

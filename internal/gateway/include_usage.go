@@ -37,6 +37,17 @@ func wantsUsageInjected(t keybridge.ProviderType, path string, f *reqFields) boo
 	return opts.IncludeUsage == nil || !*opts.IncludeUsage
 }
 
+// takesStreamOptions reports whether the request's provider takes
+// stream_options: every one but Azure OpenAI on an api-version that
+// refuses it.
+func (x *exchange) takesStreamOptions() bool {
+	if x.rt.provider.Type != keybridge.ProviderAzureOpenAI {
+		return true
+	}
+	v, _ := x.azureAPIVersion()
+	return azureTakesStreamOptions(v)
+}
+
 // azureTakesStreamOptions reports whether Azure OpenAI's api-version v
 // takes stream_options: versions before 2024-09-01-preview refuse it (400
 // "Unrecognized request argument supplied: stream_options"), and a stream
