@@ -124,6 +124,10 @@ func multipartForm(h http.Header) (string, bool) {
 // model anyone allows.
 const maxFormModel = 256
 
+// errFormUnread refuses a restricted key's form that cannot be read to its
+// end, or holds a model field too long to be one.
+var errFormUnread = newError(keybridge.EForbidden, "this key is limited to some models, and the request's form cannot be read")
+
 // formModelRefusal checks every "model" field of a multipart/form-data
 // body, as scanModels checks every top-level JSON "model": a server that
 // keeps the first or the last of two must see one this check allowed. A
@@ -137,14 +141,14 @@ func formModelRefusal(m keybridge.ModelMatcher, body []byte, boundary string) *g
 			break
 		}
 		if err != nil {
-			return newError(keybridge.EForbidden, "this key is limited to some models, and the request's form cannot be read")
+			return errFormUnread
 		}
 		if part.FormName() != "model" {
 			continue
 		}
 		v, err := io.ReadAll(io.LimitReader(part, maxFormModel+1))
 		if err != nil || len(v) > maxFormModel {
-			return newError(keybridge.EForbidden, "this key is limited to some models, and the request's form cannot be read")
+			return errFormUnread
 		}
 		if !m.Allows(string(v)) {
 			return modelRefused(string(v))
