@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -658,19 +659,26 @@ func (s *Server) revokeLeaked(ctx context.Context, rep leakReport) error {
 		if err != nil || k.Status == keybridge.KeyRevoked {
 			return err
 		}
-		old := k.Status
-		now := tx.Now()
-		k.Status, k.RevokedAt = keybridge.KeyRevoked, &now
-		if err := tx.UpdateAPIKey(ctx, k); err != nil {
-			return err
-		}
-		return audit.Record(ctx, tx, k.OrgID, "api_key.revoke_leaked", keyResource(k), map[string]keybridge.Change{
-			"status":      {Old: old, New: keybridge.KeyRevoked},
+		return revokeKey(ctx, tx, k, "api_key.revoke_leaked", map[string]keybridge.Change{
 			"leak_url":    {Old: nil, New: clip(rep.URL, 2000)},
 			"leak_source": {Old: nil, New: clip(rep.Source, 200)},
 			"leak_type":   {Old: nil, New: clip(rep.Type, 200)},
 		})
 	})
+}
+
+// revokeKey revokes k, which is not revoked yet, in tx, and records action
+// with the status's change and why, the fields that say why it was
+// revoked without being asked to.
+func revokeKey(ctx context.Context, tx store.Store, k *keybridge.APIKey, action string, why map[string]keybridge.Change) error {
+	old, now := k.Status, tx.Now()
+	k.Status, k.RevokedAt = keybridge.KeyRevoked, &now
+	if err := tx.UpdateAPIKey(ctx, k); err != nil {
+		return err
+	}
+	changes := map[string]keybridge.Change{"status": {Old: old, New: keybridge.KeyRevoked}}
+	maps.Copy(changes, why)
+	return audit.Record(ctx, tx, k.OrgID, action, keyResource(k), changes)
 }
 
 func clip(s string, n int) string {

@@ -529,13 +529,8 @@ func revokeMemberKeys(ctx context.Context, tx store.Store, orgID, userID string)
 			if k.Status == keybridge.KeyRevoked {
 				continue
 			}
-			old, now := k.Status, tx.Now()
-			k.Status, k.RevokedAt = keybridge.KeyRevoked, &now
-			if err := tx.UpdateAPIKey(ctx, k); err != nil {
-				return err
-			}
-			if err := audit.Record(ctx, tx, orgID, "api_key.revoke", keyResource(k), map[string]keybridge.Change{
-				"status": {Old: old, New: keybridge.KeyRevoked}, "reason": {Old: nil, New: "member.delete"},
+			if err := revokeKey(ctx, tx, k, "api_key.revoke", map[string]keybridge.Change{
+				"reason": {Old: nil, New: "member.delete"},
 			}); err != nil {
 				return err
 			}
