@@ -30,11 +30,7 @@ func TestGatewayLimitsAcrossReplicas(t *testing.T) {
 		rpm     = 40
 		workers = 4
 	)
-	env, owner := setupReplicas(t, postgresURL(t))
-	replicas := []*server{
-		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
-		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
-	}
+	replicas, owner := redisReplicas(t, 2, redisURL)
 	up := newRecordingUpstream(t)
 	if resp, out := replicas[0].call(t, "POST", "/api/v1/orgs/acme/providers", owner,
 		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
@@ -61,44 +57,31 @@ func TestGatewayLimitsAcrossReplicas(t *testing.T) {
 		mu       sync.Mutex
 		statuses = map[int]int{}
 		perRep   [2]int
-		next     int
-		wg       sync.WaitGroup
 	)
-	for range workers {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				i := next
-				next++
-				mu.Unlock()
-				if i >= 2*rpm {
-					return
-				}
-				// Not call: it fails the test with FailNow, which only
-				// the test's own goroutine may.
-				req, _ := http.NewRequest("POST", replicas[i%2].url+"/gateway/oai/chat/completions", strings.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+created.Key)
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Errorf("request %d: %v", i, err)
-					return
-				}
-				out, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("X-Keybridge-Error") != keybridge.ERateLimited {
-					t.Errorf("429 without X-Keybridge-Error %s: %s", keybridge.ERateLimited, out)
-				}
-				mu.Lock()
-				statuses[resp.StatusCode]++
-				if resp.StatusCode == http.StatusOK {
-					perRep[i%2]++
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+	fanOut(2*rpm, workers, func(i int) bool {
+		// Not call: it fails the test with FailNow, which only the
+		// test's own goroutine may.
+		req, _ := http.NewRequest("POST", replicas[i%2].url+"/gateway/oai/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+created.Key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Errorf("request %d: %v", i, err)
+			return false
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("X-Keybridge-Error") != keybridge.ERateLimited {
+			t.Errorf("429 without X-Keybridge-Error %s: %s", keybridge.ERateLimited, out)
+		}
+		mu.Lock()
+		statuses[resp.StatusCode]++
+		if resp.StatusCode == http.StatusOK {
+			perRep[i%2]++
+		}
+		mu.Unlock()
+		return true
+	})
 	if statuses[http.StatusOK] != rpm || statuses[http.StatusTooManyRequests] != rpm {
 		t.Errorf("answers to %d requests alternating between two replicas: got %v, want %d of 200 and %d of 429",
 			2*rpm, statuses, rpm, rpm)
@@ -117,11 +100,7 @@ func TestGatewayCooldownAcrossReplicas(t *testing.T) {
 		t.Skip("starts two servers on PostgreSQL and Redis; skipped with -short")
 	}
 	redisURL := testRedisURL(t)
-	env, owner := setupReplicas(t, postgresURL(t))
-	replicas := []*server{
-		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
-		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL),
-	}
+	replicas, owner := redisReplicas(t, 2, redisURL)
 	const limited, spare = "sk-replica-cooldown-limited-AAAAAAAA", "sk-replica-cooldown-spare-BBBBBBBBBB"
 	keysSeen, limitedID := restingProvider(t, replicas[0], owner, limited, spare)
 	chat := func(s *server) int {
@@ -289,11 +268,7 @@ func TestGatewayCooldownAfterRedisRestart(t *testing.T) {
 		t.Skip("starts two servers on PostgreSQL and a redis-server it stops; skipped with -short")
 	}
 	rs := startPrivateRedis(t)
-	env, owner := setupReplicas(t, postgresURL(t))
-	replicas := []*server{
-		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", rs.url()),
-		startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", rs.url()),
-	}
+	replicas, owner := redisReplicas(t, 2, rs.url())
 	const limited, spare = "sk-replica-restart-limited-AAAAAAAA", "sk-replica-restart-spare-BBBBBBBBBB"
 	keysSeen, _ := restingProvider(t, replicas[0], owner, limited, spare)
 	waitSubscribers := func(what string) {

@@ -17,11 +17,7 @@ import (
 // owner's key.
 func limitReplicas(t *testing.T, n int) (reps []*server, owner string, up *recordingUpstream) {
 	t.Helper()
-	redisURL := testRedisURL(t)
-	env, owner := setupReplicas(t, postgresURL(t))
-	for range n {
-		reps = append(reps, startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL))
-	}
+	reps, owner = redisReplicas(t, n, testRedisURL(t))
 	up = newRecordingUpstream(t)
 	if resp, out := reps[0].call(t, "POST", "/api/v1/orgs/acme/providers", owner,
 		map[string]any{"name": "oai", "type": "openai", "base_url": up.URL + "/v1"}); resp.StatusCode != http.StatusCreated {
@@ -76,15 +72,48 @@ func chatOnce(base, key, body string) gatewayAnswer {
 		keybridge: resp.Header.Get("X-Keybridge-Error"), retryAfter: resp.Header.Get("Retry-After"), body: out}
 }
 
+// redisReplicas starts n serve replicas on one PostgreSQL schema and the
+// Redis at redisURL, and returns them with the owner's key.
+func redisReplicas(t *testing.T, n int, redisURL string) (reps []*server, owner string) {
+	t.Helper()
+	env, owner := setupReplicas(t, postgresURL(t))
+	for range n {
+		reps = append(reps, startServeEnv(t, env, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--redis-url", redisURL))
+	}
+	return reps, owner
+}
+
 // spread sends n chat completions, request i through bases[i%len(bases)],
 // workers at a time, and returns how many got each status.
 func spread(t *testing.T, bases []string, key, body string, n, workers int) map[int]int {
 	t.Helper()
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	fanOut(n, workers, func(i int) bool {
+		a := chatOnce(bases[i%len(bases)], key, body)
+		if a.err != nil {
+			t.Errorf("request %d: %v", i, a.err)
+			return false
+		}
+		if a.status == http.StatusTooManyRequests && (a.keybridge != "rate_limited" || a.retryAfter == "") {
+			t.Errorf("429 with X-Keybridge-Error %q and Retry-After %q, want rate_limited and a wait: %s", a.keybridge, a.retryAfter, a.body)
+		}
+		mu.Lock()
+		statuses[a.status]++
+		mu.Unlock()
+		return true
+	})
+	return statuses
+}
+
+// fanOut runs do(0) to do(n-1), workers at a time, each worker taking the
+// next i as it finishes one, so that requests to several replicas
+// interleave. A worker whose do reports false stops.
+func fanOut(n, workers int, do func(i int) bool) {
 	var (
-		mu       sync.Mutex
-		statuses = map[int]int{}
-		next     int
-		wg       sync.WaitGroup
+		mu   sync.Mutex
+		next int
+		wg   sync.WaitGroup
 	)
 	for range workers {
 		wg.Go(func() {
@@ -93,25 +122,13 @@ func spread(t *testing.T, bases []string, key, body string, n, workers int) map[
 				i := next
 				next++
 				mu.Unlock()
-				if i >= n {
+				if i >= n || !do(i) {
 					return
 				}
-				a := chatOnce(bases[i%len(bases)], key, body)
-				if a.err != nil {
-					t.Errorf("request %d: %v", i, a.err)
-					return
-				}
-				if a.status == http.StatusTooManyRequests && (a.keybridge != "rate_limited" || a.retryAfter == "") {
-					t.Errorf("429 with X-Keybridge-Error %q and Retry-After %q, want rate_limited and a wait: %s", a.keybridge, a.retryAfter, a.body)
-				}
-				mu.Lock()
-				statuses[a.status]++
-				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	return statuses
 }
 
 // TestGatewayTokenLimitsAcrossReplicas: a TPM limit and a token budget

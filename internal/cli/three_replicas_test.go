@@ -281,35 +281,22 @@ func TestThreeReplicas(t *testing.T) {
 			mu       sync.Mutex
 			statuses = map[int]int{}
 			perRep   [3]int
-			next     int
-			wg       sync.WaitGroup
 		)
 		before := up.requests.Load()
 		start := time.Now()
-		for range workers {
-			wg.Go(func() {
-				for {
-					mu.Lock()
-					i := next
-					next++
-					mu.Unlock()
-					if i >= 2*rpm {
-						return
-					}
-					st, err := gateway(reps[i%3], key, chat)
-					if err != nil {
-						st = -1
-					}
-					mu.Lock()
-					statuses[st]++
-					if st == http.StatusOK {
-						perRep[i%3]++
-					}
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
+		fanOut(2*rpm, workers, func(i int) bool {
+			st, err := gateway(reps[i%3], key, chat)
+			if err != nil {
+				st = -1
+			}
+			mu.Lock()
+			statuses[st]++
+			if st == http.StatusOK {
+				perRep[i%3]++
+			}
+			mu.Unlock()
+			return true
+		})
 		took := time.Since(start)
 		admitted := statuses[http.StatusOK]
 		if d := admitted - rpm; d < -rpm/100 || d > rpm/100 || statuses[http.StatusOK]+statuses[http.StatusTooManyRequests] != 2*rpm {

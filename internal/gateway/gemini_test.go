@@ -32,6 +32,17 @@ type gemEnv struct {
 	seen headerLog
 }
 
+// gemUpstream adds a google provider named name to e, in front of a new
+// Gemini mock, with one upstream key the mock knows.
+func gemUpstream(t *testing.T, e *env, name string) *providertest.Server {
+	gem := providertest.NewGemini(t)
+	key := canary(t, "AIzaSy")
+	gem.AddKey(key)
+	e.provider(map[string]any{"name": name, "type": "google", "base_url": gem.URL})
+	e.addKey(name, key, 0)
+	return gem
+}
+
 // newGemEnv makes n upstream keys, each known to the mock.
 func newGemEnv(t *testing.T, opts envOptions, n int) *gemEnv {
 	e := newEnvWith(t, storetest.SQLite(t), opts)

@@ -67,11 +67,7 @@ func TestLimitRefusalEachProvider(t *testing.T) {
 	e := newEnv(t)
 	oaUpstream(t, e, "az", "azure-openai", "", nil)
 	oaUpstream(t, e, "compat", "openai-compatible", "/v1", nil)
-	gem := providertest.NewGemini(t)
-	gemKey := canary(t, "AIzaSy")
-	gem.AddKey(gemKey)
-	e.provider(map[string]any{"name": "gem", "type": "google", "base_url": gem.URL})
-	e.addKey("gem", gemKey, 0)
+	gemUpstream(t, e, "gem")
 	br := providertest.NewBedrock(t, brRegion, "AKIAUPSTREAMKEY00000", "upstream-secret")
 	e.provider(map[string]any{"name": "br", "type": "bedrock", "base_url": br.URL,
 		"settings": map[string]any{"region": brRegion, "access_key": "AKIAUPSTREAMKEY00000", "access_key_secret": "upstream-secret"}})
@@ -112,11 +108,7 @@ func TestLimitRefusalEachProvider(t *testing.T) {
 func TestLimitReservesEachCap(t *testing.T) {
 	e := newEnv(t)
 	oaUpstream(t, e, "oa", "openai", "/v1", nil)
-	gem := providertest.NewGemini(t)
-	gemKey := canary(t, "AIzaSy")
-	gem.AddKey(gemKey)
-	e.provider(map[string]any{"name": "gem", "type": "google", "base_url": gem.URL})
-	e.addKey("gem", gemKey, 0)
+	gemUpstream(t, e, "gem")
 	msgs := `"messages":[{"role":"user","content":"hi"}]`
 	for _, tc := range []struct {
 		name, path, body string
